@@ -1,0 +1,318 @@
+"""The one adapter between the node pack and ComfyUI's services.
+
+Everything the nodes need from ComfyUI (model folders, progress bar with previews, the Cancel
+button, devices, cache release, output/temp folders) goes through here, so that nodes and tests
+run unchanged without ComfyUI. Each service looks ComfyUI up at call time: inside ComfyUI the real
+service is used; outside it a plain fallback is:
+
+=====================  ==============================================  ============================
+service                ComfyUI                                         fallback
+=====================  ==============================================  ============================
+model folders          ``folder_paths`` (``echomimic`` folder          ``ECHOMIMIC_MODELS_DIR`` (or
+                       registered under ``models_dir``)                ``./models/echomimic``);
+                                                                       other folders are siblings
+progress               ``comfy.utils.ProgressBar`` (+ preview image)   tqdm when enabled, else none
+interrupt              ``comfy.model_management``                      never interrupted
+devices                ``get_torch_device`` / ``unet_offload_device``  cuda if available, else cpu
+                       / ``intermediate_device``
+cache release          ``soft_empty_cache``                            ``torch.cuda.empty_cache``
+output / temp / input  ``folder_paths.get_*_directory``                ``ECHOMIMIC_OUTPUT_DIR`` ...
+=====================  ==============================================  ============================
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+FOLDER_NAME = "echomimic"
+# What our checkpoint reader accepts (echomimic_core.checkpoints.files) plus ComfyUI's ".pt2".
+MODEL_EXTENSIONS = frozenset({".safetensors", ".sft", ".pth", ".pt", ".pt2", ".bin", ".ckpt"})
+# ComfyUI's default --preview-size; the progress hook wants (format, PIL image, max size).
+PREVIEW_MAX_SIZE = 512
+
+_missing: set[str] = set()
+_fallback_dirs: dict[str, Path] = {}
+
+
+def _module(name: str) -> ModuleType | None:
+    """ComfyUI module ``name`` if we run inside ComfyUI, else None (a failed import is remembered)."""
+    mod = sys.modules.get(name)
+    if mod is not None:
+        return mod
+    if name in _missing:
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        _missing.add(name)
+        return None
+
+
+def comfy_available() -> bool:
+    """True when running inside a ComfyUI process (its ``folder_paths`` module is importable)."""
+    return _module("folder_paths") is not None
+
+
+# ------------------------------------------------------------------------------------------------
+# Model folders
+# ------------------------------------------------------------------------------------------------
+def set_fallback_dir(folder: str, path: str | os.PathLike) -> None:
+    """Outside ComfyUI, look for ``folder``'s models (or outputs: "output", "temp", "input") in ``path``."""
+    _fallback_dirs[folder] = Path(path)
+
+
+def _fallback_dir(folder: str) -> Path:
+    if folder in _fallback_dirs:
+        return _fallback_dirs[folder]
+    env = {"output": "ECHOMIMIC_OUTPUT_DIR", "temp": "ECHOMIMIC_TEMP_DIR", "input": "ECHOMIMIC_INPUT_DIR"}
+    if folder in env:
+        if os.environ.get(env[folder]):
+            return Path(os.environ[env[folder]])
+        if folder == "temp":
+            return Path(tempfile.gettempdir()) / "echomimic"
+        return Path.cwd() / folder
+    models = Path(os.environ.get("ECHOMIMIC_MODELS_DIR") or Path.cwd() / "models" / FOLDER_NAME)
+    # ComfyUI keeps vae/, clip_vision/, ... beside echomimic/ under models/; mirror that layout.
+    return models if folder == FOLDER_NAME else models.parent / folder
+
+
+def register_model_folder() -> None:
+    """Register ``models/echomimic`` with ComfyUI, listing only model files.
+
+    Paths a user already added for ``echomimic`` in extra_model_paths.yaml (parsed before custom
+    nodes load) are kept after the default one, as ComfyUI orders its own folders. Without an
+    explicit extension set ComfyUI would list every file (json, txt ...) in the combo.
+    """
+    fp = _module("folder_paths")
+    if fp is None:
+        return
+    default = os.path.join(fp.models_dir, FOLDER_NAME)
+    existing, _ = fp.folder_names_and_paths.get(FOLDER_NAME, ([], set()))
+    paths = [default] + [p for p in existing if os.path.normpath(p) != os.path.normpath(default)]
+    fp.folder_names_and_paths[FOLDER_NAME] = (paths, set(MODEL_EXTENSIONS))
+    cache = getattr(fp, "filename_list_cache", None)
+    if isinstance(cache, dict):
+        cache.pop(FOLDER_NAME, None)
+    try:
+        os.makedirs(default, exist_ok=True)
+    except OSError as e:  # a read-only install still works with extra_model_paths.yaml
+        log.warning("could not create %s (%s); add an 'echomimic:' entry to extra_model_paths.yaml", default, e)
+
+
+def list_models(folder: str = FOLDER_NAME) -> list[str]:
+    """Model files in ``folder`` as relative paths with '/' (what a combo widget shows), sorted."""
+    fp = _module("folder_paths")
+    if fp is not None:
+        return list(fp.get_filename_list(folder))
+    root = _fallback_dir(folder)
+    if not root.is_dir():
+        return []
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS)
+
+
+def model_path(name: str, folder: str = FOLDER_NAME) -> Path:
+    """Absolute path of the model file ``name`` (as listed by :func:`list_models`) in ``folder``."""
+    fp = _module("folder_paths")
+    if fp is not None:
+        return Path(fp.get_full_path_or_raise(folder, name))
+    root = _fallback_dir(folder).resolve()
+    path = (root / name).resolve()
+    if root not in path.parents:
+        raise ValueError(f"model name {name!r} points outside the {folder!r} folder {root}; "
+                         "pick a file listed in the node's combo.")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model {name!r} not found in the {folder!r} folder {root}. Put the file there or set "
+            f"ECHOMIMIC_MODELS_DIR (the echomimic folder; other folders are its siblings).")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Output / temp / input folders
+# ------------------------------------------------------------------------------------------------
+def _directory(kind: str) -> Path:
+    fp = _module("folder_paths")
+    if fp is not None:
+        return Path(getattr(fp, f"get_{kind}_directory")())
+    path = _fallback_dir(kind)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def output_dir() -> Path:
+    return _directory("output")
+
+
+def temp_dir() -> Path:
+    return _directory("temp")
+
+
+def input_dir() -> Path:
+    return _directory("input")
+
+
+def next_output_file(prefix: str, extension: str, temp: bool = False) -> tuple[Path, str, str]:
+    """A new file for a save node: ``(path, subfolder, filename)``; ``prefix`` may hold sub-folders.
+
+    Names follow ComfyUI's ``{prefix}_{counter:05}_.{ext}`` so files sort with the user's images.
+    The ``(filename, subfolder)`` pair is what a ``{"ui": ...}`` result and ``/view`` expect.
+    """
+    base = temp_dir() if temp else output_dir()
+    fp = _module("folder_paths")
+    if fp is not None:
+        folder, name, counter, subfolder, _ = fp.get_save_image_path(prefix, str(base))
+        folder = Path(folder)
+    else:
+        sub, _, name = prefix.replace("\\", "/").rpartition("/")
+        folder = (base / sub).resolve()
+        if base.resolve() not in folder.parents and folder != base.resolve():
+            raise ValueError(f"filename_prefix {prefix!r} leaves the output folder {base}; "
+                             "use a relative prefix such as 'echomimic/clip'.")
+        folder.mkdir(parents=True, exist_ok=True)
+        pattern = re.compile(re.escape(name) + r"_(\d+)_?\.")
+        counters = [int(m.group(1)) for f in folder.iterdir() if (m := pattern.match(f.name))]
+        counter, subfolder = max(counters, default=0) + 1, sub
+    filename = f"{name}_{counter:05}_.{extension.lstrip('.')}"
+    return folder / filename, subfolder, filename
+
+
+# ------------------------------------------------------------------------------------------------
+# Progress, previews, interrupts
+# ------------------------------------------------------------------------------------------------
+def _to_pil(image: Any):
+    """A preview (PIL image, IMAGE tensor [B,H,W,C]/[H,W,C] 0..1, or uint8 array) as a PIL image."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    import numpy as np
+
+    array = image.detach().float().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if array.ndim == 4:
+        array = array[0]
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(array)
+
+
+class Progress:
+    """Step progress for one node run: ComfyUI's progress bar, else tqdm (if asked) or nothing.
+
+    Also usable as the core sampler's step callback: ``progress(step, total, preview)`` reports
+    ``step`` steps done. Inside ComfyUI every update also raises if the user pressed Cancel (the
+    progress hook checks the interrupt flag).
+    """
+
+    def __init__(self, total: int, node_id: str | None = None, use_tqdm: bool = False):
+        self.total = int(total)
+        self.value = 0
+        self._bar = None
+        self._tqdm = None
+        utils = _module("comfy.utils")
+        if utils is not None:
+            self._bar = utils.ProgressBar(self.total, node_id=node_id)
+        elif use_tqdm:
+            from tqdm.auto import tqdm
+
+            self._tqdm = tqdm(total=self.total)
+
+    def update_absolute(self, value: int, total: int | None = None, preview: Any = None) -> None:
+        if total is not None:
+            self.total = int(total)
+        step = int(value) - self.value
+        self.value = int(value)
+        if self._bar is not None:
+            shown = None if preview is None else ("JPEG", _to_pil(preview), PREVIEW_MAX_SIZE)
+            self._bar.update_absolute(self.value, self.total, shown)
+        elif self._tqdm is not None:
+            if total is not None:
+                self._tqdm.total = self.total
+            self._tqdm.update(step)
+
+    def update(self, steps: int = 1, preview: Any = None) -> None:
+        self.update_absolute(self.value + steps, preview=preview)
+
+    def __call__(self, step: int, total: int | None = None, preview: Any = None) -> None:
+        self.update_absolute(step, total, preview)
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
+
+
+def is_interrupted() -> bool:
+    """Whether the user pressed Cancel (reads the flag without clearing it)."""
+    mm = _module("comfy.model_management")
+    return bool(mm is not None and mm.processing_interrupted())
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel.
+
+    Our transformer does not run through comfy.ops, so ComfyUI cannot stop it between layers;
+    the sampler calls this between steps and chunks instead.
+    """
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def interrupt_callback() -> Callable[[], None]:
+    """The callable to hand to core loops as their cancellation check."""
+    return check_interrupted
+
+
+# ------------------------------------------------------------------------------------------------
+# Devices and memory
+# ------------------------------------------------------------------------------------------------
+def _default_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def torch_device():
+    """Where models compute."""
+    mm = _module("comfy.model_management")
+    return mm.get_torch_device() if mm is not None else _default_device()
+
+
+def offload_device():
+    """Where idle model weights are parked (ComfyUI's unet offload device; cpu without ComfyUI)."""
+    import torch
+
+    mm = _module("comfy.model_management")
+    return mm.unet_offload_device() if mm is not None else torch.device("cpu")
+
+
+def intermediate_device():
+    """Where node outputs (IMAGE, LATENT ...) live between nodes."""
+    import torch
+
+    mm = _module("comfy.model_management")
+    return mm.intermediate_device() if mm is not None else torch.device("cpu")
+
+
+def soft_empty_cache(force: bool = False) -> None:
+    """Give cached accelerator memory back after a big job."""
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        mm.soft_empty_cache(force)
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
