@@ -1,0 +1,160 @@
+"""Audio of any length: chunked generation and sliding latent windows.
+
+Two modes, as upstream offers them:
+
+* ``chunks`` (upstream's default): the video is generated in pixel-space chunks of
+  ``partial_video_length`` frames. Each chunk after the first is conditioned on the previous
+  output's last ``overlap_video_length`` frames (as several start frames of the inpainting mask)
+  and cross-faded linearly over those frames. The CLIP image stays the original reference.
+* ``sliding`` (upstream's ``use_longvideo_cfg``): the whole latent sequence is denoised at once;
+  at every step the model runs on overlapping latent windows whose predictions are blended
+  linearly over the overlap.
+
+Frame arithmetic: the causal VAE needs 4k+1 frames per chunk. Unlike upstream, which floors every
+length to 4k+1 (dropping up to 3 frames per chunk and the audio tail), the last chunk is rounded
+*up* and the result trimmed, so the output covers the whole audio.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+TEMPORAL_STRIDE = 4  # Wan VAE: 4 pixel frames per latent frame after the first
+
+
+def round_up_4k1(frames: int) -> int:
+    """Smallest 4k+1 >= frames (frames >= 1)."""
+    return ((max(frames, 1) - 1 + TEMPORAL_STRIDE - 1) // TEMPORAL_STRIDE) * TEMPORAL_STRIDE + 1
+
+
+def round_down_4k1(frames: int) -> int:
+    """Largest 4k+1 <= frames (frames >= 1)."""
+    return ((max(frames, 1) - 1) // TEMPORAL_STRIDE) * TEMPORAL_STRIDE + 1
+
+
+def latent_frames(frames: int) -> int:
+    """Latent frames of a 4k+1-frame pixel video."""
+    return (frames - 1) // TEMPORAL_STRIDE + 1
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int        # first output frame this chunk produces
+    length: int       # frames generated (4k+1); frames past the video end are trimmed
+    overlap: int      # leading frames shared with the previous chunk (0 for the first)
+
+
+def plan_chunks(num_frames: int, partial_video_length: int, overlap_video_length: int) -> list[Chunk]:
+    """Pixel-space chunks covering ``num_frames`` frames.
+
+    Chunks are ``partial`` frames (rounded down to 4k+1) starting every ``partial - overlap``
+    frames; the last one is rounded up to 4k+1 so the chunks reach the end. A video that fits in
+    one chunk is a single chunk of ``round_up_4k1(num_frames)`` frames.
+    """
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least 1 frame, got {num_frames}")
+    partial = round_down_4k1(partial_video_length)
+    if partial < 5:
+        raise ValueError(f"partial_video_length must be at least 5 frames, got {partial_video_length}")
+    if not 0 <= overlap_video_length < partial:
+        raise ValueError(f"overlap_video_length must be in [0, {partial}) for partial_video_length "
+                         f"{partial}, got {overlap_video_length}")
+    chunks, start, overlap = [], 0, 0
+    while True:
+        remaining = num_frames - start
+        if remaining <= partial:
+            chunks.append(Chunk(start, round_up_4k1(remaining), overlap))
+            return chunks
+        chunks.append(Chunk(start, partial, overlap))
+        overlap = overlap_video_length
+        start += partial - overlap
+
+
+def blend_into(video: torch.Tensor | None, chunk_frames: torch.Tensor, overlap: int) -> torch.Tensor:
+    """Append chunk frames [F, H, W, 3] to the video, cross-fading the ``overlap`` shared frames.
+
+    The weight of the new chunk rises linearly from 0 to 1 across the overlap (upstream's
+    ``linspace(0, 1, overlap)``).
+    """
+    if video is None or overlap == 0:
+        return chunk_frames if video is None else torch.cat([video, chunk_frames])
+    ramp = torch.linspace(0, 1, overlap, dtype=chunk_frames.dtype).view(-1, 1, 1, 1)
+    mixed = video[-overlap:] * (1 - ramp) + chunk_frames[:overlap] * ramp
+    return torch.cat([video[:-overlap], mixed, chunk_frames[overlap:]])
+
+
+def generate_chunked(num_frames: int, partial_video_length: int, overlap_video_length: int,
+                     render_chunk: Callable[[Chunk, torch.Tensor | None, int], torch.Tensor]) -> torch.Tensor:
+    """Run ``render_chunk(chunk, start_frames, index)`` for every chunk and stitch the results.
+
+    ``start_frames`` is None for the first chunk, else the last ``chunk.overlap`` frames of the
+    video so far [overlap, H, W, 3] in 0..1. ``render_chunk`` returns the chunk's frames
+    [chunk.length, H, W, 3]. Returns exactly ``num_frames`` frames.
+    """
+    video = None
+    for index, chunk in enumerate(plan_chunks(num_frames, partial_video_length, overlap_video_length)):
+        start_frames = None if video is None else video[-chunk.overlap:] if chunk.overlap else video[-1:]
+        frames = render_chunk(chunk, start_frames, index)
+        video = blend_into(video, frames, chunk.overlap)
+    return video[:num_frames]
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int   # first latent frame
+    length: int  # latent frames
+
+
+def plan_windows(total_latent_frames: int, window_latent_frames: int, overlap_latent_frames: int) -> list[Window]:
+    """Latent windows of upstream's long-video CFG mode: stride ``window - overlap``, the last
+    window ending at the last latent frame (it may be shorter)."""
+    if not 0 <= overlap_latent_frames < window_latent_frames:
+        raise ValueError(f"the latent overlap must be in [0, {window_latent_frames}), got {overlap_latent_frames}")
+    windows, start = [], 0
+    while True:
+        end = min(start + window_latent_frames, total_latent_frames)
+        windows.append(Window(start, end - start))
+        if end == total_latent_frames:
+            return windows
+        start += window_latent_frames - overlap_latent_frames
+
+
+def window_weights(windows: list[Window], overlap: int, device=None) -> list[torch.Tensor]:
+    """Per-window blend weights [length] that sum to 1 over every latent frame: a linear hand-over
+    across each ``overlap`` (the new window's share rising 0 -> 1, as upstream blends)."""
+    weights = []
+    ramp = torch.linspace(0, 1, overlap, device=device) if overlap else None
+    for k, w in enumerate(windows):
+        weight = torch.ones(w.length, device=device)
+        if k > 0 and overlap:
+            weight[:overlap] = ramp
+        if k + 1 < len(windows) and overlap:  # plan_windows makes every shared run exactly `overlap` long
+            weight[-overlap:] = 1 - ramp
+        weights.append(weight)
+    return weights
+
+
+def sliding_velocity(window_velocity: Callable[[Window, torch.Tensor, torch.Tensor, int], torch.Tensor],
+                     total_latent_frames: int, window_latent_frames: int, overlap_latent_frames: int):
+    """A velocity function over the whole latent sequence from per-window predictions.
+
+    ``window_velocity(window, latents_window, t, step)`` predicts the velocity of one window.
+    Blending velocities (rather than stepped latents, as upstream does) keeps one scheduler state
+    for the whole sequence, which multistep solvers (UniPC, DPM++) need; for Euler both are equal.
+    """
+    windows = plan_windows(total_latent_frames, window_latent_frames, overlap_latent_frames)
+
+    def velocity(latents: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+        weights = window_weights(windows, overlap_latent_frames, latents.device)
+        out = torch.zeros_like(latents)
+        total = torch.zeros(latents.shape[2], device=latents.device)
+        for w, weight in zip(windows, weights):
+            v = window_velocity(w, latents[:, :, w.start:w.start + w.length], t, step)
+            out[:, :, w.start:w.start + w.length] += v * weight.view(1, 1, -1, 1, 1)
+            total[w.start:w.start + w.length] += weight
+        # Exactly 1 where windows are at least two overlaps long; normalising keeps the blend
+        # a convex combination when a user picks an overlap over half the window.
+        return out / total.clamp_min(1e-6).view(1, 1, -1, 1, 1)
+    return velocity

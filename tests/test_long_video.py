@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from echomimic_core.long_video import (Chunk, Window, blend_into, generate_chunked, plan_chunks,
+                                       plan_windows, round_down_4k1, round_up_4k1, sliding_velocity,
+                                       window_weights)
+
+
+def test_4k1_rounding():
+    assert [round_up_4k1(n) for n in (1, 2, 5, 6, 9, 113)] == [1, 5, 5, 9, 9, 113]
+    assert [round_down_4k1(n) for n in (1, 4, 5, 8, 115, 116, 117)] == [1, 1, 5, 5, 113, 113, 117]
+
+
+def test_single_chunk_rounds_up_and_is_trimmed_later():
+    assert plan_chunks(50, 113, 8) == [Chunk(0, 53, 0)]
+
+
+@pytest.mark.parametrize("frames", [114, 200, 217, 218, 250, 1000])
+def test_chunks_cover_every_frame_for_uneven_lengths(frames):
+    chunks = plan_chunks(frames, 113, 8)
+    assert chunks[0].start == 0 and chunks[0].overlap == 0
+    for prev, nxt in zip(chunks, chunks[1:]):
+        # each chunk starts `overlap` frames before the previous one ends
+        assert nxt.start == prev.start + prev.length - 8 and nxt.overlap == 8
+    assert all((c.length - 1) % 4 == 0 for c in chunks)
+    assert chunks[-1].start + chunks[-1].length >= frames
+    assert chunks[-1].start + chunks[-1].length - frames < 4  # never more than 3 padded frames
+
+
+def test_chunk_arguments_are_checked():
+    with pytest.raises(ValueError, match="overlap_video_length"):
+        plan_chunks(300, 33, 33)
+    with pytest.raises(ValueError, match="partial_video_length"):
+        plan_chunks(300, 3, 0)
+    with pytest.raises(ValueError, match="at least 1 frame"):
+        plan_chunks(0, 113, 8)
+
+
+def test_blend_is_linear_over_the_overlap():
+    prev = torch.zeros(10, 2, 2, 3)
+    new = torch.ones(7, 2, 2, 3)
+    out = blend_into(prev, new, 4)
+    assert out.shape[0] == 10 + 7 - 4
+    torch.testing.assert_close(out[6:10, 0, 0, 0], torch.tensor([0, 1 / 3, 2 / 3, 1.0]))
+    assert out[:6].abs().sum() == 0 and (out[10:] == 1).all()
+
+
+def test_generate_chunked_conditions_on_previous_tail_and_trims():
+    calls = []
+
+    def render(chunk, start_frames, index):
+        calls.append((chunk, None if start_frames is None else start_frames[:, 0, 0, 0].tolist()))
+        # frame value = absolute frame index, so stitching errors show up as wrong values
+        idx = torch.arange(chunk.start, chunk.start + chunk.length, dtype=torch.float32)
+        return idx.view(-1, 1, 1, 1).expand(-1, 2, 2, 3).clone()
+
+    video = generate_chunked(130, 65, 5, render)
+    assert video.shape == (130, 2, 2, 3)
+    torch.testing.assert_close(video[:, 0, 0, 0], torch.arange(130, dtype=torch.float32))
+    assert calls[0][1] is None
+    # the second chunk got the last 5 frames of the first as its start frames
+    assert calls[1][1] == [60.0, 61.0, 62.0, 63.0, 64.0]
+
+
+def test_windows_and_weights_partition_unity():
+    windows = plan_windows(30, 12, 4)
+    assert windows[0] == Window(0, 12) and windows[-1].start + windows[-1].length == 30
+    weights = window_weights(windows, 4)
+    total = torch.zeros(30)
+    for w, wt in zip(windows, weights):
+        total[w.start:w.start + w.length] += wt
+    torch.testing.assert_close(total, torch.ones(30))
+
+
+def test_sliding_velocity_of_a_windowed_constant_field_is_that_field():
+    # a velocity that only depends on absolute frame position must come out unchanged
+    field = torch.randn(1, 2, 21, 3, 3)
+
+    def window_velocity(w, lat, t, step):
+        assert lat.shape[2] == w.length
+        return field[:, :, w.start:w.start + w.length]
+
+    v = sliding_velocity(window_velocity, 21, 8, 3)(torch.zeros(1, 2, 21, 3, 3), torch.tensor([500.0]), 0)
+    torch.testing.assert_close(v, field)
