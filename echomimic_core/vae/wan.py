@@ -1,0 +1,300 @@
+"""The Wan2.1 causal 3D VAE behind one small interface: ``WanVAE`` and ``load_vae``.
+
+Numerics are diffusers' ``AutoencoderKLWan``: it reproduces upstream EchoMimicV3's ``wan_vae.py``
+(causal chunks of 1, 4, 4, ... frames in the encoder; one latent frame at a time with a feature
+cache in the decoder). Latents crossing this interface are *normalised* the way upstream feeds the
+transformer: ``(mu - latents_mean) * (1 / latents_std)`` per channel.
+
+Shapes: video ``[B, 3, T, H, W]`` in [-1, 1] with ``T = 4k + 1`` and ``H, W`` multiples of 8
+<-> latents ``[B, 16, 1 + (T - 1) / 4, H / 8, W / 8]``.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from echomimic_core.checkpoints.files import CheckpointError, load_state_dict, strip_prefix
+from echomimic_core.vae.keys import (DIFFUSERS_MARKER, ORIGINAL_MARKER, config_from_original,
+                                     diffusers_to_original, original_to_diffusers)
+
+log = logging.getLogger(__name__)
+
+# Per-channel statistics of Wan2.1 VAE latents (Wan's ``vae.py``; also diffusers' and ComfyUI's
+# ``latent_formats.Wan21``). Normalised latents are what the DiT was trained on.
+WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+TEMPORAL_COMPRESSION = 4
+SPATIAL_COMPRESSION = 8
+# Prefixes seen on VAE weights saved inside bigger bundles.
+_PREFIXES = ("vae.", "first_stage_model.", "model.")
+
+
+def normalize_latents(raw: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Raw VAE means ``[B, C, F, H, W]`` -> normalised latents, in float32.
+
+    Multiplies by ``1 / std`` rather than dividing, as upstream does, so float32 results agree bit
+    for bit more often. ComfyUI's ``VAE.encode`` returns raw latents: run them through this.
+    """
+    view = (1, -1, 1, 1, 1)
+    return (raw.float() - mean.to(raw.device).view(view)) * (1.0 / std.to(raw.device)).view(view)
+
+
+def denormalize_latents(latents: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Normalised latents -> raw VAE latents, in float32 (upstream: ``z / (1 / std) + mean``)."""
+    view = (1, -1, 1, 1, 1)
+    return latents.float() / (1.0 / std.to(latents.device)).view(view) + mean.to(latents.device).view(view)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Spatial tiling for low-memory encode/decode, in pixels (multiples of 8).
+
+    Frames larger than ``tile_size`` are split into ``tile_size`` squares that step by
+    ``tile_size - overlap``; the ``overlap`` band is blended linearly so no seam shows.
+    Latent frames still go through the decoder one at a time, so memory is bounded by the tile.
+    """
+    tile_size: int = 256
+    overlap: int = 64
+
+    def __post_init__(self):
+        if self.tile_size % SPATIAL_COMPRESSION or self.overlap % SPATIAL_COMPRESSION:
+            raise ValueError(f"tile_size and overlap must be multiples of {SPATIAL_COMPRESSION} pixels, "
+                             f"got {self.tile_size} and {self.overlap}.")
+        if not 0 <= self.overlap < self.tile_size:
+            raise ValueError(f"overlap must be in [0, tile_size), got overlap {self.overlap} "
+                             f"with tile_size {self.tile_size}.")
+
+
+@runtime_checkable
+class VideoVAE(Protocol):
+    """What the pipeline needs from a VAE; ``WanVAE`` implements it, and so can a thin adapter
+    around ComfyUI's native VAE (which must normalise with ``normalize_latents``)."""
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def to(self, device=None, dtype=None) -> "VideoVAE": ...
+
+    def encode(self, video: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor: ...
+
+
+class WanVAE:
+    """Wan2.1 VAE: ``encode`` video -> normalised latents, ``decode`` latents -> video in [-1, 1].
+
+    Inputs may be any float dtype/device; they are moved to the VAE's. Latents come back in float32
+    (normalisation is done in float32 whatever the weights' dtype), video in float32.
+    """
+
+    def __init__(self, model, latents_mean=WAN21_LATENTS_MEAN, latents_std=WAN21_LATENTS_STD):
+        self.model = model.eval().requires_grad_(False)
+        # Batches go through one sample at a time, as upstream does: same numbers, less memory.
+        self.model.use_slicing = True
+        self.latents_mean = torch.as_tensor(latents_mean, dtype=torch.float32)
+        self.latents_std = torch.as_tensor(latents_std, dtype=torch.float32)
+        if self.latents_mean.shape != (self.latent_channels,) or self.latents_std.shape != (self.latent_channels,):
+            raise ValueError(f"latents_mean/std must have {self.latent_channels} entries (z_dim), got "
+                             f"{tuple(self.latents_mean.shape)} and {tuple(self.latents_std.shape)}.")
+
+    # -- placement ----------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def latent_channels(self) -> int:
+        return self.model.config.z_dim
+
+    def to(self, device=None, dtype=None) -> "WanVAE":
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    # -- shapes -------------------------------------------------------------------------------
+    def latent_shape(self, video_shape) -> tuple[int, ...]:
+        """``[B, 3, T, H, W]`` -> ``[B, z_dim, 1 + (T-1)/4, H/8, W/8]``; raises on sizes that would be cut."""
+        if len(video_shape) != 5:
+            raise ValueError(f"expected a video [B, 3, T, H, W], got shape {tuple(video_shape)}.")
+        b, c, t, h, w = video_shape
+        if c != self.model.config.in_channels:
+            raise ValueError(f"expected {self.model.config.in_channels} colour channels on dim 1, got {c} "
+                             f"(shape {tuple(video_shape)}); the layout is [B, C, T, H, W].")
+        if t < 1 or (t - 1) % TEMPORAL_COMPRESSION:
+            raise ValueError(f"the VAE encodes 4k+1 frames (1, 5, 9, ..., 81), got {t}; trim or pad the clip.")
+        if h % SPATIAL_COMPRESSION or w % SPATIAL_COMPRESSION:
+            raise ValueError(f"height and width must be multiples of {SPATIAL_COMPRESSION}, got {h}x{w}; "
+                             "resize or crop the frames.")
+        return (b, self.latent_channels, 1 + (t - 1) // TEMPORAL_COMPRESSION,
+                h // SPATIAL_COMPRESSION, w // SPATIAL_COMPRESSION)
+
+    def video_shape(self, latent_shape) -> tuple[int, ...]:
+        b, c, f, h, w = latent_shape
+        if c != self.latent_channels:
+            raise ValueError(f"expected {self.latent_channels} latent channels on dim 1, got shape "
+                             f"{tuple(latent_shape)}.")
+        return (b, self.model.config.out_channels, 1 + (f - 1) * TEMPORAL_COMPRESSION,
+                h * SPATIAL_COMPRESSION, w * SPATIAL_COMPRESSION)
+
+    # -- encode / decode ----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_distribution(self, video: torch.Tensor, tiling: Tiling | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised posterior mean and raw ``log_var``, both ``[B, z_dim, F, H/8, W/8]`` float32."""
+        self.latent_shape(video.shape)
+        with self._tiling(tiling):
+            params = self.model.encode(video.to(self.device, self.dtype)).latent_dist.parameters
+        mu, log_var = params.chunk(2, dim=1)
+        return normalize_latents(mu, self.latents_mean, self.latents_std), log_var.float()
+
+    def encode(self, video: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
+        """Video ``[B, 3, T, H, W]`` in [-1, 1] -> normalised latents (posterior mean), float32."""
+        return self.encode_distribution(video, tiling)[0]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
+        """Normalised latents ``[B, z_dim, F, h, w]`` -> video ``[B, 3, 4(F-1)+1, 8h, 8w]`` in [-1, 1], float32."""
+        self.video_shape(latents.shape)
+        raw = denormalize_latents(latents, self.latents_mean, self.latents_std)
+        with self._tiling(tiling):
+            video = self.model.decode(raw.to(self.device, self.dtype)).sample
+        return video.float()
+
+    def _tiling(self, tiling: Tiling | None):
+        return _TilingScope(self.model, tiling)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def original_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights under the original ``Wan2.1_VAE.pth`` names (what ComfyUI loads)."""
+        return diffusers_to_original(self.model.state_dict())
+
+
+class _TilingScope:
+    """Switch diffusers' tiling on with our tile geometry for one call, then restore the model."""
+
+    _ATTRS = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width",
+              "tile_sample_stride_height", "tile_sample_stride_width")
+
+    def __init__(self, model, tiling: Tiling | None):
+        self.model, self.tiling = model, tiling
+
+    def __enter__(self):
+        self.saved = {a: getattr(self.model, a) for a in self._ATTRS}
+        if self.tiling is None:
+            self.model.use_tiling = False
+        else:
+            stride = self.tiling.tile_size - self.tiling.overlap
+            self.model.use_tiling = True
+            self.model.tile_sample_min_height = self.model.tile_sample_min_width = self.tiling.tile_size
+            self.model.tile_sample_stride_height = self.model.tile_sample_stride_width = stride
+        return self
+
+    def __exit__(self, *exc):
+        for a, v in self.saved.items():
+            setattr(self.model, a, v)
+        return False
+
+
+# -- building and loading ---------------------------------------------------------------------
+def _build(config: dict, state: dict[str, torch.Tensor], dtype, device, source: str):
+    """An ``AutoencoderKLWan`` holding ``state`` (diffusers names), without a random init first."""
+    from diffusers import AutoencoderKLWan
+
+    with torch.device("meta"):
+        model = AutoencoderKLWan(**config)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: does not match a Wan2.1 VAE with config {config}: "
+            f"{len(missing)} missing tensors (e.g. {missing[:5]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:5]}). Use the Wan2.1 VAE file (Wan2.1_VAE.pth or wan_2.1_vae.safetensors).")
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{source}: tensor shapes do not fit the Wan2.1 VAE config {config}: {e}") from e
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise CheckpointError(f"{source}: tensors left uninitialised after loading: {leftover[:5]}.")
+    return model
+
+
+def _check_wan21(state: dict[str, torch.Tensor], source: str) -> str:
+    """'original' or 'diffusers' for a Wan2.1 VAE state dict; a CheckpointError naming what it is otherwise."""
+    if ORIGINAL_MARKER in state:
+        z_dim = state["conv2.weight"].shape[0] if "conv2.weight" in state else None
+        if z_dim != 16:
+            raise CheckpointError(
+                f"{source}: a Wan VAE with {z_dim} latent channels; EchoMimicV3 uses the Wan2.1 VAE "
+                "(16 channels). A 48-channel file is the Wan2.2 VAE: use Wan2.1_VAE.pth instead.")
+        return "original"
+    if DIFFUSERS_MARKER in state:
+        return "diffusers"
+    sample = sorted(state)[:4]
+    if any(k.startswith(("blocks.", "patch_embedding.", "model.diffusion_model.")) for k in state):
+        what = "a diffusion transformer"
+    elif any(k.startswith(("encoder.down.", "decoder.up.", "first_stage_model.")) for k in state):
+        what = "an image (Stable Diffusion style) VAE"
+    else:
+        what = "not a Wan VAE"
+    raise CheckpointError(
+        f"{source}: this is {what} (keys such as {sample}), expected the Wan2.1 VAE with keys like "
+        f"'{ORIGINAL_MARKER}'. Pick Wan2.1_VAE.pth / wan_2.1_vae.safetensors in the VAE slot.")
+
+
+def from_state_dict(state: dict[str, torch.Tensor], dtype=torch.float32, device="cpu",
+                    latents_mean=WAN21_LATENTS_MEAN, latents_std=WAN21_LATENTS_STD,
+                    source: str = "state dict") -> WanVAE:
+    """A ``WanVAE`` from an original- or diffusers-layout state dict; config read from the shapes."""
+    state = strip_prefix(state, _PREFIXES)
+    if _check_wan21(state, source) == "diffusers":
+        state = diffusers_to_original(state)
+    config = config_from_original(state)
+    model = _build(config, original_to_diffusers(state), dtype, device, source)
+    return WanVAE(model, latents_mean, latents_std)
+
+
+def _from_diffusers_folder(folder: Path, dtype, device) -> WanVAE:
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":
+        raise CheckpointError(f"{folder}: config.json describes a {config['_class_name']}, expected an "
+                              "AutoencoderKLWan (the Wan2.1 VAE). Point at the vae/ folder of a Wan2.1 model.")
+    if config.get("z_dim", 16) != 16 or config.get("is_residual"):
+        raise CheckpointError(f"{folder}: a Wan2.2 VAE (z_dim {config.get('z_dim')}); EchoMimicV3 "
+                              "needs the Wan2.1 VAE (16 latent channels).")
+    from diffusers import AutoencoderKLWan
+
+    init_keys = set(inspect.signature(AutoencoderKLWan.__init__).parameters) - {"self"}
+    kwargs = {k: v for k, v in config.items() if k in init_keys}
+    state = strip_prefix(load_state_dict(folder), _PREFIXES)
+    if _check_wan21(state, str(folder)) == "original":
+        state = original_to_diffusers(state)
+    model = _build(kwargs, state, dtype, device, str(folder))
+    return WanVAE(model, model.config.latents_mean, model.config.latents_std)
+
+
+def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> WanVAE:
+    """Load the Wan2.1 VAE from ``Wan2.1_VAE.pth``, ``wan_2.1_vae.safetensors`` (any dtype) or a
+    diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``). Never downloads."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        vae = _from_diffusers_folder(path, dtype, device)
+    else:
+        vae = from_state_dict(load_state_dict(path), dtype, device, source=str(path))
+    log.info("loaded Wan2.1 VAE from %s (%s, %s)", path, vae.dtype, vae.device)
+    return vae
