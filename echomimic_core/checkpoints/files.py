@@ -32,9 +32,13 @@ def _read_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise CheckpointError(
-            f"{path}: not a readable safetensors file ({e}). The file is probably truncated "
-            "(an interrupted download); download it again.") from e
+        raise _truncated_safetensors(path, e) from e
+
+
+def _truncated_safetensors(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: not a readable safetensors file ({error}). The file is probably truncated "
+        "(an interrupted download); download it again.")
 
 
 def _read_pickle(path: Path, device: str) -> dict[str, torch.Tensor]:
@@ -93,6 +97,57 @@ def weight_files(path: str | Path) -> list[Path]:
     return preferred
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def read_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor, without reading the tensors of a safetensors file.
+
+    Cheap enough to validate a 3 GB checkpoint before anything heavy happens (pickles are
+    memory-mapped, so only their index is read).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    for file in weight_files(path):
+        _check_not_empty(file)
+        if file.suffix not in SAFETENSORS_SUFFIXES:
+            shapes.update({k: (tuple(v.shape), v.dtype) for k, v in _read_pickle(file, "cpu").items()})
+            continue
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():
+                    sl = f.get_slice(name)
+                    shapes[name] = (tuple(sl.get_shape()), _SAFETENSORS_DTYPES.get(sl.get_dtype()))
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise _truncated_safetensors(file, e) from e
+    return shapes
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file's header ({} for pickles and sharded folders)."""
+    from safetensors import SafetensorError, safe_open
+
+    files = weight_files(path)
+    if len(files) != 1 or files[0].suffix not in SAFETENSORS_SUFFIXES:
+        return {}
+    _check_not_empty(files[0])
+    try:
+        with safe_open(str(files[0]), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise _truncated_safetensors(files[0], e) from e
+
+
+def _check_not_empty(file: Path) -> None:
+    if file.stat().st_size == 0:
+        raise CheckpointError(f"{file}: the file is empty (an interrupted download?). Download it again.")
+
+
 def load_state_dict(path: str | Path, device: str = "cpu",
                     strip_prefixes: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint, with the first matching prefix in ``strip_prefixes`` removed.
@@ -102,8 +157,7 @@ def load_state_dict(path: str | Path, device: str = "cpu",
     """
     state: dict[str, torch.Tensor] = {}
     for file in weight_files(path):
-        if file.stat().st_size == 0:
-            raise CheckpointError(f"{file}: the file is empty (an interrupted download?).")
+        _check_not_empty(file)
         read = _read_safetensors if file.suffix in SAFETENSORS_SUFFIXES else _read_pickle
         state.update(read(file, device))
     return strip_prefix(state, strip_prefixes)

@@ -1,0 +1,80 @@
+"""fp8 weights: storing parameters as float8_e4m3fn, and reading ComfyUI "scaled fp8" files.
+
+Scaled-fp8 files (e.g. ``*_fp8_scaled.safetensors``) store each linear weight as fp8 plus a
+per-layer scale: ``<layer>.scale_weight`` (old ComfyUI) or ``<layer>.weight_scale`` (ComfyUI
+0.8+, with a ``<layer>.comfy_quant`` JSON byte tensor), and a ``scaled_fp8`` marker tensor whose
+dtype names the fp8 type. The real weight is ``weight.float() * scale``.
+Plain ``*_fp8_e4m3fn`` files are unscaled casts and need no special handling.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+FP8_E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448: larger values would cast to NaN
+
+_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+_DROPPED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
+_MARKER = "scaled_fp8"
+
+
+def is_scaled_fp8(keys) -> bool:
+    """Whether a state dict (or its key list) is a scaled-fp8 file that needs de-quantising."""
+    return any(k == _MARKER or k.endswith("." + _MARKER) or k.endswith(_SCALE_SUFFIXES) for k in keys)
+
+
+def dequantize_scaled_fp8(state_dict: Mapping[str, torch.Tensor],
+                          dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """Fold every per-layer scale into its weight and drop the quantisation bookkeeping.
+
+    Weights with a scale come back as ``dtype``; every other tensor is returned unchanged (the
+    caller casts those). Input scales only matter for fp8 matmuls, which we do not use.
+    The input mapping is consumed key by key so a large file is never held twice in memory.
+    """
+    state = dict(state_dict)
+    out: dict[str, torch.Tensor] = {}
+    scales = {k: state.pop(k) for k in [k for k in state if k.endswith(_SCALE_SUFFIXES)]}
+    for key in [k for k in state if k == _MARKER or k.endswith("." + _MARKER) or k.endswith(_DROPPED_SUFFIXES)]:
+        del state[key]
+    for scale_key, scale in scales.items():
+        layer = scale_key.rsplit(".", 1)[0]
+        weight_key = layer + ".weight"
+        if weight_key not in state:
+            raise ValueError(f"scaled fp8: {scale_key} has no matching {weight_key}; the file is damaged.")
+        weight = state.pop(weight_key)
+        scale = scale.to(device=weight.device, dtype=torch.float32)
+        if scale.ndim == 1 and scale.numel() == weight.shape[0] and weight.ndim > 1:
+            scale = scale.view(-1, *([1] * (weight.ndim - 1)))  # per output channel
+        out[weight_key] = (weight.to(torch.float32) * scale).to(dtype)
+    out.update(state)
+    log.info("de-quantised %d scaled-fp8 weights to %s", len(scales), dtype)
+    return out
+
+
+def to_fp8(tensor: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
+    """Cast to fp8, saturating at the format's largest value instead of overflowing to NaN."""
+    limit = torch.finfo(dtype).max
+    return tensor.clamp(-limit, limit).to(dtype)
+
+
+def quantize_scaled_fp8(state_dict: Mapping[str, torch.Tensor], keys=None,
+                        dtype: torch.dtype = torch.float8_e4m3fn) -> dict[str, torch.Tensor]:
+    """Write the ComfyUI scaled-fp8 layout (per-tensor ``scale_weight``, ``scaled_fp8`` marker).
+
+    The inverse of :func:`dequantize_scaled_fp8`, used to produce such files (and in tests).
+    ``keys``: the weights to quantise (default: every 2-D ``*.weight``).
+    """
+    out = dict(state_dict)
+    keys = [k for k in out if k.endswith(".weight") and out[k].ndim == 2] if keys is None else keys
+    for key in keys:
+        weight = out[key].to(torch.float32)
+        scale = weight.abs().amax().clamp_min(1e-12) / torch.finfo(dtype).max
+        out[key] = to_fp8(weight / scale, dtype)
+        out[key[: -len(".weight")] + ".scale_weight"] = scale.reshape(())
+    out[_MARKER] = torch.empty(2, dtype=dtype)
+    return out
