@@ -1,0 +1,168 @@
+"""Wan2.1 DiT blocks with EchoMimicV3's decoupled (text / image / audio) cross-attention."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import TransformerConfig
+from .attention import attention
+from .audio_projector import AudioTokens
+from .ops import Operations
+from .rope import apply_rope
+
+# inference-only FFN chunk (tokens): bounds the [L, ffn_dim] hidden without changing the maths
+FFN_CHUNK_TOKENS = 8192
+
+
+@dataclass
+class BlockContext:
+    """Everything a block needs besides the hidden states; the same for every block.
+
+    text: [B, text_len, C] embedded text; image: [B, clip_tokens, C] embedded CLIP tokens;
+    audio: projected audio tokens and windows; audio_gate: [B, tokens_per_latent_frame] or None
+    (face-region gate on the audio output); audio_scale: float or [B] tensor;
+    rope: (cos, sin) [L, 1, head_dim/2]; backend: attention backend name.
+    """
+    text: torch.Tensor
+    image: torch.Tensor
+    audio: AudioTokens
+    audio_gate: torch.Tensor | None
+    audio_scale: float | torch.Tensor
+    rope: tuple[torch.Tensor, torch.Tensor]
+    backend: str = "sdpa"
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6, ops=Operations):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q = ops.Linear(dim, dim)
+        self.k = ops.Linear(dim, dim)
+        self.v = ops.Linear(dim, dim)
+        self.o = ops.Linear(dim, dim)
+        self.norm_q = ops.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        self.norm_k = ops.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, C] -> [B, L, heads, head_dim]"""
+        return x.unflatten(-1, (self.num_heads, self.head_dim))
+
+    def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        """x: [B, L, C] -> [B, L, C]"""
+        cos, sin = ctx.rope
+        q = apply_rope(self.heads(self.norm_q(self.q(x))), cos, sin)
+        k = apply_rope(self.heads(self.norm_k(self.k(x))), cos, sin)
+        out = attention(q, k, self.heads(self.v(x)), ctx.backend)
+        return self.o(out.flatten(2))
+
+
+class DecoupledCrossAttention(SelfAttention):
+    """One query; text, CLIP-image and audio keys/values; the three outputs are summed.
+
+    Audio attention is local: the queries of latent frame t attend only to frame t's audio
+    window. preview: ``k_audio``/``v_audio`` without bias; flash: with bias, plus a ``q_audio``
+    that upstream computes and never uses (kept for strict loading, not computed).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6,
+                 audio_variant: str = "preview", ops=Operations):
+        super().__init__(dim, num_heads, qk_norm, eps, ops)
+        flash = audio_variant == "flash"
+        self.k_img = ops.Linear(dim, dim)
+        self.v_img = ops.Linear(dim, dim)
+        self.norm_k_img = ops.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        if flash:
+            self.q_audio = ops.Linear(dim, dim)
+        self.k_audio = ops.Linear(dim, dim, bias=flash)
+        self.v_audio = ops.Linear(dim, dim, bias=flash)
+        self.norm_k_audio = ops.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        """x: [B, L, C] with L = T * tokens_per_latent_frame -> [B, L, C]"""
+        b, length, dim = x.shape
+        q = self.heads(self.norm_q(self.q(x)))  # [B, L, n, d]
+
+        k = self.heads(self.norm_k(self.k(ctx.text)))
+        out = attention(q, k, self.heads(self.v(ctx.text)), ctx.backend).flatten(2)
+        k_img = self.heads(self.norm_k_img(self.k_img(ctx.image)))
+        out = out + attention(q, k_img, self.heads(self.v_img(ctx.image)), ctx.backend).flatten(2)
+
+        # audio: project each unique token once, then gather per-frame windows [B*T, W, n, d]
+        audio = ctx.audio
+        t = audio.frames
+        k_audio = self.heads(audio.windows(self.norm_k_audio(self.k_audio(audio.tokens))))
+        v_audio = self.heads(audio.windows(self.v_audio(audio.tokens)))
+        q_frames = q.reshape(b * t, length // t, self.num_heads, self.head_dim)
+        audio_out = attention(q_frames, k_audio, v_audio, ctx.backend).reshape(b, t, length // t, dim)
+        if ctx.audio_gate is not None:
+            audio_out = audio_out * ctx.audio_gate.to(audio_out.dtype)[:, None, :, None]
+        scale = ctx.audio_scale
+        if isinstance(scale, torch.Tensor) and scale.ndim == 1:
+            scale = scale.to(audio_out.dtype).view(b, 1, 1, 1)
+        out = out + (audio_out * scale).reshape(b, length, dim)
+        return self.o(out)
+
+
+class WanAttentionBlock(nn.Module):
+    """Wan block: 6-way modulated self-attention, cross-attention, FFN (GELU tanh)."""
+
+    def __init__(self, config: TransformerConfig, ops=Operations):
+        super().__init__()
+        c = config
+        dim = c.dim
+        self.norm1 = ops.LayerNorm(dim, eps=c.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, c.num_heads, c.qk_norm, c.eps, ops)
+        self.norm3 = (ops.LayerNorm(dim, eps=c.eps, elementwise_affine=True)
+                      if c.cross_attn_norm else nn.Identity())
+        self.cross_attn = DecoupledCrossAttention(dim, c.num_heads, c.qk_norm, c.eps, c.audio_variant, ops)
+        self.norm2 = ops.LayerNorm(dim, eps=c.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(ops.Linear(dim, c.ffn_dim), nn.GELU(approximate="tanh"),
+                                 ops.Linear(c.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        """x: [B, L, C]; e0: [B, 6, C] time modulation -> [B, L, C]"""
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = \
+            (self.modulation.to(e0.dtype) + e0).chunk(6, dim=1)  # each [B, 1, C]
+        x = x + self.self_attn(self.norm1(x) * (1 + scale_sa) + shift_sa, ctx) * gate_sa
+        x = x + self.cross_attn(self.norm3(x), ctx)
+        h = self.norm2(x) * (1 + scale_ff) + shift_ff
+        if torch.is_grad_enabled() or x.shape[1] <= FFN_CHUNK_TOKENS:
+            return x + self.ffn(h) * gate_ff
+        # inference: x is this block's own tensor (made by the additions above), so updating it
+        # in place is safe and never holds the full [B, L, ffn_dim] hidden
+        for chunk in range(0, x.shape[1], FFN_CHUNK_TOKENS):
+            part = slice(chunk, chunk + FFN_CHUNK_TOKENS)
+            x[:, part] += self.ffn(h[:, part]) * gate_ff
+        return x
+
+
+class Head(nn.Module):
+    """Final 2-way modulated LayerNorm + Linear to patch channels."""
+
+    def __init__(self, config: TransformerConfig, ops=Operations):
+        super().__init__()
+        c = config
+        self.norm = ops.LayerNorm(c.dim, eps=c.eps, elementwise_affine=False)
+        self.head = ops.Linear(c.dim, math.prod(c.patch_size) * c.out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, c.dim) / c.dim ** 0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """x: [B, L, C]; e: [B, C] time embedding -> [B, L, prod(patch) * out_dim]"""
+        shift, scale = (self.modulation.to(e.dtype) + e.unsqueeze(1)).chunk(2, dim=1)
+        return self.head(self.norm(x) * (1 + scale) + shift)
+
+
+class MLPProj(nn.Module):
+    """``img_emb``: CLIP tokens [B, 257, clip_dim] -> [B, 257, dim]."""
+
+    def __init__(self, in_dim: int, out_dim: int, ops=Operations):
+        super().__init__()
+        self.proj = nn.Sequential(ops.LayerNorm(in_dim), ops.Linear(in_dim, in_dim), nn.GELU(),
+                                  ops.Linear(in_dim, out_dim), ops.LayerNorm(out_dim))
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        return self.proj(image_embeds)

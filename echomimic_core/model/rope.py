@@ -1,0 +1,72 @@
+"""3-axis rotary position embedding (frame / height / width) of Wan2.1, with RIFLEx.
+
+Wan splits each head's ``head_dim / 2`` rotation pairs into ``c - 2(c//3)`` frame pairs and
+``c//3`` pairs each for height and width. Angles are built in float64 (as Wan does) and applied
+in the real formulation in float32: ``(a, b) -> (a cos - b sin, a sin + b cos)`` on adjacent
+pairs, which equals Wan's complex multiply up to float32 rounding.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def axis_frequencies(dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """[dim/2] float64 inverse frequencies of one axis (``dim`` = real channels of that axis)."""
+    return 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, L, H, D]; cos/sin: [L, 1, D/2] float32 -> rotated x in x's dtype."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
+    a, b = pairs.unbind(-1)
+    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
+    return out.flatten(-2).to(x.dtype)
+
+
+class RotaryEmbedding3D:
+    """Per-grid cos/sin tables for the (F, H, W) token grid; not an nn.Module (no state dict)."""
+
+    def __init__(self, head_dim: int, theta: float = 10000.0):
+        if head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {head_dim}.")
+        self.head_dim = head_dim
+        d = head_dim
+        # real channels per axis, as Wan: frame gets the remainder
+        self.axis_dims = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
+        self.freqs = [axis_frequencies(n, theta) for n in self.axis_dims]
+        self._base_frame = self.freqs[0].clone()
+        self._cache: dict = {}
+
+    def enable_riflex(self, k: int = 6, L_test: int = 66, L_test_scale: float | None = 4.886) -> None:
+        """RIFLEx (Zhao et al. 2025) as upstream applies it: set the k-th frame frequency to keep
+        ``L_test`` latent frames within 0.9 of one period, then divide it by ``L_test_scale``."""
+        if not 1 <= k <= len(self._base_frame):
+            raise ValueError(f"RIFLEx k must be in 1..{len(self._base_frame)}, got {k}.")
+        freqs = self._base_frame.clone()
+        freqs[k - 1] = 0.9 * 2 * math.pi / L_test
+        if L_test_scale is not None:
+            freqs[k - 1] = freqs[k - 1] / L_test_scale
+        self.freqs[0] = freqs
+        self._cache.clear()
+
+    def disable_riflex(self) -> None:
+        self.freqs[0] = self._base_frame.clone()
+        self._cache.clear()
+
+    def cos_sin(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin: [F*H*W, 1, head_dim/2] float32 on ``device`` for a (F, H, W) grid."""
+        key = (tuple(grid), str(device))
+        if key not in self._cache:
+            f, h, w = grid
+            angles = [torch.outer(torch.arange(n, dtype=torch.float64), fr)
+                      for n, fr in zip((f, h, w), self.freqs)]
+            full = torch.cat([
+                angles[0].view(f, 1, 1, -1).expand(f, h, w, -1),
+                angles[1].view(1, h, 1, -1).expand(f, h, w, -1),
+                angles[2].view(1, 1, w, -1).expand(f, h, w, -1),
+            ], dim=-1).reshape(f * h * w, 1, -1)
+            # keep only the latest grid: a sampler reuses one grid for every step
+            self._cache = {key: (full.cos().float().to(device), full.sin().float().to(device))}
+        return self._cache[key]

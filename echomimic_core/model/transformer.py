@@ -1,0 +1,235 @@
+"""EchoMimicTransformer: the Wan2.1 DiT with EchoMimicV3's decoupled audio cross-attention.
+
+One class for every variant; the variant (preview / flash / Whisper-Tiny / tiny test models) is
+the ``TransformerConfig`` plus the swapped audio projector. State-dict names are the released
+checkpoints' names, so their files load with ``strict=True``.
+
+The block loop is written once; gradient checkpointing, a step cache (TeaCache) and block swap
+are hooks around it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from ..config import TransformerConfig
+from .attention import check_backend
+from .audio_projector import build_audio_projector
+from .blocks import BlockContext, Head, MLPProj, WanAttentionBlock
+from .conditioning import Conditioning
+from .ops import Operations
+from .rope import RotaryEmbedding3D
+
+log = logging.getLogger(__name__)
+
+
+class StepCache(Protocol):
+    """What the transformer calls around its blocks when a cache (e.g. TeaCache) is given."""
+
+    def before_blocks(self, branch: str, t_mod: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        """t_mod: [B, 6, C] time modulation; x: [B, L, C] block input. Return the block output to
+        use instead of running the blocks, or None to run them."""
+
+    def after_blocks(self, branch: str, x_in: torch.Tensor, x_out: torch.Tensor) -> None:
+        """Called after the blocks ran with their input and output."""
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """t: [B] -> [B, dim] float64, [cos | sin] as Wan."""
+    half = dim // 2
+    t = t.to(torch.float64)
+    angles = torch.outer(t, torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=t.device) / half))
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class _BlockSwap:
+    """Keeps the first ``n`` blocks on ``offload_device`` and streams each to ``device`` for its turn."""
+
+    def __init__(self, blocks: nn.ModuleList, n: int, device: torch.device, offload_device: torch.device):
+        self.blocks, self.swapped = blocks, set(range(min(n, len(blocks))))
+        self.device, self.offload_device = device, offload_device
+
+    def before(self, i: int) -> None:
+        if torch.is_grad_enabled():
+            raise RuntimeError("block swap is for inference: gradients would need the offloaded blocks "
+                               "on the device again; disable block swap (or use torch.no_grad()).")
+        if i in self.swapped:
+            self.blocks[i].to(self.device, non_blocking=True)
+        if i + 1 in self.swapped:  # start the next copy while this block computes
+            self.blocks[i + 1].to(self.device, non_blocking=True)
+
+    def after(self, i: int) -> None:
+        if i in self.swapped:
+            self.blocks[i].to(self.offload_device)
+
+
+class EchoMimicTransformer(nn.Module):
+    """Wan2.1-Fun-1.3B-InP DiT + EchoMimicV3 audio.
+
+    forward(x [B, 16, F, H, W], t [B] on 0..1000, cond) -> [B, out_dim, F, H, W]
+    """
+
+    def __init__(self, config: TransformerConfig, attention_backend: str = "sdpa", ops=Operations):
+        super().__init__()
+        check_backend(attention_backend)
+        self.config = c = config
+        self.attention_backend = attention_backend
+        # when set, inputs are cast to this dtype (weights are cast on the fly by ``ops``)
+        self.compute_dtype: torch.dtype | None = None
+        self.gradient_checkpointing = False
+        self._swap: _BlockSwap | None = None
+
+        self.patch_embedding = ops.Conv3d(c.in_dim, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self.text_embedding = nn.Sequential(ops.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"),
+                                            ops.Linear(c.dim, c.dim))
+        self.time_embedding = nn.Sequential(ops.Linear(c.freq_dim, c.dim), nn.SiLU(), ops.Linear(c.dim, c.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), ops.Linear(c.dim, c.dim * 6))
+        self.blocks = nn.ModuleList([WanAttentionBlock(c, ops) for _ in range(c.num_layers)])
+        self.head = Head(c, ops)
+        self.img_emb = MLPProj(c.clip_dim, c.dim, ops)
+        # released names: "audio2token" (preview) / "audio_injection" (flash)
+        self.audio_key = "audio_injection" if c.audio_variant == "flash" else "audio2token"
+        self.add_module(self.audio_key, build_audio_projector(c, ops))
+        self.rope = RotaryEmbedding3D(c.head_dim, c.rope_theta)
+
+    @property
+    def audio_projector(self) -> nn.Module:
+        return getattr(self, self.audio_key)
+
+    # ---- options ----
+    def enable_riflex(self, k: int = 6, L_test: int = 66, L_test_scale: float | None = 4.886) -> None:
+        """RIFLEx length extrapolation (``L_test`` = latent frames generated), as upstream."""
+        self.rope.enable_riflex(k, L_test, L_test_scale)
+
+    def disable_riflex(self) -> None:
+        self.rope.disable_riflex()
+
+    def enable_block_swap(self, n_blocks: int, compute_device, offload_device="cpu") -> None:
+        """Keep the first ``n_blocks`` blocks on ``offload_device`` and stream each to
+        ``compute_device`` just before it runs; everything else moves to ``compute_device``."""
+        compute_device, offload_device = torch.device(compute_device), torch.device(offload_device)
+        for i, block in enumerate(self.blocks):
+            block.to(offload_device if i < n_blocks else compute_device)
+        for name, module in self.named_children():
+            if name != "blocks":
+                module.to(compute_device)
+        self._swap = _BlockSwap(self.blocks, n_blocks, compute_device, offload_device) if n_blocks > 0 else None
+
+    def disable_block_swap(self) -> None:
+        if self._swap is not None:
+            self.to(self._swap.device)
+        self._swap = None
+
+    # ---- forward pieces ----
+    def time_embed(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """t: [B] -> e [B, C], e0 [B, 6, C]; computed in float32 as upstream (autocast fp32)."""
+        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).float())
+        e0 = self.time_projection(e).unflatten(1, (6, self.config.dim))
+        return e.to(dtype), e0.to(dtype)
+
+    def block_context(self, cond: Conditioning, grid: tuple[int, int, int], dtype: torch.dtype,
+                      device: torch.device) -> BlockContext:
+        c = self.config
+        texts = [u.to(device=device, dtype=dtype) for u in cond.text_list()]
+        too_long = [u.shape[0] for u in texts if u.shape[0] > c.text_len]
+        if too_long or any(u.ndim != 2 or u.shape[1] != c.text_dim for u in texts):
+            raise ValueError(f"text embeddings must be [<= {c.text_len}, {c.text_dim}] per sample, got "
+                             f"{[tuple(u.shape) for u in texts]}; truncate the prompt or check the text encoder.")
+        text = torch.stack([torch.cat([u, u.new_zeros(c.text_len - u.shape[0], u.shape[1])]) for u in texts])
+        clip = cond.clip_fea.to(device=device, dtype=dtype)
+        if clip.shape[1:] != (c.clip_tokens, c.clip_dim):
+            raise ValueError(f"clip_fea must be [B, {c.clip_tokens}, {c.clip_dim}] (CLIP penultimate tokens), "
+                             f"got {tuple(clip.shape)}.")
+        audio = self.audio_projector(cond.audio.to(device=device, dtype=dtype))
+        if audio.frames != grid[0]:
+            raise ValueError(f"audio covers {audio.frames} latent frames but the latents have {grid[0]}; "
+                             f"the audio features must match the video length ({c.audio_variant} layout).")
+        gate = cond.ip_mask
+        if gate is not None:
+            gate = gate.to(device)
+            if gate.shape != (len(texts), grid[1] * grid[2]):
+                raise ValueError(f"ip_mask must be [B, {grid[1] * grid[2]}] (one gate per token of a latent "
+                                 f"frame), got {tuple(gate.shape)}.")
+        scale = cond.audio_scale
+        if isinstance(scale, torch.Tensor):
+            scale = scale.to(device) if scale.ndim else float(scale)
+        return BlockContext(text=self.text_embedding(text), image=self.img_emb(clip), audio=audio,
+                            audio_gate=gate, audio_scale=scale, rope=self.rope.cos_sin(grid, device),
+                            backend=self.attention_backend)
+
+    def run_blocks(self, x: torch.Tensor, e0: torch.Tensor, ctx: BlockContext, cache: StepCache | None = None,
+                   cache_branch: str = "all") -> torch.Tensor:
+        """The one block loop. x: [B, L, C]; e0: [B, 6, C]."""
+        if cache is not None:
+            cached = cache.before_blocks(cache_branch, e0, x)
+            if cached is not None:
+                return cached
+        x_in = x
+        checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
+        for i, block in enumerate(self.blocks):
+            if self._swap is not None:
+                self._swap.before(i)
+            if checkpointing:
+                x = torch.utils.checkpoint.checkpoint(block, x, e0, ctx, use_reentrant=False)
+            else:
+                x = block(x, e0, ctx)
+            if self._swap is not None:
+                self._swap.after(i)
+        if cache is not None:
+            cache.after_blocks(cache_branch, x_in, x)
+        return x
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, F*H*W, pt*ph*pw*C] -> [B, C, F*pt, H*ph, W*pw]"""
+        pt, ph, pw = self.config.patch_size
+        f, h, w = grid
+        x = x.reshape(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
+        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], -1, f * pt, h * ph, w * pw)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, cache: StepCache | None = None,
+                cache_branch: str = "all") -> torch.Tensor:
+        """x: [B, 16, F, H, W] noisy latents; t: [B] (or scalar) timesteps on 0..1000.
+        Returns [B, out_dim, F, H, W] in x's dtype."""
+        c = self.config
+        out_dtype, device = x.dtype, x.device
+        dtype = self.compute_dtype or x.dtype
+        b = x.shape[0]
+        if cond.batch_size != b or cond.y.shape[2:] != x.shape[2:]:
+            raise ValueError(f"cond.y {tuple(cond.y.shape)} must match the latents {tuple(x.shape)} in batch "
+                             f"and F, H, W; build one Conditioning per batch (Conditioning.cat).")
+        if x.shape[1] + cond.y.shape[1] != c.in_dim:
+            raise ValueError(f"latents ({x.shape[1]} ch) + y ({cond.y.shape[1]} ch) must give in_dim {c.in_dim}.")
+        t = torch.as_tensor(t, device=device).reshape(-1).expand(b)
+
+        h = self.patch_embedding(torch.cat([x, cond.y.to(device)], dim=1).to(dtype))  # [B, C, F, H', W']
+        grid = tuple(h.shape[2:])
+        h = h.flatten(2).transpose(1, 2)  # [B, L, C]
+        e, e0 = self.time_embed(t, dtype)
+        ctx = self.block_context(cond, grid, dtype, device)
+        h = self.run_blocks(h, e0, ctx, cache, cache_branch)
+        return self.unpatchify(self.head(h, e), grid).to(out_dtype)
+
+
+def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
+    """Run a ``preview_*``/``flash_*`` parity fixture (shared/reference/README.md) in float32."""
+    from safetensors.torch import load_file
+
+    from ..verify_reference import relative_error
+
+    path = Path(path)
+    variant = "flash" if path.name.startswith("flash") else "preview"
+    data = load_file(str(path))
+    model = EchoMimicTransformer(TransformerConfig.from_reference_meta(meta, variant)).eval()
+    model.load_state_dict({k[len("weight."):]: v for k, v in data.items() if k.startswith("weight.")}, strict=True)
+    texts = sorted((k for k in data if k.startswith("input.text_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    cond = Conditioning(context=[data[k] for k in texts], clip_fea=data["input.clip_fea"], y=data["input.y"],
+                        audio=data["input.audio"], ip_mask=data.get("input.ip_mask"),
+                        audio_scale=float(data["input.audio_scale"]) if "input.audio_scale" in data else 1.0)
+    with torch.no_grad():
+        out = model(data["input.x"], data["input.t"], cond)
+    return {"output": relative_error(out, data["output"])}
