@@ -129,3 +129,35 @@ class GuidanceConfig:
             return drop + ags * (cond - drop)
         uncond = outputs[UNCOND]
         return uncond + gs * (drop - uncond) + ags * (cond - drop)
+
+    def bind(self, num_steps: int) -> Guidance:
+        """This config for a run of `num_steps` steps (the per-step API the sampler calls)."""
+        return Guidance(self, num_steps)
+
+
+@dataclass
+class Guidance:
+    """GuidanceConfig bound to one run's step count; what ``sampler.guided_velocity`` uses."""
+
+    config: GuidanceConfig
+    num_steps: int
+
+    def __post_init__(self):
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be at least 1, got {self.num_steps}.")
+
+    def branches_for_step(self, step: int) -> tuple[str, ...]:
+        """Branch names ("uncond", "drop_audio", "cond") to run at `step`, in upstream's order."""
+        return self.config.passes_for_step(step, self.num_steps)
+
+    def negative_scale(self, step: int) -> float:
+        """Factor for the ORIGINAL negative prompt embeddings at `step`."""
+        return self.config.negative_factor(step)
+
+    def scales(self, step: int) -> tuple[float, float]:
+        """(text scale, audio scale) at `step`."""
+        return self.config.scales_for_step(step, self.num_steps)
+
+    def combine(self, step: int, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Guided velocity from {branch: model output [B, 16, F, h, w]} at `step`."""
+        return self.config.combine(outputs, step, self.num_steps)

@@ -60,3 +60,14 @@ def test_cfg_off_when_scale_at_most_one_and_skip_ratio():
         GuidanceConfig().combine({"cond": o["cond"]}, 0, 10)
     with pytest.raises(ValueError, match="mode"):
         GuidanceConfig(mode="four_way")
+
+
+def test_bound_guidance_is_what_the_sampler_calls():
+    cfg = GuidanceConfig.preview(cfg_skip_ratio=0.5)
+    g = cfg.bind(4)
+    o = outputs()
+    assert g.branches_for_step(0) == cfg.passes_for_step(0, 4) and g.branches_for_step(3) == ("cond",)
+    assert g.negative_scale(0) == 1.5 and g.scales(1) == cfg.scales_for_step(1, 4)
+    torch.testing.assert_close(g.combine(1, o), cfg.combine(o, 1, 4))
+    with pytest.raises(ValueError, match="num_steps"):
+        cfg.bind(0)
