@@ -1,0 +1,1 @@
+"""Workflow JSON files shipped with the pack, and `python -m workflows.validate` to check them."""
