@@ -1,0 +1,79 @@
+"""Key-name tables between checkpoint layouts, shared by the text and image encoders.
+
+A table is a tuple of ``(name_a, name_b)`` pairs; ``{i}`` in a name stands for a block index.
+``rename(state, table)`` maps layout a -> b, ``rename(state, table, reverse=True)`` maps b -> a.
+Tensors are never copied here: only names change (value transforms live next to each table).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from functools import lru_cache
+
+import torch
+
+from ..checkpoints.files import CheckpointError
+
+log = logging.getLogger(__name__)
+
+KeyTable = tuple[tuple[str, str], ...]
+
+# One distinctive key per model family, used to say what a wrong file actually is.
+_FAMILY_SIGNS = (
+    ("a Wan2.1 VAE", ("decoder.middle.0.residual.0.gamma", "encoder.conv1.weight")),
+    ("a Wan / EchoMimic diffusion transformer", ("patch_embedding.weight", "blocks.0.self_attn.q.weight")),
+    ("a CLIP vision model (Hugging Face layout)", ("vision_model.encoder.layers.0.layer_norm1.weight",)),
+    ("an open-clip visual tower (Wan layout)", ("visual.transformer.0.attn.to_qkv.weight",)),
+    ("a umT5 text encoder (Hugging Face layout)", ("encoder.block.0.layer.0.SelfAttention.q.weight",)),
+    ("a umT5 text encoder (Wan layout)", ("blocks.0.ffn.gate.0.weight",)),
+    ("a wav2vec2 audio encoder", ("feature_projection.projection.weight",
+                                  "wav2vec2.feature_projection.projection.weight")),
+    ("a Whisper model", ("encoder.conv1.weight", "model.encoder.conv1.weight")),
+)
+
+
+def guess_family(keys) -> str:
+    """A human description of what a state dict looks like, for error messages."""
+    keys = set(keys)
+    for name, signs in _FAMILY_SIGNS:
+        if any(any(k == s or k.endswith("." + s) for k in keys) for s in signs):
+            return name
+    sample = sorted(keys)[:3]
+    return f"an unrecognised model (keys such as {sample})"
+
+
+@lru_cache(maxsize=None)
+def _compiled(table: KeyTable, reverse: bool) -> tuple[tuple[re.Pattern, str], ...]:
+    rules = []
+    for a, b in table:
+        src, dst = (b, a) if reverse else (a, b)
+        pattern = re.escape(src).replace(re.escape("{i}"), r"(?P<i>\d+)")
+        rules.append((re.compile(pattern + r"\Z"), dst))
+    return tuple(rules)
+
+
+def rename_key(key: str, table: KeyTable, reverse: bool = False) -> str | None:
+    """The key's name in the other layout, or None when the table does not cover it."""
+    for pattern, dst in _compiled(table, reverse):
+        m = pattern.match(key)
+        if m:
+            return dst.format(**m.groupdict())
+    return None
+
+
+def rename(state: dict[str, torch.Tensor], table: KeyTable, reverse: bool = False,
+           what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Rename every key; a key the table does not know is an error naming the first few."""
+    out, unknown = {}, []
+    for key, value in state.items():
+        new = rename_key(key, table, reverse)
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = value
+    if unknown:
+        raise CheckpointError(
+            f"{what}: {len(unknown)} tensor name(s) this converter does not know, e.g. {unknown[:5]}. "
+            "The file is a different architecture or a layout not supported yet; "
+            "check that it is the right file for this slot.")
+    return out
