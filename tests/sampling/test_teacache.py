@@ -11,8 +11,8 @@ def t_mods():
     # a time modulation that changes slowly then fast, like Wan's e0 along a shifted schedule
     g = torch.Generator().manual_seed(0)
     base = torch.randn(1, 6, 16, generator=g)
-    ts = torch.linspace(1.0, 0.0, STEPS) ** 0.5
-    return [base * (1 + 0.05 * t) + 0.02 * t for t in ts]
+    ts = torch.linspace(1.0, 0.0, STEPS) ** 1.5
+    return [base * (1 + 0.6 * t) for t in ts]
 
 
 def blocks(x, t_mod, branch):
@@ -70,13 +70,13 @@ def test_threshold_zero_never_skips_and_is_exact():
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("threshold", [0.05, 0.1, 0.3])
+@pytest.mark.parametrize("threshold", [0.1, 0.2, 0.3])
 def test_skip_decisions_match_upstream_rule(threshold):
     cache = TeaCache(threshold=threshold, num_skip_start_steps=2)
     run(cache)
     expected = upstream_skips(t_mods(), threshold, 2)
     assert cache.skipped_steps == expected
-    assert expected, "the toy schedule should make TeaCache skip something"
+    assert 0 < len(expected) < STEPS - 2, "the toy schedule should skip some steps and run others"
 
 
 def test_skipped_steps_reuse_each_branch_residual():
