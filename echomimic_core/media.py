@@ -1,0 +1,358 @@
+"""Decode audio / video / images and write mp4 (H.264 + AAC) atomically.
+
+Tensor conventions (ComfyUI's): images and frames are float32 in ``[0, 1]``, channels last
+(``[H, W, 3]``, ``[F, H, W, 3]``); audio is float32 ``[channels, samples]`` in ``[-1, 1]``.
+Every unusable input raises :class:`MediaError` naming the file and the problem.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio_alignment import SAMPLE_RATE, as_fraction, samples_for_frames
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".webm")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
+
+
+class MediaError(ValueError):
+    """A media file that cannot be used: missing, unreadable, empty or of the wrong kind."""
+
+
+@dataclass
+class VideoData:
+    """A decoded video: ``frames [F, H, W, 3]`` float 0..1, its frame rate, and its audio if any."""
+    frames: torch.Tensor
+    fps: float
+    audio: torch.Tensor | None = None  # [C, T] float32
+    sample_rate: int | None = None
+
+
+def _check_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path}: no such file.")
+    if not path.is_file():
+        raise MediaError(f"{path}: is a folder, expected a media file.")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: the file is empty.")
+    return path
+
+
+def _open(path: Path):
+    import av
+
+    try:
+        return av.open(str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise MediaError(f"{path}: cannot be opened as audio/video ({e}). The file is corrupt or "
+                         "not a media format FFmpeg understands; convert it to wav or mp4.") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# audio
+
+def _decode_audio_stream(container, stream, path: Path) -> tuple[torch.Tensor, int]:
+    import av
+
+    # Planar float output with the stream's own layout and rate: one conversion for every
+    # sample format (s16 packed, fltp, s32p ...), no resampling here.
+    resampler = None
+    chunks = []
+    rate = stream.rate or stream.codec_context.sample_rate
+    try:
+        for frame in container.decode(stream):
+            if resampler is None:
+                resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=frame.rate)
+                rate = frame.rate
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray())
+        if resampler is not None:
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray())
+    except av.FFmpegError as e:
+        raise MediaError(f"{path}: the audio stream is corrupt ({e}).") from e
+    if not chunks or sum(c.shape[-1] for c in chunks) == 0:
+        raise MediaError(f"{path}: the audio stream holds no samples (zero-length audio).")
+    wav = np.concatenate(chunks, axis=-1).astype(np.float32)
+    if stream.duration and stream.time_base:
+        # AAC/MP3 decoders return whole codec frames; the container's duration says where the
+        # real signal ends (the encoder's tail padding is not audio).
+        declared = int(round(stream.duration * stream.time_base * rate))
+        if 0 < declared < wav.shape[-1]:
+            wav = wav[:, :declared]
+    return torch.from_numpy(wav), int(rate)
+
+
+def load_audio(path: str | Path) -> tuple[torch.Tensor, int]:
+    """Decode the first audio stream of any FFmpeg-readable file (wav, mp3, m4a, flac, ogg, or
+    a video's soundtrack) -> ``(waveform [C, T] float32, sample_rate)``."""
+    path = _check_file(path)
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: contains no audio stream.")
+        return _decode_audio_stream(container, container.streams.audio[0], path)
+
+
+def to_mono(waveform: torch.Tensor) -> torch.Tensor:
+    """``[T]``, ``[C, T]`` or ``[B, C, T]`` (first item, ComfyUI AUDIO) -> mono ``[T]`` (channel mean)."""
+    if waveform.dim() == 3:
+        waveform = waveform[0]
+    if waveform.dim() == 2:
+        waveform = waveform.mean(dim=0)
+    if waveform.dim() != 1:
+        raise MediaError(f"expected a waveform [T], [C, T] or [B, C, T], got shape {tuple(waveform.shape)}.")
+    return waveform
+
+
+def _resample_av(waveform: torch.Tensor, src: int, dst: int) -> torch.Tensor:
+    import av
+
+    data = waveform.detach().cpu().to(torch.float32).numpy().reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format="fltp", layout="mono")
+    frame.sample_rate = src
+    resampler = av.AudioResampler(format="fltp", layout="mono", rate=dst)
+    outs = list(resampler.resample(frame)) + list(resampler.resample(None))
+    out = np.concatenate([o.to_ndarray().reshape(-1) for o in outs]) if outs else np.zeros(0, np.float32)
+    return torch.from_numpy(out.astype(np.float32))
+
+
+def resample(waveform: torch.Tensor, sample_rate: int, target_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Mono ``[T]`` -> ``target_rate`` with a band-limited resampler: torchaudio's sinc resampler when
+    torchaudio is installed (ComfyUI users may not have it), else FFmpeg's swresample through av."""
+    if sample_rate == target_rate:
+        return waveform
+    if sample_rate <= 0:
+        raise MediaError(f"sample rate must be positive, got {sample_rate}.")
+    try:
+        import torchaudio.functional as AF
+    except ImportError:
+        return _resample_av(waveform, sample_rate, target_rate).to(waveform.dtype)
+    return AF.resample(waveform.to(torch.float32), sample_rate, target_rate).to(waveform.dtype)
+
+
+def prepare_audio(waveform: torch.Tensor, sample_rate: int, target_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Any waveform layout and rate -> mono float32 ``[T]`` at ``target_rate`` (16 kHz for encoders)."""
+    mono = to_mono(torch.as_tensor(waveform)).to(torch.float32)
+    if mono.numel() == 0:
+        raise MediaError("the audio is empty (zero samples).")
+    return resample(mono, int(sample_rate), target_rate)
+
+
+def load_audio_16k(path: str | Path) -> torch.Tensor:
+    """Decode, mono-mix and resample a file to the encoders' input: ``[T]`` float32 at 16 kHz."""
+    wav, sr = load_audio(path)
+    return prepare_audio(wav, sr)
+
+
+# ---------------------------------------------------------------------------------------------
+# video
+
+def load_video(path: str | Path, max_frames: int | None = None, with_audio: bool = True) -> VideoData:
+    """Decode a video (mp4, mov, webm, ...) -> :class:`VideoData` (frames ``[F, H, W, 3]`` 0..1)."""
+    import av
+
+    path = _check_file(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: contains no video stream.")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            raise MediaError(f"{path}: the video stream has no frame rate.")
+        frames = []
+        try:
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+        except av.FFmpegError as e:
+            raise MediaError(f"{path}: the video stream is corrupt ({e}).") from e
+    if not frames:
+        raise MediaError(f"{path}: the video stream holds no frames.")
+    video = torch.from_numpy(np.stack(frames)).to(torch.float32) / 255.0
+    audio, sr = None, None
+    if with_audio:
+        with _open(path) as container:
+            if container.streams.audio:
+                try:
+                    audio, sr = _decode_audio_stream(container, container.streams.audio[0], path)
+                except MediaError as e:
+                    log.warning("%s: ignoring the soundtrack: %s", path, e)
+    return VideoData(frames=video, fps=float(rate), audio=audio, sample_rate=sr)
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+def load_image(path: str | Path, alpha: str = "white") -> torch.Tensor:
+    """Read an image -> ``[H, W, 3]`` float32 0..1.
+
+    EXIF orientation is applied; 16-bit grayscale keeps its precision; an alpha channel is
+    composited onto white (``alpha="white"``) or discarded (``alpha="drop"``).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if alpha not in ("white", "drop"):
+        raise ValueError(f"alpha must be 'white' or 'drop', got {alpha!r}.")
+    path = _check_file(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise MediaError(f"{path}: not a readable image ({e}). The file is corrupt or not an image.") from e
+    return pil_to_tensor(img, alpha=alpha)
+
+
+def pil_to_tensor(img, alpha: str = "white") -> torch.Tensor:
+    """A PIL image in any mode -> ``[H, W, 3]`` float32 0..1 (see :func:`load_image`)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grayscale PNGs decode as I;16 (or I); scale by their real range, not by 255.
+        arr = np.asarray(img).astype(np.float32)
+        scale = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        gray = np.clip(arr / scale, 0.0, 1.0)
+        return torch.from_numpy(np.repeat(gray[..., None], 3, axis=-1).copy())
+    if img.mode == "F":
+        gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        return torch.from_numpy(np.repeat(gray[..., None], 3, axis=-1).copy())
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA")).astype(np.float32) / 255.0
+        rgb, a = rgba[..., :3], rgba[..., 3:]
+        if alpha == "white":
+            rgb = rgb * a + (1.0 - a)
+        return torch.from_numpy(np.ascontiguousarray(rgb))
+    rgb = np.asarray(img.convert("RGB")).astype(np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(rgb))
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+def video_codec() -> str:
+    """H.264 (``libx264``) when this av build can encode it, else MPEG-4 part 2 (``mpeg4``)."""
+    import av
+
+    for name in ("libx264", "mpeg4"):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except (av.FFmpegError, ValueError):
+            continue
+    raise MediaError("this PyAV build has neither the libx264 nor the mpeg4 encoder; "
+                     "install the PyPI 'av' wheel, which bundles both.")
+
+
+def to_uint8_frames(frames) -> np.ndarray:
+    """``[F, H, W, 3]`` float 0..1 (tensor or array) or uint8 -> uint8 ``[F, H, W, 3]``."""
+    arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or arr.shape[0] == 0:
+        raise MediaError(f"expected frames [F, H, W, 3] with F >= 1, got shape {arr.shape}.")
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        arr = np.round(np.clip(np.nan_to_num(arr.astype(np.float32)), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return arr
+
+
+def make_even(frames: np.ndarray) -> np.ndarray:
+    """yuv420p needs even width and height: an odd size is padded by one pixel that repeats the
+    last row / column (nothing is cropped away)."""
+    h, w = frames.shape[1:3]
+    pad_h, pad_w = h % 2, w % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return frames
+
+
+def _encode_video_frames(container, stream, frames: np.ndarray) -> None:
+    import av
+
+    for image in frames:
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
+def _encode_audio(container, stream, audio: np.ndarray, sample_rate: int) -> None:
+    import av
+
+    layout = "mono" if audio.shape[0] == 1 else "stereo"
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, dtype=np.float32), format="fltp",
+                                       layout=layout)
+    frame.sample_rate = sample_rate
+    frame.pts = 0
+    for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
+def write_video(path: str | Path, frames, fps: float, audio: torch.Tensor | None = None,
+                sample_rate: int | None = None, crf: int = 18) -> Path:
+    """Write ``frames [F, H, W, 3]`` (float 0..1 or uint8) as an mp4 (H.264 yuv420p, or MPEG-4 where
+    H.264 is missing), with ``audio`` (``[T]`` or ``[C, T]``) muxed as AAC, trimmed (or padded
+    with silence) to exactly the video's duration.
+
+    Written to a temporary file in the same folder, then renamed into place, so an interrupted
+    write leaves no partial file behind. Odd sizes are padded by one pixel (see :func:`make_even`).
+    """
+    import av
+
+    path = Path(path)
+    rate = as_fraction(fps)
+    images = make_even(to_uint8_frames(frames))
+    wav = None
+    if audio is not None:
+        if not sample_rate:
+            raise MediaError("write_video: audio was given without its sample_rate.")
+        wav = torch.as_tensor(audio).detach().cpu().to(torch.float32)
+        if wav.dim() == 3:
+            wav = wav[0]
+        if wav.dim() == 1:
+            wav = wav[None]
+        if wav.shape[0] > 2:  # AAC here is written mono or stereo; mix surround down
+            wav = wav.mean(0, keepdim=True)
+        total = samples_for_frames(images.shape[0], rate, int(sample_rate))
+        wav = torch.nn.functional.pad(wav, (0, max(0, total - wav.shape[-1])))[:, :total]
+        wav = wav.clamp(-1, 1).numpy()
+        if wav.shape[-1] == 0:
+            wav = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{os.getpid()}{path.suffix or '.mp4'}")
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            codec = video_codec()
+            stream = container.add_stream(codec, rate=rate)
+            stream.width, stream.height = images.shape[2], images.shape[1]
+            stream.pix_fmt = "yuv420p"
+            if codec == "libx264":
+                stream.options = {"crf": str(crf)}
+            else:
+                stream.bit_rate = 8_000_000
+            astream = None
+            if wav is not None:
+                astream = container.add_stream("aac", rate=int(sample_rate))
+                astream.layout = "mono" if wav.shape[0] == 1 else "stereo"
+            _encode_video_frames(container, stream, images)
+            if astream is not None:
+                _encode_audio(container, astream, wav, int(sample_rate))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
