@@ -1,0 +1,185 @@
+import json
+
+import pytest
+import torch
+
+from echomimic_core.config import TransformerConfig
+from echomimic_core.model.conditioning import Conditioning
+from echomimic_core.model.transformer import EchoMimicTransformer, verify_fixture
+
+
+@pytest.mark.parametrize("name", ["preview_tiny", "flash_tiny"])
+def test_parity_with_upstream_fixture(reference_dir, name):
+    meta = json.loads((reference_dir / "tiny_meta.json").read_text())
+    errors = verify_fixture(reference_dir / f"{name}.safetensors", meta)
+    assert errors["output"] < 1e-5
+
+
+@pytest.mark.parametrize("name", ["preview", "flash"])
+def test_released_state_dict_names_and_shapes(reference_dir, name):
+    manifest = json.loads((reference_dir / f"{name}_1.3B_keys.json").read_text())
+    config = TransformerConfig.preset(name)
+    for key, value in manifest["config"].items():
+        assert getattr(config, key) == (tuple(value) if key == "patch_size" else value), key
+    with torch.device("meta"):
+        model = EchoMimicTransformer(config)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: v[0] for k, v in manifest["tensors"].items()}
+    assert sorted(set(ours) - set(theirs)) == [] and sorted(set(theirs) - set(ours)) == []
+    assert ours == theirs
+    assert sum(p.numel() for p in model.parameters()) == manifest["num_params"]
+
+
+def test_whisper_tiny_preset_takes_384_wide_audio():
+    with torch.device("meta"):
+        model = EchoMimicTransformer(TransformerConfig.preset("whisper_tiny"))
+    assert tuple(model.audio2token.proj.weight.shape) == (1536, 384)
+    assert model.config.audio_tokens_per_frame == 2
+
+
+def test_batched_conditioning_equals_separate_forwards(variant, tiny_config_fn, random_model_fn, random_inputs_fn):
+    config = tiny_config_fn(variant)
+    model = random_model_fn(config)
+    x, t, cond = random_inputs_fn(config, batch=2, text_lens=(5, 7))
+    first = Conditioning(context=cond.context[:1], clip_fea=cond.clip_fea[:1], y=cond.y[:1],
+                         audio=cond.audio[:1], ip_mask=None, audio_scale=1.0)
+    second = Conditioning(context=cond.context[1:], clip_fea=cond.clip_fea[1:], y=cond.y[1:],
+                          audio=cond.audio[1:], ip_mask=cond.ip_mask[1:], audio_scale=0.5)
+    with torch.no_grad():
+        batched = model(x, t, Conditioning.cat([first, second]))
+        separate = torch.cat([model(x[:1], t[:1], first), model(x[1:], t[1:], second)])
+    torch.testing.assert_close(batched, separate, rtol=1e-5, atol=1e-5)
+
+
+def test_audio_changes_output_and_gate_silences_it(tiny_config_fn, random_model_fn, random_inputs_fn):
+    config = tiny_config_fn("preview")
+    model = random_model_fn(config)
+    x, t, cond = random_inputs_fn(config)
+    with torch.no_grad():
+        base = model(x, t, cond)
+        assert (model(x, t, cond.without_audio()) - base).abs().max() > 1e-3
+        closed = Conditioning(**{**cond.__dict__, "ip_mask": torch.zeros_like(cond.ip_mask)})
+        silent = Conditioning(**{**cond.__dict__, "audio_scale": 0.0})
+        torch.testing.assert_close(model(x, t, closed), model(x, t, silent))
+
+
+def test_gradient_checkpointing_gives_same_grads(tiny_config_fn, random_model_fn, random_inputs_fn):
+    config = tiny_config_fn("flash")
+    x, t, cond = random_inputs_fn(config)
+    model = random_model_fn(config)
+    runs = []  # a pre-hook: the recompute stops early, before a forward hook would fire
+    model.blocks[0].register_forward_pre_hook(lambda *a: runs.append(1))
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad(set_to_none=True)
+        model.gradient_checkpointing = checkpointing
+        model(x, t, cond).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert len(runs) == 3  # once without checkpointing; forward + recompute in backward with it
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
+def test_block_swap_same_output_and_blocks_return_to_offload(tiny_config_fn, random_model_fn, random_inputs_fn):
+    config = tiny_config_fn("preview", num_layers=3)
+    model = random_model_fn(config)
+    x, t, cond = random_inputs_fn(config)
+    with torch.no_grad():
+        expected = model(x, t, cond)
+        moved = []
+        model.blocks[0].register_forward_pre_hook(lambda m, a: moved.append(m.ffn[0].weight.device))
+        model.enable_block_swap(2, "cpu")
+        assert model._swap.swapped == {0, 1}
+        torch.testing.assert_close(model(x, t, cond), expected, rtol=0, atol=0)
+        assert moved == [torch.device("cpu")]
+    with pytest.raises(RuntimeError, match="block swap is for inference"):
+        model(x, t, cond)
+    model.disable_block_swap()
+    assert model._swap is None
+
+
+class _RecordingCache:
+    """Minimal TeaCache-shaped hook: compute once, then reuse the stored residual."""
+
+    def __init__(self):
+        self.residual, self.calls, self.t_mod_shapes = {}, [], []
+
+    def before_blocks(self, branch, t_mod, x):
+        self.calls.append(("before", branch))
+        self.t_mod_shapes.append(tuple(t_mod.shape))
+        return x + self.residual[branch] if branch in self.residual else None
+
+    def after_blocks(self, branch, x_in, x_out):
+        self.calls.append(("after", branch))
+        self.residual[branch] = x_out - x_in
+
+
+def test_cache_hook_skips_blocks_and_reuses_residual(tiny_config_fn, random_model_fn, random_inputs_fn):
+    config = tiny_config_fn("flash")
+    model = random_model_fn(config)
+    x, t, cond = random_inputs_fn(config)
+    cache, block_runs = _RecordingCache(), []
+    model.blocks[0].register_forward_hook(lambda *a: block_runs.append(1))
+    with torch.no_grad():
+        full = model(x, t, cond, cache=cache, cache_branch="cond")
+        reused = model(x, t, cond, cache=cache, cache_branch="cond")
+    assert len(block_runs) == 1
+    assert cache.calls == [("before", "cond"), ("after", "cond"), ("before", "cond")]
+    assert cache.t_mod_shapes[0] == (2, 6, config.dim)
+    torch.testing.assert_close(reused, full, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_stored_in_fp8_compute_in_activation_dtype(tiny_config_fn, random_model_fn, random_inputs_fn):
+    config = tiny_config_fn("preview")
+    model = random_model_fn(config)
+    reference = random_model_fn(config)
+    with torch.no_grad():
+        for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+            if p.ndim == 2:  # Linear weights stored as fp8, reference holds the same values in fp32
+                p.data = p.data.to(torch.float8_e4m3fn)
+                q.copy_(p.data.float())
+            else:
+                q.copy_(p)
+        x, t, cond = random_inputs_fn(config)
+        out = model(x, t, cond)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference(x, t, cond), rtol=0, atol=0)
+
+
+def test_bf16_compute_dtype_close_to_fp32(tiny_config_fn, random_model_fn, random_inputs_fn):
+    config = tiny_config_fn("flash")
+    model = random_model_fn(config)
+    x, t, cond = random_inputs_fn(config)
+    with torch.no_grad():
+        ref = model(x, t, cond)
+        model.compute_dtype = torch.bfloat16
+        out = model(x, t, cond)
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max() / ref.abs().max() < 0.05
+
+
+def test_riflex_changes_output_and_disable_restores(tiny_config_fn, random_model_fn, random_inputs_fn):
+    config = tiny_config_fn("preview")
+    model = random_model_fn(config)
+    x, t, cond = random_inputs_fn(config)
+    with torch.no_grad():
+        base = model(x, t, cond)
+        model.enable_riflex(k=1, L_test=3)
+        assert (model(x, t, cond) - base).abs().max() > 1e-4
+        model.disable_riflex()
+        torch.testing.assert_close(model(x, t, cond), base, rtol=0, atol=0)
+
+
+def test_audio_length_must_match_latent_frames(tiny_config_fn, random_model_fn, random_inputs_fn):
+    config = tiny_config_fn("preview")
+    model = random_model_fn(config)
+    x, t, cond = random_inputs_fn(config)
+    short = cond.with_audio(cond.audio[:, :10])  # 5 video frames = 2 latent frames, latents have 3
+    with pytest.raises(ValueError, match="audio covers 2 latent frames but the latents have 3"):
+        model(x, t, short)
+
+
+def test_unknown_attention_backend_is_refused(tiny_config_fn):
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        EchoMimicTransformer(tiny_config_fn("preview"), attention_backend="fast")
