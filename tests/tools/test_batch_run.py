@@ -1,0 +1,244 @@
+"""tools.batch_run against a stand-in ComfyUI server (aiohttp, 127.0.0.1, random port, in-process)."""
+import asyncio
+import csv
+import json
+import threading
+import uuid
+
+import pytest
+from aiohttp import web
+
+from tools import batch_run as br
+from workflows.validate import validate_api
+
+NODES = ("LoadImage", "LoadAudio", "CreateVideo", "SaveVideo", "PrimitiveInt", "PrimitiveString")
+WORKFLOW = {
+    "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}, "_meta": {"title": "Reference image"}},
+    "2": {"class_type": "LoadAudio", "inputs": {"audio": "example.wav"}},
+    "3": {"class_type": "PrimitiveInt", "inputs": {"value": 0}, "_meta": {"title": "Seed"}},
+    "4": {"class_type": "PrimitiveString", "inputs": {"value": ""}, "_meta": {"title": "Prompt"}},
+    "5": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 25.0, "audio": ["2", 0]}},
+    "6": {"class_type": "SaveVideo", "inputs": {"video": ["5", 0], "filename_prefix": "video/echo",
+                                                "format": "mp4", "codec": "h264"}},
+}
+
+
+class StandIn:
+    """Speaks the slice of ComfyUI 0.8's protocol the batch runner uses (ecosystem.md A8).
+
+    A prompt whose reference image is named bad*.png fails in CreateVideo; the saved "video" holds
+    the row's image, audio, seed and prompt so tests can tell outputs apart.
+    """
+
+    def __init__(self, schemas):
+        self.schemas = schemas
+        self.uploads, self.history, self.files, self.sockets = {}, {}, {}, {}
+        self.queued = []  # (prompt_id, prompt)
+        self.url = None
+
+    def app(self):
+        app = web.Application()
+        app.add_routes([web.get("/object_info", self.object_info), web.post("/upload/image", self.upload),
+                        web.post("/prompt", self.prompt), web.get("/history/{id}", self.get_history),
+                        web.get("/view", self.view), web.get("/ws", self.ws)])
+        return app
+
+    async def object_info(self, request):
+        return web.json_response(self.schemas)
+
+    async def upload(self, request):
+        form = await request.post()
+        part = form["image"]
+        self.uploads[part.filename] = part.file.read()
+        return web.json_response({"name": part.filename, "subfolder": "", "type": form.get("type", "input")})
+
+    async def prompt(self, request):
+        body = await request.json()
+        prompt = body["prompt"]
+        node_errors = {}
+        for issue in validate_api(prompt, self.schemas):
+            node_errors.setdefault(issue.node, {"errors": [], "dependent_outputs": [],
+                                                "class_type": prompt[issue.node]["class_type"]})
+            node_errors[issue.node]["errors"].append({"type": "invalid", "message": issue.message, "details": ""})
+        for node_id, node in prompt.items():  # like ComfyUI: a file combo must name an input file
+            name = node["inputs"].get("image") or node["inputs"].get("audio")
+            if node["class_type"] in ("LoadImage", "LoadAudio") and name not in self.uploads:
+                node_errors[node_id] = {"errors": [{"type": "value_not_in_list", "message": "Value not in list",
+                                                    "details": f"{name} not in input files"}],
+                                        "dependent_outputs": [], "class_type": node["class_type"]}
+        if node_errors:
+            return web.json_response({"error": {"type": "prompt_outputs_failed_validation",
+                                                "message": "Prompt outputs failed validation"},
+                                      "node_errors": node_errors}, status=400)
+        prompt_id = str(uuid.uuid4())
+        self.queued.append((prompt_id, prompt))
+        asyncio.get_running_loop().create_task(self.execute(prompt_id, prompt, body.get("client_id")))
+        return web.json_response({"prompt_id": prompt_id, "number": len(self.queued), "node_errors": {}})
+
+    async def execute(self, prompt_id, prompt, client_id):
+        ws = self.sockets.get(client_id)
+
+        async def send(kind, **data):
+            if ws is not None and not ws.closed:
+                await ws.send_json({"type": kind, "data": {**data, "prompt_id": prompt_id}})
+
+        await send("execution_start", timestamp=0)
+        await ws.send_bytes(b"\x00\x00\x00\x01\x00\x00\x00\x01jpeg")  # a preview frame, ignored
+        await send("executing", node="5", display_node="5")
+        for step in (1, 2):
+            await send("progress", value=step, max=2, node="5")
+        image = prompt["1"]["inputs"]["image"]
+        if image.startswith("bad"):
+            error = {"node_id": "5", "node_type": "CreateVideo", "exception_type": "RuntimeError",
+                     "exception_message": "CUDA out of memory", "executed": []}
+            await send("execution_error", **error)
+            self.history[prompt_id] = {"prompt": [], "outputs": {},
+                                       "status": {"status_str": "error", "completed": False,
+                                                  "messages": [["execution_error", error]]}}
+        else:
+            name = f"echo_{sum(k[0] == 'video' for k in self.files) + 1:05}_.mp4"
+            self.files[("video", name)] = json.dumps(
+                [image, prompt["2"]["inputs"]["audio"], prompt["3"]["inputs"]["value"], prompt["4"]["inputs"]["value"]]).encode()
+            self.files[("", "preview.png")] = b"png"
+            outputs = {"6": {"images": [{"filename": name, "subfolder": "video", "type": "output"}], "animated": [True]},
+                       "7": {"images": [{"filename": "preview.png", "subfolder": "", "type": "temp"}]}}
+            await send("executed", node="6", display_node="6", output=outputs["6"])
+            self.history[prompt_id] = {"prompt": [], "outputs": outputs,
+                                       "status": {"status_str": "success", "completed": True, "messages": []}}
+            await send("execution_success", timestamp=1)
+        await send("executing", node=None)
+
+    async def get_history(self, request):
+        prompt_id = request.match_info["id"]
+        return web.json_response({prompt_id: self.history[prompt_id]} if prompt_id in self.history else {})
+
+    async def view(self, request):
+        key = (request.query.get("subfolder", ""), request.query["filename"])
+        if key not in self.files:
+            raise web.HTTPNotFound()
+        return web.Response(body=self.files[key])
+
+    async def ws(self, request):
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self.sockets[request.query["clientId"]] = socket
+        await socket.send_json({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}})
+        async for _ in socket:
+            pass
+        return socket
+
+
+@pytest.fixture
+def server(reference_dir):
+    info = json.loads((reference_dir.parent / "comfyui" / "object_info.json").read_text())
+    standin = StandIn({name: info[name] for name in NODES})
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(standin.app())
+    ready = threading.Event()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+        standin.url = "http://127.0.0.1:%d" % runner.addresses[0][1]
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10), "stand-in server did not start"
+    yield standin
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@pytest.fixture
+def batch(tmp_path):
+    """A workflow file and a CSV table of three rows (one of which fails at run time)."""
+    for name in ("a.png", "b.png", "bad.png", "a.wav", "b.wav"):
+        (tmp_path / name).write_bytes(name.encode())
+    (tmp_path / "wf.json").write_text(json.dumps(WORKFLOW))
+    rows = [{"name": "alice", "image": "a.png", "audio": "a.wav", "Seed.value": "1", "Prompt.value": "hi"},
+            {"name": "bob", "image": "b.png", "audio": "b.wav", "Seed.value": "2", "Prompt.value": ""},
+            {"name": "broken", "image": "bad.png", "audio": "a.wav", "Seed.value": "3", "Prompt.value": "x"}]
+    with open(tmp_path / "rows.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return tmp_path
+
+
+def _run(batch, server, *extra):
+    return br.main([str(batch / "wf.json"), "--inputs", str(batch / "rows.csv"), "--server", server.url,
+                    "--out", str(batch / "out"), "--retry-delay", "0", *extra])
+
+
+def test_rows_run_outputs_download_failures_retry_and_resume(batch, server, capsys):
+    assert _run(batch, server, "--retries", "2") == 1
+    out = batch / "out"
+    assert json.loads((out / "alice" / "echo_00001_.mp4").read_bytes()) == ["a.png", "a.wav", 1, "hi"]
+    # an empty cell keeps the workflow's value
+    assert json.loads((out / "bob" / "echo_00002_.mp4").read_bytes()) == ["b.png", "b.wav", 2, ""]
+    assert not (out / "alice" / "preview.png").exists()  # temp previews are not downloaded by default
+    assert sorted(server.uploads) == ["a.png", "a.wav", "b.png", "b.wav", "bad.png"]
+    images = [p["1"]["inputs"]["image"] for _, p in server.queued]
+    assert images == ["a.png", "b.png", "bad.png", "bad.png", "bad.png"]  # 1 try + 2 retries
+    state = json.loads((out / "batch_state.json").read_text())["rows"]
+    assert state["alice"]["status"] == "done" and state["broken"]["status"] == "failed"
+    assert state["broken"]["attempts"] == 3 and "CUDA out of memory" in state["broken"]["error"]
+    table = capsys.readouterr().out
+    assert "broken  failed" in table and "2/3 rows done" in table
+
+    assert _run(batch, server, "--resume", "--retries", "0") == 1
+    images = [p["1"]["inputs"]["image"] for _, p in server.queued]
+    assert images[5:] == ["bad.png"]  # finished rows are skipped
+    assert "skipped" in capsys.readouterr().out
+    state = json.loads((out / "batch_state.json").read_text())["rows"]
+    assert state["alice"]["status"] == "done"  # still done for the next resume
+
+
+def test_resume_reruns_a_changed_row(batch, server):
+    assert _run(batch, server, "--retries", "0") == 1
+    text = (batch / "rows.csv").read_text().replace("a.png,a.wav,1,hi", "a.png,a.wav,5,hi")
+    (batch / "rows.csv").write_text(text.replace("bad.png", "b.png"))
+    assert _run(batch, server, "--resume") == 0
+    assert [p["3"]["inputs"]["value"] for _, p in server.queued][3:] == [5, 3]
+
+
+def test_rejected_prompt_is_reported_without_retry(batch, server):
+    (batch / "rows.csv").write_text("name,image,audio\nx,a.png,not-uploaded.wav\n")
+    assert _run(batch, server, "--retries", "3") == 1
+    state = json.loads((batch / "out" / "batch_state.json").read_text())["rows"]["x"]
+    assert state["attempts"] == 1 and "Value not in list" in state["error"] and server.queued == []
+
+
+@pytest.mark.parametrize("workflow,table,expected", [
+    ({**WORKFLOW, "5": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 25.0, "frames": 3}}},
+     "image\na.png\n", "CreateVideo has no input 'frames'"),
+    ({"nodes": [], "links": []}, "image\na.png\n", "Export (API)"),
+    (WORKFLOW, "Nobody.value\n1\n", "no node with id, title or type 'Nobody'"),
+    (WORKFLOW, "value\n1\n", "nodes 3, 4 all have an input 'value'"),
+    (WORKFLOW, "5.images\na.png\n", "is linked to node 1"),
+    (WORKFLOW, "Seed.value\nseven\n", "'seven' is not a valid int"),
+])
+def test_bad_workflow_or_table_stops_before_any_upload(batch, server, capsys, workflow, table, expected):
+    (batch / "wf.json").write_text(json.dumps(workflow))
+    (batch / "rows.csv").write_text(table)
+    assert _run(batch, server) == 2
+    assert expected in capsys.readouterr().err
+    assert server.uploads == {} and server.queued == []
+
+
+def test_folder_inputs(tmp_path):
+    for name in ("x.png", "x.wav", "y.jpg"):
+        (tmp_path / name).write_bytes(b"0")
+    (tmp_path / "x.txt").write_text("a person talking\n")
+    rows = br.load_rows(tmp_path)
+    assert [(r.name, r.values) for r in rows] == [
+        ("x", {"image": "x.png", "audio": "x.wav", "prompt": "a person talking"}), ("y", {"image": "y.jpg"})]
+    bindings = br.resolve_columns(WORKFLOW, ["image", "prompt"], {"prompt": "Prompt.value"})
+    assert bindings == {"image": ("1", "image"), "prompt": ("4", "value")}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(br.BatchError, match="no images"):
+        br.load_rows(tmp_path / "empty")
