@@ -1,0 +1,180 @@
+"""Training configuration: one dataclass tree, loaded from YAML or JSON.
+
+    python -m training.train --config cfg.yaml
+
+Every field has a default, so a config file only names what it changes. Unknown keys are an
+error (a typo must not silently train with the default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PHASES = ("early", "middle", "late")
+TASKS = ("first_frame", "first_last", "mouth")
+MODALITIES = ("text", "image", "audio")
+
+
+@dataclass
+class ModelConfig:
+    # A TransformerConfig preset name (e.g. "preview", "flash", "tiny_preview") used when no
+    # checkpoint is given, or to build the model a Wan2.1-Fun-InP checkpoint is loaded into.
+    preset: str = "preview"
+    # EchoMimicV3 checkpoint (all keys present) or Wan2.1-Fun-InP checkpoint (audio layers
+    # missing: they are initialised as upstream does). None = random init (tests only).
+    checkpoint: str | None = None
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class DataConfig:
+    # Folder written by `python -m training.preprocess` (shards + index.json + nulls).
+    sft_dir: str = "data/cache"
+    # Folder of preprocessed DPO pairs; None disables DPO.
+    dpo_dir: str | None = None
+    batch_size: int = 3
+    num_workers: int = 2
+
+
+@dataclass
+class FlowConfig:
+    # Wan's timestep shift: sigma' = shift*sigma / (1 + (shift-1)*sigma).
+    shift: float = 5.0
+    num_train_timesteps: int = 1000
+    # Phase boundaries on the 0..1000 timestep axis, high t = noisy = early:
+    # early (b1, 1000], middle (b0, b1], late [0, b0].
+    phase_boundaries: tuple[float, float] = (333.0, 666.0)
+
+
+@dataclass
+class DropConfig:
+    # Phase-specific modality drop (the paper's training strategy).
+    phase_drop: bool = True
+    # Late phase: probability of dropping two modalities instead of one.
+    late_two_prob: float = 0.5
+    # Classifier-free dropout applied on top, per sample, so inference guidance has an
+    # unconditional branch to extrapolate from.
+    cfg_text: float = 0.1
+    cfg_audio: float = 0.1
+    cfg_all: float = 0.05
+
+
+@dataclass
+class TaskConfig:
+    # Relative sampling weights of the inpainting tasks; "mouth" falls back to "first_frame"
+    # for clips without a mouth box.
+    ratios: dict[str, float] = field(
+        default_factory=lambda: {"first_frame": 0.6, "first_last": 0.2, "mouth": 0.2})
+
+
+@dataclass
+class DPOConfig:
+    # Every N-th optimizer step is a DPO step (0 = SFT only).
+    every_n_steps: int = 4
+    beta: float = 500.0
+    batch_size: int = 1
+
+
+@dataclass
+class LoRAConfig:
+    enabled: bool = False
+    rank: int = 16
+    alpha: float = 16.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q", "k", "v", "o", "k_img", "v_img", "k_audio", "v_audio",
+                                 "ffn.0", "ffn.2"])
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-5
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 100
+    max_steps: int = 10000
+    gradient_accumulation_steps: int = 1
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/echomimic"
+    seed: int = 42
+    # "no" | "bf16" | "fp16"; accelerate's own setting from the launch config wins if given.
+    mixed_precision: str = "bf16"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    # "auto" = tensorboard when installed, plus a JSONL file that is always written.
+    trackers: list[str] = field(default_factory=lambda: ["auto"])
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    drop: DropConfig = field(default_factory=DropConfig)
+    tasks: TaskConfig = field(default_factory=TaskConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def validate(self) -> "TrainConfig":
+        b0, b1 = self.flow.phase_boundaries
+        if not 0 < b0 < b1 < self.flow.num_train_timesteps:
+            raise ValueError(f"flow.phase_boundaries must satisfy 0 < b0 < b1 < "
+                             f"{self.flow.num_train_timesteps}, got {self.flow.phase_boundaries}.")
+        unknown = set(self.tasks.ratios) - set(TASKS)
+        if unknown or not any(v > 0 for v in self.tasks.ratios.values()):
+            raise ValueError(f"tasks.ratios: expected positive weights for some of {TASKS}, "
+                             f"got {self.tasks.ratios}.")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no/bf16/fp16, got {self.mixed_precision!r}.")
+        for name in ("cfg_text", "cfg_audio", "cfg_all", "late_two_prob"):
+            p = getattr(self.drop, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"drop.{name} is a probability, got {p}.")
+        return self
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, found {type(data).__name__}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where or 'config'}: unknown keys {unknown}; known keys are {sorted(fields)}.")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}".lstrip("."))
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    return _build(TrainConfig, data, "").validate()
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a TrainConfig from ``.yaml``/``.yml`` or ``.json``."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    elif path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ValueError(f"{path}: expected a .yaml, .yml or .json config file.")
+    return config_from_dict(data)
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

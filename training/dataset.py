@@ -1,0 +1,127 @@
+"""The preprocessed cache: safetensors shards + ``index.json``, and a resumable sample stream.
+
+Layout of a cache folder (written by ``training.preprocess``)::
+
+    index.json               {"kind": "sft"|"dpo", "items": [{"id", "shard", ...metadata}]}
+    shard-00000.safetensors  tensors "<id>/<name>" for every item of that shard
+    nulls.safetensors        "text": the empty-prompt embedding (dropped text)
+
+Per SFT item: ``latents`` [16, F, h, w], ``cond.<task>`` [16, F, h, w] (masked-video latents per
+task), ``text`` [L, D], ``clip`` [257, C], ``audio`` (the encoder's per-clip features), plus
+metadata ``mouth_box`` / ``face_box`` (fractions of the frame) when known.
+Per DPO item: ``chosen.latents`` and ``rejected.latents`` with the shared ``cond.first_frame``,
+``text``, ``clip``, ``audio``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from echomimic_core.checkpoints.files import save_state_dict
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.json"
+NULLS = "nulls.safetensors"
+
+
+def read_index(folder: str | Path) -> dict:
+    path = Path(folder) / INDEX
+    if not path.is_file():
+        return {"kind": None, "items": []}
+    return json.loads(path.read_text())
+
+
+def write_index(folder: str | Path, index: dict) -> None:
+    """Atomic: a reader (or a killed writer) never sees half an index."""
+    path = Path(folder) / INDEX
+    tmp = path.with_name(INDEX + ".partial")
+    tmp.write_text(json.dumps(index, indent=1))
+    tmp.replace(path)
+
+
+def write_shard(folder: str | Path, shard_name: str, items: dict[str, dict[str, torch.Tensor]]) -> None:
+    flat = {f"{item_id}/{name}": t.detach().cpu().contiguous()
+            for item_id, tensors in items.items() for name, t in tensors.items()}
+    save_state_dict(flat, Path(folder) / shard_name)
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """Items of a preprocessed cache folder, read lazily from their shard."""
+
+    def __init__(self, folder: str | Path, kind: str = "sft"):
+        self.folder = Path(folder)
+        index = read_index(self.folder)
+        if not index["items"]:
+            raise FileNotFoundError(f"{self.folder}: no preprocessed items ({INDEX} missing or empty). "
+                                    "Run `python -m training.preprocess` first.")
+        if index.get("kind") != kind:
+            raise ValueError(f"{self.folder}: holds {index.get('kind')!r} items, expected {kind!r}.")
+        self.items = index["items"]
+        nulls = self.folder / NULLS
+        self.null_text = _read_all(nulls)["text"] if nulls.is_file() else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        meta = self.items[i]
+        prefix = meta["id"] + "/"
+        with safe_open(str(self.folder / meta["shard"]), framework="pt") as f:
+            tensors = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+        return {"id": meta["id"], "mouth_box": meta.get("mouth_box"),
+                "face_box": meta.get("face_box"), **tensors}
+
+
+def _read_all(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack same-shaped tensors; text stays a list (prompts differ in length)."""
+    out: dict = {"id": [s["id"] for s in samples], "mouth_box": [s["mouth_box"] for s in samples],
+                 "face_box": [s["face_box"] for s in samples], "text": [s["text"] for s in samples]}
+    for key in samples[0]:
+        if key in out or key.startswith("cond."):
+            continue
+        shapes = {tuple(s[key].shape) for s in samples}
+        if len(shapes) != 1:
+            raise ValueError(f"batch items differ in {key!r} shape {sorted(shapes)}: preprocess every "
+                             "clip to one resolution and frame count (or use batch_size 1).")
+        out[key] = torch.stack([s[key] for s in samples])
+    # Tasks whose latents a sample lacks (e.g. no mouth box) get zeros so the batch stacks;
+    # task sampling never picks them for that sample.
+    task_keys = sorted({k for s in samples for k in s if k.startswith("cond.")})
+    for key in task_keys:
+        if key not in out:
+            ref = next(s[key] for s in samples if key in s)
+            out[key] = torch.stack([s.get(key, torch.zeros_like(ref)) for s in samples])
+    return out
+
+
+class StreamSampler(torch.utils.data.Sampler):
+    """An endless stream of indices: epoch e is a permutation seeded by (seed, e).
+
+    Sample k of the stream depends only on (seed, k), so a resumed run starts at ``start`` (the
+    number of samples already consumed) and sees exactly what the uninterrupted run would have.
+    """
+
+    def __init__(self, length: int, seed: int, start: int = 0):
+        self.length, self.seed, self.start = length, seed, start
+
+    def __iter__(self):
+        position = self.start
+        while True:
+            epoch, offset = divmod(position, self.length)
+            perm = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch))
+            for index in perm[offset:].tolist():
+                yield index
+                position += 1
+
+    def __len__(self) -> int:  # the stream is endless; DataLoader only needs an int
+        return 2 ** 62

@@ -1,0 +1,95 @@
+"""LoRA on the transformer with peft, saved as a small ComfyUI-style safetensors file.
+
+peft fits: our ``ops.Linear`` subclasses ``nn.Linear``, so ``peft.inject_adapter_in_model`` wraps
+it (the base layer keeps its cast-on-the-fly forward) and the model keeps its own class and
+``forward(x, t, cond)`` (no ``PeftModel`` wrapper in the way of accelerate or the sampler).
+
+File format (what ComfyUI's LoRA loader and our ``merge_lora`` read)::
+
+    diffusion_model.<module>.lora_A.weight   [rank, in]
+    diffusion_model.<module>.lora_B.weight   [out, rank]
+    diffusion_model.<module>.alpha           scalar
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from echomimic_core.checkpoints.files import load_state_dict, save_state_dict
+from training.config import LoRAConfig
+
+PREFIX = "diffusion_model."
+
+
+def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
+    """Inject LoRA adapters into the Linear layers named by ``cfg.target_modules`` (names are
+    matched against the end of module paths, e.g. ``"q"`` -> ``blocks.3.self_attn.q``) and
+    freeze everything else."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = "|".join(re.escape(t) for t in cfg.target_modules)
+    pattern = rf".*\.({targets})$"
+    if not any(re.fullmatch(pattern, name) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear)):
+        raise ValueError(f"lora.target_modules {cfg.target_modules} match no Linear layer of the "
+                         "model; use names such as 'q', 'k', 'v', 'o', 'ffn.0'.")
+    model.requires_grad_(False)
+    peft_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=pattern,
+                          lora_dropout=0.0, bias="none")
+    return inject_adapter_in_model(peft_cfg, model)
+
+
+def lora_state_dict(model: nn.Module, alpha: float) -> dict[str, torch.Tensor]:
+    """The adapters in the file format above."""
+    from peft import get_peft_model_state_dict
+
+    out = {}
+    for key, value in get_peft_model_state_dict(model).items():
+        out[PREFIX + key] = value.detach().float().cpu()
+        module = key.rsplit(".lora_", 1)[0]
+        out[PREFIX + module + ".alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def save_lora(model: nn.Module, path: str | Path, cfg: LoRAConfig) -> None:
+    save_state_dict(lora_state_dict(model, cfg.alpha), path,
+                    metadata={"format": "lora", "rank": str(cfg.rank), "alpha": str(cfg.alpha)})
+
+
+def merge_lora(state: dict[str, torch.Tensor], lora: dict[str, torch.Tensor] | str | Path,
+               strength: float = 1.0) -> dict[str, torch.Tensor]:
+    """A copy of a transformer state dict with ``W += strength * alpha / rank * B @ A`` applied."""
+    if not isinstance(lora, dict):
+        lora = load_state_dict(lora)
+    out = dict(state)
+    modules = sorted({k[len(PREFIX):].rsplit(".lora_A.", 1)[0] for k in lora if ".lora_A." in k})
+    for module in modules:
+        key = module + ".weight"
+        if key not in out:
+            raise KeyError(f"LoRA targets {module!r}, which this transformer does not have "
+                           "(a LoRA trained for another variant?).")
+        a = lora[f"{PREFIX}{module}.lora_A.weight"].float()
+        b = lora[f"{PREFIX}{module}.lora_B.weight"].float()
+        alpha = float(lora.get(f"{PREFIX}{module}.alpha", torch.tensor(a.shape[0])))
+        w = out[key]
+        out[key] = (w.float() + strength * alpha / a.shape[0] * (b @ a)).to(w.dtype)
+    return out
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module):
+    """Run the base model (the frozen DPO reference when training LoRA) without a second copy."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)

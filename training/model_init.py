@@ -1,0 +1,65 @@
+"""The transformer a run starts from: an EchoMimicV3 checkpoint, a Wan2.1-Fun-InP checkpoint, or
+a preset with random weights (tests).
+
+Audio layers that do not come from the file are initialised as upstream's constructor does:
+``cross_attn.k_audio`` / ``v_audio`` weights zero (the audio path adds nothing at step 0), the
+audio projector with PyTorch's default init. The node pack's loader creates a base file's missing
+audio tensors all at zero, which is right for inference but would leave training with no gradient
+into the audio path (zero projector output times zero ``v_audio``), so the projector is re-drawn.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from echomimic_core.checkpoints.files import read_shapes
+from echomimic_core.checkpoints.transformer import detect_variant, load_transformer
+from echomimic_core.config import TransformerConfig
+from echomimic_core.model.transformer import EchoMimicTransformer
+from training.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def zero_audio_attention(model: EchoMimicTransformer) -> None:
+    """Upstream ``nn.init.zeros_`` of every block's ``k_audio`` / ``v_audio`` (and their biases)."""
+    for block in model.blocks:
+        for layer in (block.cross_attn.k_audio, block.cross_attn.v_audio):
+            nn.init.zeros_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+def reset_audio_projector(model: EchoMimicTransformer, seed: int = 0) -> None:
+    """Default (PyTorch) init of the audio projector, drawn from a fixed seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.audio_projector.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+
+def build_model(cfg: ModelConfig, seed: int = 0) -> EchoMimicTransformer:
+    """A float32 model in train mode with every parameter trainable."""
+    if cfg.checkpoint is None:
+        config = TransformerConfig.preset(cfg.preset)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = EchoMimicTransformer(config)
+        zero_audio_attention(model)
+        log.info("built a randomly initialised %r transformer (no checkpoint given)", cfg.preset)
+    else:
+        variant = detect_variant(read_shapes(cfg.checkpoint))
+        wanted = TransformerConfig.preset(cfg.preset).audio_variant if cfg.preset else None
+        model = load_transformer(cfg.checkpoint, dtype=torch.float32,
+                                 variant=wanted if variant == "base" else None)
+        model.compute_dtype = None  # accelerate's autocast decides the compute dtype
+        if variant == "base":
+            reset_audio_projector(model, seed)
+            zero_audio_attention(model)
+            log.info("initialised the %s audio layers of base checkpoint %s as upstream",
+                     model.config.audio_variant, cfg.checkpoint)
+    model.requires_grad_(True)
+    return model.train()

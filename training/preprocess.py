@@ -1,0 +1,282 @@
+"""Cache VAE latents, text embeddings, CLIP tokens and audio features for training.
+
+    python -m training.preprocess --manifest clips.jsonl --out data/cache \\
+        --vae Wan2.1_VAE.pth --text-encoder umt5-xxl-enc-bf16.pth --clip clip_vision_h.safetensors \\
+        --audio-encoder wav2vec2-base-960h --frames 81 --height 512 --width 512
+
+Manifest: one JSON object a line (format in docs/TRAINING.md). Resumable (items already in the
+index are skipped), safe to interrupt (each shard is written to a temporary file and renamed,
+then the index is replaced atomically), with a progress bar. Encoders and the clip reader are
+injected callables (:class:`Encoders`), so tests run tiny ones.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from echomimic_core.checkpoints.files import save_state_dict
+from training.dataset import NULLS, read_index, write_index, write_shard
+from training.tasks import pixel_keep_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoders:
+    """vae: [3, N, H, W] in [-1, 1] -> normalised latents [16, F, h, w];
+    text: prompt -> [L, text_dim]; image: [3, H, W] in [-1, 1] -> CLIP tokens [257, clip_dim];
+    audio: (waveform [T] mono, sample_rate, num_frames, fps) -> the variant's audio features."""
+    vae: Callable[[torch.Tensor], torch.Tensor]
+    text: Callable[[str], torch.Tensor]
+    image: Callable[[torch.Tensor], torch.Tensor]
+    audio: Callable[[torch.Tensor, int, int, float], torch.Tensor]
+
+
+class TooShort(ValueError):
+    """A clip with fewer frames than training uses: filtered out, not an error."""
+
+
+@dataclass
+class Clip:
+    video: torch.Tensor     # [3, N, H, W] in [-1, 1], resized, N = the frames kept
+    waveform: torch.Tensor  # [T] mono
+    sample_rate: int
+    fps: float
+
+
+def load_clip(path: str, frames: int, size: tuple[int, int], audio_path: str | None = None) -> Clip:
+    """Decode the first ``frames`` frames of a video, resize to ``size`` (H, W), and its audio."""
+    import torch.nn.functional as F
+
+    from echomimic_core import media
+
+    data = media.load_video(path, max_frames=frames)
+    if data.frames.shape[0] < frames:
+        raise TooShort(f"{path}: has {data.frames.shape[0]} frames, fewer than the {frames} used.")
+    video = data.frames.permute(3, 0, 1, 2)  # [F, H, W, 3] -> [3, F, H, W]
+    video = F.interpolate(video.transpose(0, 1), size=size, mode="bilinear", antialias=True,
+                          align_corners=False).transpose(0, 1)
+    if audio_path is not None:
+        waveform, sr = media.load_audio(audio_path)
+    elif data.audio is not None:
+        waveform, sr = data.audio, data.sample_rate
+    else:
+        raise ValueError(f"{path}: has no soundtrack; give an \"audio\" file in the manifest row.")
+    return Clip(video=video.clamp(0, 1) * 2 - 1, waveform=media.to_mono(waveform),
+                sample_rate=int(sr), fps=data.fps)
+
+
+def masked_video(video: torch.Tensor, task: str, mouth_box=None) -> torch.Tensor:
+    """The [-1, 1] video with every generated pixel zeroed (what the VAE encodes for ``task``)."""
+    _, n, h, w = video.shape
+    return video * pixel_keep_mask(task, n, h, w, mouth_box)[None]
+
+
+def encode_sft_item(row: dict, clip: Clip, enc: Encoders) -> dict[str, torch.Tensor]:
+    n = clip.video.shape[1]
+    out = {"latents": enc.vae(clip.video),
+           "text": enc.text(row.get("caption", "")),
+           "clip": enc.image(clip.video[:, 0]),
+           "audio": enc.audio(clip.waveform, clip.sample_rate, n, clip.fps)}
+    tasks = ["first_frame", "first_last"] + (["mouth"] if row.get("mouth_box") else [])
+    for task in tasks:
+        out[f"cond.{task}"] = enc.vae(masked_video(clip.video, task, row.get("mouth_box")))
+    return out
+
+
+def encode_dpo_item(row: dict, chosen: Clip, rejected: Clip, enc: Encoders,
+                    reference: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A preference pair generated from one reference image: the conditioning is shared."""
+    if chosen.video.shape != rejected.video.shape:
+        raise ValueError(f"pair {row['id']}: chosen {tuple(chosen.video.shape)} and rejected "
+                         f"{tuple(rejected.video.shape)} clips differ in shape; they must come from "
+                         "the same generation settings.")
+    first = chosen.video[:, 0] if reference is None else reference
+    given = torch.zeros_like(chosen.video)
+    given[:, 0] = first
+    n = chosen.video.shape[1]
+    return {"chosen.latents": enc.vae(chosen.video), "rejected.latents": enc.vae(rejected.video),
+            "cond.first_frame": enc.vae(given), "text": enc.text(row.get("caption", "")),
+            "clip": enc.image(first), "audio": enc.audio(chosen.waveform, chosen.sample_rate, n, chosen.fps)}
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    rows = []
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "id" not in row:
+            raise ValueError(f"{path}:{i + 1}: every row needs an \"id\" (unique, used to resume).")
+        rows.append(row)
+    return rows
+
+
+def _resolve(root: Path, value: str | None) -> str | None:
+    return None if value is None else str(root / value)
+
+
+def preprocess(rows: Iterable[dict], out_dir: str | Path, encoders: Encoders, *, kind: str = "sft",
+               frames: int = 81, size: tuple[int, int] = (512, 512), root: str | Path = ".",
+               shard_size: int = 64, min_sync_score: float | None = None, sync_column: str = "sync_score",
+               min_frames: int | None = None,
+               loader: Callable[..., Clip] = load_clip, progress: bool = True) -> dict[str, int]:
+    """Encode every row not already cached; returns counts (done, skipped_filter, failed, cached)."""
+    from tqdm.auto import tqdm
+
+    if kind not in ("sft", "dpo"):
+        raise ValueError(f"kind must be 'sft' or 'dpo', got {kind!r}.")
+    if (frames - 1) % 4:
+        raise ValueError(f"frames must be 4k + 1 (e.g. 81), got {frames}: the Wan VAE folds 4 frames.")
+    out, root = Path(out_dir), Path(root)
+    out.mkdir(parents=True, exist_ok=True)
+    index = read_index(out)
+    if index["kind"] not in (None, kind):
+        raise ValueError(f"{out}: already holds {index['kind']!r} items; use another folder for {kind!r}.")
+    index["kind"] = kind
+    done = {item["id"] for item in index["items"]}
+    if not (out / NULLS).is_file():
+        # the empty prompt's embedding is what dropped text becomes (upstream's negative prompt "")
+        save_state_dict({"text": encoders.text("").contiguous()}, out / NULLS)
+
+    stats = {"done": 0, "skipped_filter": 0, "failed": 0, "cached": 0}
+    todo = []
+    for row in rows:
+        if row["id"] in done:
+            stats["cached"] += 1
+        elif min_sync_score is not None and float(row.get(sync_column, float("-inf"))) < min_sync_score:
+            stats["skipped_filter"] += 1
+        elif "num_frames" in row and int(row["num_frames"]) < max(frames, min_frames or 0):
+            stats["skipped_filter"] += 1  # known short from the manifest: not even decoded
+        else:
+            todo.append(row)
+
+    pending: dict[str, dict] = {}
+    pending_meta: list[dict] = []
+
+    def flush():
+        if not pending:
+            return
+        shard = f"shard-{len({i['shard'] for i in index['items']}):05d}.safetensors"
+        write_shard(out, shard, pending)
+        index["items"].extend({**meta, "shard": shard} for meta in pending_meta)
+        write_index(out, index)
+        pending.clear()
+        pending_meta.clear()
+
+    for row in tqdm(todo, desc=f"preprocess {kind}", disable=not progress):
+        try:
+            if kind == "sft":
+                clip = loader(_resolve(root, row["video"]), frames, size, _resolve(root, row.get("audio")))
+                tensors = encode_sft_item(row, clip, encoders)
+            else:
+                chosen = loader(_resolve(root, row["chosen"]), frames, size, _resolve(root, row.get("audio")))
+                rejected = loader(_resolve(root, row["rejected"]), frames, size, _resolve(root, row.get("audio")))
+                tensors = encode_dpo_item(row, chosen, rejected, encoders)
+        except TooShort as e:
+            log.info("filtered %s: %s", row["id"], e)
+            stats["skipped_filter"] += 1
+            continue
+        except (ValueError, OSError) as e:  # a bad clip is skipped and counted, not fatal
+            log.warning("skipping %s: %s", row["id"], e)
+            stats["failed"] += 1
+            continue
+        pending[row["id"]] = tensors
+        pending_meta.append({k: row[k] for k in ("id", "mouth_box", "face_box", sync_column, "caption")
+                             if k in row})
+        stats["done"] += 1
+        if len(pending) >= shard_size:
+            flush()
+    flush()
+    log.info("preprocess %s -> %s: %s", kind, out, stats)
+    return stats
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def build_encoders(args) -> Encoders:
+    """The real encoders of the node pack, on ``args.device``."""
+    from echomimic_core.encoders.audio import AudioEncoder
+    from echomimic_core.encoders.text import TextEncoder
+
+    device = torch.device(args.device)
+    text_encoder = TextEncoder.load(args.text_encoder)
+    audio_encoder = AudioEncoder.load(args.audio_encoder)
+    vae = _load_vae(args.vae, device)
+    image_encoder = _load_image_encoder(args.clip, device)
+
+    def audio(waveform, sample_rate, num_frames, fps):
+        from echomimic_core import media
+
+        wave = media.prepare_audio(waveform, sample_rate)
+        return audio_encoder.features_for_video(wave, num_frames, fps)[0].cpu()
+
+    return Encoders(
+        vae=lambda video: vae(video[None].to(device))[0].cpu(),
+        text=lambda prompt: text_encoder.encode(prompt)[0].cpu(),
+        image=lambda frame: image_encoder(frame[None].to(device))[0].cpu(),
+        audio=audio)
+
+
+def _load_vae(path: str, device):
+    from echomimic_core import vae as vae_module
+
+    loader = getattr(vae_module, "load_vae", None)
+    if loader is None:
+        raise SystemExit("echomimic_core.vae has no load_vae(path) yet; cannot encode videos.")
+    model = loader(path, device=device)
+    return model.encode
+
+
+def _load_image_encoder(path: str, device):
+    try:
+        from echomimic_core.encoders import image as image_module
+    except ImportError as e:
+        raise SystemExit(f"the CLIP vision encoder is not available ({e}).") from e
+    model = image_module.ImageEncoder.load(path, device=device)
+    return model.encode
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.preprocess", description=__doc__.split("\n\n")[0])
+    p.add_argument("--manifest", required=True, help="JSONL rows (see docs/TRAINING.md)")
+    p.add_argument("--out", required=True, help="cache folder (resumable)")
+    p.add_argument("--kind", choices=("sft", "dpo"), default="sft")
+    p.add_argument("--root", default=None, help="folder the manifest's paths are relative to "
+                                                "(default: the manifest's folder)")
+    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--min-sync-score", type=float, default=None,
+                   help="skip rows whose sync column is below this (e.g. SyncNet confidence)")
+    p.add_argument("--sync-column", default="sync_score")
+    p.add_argument("--min-frames", type=int, default=None,
+                   help="skip rows whose num_frames column is below this (clips shorter than "
+                        "--frames are always skipped)")
+    p.add_argument("--vae", required=True)
+    p.add_argument("--text-encoder", required=True)
+    p.add_argument("--clip", required=True)
+    p.add_argument("--audio-encoder", required=True)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    root = args.root or str(Path(args.manifest).parent)
+    with torch.inference_mode():
+        stats = preprocess(read_manifest(args.manifest), args.out, build_encoders(args), kind=args.kind,
+                           frames=args.frames, size=(args.height, args.width), root=root,
+                           shard_size=args.shard_size, min_sync_score=args.min_sync_score,
+                           sync_column=args.sync_column, min_frames=args.min_frames)
+    print(json.dumps(stats))
+    return 0 if stats["failed"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,301 @@
+"""SFT and DPO steps, alternated on one accelerate-prepared model, with exact resume.
+
+Randomness of a step (phases, timesteps, noise, tasks, drops) comes from a CPU generator seeded by
+(seed, step, process), and the data stream position from the number of samples consumed, so a
+resumed run repeats exactly what the uninterrupted run would have done; accelerate's
+``save_state``/``load_state`` carries model, optimizer, LR schedule, RNG and our ``TrainState``.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+
+from echomimic_core.model.conditioning import Conditioning
+from training import flow_matching as fm
+from training.config import PHASES, TASKS, TrainConfig, config_to_dict
+from training.dataset import StreamSampler, collate
+from training.lora import adapters_disabled, add_lora, save_lora
+from training.modality_drop import apply_drop, drop_plan
+from training.tasks import build_y, sample_tasks
+from training.trackers import resolve_trackers
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+MODEL_FILE = "transformer.safetensors"
+LORA_FILE = "lora.safetensors"
+
+
+class TrainState:
+    """Counters saved with every checkpoint (registered with ``accelerator.register_for_checkpointing``)."""
+
+    def __init__(self):
+        self.step = 0          # optimizer steps done
+        self.sft_samples = 0   # samples consumed from each stream, all processes together
+        self.dpo_samples = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "sft_samples": self.sft_samples, "dpo_samples": self.dpo_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.sft_samples, self.dpo_samples = (
+            int(state["step"]), int(state["sft_samples"]), int(state["dpo_samples"]))
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    out = Path(config.output_dir)
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.optim.gradient_accumulation_steps,
+        log_with=resolve_trackers(config.trackers, out / "logs"),
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+
+
+def is_dpo_step(step: int, every_n_steps: int) -> bool:
+    """Alternating schedule: optimizer step ``step`` (0-based) is DPO when it closes a block of N."""
+    return every_n_steps > 0 and (step + 1) % every_n_steps == 0
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return out
+
+
+class Trainer:
+    """Trains ``model`` (``forward(x, t, cond) -> velocity``) on cached SFT (and DPO) data.
+
+    ``sft_data`` / ``dpo_data`` are map-style datasets of items as ``training.dataset`` stores them;
+    ``null_text`` [L, D] is the empty-prompt embedding fed where text is dropped.
+    """
+
+    def __init__(self, config: TrainConfig, model: torch.nn.Module, sft_data, null_text: torch.Tensor,
+                 dpo_data=None, accelerator: Accelerator | None = None):
+        self.config = config
+        self.acc = accelerator or make_accelerator(config)
+        self.null_text = null_text
+        self.sft_data, self.dpo_data = sft_data, dpo_data
+        self.state = TrainState()
+        self.out = Path(config.output_dir)
+
+        if config.model.gradient_checkpointing:
+            model.gradient_checkpointing = True
+        if config.lora.enabled:
+            model = add_lora(model, config.lora)
+        # The frozen DPO reference: with LoRA the same weights with adapters switched off, else a
+        # copy taken before training changes anything.
+        self.ref_model = None
+        if dpo_data is not None and config.dpo.every_n_steps > 0 and not config.lora.enabled:
+            self.ref_model = copy.deepcopy(model).requires_grad_(False).eval().to(self.acc.device)
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters (LoRA targets nothing?).")
+        o = config.optim
+        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        from diffusers.optimization import get_scheduler
+
+        # accelerate steps a prepared scheduler once per process per optimizer step
+        n = self.acc.num_processes
+        scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps * n,
+                                  num_training_steps=o.max_steps * n)
+        self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
+        self.acc.register_for_checkpointing(self.state)
+        if self.acc.is_main_process:
+            self.acc.init_trackers("train", config=_flat(config_to_dict(config)))
+
+    # ---------------------------------------------------------------- checkpoints
+    def checkpoints(self) -> list[Path]:
+        folder = self.out / "checkpoints"
+        done = [p for p in folder.glob(CHECKPOINT_PREFIX + "*") if (p / "state").is_dir()
+                and not p.name.endswith(".partial")]
+        return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Load the given checkpoint folder, or the latest complete one; False if there is none."""
+        if path is None:
+            found = self.checkpoints()
+            if not found:
+                return False
+            path = found[-1]
+        self.acc.load_state(str(Path(path) / "state"))
+        log.info("resumed from %s at step %d", path, self.state.step)
+        return True
+
+    def save_checkpoint(self) -> Path:
+        """``checkpoints/checkpoint-<step>/``: accelerate state + the weights in the loader's format.
+
+        Written under ``.partial`` and renamed when complete, so a kill mid-save leaves the previous
+        checkpoint as the latest.
+        """
+        final = self.out / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.state.step}"
+        tmp = final.with_name(final.name + ".partial")
+        if self.acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp / "state"))
+        weights = self.acc.get_state_dict(self.model)  # collective under FSDP
+        if self.acc.is_main_process:
+            unwrapped = self.acc.unwrap_model(self.model)
+            if self.config.lora.enabled:
+                save_lora(unwrapped, tmp / LORA_FILE, self.config.lora)
+            else:
+                save_weights(weights, tmp / MODEL_FILE, unwrapped)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            for old in self.checkpoints()[:-self.config.keep_checkpoints]:
+                shutil.rmtree(old)
+        self.acc.wait_for_everyone()
+        return final
+
+    # ---------------------------------------------------------------- data
+    def _loader(self, data, batch_size: int, consumed: int):
+        sampler = StreamSampler(len(data), self.config.seed, start=consumed)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler,
+                                             collate_fn=collate, num_workers=self.config.data.num_workers)
+        return iter(self.acc.prepare_data_loader(loader))
+
+    def _generator(self) -> torch.Generator:
+        seed = hash((self.config.seed, self.state.step, self.acc.process_index)) & (2 ** 63 - 1)
+        return torch.Generator().manual_seed(seed)
+
+    # ---------------------------------------------------------------- steps
+    def _conditioning(self, batch: dict, y: torch.Tensor) -> Conditioning:
+        return Conditioning(context=batch["text"], clip_fea=batch["clip"], y=y, audio=batch["audio"])
+
+    def sft_loss(self, batch: dict, g: torch.Generator):
+        """(loss, per-sample losses [B], phases [B], task ids [B])."""
+        x0 = batch["latents"]
+        b, dev = x0.shape[0], x0.device
+        f = self.config.flow
+        phases = fm.sample_phases(b, g)
+        sigma, t = fm.sample_timesteps(phases, g, f.shift, f.phase_boundaries, f.num_train_timesteps)
+        noise = torch.randn(x0.shape, generator=g).to(x0)
+        x_t, target = fm.add_noise(x0, noise, sigma.to(dev))
+        tasks = sample_tasks([box is not None for box in batch["mouth_box"]], g, self.config.tasks.ratios)
+        conds = {k[len("cond."):]: v for k, v in batch.items() if k.startswith("cond.")}
+        cond = self._conditioning(batch, build_y(tasks, conds, batch["mouth_box"]))
+        cond = apply_drop(cond, drop_plan(phases, g, self.config.drop), self.null_text)
+        with self.acc.autocast():
+            pred = self.model(x_t, t.to(dev), cond)
+        per = fm.per_sample_mse(pred, target)
+        task_ids = torch.tensor([TASKS.index(x) for x in tasks])
+        return per.mean(), per.detach(), phases, task_ids
+
+    def dpo_loss(self, batch: dict, g: torch.Generator):
+        """(loss, implicit reward margin [B]) on chosen vs rejected at shared noise and timestep."""
+        win, lose = batch["chosen.latents"], batch["rejected.latents"]
+        b, dev = win.shape[0], win.device
+        f = self.config.flow
+        phases = fm.sample_phases(b, g)
+        sigma, t = fm.sample_timesteps(phases, g, f.shift, f.phase_boundaries, f.num_train_timesteps)
+        noise = torch.randn(win.shape, generator=g).to(win)
+        x_w, tgt_w = fm.add_noise(win, noise, sigma.to(dev))
+        x_l, tgt_l = fm.add_noise(lose, noise, sigma.to(dev))
+        cond = self._conditioning(batch, build_y(["first_frame"] * b,
+                                                 {"first_frame": batch["cond.first_frame"]}))
+        x, tt, target = torch.cat([x_w, x_l]), torch.cat([t, t]).to(dev), torch.cat([tgt_w, tgt_l])
+        both = Conditioning.cat([cond, cond])
+        with torch.no_grad(), self.acc.autocast():
+            if self.ref_model is not None:
+                ref_pred = self.ref_model(x, tt, both)
+            else:
+                with adapters_disabled(self.acc.unwrap_model(self.model)) as base:
+                    ref_pred = base(x, tt, both)
+        ref_w, ref_l = fm.per_sample_mse(ref_pred, target).chunk(2)
+        with self.acc.autocast():
+            pred = self.model(x, tt, both)
+        pol_w, pol_l = fm.per_sample_mse(pred, target).chunk(2)
+        return fm.dpo_loss(pol_w, pol_l, ref_w, ref_l, self.config.dpo.beta)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.acc.backward(loss)
+        if self.acc.sync_gradients and self.config.optim.max_grad_norm > 0:
+            self.acc.clip_grad_norm_(self.model.parameters(), self.config.optim.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _sft_logs(self, per, phases, task_ids) -> dict:
+        per, phases, task_ids = self.acc.gather_for_metrics(
+            (per.float(), phases.to(per.device), task_ids.to(per.device)))
+        logs = {"loss/sft": per.mean().item()}
+        for i, name in enumerate(PHASES):
+            if (phases == i).any():
+                logs[f"loss/sft_phase_{name}"] = per[phases == i].mean().item()
+        for i, name in enumerate(TASKS):
+            if (task_ids == i).any():
+                logs[f"loss/sft_task_{name}"] = per[task_ids == i].mean().item()
+        return logs
+
+    # ---------------------------------------------------------------- loop
+    def train(self, max_steps: int | None = None,
+              on_step_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+        """Run until ``max_steps`` optimizer steps (default ``optim.max_steps``); returns the logs
+        of every step. ``on_step_end(step, logs)`` runs after each step (and its checkpoint)."""
+        cfg = self.config
+        max_steps = cfg.optim.max_steps if max_steps is None else max_steps
+        accum, n = cfg.optim.gradient_accumulation_steps, self.acc.num_processes
+        use_dpo = self.dpo_data is not None and cfg.dpo.every_n_steps > 0
+        sft_iter = self._loader(self.sft_data, cfg.data.batch_size, self.state.sft_samples)
+        dpo_iter = self._loader(self.dpo_data, cfg.dpo.batch_size, self.state.dpo_samples) if use_dpo else None
+        history = []
+        self.model.train()
+        while self.state.step < max_steps:
+            dpo = use_dpo and is_dpo_step(self.state.step, cfg.dpo.every_n_steps)
+            g = self._generator()
+            logs: dict = {}
+            for _ in range(accum):
+                with self.acc.accumulate(self.model):
+                    if dpo:
+                        loss, margin = self.dpo_loss(next(dpo_iter), g)
+                        self._backward(loss)
+                        margin = self.acc.gather_for_metrics(margin.float())
+                        logs = {"loss/dpo": self.acc.reduce(loss.detach(), "mean").item(),
+                                "dpo/reward_margin": margin.mean().item()}
+                    else:
+                        loss, per, phases, task_ids = self.sft_loss(next(sft_iter), g)
+                        self._backward(loss)
+                        logs = self._sft_logs(per, phases, task_ids)
+            if dpo:
+                self.state.dpo_samples += cfg.dpo.batch_size * accum * n
+            else:
+                self.state.sft_samples += cfg.data.batch_size * accum * n
+            self.state.step += 1
+            logs["lr"] = self.scheduler.get_last_lr()[0]
+            history.append({"step": self.state.step, **logs})
+            if self.state.step % cfg.log_every == 0 or self.state.step == max_steps:
+                self.acc.log(logs, step=self.state.step)
+            if self.state.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if on_step_end is not None:
+                on_step_end(self.state.step, logs)
+        return history
+
+    def finish(self) -> None:
+        self.acc.end_training()
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path, model: torch.nn.Module) -> None:
+    """The transformer weights as the node pack's loader reads them (released key names)."""
+    from echomimic_core.checkpoints.files import save_state_dict
+
+    config = getattr(model, "config", None)
+    metadata = None
+    if config is not None and hasattr(config, "to_dict"):
+        import json
+
+        metadata = {"config": json.dumps(config.to_dict())}
+    save_state_dict({k: v.detach().cpu() for k, v in state.items()}, path, metadata=metadata)
