@@ -235,15 +235,16 @@ def _config_from_metadata(metadata: Mapping[str, str]) -> TransformerConfig | No
         return None
 
 
-def inspect_checkpoint(path: str | Path, variant: str | None = None) -> CheckpointInfo:
+def inspect_checkpoint(path: str | Path, variant: str | None = None,
+                       config: TransformerConfig | None = None) -> CheckpointInfo:
     """Identify a transformer file from its header: variant, config, layout. Reads no weights
     of a safetensors file, so nodes can validate a choice before any heavy work."""
     raw = read_shapes(path)
-    return _inspect(Path(path), raw, read_metadata(path), variant)
+    return _inspect(Path(path), raw, read_metadata(path), variant, config)
 
 
 def _inspect(path: Path, raw: Mapping[str, tuple], metadata: Mapping[str, str],
-             variant: str | None) -> CheckpointInfo:
+             variant: str | None, config: TransformerConfig | None = None) -> CheckpointInfo:
     if variant not in (None, *VARIANTS):
         raise ValueError(f"variant must be one of {VARIANTS} or None, got {variant!r}.")
     scaled = is_scaled_fp8(raw)
@@ -258,8 +259,14 @@ def _inspect(path: Path, raw: Mapping[str, tuple], metadata: Mapping[str, str],
     if variant == "base" and detected != "base":
         variant = None  # asking for "base" only means "accept a file without audio layers"
     original = to_original_keys(shapes)
-    config = _config_from_metadata(metadata)
     wanted = variant or (detected if detected != "base" else "preview")
+    if config is not None:
+        if config.audio_variant != wanted and not (variant is None and detected == "base"):
+            raise CheckpointError(f"{path}: the given config is a {config.audio_variant} model but the "
+                                  f"file holds a {detected} one; pass a matching config or none.")
+        wanted = config.audio_variant
+    else:
+        config = _config_from_metadata(metadata)
     if config is None or config.audio_variant != wanted:
         config = infer_config(original, wanted, num_heads=config.num_heads if config else None)
     dtypes: dict[str, int] = defaultdict(int)
@@ -285,9 +292,13 @@ def _is_audio_key(key: str) -> bool:
 
 
 def _build_on_meta(config: TransformerConfig, attention_backend: str):
+    """The model with every parameter on the meta device (no memory). accelerate's context
+    moves only parameters, so buffers and derived tables (RoPE frequencies) stay real."""
+    from accelerate import init_empty_weights
+
     from ..model.transformer import EchoMimicTransformer
 
-    with torch.device("meta"):
+    with init_empty_weights(include_buffers=False):
         return EchoMimicTransformer(config, attention_backend=attention_backend)
 
 
@@ -348,7 +359,8 @@ def _storage_dtype_for(key: str, tensor: torch.Tensor, dtype: torch.dtype,
 
 def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
                      storage_dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                     attention_backend: str = "sdpa", variant: str | None = None):
+                     attention_backend: str = "sdpa", variant: str | None = None,
+                     config: TransformerConfig | None = None):
     """Load an EchoMimicV3 (or base Wan2.1-Fun-InP) transformer file into an
     :class:`~echomimic_core.model.transformer.EchoMimicTransformer` in eval mode.
 
@@ -358,9 +370,11 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
         apply to the large block matrices only, layers cast them on the fly.
     variant: ``None`` = from the file; ``"preview"``/``"flash"`` insists on that architecture
         (and picks the audio path given to a ``base`` file).
+    config: use this config instead of the file's metadata / shapes (for files of unusual
+        models whose head count or text length differ from Wan's); still checked strictly.
     """
     path = Path(path)
-    info = _inspect(path, read_shapes(path), read_metadata(path), variant)
+    info = _inspect(path, read_shapes(path), read_metadata(path), variant, config)
     config = info.config
     raw = load_state_dict(path)  # memory-mapped: no tensor data is read yet
     if info.scaled_fp8:
@@ -385,7 +399,7 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
             tensor = to_fp8(tensor.to(device), target)
         state[key] = tensor.to(device=device, dtype=target)
     model.load_state_dict(state, strict=True, assign=True)
-    _materialise_buffers(model, device)
+    _move_buffers(model, device)
     model.compute_dtype = dtype
     model.requires_grad_(False)
     log.info("loaded %s transformer from %s (%d layers, dim %d, storage %s, compute %s)",
@@ -394,20 +408,13 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     return model.eval()
 
 
-def _materialise_buffers(model: torch.nn.Module, device) -> None:
-    """Buffers that are not in the state dict (derived tables) are still on the meta device
-    after an assigning load: let the model rebuild them, or fail loudly."""
-    leftovers = [n for n, b in model.named_buffers() if b.is_meta]
-    if not leftovers:
-        return
-    reset = getattr(model, "reset_buffers", None)
-    if reset is None:
-        raise RuntimeError(f"buffers {leftovers[:4]} stay on the meta device after loading; the model "
-                           "needs a reset_buffers(device) method to rebuild them.")
-    reset(device=device)
-    still = [n for n, b in model.named_buffers() if b.is_meta]
-    if still:
-        raise RuntimeError(f"reset_buffers left {still[:4]} on the meta device.")
+def _move_buffers(model: torch.nn.Module, device) -> None:
+    """Buffers are not in the file (they are built in __init__, on the CPU): follow the weights."""
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_meta:
+                raise RuntimeError(f"buffer {name} of {type(module).__name__} was left on the meta device.")
+            module._buffers[name] = buffer.to(device)
 
 
 def save_transformer(model, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
