@@ -122,7 +122,9 @@ class WanVAE:
         return self.model.config.z_dim
 
     def to(self, device=None, dtype=None) -> "WanVAE":
-        self.model.to(device=device, dtype=dtype)
+        # nn.Module.to, not diffusers' override: that one warns on every dtype cast about modules
+        # to keep in float32, of which the Wan VAE has none.
+        torch.nn.Module.to(self.model, device=device, dtype=dtype)
         return self
 
     # -- shapes -------------------------------------------------------------------------------
