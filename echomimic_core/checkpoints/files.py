@@ -43,7 +43,13 @@ def _truncated_safetensors(path: Path, error: Exception) -> CheckpointError:
 
 def _read_pickle(path: Path, device: str) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
+        try:
+            obj = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            # files from torch < 1.6 (no zip container) cannot be memory-mapped: read them whole
+            obj = torch.load(str(path), map_location=device, weights_only=True)
     except Exception as e:  # pickle/zip errors come in many types
         raise CheckpointError(
             f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True ({e}). "

@@ -235,6 +235,26 @@ def _config_from_metadata(metadata: Mapping[str, str]) -> TransformerConfig | No
         return None
 
 
+def _side_config(path: Path) -> dict:
+    """num_heads / text_len / eps from the ``config.json`` of a diffusers-style folder (upstream's
+    ``transformer/`` folder uses Wan's names, diffusers its own). Files elsewhere (a ComfyUI
+    models folder) are not paired with a stray config.json."""
+    folder = path if path.is_dir() else path.parent
+    if not path.is_dir() and not path.name.startswith("diffusion_pytorch_model"):
+        return {}
+    file = folder / "config.json"
+    if not file.is_file():
+        return {}
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable %s (%s)", file, e)
+        return {}
+    found = {"num_heads": raw.get("num_heads", raw.get("num_attention_heads")),
+             "text_len": raw.get("text_len"), "eps": raw.get("eps")}
+    return {k: v for k, v in found.items() if v is not None}
+
+
 def inspect_checkpoint(path: str | Path, variant: str | None = None,
                        config: TransformerConfig | None = None) -> CheckpointInfo:
     """Identify a transformer file from its header: variant, config, layout. Reads no weights
@@ -268,7 +288,9 @@ def _inspect(path: Path, raw: Mapping[str, tuple], metadata: Mapping[str, str],
     else:
         config = _config_from_metadata(metadata)
     if config is None or config.audio_variant != wanted:
-        config = infer_config(original, wanted, num_heads=config.num_heads if config else None)
+        known = ({"num_heads": config.num_heads, "text_len": config.text_len, "eps": config.eps}
+                 if config else _side_config(path))
+        config = infer_config(original, wanted, **known)
     dtypes: dict[str, int] = defaultdict(int)
     for value in raw.values():
         if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], torch.dtype):

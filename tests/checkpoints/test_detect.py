@@ -144,3 +144,15 @@ def test_group_keys_collapses_blocks():
     keys = [f"blocks.{i}.cross_attn.k_audio.{p}" for i in (0, 1, 2, 5) for p in ("weight", "bias")]
     assert group_keys(keys + ["audio2token.proj.weight"]) == [
         "8 keys under blocks.*.cross_attn.k_audio (blocks 0-2, 5)", "1 key under audio2token.proj"]
+
+
+@pytest.mark.parametrize("name", ["preview", "flash"])
+def test_released_files_would_load_strictly(reference_dir, name):
+    """The config read from a released file's shapes builds a model with exactly its tensors."""
+    from echomimic_core.checkpoints.transformer import _expected_shapes
+
+    shapes, _ = _manifest(reference_dir, name)
+    expected = _expected_shapes(infer_config(shapes))
+    check_state_dict(expected, shapes)
+    data = json.loads((reference_dir / f"{name}_1.3B_keys.json").read_text())
+    assert sum(torch.Size(s).numel() for s in expected.values()) == data["num_params"]

@@ -110,3 +110,8 @@ def test_save_is_atomic_and_round_trips(tmp_path, state):
     save_state_dict(state, tmp_path / "out" / "m.safetensors", metadata={"k": "v"})
     _assert_same(load_state_dict(tmp_path / "out" / "m.safetensors"), state)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["m.safetensors"]
+
+
+def test_legacy_pickle_without_zip_container(tmp_path, state):
+    torch.save(state, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    _assert_same(load_state_dict(tmp_path / "old.pth"), state)

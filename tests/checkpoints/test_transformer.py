@@ -247,3 +247,14 @@ def test_tiny_parity_fixture_through_the_loader(tmp_path, reference_dir):
     with torch.no_grad():
         got = model(data["input.x"], data["input.t"], cond)
     assert _rel_err(got, data["output"]) < 1e-5
+
+
+def test_folder_config_json_gives_heads_and_text_len(tmp_path):
+    """Upstream's transformer/ folder: diffusion_pytorch_model.safetensors + Wan-style config.json."""
+    config = TransformerConfig(audio_variant="preview", audio_in_dim=8, dim=64, num_heads=4, ffn_dim=32,
+                               freq_dim=16, text_dim=8, num_layers=1, clip_dim=8, text_len=16)
+    model = _random_model(config)
+    save_file(model.state_dict(), tmp_path / "diffusion_pytorch_model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"num_heads": 4, "text_len": 16, "dim": 64}))
+    for path in (tmp_path, tmp_path / "diffusion_pytorch_model.safetensors"):
+        assert inspect_checkpoint(path).config == config
