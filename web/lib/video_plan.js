@@ -1,54 +1,68 @@
 // Clip length and long-video chunks implied by audio duration, fps, partial_video_length and
-// overlap. JavaScript twin of nodes/video_plan.py; both are tested on web/tests/video_plan_cases.json.
+// overlap. JavaScript twin of nodes/video_plan.py (which calls the core's own rules); both are
+// tested on web/tests/video_plan_cases.json.
 //
-// Rules (upstream infer_preview.py):
-//   raw = trunc(duration_s * fps), capped by maxFrames (Flash's single window) when given;
-//   frames = raw rounded DOWN to 4k+1 (1 stays 1); latentFrames = (frames - 1) / 4 + 1;
-//   partial rounded down to 4k+1; chunks start at 0, the next one `partial - overlap` frames later
-//   while a chunk ends before the clip, and the chunk that reaches the end is cut to the remaining
-//   frames rounded down to 4k+1; chunks share `overlap` cross-faded frames, so the output has
-//   sum(lengths) - overlap * (chunks - 1) frames (a last chunk shorter than the overlap adds none).
+// Rules:
+//   samples = round(duration_s * 16000); fps = nearest fraction num/den with den <= 1001;
+//   frames = floor(samples * num / (16000 * den)), capped by maxFrames (Flash's single window),
+//   rounded DOWN to 4k+1; latentFrames = (frames - 1) / 4 + 1;
+//   partial = partial_video_length rounded down to 4k+1 (>= 5), 0 <= overlap < partial;
+//   chunks start every partial - overlap frames; the chunk reaching the end is the remaining
+//   frames rounded UP to 4k+1 (surplus trimmed), so the output has exactly `frames` frames.
 
-export const TEMPORAL_COMPRESSION = 4;
+export const SAMPLE_RATE = 16000;
+export const STRIDE = 4;
 
-export function roundFrames(n) {
-  return n === 1 ? 1 : Math.floor((n - 1) / TEMPORAL_COMPRESSION) * TEMPORAL_COMPRESSION + 1;
+export const roundDown4k1 = (n) => Math.floor((Math.max(n, 1) - 1) / STRIDE) * STRIDE + 1;
+export const roundUp4k1 = (n) => Math.ceil((Math.max(n, 1) - 1) / STRIDE) * STRIDE + 1;
+export const latentFrames = (frames) => Math.floor((frames - 1) / STRIDE) + 1;
+
+// Python's Fraction(fps).limit_denominator(1001), by search (fps values are small).
+export function fpsFraction(fps) {
+  if (!(Number.isFinite(fps) && fps > 0)) throw new RangeError(`fps must be a finite positive number, got ${fps}.`);
+  let best = [Math.round(fps), 1];
+  let bestError = Math.abs(best[0] - fps);
+  for (let den = 2; den <= 1001 && bestError > 0; den++) {
+    const num = Math.round(fps * den);
+    const error = Math.abs(num / den - fps);
+    if (num > 0 && error < bestError) [best, bestError] = [[num, den], error];
+  }
+  return best;
 }
 
-export function latentFrames(frames) {
-  return Math.floor((frames - 1) / TEMPORAL_COMPRESSION) + 1;
-}
+const floorDiv = (a, b) => (a - (a % b)) / b; // exact for non-negative integers below 2^53
 
 export function planVideo(durationS, fps, partial, overlap, maxFrames = null) {
-  if (!(fps > 0)) throw new RangeError(`fps must be positive, got ${fps}.`);
-  let raw = Math.trunc(durationS * fps);
-  if (maxFrames !== null && maxFrames !== undefined) raw = Math.min(raw, Math.trunc(maxFrames));
-  if (!(raw >= 1)) {
+  const [num, den] = fpsFraction(fps);
+  let frames = floorDiv(Math.round(durationS * SAMPLE_RATE) * num, SAMPLE_RATE * den);
+  if (maxFrames !== null && maxFrames !== undefined) frames = Math.min(frames, Math.trunc(maxFrames));
+  if (!(frames >= 1)) {
     throw new RangeError(`${Number(durationS).toFixed(3)} s of audio at ${fps} fps is less than one frame; use a longer audio clip.`);
   }
-  const frames = roundFrames(raw);
-  const part = frames === 1 ? 1 : roundFrames(Math.trunc(partial));
-  if (part < 1) throw new RangeError(`partial_video_length must be at least 1 frame, got ${partial}.`);
-  if (frames > part && !(overlap >= 0 && overlap < part)) {
-    throw new RangeError(`overlap (${overlap}) must be at least 0 and below the chunk length (${part} after rounding partial_video_length=${partial} to 4k+1); lower the overlap or raise partial_video_length.`);
+  frames = roundDown4k1(frames);
+  const part = roundDown4k1(Math.trunc(partial));
+  if (part < 5) throw new RangeError(`partial_video_length must be at least 5 frames, got ${partial}`);
+  if (!(overlap >= 0 && overlap < part)) {
+    throw new RangeError(`overlap_video_length must be in [0, ${part}) for partial_video_length ${part}, got ${overlap}`);
   }
   const chunks = [];
   let start = 0;
+  let shared = 0;
   for (;;) {
-    if (start + part >= frames) {
-      chunks.push([start, roundFrames(frames - start)]);
+    const remaining = frames - start;
+    if (remaining <= part) {
+      chunks.push([start, roundUp4k1(remaining), shared]);
       break;
     }
-    chunks.push([start, part]);
+    chunks.push([start, part, shared]);
+    shared = overlap;
     start += part - overlap;
   }
-  let outputFrames = chunks[0][1];
-  for (const [, n] of chunks.slice(1)) outputFrames += Math.max(0, n - overlap);
-  return { frames, latentFrames: latentFrames(frames), partial: part, chunks, outputFrames, seconds: outputFrames / fps };
+  return { frames, latentFrames: latentFrames(frames), partial: part, chunks, seconds: frames / fps };
 }
 
-// One line for the node: "122 frames · 4.88 s · 32 latent · 2 chunks".
+// One line for the node: "125 frames · 5.00 s · 32 latent · 2 chunks".
 export function formatPlan(plan) {
   const chunks = plan.chunks.length === 1 ? "1 chunk" : `${plan.chunks.length} chunks`;
-  return `${plan.outputFrames} frames · ${plan.seconds.toFixed(2)} s · ${plan.latentFrames} latent · ${chunks}`;
+  return `${plan.frames} frames · ${plan.seconds.toFixed(2)} s · ${plan.latentFrames} latent · ${chunks}`;
 }
