@@ -1,0 +1,447 @@
+"""Audio encoders: wav2vec2-base-960h (preview), chinese-wav2vec2-base (flash), Whisper (paper).
+
+All three run on transformers' own modules (``Wav2Vec2Model``, ``WhisperEncoder``); this module
+adds the feature paths EchoMimicV3 uses and the loading of every file layout users have.
+
+Feature paths (``AudioEncoder.features_for_video``), waveform = mono 16 kHz:
+
+* ``preview``: feature-extractor normalisation (``do_normalize=True``: zero mean, unit variance
+  over the whole clip), ``last_hidden_state`` at 50 Hz of the whole clip, then two tokens per
+  video frame (``audio_alignment.tokens_for_frames``) -> ``[1, 2F, D]``.
+* ``flash``: loudness normalised to -23 LUFS (pyloudnorm, switchable), trimmed / padded to the
+  video's span, no waveform normalisation, CNN features linearly interpolated to ``F`` steps
+  *before* the projection and transformer layers, the outputs of every transformer layer
+  stacked ``[F, layers, D]``, then the 5-frame centred windows -> ``[1, F, 5, layers, D]``.
+* ``whisper``: log-mel (``WhisperFeatureExtractor``) of 30 s chunks, encoder
+  ``last_hidden_state`` at 50 Hz with each chunk's padding dropped, then two tokens per frame
+  like preview -> ``[1, 2F, D]``.
+
+Pad / trim rules: preview and whisper encode the whole clip (upstream preview encodes the whole
+file; later audio changes earlier wav2vec2 features, so trimming first would not reproduce it)
+and pad it with silence when it is shorter than the video; flash trims to the video span exactly
+as upstream does (``floor(F / fps * 16000)`` samples) and pads with silence when short.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import audio_alignment as align
+from ..checkpoints.files import CheckpointError, load_state_dict
+from ..media import prepare_audio
+from .keymap import guess_family
+
+log = logging.getLogger(__name__)
+
+KINDS = ("preview", "flash", "whisper")
+_KIND_ALIASES = {"whisper_tiny": "whisper", "wav2vec2": "preview", "chinese_wav2vec2": "flash"}
+LOUDNESS_TARGET_LUFS = -23.0
+WHISPER_HOP = 160  # mel hop; the encoder's two convolutions halve 100 Hz mel to 50 Hz states
+WAV2VEC2_HOP = 320  # samples per 50 Hz feature (product of the CNN strides)
+WAV2VEC2_RECEPTIVE_FIELD = 400  # samples the first CNN feature needs
+
+# ---------------------------------------------------------------------------------------------
+# key layouts (data): what to strip, drop and rename to reach transformers' module names
+
+# wav2vec2: HF Wav2Vec2Model (bare), Wav2Vec2ForCTC / ForPreTraining (``wav2vec2.`` + heads),
+# ComfyUI audio_encoders files (bare or ``wav2vec2.``), old weight_norm names.
+WAV2VEC2_PREFIXES = ("wav2vec2.", "model.", "audio_encoder.")
+WAV2VEC2_HEAD_PREFIXES = ("lm_head.", "quantizer.", "project_q.", "project_hid.", "dropout_features.")
+WAV2VEC2_RENAMES = (
+    ("encoder.pos_conv_embed.conv.weight_g", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
+    ("encoder.pos_conv_embed.conv.weight_v", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+)
+WAV2VEC2_OPTIONAL = ("masked_spec_embed",)  # training-only mask embedding; absent from some files
+# Whisper: WhisperForConditionalGeneration / WhisperModel (``model.encoder.``), ComfyUI
+# (``encoder.``), or an encoder-only file (bare). Only the encoder is kept.
+WHISPER_PREFIXES = ("model.encoder.", "encoder.", "")
+WHISPER_SIGN = "conv1.weight"
+WAV2VEC2_SIGN = "feature_projection.projection.weight"
+
+
+def normalize_kind(kind: str | None) -> str | None:
+    if kind is None:
+        return None
+    kind = _KIND_ALIASES.get(kind, kind)
+    if kind not in KINDS:
+        raise ValueError(f"audio encoder kind must be one of {KINDS} (or None to detect), got {kind!r}.")
+    return kind
+
+
+def detect_family(state: dict[str, torch.Tensor]) -> str:
+    """``"wav2vec2"`` or ``"whisper"`` from the tensor names; a clear error for anything else."""
+    for key in state:
+        if key.endswith(WAV2VEC2_SIGN):
+            return "wav2vec2"
+    for key in state:
+        if key.endswith("embed_positions.weight") and any(k.endswith(WHISPER_SIGN) for k in state):
+            return "whisper"
+    raise CheckpointError(
+        f"expected a wav2vec2 or Whisper audio encoder, found {guess_family(state.keys())}. "
+        "Pick the audio encoder file (e.g. chinese-wav2vec2-base, wav2vec2-base-960h, whisper-tiny).")
+
+
+def wav2vec2_state(state: dict[str, torch.Tensor], target_keys=None) -> dict[str, torch.Tensor]:
+    """Any wav2vec2 checkpoint -> transformers ``Wav2Vec2Model`` names (heads dropped).
+
+    ``target_keys`` (the model's own names) picks between the two spellings of the positional
+    convolution's weight norm when the installed transformers still uses the old one.
+    """
+    prefix = next((p for p in WAV2VEC2_PREFIXES if any(k.startswith(p + WAV2VEC2_SIGN) for k in state)), "")
+    out = {}
+    for key, value in state.items():
+        if prefix and key.startswith(prefix):
+            key = key[len(prefix):]
+        elif prefix:
+            continue  # heads beside the prefixed encoder (lm_head, quantizer, ...)
+        if key.startswith(WAV2VEC2_HEAD_PREFIXES):
+            continue
+        out[key] = value
+    renames = WAV2VEC2_RENAMES
+    if target_keys is not None and not any("parametrizations" in k for k in target_keys):
+        renames = tuple((b, a) for a, b in WAV2VEC2_RENAMES)
+    for old, new in renames:
+        if old in out:
+            out[new] = out.pop(old)
+    return out
+
+
+def whisper_encoder_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Any Whisper checkpoint -> transformers ``WhisperEncoder`` names (decoder dropped)."""
+    for prefix in WHISPER_PREFIXES:
+        if prefix + WHISPER_SIGN in state:
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    raise CheckpointError("no Whisper encoder weights (conv1.weight) found in the checkpoint.")
+
+
+def _layer_count(state, pattern: str) -> int:
+    rx = re.compile(pattern)
+    idx = {int(m.group(1)) for k in state for m in [rx.match(k)] if m}
+    return max(idx) + 1 if idx else 0
+
+
+def wav2vec2_config_from_state(state: dict[str, torch.Tensor]):
+    """Infer a ``Wav2Vec2Config`` from tensor shapes (single-file checkpoints carry no config).
+
+    Sizes come from shapes; what shapes cannot show follows the released models: CNN strides
+    ``(5, 2, 2, 2, 2, 2, 2)``, 64-wide attention heads, and "layer"-normed CNNs (large / lv60 /
+    XLS-R) use the stable (pre-norm) encoder, "group"-normed ones (base, large-960h) do not.
+    """
+    from transformers import Wav2Vec2Config
+
+    hidden = state["encoder.layer_norm.weight"].shape[0]
+    n_conv = _layer_count(state, r"feature_extractor\.conv_layers\.(\d+)\.conv\.weight")
+    if n_conv != 7:
+        raise CheckpointError(f"expected a wav2vec2 CNN of 7 convolution layers, found {n_conv}.")
+    convs = [state[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in range(n_conv)]
+    layer_norm_cnn = "feature_extractor.conv_layers.1.layer_norm.weight" in state
+    pos = state.get("encoder.pos_conv_embed.conv.parametrizations.weight.original1",
+                    state.get("encoder.pos_conv_embed.conv.weight_v",
+                              state.get("encoder.pos_conv_embed.conv.weight")))
+    if pos is None:
+        raise CheckpointError("wav2vec2 checkpoint has no positional convolution weight.")
+    return Wav2Vec2Config(
+        hidden_size=hidden,
+        num_hidden_layers=_layer_count(state, r"encoder\.layers\.(\d+)\."),
+        num_attention_heads=max(1, hidden // 64),
+        intermediate_size=state["encoder.layers.0.feed_forward.intermediate_dense.weight"].shape[0],
+        conv_dim=tuple(int(w.shape[0]) for w in convs),
+        conv_kernel=tuple(int(w.shape[-1]) for w in convs),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_bias="feature_extractor.conv_layers.1.conv.bias" in state,
+        feat_extract_norm="layer" if layer_norm_cnn else "group",
+        do_stable_layer_norm=layer_norm_cnn,
+        num_conv_pos_embeddings=int(pos.shape[-1]),
+        num_conv_pos_embedding_groups=hidden // int(pos.shape[1]),
+        mask_time_prob=0.05 if "masked_spec_embed" in state else 0.0,
+    )
+
+
+def whisper_config_from_state(state: dict[str, torch.Tensor]):
+    """Infer a ``WhisperConfig`` (encoder part) from an encoder state dict's shapes."""
+    from transformers import WhisperConfig
+
+    positions, d_model = state["embed_positions.weight"].shape
+    layers = _layer_count(state, r"layers\.(\d+)\.")
+    return WhisperConfig(
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=1,
+        encoder_attention_heads=max(1, d_model // 64),
+        decoder_attention_heads=max(1, d_model // 64),
+        encoder_ffn_dim=state["layers.0.fc1.weight"].shape[0],
+        num_mel_bins=state["conv1.weight"].shape[1],
+        max_source_positions=positions,
+    )
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); re-download it or delete it.") from e
+
+
+def _guess_wav2vec2_kind(path: Path, raw_keys, preprocessor: dict | None) -> str:
+    if preprocessor is not None and "do_normalize" in preprocessor:
+        return "preview" if preprocessor["do_normalize"] else "flash"
+    name = path.as_posix().lower()
+    if "chinese" in name:
+        return "flash"
+    if "960h" in name or any(k.startswith("lm_head.") for k in raw_keys):
+        return "preview"
+    raise CheckpointError(
+        f"{path}: a wav2vec2 encoder, but nothing tells whether it is preview's wav2vec2-base-960h "
+        "or flash's chinese-wav2vec2-base (no preprocessor_config.json, no telling file name). "
+        "Pass kind='preview' or kind='flash' to match the transformer you use.")
+
+
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], what: Path,
+               optional: tuple[str, ...] = ()) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state) - set(optional))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in sorted(set(state) & set(own)) if state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{what}: does not match the audio encoder built for it. "
+            f"missing {len(missing)} {missing[:5]}, unexpected {len(unexpected)} {unexpected[:5]}, "
+            f"shape mismatches {mismatched[:3]}. The file is probably a different model or "
+            "its config.json belongs to another checkpoint.")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+class AudioEncoder:
+    """One audio encoder and the feature path of the EchoMimicV3 variant it feeds.
+
+    Build with :meth:`load` (files) or directly from a transformers module (tests, training).
+    """
+
+    def __init__(self, model: torch.nn.Module, kind: str, feature_extractor=None,
+                 loudness_norm: bool | None = None):
+        self.kind = normalize_kind(kind)
+        self.model = model.eval().requires_grad_(False)
+        if feature_extractor is None:
+            feature_extractor = self.default_feature_extractor(self.kind, model.config)
+        self.feature_extractor = feature_extractor
+        self.loudness_norm = (self.kind == "flash") if loudness_norm is None else loudness_norm
+
+    # -- construction -------------------------------------------------------------------------
+
+    @staticmethod
+    def default_feature_extractor(kind: str, config):
+        """Upstream's preprocessors when a folder brings no preprocessor_config.json."""
+        if kind == "whisper":
+            from transformers import WhisperFeatureExtractor
+            # the encoder's fixed input (max_source_positions states = 30 s for released models)
+            seconds = config.max_source_positions * 2 * WHISPER_HOP // align.SAMPLE_RATE
+            return WhisperFeatureExtractor(feature_size=config.num_mel_bins, chunk_length=seconds)
+        from transformers import Wav2Vec2FeatureExtractor
+        return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=align.SAMPLE_RATE, padding_value=0.0,
+                                        do_normalize=(kind == "preview"), return_attention_mask=False)
+
+    @classmethod
+    def load(cls, path: str | Path, kind: str | None = None, dtype: torch.dtype = torch.float32,
+             device: str | torch.device = "cpu", loudness_norm: bool | None = None) -> "AudioEncoder":
+        """Load a Hugging Face folder (config.json + weights, preprocessor_config.json optional) or a
+        single file (e.g. ComfyUI ``audio_encoders/wav2vec2-chinese-base_fp16.safetensors``).
+
+        ``kind``: "preview", "flash" or "whisper"; None detects it (Whisper from the tensor names;
+        wav2vec2 from ``do_normalize`` in preprocessor_config.json, else the file name).
+        """
+        from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model, WhisperConfig
+        from transformers import WhisperFeatureExtractor
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        path = Path(path)
+        kind = normalize_kind(kind)
+        folder = path if path.is_dir() else None
+        config_json = _read_json(folder / "config.json") if folder else None
+        preprocessor = _read_json(folder / "preprocessor_config.json") if folder else None
+        raw = load_state_dict(path)
+        family = detect_family(raw)
+        if family == "whisper":
+            if kind not in (None, "whisper"):
+                raise CheckpointError(f"{path}: is a Whisper encoder, but kind={kind!r} needs a wav2vec2 "
+                                      "encoder. Pick the wav2vec2 file, or use kind='whisper'.")
+            kind = "whisper"
+            state = whisper_encoder_state(raw)
+            config = (WhisperConfig(**config_json) if config_json else whisper_config_from_state(state))
+            model = WhisperEncoder(config)
+            _load_into(model, state, path)
+            fe = WhisperFeatureExtractor.from_pretrained(str(folder)) if preprocessor else None
+        else:
+            if kind == "whisper":
+                raise CheckpointError(f"{path}: is a wav2vec2 encoder, but kind='whisper' was asked for. "
+                                      "Pick the Whisper file, or use kind='preview'/'flash'.")
+            kind = kind or _guess_wav2vec2_kind(path, raw.keys(), preprocessor)
+            state = wav2vec2_state(raw)
+            config = Wav2Vec2Config(**config_json) if config_json else wav2vec2_config_from_state(state)
+            # Inference only: no time masking, so no training-only mask embedding is needed.
+            model = Wav2Vec2Model(config)
+            state = wav2vec2_state(raw, target_keys=model.state_dict().keys())
+            _load_into(model, state, path, optional=WAV2VEC2_OPTIONAL)
+            # A folder's own preprocessor settings win (upstream reads them with from_pretrained).
+            fe = Wav2Vec2FeatureExtractor.from_pretrained(str(folder)) if preprocessor else None
+        del raw
+        model = model.to(device=device, dtype=dtype)
+        log.info("loaded %s audio encoder from %s (%d layers, width %d)", kind, path,
+                 cls._layers_of(model), cls._width_of(model))
+        return cls(model, kind, feature_extractor=fe, loudness_norm=loudness_norm)
+
+    @staticmethod
+    def _layers_of(model) -> int:
+        return len(model.layers) if hasattr(model, "layers") else len(model.encoder.layers)
+
+    @staticmethod
+    def _width_of(model) -> int:
+        return model.config.d_model if hasattr(model.config, "d_model") else model.config.hidden_size
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        """Feature width D (768 for wav2vec2-base, 384 for Whisper-Tiny)."""
+        return self._width_of(self.model)
+
+    @property
+    def num_layers(self) -> int:
+        return self._layers_of(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def output_shape(self, num_frames: int) -> tuple[int, ...]:
+        """Shape of :meth:`features_for_video` for ``num_frames`` video frames."""
+        if self.kind == "flash":
+            return (1, num_frames, align.FLASH_WINDOW, self.num_layers, self.dim)
+        return (1, align.TOKENS_PER_FRAME * num_frames, self.dim)
+
+    def zeros_for_video(self, num_frames: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The "no audio" input of the unconditional branch (upstream: ``zeros_like``)."""
+        return torch.zeros(self.output_shape(num_frames), dtype=dtype)
+
+    # -- feature paths ------------------------------------------------------------------------
+
+    def _preprocess_wav2vec2(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``[T]`` -> ``[1, T]`` model input through the (HF) feature extractor's normalisation."""
+        values = self.feature_extractor(waveform.numpy().astype(np.float32),
+                                        sampling_rate=align.SAMPLE_RATE).input_values
+        return torch.from_numpy(np.asarray(values[0], dtype=np.float32)).reshape(1, -1)
+
+    def _run_encoder_layers(self, features: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """CNN features ``[1, T, C]`` -> (last hidden state, each transformer layer's output).
+
+        The outputs are read with forward hooks so the result does not depend on how a
+        transformers version assembles ``hidden_states``; the last entry is the encoder output
+        (after the final norm for pre-norm models), matching transformers 4.x ``hidden_states[1:]``.
+        """
+        layer_outputs: list[torch.Tensor] = []
+
+        def grab(_module, _inputs, output):
+            layer_outputs.append(output[0] if isinstance(output, tuple) else output)
+
+        hidden, _ = self.model.feature_projection(features.to(self.dtype))
+        hooks = [layer.register_forward_hook(grab) for layer in self.model.encoder.layers]
+        try:
+            last = self.model.encoder(hidden)[0]
+        finally:
+            for h in hooks:
+                h.remove()
+        layer_outputs[-1] = last
+        return last, layer_outputs
+
+    @torch.inference_mode()
+    def wav2vec2_50hz(self, waveform: torch.Tensor) -> torch.Tensor:
+        """preview path before alignment: ``[T]`` 16 kHz -> ``last_hidden_state [1, T50, D]``."""
+        values = self._preprocess_wav2vec2(waveform).to(self.device, self.dtype)
+        cnn = self.model.feature_extractor(values).transpose(1, 2)  # [1, T50, C]
+        last, _ = self._run_encoder_layers(cnn)
+        return last.float()
+
+    @torch.inference_mode()
+    def flash_per_frame(self, waveform: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """flash path before windows: ``[T]`` 16 kHz (already trimmed) -> ``[F, layers, D]``."""
+        values = self._preprocess_wav2vec2(waveform).to(self.device, self.dtype)
+        cnn = self.model.feature_extractor(values).transpose(1, 2)  # [1, T50, C]
+        cnn = align.interpolate_to_length(cnn.float(), num_frames)  # [1, F, C]
+        _, layers = self._run_encoder_layers(cnn)
+        return torch.stack(layers, dim=2)[0].float()  # [F, layers, D]
+
+    @torch.inference_mode()
+    def whisper_50hz(self, waveform: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+        """Whisper path before alignment: ``[T]`` 16 kHz -> encoder states ``[1, T50, D]``.
+
+        The encoder only takes fixed 30 s windows, so the clip is cut into 30 s chunks (each
+        padded to 30 s by the feature extractor) and each chunk keeps ``ceil(samples / 320)``
+        states (its padding's states are dropped).
+        """
+        chunk = self.feature_extractor.n_samples
+        expected = self.model.config.max_source_positions * 2
+        if self.feature_extractor.nb_max_frames != expected:
+            raise ValueError(
+                f"the Whisper feature extractor makes {self.feature_extractor.nb_max_frames} mel frames "
+                f"per window but this encoder takes {expected}; its preprocessor_config.json "
+                "belongs to another model.")
+        pieces = [waveform[i:i + chunk] for i in range(0, max(1, waveform.shape[0]), chunk)]
+        outs = []
+        for b in range(0, len(pieces), batch_size):
+            batch = pieces[b:b + batch_size]
+            feats = self.feature_extractor([p.numpy().astype(np.float32) for p in batch],
+                                           sampling_rate=align.SAMPLE_RATE, return_tensors="pt")
+            states = self.model(feats.input_features.to(self.device, self.dtype)).last_hidden_state
+            for p, s in zip(batch, states):
+                outs.append(s[: max(1, math.ceil(p.shape[0] / WAV2VEC2_HOP))])
+        return torch.cat(outs, dim=0).unsqueeze(0).float()
+
+    def loudness_normalize(self, waveform: torch.Tensor) -> torch.Tensor:
+        """-23 LUFS integrated loudness (upstream flash); silent or too-short clips pass through."""
+        import pyloudnorm as pyln
+
+        data = waveform.numpy().astype(np.float32)
+        meter = pyln.Meter(align.SAMPLE_RATE)
+        try:
+            loudness = meter.integrated_loudness(data)
+        except ValueError as e:  # shorter than one 400 ms gating block
+            log.debug("loudness normalisation skipped: %s", e)
+            return waveform
+        if abs(loudness) > 100:  # digital silence measures -inf/-70: upstream leaves it alone
+            return waveform
+        return torch.from_numpy(np.asarray(pyln.normalize.loudness(data, loudness, LOUDNESS_TARGET_LUFS),
+                                           dtype=np.float32))
+
+    def features_for_video(self, waveform: torch.Tensor, num_frames: int, fps: float,
+                           sample_rate: int = align.SAMPLE_RATE) -> torch.Tensor:
+        """Audio -> the exact input the transformer consumes for ``num_frames`` frames at ``fps``.
+
+        ``waveform``: ``[T]``, ``[C, T]`` or ``[B, C, T]`` at ``sample_rate`` (mono-mixed and
+        resampled to 16 kHz here). Returns float32 on the encoder's device:
+        preview / whisper ``[1, 2F, D]``, flash ``[1, F, 5, layers, D]`` (see the module doc
+        for the pad / trim rules and ``audio_alignment.tokens_for_frames`` for other fps).
+        """
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {num_frames}.")
+        wav = prepare_audio(waveform, sample_rate).cpu()
+        if self.kind == "flash":
+            if self.loudness_norm:
+                wav = self.loudness_normalize(wav)
+            wav = align.fit_audio(wav, align.samples_for_frames(num_frames, fps))
+            return align.flash_windows(self.flash_per_frame(wav, num_frames))
+        needed = align.samples_for_frames(num_frames, fps) + WAV2VEC2_RECEPTIVE_FIELD
+        wav = align.pad_audio_to(wav, needed)
+        feats = self.whisper_50hz(wav) if self.kind == "whisper" else self.wav2vec2_50hz(wav)
+        return align.tokens_for_frames(feats, num_frames, fps)
