@@ -236,14 +236,9 @@ def _build(config: dict, state: dict[str, torch.Tensor], dtype, device, source: 
     return model
 
 
-def _check_wan21(state: dict[str, torch.Tensor], source: str) -> str:
-    """'original' or 'diffusers' for a Wan2.1 VAE state dict; a CheckpointError naming what it is otherwise."""
+def _layout(state: dict[str, torch.Tensor], source: str) -> str:
+    """'original' or 'diffusers' for a Wan VAE state dict; a CheckpointError naming what it is otherwise."""
     if ORIGINAL_MARKER in state:
-        z_dim = state["conv2.weight"].shape[0] if "conv2.weight" in state else None
-        if z_dim != 16:
-            raise CheckpointError(
-                f"{source}: a Wan VAE with {z_dim} latent channels; EchoMimicV3 uses the Wan2.1 VAE "
-                "(16 channels). A 48-channel file is the Wan2.2 VAE: use Wan2.1_VAE.pth instead.")
         return "original"
     if DIFFUSERS_MARKER in state:
         return "diffusers"
@@ -259,14 +254,26 @@ def _check_wan21(state: dict[str, torch.Tensor], source: str) -> str:
         f"'{ORIGINAL_MARKER}'. Pick Wan2.1_VAE.pth / wan_2.1_vae.safetensors in the VAE slot.")
 
 
+def _check_latent_channels(z_dim: int, source: str) -> None:
+    if z_dim != len(WAN21_LATENTS_MEAN):
+        raise CheckpointError(
+            f"{source}: a Wan VAE with {z_dim} latent channels; EchoMimicV3 uses the Wan2.1 VAE "
+            "(16 channels). A 48-channel file is the Wan2.2 VAE: use Wan2.1_VAE.pth instead.")
+
+
 def from_state_dict(state: dict[str, torch.Tensor], dtype=torch.float32, device="cpu",
                     latents_mean=WAN21_LATENTS_MEAN, latents_std=WAN21_LATENTS_STD,
                     source: str = "state dict") -> WanVAE:
     """A ``WanVAE`` from an original- or diffusers-layout state dict; config read from the shapes."""
     state = strip_prefix(state, _PREFIXES)
-    if _check_wan21(state, source) == "diffusers":
-        state = diffusers_to_original(state)
-    config = config_from_original(state)
+    try:
+        if _layout(state, source) == "diffusers":
+            state = diffusers_to_original(state)
+        config = config_from_original(state)
+    except KeyError as e:  # a tensor the layout needs is absent, or one no Wan2.1 VAE has
+        raise CheckpointError(f"{source}: not a complete Wan2.1 VAE ({e}). The file may be truncated or "
+                              "belong to another model; use Wan2.1_VAE.pth / wan_2.1_vae.safetensors.") from e
+    _check_latent_channels(config["z_dim"], source)
     model = _build(config, original_to_diffusers(state), dtype, device, source)
     return WanVAE(model, latents_mean, latents_std)
 
@@ -276,16 +283,20 @@ def _from_diffusers_folder(folder: Path, dtype, device) -> WanVAE:
     if config.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":
         raise CheckpointError(f"{folder}: config.json describes a {config['_class_name']}, expected an "
                               "AutoencoderKLWan (the Wan2.1 VAE). Point at the vae/ folder of a Wan2.1 model.")
-    if config.get("z_dim", 16) != 16 or config.get("is_residual"):
-        raise CheckpointError(f"{folder}: a Wan2.2 VAE (z_dim {config.get('z_dim')}); EchoMimicV3 "
-                              "needs the Wan2.1 VAE (16 latent channels).")
+    _check_latent_channels(config.get("z_dim", 16), str(folder))
+    if config.get("is_residual"):
+        raise CheckpointError(f"{folder}: a Wan2.2-style residual VAE (is_residual); EchoMimicV3 needs "
+                              "the Wan2.1 VAE.")
     from diffusers import AutoencoderKLWan
 
     init_keys = set(inspect.signature(AutoencoderKLWan.__init__).parameters) - {"self"}
     kwargs = {k: v for k, v in config.items() if k in init_keys}
     state = strip_prefix(load_state_dict(folder), _PREFIXES)
-    if _check_wan21(state, str(folder)) == "original":
-        state = original_to_diffusers(state)
+    if _layout(state, str(folder)) == "original":
+        try:
+            state = original_to_diffusers(state)
+        except KeyError as e:
+            raise CheckpointError(f"{folder}: holds a tensor no Wan2.1 VAE has ({e}).") from e
     model = _build(kwargs, state, dtype, device, str(folder))
     return WanVAE(model, model.config.latents_mean, model.config.latents_std)
 

@@ -140,6 +140,19 @@ def test_incomplete_or_misshapen_vae(weights):
         from_state_dict(state)
 
 
+def test_vae_without_its_first_layer(weights):
+    state = {k: v for k, v in weights.items() if not k.startswith("encoder.conv1.")}
+    with pytest.raises(CheckpointError, match="not a complete Wan2.1 VAE.*encoder.conv1.weight"):
+        from_state_dict(state)
+
+
+def test_wan22_diffusers_folder_is_rejected(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan", "z_dim": 48,
+                                                      "is_residual": True}))
+    with pytest.raises(CheckpointError, match="48 latent channels.*Wan2.2"):
+        load_vae(tmp_path)
+
+
 def test_diffusers_folder_of_another_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
     with pytest.raises(CheckpointError, match="AutoencoderKL, expected an AutoencoderKLWan"):
