@@ -275,7 +275,7 @@ def _inspect(path: Path, raw: Mapping[str, tuple], metadata: Mapping[str, str],
     if variant not in (None, "base") and detected not in ("base", variant):
         raise CheckpointError(f"{path}: expected a {variant} checkpoint, found a {detected} one "
                               f"(it carries {_AUDIO_PROJECTORS[detected]}*). Choose variant "
-                              f"{detected!r} or 'auto'.")
+                              f"{detected!r}, or leave it unset to follow the file.")
     if variant == "base" and detected != "base":
         variant = None  # asking for "base" only means "accept a file without audio layers"
     original = to_original_keys(shapes)
