@@ -122,3 +122,54 @@ def test_bad_arguments():
         TeaCache(threshold=-0.1)
     with pytest.raises(ValueError, match="num_skip_start_steps"):
         TeaCache(num_skip_start_steps=-1)
+
+
+def _tiny_model_and_inputs():
+    from echomimic_core.config import TransformerConfig
+    from echomimic_core.model.conditioning import Conditioning
+    from echomimic_core.model.transformer import EchoMimicTransformer
+
+    cfg = TransformerConfig.preset("tiny_flash").to_dict()
+    cfg.update(dim=32, ffn_dim=48, num_heads=2, freq_dim=16, text_len=8, text_dim=12, clip_dim=10, clip_tokens=5)
+    config = TransformerConfig.from_dict(cfg)
+    model = EchoMimicTransformer(config).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    f, h, w = 2, 4, 4
+    cond = Conditioning(context=[torch.randn(5, config.text_dim, generator=g)],
+                        clip_fea=torch.randn(1, config.clip_tokens, config.clip_dim, generator=g),
+                        y=torch.randn(1, config.in_dim - 16, f, h, w, generator=g),
+                        audio=torch.randn(1, 4 * (f - 1) + 1, config.audio_window, config.audio_blocks,
+                                          config.audio_channels, generator=g))
+    return model, cond, torch.randn(1, 16, f, h, w, generator=g)
+
+
+def test_with_the_transformer_threshold_zero_is_exact_and_skipping_saves_block_runs():
+    from echomimic_core.sampling.schedulers import make_scheduler
+
+    model, cond, noise = _tiny_model_and_inputs()
+    block_runs = []
+    model.blocks[0].register_forward_hook(lambda *a: block_runs.append(1))
+
+    def sample(cache):
+        sch = make_scheduler("Flow_Unipc", 10, 5.0, "flash")
+        if cache is not None:
+            cache.reset()
+        x = noise.clone()
+        with torch.no_grad():
+            for i, t in enumerate(sch.timesteps):
+                if cache is not None:
+                    cache.start_step(i, len(sch.timesteps))
+                v = model(x, t.float().reshape(1), cond, cache=cache, cache_branch="cond")
+                x = sch.step(v, t, x)
+        return x
+
+    plain = sample(None)
+    assert torch.equal(sample(TeaCache(threshold=0.0, num_skip_start_steps=0)), plain)
+    block_runs.clear()
+    cache = TeaCache(threshold=0.5, num_skip_start_steps=3)
+    cached = sample(cache)
+    assert cache.skipped_steps and len(block_runs) == 10 - len(cache.skipped_steps)
+    assert torch.isfinite(cached).all()
