@@ -141,8 +141,39 @@ def _register_attention() -> str:
     return ATTENTION_NAME
 
 
-def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype, device):
-    """A ``UMT5EncoderModel`` built on the meta device and given the tensors (no 2x RAM peak)."""
+def _is_matrix(key: str) -> bool:
+    """The big tensors (projections, token table) that may be stored below the compute dtype."""
+    return key == "shared.weight" or key.endswith((".q.weight", ".k.weight", ".v.weight", ".o.weight",
+                                                   ".wi_0.weight", ".wi_1.weight", ".wo.weight"))
+
+
+def upcast_during_forward(module: torch.nn.Module, compute_dtype: torch.dtype) -> None:
+    """Parameters stored in another dtype are cast to ``compute_dtype`` for this module's forward
+    only and restored after, so a block at a time exists at full precision."""
+    def before(mod, args):
+        mod._stored_params = []
+        for p in mod.parameters():
+            if p.dtype != compute_dtype:
+                mod._stored_params.append((p, p.data))
+                p.data = p.data.to(compute_dtype)
+
+    def after(mod, args, output):
+        for p, stored in mod._stored_params:
+            p.data = stored
+        mod._stored_params = []
+
+    module.register_forward_pre_hook(before)
+    module.register_forward_hook(after)
+
+
+def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype | None, device,
+                compute_dtype: torch.dtype = torch.float32):
+    """A ``UMT5EncoderModel`` built on the meta device and given the tensors (no 2x RAM peak).
+
+    ``dtype``: storage of the projection matrices and token table (None: as in the file);
+    norms and position biases are kept in ``compute_dtype``. Upstream loads the bf16 release
+    into a float32 model, so bf16 storage + float32 compute reproduces it at half the memory.
+    """
     from transformers import UMT5EncoderModel
 
     config = config_from_hf_state(state_hf)
@@ -152,7 +183,8 @@ def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype, device):
     emb = state_hf.get("shared.weight", state_hf.get(_TIED))
     weights = {k: v for k, v in state_hf.items() if k != _TIED}
     weights["shared.weight"] = emb
-    weights = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
+    weights = {k: v.to(device=device, dtype=(dtype or v.dtype) if _is_matrix(k) else compute_dtype)
+               for k, v in weights.items()}
     weights[_TIED] = weights["shared.weight"]
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
@@ -161,6 +193,12 @@ def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype, device):
             f"umT5 weights do not fit the model their shapes imply: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}. The file is incomplete or not a umT5 encoder.")
     model.load_state_dict(weights, strict=True, assign=True)
+    if weights["shared.weight"].dtype != compute_dtype:
+        # the lookup is exact in either dtype: cast the looked-up rows, not the whole table
+        model.encoder.embed_tokens.register_forward_hook(lambda m, a, out: out.to(compute_dtype))
+    if any(p.dtype != compute_dtype for p in model.encoder.block.parameters()):
+        for block in model.encoder.block:
+            upcast_during_forward(block, compute_dtype)
     return model.eval().requires_grad_(False)
 
 
@@ -223,7 +261,8 @@ class TextEncoder:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.shared.weight.dtype
+        """The dtype of the embeddings it returns (the compute dtype)."""
+        return self.model.encoder.final_layer_norm.weight.dtype
 
     @property
     def device(self) -> torch.device:
@@ -235,10 +274,16 @@ class TextEncoder:
 
     @classmethod
     def load(cls, path: str | Path, tokenizer_path: str | Path | None = None,
-             dtype: torch.dtype = torch.bfloat16, device="cpu", text_len: int = TEXT_LEN) -> TextEncoder:
+             dtype: torch.dtype | None = None, device="cpu", text_len: int = TEXT_LEN,
+             compute_dtype: torch.dtype = torch.float32) -> TextEncoder:
         """Any supported umT5 checkpoint; the tokenizer from ``tokenizer_path``, the file's
-        embedded ``spiece_model``, or a tokenizer folder beside the weights (in that order)."""
-        state, proto = read_checkpoint(path, dtype)
+        embedded ``spiece_model``, or a tokenizer folder beside the weights (in that order).
+
+        ``dtype``: storage of the large matrices (None: as in the file; scaled fp8 -> bf16).
+        ``compute_dtype``: float32 reproduces upstream (which runs the bf16 release in a float32
+        model); bfloat16 is faster and lighter on activations, not bit-exact.
+        """
+        state, proto = read_checkpoint(path, dtype or torch.bfloat16)
         if tokenizer_path is not None:
             tokenizer = load_tokenizer(tokenizer_path)
         elif proto is not None:
@@ -248,7 +293,7 @@ class TextEncoder:
             tokenizer = load_tokenizer(near) if near is not None else None
         if tokenizer is None:
             log.info("%s carries no tokenizer and none was given; encode() will need one.", path)
-        return cls(build_model(state, dtype, device), tokenizer, text_len)
+        return cls(build_model(state, dtype, device, compute_dtype), tokenizer, text_len)
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """ids, mask ``[B, text_len]``: padded to ``text_len`` and truncated there, ``</s>`` added."""

@@ -63,7 +63,10 @@ def test_full_size_manifest_builds_umt5_xxl(reference_dir):
     assert (cfg.vocab_size, cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.d_kv, cfg.num_layers) == \
         (256384, 4096, 10240, 64, 64, 24)
     model = text.build_model(hf, torch.bfloat16, "meta")
-    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    stored = {k: v.dtype for k, v in model.state_dict().items()}
+    assert stored["encoder.block.5.layer.1.DenseReluDense.wi_0.weight"] == torch.bfloat16
+    assert stored["shared.weight"] == torch.bfloat16
+    assert stored["encoder.block.5.layer.0.layer_norm.weight"] == torch.float32
     assert model.encoder.block[23].layer[0].SelfAttention.relative_attention_bias.weight.shape == (32, 64)
 
 
@@ -76,7 +79,7 @@ def test_softmax_runs_in_float32_like_wan(fixture):
     """In bf16 the Wan kernel equals Wan's formula (fp32 softmax), which HF's eager path does not."""
     wan, ids, mask, _ = fixture
     hf = text.wan_to_hf(wan)
-    model = text.build_model(hf, torch.bfloat16, "cpu")
+    model = text.build_model(hf, torch.bfloat16, "cpu", compute_dtype=torch.bfloat16)
     attn = model.encoder.block[0].layer[0].SelfAttention
     x = model.shared(ids)
     x = model.encoder.block[0].layer[0].layer_norm(x)
@@ -90,6 +93,22 @@ def test_softmax_runs_in_float32_like_wan(fixture):
                                    mask.bool()[:, None, None, :],
                                    position_bias=attn.compute_bias(ids.shape[1], ids.shape[1]))
     assert torch.equal(got, expected)
+
+
+def test_bf16_storage_float32_compute_equals_upstream_float32_model(fixture):
+    """Upstream copies the bf16 release into a float32 model: same numbers at half the storage."""
+    wan, ids, mask, _ = fixture
+    rounded = {k: v.to(torch.bfloat16) for k, v in text.wan_to_hf(wan).items()}
+    upstream_like = text.build_model({k: v.float() for k, v in rounded.items()}, torch.float32, "cpu")
+    light = text.build_model(rounded, torch.bfloat16, "cpu", compute_dtype=torch.float32)
+    expected = upstream_like(input_ids=ids, attention_mask=mask).last_hidden_state
+    got = light(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    # weights went back to bf16 storage after the forward
+    assert light.encoder.block[1].layer[1].DenseReluDense.wo.weight.dtype == torch.bfloat16
+    fast = text.build_model(rounded, torch.bfloat16, "cpu", compute_dtype=torch.bfloat16)
+    out = fast(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert out.dtype == torch.bfloat16 and 0 < relative_error(out, expected) < 0.15
 
 
 def test_comfy_file_with_embedded_tokenizer_encodes_prompts(fixture, spiece_proto, tmp_path):
