@@ -136,7 +136,7 @@ class FlowUniPC(_MultistepFlowScheduler):
         x_t = sigma_t / sigma_s0 * sample - (1 - sigma_t) * h_phi_1 * m0
         if d1s:
             # order 2 is the only multistep order here; UniP-2 uses rho = 1/2
-            rhos = torch.tensor([0.5], dtype=sample.dtype)
+            rhos = torch.tensor([0.5], dtype=sample.dtype, device=sample.device)
             x_t = x_t - (1 - sigma_t) * b_h * torch.einsum("k,bkc...->bc...", rhos, torch.stack(d1s, dim=1))
         return x_t.to(sample.dtype)
 
@@ -154,8 +154,8 @@ class FlowUniPC(_MultistepFlowScheduler):
             rks.append(rk)
             d1s.append((self.model_outputs[-(k + 1)] - m0) / rk)
         h_phi_1, b_h, rows, b = self._coefficients(order, h, rks)
-        rhos = (torch.tensor([0.5], dtype=last_sample.dtype) if order == 1
-                else torch.linalg.solve(rows, b).to(last_sample.dtype))
+        # the small solve stays on the CPU (as upstream's sigmas); only its result moves to the sample
+        rhos = (torch.tensor([0.5]) if order == 1 else torch.linalg.solve(rows, b)).to(last_sample)
         x_t = sigma_t / sigma_s0 * last_sample - (1 - sigma_t) * h_phi_1 * m0
         corr = torch.einsum("k,bkc...->bc...", rhos[:-1], torch.stack(d1s, dim=1)) if d1s else 0
         x_t = x_t - (1 - sigma_t) * b_h * (corr + rhos[-1] * (x0_pred - m0))
