@@ -439,9 +439,14 @@ def _move_buffers(model: torch.nn.Module, device) -> None:
             module._buffers[name] = buffer.to(device)
 
 
-def save_transformer(model, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
-    """Write the model's state dict as safetensors (original key names, each tensor in its
-    stored dtype, fp8 included) with its config in the metadata, so the file loads on its own."""
+def save_transformer(model, path: str | Path, metadata: Mapping[str, str] | None = None,
+                     dtype: torch.dtype | None = None) -> None:
+    """Write the model's state dict as safetensors (original key names) with its config in the
+    metadata, so the file loads on its own. ``dtype`` casts floating tensors on the way out
+    (e.g. fp32 training weights saved as bf16); by default each keeps its stored dtype, fp8
+    included. The file appears atomically (written aside, then renamed)."""
     meta = {CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()), "format": "pt",
             "echomimic_variant": model.config.audio_variant, **(metadata or {})}
-    save_state_dict({k: v.detach() for k, v in model.state_dict().items()}, path, metadata=meta)
+    state = {k: v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()
+             for k, v in model.state_dict().items()}
+    save_state_dict(state, path, metadata=meta)

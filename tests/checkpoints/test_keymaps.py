@@ -31,6 +31,15 @@ def test_matches_diffusers_own_converter(manifest_keys):
     assert sorted(converted) == sorted(original_to_diffusers(k) for k in wan_keys)
 
 
+def test_echomimic_file_converted_by_diffusers_comes_back(manifest_keys):
+    """An EchoMimicV3 file someone ran through diffusers' converter (audio keys included)."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    converted = convert_wan_transformer_to_diffusers({k: k for k in manifest_keys})
+    back = to_original_keys(converted)
+    assert back == {k: k for k in manifest_keys}
+
+
 def test_real_diffusers_model_keys_convert_to_original_names(reference_dir):
     """A tiny diffusers WanTransformer3DModel (i2v) converts to exactly the Wan names and shapes."""
     from diffusers import WanTransformer3DModel

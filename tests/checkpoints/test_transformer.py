@@ -84,6 +84,15 @@ def test_save_and_load_round_trip(tmp_path, reference):
     _assert_same_model(loaded, model, out, config)
 
 
+def test_save_casts_to_a_dtype(tmp_path, reference):
+    variant, config, model, out = reference
+    save_transformer(model, tmp_path / "m.safetensors", dtype=torch.bfloat16, metadata={"step": "10"})
+    assert ckpt.read_metadata(tmp_path / "m.safetensors")["step"] == "10"
+    assert {d for _, d in ckpt.read_shapes(tmp_path / "m.safetensors").values()} == {torch.bfloat16}
+    loaded = load_transformer(tmp_path / "m.safetensors", dtype=torch.bfloat16)
+    assert torch.equal(loaded.state_dict()["head.head.weight"], model.state_dict()["head.head.weight"].bfloat16())
+
+
 def test_pth_with_comfy_prefix_and_wrapper(tmp_path, reference):
     variant, config, model, out = reference
     sd = {"model.diffusion_model." + k: v for k, v in model.state_dict().items()}
