@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -21,7 +22,8 @@ import torch
 
 from echomimic_core.checkpoints.files import CheckpointError, load_state_dict, strip_prefix
 from echomimic_core.vae.keys import (DIFFUSERS_MARKER, ORIGINAL_MARKER, config_from_original,
-                                     diffusers_to_original, original_to_diffusers)
+                                     diffusers_key_to_original, diffusers_to_original,
+                                     original_to_diffusers)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,8 @@ class Tiling:
 
     Frames larger than ``tile_size`` are split into ``tile_size`` squares that step by
     ``tile_size - overlap``; the ``overlap`` band is blended linearly so no seam shows.
-    Latent frames still go through the decoder one at a time, so memory is bounded by the tile.
+    Activation memory is then bounded by one tile (latent frames still go through the decoder one
+    at a time); the assembled output is the only whole-frame tensor.
     """
     tile_size: int = 256
     overlap: int = 64
@@ -158,7 +161,7 @@ class WanVAE:
                             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised posterior mean and raw ``log_var``, both ``[B, z_dim, F, H/8, W/8]`` float32."""
         self.latent_shape(video.shape)
-        with self._tiling(tiling):
+        with _tiling_scope(self.model, tiling):
             params = self.model.encode(video.to(self.device, self.dtype)).latent_dist.parameters
         mu, log_var = params.chunk(2, dim=1)
         return normalize_latents(mu, self.latents_mean, self.latents_std), log_var.float()
@@ -172,12 +175,9 @@ class WanVAE:
         """Normalised latents ``[B, z_dim, F, h, w]`` -> video ``[B, 3, 4(F-1)+1, 8h, 8w]`` in [-1, 1], float32."""
         self.video_shape(latents.shape)
         raw = denormalize_latents(latents, self.latents_mean, self.latents_std)
-        with self._tiling(tiling):
+        with _tiling_scope(self.model, tiling):
             video = self.model.decode(raw.to(self.device, self.dtype)).sample
         return video.float()
-
-    def _tiling(self, tiling: Tiling | None):
-        return _TilingScope(self.model, tiling)
 
     # -- checkpoints --------------------------------------------------------------------------
     def original_state_dict(self) -> dict[str, torch.Tensor]:
@@ -185,30 +185,23 @@ class WanVAE:
         return diffusers_to_original(self.model.state_dict())
 
 
-class _TilingScope:
+_TILING_ATTRS = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width",
+                 "tile_sample_stride_height", "tile_sample_stride_width")
+
+
+@contextmanager
+def _tiling_scope(model, tiling: Tiling | None):
     """Switch diffusers' tiling on with our tile geometry for one call, then restore the model."""
-
-    _ATTRS = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width",
-              "tile_sample_stride_height", "tile_sample_stride_width")
-
-    def __init__(self, model, tiling: Tiling | None):
-        self.model, self.tiling = model, tiling
-
-    def __enter__(self):
-        self.saved = {a: getattr(self.model, a) for a in self._ATTRS}
-        if self.tiling is None:
-            self.model.use_tiling = False
-        else:
-            stride = self.tiling.tile_size - self.tiling.overlap
-            self.model.use_tiling = True
-            self.model.tile_sample_min_height = self.model.tile_sample_min_width = self.tiling.tile_size
-            self.model.tile_sample_stride_height = self.model.tile_sample_stride_width = stride
-        return self
-
-    def __exit__(self, *exc):
-        for a, v in self.saved.items():
-            setattr(self.model, a, v)
-        return False
+    saved = {a: getattr(model, a) for a in _TILING_ATTRS}
+    model.use_tiling = tiling is not None
+    if tiling is not None:
+        model.tile_sample_min_height = model.tile_sample_min_width = tiling.tile_size
+        model.tile_sample_stride_height = model.tile_sample_stride_width = tiling.tile_size - tiling.overlap
+    try:
+        yield
+    finally:
+        for a, v in saved.items():
+            setattr(model, a, v)
 
 
 # -- building and loading ---------------------------------------------------------------------
@@ -221,6 +214,8 @@ def _build(config: dict, state: dict[str, torch.Tensor], dtype, device, source: 
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
+        blocks = config.get("num_res_blocks", 2)
+        missing, unexpected = ([_original_name(k, blocks) for k in keys] for keys in (missing, unexpected))
         raise CheckpointError(
             f"{source}: does not match a Wan2.1 VAE with config {config}: "
             f"{len(missing)} missing tensors (e.g. {missing[:5]}), {len(unexpected)} unexpected "
@@ -234,6 +229,14 @@ def _build(config: dict, state: dict[str, torch.Tensor], dtype, device, source: 
     if leftover:
         raise CheckpointError(f"{source}: tensors left uninitialised after loading: {leftover[:5]}.")
     return model
+
+
+def _original_name(key: str, num_res_blocks: int) -> str:
+    """A diffusers name as the user's (original-layout) file spells it, for error messages."""
+    try:
+        return diffusers_key_to_original(key, num_res_blocks)
+    except KeyError:
+        return key
 
 
 def _layout(state: dict[str, torch.Tensor], source: str) -> str:
@@ -264,7 +267,11 @@ def _check_latent_channels(z_dim: int, source: str) -> None:
 def from_state_dict(state: dict[str, torch.Tensor], dtype=torch.float32, device="cpu",
                     latents_mean=WAN21_LATENTS_MEAN, latents_std=WAN21_LATENTS_STD,
                     source: str = "state dict") -> WanVAE:
-    """A ``WanVAE`` from an original- or diffusers-layout state dict; config read from the shapes."""
+    """A ``WanVAE`` from an original- or diffusers-layout state dict; config read from the shapes.
+
+    Tensors already in ``dtype`` on ``device`` become the parameters without a copy, so the model
+    shares storage with ``state``.
+    """
     state = strip_prefix(state, _PREFIXES)
     try:
         if _layout(state, source) == "diffusers":

@@ -132,7 +132,7 @@ def test_wan22_vae_is_rejected(weights):
 
 def test_incomplete_or_misshapen_vae(weights):
     state = {k: v for k, v in weights.items() if k != "decoder.head.2.bias"}
-    with pytest.raises(CheckpointError, match="1 missing tensors.*decoder.conv_out.bias"):
+    with pytest.raises(CheckpointError, match="1 missing tensors.*decoder.head.2.bias"):
         from_state_dict(state)
     state = dict(weights)
     state["decoder.middle.1.proj.weight"] = torch.zeros(3, 3, 1, 1)
