@@ -2,6 +2,7 @@
 import io
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -188,3 +189,51 @@ def test_wrong_file_says_what_it_is(reference_dir, tmp_path):
     save_state_dict({k: torch.zeros(1) for k in shapes}, tmp_path / "wan_2.1_vae.safetensors")
     with pytest.raises(CheckpointError, match="VAE"):
         text.TextEncoder.load(tmp_path / "wan_2.1_vae.safetensors")
+
+
+def _wan_t5_reference(wan, ids, mask, dtype):
+    """Wan's umT5 encoder written out from its formulas (the test's independent reference)."""
+    import torch.nn.functional as F
+
+    w = {k: v.to(dtype) for k, v in wan.items()}
+    heads = w["blocks.0.pos_embedding.embedding.weight"].shape[1]
+    num_buckets = w["blocks.0.pos_embedding.embedding.weight"].shape[0]
+    b, length = ids.shape
+    rel = torch.arange(length)[None, :] - torch.arange(length)[:, None]
+    half = num_buckets // 2
+    exact = half // 2
+    far = exact + (torch.log(rel.abs().float() / exact) / math.log(128 / exact) * (half - exact)).long()
+    buckets = (rel > 0).long() * half + torch.where(rel.abs() < exact, rel.abs(), far.clamp(max=half - 1))
+
+    def norm(x, weight):
+        y = x * torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+        return weight * (y.type_as(weight) if weight.dtype in (torch.float16, torch.bfloat16) else y)
+
+    x = F.embedding(ids, w["token_embedding.weight"])
+    for i in range(1 + max(int(k.split(".")[1]) for k in w if k.startswith("blocks."))):
+        p = f"blocks.{i}."
+        h = norm(x, w[p + "norm1.weight"])
+        q, k, v = (F.linear(h, w[p + f"attn.{n}.weight"]).view(b, length, heads, -1) for n in "qkv")
+        bias = x.new_zeros(b, heads, length, length) + \
+            F.embedding(buckets, w[p + "pos_embedding.embedding.weight"]).permute(2, 0, 1)[None]
+        bias = bias.masked_fill(mask.view(b, 1, 1, -1) == 0, torch.finfo(x.dtype).min)
+        a = torch.einsum("binc,bjnc->bnij", q, k) + bias
+        a = torch.softmax(a.float(), dim=-1).type_as(a)
+        x = x + F.linear(torch.einsum("bnij,bjnc->binc", a, v).reshape(b, length, -1), w[p + "attn.o.weight"])
+        h = norm(x, w[p + "norm2.weight"])
+        g = F.linear(h, w[p + "ffn.gate.0.weight"])
+        g = 0.5 * g * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (g + 0.044715 * torch.pow(g, 3.0))))
+        x = x + F.linear(F.linear(h, w[p + "ffn.fc1.weight"]) * g, w[p + "ffn.fc2.weight"])
+    return norm(x, w["norm.weight"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matches_wan_formulas_bit_for_bit(fixture, dtype):
+    """float32 = preview scripts' T5, bfloat16 = flash script's T5 (low_cpu_mem_usage, bf16)."""
+    wan, ids, mask, ref = fixture
+    expected = _wan_t5_reference(wan, ids, mask, dtype)
+    if dtype == torch.float32:
+        assert relative_error(expected, ref) < 1e-5  # the reference transcription is right
+    model = text.build_model(text.wan_to_hf(wan), dtype, "cpu", compute_dtype=dtype)
+    got = text.TextEncoder(model).forward_ids(ids, mask)
+    assert got.dtype == dtype and torch.equal(got, expected)
