@@ -289,13 +289,14 @@ class Trainer:
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path, model: torch.nn.Module) -> None:
-    """The transformer weights as the node pack's loader reads them (released key names)."""
+    """The transformer weights as the node pack's loader reads them: released key names, the
+    config in the metadata (as ``save_transformer`` writes it). ``state`` comes from
+    ``accelerator.get_state_dict``, which gathers FSDP shards."""
+    import json
+
     from echomimic_core.checkpoints.files import save_state_dict
+    from echomimic_core.checkpoints.transformer import CONFIG_METADATA_KEY
 
-    config = getattr(model, "config", None)
-    metadata = None
-    if config is not None and hasattr(config, "to_dict"):
-        import json
-
-        metadata = {"config": json.dumps(config.to_dict())}
+    metadata = {CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()), "format": "pt",
+                "echomimic_variant": model.config.audio_variant}
     save_state_dict({k: v.detach().cpu() for k, v in state.items()}, path, metadata=metadata)

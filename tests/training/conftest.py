@@ -1,62 +1,12 @@
 """Tiny encoders, synthetic clips and preprocessed caches shaped for the ``tiny_preview`` model."""
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from echomimic_core.config import TransformerConfig
-from training.preprocess import Clip, Encoders, preprocess
-
-FRAMES, HEIGHT, WIDTH, FPS, SR = 9, 32, 48, 25.0, 800
-
-
-def tiny_encoders(config: TransformerConfig) -> Encoders:
-    """Fixed random maps with the real encoders' output shapes (and the causal 1 + 4k folding)."""
-    g = torch.Generator().manual_seed(1234)
-    w_vae = torch.randn(16, 3, generator=g)
-    table = torch.randn(97, config.text_dim, generator=g)
-    w_img = torch.randn(3, config.clip_dim, generator=g) * 0.5
-    w_aud = torch.randn(8, config.audio_in_dim, generator=g)
-
-    def vae(video):  # [3, N, H, W] -> [16, F, h, w]
-        groups = torch.cat([video[:, :1], video[:, 1:].unflatten(1, (-1, 4)).mean(2)], dim=1)
-        pooled = torch.nn.functional.avg_pool3d(groups[None], (1, 8, 8))[0]
-        return torch.tanh(torch.einsum("oc,cfhw->ofhw", w_vae, pooled))
-
-    def text(prompt):
-        ids = [sum(map(ord, word)) % 97 for word in prompt.split()] or [0]
-        return table[ids]
-
-    def image(frame):  # [3, H, W] -> [257, clip_dim]
-        patches = torch.nn.functional.adaptive_avg_pool2d(frame[None], (16, 16))[0].flatten(1).T
-        tokens = torch.cat([frame.mean((1, 2))[None], patches])
-        return tokens @ w_img
-
-    def audio(waveform, sample_rate, num_frames, fps):  # -> [2 * num_frames, audio_in_dim]
-        chunks = waveform[: len(waveform) // (2 * num_frames) * 2 * num_frames].view(2 * num_frames, -1)
-        stats = chunks.unflatten(1, (8, -1)).abs().mean(2)
-        return torch.tanh(stats @ w_aud)
-
-    return Encoders(vae=vae, text=text, image=image, audio=audio)
-
-
-def synthetic_clip(path: str, frames: int, size, audio_path=None) -> Clip:
-    """A blob whose brightness follows the audio envelope: a learnable audio -> video link."""
-    seed = sum(map(ord, path))
-    g = torch.Generator().manual_seed(seed)
-    n = int(path.rsplit("_len", 1)[1]) if "_len" in path else frames
-    if n < frames:
-        from training.preprocess import TooShort
-        raise TooShort(f"{path}: {n} frames")
-    h, w = size
-    envelope = torch.rand(frames, generator=g)
-    waveform = (envelope.repeat_interleave(int(SR / FPS)) * torch.randn(frames * int(SR / FPS), generator=g))
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    cx, cy = (torch.rand(2, generator=g) - 0.5).tolist()
-    blob = torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) * 4)
-    colour = torch.rand(3, 1, 1, 1, generator=g) * 2 - 1
-    video = (colour * blob[None, None] * (0.3 + envelope.view(1, -1, 1, 1))).clamp(-1, 1)
-    return Clip(video=video, waveform=waveform, sample_rate=SR, fps=FPS)
+from training.preprocess import Encoders, preprocess
+from training.synthetic import FRAMES, HEIGHT, WIDTH, sft_rows, synthetic_clip, tiny_encoders
 
 
 @pytest.fixture(scope="session")
@@ -67,12 +17,6 @@ def tiny_config() -> TransformerConfig:
 @pytest.fixture(scope="session")
 def encoders(tiny_config) -> Encoders:
     return tiny_encoders(tiny_config)
-
-
-def sft_rows(n: int = 6) -> list[dict]:
-    return [{"id": f"clip{i}", "video": f"clip{i}.mp4", "caption": f"a person talking number {i}",
-             "sync_score": 5.0 + i, **({"mouth_box": [0.3, 0.5, 0.7, 0.8]} if i % 2 else {})}
-            for i in range(n)]
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +35,10 @@ def dpo_cache(tmp_path_factory, encoders):
     preprocess(rows, out, encoders, kind="dpo", frames=FRAMES, size=(HEIGHT, WIDTH),
                loader=synthetic_clip, progress=False)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core machine they only contend."""
+    torch.set_num_threads(1)
+    yield

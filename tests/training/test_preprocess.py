@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from training.dataset import CachedDataset, collate, read_index
+from training.preprocess import preprocess
+
+from training.synthetic import FRAMES, HEIGHT, WIDTH, sft_rows, synthetic_clip
+
+
+def test_cache_holds_what_training_needs(sft_cache, tiny_config):
+    data = CachedDataset(sft_cache)
+    assert len(data) == 6 and data.null_text.shape[1] == tiny_config.text_dim
+    item = data[1]
+    f, h, w = (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8
+    assert item["latents"].shape == (16, f, h, w)
+    assert {"cond.first_frame", "cond.first_last", "cond.mouth"} <= set(item)  # row 1 has a mouth box
+    assert "cond.mouth" not in data[0]
+    assert item["clip"].shape == (257, tiny_config.clip_dim)
+    assert item["audio"].shape == (2 * FRAMES, tiny_config.audio_in_dim)
+    assert item["mouth_box"] == [0.3, 0.5, 0.7, 0.8]
+    batch = collate([data[0], data[1]])  # a sample without mouth latents still stacks
+    assert batch["cond.mouth"].shape[0] == 2 and not batch["cond.mouth"][0].any()
+
+
+def test_masked_video_latents_differ_per_task(sft_cache):
+    item = CachedDataset(sft_cache)[1]
+    assert not torch.equal(item["cond.first_frame"], item["cond.first_last"])
+    # the causal first latent frame only sees pixel frame 0, which every task keeps
+    assert torch.equal(item["cond.first_frame"][:, 0], item["latents"][:, 0])
+
+
+def test_interrupted_run_resumes_without_duplicates(tmp_path, encoders):
+    calls = []
+
+    def dying_loader(path, frames, size, audio=None):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return synthetic_clip(path, frames, size)
+
+    kw = dict(frames=FRAMES, size=(HEIGHT, WIDTH), shard_size=2, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(sft_rows(), tmp_path, encoders, loader=dying_loader, **kw)
+    assert [i["id"] for i in read_index(tmp_path)["items"]] == ["clip0", "clip1", "clip2", "clip3"]
+    assert not list(tmp_path.glob("*.partial"))
+    stats = preprocess(sft_rows(), tmp_path, encoders, loader=synthetic_clip, **kw)
+    assert stats == {"done": 2, "skipped_filter": 0, "failed": 0, "cached": 4}
+    assert sorted(i["id"] for i in read_index(tmp_path)["items"]) == [f"clip{i}" for i in range(6)]
+    assert len(CachedDataset(tmp_path)) == 6
+
+
+def test_filters_sync_score_and_length(tmp_path, encoders):
+    rows = sft_rows(4) + [{"id": "short", "video": "x_len5.mp4", "caption": "c", "sync_score": 9}]
+    stats = preprocess(rows, tmp_path, encoders, frames=FRAMES, size=(HEIGHT, WIDTH),
+                       loader=synthetic_clip, min_sync_score=7.0, progress=False)
+    assert stats == {"done": 2, "skipped_filter": 3, "failed": 0, "cached": 0}
+    assert sorted(i["id"] for i in read_index(tmp_path)["items"]) == ["clip2", "clip3"]
+
+
+def test_dpo_pairs_share_conditioning(dpo_cache):
+    data = CachedDataset(dpo_cache, kind="dpo")
+    item = data[0]
+    assert item["chosen.latents"].shape == item["rejected.latents"].shape == item["cond.first_frame"].shape
+    assert not torch.equal(item["chosen.latents"], item["rejected.latents"])
+    with pytest.raises(ValueError, match="expected 'sft'"):
+        CachedDataset(dpo_cache)

@@ -1,0 +1,177 @@
+"""End-to-end training behaviour on the tiny preview model (CPU, float32)."""
+import torch
+import pytest
+
+from echomimic_core.checkpoints.transformer import load_transformer
+from echomimic_core.model.conditioning import Conditioning
+from training.config import config_from_dict
+from training.dataset import CachedDataset, collate
+from training.lora import merge_lora
+from training.model_init import build_model
+from training.modality_drop import AUDIO, IMAGE, TEXT
+from training.trackers import read_metrics
+from training.trainer import LORA_FILE, MODEL_FILE, Trainer
+
+
+def make_trainer(out, sft_cache, dpo_cache=None, **over):
+    raw = {"output_dir": str(out), "mixed_precision": "no", "log_every": 1, "checkpoint_every": 1000,
+           "model": {"preset": "tiny_preview", "gradient_checkpointing": False},
+           "data": {"batch_size": 3, "num_workers": 0},
+           "dpo": {"every_n_steps": 0}, "optim": {"lr": 1e-3, "warmup_steps": 0, "max_steps": 100}}
+    for key, value in over.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    cfg = config_from_dict(raw)
+    sft = CachedDataset(sft_cache)
+    dpo = CachedDataset(dpo_cache, kind="dpo") if dpo_cache else None
+    return Trainer(cfg, build_model(cfg.model, cfg.seed), sft, sft.null_text, dpo_data=dpo)
+
+
+def held_out_loss(trainer) -> float:
+    """SFT loss on every item at fixed noise, timesteps, tasks and drops."""
+    batch = collate([trainer.sft_data[i] for i in range(len(trainer.sft_data))])
+    with torch.no_grad():
+        return sum(trainer.sft_loss(batch, torch.Generator().manual_seed(s))[0].item() for s in range(4)) / 4
+
+
+def test_sft_loss_falls_and_is_logged_per_phase_and_task(tmp_path, sft_cache):
+    trainer = make_trainer(tmp_path, sft_cache)
+    before = held_out_loss(trainer)
+    history = trainer.train(30)
+    trainer.finish()
+    after = held_out_loss(trainer)
+    assert after < 0.85 * before, (before, after)
+    assert history[-1]["loss/sft"] < history[0]["loss/sft"]
+    rows = read_metrics(tmp_path / "logs" / "train" / "metrics.jsonl")
+    assert len(rows) == 30 and rows[-1]["step"] == 30
+    keys = set().union(*rows)
+    assert {"loss/sft_phase_early", "loss/sft_phase_middle", "loss/sft_phase_late"} <= keys
+    assert {"loss/sft_task_first_frame", "loss/sft_task_first_last", "loss/sft_task_mouth"} <= keys
+
+
+class Recorder(torch.nn.Module):
+    """Wraps the model and keeps the Conditioning that actually reaches it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x, t, cond):
+        self.seen.append((t.detach().clone(), cond))
+        return self.model(x, t, cond)
+
+
+def test_phase_drop_reaches_the_model(tmp_path, sft_cache):
+    trainer = make_trainer(tmp_path, sft_cache, drop={"cfg_text": 0.0, "cfg_audio": 0.0, "cfg_all": 0.0})
+    recorder = Recorder(trainer.model)
+    trainer.model = recorder
+    batch = collate([trainer.sft_data[i] for i in range(3)])
+    null = trainer.null_text
+    late_counts = set()
+    for seed in range(8):
+        _, _, phases, _ = trainer.sft_loss(batch, torch.Generator().manual_seed(seed))
+        t, cond = recorder.seen[-1]
+        for b, phase in enumerate(phases.tolist()):
+            text_dropped = torch.equal(cond.context[b], null)
+            image_dropped = not cond.clip_fea[b].any() and not cond.y[b].any()
+            audio_dropped = not cond.audio[b].any()
+            if phase == 0:
+                assert t[b] > 666 and (text_dropped, image_dropped, audio_dropped) == (False, True, True)
+            elif phase == 1:
+                assert 333 < t[b] <= 666 and not (text_dropped or image_dropped or audio_dropped)
+                assert torch.equal(cond.audio[b], batch["audio"][b])
+            else:
+                assert t[b] <= 333
+                late_counts.add(text_dropped + image_dropped + audio_dropped)
+    assert late_counts == {1, 2}
+
+
+def test_dpo_raises_the_implicit_reward_margin(tmp_path, sft_cache, dpo_cache):
+    trainer = make_trainer(tmp_path, sft_cache, dpo_cache, dpo={"every_n_steps": 1, "beta": 2000.0},
+                           optim={"lr": 2e-4, "warmup_steps": 0, "max_steps": 100})
+    batch = collate([trainer.dpo_data[i] for i in range(len(trainer.dpo_data))])
+
+    def margin():
+        with torch.no_grad():
+            return trainer.dpo_loss(batch, torch.Generator().manual_seed(123))[1].mean().item()
+
+    assert abs(margin()) < 1e-6  # policy == reference at the start
+    history = trainer.train(8)
+    assert all("loss/dpo" in h for h in history)
+    assert margin() > 1e-4
+    assert history[-1]["loss/dpo"] < history[0]["loss/dpo"]
+
+
+def _losses(history):
+    return [h.get("loss/sft", h.get("loss/dpo")) for h in history]
+
+
+def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, sft_cache, dpo_cache):
+    over = dict(checkpoint_every=3, dpo={"every_n_steps": 2, "beta": 500.0},
+                model={"preset": "tiny_preview", "gradient_checkpointing": True})
+    full = _losses(make_trainer(tmp_path / "a", sft_cache, dpo_cache, **over).train(6))
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step, logs):
+        if step == 5:
+            raise Killed
+
+    first = make_trainer(tmp_path / "b", sft_cache, dpo_cache, **over)
+    with pytest.raises(Killed):
+        first.train(6, on_step_end=kill_at_5)
+    assert [p.name for p in first.checkpoints()] == ["checkpoint-3"]
+    resumed = make_trainer(tmp_path / "b", sft_cache, dpo_cache, **over)
+    assert resumed.resume() and resumed.state.step == 3
+    again = _losses(resumed.train(6))
+    assert again == full[3:]
+
+
+def test_checkpoint_loads_in_the_node_loader(tmp_path, sft_cache):
+    trainer = make_trainer(tmp_path, sft_cache)
+    trainer.train(2)
+    folder = trainer.save_checkpoint()
+    loaded = load_transformer(folder / MODEL_FILE, dtype=torch.float32)
+    ours = trainer.acc.unwrap_model(trainer.model)
+    assert loaded.config == ours.config
+    theirs = loaded.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items())
+
+
+def test_lora_trains_adapters_only_and_merges_into_the_base(tmp_path, sft_cache):
+    trainer = make_trainer(tmp_path, sft_cache, lora={"enabled": True, "rank": 4, "alpha": 8.0})
+    model = trainer.acc.unwrap_model(trainer.model)
+    base = {k.replace(".base_layer", ""): v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+    trainer.train(3)
+    folder = trainer.save_checkpoint()
+    assert not (folder / MODEL_FILE).exists()
+    lora = load_transformer.__globals__["load_state_dict"](folder / LORA_FILE)
+    assert lora and all(k.startswith("diffusion_model.") for k in lora)
+    assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)
+    now = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(base[k], now[k]) for k in base)  # the base stayed frozen
+
+    plain = build_model(trainer.config.model, trainer.config.seed).eval()
+    plain.load_state_dict(merge_lora(base, lora))
+    batch = collate([trainer.sft_data[i] for i in range(2)])
+    x = torch.randn_like(batch["latents"])
+    cond = Conditioning(context=batch["text"], clip_fea=batch["clip"], audio=batch["audio"],
+                        y=torch.cat([torch.zeros_like(batch["latents"][:, :4]), batch["cond.first_frame"]], 1))
+    t = torch.tensor([500.0, 900.0])
+    with torch.no_grad():
+        assert torch.allclose(plain(x, t, cond), model.eval()(x, t, cond), atol=1e-5)
+
+
+def test_base_wan_checkpoint_gets_upstream_audio_init(tmp_path, tiny_config):
+    from echomimic_core.checkpoints.files import save_state_dict
+    from training.config import ModelConfig
+
+    donor = build_model(ModelConfig(preset="tiny_preview"), seed=3)
+    base = {k: v for k, v in donor.state_dict().items() if "audio" not in k}
+    save_state_dict(base, tmp_path / "wan_fun_inp.safetensors")
+    model = build_model(ModelConfig(preset="tiny_preview", checkpoint=str(tmp_path / "wan_fun_inp.safetensors")))
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in base.items())
+    assert not sd["blocks.0.cross_attn.k_audio.weight"].any() and not sd["blocks.0.cross_attn.v_audio.weight"].any()
+    assert sd["audio2token.proj.weight"].abs().sum() > 0  # a live projector: gradients reach v_audio
+    assert all(p.requires_grad for p in model.parameters())
