@@ -7,8 +7,10 @@ Pure tensor arithmetic, no encoder. Conventions shared by every variant:
 * Video frame ``k`` starts at ``k / fps`` seconds, i.e. at sample ``ceil(k * 16000 / fps)``.
 * The number of frames an audio clip supports is ``floor(duration * fps)``, rounded down to the
   VAE's ``4n + 1`` lengths (upstream's rule), optionally capped by a requested maximum.
-* Audio longer than the video is trimmed to ``samples_for_frames(num_frames, fps)`` (extra tail
-  dropped); audio shorter than the video is padded with silence (zeros) at the end.
+* Audio shorter than the video is padded with silence (zeros) at the end. Audio longer than the
+  video: flash trims it to ``samples_for_frames(num_frames, fps)`` before encoding (upstream);
+  preview / whisper encode the whole clip and keep the tokens of the video's span (upstream
+  preview does so, and wav2vec2 features depend on later audio). See ``encoders/audio.py``.
 
 Layouts the transformer consumes ("token layouts"):
 

@@ -217,7 +217,15 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], what: Pat
             f"missing {len(missing)} {missing[:5]}, unexpected {len(unexpected)} {unexpected[:5]}, "
             f"shape mismatches {mismatched[:3]}. The file is probably a different model or "
             "its config.json belongs to another checkpoint.")
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    state = {k: v for k, v in state.items() if k in own}
+    for key in set(own) - set(state):  # optional training-only tensors: never used at inference
+        state[key] = torch.zeros(own[key].shape, dtype=own[key].dtype)
+    # The model was built on the meta device: assign the file's tensors instead of copying
+    # them into randomly initialised ones (saves the init time and a second copy in RAM).
+    model.load_state_dict(state, strict=True, assign=True)
+    still_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if still_meta:
+        raise CheckpointError(f"{what}: tensors {still_meta[:5]} were not provided by the file.")
 
 
 class AudioEncoder:
@@ -276,7 +284,8 @@ class AudioEncoder:
             kind = "whisper"
             state = whisper_encoder_state(raw)
             config = (WhisperConfig(**config_json) if config_json else whisper_config_from_state(state))
-            model = WhisperEncoder(config)
+            with torch.device("meta"):
+                model = WhisperEncoder(config)
             _load_into(model, state, path)
             fe = WhisperFeatureExtractor.from_pretrained(str(folder)) if preprocessor else None
         else:
@@ -286,8 +295,8 @@ class AudioEncoder:
             kind = kind or _guess_wav2vec2_kind(path, raw.keys(), preprocessor)
             state = wav2vec2_state(raw)
             config = Wav2Vec2Config(**config_json) if config_json else wav2vec2_config_from_state(state)
-            # Inference only: no time masking, so no training-only mask embedding is needed.
-            model = Wav2Vec2Model(config)
+            with torch.device("meta"):
+                model = Wav2Vec2Model(config)
             state = wav2vec2_state(raw, target_keys=model.state_dict().keys())
             _load_into(model, state, path, optional=WAV2VEC2_OPTIONAL)
             # A folder's own preprocessor settings win (upstream reads them with from_pretrained).

@@ -282,3 +282,17 @@ def test_whisper_window_mismatch_is_reported(whisper):
     enc = AudioEncoder(whisper, "whisper", feature_extractor=WhisperFeatureExtractor(feature_size=16))
     with pytest.raises(ValueError, match="3000 mel frames per window but this encoder takes 300"):
         enc.features_for_video(speech_like(0.5), 5, 25)
+
+
+def test_missing_training_only_mask_embedding_is_tolerated(tmp_path):
+    torch.manual_seed(2)
+    model = Wav2Vec2Model(tiny_wav2vec2_config(mask_time_prob=0.05)).eval()
+    assert "masked_spec_embed" in model.state_dict()
+    folder = tmp_path / "chinese-wav2vec2-base"
+    model.save_pretrained(folder)
+    state = {k: v for k, v in model.state_dict().items() if k != "masked_spec_embed"}
+    (folder / "model.safetensors").unlink()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    enc = AudioEncoder.load(folder, loudness_norm=False)
+    assert enc.kind == "flash"  # from the folder name: no preprocessor_config.json here
+    assert torch.equal(_features(enc), _features(AudioEncoder(model, "flash", loudness_norm=False)))
