@@ -129,15 +129,23 @@ def keyframe_inputs(keyframes: Mapping[int, ImageLike], num_frames: int,
 def start_frames_inputs(images: Sequence[ImageLike] | ImageLike, num_frames: int,
                         sample_size: Sequence[int], end: Sequence[ImageLike] | ImageLike | None = None
                         ) -> TaskInputs:
-    """First frame -> video (one image), several start frames (list; long-video continuation), and
-    optionally end frame(s) kept at the tail (first + last frame)."""
-    starts = list(images) if isinstance(images, (list, tuple)) else [images]
-    ends = [] if end is None else list(end) if isinstance(end, (list, tuple)) else [end]
+    """First frame -> video (one image), several start frames (a list, or a stacked [N, H, W, 3] uint8 /
+    [N, 3, H, W] float batch; long-video continuation), and optionally end frame(s) kept at the tail."""
+    starts = _image_list(images)
+    ends = [] if end is None else _image_list(end)
     if len(starts) + len(ends) > num_frames:
         raise ValueError(f"{len(starts)} start + {len(ends)} end frames do not fit in {num_frames} frames.")
     keyframes: dict[int, ImageLike] = dict(enumerate(starts))
     keyframes.update({num_frames - len(ends) + i: image for i, image in enumerate(ends)})
     return keyframe_inputs(keyframes, num_frames, sample_size)
+
+
+def _image_list(images) -> list:
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images)
+    return [images]
 
 
 def first_frame_inputs(image: ImageLike, num_frames: int, sample_size: Sequence[int]) -> TaskInputs:

@@ -53,6 +53,11 @@ def test_first_last_and_multi_start_keep_the_right_frames():
     ms = start_frames_inputs([image(0), image(1), image(2)], 9, SIZE)
     assert (ms.input_video_mask[0, 0, :, 0, 0] == 0).tolist() == [True] * 3 + [False] * 6
     assert not torch.equal(ms.input_video[:, :, 1], ms.input_video[:, :, 0])
+    # generated frames handed back as a float batch [N, 3, H, W] in [0, 1], as long videos do
+    frames = ms.input_video[0, :, :3].permute(1, 0, 2, 3)
+    again = start_frames_inputs(frames, 9, SIZE)
+    assert torch.equal(again.input_video_mask, ms.input_video_mask)
+    assert (again.input_video[:, :, :3] - ms.input_video[:, :, :3]).abs().max() <= 1 / 255 + 1e-6
 
 
 def test_keyframes_at_any_index():
