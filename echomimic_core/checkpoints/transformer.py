@@ -341,9 +341,9 @@ def check_state_dict(expected: Mapping[str, tuple[int, ...]], found: Mapping[str
         # whole blocks absent (a cut-off file) read better as one line than per-module groups
         present = {int(m[1]) for k in found if (m := _BLOCK_INDEX.match(k))}
         gone = sorted({int(m[1]) for k in missing if (m := _BLOCK_INDEX.match(k))} - present)
-        in_gone = [k for k in missing if (m := _BLOCK_INDEX.match(k)) and int(m[1]) in gone]
+        in_gone = {k for k in missing if (m := _BLOCK_INDEX.match(k)) and int(m[1]) in gone}
         lines = [f"{len(in_gone)} keys of {_ranges(gone)} entirely"] if gone else []
-        lines += group_keys([k for k in missing if k not in set(in_gone)])
+        lines += group_keys([k for k in missing if k not in in_gone])
         parts.append(f"missing {len(missing)} keys: {_summary(lines)}")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected keys: {_summary(group_keys(unexpected))}")
