@@ -126,3 +126,46 @@ def test_wrong_file_says_what_it_is(tmp_path):
 def test_unknown_width_asks_for_heads(fixture):
     with pytest.raises(CheckpointError, match="num_heads"):
         image.config_from_hf_state(image.wan_to_hf(fixture[0]))
+
+
+def _wan_clip_reference(wan, images, heads, dtype):
+    """Wan's CLIPModel.forward (use_31_block) written out from its formulas, on the CPU."""
+    import torch.nn.functional as F
+
+    w = {k: v.to(dtype) for k, v in wan.items()}
+    patch = w["visual.patch_embedding.weight"].shape[-1]
+    size = patch * int((w["visual.pos_embedding"].shape[1] - 1) ** 0.5)
+    x = F.interpolate(images.to(dtype), size=(size, size), mode="bicubic", align_corners=False)
+    x = x.mul(0.5).add(0.5)
+    x = (x - torch.tensor(image.CLIP_MEAN).view(1, 3, 1, 1).to(x)) / torch.tensor(image.CLIP_STD).view(1, 3, 1, 1).to(x)
+    x = F.conv2d(x, w["visual.patch_embedding.weight"], stride=patch).flatten(2).permute(0, 2, 1)
+    x = torch.cat([w["visual.cls_embedding"].expand(x.shape[0], -1, -1), x], dim=1) + w["visual.pos_embedding"]
+
+    def norm(x, p):  # Wan's LayerNorm: float32 inside, cast back
+        return F.layer_norm(x.float(), x.shape[-1:], w[p + ".weight"].float(), w[p + ".bias"].float(),
+                            1e-5).type_as(x)
+
+    x = norm(x, "visual.pre_norm")
+    depth = 1 + max(int(k.split(".")[2]) for k in w if k.startswith("visual.transformer."))
+    for i in range(depth - 1):
+        p = f"visual.transformer.{i}."
+        h = norm(x, p + "norm1")
+        b, s, c = h.shape
+        qkv = F.linear(h, w[p + "attn.to_qkv.weight"], w[p + "attn.to_qkv.bias"])
+        q, k, v = (t.transpose(1, 2) for t in qkv.view(b, s, 3, heads, c // heads).unbind(2))
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, c)
+        x = x + F.linear(o, w[p + "attn.proj.weight"], w[p + "attn.proj.bias"])
+        h = F.gelu(F.linear(norm(x, p + "norm2"), w[p + "mlp.0.weight"], w[p + "mlp.0.bias"]))
+        x = x + F.linear(h, w[p + "mlp.2.weight"], w[p + "mlp.2.bias"])
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matches_wan_formulas_bit_for_bit(fixture, dtype):
+    wan, images, ref, heads = fixture
+    expected = _wan_clip_reference(wan, images, heads, dtype)
+    if dtype == torch.float32:
+        assert relative_error(expected, ref) < 1e-6  # the reference transcription is right
+    encoder = image.ImageEncoder(image.build_model(image.wan_to_hf(wan), dtype, "cpu", heads))
+    got = encoder.encode(images)
+    assert got.dtype == dtype and torch.equal(got, expected)
