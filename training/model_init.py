@@ -62,4 +62,9 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> EchoMimicTransformer:
             log.info("initialised the %s audio layers of base checkpoint %s as upstream",
                      model.config.audio_variant, cfg.checkpoint)
     model.requires_grad_(True)
+    # flash's q_audio is kept for strict loading but never used by the forward: a trainable
+    # parameter without gradient makes DDP fail ("parameters that were not used")
+    for name, param in model.named_parameters():
+        if ".cross_attn.q_audio." in name:
+            param.requires_grad_(False)
     return model.train()
