@@ -111,5 +111,7 @@ class TeaCache:
 
     def after_blocks(self, branch: str, x_in: torch.Tensor, x_out: torch.Tensor) -> None:
         """Store this branch's residual x_out - x_in ([B, L, C]) for later skipped steps."""
+        if self.threshold <= 0:  # never skips: keep no residuals (saves a [B, L, C] copy per branch)
+            return
         residual = x_out.cpu() - x_in.cpu() if self.offload else x_out - x_in
         self._residuals[branch] = residual.detach()
