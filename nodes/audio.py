@@ -1,0 +1,78 @@
+"""Audio nodes: the clip length an AUDIO gives, and the audio features the transformer consumes."""
+from __future__ import annotations
+
+from .common import CATEGORY, audio_input, on_compute_device
+
+
+def _frames(audio, fps: float, max_frames: int) -> tuple[object, int]:
+    """(16 kHz mono waveform, frames the clip supports: floor(duration * fps), capped, 4k+1)."""
+    from echomimic_core.audio_alignment import frames_for_samples
+    from echomimic_core.media import prepare_audio
+
+    waveform, rate = audio_input(audio)
+    wav16 = prepare_audio(waveform, rate)
+    frames = frames_for_samples(wav16.shape[-1], fps, max_frames=max_frames or None)
+    if frames < 1:
+        raise ValueError(f"the audio lasts {wav16.shape[-1] / 16000:.3f} s, less than one frame at {fps} fps; "
+                         "use a longer clip.")
+    return wav16, frames
+
+
+class EchoMimicAudioEncode:
+    """AUDIO -> the features of the loaded encoder's variant for every video frame."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "audio_encoder": ("ECHOMIMIC_AUDIO_ENCODER",),
+            "audio": ("AUDIO",),
+            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01, "tooltip":
+                              "Video frame rate; the released models were trained at 25."}),
+            "max_frames": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip":
+                                   "Cap on the clip length in frames (0 = the whole audio). Flash renders "
+                                   "one window: 81 reproduces upstream."}),
+        }}
+
+    RETURN_TYPES = ("ECHOMIMIC_AUDIO_EMBEDS", "INT")
+    RETURN_NAMES = ("audio_embeds", "frames")
+    FUNCTION = "encode"
+    CATEGORY = CATEGORY
+
+    def encode(self, audio_encoder, audio, fps, max_frames):
+        wav16, frames = _frames(audio, fps, max_frames)
+        with on_compute_device(audio_encoder):
+            features = audio_encoder.features_for_video(wav16, frames, fps).float().cpu()
+        embeds = {"features": features, "kind": audio_encoder.kind, "num_frames": frames, "fps": float(fps),
+                  "waveform": wav16[None], "sample_rate": 16000}
+        return (embeds, frames)
+
+
+class EchoMimicAudioFrames:
+    """How many frames (4k+1) and seconds of video an AUDIO gives; feeds length inputs."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "audio": ("AUDIO",),
+            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01}),
+            "max_frames": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "0 = no cap"}),
+        }}
+
+    RETURN_TYPES = ("INT", "FLOAT")
+    RETURN_NAMES = ("frames", "seconds")
+    FUNCTION = "count"
+    CATEGORY = CATEGORY
+
+    def count(self, audio, fps, max_frames):
+        _, frames = _frames(audio, fps, max_frames)
+        return (frames, frames / fps)
+
+
+NODE_CLASS_MAPPINGS = {
+    "EchoMimicAudioEncode": EchoMimicAudioEncode,
+    "EchoMimicAudioFrames": EchoMimicAudioFrames,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "EchoMimicAudioEncode": "EchoMimicV3 Audio Encode",
+    "EchoMimicAudioFrames": "EchoMimicV3 Audio Frames",
+}

@@ -1,0 +1,56 @@
+"""What every node module shares: the category, dtype choices, and ComfyUI <-> core conversions."""
+from __future__ import annotations
+
+import torch
+
+CATEGORY = "EchoMimicV3"
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def image_batch(image: torch.Tensor, what: str = "image") -> torch.Tensor:
+    """A ComfyUI IMAGE [B, H, W, C] 0..1, checked; an alpha channel is dropped."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"{what}: expected a ComfyUI IMAGE [B, H, W, 3] in 0..1, got {shape}; "
+                         "connect an image output (Load Image, VAE Decode ...).")
+    return image[..., :3]
+
+
+def to_signed_nchw(image: torch.Tensor) -> torch.Tensor:
+    """IMAGE [B, H, W, 3] in 0..1 -> [B, 3, H, W] in [-1, 1] (what the core's encoders take)."""
+    return image.permute(0, 3, 1, 2).mul(2.0).sub(1.0)
+
+
+def audio_input(audio: dict, what: str = "audio") -> tuple[torch.Tensor, int]:
+    """A ComfyUI AUDIO {"waveform": [B, C, T], "sample_rate"} -> (waveform of the first item [C, T], rate)."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise ValueError(f"{what}: expected a ComfyUI AUDIO dict with 'waveform' and 'sample_rate', got "
+                         f"{type(audio).__name__}; connect Load Audio or another AUDIO output.")
+    waveform = torch.as_tensor(audio["waveform"])
+    if waveform.ndim == 3:
+        waveform = waveform[0]
+    return waveform, int(audio["sample_rate"])
+
+
+class on_compute_device:
+    """Move an encoder's ``model`` to the compute device for one job, and park it again after.
+
+    ``with on_compute_device(encoder): encoder.encode(...)``. Without a GPU both devices are the
+    CPU and nothing moves.
+    """
+
+    def __init__(self, holder):
+        self.holder = holder
+
+    def __enter__(self):
+        from . import comfy_services as services
+
+        self.holder.model.to(services.torch_device())
+        return self.holder
+
+    def __exit__(self, *exc):
+        from . import comfy_services as services
+
+        self.holder.model.to(services.offload_device())
+        services.soft_empty_cache()
+        return False

@@ -1,0 +1,93 @@
+"""Face region of the reference image: the area the preview model's audio attention acts on."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from . import comfy_services as services
+from .common import CATEGORY, image_batch
+
+log = logging.getLogger(__name__)
+
+
+def parse_box(text: str) -> tuple[float, float, float, float] | None:
+    """"y1, y2, x1, x2" in pixels (upstream's order) -> floats; empty -> None."""
+    text = text.strip()
+    if not text:
+        return None
+    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ValueError(f"face box {text!r}: expected four pixel numbers 'y1, y2, x1, x2' (upstream's "
+                         "order), or leave it empty to detect the face.")
+    return values
+
+
+class EchoMimicFaceMask:
+    """Face box as a MASK: from a typed box, else from a drawn mask's extent, else detected."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",)},
+                "optional": {
+                    "mask": ("MASK", {"tooltip": "A painted face region; its bounding box is used."}),
+                    "box": ("STRING", {"default": "", "tooltip":
+                                       "y1, y2, x1, x2 in pixels of the image (upstream's mask .npy order); "
+                                       "empty = use the mask, else detect the face."}),
+                }}
+
+    RETURN_TYPES = ("MASK",)
+    RETURN_NAMES = ("face_mask",)
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+    OUTPUT_NODE = True  # shows the reference with the box drawn over it (web/echomimic.js)
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, box=""):
+        try:
+            parse_box(box or "")
+        except ValueError as e:
+            return str(e)
+        return True
+
+    def run(self, image, mask=None, box=""):
+        from echomimic_core.face_region import box_from_mask, detect_face_box
+
+        frame = image_batch(image)[0]
+        height, width = frame.shape[:2]
+        face = parse_box(box or "")
+        if face is None and mask is not None:
+            face = box_from_mask(mask[0] if mask.ndim == 3 else mask)
+        if face is None:
+            face = detect_face_box((frame.clamp(0, 1) * 255).round().byte().cpu().numpy())
+        out = torch.zeros(1, height, width)
+        boxes = []
+        if face is None:
+            log.warning("no face found: the face mask covers the whole image (audio acts everywhere). "
+                        "Type a box or connect a mask to restrict it.")
+            out[:] = 1.0
+        else:
+            y1, y2, x1, x2 = face
+            if not (0 <= y1 < y2 <= height and 0 <= x1 < x2 <= width):
+                raise ValueError(f"face box y1={y1:g}, y2={y2:g}, x1={x1:g}, x2={x2:g} does not lie inside the "
+                                 f"{height}x{width} image; give pixel coordinates of this image.")
+            out[:, int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = 1.0
+            boxes.append({"x1": x1, "y1": y1, "x2": x2, "y2": y2})
+        return {"ui": {"images": [self._preview(frame)], "echomimic_face_boxes": boxes}, "result": (out,)}
+
+    @staticmethod
+    def _preview(frame: torch.Tensor) -> dict:
+        from PIL import Image
+
+        path, subfolder, filename = services.next_output_file("echomimic/face", "png", temp=True)
+        Image.fromarray((frame.clamp(0, 1) * 255).round().byte().cpu().numpy()).save(path, compress_level=1)
+        return {"filename": filename, "subfolder": subfolder, "type": "temp"}
+
+
+NODE_CLASS_MAPPINGS = {"EchoMimicFaceMask": EchoMimicFaceMask}
+NODE_DISPLAY_NAME_MAPPINGS = {"EchoMimicFaceMask": "EchoMimicV3 Face Mask"}

@@ -1,0 +1,35 @@
+"""Face mask node: typed box, painted mask, detector fallback, and the preview it shows."""
+import pytest
+import torch
+
+from nodes import masks
+
+
+def test_typed_box_wins_and_is_drawn(folders):
+    image = torch.rand(1, 40, 60, 3)
+    result = masks.EchoMimicFaceMask().run(image, mask=torch.ones(1, 40, 60), box="10, 30, 20, 50")
+    (mask,) = result["result"]
+    assert mask.shape == (1, 40, 60) and mask.sum() == 20 * 30 and mask[0, 10, 20] == 1 and mask[0, 30, 20] == 0
+    assert result["ui"]["echomimic_face_boxes"] == [{"x1": 20.0, "y1": 10.0, "x2": 50.0, "y2": 30.0}]
+    preview = result["ui"]["images"][0]
+    assert preview["type"] == "temp" and (folders / "temp" / preview["subfolder"] / preview["filename"]).is_file()
+
+
+def test_painted_mask_gives_its_bounding_box(folders):
+    painted = torch.zeros(1, 40, 60)
+    painted[0, 5:9, 7:12] = 1
+    painted[0, 20, 30] = 1
+    (mask,) = masks.EchoMimicFaceMask().run(torch.rand(1, 40, 60, 3), mask=painted)["result"]
+    assert mask[0].nonzero().min(0).values.tolist() == [5, 7] and mask[0].nonzero().max(0).values.tolist() == [20, 30]
+
+
+def test_no_face_covers_everything(folders):
+    result = masks.EchoMimicFaceMask().run(torch.full((1, 64, 64, 3), 0.5))
+    assert torch.all(result["result"][0] == 1) and result["ui"]["echomimic_face_boxes"] == []
+
+
+def test_bad_boxes_are_rejected():
+    assert masks.EchoMimicFaceMask.VALIDATE_INPUTS("1, 2, 3") .startswith("face box '1, 2, 3'")
+    assert masks.EchoMimicFaceMask.VALIDATE_INPUTS("") is True
+    with pytest.raises(ValueError, match="does not lie inside"):
+        masks.EchoMimicFaceMask().run(torch.rand(1, 40, 60, 3), box="10, 50, 0, 10")
