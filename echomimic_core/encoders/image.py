@@ -216,6 +216,11 @@ class ImageEncoder:
         """Normalised [B, 3, S, S] -> tokens after all blocks but the last [B, tokens, width]."""
         return self.model(pixel_values=pixels).last_hidden_state
 
+    def to(self, device) -> ImageEncoder:
+        """Move the weights (e.g. offload to the CPU between uses)."""
+        self.model.to(device)
+        return self
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [-1, 1] -> [B, 257, 1280] for ViT-H (Wan's ``clip_fea``)."""
         return self.forward_pixels(self.preprocess(images))

@@ -126,6 +126,9 @@ def test_comfy_file_with_embedded_tokenizer_encodes_prompts(fixture, spiece_prot
     n = int(mask[0].sum())
     alone = enc.forward_ids(ids[:1, :n], mask[:1, :n])[0]
     assert relative_error(out[0], alone) < 1e-5
+    short = enc.encode(prompts, pad_to_text_len=False)
+    assert [o.shape for o in short] == [o.shape for o in out]
+    assert all(relative_error(a, b) < 1e-5 for a, b in zip(short, out))
     garbage = ids[:1].clone()
     garbage[:, n:] = 7
     assert relative_error(enc.forward_ids(garbage, mask[:1])[0, :n], out[0]) < 1e-5
@@ -181,6 +184,16 @@ def test_hf_folder_with_tokenizer(fixture, spiece_proto, tmp_path):
     (tmp_path / "tokenizer" / "spiece.model").write_bytes(spiece_proto)
     enc = text.TextEncoder.load(tmp_path / "text_encoder", dtype=torch.float32)
     assert enc.tokenizer is not None and enc.tokenizer("hi")["input_ids"][-1] == 1
+    assert relative_error(enc.forward_ids(ids, mask), ref) < 1e-5
+
+
+def test_full_umt5_checkpoint_uses_encoder_only(fixture, tmp_path):
+    wan, ids, mask, ref = fixture
+    hf = text.wan_to_hf(wan)
+    extra = {"decoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(32, 32),
+             "lm_head.weight": torch.zeros(97, 32)}
+    save_state_dict({**hf, **extra}, tmp_path / "umt5_full.safetensors")
+    enc = text.TextEncoder.load(tmp_path / "umt5_full.safetensors", dtype=torch.float32)
     assert relative_error(enc.forward_ids(ids, mask), ref) < 1e-5
 
 
