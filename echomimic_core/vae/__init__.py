@@ -10,12 +10,12 @@ from echomimic_core.vae.keys import (config_from_original, diffusers_key_to_orig
                                      diffusers_to_original, original_key_to_diffusers,
                                      original_to_diffusers)
 from echomimic_core.vae.wan import (SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, WAN21_LATENTS_MEAN,
-                                    WAN21_LATENTS_STD, Tiling, VideoVAE, WanVAE, denormalize_latents,
-                                    from_state_dict, load_vae, normalize_latents)
+                                    WAN21_LATENTS_STD, Progress, Tiling, VideoVAE, WanVAE,
+                                    denormalize_latents, from_state_dict, load_vae, normalize_latents)
 
 __all__ = [
     "SPATIAL_COMPRESSION", "TEMPORAL_COMPRESSION", "WAN21_LATENTS_MEAN", "WAN21_LATENTS_STD",
-    "Tiling", "VideoVAE", "WanVAE", "config_from_original", "denormalize_latents",
+    "Progress", "Tiling", "VideoVAE", "WanVAE", "config_from_original", "denormalize_latents",
     "diffusers_key_to_original", "diffusers_to_original", "from_state_dict", "load_vae",
     "normalize_latents", "original_key_to_diffusers", "original_to_diffusers", "verify_fixture",
 ]

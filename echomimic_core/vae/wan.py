@@ -16,7 +16,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -55,6 +55,10 @@ def denormalize_latents(latents: torch.Tensor, mean: torch.Tensor, std: torch.Te
     return latents.float() / (1.0 / std.to(latents.device)).view(view) + mean.to(latents.device).view(view)
 
 
+# progress(done, total): called after each chunk of work; may raise to cancel.
+Progress = Callable[[int, int], None]
+
+
 @dataclass(frozen=True)
 class Tiling:
     """Spatial tiling for low-memory encode/decode, in pixels (multiples of 8).
@@ -89,9 +93,11 @@ class VideoVAE(Protocol):
 
     def to(self, device=None, dtype=None) -> "VideoVAE": ...
 
-    def encode(self, video: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor: ...
+    def encode(self, video: torch.Tensor, tiling: Tiling | None = None,
+               progress: Progress | None = None) -> torch.Tensor: ...
 
-    def decode(self, latents: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor: ...
+    def decode(self, latents: torch.Tensor, tiling: Tiling | None = None,
+               progress: Progress | None = None) -> torch.Tensor: ...
 
 
 class WanVAE:
@@ -148,6 +154,10 @@ class WanVAE:
                 h // SPATIAL_COMPRESSION, w // SPATIAL_COMPRESSION)
 
     def video_shape(self, latent_shape) -> tuple[int, ...]:
+        """``[B, z_dim, F, h, w]`` -> ``[B, 3, 4(F-1)+1, 8h, 8w]``."""
+        if len(latent_shape) != 5:
+            raise ValueError(f"expected latents [B, {self.latent_channels}, F, h, w], got shape "
+                             f"{tuple(latent_shape)}.")
         b, c, f, h, w = latent_shape
         if c != self.latent_channels:
             raise ValueError(f"expected {self.latent_channels} latent channels on dim 1, got shape "
@@ -157,25 +167,31 @@ class WanVAE:
 
     # -- encode / decode ----------------------------------------------------------------------
     @torch.no_grad()
-    def encode_distribution(self, video: torch.Tensor, tiling: Tiling | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_distribution(self, video: torch.Tensor, tiling: Tiling | None = None,
+                            progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised posterior mean and raw ``log_var``, both ``[B, z_dim, F, H/8, W/8]`` float32."""
         self.latent_shape(video.shape)
-        with _tiling_scope(self.model, tiling):
+        b, _, t, h, w = video.shape
+        steps = b * _tile_count(h, w, tiling, 1) * (1 + (t - 1) // TEMPORAL_COMPRESSION)
+        with _tiling_scope(self.model, tiling), _progress_scope(self.model.encoder, steps, progress):
             params = self.model.encode(video.to(self.device, self.dtype)).latent_dist.parameters
         mu, log_var = params.chunk(2, dim=1)
         return normalize_latents(mu, self.latents_mean, self.latents_std), log_var.float()
 
-    def encode(self, video: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, tiling: Tiling | None = None,
+               progress: Progress | None = None) -> torch.Tensor:
         """Video ``[B, 3, T, H, W]`` in [-1, 1] -> normalised latents (posterior mean), float32."""
-        return self.encode_distribution(video, tiling)[0]
+        return self.encode_distribution(video, tiling, progress)[0]
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, tiling: Tiling | None = None,
+               progress: Progress | None = None) -> torch.Tensor:
         """Normalised latents ``[B, z_dim, F, h, w]`` -> video ``[B, 3, 4(F-1)+1, 8h, 8w]`` in [-1, 1], float32."""
         self.video_shape(latents.shape)
+        b, _, f, h, w = latents.shape
+        steps = b * _tile_count(h, w, tiling, SPATIAL_COMPRESSION) * f
         raw = denormalize_latents(latents, self.latents_mean, self.latents_std)
-        with _tiling_scope(self.model, tiling):
+        with _tiling_scope(self.model, tiling), _progress_scope(self.model.decoder, steps, progress):
             video = self.model.decode(raw.to(self.device, self.dtype)).sample
         return video.float()
 
@@ -187,6 +203,39 @@ class WanVAE:
 
 _TILING_ATTRS = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width",
                  "tile_sample_stride_height", "tile_sample_stride_width")
+
+
+def _tile_count(height: int, width: int, tiling: Tiling | None, scale: int) -> int:
+    """Tiles diffusers cuts a ``height x width`` frame into; sizes in units of ``scale`` pixels."""
+    if tiling is None:
+        return 1
+    size, stride = tiling.tile_size // scale, (tiling.tile_size - tiling.overlap) // scale
+    if height <= size and width <= size:
+        return 1
+    return -(-height // stride) * -(-width // stride)
+
+
+@contextmanager
+def _progress_scope(module: torch.nn.Module, total: int, progress: Progress | None):
+    """Call ``progress(done, total)`` after each pass of ``module`` (one chunk of one tile).
+
+    An exception raised by ``progress`` (e.g. a user's cancel) stops the encode/decode there.
+    """
+    if progress is None:
+        yield
+        return
+    done = 0
+
+    def hook(*_):
+        nonlocal done
+        done += 1
+        progress(min(done, total), total)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextmanager

@@ -79,3 +79,32 @@ def test_a_frame_that_fits_one_tile_is_not_tiled(weights, video):
     latent = vae.encode(video[:, :, :1])
     torch.testing.assert_close(vae.decode(latent, Tiling(64, 32)), vae.decode(latent), rtol=0, atol=0)
     torch.testing.assert_close(vae.encode(video[:, :, :1], Tiling(64, 32)), latent, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tiling, tiles", [(None, 1), (Tiling(32, 8), 2 * 3)])
+def test_progress_counts_every_chunk_of_every_tile(local_vae, video, tiling, tiles):
+    calls = []
+    latent = local_vae.encode(video, tiling, progress=lambda done, total: calls.append((done, total)))
+    chunks = 1 + (VIDEO[2] - 1) // 4  # the encoder sees 1, then 4 frames
+    # Encoder tiles are cut in pixels (stride 24 over 32 x 64 = 2 x 3), the same count as in latents.
+    assert calls == [(i, tiles * chunks) for i in range(1, tiles * chunks + 1)]
+    calls.clear()
+    local_vae.decode(latent, tiling, progress=lambda done, total: calls.append((done, total)))
+    frames = latent.shape[2]
+    assert calls == [(i, tiles * frames) for i in range(1, tiles * frames + 1)]
+
+
+def test_progress_can_cancel_and_leaves_the_model_clean(local_vae, video):
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_two(done, total):
+        if done == 2:
+            raise Cancelled
+
+    latent = torch.zeros(1, 16, 2, VIDEO[3] // 8, VIDEO[4] // 8)
+    with pytest.raises(Cancelled):
+        local_vae.decode(latent, Tiling(32, 8), progress=cancel_at_two)
+    assert not local_vae.model.use_tiling
+    assert not local_vae.model.decoder._forward_hooks
+    assert local_vae.decode(latent[:, :, :1]).shape[2] == 1  # the feature cache is reset on the next call

@@ -177,9 +177,11 @@ def test_bad_video_shapes(vae, shape, message):
         vae.encode(torch.zeros(shape))
 
 
-def test_bad_latent_channels(vae):
+def test_bad_latents(vae):
     with pytest.raises(ValueError, match="16 latent channels"):
         vae.decode(torch.zeros(1, 8, 1, 2, 2))
+    with pytest.raises(ValueError, match="expected latents"):
+        vae.decode(torch.zeros(16, 1, 2, 2))
 
 
 @pytest.mark.parametrize("tile, overlap", [(60, 16), (64, 12), (64, 64), (64, -8)])
