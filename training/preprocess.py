@@ -202,46 +202,27 @@ def preprocess(rows: Iterable[dict], out_dir: str | Path, encoders: Encoders, *,
 
 
 def build_encoders(args) -> Encoders:
-    """The real encoders of the node pack, on ``args.device``."""
+    """The node pack's own encoders (the exact inference preprocessing), on ``args.device``."""
     from echomimic_core.encoders.audio import AudioEncoder
+    from echomimic_core.encoders.image import ImageEncoder
     from echomimic_core.encoders.text import TextEncoder
+    from echomimic_core.vae import load_vae
 
     device = torch.device(args.device)
-    text_encoder = TextEncoder.load(args.text_encoder)
-    audio_encoder = AudioEncoder.load(args.audio_encoder)
-    vae = _load_vae(args.vae, device)
-    image_encoder = _load_image_encoder(args.clip, device)
+    half = torch.bfloat16 if device.type == "cuda" else torch.float32
+    vae = load_vae(args.vae, dtype=torch.float32, device=device)
+    text_encoder = TextEncoder.load(args.text_encoder, device=device)
+    image_encoder = ImageEncoder.load(args.clip, dtype=half, device=device)
+    audio_encoder = AudioEncoder.load(args.audio_encoder, kind=args.audio_kind, device=device)
 
     def audio(waveform, sample_rate, num_frames, fps):
-        from echomimic_core import media
-
-        wave = media.prepare_audio(waveform, sample_rate)
-        return audio_encoder.features_for_video(wave, num_frames, fps)[0].cpu()
+        return audio_encoder.features_for_video(waveform, num_frames, fps, sample_rate)[0].float().cpu()
 
     return Encoders(
-        vae=lambda video: vae(video[None].to(device))[0].cpu(),
-        text=lambda prompt: text_encoder.encode(prompt)[0].cpu(),
-        image=lambda frame: image_encoder(frame[None].to(device))[0].cpu(),
+        vae=lambda video: vae.encode(video[None].to(device))[0].cpu(),
+        text=lambda prompt: text_encoder.encode(prompt)[0].float().cpu(),
+        image=lambda frame: image_encoder.encode(frame[None].to(device))[0].float().cpu(),
         audio=audio)
-
-
-def _load_vae(path: str, device):
-    from echomimic_core import vae as vae_module
-
-    loader = getattr(vae_module, "load_vae", None)
-    if loader is None:
-        raise SystemExit("echomimic_core.vae has no load_vae(path) yet; cannot encode videos.")
-    model = loader(path, device=device)
-    return model.encode
-
-
-def _load_image_encoder(path: str, device):
-    try:
-        from echomimic_core.encoders import image as image_module
-    except ImportError as e:
-        raise SystemExit(f"the CLIP vision encoder is not available ({e}).") from e
-    model = image_module.ImageEncoder.load(path, device=device)
-    return model.encode
 
 
 def main(argv=None) -> int:
@@ -264,7 +245,10 @@ def main(argv=None) -> int:
     p.add_argument("--vae", required=True)
     p.add_argument("--text-encoder", required=True)
     p.add_argument("--clip", required=True)
-    p.add_argument("--audio-encoder", required=True)
+    p.add_argument("--audio-encoder", required=True,
+                   help="wav2vec2-base-960h (preview), chinese-wav2vec2-base (flash) or Whisper-Tiny")
+    p.add_argument("--audio-kind", default=None, choices=("preview", "flash", "whisper"),
+                   help="audio feature layout; default: guessed from the encoder files")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -61,7 +61,8 @@ def synthetic_clip(path: str, frames: int, size, audio_path=None) -> Clip:
 
 def sft_rows(n: int = 6) -> list[dict]:
     return [{"id": f"clip{i}", "video": f"clip{i}.mp4", "caption": f"a person talking number {i}",
-             "sync_score": 5.0 + i, **({"mouth_box": [0.3, 0.5, 0.7, 0.8]} if i % 2 else {})}
+             "sync_score": 5.0 + i, **({"mouth_box": [0.3, 0.5, 0.7, 0.8]} if i % 2 else {}),
+             **({"face_box": [0.2, 0.1, 0.8, 0.9]} if i % 3 == 0 else {})}
             for i in range(n)]
 
 

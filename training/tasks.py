@@ -72,3 +72,24 @@ def build_y(tasks: list[str], cond_latents: dict[str, torch.Tensor],
                        "`python -m training.preprocess` or set their ratio to 0.")
     video = torch.stack([cond_latents[t][i] for i, t in enumerate(tasks)])
     return torch.cat([mask, video], dim=1)
+
+
+def face_gates(face_boxes: list, latent_hw: tuple[int, int]) -> torch.Tensor | None:
+    """Preview's ``ip_mask`` [B, tokens per latent frame] from face boxes (x0, y0, x1, y1) given as
+    fractions of the frame, rasterised as upstream (``face_region.ip_mask_from_box``); samples
+    without a box get an all-ones gate (audio acts everywhere). None when no sample has a box."""
+    if all(box is None for box in face_boxes):
+        return None
+    from echomimic_core import face_region
+
+    size = (latent_hw[0] * VAE_STRIDE, latent_hw[1] * VAE_STRIDE)
+    tokens = face_region.token_grid(size)
+    gates = []
+    for box in face_boxes:
+        if box is None:
+            gates.append(torch.ones(1, tokens[0] * tokens[1]))
+        else:
+            x0, y0, x1, y1 = box
+            pixel_box = (y0 * size[0], y1 * size[0], x0 * size[1], x1 * size[1])
+            gates.append(face_region.ip_mask_from_box(pixel_box, size, size))
+    return torch.cat(gates)

@@ -23,7 +23,7 @@ from training.config import PHASES, TASKS, TrainConfig, config_to_dict
 from training.dataset import StreamSampler, collate
 from training.lora import adapters_disabled, add_lora, save_lora
 from training.modality_drop import apply_drop, drop_plan
-from training.tasks import build_y, sample_tasks
+from training.tasks import build_y, face_gates, sample_tasks
 from training.trackers import resolve_trackers
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class Trainer:
 
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing = True
+        self.face_gate = model.config.audio_variant == "preview"  # flash has no face-region gate
         if config.lora.enabled:
             model = add_lora(model, config.lora)
         # The frozen DPO reference: with LoRA the same weights with adapters switched off, else a
@@ -173,7 +174,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- steps
     def _conditioning(self, batch: dict, y: torch.Tensor) -> Conditioning:
-        return Conditioning(context=batch["text"], clip_fea=batch["clip"], y=y, audio=batch["audio"])
+        gate = None
+        if self.face_gate:
+            gate = face_gates(batch.get("face_box") or [None] * y.shape[0], tuple(y.shape[-2:]))
+        return Conditioning(context=batch["text"], clip_fea=batch["clip"], y=y, audio=batch["audio"],
+                            ip_mask=None if gate is None else gate.to(y.device))
 
     def sft_loss(self, batch: dict, g: torch.Generator):
         """(loss, per-sample losses [B], phases [B], task ids [B])."""

@@ -64,3 +64,25 @@ def test_dpo_pairs_share_conditioning(dpo_cache):
     assert not torch.equal(item["chosen.latents"], item["rejected.latents"])
     with pytest.raises(ValueError, match="expected 'sft'"):
         CachedDataset(dpo_cache)
+
+
+def test_cli_decodes_real_video_files(tmp_path, encoders, monkeypatch):
+    import json
+
+    from echomimic_core import media
+    from training import preprocess as pre
+
+    clip = synthetic_clip("real.mp4", FRAMES, (HEIGHT, WIDTH))
+    frames = ((clip.video.permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
+    media.write_video(tmp_path / "real.mp4", frames, fps=25.0, audio=clip.waveform, sample_rate=16000)
+    media.write_video(tmp_path / "short.mp4", frames[:5], fps=25.0, audio=clip.waveform, sample_rate=16000)
+    rows = [{"id": "a", "video": "real.mp4", "caption": "hello"}, {"id": "b", "video": "short.mp4"}]
+    (tmp_path / "clips.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    monkeypatch.setattr(pre, "build_encoders", lambda args: encoders)
+    args = ["--manifest", str(tmp_path / "clips.jsonl"), "--out", str(tmp_path / "cache"),
+            "--frames", str(FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH),
+            "--vae", "v", "--text-encoder", "t", "--clip", "c", "--audio-encoder", "a"]
+    assert pre.main(args) == 0
+    data = CachedDataset(tmp_path / "cache")
+    assert [item["id"] for item in data.items] == ["a"]  # the 5-frame clip is filtered as too short
+    assert data[0]["latents"].shape == (16, (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8)

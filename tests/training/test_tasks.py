@@ -37,3 +37,13 @@ def test_sample_tasks_respects_ratios_and_missing_mouth_boxes():
     with_box, without = tasks[0::2], tasks[1::2]
     assert "mouth" not in without
     assert abs(with_box.count("mouth") / 500 - 0.5) < 0.07
+
+
+def test_face_gates_follow_the_box_and_default_to_open():
+    from training.tasks import face_gates
+
+    assert face_gates([None, None], (4, 6)) is None
+    gates = face_gates([[0.5, 0.0, 1.0, 0.5], None], (4, 6))  # top-right quarter; 2 x 3 token grid
+    assert gates.shape == (2, 6)
+    assert gates[0].view(2, 3).tolist() == [[0, 1, 1], [0, 0, 0]]
+    assert gates[1].all()

@@ -70,6 +70,8 @@ def test_phase_drop_reaches_the_model(tmp_path, sft_cache):
     for seed in range(8):
         _, _, phases, _ = trainer.sft_loss(batch, torch.Generator().manual_seed(seed))
         t, cond = recorder.seen[-1]
+        assert cond.ip_mask is not None and cond.ip_mask[1].all()  # item 0 has a face box, 1 none
+        assert 0 < cond.ip_mask[0].sum() < cond.ip_mask.shape[1]
         for b, phase in enumerate(phases.tolist()):
             text_dropped = torch.equal(cond.context[b], null)
             image_dropped = not cond.clip_fea[b].any() and not cond.y[b].any()
