@@ -20,7 +20,7 @@ KeyTable = tuple[tuple[str, str], ...]
 
 # One distinctive key per model family, used to say what a wrong file actually is.
 _FAMILY_SIGNS = (
-    ("a Wan2.1 VAE", ("decoder.middle.0.residual.0.gamma", "encoder.conv1.weight")),
+    ("a Wan2.1 VAE", ("decoder.middle.0.residual.0.gamma", "decoder.mid_block.resnets.0.norm1.gamma")),
     ("a Wan / EchoMimic diffusion transformer", ("patch_embedding.weight", "blocks.0.self_attn.q.weight")),
     ("a CLIP vision model (Hugging Face layout)", ("vision_model.encoder.layers.0.layer_norm1.weight",)),
     ("an open-clip visual tower (Wan layout)", ("visual.transformer.0.attn.to_qkv.weight",)),
@@ -28,7 +28,7 @@ _FAMILY_SIGNS = (
     ("a umT5 text encoder (Wan layout)", ("blocks.0.ffn.gate.0.weight",)),
     ("a wav2vec2 audio encoder", ("feature_projection.projection.weight",
                                   "wav2vec2.feature_projection.projection.weight")),
-    ("a Whisper model", ("encoder.conv1.weight", "model.encoder.conv1.weight")),
+    ("a Whisper model", ("encoder.embed_positions.weight",)),
 )
 
 

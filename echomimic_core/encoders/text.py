@@ -12,6 +12,11 @@ UMT5's layout (every layer has ``relative_attention_bias``), so the weights map 
 FFN is ``fc2(fc1(x) * gelu_tanh(gate(x)))`` = UMT5's gated-gelu ``wo(gelu_new(wi_0 x) * wi_1 x)``.
 The attention kernel is replaced by ``wan_t5_attention`` so that scores, bias, mask fill and the
 float32 softmax happen exactly as in Wan (HF's eager path takes the softmax in the model dtype).
+
+Precision as upstream runs it: the preview scripts (infer_preview.py, app.py) copy the bf16
+release into a float32 model, so the encoder computes in float32; infer_flash.py loads it with
+``low_cpu_mem_usage=True, torch_dtype=bf16`` and computes in bfloat16. ``compute_dtype`` picks
+either; weights can stay stored in bf16 either way (cast one block at a time).
 """
 from __future__ import annotations
 
@@ -78,6 +83,12 @@ def detect_layout(keys) -> str:
         return "wan"
     if ("shared.weight" in keys or _TIED in keys) and \
             "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in keys:
+        if "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in keys and \
+                "encoder.block.1.layer.0.SelfAttention.q.weight" in keys:
+            raise CheckpointError(
+                "this is a T5 v1.1 encoder (one position bias in block 0, e.g. t5xxl_fp16 for "
+                "Flux/SD3), not umT5-XXL. Select umt5_xxl_fp16 / umt5_xxl_fp8_e4m3fn_scaled or "
+                "Wan's models_t5_umt5-xxl-enc-bf16.pth.")
         return "hf"
     raise CheckpointError(
         f"expected a umT5-XXL text encoder (Wan's models_t5_umt5-xxl-enc-bf16.pth or ComfyUI's "

@@ -250,3 +250,16 @@ def test_matches_wan_formulas_bit_for_bit(fixture, dtype):
     model = text.build_model(text.wan_to_hf(wan), dtype, "cpu", compute_dtype=dtype)
     got = text.TextEncoder(model).forward_ids(ids, mask)
     assert got.dtype == dtype and torch.equal(got, expected)
+
+
+def test_t5_v1_1_file_is_refused_by_name(fixture, tmp_path):
+    hf = text.wan_to_hf(fixture[0])
+    del hf["encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"]  # T5 v1.1 layout
+    save_state_dict(hf, tmp_path / "t5xxl_fp16.safetensors")
+    with pytest.raises(CheckpointError, match="T5 v1.1"):
+        text.TextEncoder.load(tmp_path / "t5xxl_fp16.safetensors")
+
+
+def test_unknown_tensor_names_are_listed(fixture):
+    with pytest.raises(CheckpointError, match="blocks.0.attn.extra.weight"):
+        text.wan_to_hf({**fixture[0], "blocks.0.attn.extra.weight": torch.zeros(1)})
