@@ -207,11 +207,25 @@ def _to_pil(image: Any):
     return Image.fromarray(array)
 
 
+def latent_previewer():
+    """ComfyUI's previewer for Wan2.1 latents (TAEHV or latent->RGB, per --preview-method), or None.
+
+    Its factors are for normalised Wan latents, the space our sampler works in, and for a video
+    it shows frame 0. None outside ComfyUI or when previews are off.
+    """
+    preview, formats = _module("latent_preview"), _module("comfy.latent_formats")
+    if preview is None or formats is None:
+        return None
+    return preview.get_previewer(torch_device(), formats.Wan21())
+
+
 class Progress:
     """Step progress for one node run: ComfyUI's progress bar, else tqdm (if asked) or nothing.
 
-    Also usable as the core sampler's step callback: ``progress(step, total, preview)`` reports
-    ``step`` steps done. Inside ComfyUI every update also raises if the user pressed Cancel (the
+    Also usable as the core sampler's step callback: ``progress(step, total, preview, latents)``
+    reports ``step`` steps done; ``preview`` is an image (PIL, IMAGE tensor) and ``latents``
+    (``[B, 16, T, h, w]``, normalised) are turned into one by ComfyUI's previewer when the pack
+    runs inside ComfyUI. Inside ComfyUI every update also raises if the user pressed Cancel (the
     progress hook checks the interrupt flag).
     """
 
@@ -220,21 +234,28 @@ class Progress:
         self.value = 0
         self._bar = None
         self._tqdm = None
+        self._previewer = None
         utils = _module("comfy.utils")
         if utils is not None:
             self._bar = utils.ProgressBar(self.total, node_id=node_id)
+            self._previewer = latent_previewer()
         elif use_tqdm:
             from tqdm.auto import tqdm
 
             self._tqdm = tqdm(total=self.total)
 
-    def update_absolute(self, value: int, total: int | None = None, preview: Any = None) -> None:
+    def update_absolute(self, value: int, total: int | None = None, preview: Any = None,
+                        latents: Any = None) -> None:
         if total is not None:
             self.total = int(total)
         step = int(value) - self.value
         self.value = int(value)
         if self._bar is not None:
-            shown = None if preview is None else ("JPEG", _to_pil(preview), PREVIEW_MAX_SIZE)
+            shown = None
+            if preview is not None:
+                shown = ("JPEG", _to_pil(preview), PREVIEW_MAX_SIZE)
+            elif latents is not None and self._previewer is not None:
+                shown = self._previewer.decode_latent_to_preview_image("JPEG", latents)
             self._bar.update_absolute(self.value, self.total, shown)
         elif self._tqdm is not None:
             if total is not None:
@@ -244,8 +265,8 @@ class Progress:
     def update(self, steps: int = 1, preview: Any = None) -> None:
         self.update_absolute(self.value + steps, preview=preview)
 
-    def __call__(self, step: int, total: int | None = None, preview: Any = None) -> None:
-        self.update_absolute(step, total, preview)
+    def __call__(self, step: int, total: int | None = None, preview: Any = None, latents: Any = None) -> None:
+        self.update_absolute(step, total, preview, latents)
 
     def close(self) -> None:
         if self._tqdm is not None:

@@ -4,10 +4,12 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { planVideo, formatPlan } from "./lib/video_plan.js";
 import { fitImage, boxToCanvas, previewArea } from "./lib/face_overlay.js";
-import { widgetValue, findUpstream, inputFileUrl } from "./lib/graph.js";
+import { widgetValue, firstWidgetValue, findUpstream, inputFileUrl } from "./lib/graph.js";
 
-// A node shows the plan when it has these widgets (the sampler); audio comes in on "audio".
-const PLAN_WIDGETS = ["fps", "partial_video_length", "overlap_video_length"];
+// A node shows the plan when it has these widgets (the sampler). Its audio comes in on "audio" or
+// "audio_embeds"; fps and max_frames are read from the node, else from the audio nodes upstream.
+const PLAN_WIDGETS = ["partial_video_length", "overlap_video_length"];
+const AUDIO_INPUTS = ["audio", "audio_embeds"];
 const durations = new Map(); // audio file name -> seconds (decoded once per file)
 
 function audioDuration(name) {
@@ -22,15 +24,17 @@ function audioDuration(name) {
 }
 
 async function refreshPlan(node) {
-  const loader = findUpstream(app.graph, node, "audio", (n) => widgetValue(n, "audio") !== undefined);
-  const name = loader ? widgetValue(loader, "audio") : undefined;
+  const found = findUpstream(app.graph, node, AUDIO_INPUTS, (n) => typeof widgetValue(n, "audio") === "string");
+  const name = found ? widgetValue(found.node, "audio") : undefined;
   let text = "connect a Load Audio node to see the clip length";
-  if (typeof name === "string" && name) {
+  if (name) {
     const seconds = await audioDuration(name);
+    const chain = [node, ...found.path];
     try {
       if (seconds === null) throw new Error(`cannot read the duration of ${name}`);
-      const maxFrames = widgetValue(node, "max_frames") ?? null;
-      text = formatPlan(planVideo(seconds, widgetValue(node, "fps"), widgetValue(node, "partial_video_length"),
+      const fps = firstWidgetValue(chain, "fps") ?? 25;
+      const maxFrames = firstWidgetValue(chain, "max_frames") || null;  // 0 = no cap
+      text = formatPlan(planVideo(seconds, fps, widgetValue(node, "partial_video_length"),
         widgetValue(node, "overlap_video_length"), maxFrames));
     } catch (e) {
       text = e.message;
@@ -59,6 +63,12 @@ app.registerExtension({
       nodeType.prototype.onConnectionsChange = function () {
         onConnectionsChange?.apply(this, arguments);
         refreshPlan(this);
+      };
+      const onConfigure = nodeType.prototype.onConfigure;
+      nodeType.prototype.onConfigure = function () {
+        onConfigure?.apply(this, arguments);
+        // links are restored after the nodes when a workflow loads: measure once the graph is whole
+        setTimeout(() => refreshPlan(this), 0);
       };
       const onWidgetChanged = nodeType.prototype.onWidgetChanged;
       nodeType.prototype.onWidgetChanged = function () {

@@ -11,7 +11,7 @@ from nodes import comfy_services as cs
 
 @pytest.fixture
 def no_comfy(monkeypatch, tmp_path):
-    for name in ("folder_paths", "comfy.utils", "comfy.model_management"):
+    for name in ("folder_paths", "comfy.utils", "comfy.model_management", "latent_preview", "comfy.latent_formats"):
         monkeypatch.delitem(sys.modules, name, raising=False)
         monkeypatch.setattr(cs, "_missing", cs._missing | {name})
     monkeypatch.setattr(cs, "_fallback_dirs", {})
@@ -68,7 +68,18 @@ def fake_comfy(monkeypatch, tmp_path):
     mm.unet_offload_device = lambda: torch.device("meta")
     mm.intermediate_device = lambda: torch.device("meta")
     mm.soft_empty_cache = lambda force=False: calls.append(("empty", force))
-    for name, mod in (("folder_paths", fp), ("comfy.utils", utils), ("comfy.model_management", mm)):
+    preview = types.ModuleType("latent_preview")
+
+    class Previewer:
+        def decode_latent_to_preview_image(self, fmt, x0):
+            calls.append(("decode", fmt, tuple(x0.shape)))
+            return (fmt, "decoded", 512)
+
+    preview.get_previewer = lambda device, latent_format: Previewer() if latent_format == "wan21" else None
+    formats = types.ModuleType("comfy.latent_formats")
+    formats.Wan21 = lambda: "wan21"
+    for name, mod in (("folder_paths", fp), ("comfy.utils", utils), ("comfy.model_management", mm),
+                      ("latent_preview", preview), ("comfy.latent_formats", formats)):
         monkeypatch.setitem(sys.modules, name, mod)
     return types.SimpleNamespace(fp=fp, mm=mm, calls=calls, user_path=user_path)
 
@@ -106,6 +117,8 @@ def test_progress_forwards_steps_and_preview(fake_comfy):
     kind, value, total, (fmt, image, size) = fake_comfy.calls[2]
     assert (value, total, fmt, size) == (3, 4, "JPEG", cs.PREVIEW_MAX_SIZE)
     assert isinstance(image, Image.Image) and image.size == (6, 8)
+    progress(4, latents=torch.zeros(1, 16, 3, 4, 4))
+    assert fake_comfy.calls[3:] == [("decode", "JPEG", (1, 16, 3, 4, 4)), ("update", 4, 4, ("JPEG", "decoded", 512))]
 
 
 def test_interrupt_raises_once(fake_comfy):
@@ -148,7 +161,7 @@ def test_fallback_services(no_comfy):
         cs.next_output_file("../../x", "mp4")
     progress = cs.Progress(3)
     progress.update(2)
-    progress(3)
+    progress(3, latents=torch.zeros(1, 16, 1, 2, 2))  # no previewer outside ComfyUI: ignored
     assert progress.value == 3
     cs.check_interrupted()
     assert not cs.is_interrupted()

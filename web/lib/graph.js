@@ -15,16 +15,34 @@ export function sourceNode(graph, node, inputName) {
   return link ? graph.getNodeById(link.origin_id) : null;
 }
 
-// Walk upstream from `node` through `inputName` (and then through pass-through nodes' first
-// input of the same type) until `predicate(node)` holds; null if the chain ends first.
-export function findUpstream(graph, node, inputName, predicate, maxDepth = 16) {
-  let current = sourceNode(graph, node, inputName);
+// Types an audio chain passes through on its way from Load Audio to the sampler.
+export const AUDIO_TYPES = ["AUDIO", "ECHOMIMIC_AUDIO_EMBEDS"];
+
+// Walk upstream from `node` through the first linked input among `inputNames`, then through each
+// node's first linked input of one of `types`, until `predicate(node)` holds. Returns
+// {node, path} (path: the nodes passed on the way, nearest first) or null if the chain ends.
+export function findUpstream(graph, node, inputNames, predicate, types = AUDIO_TYPES, maxDepth = 16) {
+  const names = Array.isArray(inputNames) ? inputNames : [inputNames];
+  const linked = (i) => i.link !== null && i.link !== undefined;
+  const first = (node.inputs || []).find((i) => names.includes(i.name) && linked(i));
+  let current = first ? sourceNode(graph, node, first.name) : null;
+  const path = [];
   for (let depth = 0; current && depth < maxDepth; depth++) {
-    if (predicate(current)) return current;
-    const next = (current.inputs || []).find((i) => i.type === "AUDIO" && i.link !== null && i.link !== undefined);
+    if (predicate(current)) return { node: current, path };
+    path.push(current);
+    const next = (current.inputs || []).find((i) => types.includes(i.type) && linked(i));
     current = next ? sourceNode(graph, current, next.name) : null;
   }
   return null;
+}
+
+// The first of `nodes` that has widget `name`, or undefined.
+export function firstWidgetValue(nodes, name) {
+  for (const n of nodes) {
+    const value = widgetValue(n, name);
+    if (value !== undefined) return value;
+  }
+  return undefined;
 }
 
 // /view URL of a file in ComfyUI's input folder as a combo widget names it ("sub/dir/file.wav").

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { widgetValue, sourceNode, findUpstream, inputFileUrl } from "../lib/graph.js";
+import { widgetValue, firstWidgetValue, sourceNode, findUpstream, inputFileUrl } from "../lib/graph.js";
 
 function graphOf(nodes, links) {
   const byId = new Map(nodes.map((n) => [n.id, n]));
@@ -8,20 +8,27 @@ function graphOf(nodes, links) {
 }
 
 const loader = { id: 1, widgets: [{ name: "audio", value: "voices/a b.wav" }], inputs: [] };
-const trim = { id: 2, widgets: [{ name: "start", value: 0 }], inputs: [{ name: "audio", type: "AUDIO", link: 10 }] };
-const sampler = { id: 3, widgets: [{ name: "fps", value: 25 }], inputs: [{ name: "audio", type: "AUDIO", link: 11 }, { name: "image", type: "IMAGE", link: null }] };
+const encode = { id: 2, widgets: [{ name: "fps", value: 30 }, { name: "max_frames", value: 81 }],
+  inputs: [{ name: "audio_encoder", type: "ECHOMIMIC_AUDIO_ENCODER", link: 9 }, { name: "audio", type: "AUDIO", link: 10 }] };
+const sampler = { id: 3, widgets: [{ name: "partial_video_length", value: 113 }],
+  inputs: [{ name: "image", type: "IMAGE", link: null }, { name: "audio_embeds", type: "ECHOMIMIC_AUDIO_EMBEDS", link: 11 }] };
+const hasAudioFile = (n) => typeof widgetValue(n, "audio") === "string";
 
-test("follows links through pass-through audio nodes to the loader", () => {
-  const graph = graphOf([loader, trim, sampler], { 10: { origin_id: 1 }, 11: { origin_id: 2 } });
-  assert.equal(sourceNode(graph, sampler, "audio"), trim);
+test("follows links through the audio encoder to the loader, collecting the path", () => {
+  const graph = graphOf([loader, encode, sampler], { 9: { origin_id: 7 }, 10: { origin_id: 1 }, 11: { origin_id: 2 } });
+  assert.equal(sourceNode(graph, sampler, "audio_embeds"), encode);
   assert.equal(sourceNode(graph, sampler, "image"), null);
-  assert.equal(findUpstream(graph, sampler, "audio", (n) => widgetValue(n, "audio") !== undefined), loader);
-  assert.equal(widgetValue(sampler, "fps"), 25);
+  const found = findUpstream(graph, sampler, ["audio", "audio_embeds"], hasAudioFile);
+  assert.equal(found.node, loader);
+  assert.deepEqual(found.path, [encode]);
+  assert.equal(firstWidgetValue([sampler, ...found.path], "fps"), 30);
+  assert.equal(firstWidgetValue([sampler], "fps"), undefined);
 });
 
 test("a map of links (newer frontends) works too, and a dangling chain gives null", () => {
-  const graph = graphOf([trim, sampler], new Map([[11, { origin_id: 2 }]]));
-  assert.equal(findUpstream(graph, sampler, "audio", (n) => n.id === 1), null);
+  const graph = graphOf([encode, sampler], new Map([[11, { origin_id: 2 }]]));
+  assert.equal(findUpstream(graph, sampler, "audio_embeds", hasAudioFile), null);
+  assert.equal(findUpstream(graph, sampler, "audio", hasAudioFile), null);
 });
 
 test("input file URLs split the sub-folder", () => {
