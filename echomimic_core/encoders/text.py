@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints.files import CheckpointError, load_state_dict, save_state_dict, strip_prefix
-from ..checkpoints.quant import dequantize_scaled_fp8, is_scaled_fp8
+from ..checkpoints.quant import FP8_DTYPES, dequantize_scaled_fp8, is_scaled_fp8
 from .keymap import KeyTable, guess_family, rename
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,8 @@ def read_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
     spiece = next((raw.pop(k) for k in list(raw) if k.rsplit(".", 1)[-1] == SPIECE_KEY), None)
     if is_scaled_fp8(raw):  # before prefix stripping: the marker tensor carries no prefix
         raw = dequantize_scaled_fp8(raw, dtype)
+    # plain fp8 casts (no scales) and any unscaled fp8 leftovers: torch cannot compute in fp8
+    raw = {k: v.to(dtype) if v.dtype in FP8_DTYPES else v for k, v in raw.items()}
     raw = strip_prefix(raw, _PREFIXES)
     if detect_layout(raw) == "wan":
         state = wan_to_hf(raw)

@@ -263,3 +263,13 @@ def test_t5_v1_1_file_is_refused_by_name(fixture, tmp_path):
 def test_unknown_tensor_names_are_listed(fixture):
     with pytest.raises(CheckpointError, match="blocks.0.attn.extra.weight"):
         text.wan_to_hf({**fixture[0], "blocks.0.attn.extra.weight": torch.zeros(1)})
+
+
+def test_plain_fp8_file_is_upcast(fixture, tmp_path):
+    wan, ids, mask, _ = fixture
+    fp8 = {k: v.to(torch.float8_e4m3fn) for k, v in text.wan_to_hf(wan).items()}
+    save_state_dict(fp8, tmp_path / "umt5_xxl_fp8_e4m3fn.safetensors")
+    enc = text.TextEncoder.load(tmp_path / "umt5_xxl_fp8_e4m3fn.safetensors")
+    assert enc.model.shared.weight.dtype == torch.bfloat16
+    expected = text.build_model({k: v.float() for k, v in fp8.items()}, torch.float32, "cpu")
+    assert torch.equal(enc.forward_ids(ids, mask), expected(input_ids=ids, attention_mask=mask).last_hidden_state)
