@@ -454,3 +454,33 @@ class AudioEncoder:
         wav = align.pad_audio_to(wav, needed)
         feats = self.whisper_50hz(wav) if self.kind == "whisper" else self.wav2vec2_50hz(wav)
         return align.tokens_for_frames(feats, num_frames, fps)
+
+
+def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
+    """Parity with upstream's audio paths: ``audio_*`` fixtures hold a tiny wav2vec2
+    (``weight.<HF key>``), ``input.waveform`` (16 kHz) and upstream's ``output.flash`` /
+    ``output.preview`` for ``meta["num_frames"]`` frames at ``meta["fps"]``; meta["config"] is
+    the Wav2Vec2Config. Returns the relative error of each path."""
+    from safetensors.torch import load_file
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from ..verify_reference import relative_error
+
+    path = Path(path)
+    tensors = load_file(str(path))
+    state = {k[len("weight."):]: v.float() for k, v in tensors.items() if k.startswith("weight.")}
+    with torch.device("meta"):
+        model = Wav2Vec2Model(Wav2Vec2Config(**meta["config"]))
+    _load_into(model, wav2vec2_state(state, model.state_dict().keys()), path, optional=WAV2VEC2_OPTIONAL)
+    wav = tensors["input.waveform"]
+    frames, fps = int(meta["num_frames"]), meta["fps"]
+    rate = int(meta.get("sample_rate", align.SAMPLE_RATE))
+    errors = {}
+    if "output.flash" in tensors:
+        flash = AudioEncoder(model, "flash", loudness_norm=meta.get("loudness_lufs") is not None)
+        errors["flash"] = relative_error(flash.features_for_video(wav, frames, fps, rate), tensors["output.flash"])
+    if "output.preview" in tensors:
+        preview = AudioEncoder(model, "preview")
+        errors["preview"] = relative_error(preview.features_for_video(wav, frames, fps, rate),
+                                           tensors["output.preview"])
+    return errors

@@ -296,3 +296,17 @@ def test_missing_training_only_mask_embedding_is_tolerated(tmp_path):
     enc = AudioEncoder.load(folder, loudness_norm=False)
     assert enc.kind == "flash"  # from the folder name: no preprocessor_config.json here
     assert torch.equal(_features(enc), _features(AudioEncoder(model, "flash", loudness_norm=False)))
+
+
+def test_parity_with_upstream_fixture():
+    """tests/encoders/data/audio_tiny.*: upstream's flash and preview audio paths, run with
+    upstream's own code under transformers 4.51 (see the meta file)."""
+    from pathlib import Path
+
+    from echomimic_core.encoders.audio import verify_fixture
+
+    data = Path(__file__).parent / "data"
+    meta = json.loads((data / "audio_tiny_meta.json").read_text())
+    errors = verify_fixture(data / "audio_tiny.safetensors", meta)
+    assert set(errors) == {"flash", "preview"}
+    assert errors["flash"] < 1e-5 and errors["preview"] < 1e-5, errors
