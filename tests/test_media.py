@@ -214,3 +214,33 @@ def test_bad_inputs_raise_media_error_naming_file(tmp_path):
     with pytest.raises(MediaError, match="empty"):
         media.prepare_audio(torch.zeros(0), 16000)
     assert issubclass(MediaError, ValueError)
+
+
+@pytest.mark.parametrize("ext, fmt, codec", [("webm", "webm", "libvpx-vp9"), ("mov", "mov", "mpeg4")])
+def test_load_video_other_containers(tmp_path, ext, fmt, codec):
+    path = tmp_path / f"clip.{ext}"
+    frames = np.zeros((6, 32, 48, 3), dtype=np.uint8)
+    frames[:, :, :24] = 200  # left half bright: survives any codec
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=30)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for image in frames:
+            for p in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(p)
+        for p in stream.encode():
+            out.mux(p)
+    video = media.load_video(path)
+    assert video.frames.shape == (6, 32, 48, 3) and math.isclose(video.fps, 30)
+    assert video.audio is None
+    assert video.frames[:, :, :20].mean() > 0.7 and video.frames[:, :, 28:].mean() < 0.1
+    assert media.load_video(path, max_frames=2).frames.shape[0] == 2
+
+
+def test_write_falls_back_to_mpeg4(tmp_path, monkeypatch):
+    monkeypatch.setattr(media, "video_codec", lambda: "mpeg4")
+    path = media.write_video(tmp_path / "m.mp4", torch.full((5, 16, 16, 3), 0.5), 25,
+                             torch.zeros(3200), 16000)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.name == "mpeg4"
+        assert c.streams.audio[0].codec_context.name == "aac"
+    assert abs(float(media.load_video(path).frames.mean()) - 0.5) < 0.03
