@@ -162,7 +162,7 @@ def upcast_during_forward(module: torch.nn.Module, compute_dtype: torch.dtype) -
     """Parameters stored in another dtype are cast to ``compute_dtype`` for this module's forward
     only and restored after, so a block at a time exists at full precision."""
     def before(mod, args):
-        mod._stored_params = []
+        after(mod, args, None)  # a forward that raised never ran ``after``: restore first
         for p in mod.parameters():
             if p.dtype != compute_dtype:
                 mod._stored_params.append((p, p.data))
@@ -173,6 +173,7 @@ def upcast_during_forward(module: torch.nn.Module, compute_dtype: torch.dtype) -
             p.data = stored
         mod._stored_params = []
 
+    module._stored_params = []
     module.register_forward_pre_hook(before)
     module.register_forward_hook(after)
 

@@ -273,3 +273,13 @@ def test_plain_fp8_file_is_upcast(fixture, tmp_path):
     assert enc.model.shared.weight.dtype == torch.bfloat16
     expected = text.build_model({k: v.float() for k, v in fp8.items()}, torch.float32, "cpu")
     assert torch.equal(enc.forward_ids(ids, mask), expected(input_ids=ids, attention_mask=mask).last_hidden_state)
+
+
+def test_failed_forward_does_not_leave_weights_upcast(fixture):
+    wan, ids, mask, _ = fixture
+    model = text.build_model(text.wan_to_hf(wan), torch.bfloat16, "cpu", compute_dtype=torch.float32)
+    wo = model.encoder.block[0].layer[1].DenseReluDense.wo
+    with pytest.raises(Exception):
+        model.encoder.block[0](torch.zeros(1, 3, 5))  # wrong width: fails inside the block
+    model(input_ids=ids, attention_mask=mask)
+    assert wo.weight.dtype == torch.bfloat16
