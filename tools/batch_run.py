@@ -388,7 +388,7 @@ def _write_state(out: Path, workflow_digest: str, results: dict[str, RowResult])
 
 
 async def _run_row(client: ComfyClient, workflow: dict, bindings: dict, row: Row, out: Path,
-                   timeout: float, include_temp: bool) -> tuple[str, list[str]]:
+                   timeout: float, include_temp: bool, poll: float) -> tuple[str, list[str]]:
     prompt = json.loads(json.dumps(workflow))
     for column, value in row.values.items():
         node_id, input_name = bindings[column]
@@ -397,14 +397,14 @@ async def _run_row(client: ComfyClient, workflow: dict, bindings: dict, row: Row
         prompt[node_id]["inputs"][input_name] = await client.upload(path) if path else value
     prompt_id = await client.queue(prompt)
     log.info("%s: queued as %s", row.name, prompt_id)
-    entry = await client.wait(prompt_id, timeout)
+    entry = await client.wait(prompt_id, timeout, poll)
     files = [await client.download(item, out / row.name) for item in output_items(entry, include_temp)]
     return prompt_id, [str(f.relative_to(out)) for f in files]
 
 
 async def run_batch(workflow: dict, rows: list[Row], server: str, out: Path, renames: dict[str, str] | None = None,
                     retries: int = 1, resume: bool = False, timeout: float = 3600.0, retry_delay: float = 2.0,
-                    include_temp: bool = False, check_schemas: bool = True) -> list[RowResult]:
+                    include_temp: bool = False, check_schemas: bool = True, poll: float = 5.0) -> list[RowResult]:
     """Run every row; returns one result per row (also recorded in ``out/batch_state.json``)."""
     columns = sorted({c for row in rows for c in row.values})
     bindings = resolve_columns(workflow, columns, renames or {})
@@ -442,7 +442,7 @@ async def run_batch(workflow: dict, rows: list[Row], server: str, out: Path, ren
                 result.attempts = attempt
                 try:
                     result.prompt_id, result.outputs = await _run_row(client, workflow, bindings, row, out,
-                                                                      timeout, include_temp)
+                                                                      timeout, include_temp, poll)
                     result.status, result.error = "done", None
                     break
                 except PromptRejected as e:

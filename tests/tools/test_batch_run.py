@@ -82,8 +82,12 @@ class StandIn:
             if ws is not None and not ws.closed:
                 await ws.send_json({"type": kind, "data": {**data, "prompt_id": prompt_id}})
 
+        if prompt["1"]["inputs"]["image"].startswith("drop") and ws is not None:
+            await ws.close()  # the client must notice, reconnect and find the result in /history
+            ws = None
         await send("execution_start", timestamp=0)
-        await ws.send_bytes(b"\x00\x00\x00\x01\x00\x00\x00\x01jpeg")  # a preview frame, ignored
+        if ws is not None:
+            await ws.send_bytes(b"\x00\x00\x00\x01\x00\x00\x00\x01jpeg")  # a preview frame, ignored
         await send("executing", node="5", display_node="5")
         for step in (1, 2):
             await send("progress", value=step, max=2, node="5")
@@ -228,6 +232,16 @@ def test_bad_workflow_or_table_stops_before_any_upload(batch, server, capsys, wo
     assert _run(batch, server) == 2
     assert expected in capsys.readouterr().err
     assert server.uploads == {} and server.queued == []
+
+
+def test_lost_websocket_falls_back_to_history(batch, server):
+    (batch / "drop.png").write_bytes(b"d")
+    (batch / "rows.csv").write_text("name,image,audio\nd,drop.png,a.wav\n")
+    workflow = br.load_workflow(batch / "wf.json")
+    rows = br.load_rows(batch / "rows.csv")
+    results = asyncio.run(br.run_batch(workflow, rows, server.url, batch / "out", retries=0, poll=0.2, timeout=20))
+    assert (results[0].status, results[0].error, results[0].outputs) == ("done", None, ["d/echo_00001_.mp4"])
+    assert len(server.queued) == 1
 
 
 def test_folder_inputs(tmp_path):
