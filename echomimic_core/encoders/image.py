@@ -148,7 +148,8 @@ def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype, device,
     own = "vision_model." if hasattr(model, "vision_model") else ""
     weights = {own + k[len("vision_model."):]: v.to(device=device, dtype=dtype)
                for k, v in state_hf.items()
-               if k.startswith("vision_model.") and not k.startswith(dropped) and not k.endswith("position_ids")}
+               if k.startswith("vision_model.") and not k.startswith(dropped)
+               and not k.endswith("position_ids")}
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:

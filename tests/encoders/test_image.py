@@ -137,9 +137,11 @@ def _wan_clip_reference(wan, images, heads, dtype):
     size = patch * int((w["visual.pos_embedding"].shape[1] - 1) ** 0.5)
     x = F.interpolate(images.to(dtype), size=(size, size), mode="bicubic", align_corners=False)
     x = x.mul(0.5).add(0.5)
-    x = (x - torch.tensor(image.CLIP_MEAN).view(1, 3, 1, 1).to(x)) / torch.tensor(image.CLIP_STD).view(1, 3, 1, 1).to(x)
+    mean, std = (torch.tensor(t).view(1, 3, 1, 1).to(x) for t in (image.CLIP_MEAN, image.CLIP_STD))
+    x = (x - mean) / std
     x = F.conv2d(x, w["visual.patch_embedding.weight"], stride=patch).flatten(2).permute(0, 2, 1)
-    x = torch.cat([w["visual.cls_embedding"].expand(x.shape[0], -1, -1), x], dim=1) + w["visual.pos_embedding"]
+    cls = w["visual.cls_embedding"].expand(x.shape[0], -1, -1)
+    x = torch.cat([cls, x], dim=1) + w["visual.pos_embedding"]
 
     def norm(x, p):  # Wan's LayerNorm: float32 inside, cast back
         return F.layer_norm(x.float(), x.shape[-1:], w[p + ".weight"].float(), w[p + ".bias"].float(),

@@ -272,7 +272,8 @@ def test_plain_fp8_file_is_upcast(fixture, tmp_path):
     enc = text.TextEncoder.load(tmp_path / "umt5_xxl_fp8_e4m3fn.safetensors")
     assert enc.model.shared.weight.dtype == torch.bfloat16
     expected = text.build_model({k: v.float() for k, v in fp8.items()}, torch.float32, "cpu")
-    assert torch.equal(enc.forward_ids(ids, mask), expected(input_ids=ids, attention_mask=mask).last_hidden_state)
+    expected_out = expected(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.equal(enc.forward_ids(ids, mask), expected_out)
 
 
 def test_failed_forward_does_not_leave_weights_upcast(fixture):
