@@ -112,10 +112,12 @@ def interpolate_positions(features: torch.Tensor, positions: torch.Tensor) -> to
     length = features.shape[1]
     if length == 0:
         raise ValueError("cannot interpolate an empty feature sequence (T = 0).")
-    pos = positions.to(torch.float64).clamp(0, length - 1)
+    # index arithmetic in float64 on the CPU (MPS has no float64), then moved to the features
+    pos = positions.detach().cpu().to(torch.float64).clamp(0, length - 1)
     lo = pos.floor().long()
     hi = (lo + 1).clamp(max=length - 1)
     w = (pos - lo.to(torch.float64)).to(features.dtype)
+    lo, hi, w = lo.to(features.device), hi.to(features.device), w.to(features.device)
     w = w.view(1, -1, *([1] * (features.dim() - 2)))
     a, b = features[:, lo], features[:, hi]
     return torch.where(w == 0, a, a + (b - a) * w)
@@ -181,7 +183,7 @@ def flash_windows(per_frame: torch.Tensor, window: int = FLASH_WINDOW) -> torch.
     if per_frame.dim() != 4:
         raise ValueError(f"expected per-frame features [F, layers, D] or [B, F, layers, D], "
                          f"got shape {tuple(per_frame.shape)}.")
-    idx = window_indices(per_frame.shape[1], window)
+    idx = window_indices(per_frame.shape[1], window).to(per_frame.device)
     return per_frame[:, idx]
 
 

@@ -40,7 +40,7 @@ from .keymap import guess_family
 log = logging.getLogger(__name__)
 
 KINDS = ("preview", "flash", "whisper")
-_KIND_ALIASES = {"whisper_tiny": "whisper", "wav2vec2": "preview", "chinese_wav2vec2": "flash"}
+_KIND_ALIASES = {"whisper_tiny": "whisper"}  # the transformer preset's name for the paper's variant
 LOUDNESS_TARGET_LUFS = -23.0
 WHISPER_HOP = 160  # mel hop; the encoder's two convolutions halve 100 Hz mel to 50 Hz states
 WAV2VEC2_HOP = 320  # samples per 50 Hz feature (product of the CNN strides)
@@ -193,7 +193,7 @@ def _read_json(path: Path) -> dict | None:
 def _guess_wav2vec2_kind(path: Path, raw_keys, preprocessor: dict | None) -> str:
     if preprocessor is not None and "do_normalize" in preprocessor:
         return "preview" if preprocessor["do_normalize"] else "flash"
-    name = path.as_posix().lower()
+    name = path.name.lower()  # the file / folder itself, not the folders above it
     if "chinese" in name:
         return "flash"
     if "960h" in name or any(k.startswith("lm_head.") for k in raw_keys):
