@@ -102,3 +102,45 @@ def _prefer(patterns: list[str], slot: str, variant: str | None) -> list[str]:
         return patterns
     key = {"flash": ("chinese", "flash"), "preview": ("960h", "transformer/")}.get(variant, ())
     return sorted(patterns, key=lambda p: not any(k in p for k in key))
+
+
+def load_models(files: ModelFiles, dtype="bfloat16", device="cpu", storage_dtype=None,
+                attention_backend: str = "sdpa", encoder_device="cpu", block_swap: int = 0):
+    """Load every model of ``files`` into a :class:`~echomimic_core.pipeline.Models`.
+
+    The transformer goes to ``device`` (computing in ``dtype``, storing in ``storage_dtype``, e.g.
+    fp8); encoders and the VAE start on ``encoder_device`` and visit the compute device only while
+    they run. The audio encoder's feature path follows the transformer's variant unless the file
+    is a Whisper encoder.
+    """
+    import torch
+
+    from .checkpoints.transformer import load_transformer
+    from .encoders.audio import AudioEncoder
+    from .encoders.image import ImageEncoder
+    from .encoders.text import TextEncoder
+    from .pipeline import Models
+    from .vae import load_vae
+
+    missing = files.missing()
+    if missing:
+        raise FileNotFoundError(
+            f"model files not found for: {', '.join(missing)}. Put them in the models folder (upstream's "
+            "release layout or ComfyUI's models/ folders) or pass them explicitly (--transformer, --vae, ...).")
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    storage = getattr(torch, storage_dtype) if isinstance(storage_dtype, str) else storage_dtype
+    transformer = load_transformer(files.transformer, dtype=dtype, storage_dtype=storage,
+                                   device=device if not block_swap else "cpu", attention_backend=attention_backend)
+    if block_swap:
+        transformer.enable_block_swap(block_swap, device)
+    kind = None if "whisper" in files.audio_encoder.name.lower() else transformer.config.audio_variant
+    # encoders run in float32 on the CPU (bf16 matmuls are slow there); on an accelerator in dtype
+    enc_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
+    return Models(
+        transformer=transformer,
+        vae=load_vae(files.vae, dtype=enc_dtype, device=encoder_device),
+        text_encoder=TextEncoder.load(files.text_encoder, tokenizer_path=files.tokenizer, device=encoder_device,
+                                      compute_dtype=torch.float32),
+        image_encoder=ImageEncoder.load(files.image_encoder, dtype=enc_dtype, device=encoder_device),
+        audio_encoder=AudioEncoder.load(files.audio_encoder, kind=kind, dtype=enc_dtype, device=encoder_device),
+    )

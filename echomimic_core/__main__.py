@@ -1,0 +1,203 @@
+"""Command line: ``python -m echomimic_core generate ...`` and ``python -m echomimic_core demo-models DIR``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .settings import LONG_VIDEO_MODES, SAMPLERS, GenerationSettings
+
+log = logging.getLogger("echomimic_core")
+DEMO_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "echomimic-comfy" / "demo-models"
+TASK_CHOICES = ("first_frame", "first_last", "keyframes", "lipsync", "continue")
+
+
+def _settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per GenerationSettings field; unset flags keep the variant's upstream default."""
+    g = parser.add_argument_group("generation settings (default: upstream's for the model's variant)")
+    g.add_argument("--sampler", choices=SAMPLERS)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--shift", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--guidance-scale", type=float, help="text CFG (preview); > 1 switches CFG on")
+    g.add_argument("--audio-guidance-scale", type=float)
+    g.add_argument("--dynamic-cfg", dest="use_dynamic_cfg", action=argparse.BooleanOptionalAction)
+    g.add_argument("--dynamic-acfg", dest="use_dynamic_acfg", action=argparse.BooleanOptionalAction)
+    g.add_argument("--neg-scale", type=float)
+    g.add_argument("--neg-steps", type=int)
+    g.add_argument("--cfg-skip-ratio", type=float)
+    g.add_argument("--audio-scale", type=float)
+    g.add_argument("--negative-prompt")
+    g.add_argument("--fps", type=float)
+    g.add_argument("--width", type=int)
+    g.add_argument("--height", type=int)
+    g.add_argument("--max-frames", type=int)
+    g.add_argument("--partial-video-length", type=int)
+    g.add_argument("--overlap-video-length", type=int)
+    g.add_argument("--long-video-mode", choices=LONG_VIDEO_MODES)
+    g.add_argument("--teacache-threshold", type=float, help="0 = off")
+    g.add_argument("--teacache-skip-start-steps", type=int)
+    g.add_argument("--riflex-k", type=int)
+    g.add_argument("--color-match", action=argparse.BooleanOptionalAction)
+    g.add_argument("--batch-guidance", action=argparse.BooleanOptionalAction,
+                   help="run the guidance passes in one batched forward (faster) or one at a time (less memory)")
+    g.add_argument("--face-box", type=int, nargs=4, metavar=("Y1", "Y2", "X1", "X2"),
+                   help="face region in the reference image's pixels (preview's audio gate)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m echomimic_core", description="EchoMimicV3 talking-human video.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="image + audio + prompt -> mp4 with the audio")
+    gen.add_argument("--image", type=Path, help="reference image (not needed for --task lipsync/continue)")
+    gen.add_argument("--audio", type=Path, help="speech/song: wav, mp3, m4a, flac, ogg, or a video's soundtrack")
+    gen.add_argument("--prompt", default="A person is talking.")
+    gen.add_argument("--out", type=Path, required=True, help="output .mp4")
+    gen.add_argument("--demo", action="store_true",
+                     help="use the tiny random demo model (and built-in image/audio if none given); output is noise")
+    gen.add_argument("--models", type=Path, help="folder with upstream's release layout or ComfyUI's models/")
+    for slot in ("transformer", "vae", "text-encoder", "tokenizer", "image-encoder", "audio-encoder"):
+        gen.add_argument(f"--{slot}", type=Path, help=f"explicit {slot.replace('-', ' ')} file/folder")
+    gen.add_argument("--task", choices=TASK_CHOICES, default="first_frame")
+    gen.add_argument("--end-image", type=Path, help="first_last: the last frame")
+    gen.add_argument("--keyframe", action="append", default=[], metavar="INDEX:IMAGE",
+                     help="keyframes: keep IMAGE at frame INDEX (repeatable; negative counts from the end)")
+    gen.add_argument("--source-video", type=Path, help="lipsync / continue: the video to dub or continue")
+    gen.add_argument("--mouth-box", type=int, nargs=4, metavar=("Y1", "Y2", "X1", "X2"))
+    gen.add_argument("--face-mask", type=Path, help="preview: image whose white pixels mark the face")
+    gen.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    gen.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
+                     help="compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    gen.add_argument("--storage-dtype", choices=("bfloat16", "float16", "float32", "float8_e4m3fn"),
+                     help="how transformer weights are stored (float8_e4m3fn halves their memory)")
+    gen.add_argument("--attention", default="sdpa", help="sdpa, flash_attn, sageattention, xformers")
+    gen.add_argument("--block-swap", type=int, default=0, help="transformer blocks kept on the CPU and streamed in")
+    _settings_arguments(gen)
+
+    demo = sub.add_parser("demo-models", help="write the tiny demo model files into a models folder")
+    demo.add_argument("out", type=Path, help="e.g. ComfyUI/models")
+    return parser
+
+
+def _settings_from(args, variant: str) -> GenerationSettings:
+    names = {f.name for f in dataclasses.fields(GenerationSettings)}
+    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "face_box" in overrides:
+        overrides["face_box"] = tuple(overrides["face_box"])
+    if args.demo:  # small and quick, with two chunks so long-video stitching runs too
+        overrides = {"steps": 4, "partial_video_length": 33, "overlap_video_length": 4, **overrides}
+    return GenerationSettings.for_variant(variant, **overrides)
+
+
+def _task_from(args):
+    from .media import load_image, load_video
+    from .pipeline import Task
+
+    task = Task(kind=args.task)
+    if args.end_image:
+        task.end_image = load_image(args.end_image)
+    if args.keyframe:
+        frames = {}
+        for spec in args.keyframe:
+            index, _, path = spec.partition(":")
+            try:
+                frames[int(index)] = load_image(path)
+            except ValueError as e:
+                raise SystemExit(f"--keyframe {spec!r}: expected INDEX:IMAGE, e.g. 40:pose.png ({e})")
+        task.keyframes = frames
+    if args.source_video:
+        task.source_video = load_video(args.source_video, with_audio=False).frames
+    if args.mouth_box:
+        task.mouth_box = tuple(args.mouth_box)
+    return task
+
+
+def _progress_hooks():
+    from tqdm import tqdm
+
+    from .sampling.sampler import StepHooks
+
+    bar = {}
+
+    def on_step(step, total, latents, denoised):
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr)
+        bar["bar"].update(step - bar["bar"].n)
+    return StepHooks(on_step=on_step), bar
+
+
+def generate_command(args) -> int:
+    import torch
+
+    from .media import load_audio, load_image, write_video
+    from .model_files import find_model_files, load_models
+    from .pipeline import generate
+
+    if args.demo:
+        from .demo import demo_inputs, write_demo_models
+        from .demo import DEMO_VERSION
+        files = write_demo_models(DEMO_CACHE / f"v{DEMO_VERSION}")
+        image, audio, sr = demo_inputs()
+        image = load_image(args.image) if args.image else image
+        if args.audio:
+            audio, sr = load_audio(args.audio)
+    else:
+        if args.models is None and args.transformer is None:
+            raise SystemExit("give --models DIR (or the model files one by one), or --demo for the tiny demo model")
+        explicit = {k: getattr(args, k) for k in ("transformer", "vae", "text_encoder", "tokenizer",
+                                                   "image_encoder", "audio_encoder")}
+        files = find_model_files(args.models, **explicit)
+        if args.audio is None:
+            raise SystemExit("--audio is required")
+        audio, sr = load_audio(args.audio)
+        image = load_image(args.image) if args.image else None
+    task = _task_from(args)
+    if image is None and task.kind not in ("lipsync", "continue"):
+        raise SystemExit(f"--image is required for --task {task.kind}")
+    face_mask = load_image(args.face_mask).mean(-1).numpy() if args.face_mask else None
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bfloat16" if torch.device(device).type == "cuda" else "float32")
+    started = time.time()
+    models = load_models(files, dtype=dtype, device=device, storage_dtype=args.storage_dtype,
+                         attention_backend=args.attention, block_swap=args.block_swap)
+    settings = _settings_from(args, models.variant)
+    hooks, bar = _progress_hooks()
+    if args.demo:
+        log.warning("demo model: random tiny weights, the video will be noise (the path it runs is the real one)")
+    result = generate(models, image, audio, sr, args.prompt, settings, task=task, face_mask=face_mask,
+                      hooks=hooks, device=device)
+    if "bar" in bar:
+        bar["bar"].close()
+    out = write_video(args.out, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
+    seconds = len(result.frames) / result.fps
+    print(f"wrote {out}: {len(result.frames)} frames {result.info['size'][1]}x{result.info['size'][0]} "
+          f"at {result.fps:g} fps ({seconds:.2f} s, {result.info['chunks']} chunk(s)) in {time.time() - started:.1f} s")
+    return 0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command == "demo-models":
+        from .demo import write_demo_models
+        files = write_demo_models(args.out, overwrite=True)
+        for slot, path in vars(files).items():
+            if path is not None:
+                print(f"{slot:14s} {path}")
+        return 0
+    try:
+        return generate_command(args)
+    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+        log.debug("failed", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

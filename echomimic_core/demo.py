@@ -1,0 +1,133 @@
+"""A tiny random EchoMimicV3 installation, for trying the whole path without the real weights.
+
+``write_demo_models(models_dir)`` writes every model file the pipeline needs — transformer, Wan
+VAE, umT5 text encoder with its tokenizer embedded, CLIP vision tower, wav2vec2 audio encoder —
+in ComfyUI's folder layout and file formats, with random weights (seeded, so the files are the
+same every time). The real loaders then read them like any user's files, so the demo exercises
+the real code; its videos are noise. ``demo_inputs()`` makes a reference image and a speech-like
+audio clip.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoints.files import save_state_dict
+from .checkpoints.transformer import save_transformer
+from .config import TransformerConfig
+from .model_files import ModelFiles
+
+log = logging.getLogger(__name__)
+
+DEMO_FILES = {
+    "transformer": "diffusion_models/echomimicv3_demo_tiny.safetensors",
+    "vae": "vae/wan_2.1_vae_demo_tiny.safetensors",
+    "text_encoder": "text_encoders/umt5_demo_tiny.safetensors",
+    "image_encoder": "clip_vision/clip_vision_demo_tiny.safetensors",
+    "audio_encoder": "audio_encoders/wav2vec2_base_960h_demo_tiny.safetensors",
+}
+TEXT_DIM, CLIP_DIM, AUDIO_DIM = 32, 768, 64
+DEMO_VERSION = 1  # bump when the files change, so caches keyed on it are rebuilt
+_SENTENCES = ["a person is talking to the camera", "a woman sings a song with a smile",
+              "the man speaks clearly in a bright room", "close-up portrait, natural light",
+              "gesture is bad, blurry hands, strange fingers"]
+
+
+def demo_transformer_config() -> TransformerConfig:
+    return TransformerConfig(dim=64, ffn_dim=128, freq_dim=32, num_heads=2, num_layers=2, text_dim=TEXT_DIM,
+                             text_len=512, clip_dim=CLIP_DIM, clip_tokens=5, audio_variant="preview",
+                             audio_in_dim=AUDIO_DIM)
+
+
+def _spiece_model() -> bytes:
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_SENTENCES * 20), model_writer=buf, vocab_size=64, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False,
+        minloglevel=2, num_threads=1)
+    return buf.getvalue()
+
+
+def _random_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def write_demo_models(models_dir: str | Path, seed: int = 0, overwrite: bool = False) -> ModelFiles:
+    """Write the tiny demo model files under ``models_dir`` (ComfyUI layout); return their paths.
+
+    Existing files are kept unless ``overwrite``: the files are deterministic, so a second call is free.
+    """
+    from diffusers import AutoencoderKLWan
+    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from .encoders.text import save_comfy_file
+    from .model.transformer import EchoMimicTransformer
+
+    root = Path(models_dir)
+    paths = {slot: root / rel for slot, rel in DEMO_FILES.items()}
+    if not overwrite and all(p.is_file() for p in paths.values()):
+        return ModelFiles(**paths)
+    log.info("writing the tiny demo models to %s", root)
+    torch.manual_seed(seed)
+    transformer = EchoMimicTransformer(demo_transformer_config())
+    with torch.no_grad():  # random but non-zero audio layers, so the audio visibly matters
+        for name, p in transformer.named_parameters():
+            if "audio" in name and p.ndim >= 2:
+                p.normal_(0, 0.05)
+    save_transformer(transformer, paths["transformer"])
+
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                           attn_scales=[], temperal_downsample=[False, True, True])
+    from .vae.keys import diffusers_to_original
+    save_state_dict(diffusers_to_original(_random_state(vae)), paths["vae"])
+
+    proto = _spiece_model()
+    t5 = UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=TEXT_DIM, d_kv=16, d_ff=48, num_layers=2,
+                                     num_heads=2, relative_attention_num_buckets=32,
+                                     feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+    save_comfy_file(_random_state(t5), paths["text_encoder"], spiece_proto=proto)
+
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=CLIP_DIM, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=12, image_size=28, patch_size=14))
+    clip_state = _random_state(clip)  # ComfyUI's clip_vision files carry the vision_model. prefix
+    save_state_dict({k if k.startswith("vision_model.") else "vision_model." + k: v
+                     for k, v in clip_state.items()}, paths["image_encoder"])
+
+    wav2vec2 = Wav2Vec2Model(Wav2Vec2Config(hidden_size=AUDIO_DIM, num_hidden_layers=2, num_attention_heads=1,
+                                            intermediate_size=64, conv_dim=(32,) * 7,
+                                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4))
+    save_state_dict(_random_state(wav2vec2), paths["audio_encoder"])
+    return ModelFiles(**paths)
+
+
+def demo_inputs(seconds: float = 2.4, size: int = 96, sample_rate: int = 16000):
+    """(image [H, W, 3] uint8 with a cartoon face, audio [1, T] float32, its sample rate).
+
+    The audio is speech-like: voiced syllables (a 140 Hz buzz shaped by two formants) separated by
+    short pauses, so silent and voiced frames alternate.
+    """
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), (70, 110, 160))
+    d = ImageDraw.Draw(img)
+    s = size / 96
+    d.ellipse([28 * s, 14 * s, 68 * s, 66 * s], fill=(232, 190, 160))              # face
+    d.ellipse([37 * s, 30 * s, 43 * s, 36 * s], fill=(40, 30, 30))                # eyes
+    d.ellipse([53 * s, 30 * s, 59 * s, 36 * s], fill=(40, 30, 30))
+    d.ellipse([42 * s, 48 * s, 54 * s, 55 * s], fill=(150, 50, 60))               # mouth
+    d.rectangle([22 * s, 66 * s, 74 * s, 96 * s], fill=(200, 60, 60))              # shoulders
+
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    buzz = np.sign(np.sin(2 * math.pi * 140 * t)) * 0.3
+    formants = np.sin(2 * math.pi * 700 * t) * 0.5 + np.sin(2 * math.pi * 1200 * t) * 0.3
+    syllables = (np.sin(2 * math.pi * 4 * t) > -0.2).astype(np.float64)
+    audio = (buzz * (0.5 + 0.5 * formants) * syllables * 0.5).astype(np.float32)
+    return np.asarray(img), torch.from_numpy(audio)[None], sample_rate

@@ -1,0 +1,421 @@
+"""Reference image (or video) + audio + prompt -> video frames and the audio trimmed to them.
+
+The steps, each a function of its own module: encode the prompt (umT5), the reference (CLIP) and
+the audio (wav2vec2 / Whisper, aligned to video frames); build each chunk's task mask and
+conditioning ``y`` (``task_masks``, VAE); denoise with guidance (``sampling``); decode; stitch the
+chunks (``long_video``); colour-match. ``generate`` runs them all; the ComfyUI nodes call the
+same pieces one node at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from . import audio_alignment as align
+from .color_match import match_to_first_frame
+from .face_region import face_ip_mask
+from .long_video import Chunk, generate_chunked, latent_frames, round_up_4k1, sliding_velocity
+from .media import prepare_audio
+from .model.conditioning import Conditioning
+from .sampling.guidance import GuidanceConfig
+from .sampling.sampler import StepHooks, denoise, guided_velocity
+from .sampling.schedulers import make_scheduler
+from .sampling.teacache import TeaCache
+from .settings import GenerationSettings
+from . import task_masks
+
+log = logging.getLogger(__name__)
+
+TASKS = ("first_frame", "first_last", "keyframes", "lipsync", "continue")
+
+
+@dataclass
+class Models:
+    """The networks of one generation. Encoders may be None when their embeddings are given."""
+    transformer: torch.nn.Module
+    vae: Any
+    text_encoder: Any = None
+    image_encoder: Any = None
+    audio_encoder: Any = None
+
+    @property
+    def variant(self) -> str:
+        return self.transformer.config.audio_variant
+
+    @property
+    def audio_kind(self) -> str:
+        """Layout of the audio features: "flash" windows or "preview"/"whisper" tokens."""
+        if self.audio_encoder is not None:
+            return self.audio_encoder.kind
+        return "flash" if self.variant == "flash" else "preview"
+
+
+@dataclass
+class Task:
+    """What to keep and what to generate (the paper's multi-task 0-1 masks, and more).
+
+    first_frame: the reference image opens the video. first_last: ``end_image`` closes it.
+    keyframes: ``keyframes`` {frame index: image [H, W, 3] 0..1} kept (negative = from the end).
+    lipsync: ``source_video`` [F, H, W, 3] kept except the mouth region (``mouth_box`` y1, y2, x1,
+      x2 in the video's pixels, or ``mouth_mask`` [H, W] / [F, H, W]; default: the lower half of the
+      detected face), which the audio drives. continue: ``source_video``'s last
+      ``continue_frames`` frames open the new video (they are not part of the output).
+    """
+    kind: str = "first_frame"
+    end_image: torch.Tensor | None = None
+    keyframes: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    source_video: torch.Tensor | None = None
+    mouth_box: tuple[int, int, int, int] | None = None
+    mouth_mask: torch.Tensor | None = None
+    continue_frames: int = 8
+
+    def validate(self) -> None:
+        if self.kind not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.kind!r}")
+        needs = {"first_last": ("end_image", self.end_image), "keyframes": ("keyframes", self.keyframes),
+                 "lipsync": ("source_video", self.source_video), "continue": ("source_video", self.source_video)}
+        if self.kind in needs and (needs[self.kind][1] is None or len(needs[self.kind][1]) == 0):
+            raise ValueError(f"the {self.kind} task needs {needs[self.kind][0]}")
+        if self.kind == "continue" and not 1 <= self.continue_frames < len(self.source_video):
+            raise ValueError(f"continue_frames must be in [1, {len(self.source_video)}) for a "
+                             f"{len(self.source_video)}-frame source video, got {self.continue_frames}")
+
+
+@dataclass
+class Result:
+    frames: torch.Tensor        # [F, H, W, 3] float 0..1
+    audio: torch.Tensor         # [C, T] at sample_rate, trimmed to F / fps seconds
+    sample_rate: int
+    fps: float
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Encoded:
+    """Everything the denoiser needs that does not change between chunks."""
+    context: torch.Tensor               # [L, text_dim] prompt embedding
+    negative_context: torch.Tensor      # [L', text_dim]
+    clip_fea: torch.Tensor              # [1, 257, clip_dim]
+    audio: torch.Tensor                 # features for every output frame (+ padding), model layout
+    ip_mask: torch.Tensor | None        # [1, tokens per latent frame] or None
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+def to_uint8_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[H, W, 3] float 0..1 (or uint8) -> uint8 [H, W, 3]."""
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"expected an image [H, W, 3], got shape {array.shape}")
+    array = array[..., :3]
+    return array if array.dtype == np.uint8 else (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def on_device(module, device, offload_device):
+    """Move a model to ``device`` for the duration of the block, then back to ``offload_device``,
+    so encoders and the VAE do not hold accelerator memory while the transformer runs."""
+    if module is None or device is None:
+        yield module
+        return
+    _move(module, device)
+    try:
+        yield module
+    finally:
+        if offload_device is not None and torch.device(offload_device) != torch.device(device):
+            _move(module, offload_device)
+
+
+def _move(obj, device):
+    if isinstance(obj, torch.nn.Module) or hasattr(obj, "to") and not hasattr(obj, "model"):
+        obj.to(device)
+    elif hasattr(obj, "model"):
+        obj.model.to(device)
+
+
+def sample_size_for(image_hw: tuple[int, int], settings: GenerationSettings) -> tuple[int, int]:
+    if settings.width is not None:
+        return settings.height, settings.width
+    return task_masks.pick_sample_size(*image_hw, settings.sample_area)
+
+
+def output_frame_count(num_samples_16k: int, settings: GenerationSettings) -> int:
+    """Frames the audio supports: floor(duration * fps), capped by ``max_frames``. Unlike upstream
+    no 4k+1 rounding here: chunks are rounded up and trimmed, so the video covers all the audio."""
+    frames = align.frames_for_samples(num_samples_16k, settings.fps, max_frames=settings.max_frames, stride=None)
+    if frames < 1:
+        raise ValueError(f"the audio lasts {num_samples_16k / align.SAMPLE_RATE:.3f} s, shorter than one "
+                         f"video frame at {settings.fps} fps; give at least {1 / settings.fps:.3f} s of audio.")
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------
+# conditioning
+
+def encode_inputs(models: Models, reference: np.ndarray, wav16k: torch.Tensor, prompt: str,
+                  settings: GenerationSettings, sample_size: tuple[int, int], feature_frames: int,
+                  face_mask=None, device=None, offload_device="cpu", leading_silent_frames: int = 0) -> Encoded:
+    """Text, CLIP, audio and face-gate conditioning; each encoder visits the device only while used."""
+    if models.text_encoder is None or models.image_encoder is None or models.audio_encoder is None:
+        raise ValueError("generate() needs the text, image and audio encoders; the ComfyUI nodes accept "
+                         "pre-computed embeddings instead.")
+    with on_device(models.text_encoder, device, offload_device) as te:
+        context, negative = te.encode([prompt, settings.negative_prompt])
+    reference_pil = task_masks.resize_to_sample(reference, sample_size)
+    with on_device(models.image_encoder, device, offload_device) as ie:
+        pixels = torch.from_numpy(np.array(reference_pil)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        clip_fea = ie.encode(pixels).float().cpu()
+    with on_device(models.audio_encoder, device, offload_device) as ae:
+        audio = ae.features_for_video(wav16k, feature_frames - leading_silent_frames, settings.fps).float().cpu()
+    if leading_silent_frames:  # continuation: the kept source frames get no audio
+        audio = torch.cat([align.feature_slice(torch.zeros_like(audio), 0, leading_silent_frames,
+                                               models.audio_kind), audio], dim=1)
+    ip_mask = None
+    if models.variant == "preview":
+        ip_mask, source = face_ip_mask(reference, sample_size, box=settings.face_box, mask=face_mask)
+        log.info("face gate from %s", source)
+    return Encoded(context.float().cpu(), negative.float().cpu(), clip_fea, audio, ip_mask)
+
+
+def branches_for(encoded: Encoded, y: torch.Tensor, audio: torch.Tensor, audio_scale: float) -> dict[str, Conditioning]:
+    """The three guidance branches: cond (prompt, audio), drop_audio (prompt, zero audio) and
+    uncond (negative prompt, zero audio)."""
+    cond = Conditioning(context=[encoded.context], clip_fea=encoded.clip_fea, y=y, audio=audio,
+                        ip_mask=encoded.ip_mask, audio_scale=audio_scale)
+    drop = cond.without_audio()
+    return {"cond": cond, "drop_audio": drop,
+            "uncond": dataclasses.replace(drop, context=[encoded.negative_context])}
+
+
+def guidance_for(models: Models, settings: GenerationSettings):
+    mode = "audio_only" if models.variant == "flash" else "three_way"
+    return GuidanceConfig(mode=mode, guidance_scale=settings.guidance_scale,
+                          audio_guidance_scale=settings.audio_guidance_scale,
+                          use_dynamic_cfg=settings.use_dynamic_cfg, use_dynamic_acfg=settings.use_dynamic_acfg,
+                          neg_scale=settings.neg_scale, neg_steps=settings.neg_steps,
+                          cfg_skip_ratio=settings.cfg_skip_ratio).bind(settings.steps)
+
+
+def chunk_task_inputs(task: Task, reference: np.ndarray, chunk: Chunk, start_frames: torch.Tensor | None,
+                      num_frames: int, sample_size: tuple[int, int], source: torch.Tensor | None):
+    """The task mask inputs of one chunk: the task's kept frames that fall in the chunk, plus the
+    previous chunk's tail as start frames (upstream's long-video continuation)."""
+    lo, hi = chunk.start, chunk.start + chunk.length
+    if task.kind == "lipsync":
+        video = source[lo:hi]
+        if len(video) < chunk.length:  # the padded tail of the last chunk repeats the last frame
+            video = torch.cat([video, video[-1:].expand(chunk.length - len(video), -1, -1, -1)])
+        region = lipsync_region(task, video, sample_size)
+        return task_masks.region_inputs(video.permute(3, 0, 1, 2)[None].float(), region)
+    keyframes: dict[int, Any] = {}
+    if start_frames is not None:
+        keyframes.update({i: to_uint8_image(f) for i, f in enumerate(start_frames)})
+    for index, image in global_keyframes(task, reference, num_frames).items():
+        if lo <= index < hi and (index - lo) not in keyframes:
+            keyframes[index - lo] = image
+    if not keyframes:  # a middle chunk of a keyframe task with no anchor: keep its first frame free
+        return task_masks.generate_everything_inputs(chunk.length, sample_size)
+    return task_masks.keyframe_inputs(keyframes, chunk.length, sample_size)
+
+
+def global_keyframes(task: Task, reference: np.ndarray, num_frames: int) -> dict[int, np.ndarray]:
+    if task.kind == "first_last":
+        return {0: reference, num_frames - 1: to_uint8_image(task.end_image)}
+    if task.kind == "keyframes":
+        frames = {(i + num_frames if i < 0 else i): to_uint8_image(img) for i, img in task.keyframes.items()}
+        bad = [i for i in frames if not 0 <= i < num_frames]
+        if bad:
+            raise ValueError(f"keyframe indices {bad} are outside the {num_frames}-frame video")
+        return frames
+    if task.kind == "continue":
+        tail = task.source_video[-task.continue_frames:]
+        return {i: to_uint8_image(f) for i, f in enumerate(tail)}
+    return {0: reference}
+
+
+def lipsync_region(task: Task, video: torch.Tensor, sample_size: tuple[int, int]) -> torch.Tensor:
+    """[F, H, W] bool mouth region at sample size for a chunk of the source video."""
+    height, width = video.shape[1:3]
+    if task.mouth_mask is not None:
+        mask = torch.as_tensor(task.mouth_mask).float()
+        mask = mask[None] if mask.ndim == 2 else mask
+        if mask.shape[-2:] != (height, width):
+            raise ValueError(f"mouth_mask is {tuple(mask.shape[-2:])}, the video frames are {height}x{width}; "
+                             "draw the mask on a frame of the same video.")
+        return mask[:1].expand(len(video), -1, -1) > 0.5 if mask.shape[0] == 1 else mask[:len(video)] > 0.5
+    box = task.mouth_box
+    if box is None:
+        from .face_region import detect_face_box
+        face = detect_face_box(to_uint8_image(video[0]))
+        if face is None:
+            raise ValueError("no face found in the source video to place the mouth region; give mouth_box "
+                             "(y1, y2, x1, x2) or a mouth mask.")
+        y1, y2, x1, x2 = face
+        box = (y1 + (y2 - y1) / 2, y2, x1, x2)  # the lower half of the face holds mouth and jaw
+    return task_masks.box_region(box, len(video), (height, width))
+
+
+def resize_video(frames: torch.Tensor, sample_size: tuple[int, int]) -> torch.Tensor:
+    """[F, H, W, 3] 0..1 -> sample size, LANCZOS like every other task input."""
+    if tuple(frames.shape[1:3]) == tuple(sample_size):
+        return frames.float()
+    return torch.stack([torch.from_numpy(np.asarray(task_masks.resize_to_sample(to_uint8_image(f), sample_size)))
+                        for f in frames]).float() / 255
+
+
+# ---------------------------------------------------------------------------------------------
+# the main entry point
+
+def generate(models: Models, image: torch.Tensor | np.ndarray | None, audio: torch.Tensor, sample_rate: int,
+             prompt: str, settings: GenerationSettings | None = None, task: Task | None = None,
+             face_mask=None, hooks: StepHooks | None = None, device=None,
+             offload_device="cpu") -> Result:
+    """Generate a talking video.
+
+    image: the reference [H, W, 3] float 0..1 or uint8 (None for lipsync/continue, which use the
+    source video's frames). audio: waveform [T], [C, T] or [B, C, T] at ``sample_rate``.
+    Returns exactly ``floor(duration * fps)`` frames (capped by ``settings.max_frames``; for lip-sync
+    by the source video's length) and the input audio trimmed to them.
+    """
+    settings = settings or GenerationSettings.for_variant(models.variant)
+    settings.validate()
+    task = task or Task()
+    task.validate()
+    wav16k = prepare_audio(audio, sample_rate)
+    num_frames = output_frame_count(wav16k.numel(), settings)
+
+    source = None
+    if task.kind in ("lipsync", "continue"):
+        source_frames = task.source_video
+        if image is None:
+            image = source_frames[0] if task.kind == "lipsync" else source_frames[-1]
+        if task.kind == "lipsync" and num_frames > len(source_frames):
+            log.warning("the audio covers %d frames but the source video has %d; the output stops with the "
+                        "video.", num_frames, len(source_frames))
+            num_frames = len(source_frames)
+    if image is None:
+        raise ValueError("a reference image is needed for this task")
+    reference = to_uint8_image(image)
+    sample_size = sample_size_for(reference.shape[:2], settings)
+    if task.kind == "lipsync":
+        source = resize_video(task.source_video, sample_size)
+    if task.kind == "continue":
+        task = dataclasses.replace(task, source_video=resize_video(task.source_video, sample_size))
+
+    lead = task.continue_frames if task.kind == "continue" else 0
+    total = num_frames + lead
+    if settings.long_video_mode == "chunks":
+        from .long_video import plan_chunks
+        chunks = plan_chunks(total, settings.partial_video_length, settings.overlap_video_length)
+        feature_frames = chunks[-1].start + chunks[-1].length
+    else:
+        chunks, feature_frames = None, round_up_4k1(total)
+    encoded = encode_inputs(models, reference, wav16k, prompt, settings, sample_size, feature_frames,
+                            face_mask, device, offload_device, leading_silent_frames=lead)
+
+    denoiser = Denoiser(models, encoded, settings, device, offload_device, hooks)
+    if chunks is not None:
+        total_steps = len(chunks) * settings.steps
+
+        def render(chunk: Chunk, start_frames, index):
+            inputs = chunk_task_inputs(task, reference, chunk, start_frames, total, sample_size, source)
+            return denoiser.chunk(inputs, chunk.start, index, total_steps)
+        frames = generate_chunked(total, settings.partial_video_length, settings.overlap_video_length, render)
+    else:
+        inputs = chunk_task_inputs(task, reference, Chunk(0, feature_frames, 0), None, total, sample_size, source)
+        frames = denoiser.sliding(inputs)[:total]
+    frames = frames[lead:lead + num_frames]
+    if settings.color_match:
+        frames = torch.from_numpy(match_to_first_frame(frames.numpy())).float() / 255
+    trimmed = trim_audio(audio, sample_rate, num_frames, settings.fps)
+    info = {"frames": num_frames, "size": sample_size, "variant": models.variant, "task": task.kind,
+            "chunks": len(chunks) if chunks else 1}
+    return Result(frames, trimmed, sample_rate, settings.fps, info)
+
+
+def trim_audio(audio: torch.Tensor, sample_rate: int, num_frames: int, fps: float) -> torch.Tensor:
+    """The input audio as [C, T], cut to the video's duration."""
+    wav = torch.as_tensor(audio).float()
+    wav = wav[0] if wav.ndim == 3 else wav
+    wav = wav[None] if wav.ndim == 1 else wav
+    return wav[:, :align.samples_for_frames(num_frames, fps, sample_rate)]
+
+
+class Denoiser:
+    """Runs the transformer over one chunk (or the sliding windows) with guidance and caching."""
+
+    def __init__(self, models: Models, encoded: Encoded, settings: GenerationSettings, device,
+                 offload_device, hooks: StepHooks | None):
+        self.models, self.encoded, self.settings = models, encoded, settings
+        self.device = torch.device(device) if device is not None else next(models.transformer.parameters()).device
+        self.offload_device, self.hooks = offload_device, hooks
+        self.generator = torch.Generator("cpu").manual_seed(settings.seed)
+        self.cache = (TeaCache(settings.teacache_threshold, settings.teacache_skip_start_steps,
+                               offload=settings.teacache_offload) if settings.teacache_threshold > 0 else None)
+        self.setup = "flash" if models.variant == "flash" else "preview"
+
+    def _y(self, inputs) -> torch.Tensor:
+        with on_device(self.models.vae, self.device, self.offload_device) as vae:
+            return task_masks.conditioning_y(inputs, encode=lambda px: vae.encode(px.to(self.device)).cpu())
+
+    def _noise(self, frames: int, y: torch.Tensor) -> torch.Tensor:
+        shape = (1, 16, latent_frames(frames), *y.shape[3:])
+        return torch.randn(shape, generator=self.generator, dtype=torch.float32).to(self.device)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        with on_device(self.models.vae, self.device, self.offload_device) as vae:
+            video = vae.decode(latents)
+        return (video[0].float().cpu().permute(1, 2, 3, 0) * 0.5 + 0.5).clamp(0, 1)
+
+    def _scheduler(self):
+        s = self.settings
+        return make_scheduler(s.sampler, s.steps, s.shift, setup=self.setup)
+
+    def _riflex(self, latent_count: int) -> None:
+        if self.settings.riflex_k is not None:
+            self.models.transformer.enable_riflex(self.settings.riflex_k, L_test=latent_count)
+
+    def chunk(self, inputs, start_frame: int, index: int, total_steps: int) -> torch.Tensor:
+        """Frames [length, H, W, 3] 0..1 of one chunk."""
+        frames = inputs.num_frames
+        y = self._y(inputs)
+        audio = align.feature_slice(self.encoded.audio, start_frame, frames, self.models.audio_kind)
+        branches = {k: v.to(self.device) for k, v in branches_for(self.encoded, y, audio, self.settings.audio_scale).items()}
+        self._riflex(y.shape[2])
+        velocity = guided_velocity(self.models.transformer, branches, guidance_for(self.models, self.settings),
+                                   batched=self.settings.batch_guidance, cache=self.cache, hooks=self.hooks)
+        latents = denoise(velocity, self._noise(frames, y), self._scheduler(), hooks=self.hooks, cache=self.cache,
+                          step_offset=index * self.settings.steps, total_steps=total_steps)
+        return self._decode(latents)
+
+    def sliding(self, inputs) -> torch.Tensor:
+        """Upstream's long-video CFG mode: the whole sequence at once, windows blended every step.
+        Each window sees the task's first latent frames as its conditioning (as upstream slices
+        ``y[:, :, :window]``) and the audio of its own frames."""
+        s = self.settings
+        y = self._y(inputs)
+        total_latents = y.shape[2]
+        window = latent_frames(round_up_4k1(s.partial_video_length))
+        overlap = max(1, s.overlap_video_length // 4)  # upstream counts this overlap in latent frames
+        overlap = min(overlap, window - 1)
+        guidance = guidance_for(self.models, s)
+        self._riflex(min(window, total_latents))
+
+        def window_velocity(w, lat, t, step):
+            audio = align.feature_slice(self.encoded.audio, 4 * w.start, 4 * (w.length - 1) + 1, self.models.audio_kind)
+            branches = {k: v.to(self.device) for k, v in
+                        branches_for(self.encoded, y[:, :, :w.length], audio, s.audio_scale).items()}
+            velocity = guided_velocity(self.models.transformer, branches, guidance, batched=s.batch_guidance,
+                                       cache=None, hooks=self.hooks)
+            return velocity(lat, t, step)
+
+        velocity = sliding_velocity(window_velocity, total_latents, window, overlap)
+        latents = denoise(velocity, self._noise(inputs.num_frames, y), self._scheduler(), hooks=self.hooks)
+        return self._decode(latents)

@@ -1,0 +1,119 @@
+"""The denoising loop.
+
+One loop for every variant and mode: a *velocity function* (model + guidance, or several windows
+of it blended, see ``long_video``) is integrated by a flow-matching scheduler. Progress and
+cancellation reach the loop through :class:`StepHooks`, so ComfyUI's progress bar / interrupt and
+the CLI's terminal bar plug in without the core knowing about either.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from ..model.conditioning import Conditioning
+
+
+class Cancelled(RuntimeError):
+    """Raised between steps when the caller asked to stop."""
+
+
+@dataclass
+class StepHooks:
+    """Callbacks the loop calls between steps.
+
+    ``on_step(step, total, latents, denoised)`` gets the latents after the step and the flow
+    model's current estimate of the clean latents (for previews). ``should_stop()`` is polled
+    before every step (and before every model call of a long video); returning True raises
+    :class:`Cancelled`. Hosts whose interrupt raises its own exception can simply raise there.
+    """
+    on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+    def check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("generation cancelled")
+
+
+class VelocityFn(Protocol):
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor: ...
+
+
+def run_branches(model, latents: torch.Tensor, t: torch.Tensor, conds: list[Conditioning],
+                 batched: bool, cache=None, names: list[str] | None = None) -> list[torch.Tensor]:
+    """Model predictions for each conditioning, in one batched forward or one forward each.
+
+    latents: [1, 16, F, h, w]; returns one [1, 16, F, h, w] prediction per conditioning.
+    Batched is faster; sequential needs 1/len(conds) of the activation memory. The TeaCache
+    branch key is the joined branch names when batched, so residuals never mix across passes.
+    """
+    names = names or [str(i) for i in range(len(conds))]
+    dtype = next(model.parameters()).dtype if hasattr(model, "parameters") else latents.dtype
+    if batched and len(conds) > 1:
+        x = latents.expand(len(conds), *latents.shape[1:]).to(dtype)
+        out = model(x, t.expand(len(conds)), Conditioning.cat(conds), cache=cache,
+                    cache_branch="+".join(names))
+        return list(out.float().split(1))
+    return [model(latents.to(dtype), t.expand(1), c, cache=cache, cache_branch=n).float()
+            for c, n in zip(conds, names)]
+
+
+def guided_velocity(model, branches: dict[str, Conditioning], guidance, *, batched: bool = True,
+                    cache=None, hooks: StepHooks | None = None) -> VelocityFn:
+    """A velocity function applying ``guidance`` over the named conditioning ``branches``.
+
+    ``branches`` holds "cond", "drop_audio" and "uncond" as the variant needs them (see
+    ``sampling.guidance``). The negative prompt's ``neg_scale`` is applied to the *original*
+    negative embeddings at each step it is active, so it never compounds (upstream multiplied
+    the already-scaled embeddings again every step).
+    """
+    def velocity(latents: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+        if hooks is not None:
+            hooks.check_stop()
+        names = guidance.branches_for_step(step)
+        conds = []
+        for name in names:
+            cond = branches[name]
+            scale = guidance.negative_scale(step) if name == "uncond" else 1.0
+            if scale != 1.0:
+                cond = dataclasses.replace(cond, context=_scale_context(cond.context, scale))
+            conds.append(cond)
+        preds = run_branches(model, latents, t, conds, batched, cache, names)
+        return guidance.combine(step, dict(zip(names, preds)))
+    return velocity
+
+
+def _scale_context(context, scale: float):
+    if isinstance(context, torch.Tensor):
+        return context * scale
+    return [c * scale for c in context]
+
+
+def denoise(velocity: VelocityFn, latents: torch.Tensor, scheduler, *,
+            hooks: StepHooks | None = None, cache=None, step_offset: int = 0,
+            total_steps: int | None = None) -> torch.Tensor:
+    """Integrate ``velocity`` from pure noise ``latents`` [B, 16, F, h, w] with ``scheduler``.
+
+    ``step_offset``/``total_steps`` let a long video report one continuous progress count over
+    all its chunks. Latents stay float32 between steps whatever the model's compute dtype.
+    """
+    timesteps = scheduler.timesteps
+    total = total_steps or len(timesteps)
+    latents = latents.float()
+    if cache is not None:
+        cache.reset()
+    for i, t in enumerate(timesteps):
+        if hooks is not None:
+            hooks.check_stop()
+        if cache is not None:
+            cache.start_step(i, len(timesteps))
+        t = torch.as_tensor(t, dtype=torch.float32, device=latents.device).reshape(1)
+        v = velocity(latents, t, i).float()
+        sigma = t / 1000.0
+        denoised = latents - sigma.view(1, 1, 1, 1, 1) * v
+        latents = scheduler.step(v, t, latents).float()
+        if hooks is not None and hooks.on_step is not None:
+            hooks.on_step(step_offset + i + 1, total, latents, denoised)
+    return latents
