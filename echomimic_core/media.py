@@ -156,8 +156,20 @@ def load_audio_16k(path: str | Path) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # video
 
+def _upright(frame) -> np.ndarray:
+    """The frame as displayed: phone videos store a display rotation (counter-clockwise degrees,
+    as av reports it) instead of rotated pixels; players, and FFmpeg's CLI, apply it."""
+    image = frame.to_ndarray(format="rgb24")
+    try:
+        quarter_turns = round((frame.rotation or 0) / 90) % 4
+    except AttributeError:  # av < 14 does not expose the display matrix
+        return image
+    return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
+
+
 def load_video(path: str | Path, max_frames: int | None = None, with_audio: bool = True) -> VideoData:
-    """Decode a video (mp4, mov, webm, ...) -> :class:`VideoData` (frames ``[F, H, W, 3]`` 0..1)."""
+    """Decode a video (mp4, mov, webm, ...) -> :class:`VideoData` (frames ``[F, H, W, 3]`` 0..1,
+    turned upright by the container's display rotation, as players show them)."""
     import av
 
     path = _check_file(path)
@@ -171,7 +183,7 @@ def load_video(path: str | Path, max_frames: int | None = None, with_audio: bool
         frames = []
         try:
             for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(_upright(frame))
                 if max_frames is not None and len(frames) >= max_frames:
                     break
         except av.FFmpegError as e:

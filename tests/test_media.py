@@ -244,3 +244,22 @@ def test_write_falls_back_to_mpeg4(tmp_path, monkeypatch):
         assert c.streams.video[0].codec_context.name == "mpeg4"
         assert c.streams.audio[0].codec_context.name == "aac"
     assert abs(float(media.load_video(path).frames.mean()) - 0.5) < 0.03
+
+
+@pytest.mark.skipif(not hasattr(av.video.stream.VideoStream, "set_display_rotation"),
+                    reason="this av cannot write a display rotation")
+def test_load_video_applies_display_rotation(tmp_path):
+    image = np.zeros((32, 48, 3), dtype=np.uint8)
+    image[:8, :8] = 255  # marker in the stored top-left corner
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        stream.set_display_rotation(90)  # shown turned a quarter counter-clockwise
+        for p in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            out.mux(p)
+        for p in stream.encode():
+            out.mux(p)
+    frames = media.load_video(path).frames
+    assert frames.shape == (1, 48, 32, 3)  # portrait, as a player shows it
+    assert frames[0, -6:, :6].mean() > 0.8 and frames[0, :6, :6].mean() < 0.1  # now bottom-left
