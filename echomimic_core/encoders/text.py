@@ -140,12 +140,13 @@ def wan_t5_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 
 def _register_attention() -> str:
-    """Register the Wan kernel with transformers; fall back to eager where the API is missing."""
+    """Register the Wan kernel with transformers 5; 4.x's UMT5 computes attention itself, already
+    with a float32 softmax (checked bit-exact against Wan's formulas with 4.51)."""
     try:
         from transformers import AttentionInterface
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
     except ImportError:
-        log.warning("transformers without AttentionInterface: umT5 softmax runs in the model dtype.")
+        log.debug("transformers without attention/mask interfaces: UMT5's own attention is used.")
         return "eager"
     AttentionInterface.register(ATTENTION_NAME, wan_t5_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
