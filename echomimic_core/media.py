@@ -125,13 +125,33 @@ def _resample_av(waveform: torch.Tensor, src: int, dst: int) -> torch.Tensor:
     return torch.from_numpy(out.astype(np.float32))
 
 
+def _resample_soxr(waveform: torch.Tensor, src: int, dst: int) -> torch.Tensor:
+    import soxr
+
+    data = waveform.detach().cpu().to(torch.float32).numpy()
+    out = soxr.resample(data, src, dst, quality="HQ")
+    # librosa.resample(fix=True) then pads / trims to ceil(T * dst / src) samples
+    length = -(-data.shape[0] * dst // src)
+    out = np.pad(out, (0, max(0, length - out.shape[0])))[:length]
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
 def resample(waveform: torch.Tensor, sample_rate: int, target_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Mono ``[T]`` -> ``target_rate`` with a band-limited resampler: torchaudio's sinc resampler when
-    torchaudio is installed (ComfyUI users may not have it), else FFmpeg's swresample through av."""
+    """Mono ``[T]`` -> ``target_rate`` with a band-limited resampler, the first available of:
+
+    * soxr "HQ" - what upstream's ``librosa.load(path, sr=16000)`` runs (``res_type="soxr_hq"``),
+      so features match upstream for any input rate;
+    * torchaudio's sinc resampler;
+    * FFmpeg's swresample through av (always there).
+    """
     if sample_rate == target_rate:
         return waveform
     if sample_rate <= 0:
         raise MediaError(f"sample rate must be positive, got {sample_rate}.")
+    try:
+        return _resample_soxr(waveform, sample_rate, target_rate).to(waveform.dtype)
+    except ImportError:
+        pass
     try:
         import torchaudio.functional as AF
     except ImportError:

@@ -57,27 +57,43 @@ def test_load_audio_each_container(tmp_path, ext, fmt, codec, sr):
     assert mono16.dim() == 1 and abs(mono16.shape[0] - 8000) < 800
 
 
-def test_resample_band_limited_and_av_fallback(monkeypatch):
-    sr = 44100
-    wav = torch.from_numpy(_sine(sr, 1.0, freq=1000.0)[0])
-    out = media.prepare_audio(wav, sr)
-    assert out.shape == (16000,)
-    spectrum = torch.fft.rfft(out[1000:-1000]).abs()
-    peak_hz = int(spectrum.argmax()) * 16000 / (16000 - 2000)
-    assert abs(peak_hz - 1000) < 5
+def _hide_modules(monkeypatch, *names):
     import builtins
     real_import = builtins.__import__
 
-    def no_torchaudio(name, *args, **kwargs):
-        if name.startswith("torchaudio"):
-            raise ImportError("torchaudio hidden by test")
+    def guarded(name, *args, **kwargs):
+        if name.split(".")[0] in names:
+            raise ImportError(f"{name} hidden by test")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_torchaudio)
-    out_av = media.resample(wav, sr, 16000)
-    assert abs(out_av.shape[0] - 16000) <= 32
-    n = min(out.shape[0], out_av.shape[0]) - 2000
-    assert torch.allclose(out[1000:n], out_av[1000:n], atol=0.02)
+    monkeypatch.setattr(builtins, "__import__", guarded)
+
+
+def _tone_peak_hz(wav, sr):
+    spectrum = torch.fft.rfft(wav[1000:-1000]).abs()
+    return int(spectrum.argmax()) * sr / (wav.shape[0] - 2000)
+
+
+@pytest.mark.parametrize("hidden", [(), ("soxr",), ("soxr", "torchaudio")],
+                         ids=["first-available", "torchaudio", "av"])
+def test_resample_backends_agree(monkeypatch, hidden):
+    sr = 44100
+    wav = torch.from_numpy(_sine(sr, 1.0, freq=1000.0)[0])
+    reference = media.prepare_audio(wav, sr)
+    _hide_modules(monkeypatch, *hidden)
+    out = media.prepare_audio(wav, sr)
+    assert abs(out.shape[0] - 16000) <= 32
+    assert abs(_tone_peak_hz(out, 16000) - 1000) < 5
+    n = min(out.shape[0], reference.shape[0]) - 1000
+    assert torch.allclose(out[1000:n], reference[1000:n], atol=0.02)
+
+
+def test_soxr_resampling_matches_librosa_length_rule():
+    pytest.importorskip("soxr")
+    wav = torch.from_numpy(_sine(44100, 1000 / 44100)[0])
+    out = media.resample(wav, 44100, 16000)
+    assert out.shape == (363,)  # librosa: ceil(1000 * 16000 / 44100)
+    assert out.dtype == torch.float32
 
 
 def test_to_mono_layouts():
