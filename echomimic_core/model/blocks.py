@@ -13,8 +13,9 @@ from .audio_projector import AudioTokens
 from .ops import Operations
 from .rope import apply_rope
 
-# inference-only FFN chunk (tokens): bounds the [L, ffn_dim] hidden without changing the maths
-FFN_CHUNK_TOKENS = 8192
+# inference splits the FFN over tokens so its [L, ffn_dim] hidden is never larger than [L, dim];
+# below this many tokens a split buys nothing
+FFN_SPLIT_MIN_TOKENS = 512
 
 
 @dataclass
@@ -130,12 +131,14 @@ class WanAttentionBlock(nn.Module):
         x = x + self.self_attn(self.norm1(x) * (1 + scale_sa) + shift_sa, ctx) * gate_sa
         x = x + self.cross_attn(self.norm3(x), ctx)
         h = self.norm2(x) * (1 + scale_ff) + shift_ff
-        if torch.is_grad_enabled() or x.shape[1] <= FFN_CHUNK_TOKENS:
+        length = x.shape[1]
+        if torch.is_grad_enabled() or length < FFN_SPLIT_MIN_TOKENS:
             return x + self.ffn(h) * gate_ff
         # inference: x is this block's own tensor (made by the additions above), so updating it
-        # in place is safe and never holds the full [B, L, ffn_dim] hidden
-        for chunk in range(0, x.shape[1], FFN_CHUNK_TOKENS):
-            part = slice(chunk, chunk + FFN_CHUNK_TOKENS)
+        # in place is safe; FFN rows are independent, so the split does not change the maths
+        step = -(-length // -(-self.ffn[0].out_features // x.shape[2]))
+        for start in range(0, length, step):
+            part = slice(start, start + step)
             x[:, part] += self.ffn(h[:, part]) * gate_ff
         return x
 

@@ -13,8 +13,11 @@ import torch
 
 
 def axis_frequencies(dim: int, theta: float = 10000.0) -> torch.Tensor:
-    """[dim/2] float64 inverse frequencies of one axis (``dim`` = real channels of that axis)."""
-    return 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    """[dim/2] float64 inverse frequencies of one axis (``dim`` = real channels of that axis).
+
+    Always on the CPU: models are often built under ``torch.device("meta")`` for loading, and
+    these tables are not parameters that a state dict would fill in."""
+    return 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -60,7 +63,7 @@ class RotaryEmbedding3D:
         key = (tuple(grid), str(device))
         if key not in self._cache:
             f, h, w = grid
-            angles = [torch.outer(torch.arange(n, dtype=torch.float64), fr)
+            angles = [torch.outer(torch.arange(n, dtype=torch.float64, device="cpu"), fr)
                       for n, fr in zip((f, h, w), self.freqs)]
             full = torch.cat([
                 angles[0].view(f, 1, 1, -1).expand(f, h, w, -1),

@@ -208,7 +208,7 @@ class EchoMimicTransformer(nn.Module):
 
         h = self.patch_embedding(torch.cat([x, cond.y.to(device)], dim=1).to(dtype))  # [B, C, F, H', W']
         grid = tuple(h.shape[2:])
-        h = h.flatten(2).transpose(1, 2)  # [B, L, C]
+        h = h.flatten(2).transpose(1, 2).contiguous()  # [B, L, C], token-major for the matmuls
         e, e0 = self.time_embed(t, dtype)
         ctx = self.block_context(cond, grid, dtype, device)
         h = self.run_blocks(h, e0, ctx, cache, cache_branch)

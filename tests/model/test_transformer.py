@@ -183,3 +183,16 @@ def test_audio_length_must_match_latent_frames(tiny_config_fn, random_model_fn, 
 def test_unknown_attention_backend_is_refused(tiny_config_fn):
     with pytest.raises(ValueError, match="unknown attention backend"):
         EchoMimicTransformer(tiny_config_fn("preview"), attention_backend="fast")
+
+
+def test_model_built_on_meta_device_runs_after_materialising(tiny_config_fn, random_inputs_fn):
+    """The checkpoint loader builds on the meta device; RoPE tables must not end up there."""
+    config = tiny_config_fn("preview")
+    with torch.device("meta"):
+        model = EchoMimicTransformer(config)
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+        x, t, cond = random_inputs_fn(config)
+        assert torch.isfinite(model(x, t, cond)).all()
