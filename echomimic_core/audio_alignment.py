@@ -70,6 +70,31 @@ def frames_for_samples(num_samples: int, fps: float | Fraction, sample_rate: int
     return round_to_vae_frames(frames, stride) if stride else frames
 
 
+def upstream_frames_for_samples(num_samples: int, fps: float, sample_rate: int = SAMPLE_RATE,
+                                max_frames: int | None = None,
+                                stride: int = VAE_TEMPORAL_STRIDE) -> int:
+    """The frame count upstream's scripts arrive at, for parity runs.
+
+    Upstream takes ``AudioFileClip(path).duration`` (moviepy parses FFmpeg's "Duration:" line,
+    which is rounded to the nearest 1/100 s), computes ``int(duration * fps)`` in floating point,
+    caps it (flash: ``video_length``) and rounds down to ``4n + 1``. That is one frame more than
+    :func:`frames_for_samples` when the clip ends up to 5 ms before a frame boundary; use this
+    only to reproduce an upstream run's length (assumes FFmpeg's duration = the sample count,
+    true for PCM files).
+    """
+    micros = (num_samples * 1_000_000 + sample_rate // 2) // sample_rate
+    centis = (micros + 5000) // 10000  # FFmpeg prints durations to 1/100 s, rounding to nearest
+    secs, cc = divmod(centis, 100)
+    hours, secs = divmod(secs, 3600)
+    mins, secs = divmod(secs, 60)
+    # "HH:MM:SS.cc" summed seconds-first in floats, as moviepy's convert_to_seconds does
+    duration = 0.0 + float(f"{secs}.{cc:02d}") + 60 * float(mins) + 3600 * float(hours)
+    frames = int(duration * fps)
+    if max_frames is not None:
+        frames = min(frames, max_frames)
+    return round_to_vae_frames(frames, stride)
+
+
 def frame_to_sample(frame: int, fps: float | Fraction, sample_rate: int = SAMPLE_RATE) -> int:
     """First audio sample of video frame ``frame``: the first sample at or after its start time,
     ``ceil(frame * sample_rate / fps)`` (so ``sample_to_frame(frame_to_sample(k)) == k``)."""

@@ -129,3 +129,16 @@ def test_silence_detection_per_frame():
     assert abs(float(db[0]) - (-9.03)) < 0.1  # RMS of a 0.5 sine = 0.354 -> -9.03 dBFS
     assert al.is_silent(torch.zeros(100)) and al.is_silent(torch.zeros(0))
     assert not al.is_silent(wav)
+
+
+def test_upstream_frame_count_rounds_duration_to_centiseconds():
+    # 3.236 s: FFmpeg reports 3.24 s, so upstream makes int(3.24 * 25) = 81 frames; exact floor is 80
+    samples = 51776
+    assert al.frames_for_samples(samples, 25, stride=None) == 80
+    assert al.upstream_frames_for_samples(samples, 25) == 81
+    assert al.frames_for_samples(samples, 25) == 77
+    # away from a boundary both agree, with or without the flash cap
+    for seconds in (2.0, 4.37, 7.91):
+        n = int(seconds * al.SAMPLE_RATE)
+        assert al.upstream_frames_for_samples(n, 25) == al.frames_for_samples(n, 25)
+        assert al.upstream_frames_for_samples(n, 25, max_frames=81) == al.frames_for_samples(n, 25, max_frames=81)
