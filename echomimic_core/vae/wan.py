@@ -35,6 +35,8 @@ WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0
                      3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
 TEMPORAL_COMPRESSION = 4
 SPATIAL_COMPRESSION = 8
+# Constructor arguments newer diffusers added (Wan2.2); at these values older releases build the same model.
+_WAN21_DEFAULTS = {"in_channels": 3, "out_channels": 3, "is_residual": False}
 # Prefixes seen on VAE weights saved inside bigger bundles.
 _PREFIXES = ("vae.", "first_stage_model.", "model.")
 
@@ -130,6 +132,10 @@ class WanVAE:
     def latent_channels(self) -> int:
         return self.model.config.z_dim
 
+    @property
+    def in_channels(self) -> int:
+        return getattr(self.model.config, "in_channels", 3)  # diffusers < 0.35 has only RGB
+
     def to(self, device=None, dtype=None) -> "WanVAE":
         # nn.Module.to, not diffusers' override: that one warns on every dtype cast about modules
         # to keep in float32, of which the Wan VAE has none.
@@ -142,8 +148,8 @@ class WanVAE:
         if len(video_shape) != 5:
             raise ValueError(f"expected a video [B, 3, T, H, W], got shape {tuple(video_shape)}.")
         b, c, t, h, w = video_shape
-        if c != self.model.config.in_channels:
-            raise ValueError(f"expected {self.model.config.in_channels} colour channels on dim 1, got {c} "
+        if c != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} colour channels on dim 1, got {c} "
                              f"(shape {tuple(video_shape)}); the layout is [B, C, T, H, W].")
         if t < 1 or (t - 1) % TEMPORAL_COMPRESSION:
             raise ValueError(f"the VAE encodes 4k+1 frames (1, 5, 9, ..., 81), got {t}; trim or pad the clip.")
@@ -162,7 +168,7 @@ class WanVAE:
         if c != self.latent_channels:
             raise ValueError(f"expected {self.latent_channels} latent channels on dim 1, got shape "
                              f"{tuple(latent_shape)}.")
-        return (b, self.model.config.out_channels, 1 + (f - 1) * TEMPORAL_COMPRESSION,
+        return (b, getattr(self.model.config, "out_channels", 3), 1 + (f - 1) * TEMPORAL_COMPRESSION,
                 h * SPATIAL_COMPRESSION, w * SPATIAL_COMPRESSION)
 
     # -- encode / decode ----------------------------------------------------------------------
@@ -193,7 +199,8 @@ class WanVAE:
         raw = denormalize_latents(latents, self.latents_mean, self.latents_std)
         with _tiling_scope(self.model, tiling), _progress_scope(self.model.decoder, steps, progress):
             video = self.model.decode(raw.to(self.device, self.dtype)).sample
-        return video.float()
+        # diffusers 0.34/0.35 return tiled decodes unclamped; upstream always clamps.
+        return video.float().clamp_(-1.0, 1.0)
 
     # -- checkpoints --------------------------------------------------------------------------
     def original_state_dict(self) -> dict[str, torch.Tensor]:
@@ -258,6 +265,7 @@ def _build(config: dict, state: dict[str, torch.Tensor], dtype, device, source: 
     """An ``AutoencoderKLWan`` holding ``state`` (diffusers names), without a random init first."""
     from diffusers import AutoencoderKLWan
 
+    config = _supported_config(AutoencoderKLWan, config, source)
     with torch.device("meta"):
         model = AutoencoderKLWan(**config)
     expected = set(model.state_dict())
@@ -278,6 +286,22 @@ def _build(config: dict, state: dict[str, torch.Tensor], dtype, device, source: 
     if leftover:
         raise CheckpointError(f"{source}: tensors left uninitialised after loading: {leftover[:5]}.")
     return model
+
+
+def _supported_config(cls, config: dict, source: str) -> dict:
+    """``config`` for the installed diffusers: arguments it predates are dropped at their defaults."""
+    if not hasattr(cls, "tiled_decode"):
+        import diffusers
+        raise ImportError(f"diffusers {diffusers.__version__} has no tiled Wan VAE; this node pack needs "
+                          "diffusers >= 0.34: pip install -U diffusers")
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    dropped = {k: v for k, v in config.items() if k not in accepted}
+    unsupported = {k: v for k, v in dropped.items() if _WAN21_DEFAULTS.get(k) != v}
+    if unsupported:
+        import diffusers
+        raise CheckpointError(f"{source}: needs AutoencoderKLWan arguments {unsupported} that diffusers "
+                              f"{diffusers.__version__} lacks; pip install -U diffusers.")
+    return {k: v for k, v in config.items() if k in accepted}
 
 
 def _original_name(key: str, num_res_blocks: int) -> str:
