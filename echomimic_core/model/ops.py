@@ -20,8 +20,14 @@ def cast_to(weight: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | N
 
 
 class Linear(nn.Linear):
+    """nn.Linear with on-the-fly weight casting. A loader may register a ``scale_weight`` buffer
+    (scaled-fp8 files): the weight used is then ``weight.to(dtype) * scale_weight``."""
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, cast_to(self.weight, x), cast_to(self.bias, x))
+        weight = cast_to(self.weight, x)
+        scale = getattr(self, "scale_weight", None)
+        if scale is not None:
+            weight = weight * cast_to(scale, x)
+        return F.linear(x, weight, cast_to(self.bias, x))
 
 
 class Conv3d(nn.Conv3d):

@@ -31,3 +31,14 @@ def test_norms_compute_in_float32_and_return_input_dtype():
     xf = x.float()
     normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(torch.bfloat16)
     assert torch.equal(rms(x), normed * rms.weight.to(torch.bfloat16))
+
+
+def test_linear_applies_registered_scale_weight():
+    layer = Linear(6, 4)
+    full = layer.weight.data.clone()
+    scale = full.abs().max() / 448  # e4m3 max
+    layer.weight.data = (full / scale).to(torch.float8_e4m3fn)
+    layer.register_buffer("scale_weight", scale.reshape(1))
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight.float() * scale, layer.bias))
+    assert (layer(x) - F.linear(x, full, layer.bias)).abs().max() < 0.1 * full.abs().max()
