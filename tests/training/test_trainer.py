@@ -177,3 +177,15 @@ def test_base_wan_checkpoint_gets_upstream_audio_init(tmp_path, tiny_config):
     assert not sd["blocks.0.cross_attn.k_audio.weight"].any() and not sd["blocks.0.cross_attn.v_audio.weight"].any()
     assert sd["audio2token.proj.weight"].abs().sum() > 0  # a live projector: gradients reach v_audio
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_bf16_autocast_keeps_fp32_master_weights(tmp_path, sft_cache, dpo_cache):
+    trainer = make_trainer(tmp_path, sft_cache, dpo_cache, mixed_precision="bf16",
+                           model={"preset": "tiny_preview", "gradient_checkpointing": True},
+                           dpo={"every_n_steps": 2})
+    before = {k: v.clone() for k, v in trainer.acc.unwrap_model(trainer.model).state_dict().items()}
+    history = trainer.train(2)
+    assert all(torch.isfinite(torch.tensor(_losses(history))))
+    after = trainer.acc.unwrap_model(trainer.model).state_dict()
+    assert all(v.dtype == torch.float32 for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
