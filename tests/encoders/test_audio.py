@@ -209,7 +209,7 @@ def test_load_comfy_single_file_fp16_infers_config(tmp_path, wav2vec2):
     enc = AudioEncoder.load(path, loudness_norm=False)
     assert enc.kind == "flash" and enc.num_layers == 3 and enc.dim == 128
     cfg = enc.model.config
-    assert cfg.conv_dim == (16,) * 7 and cfg.feat_extract_norm == "group" and not cfg.do_stable_layer_norm
+    assert tuple(cfg.conv_dim) == (16,) * 7 and cfg.feat_extract_norm == "group" and not cfg.do_stable_layer_norm
     assert cfg.num_conv_pos_embeddings == 16 and cfg.num_conv_pos_embedding_groups == 4
     ref = AudioEncoder(rounded_fp16(wav2vec2), "flash", loudness_norm=False)
     assert torch.allclose(_features(enc), _features(ref), atol=1e-5, rtol=1e-5)
