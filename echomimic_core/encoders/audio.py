@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -433,6 +434,20 @@ class AudioEncoder:
         return torch.from_numpy(np.asarray(pyln.normalize.loudness(data, loudness, LOUDNESS_TARGET_LUFS),
                                            dtype=np.float32))
 
+    def _samples_for_tokens(self, num_frames: int, fps: float) -> int:
+        """Fewest samples whose 50 Hz features reach the last token of ``num_frames`` frames.
+
+        Shorter clips are padded with silence to this length, and only then: a clip that
+        already reaches it is encoded untouched (as upstream does), so padding never shifts
+        the waveform normalisation of a clip upstream could encode as is.
+        """
+        last = Fraction(align.TOKENS_PER_FRAME * num_frames - 1) * align.FEATURE_RATE / (
+            align.TOKENS_PER_FRAME * align.as_fraction(fps))
+        states = -(-last.numerator // last.denominator) + 1  # ceil(last) + 1 features
+        if self.kind == "whisper":  # a chunk of n samples keeps ceil(n / 320) states
+            return states * WAV2VEC2_HOP
+        return WAV2VEC2_RECEPTIVE_FIELD + WAV2VEC2_HOP * (states - 1)  # CNN: floor((n-400)/320)+1
+
     def features_for_video(self, waveform: torch.Tensor, num_frames: int, fps: float,
                            sample_rate: int = align.SAMPLE_RATE) -> torch.Tensor:
         """Audio -> the exact input the transformer consumes for ``num_frames`` frames at ``fps``.
@@ -450,8 +465,7 @@ class AudioEncoder:
                 wav = self.loudness_normalize(wav)
             wav = align.fit_audio(wav, align.samples_for_frames(num_frames, fps))
             return align.flash_windows(self.flash_per_frame(wav, num_frames))
-        needed = align.samples_for_frames(num_frames, fps) + WAV2VEC2_RECEPTIVE_FIELD
-        wav = align.pad_audio_to(wav, needed)
+        wav = align.pad_audio_to(wav, self._samples_for_tokens(num_frames, fps))
         feats = self.whisper_50hz(wav) if self.kind == "whisper" else self.wav2vec2_50hz(wav)
         return align.tokens_for_frames(feats, num_frames, fps)
 

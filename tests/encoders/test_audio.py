@@ -76,6 +76,21 @@ def test_preview_is_normalised_last_hidden_state_two_tokens_per_frame(wav2vec2):
     assert torch.equal(out, ref[:, :40])
 
 
+def test_preview_pads_only_when_the_clip_lacks_tokens(wav2vec2):
+    enc = AudioEncoder(wav2vec2, "preview")
+    frames = 12
+    fe = Wav2Vec2FeatureExtractor(do_normalize=True)
+    for extra in (80, 399):  # 640 samples per frame + a tail long enough for 2F features
+        wav = speech_like(1.0)[: frames * 640 + extra]
+        values = torch.from_numpy(np.asarray(fe(wav.numpy(), sampling_rate=SR).input_values[0]))[None]
+        with torch.no_grad():
+            ref = wav2vec2(values).last_hidden_state
+        assert ref.shape[1] == 2 * frames
+        assert torch.equal(enc.features_for_video(wav, frames, 25), ref)  # untouched, like upstream
+    assert enc._samples_for_tokens(frames, 25) == frames * 640 + 80
+    assert AudioEncoder(wav2vec2, "preview")._samples_for_tokens(3, 30) == 400 + 320 * 5  # ceil(4.17) + 1
+
+
 def test_preview_other_fps_and_short_audio_pad(wav2vec2):
     enc = AudioEncoder(wav2vec2, "preview")
     wav = speech_like(1.0)
@@ -86,6 +101,7 @@ def test_preview_other_fps_and_short_audio_pad(wav2vec2):
     assert torch.allclose(out30[:, 6], raw[:, 5], atol=1e-6)
     assert torch.allclose(out30[:, 1], raw[:, 0] + (raw[:, 1] - raw[:, 0]) * (5 / 6), atol=1e-5)
     short = enc.features_for_video(wav[:4000], 25, 25)  # 0.25 s of audio for a 1 s video
+    assert torch.equal(short[:, :10], enc.wav2vec2_50hz(al.pad_audio_to(wav[:4000], 25 * 640 + 80))[:, :10])
     assert short.shape == (1, 50, 128) and torch.isfinite(short).all()
 
 
