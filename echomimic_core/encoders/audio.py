@@ -18,8 +18,9 @@ Feature paths (``AudioEncoder.features_for_video``), waveform = mono 16 kHz:
 
 Pad / trim rules: preview and whisper encode the whole clip (upstream preview encodes the whole
 file; later audio changes earlier wav2vec2 features, so trimming first would not reproduce it)
-and pad it with silence when it is shorter than the video; flash trims to the video span exactly
-as upstream does (``floor(F / fps * 16000)`` samples) and pads with silence when short.
+and pad it with trailing silence only when it is too short to give the last frame's tokens;
+flash trims to the video span exactly as upstream does (``floor(F / fps * 16000)`` samples) and
+pads with silence when short.
 """
 from __future__ import annotations
 
@@ -334,6 +335,11 @@ class AudioEncoder:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "AudioEncoder":
+        """Move / cast the encoder (e.g. offload to the CPU between runs); returns self."""
+        self.model.to(device=device, dtype=dtype)
+        return self
 
     def output_shape(self, num_frames: int) -> tuple[int, ...]:
         """Shape of :meth:`features_for_video` for ``num_frames`` video frames."""

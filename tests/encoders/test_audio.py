@@ -326,3 +326,14 @@ def test_parity_with_upstream_fixture():
     errors = verify_fixture(data / "audio_tiny.safetensors", meta)
     assert set(errors) == {"flash", "preview"}
     assert errors["flash"] < 1e-5 and errors["preview"] < 1e-5, errors
+
+
+def test_to_casts_and_keeps_features_float32(wav2vec2):
+    import copy
+
+    enc = AudioEncoder(copy.deepcopy(wav2vec2), "preview").to(dtype=torch.bfloat16)
+    assert enc.dtype == torch.bfloat16 and enc.device.type == "cpu"
+    out = enc.features_for_video(speech_like(0.5), 10, 25)
+    ref = AudioEncoder(wav2vec2, "preview").features_for_video(speech_like(0.5), 10, 25)
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max() / ref.abs().max() < 0.1  # bf16 rounding, same features
