@@ -32,10 +32,11 @@ def phase_of(t: torch.Tensor, boundaries: tuple[float, float]) -> torch.Tensor:
     return torch.where(t > b1, 0, torch.where(t > b0, 1, 2))
 
 
-def sample_phases(batch: int, generator: torch.Generator) -> torch.Tensor:
+def sample_phases(batch: int, generator: torch.Generator, offset: int | None = None) -> torch.Tensor:
     """[B] phase indices, round-robin from a random start so every phase is equally likely and a
-    batch of at least 3 covers all of them."""
-    start = int(torch.randint(len(PHASES), (1,), generator=generator))
+    batch of at least 3 covers all of them. ``offset`` continues a round-robin shared by several
+    batches (micro-batches of one step, processes), so 3 samples of batch 1 also cover all."""
+    start = int(torch.randint(len(PHASES), (1,), generator=generator)) if offset is None else offset
     return (torch.arange(batch) + start) % len(PHASES)
 
 

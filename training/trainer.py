@@ -172,6 +172,15 @@ class Trainer:
         seed = hash((self.config.seed, self.state.step, self.acc.process_index)) & (2 ** 63 - 1)
         return torch.Generator().manual_seed(seed)
 
+    def _phase_offset(self, micro: int, batch_size: int) -> int:
+        """Where this micro-batch continues the step's phase round-robin: the start is shared by
+        all processes (seeded without the rank), then samples count on across ranks and
+        micro-batches, so every step is stratified whatever the per-process batch size."""
+        g = torch.Generator().manual_seed(hash((self.config.seed, self.state.step, -1)) & (2 ** 63 - 1))
+        start = int(torch.randint(len(PHASES), (1,), generator=g))
+        accum = self.config.optim.gradient_accumulation_steps
+        return start + (self.acc.process_index * accum + micro) * batch_size
+
     # ---------------------------------------------------------------- steps
     def _conditioning(self, batch: dict, y: torch.Tensor) -> Conditioning:
         gate = None
@@ -180,12 +189,12 @@ class Trainer:
         return Conditioning(context=batch["text"], clip_fea=batch["clip"], y=y, audio=batch["audio"],
                             ip_mask=None if gate is None else gate.to(y.device))
 
-    def sft_loss(self, batch: dict, g: torch.Generator):
+    def sft_loss(self, batch: dict, g: torch.Generator, phase_offset: int | None = None):
         """(loss, per-sample losses [B], phases [B], task ids [B])."""
         x0 = batch["latents"]
         b, dev = x0.shape[0], x0.device
         f = self.config.flow
-        phases = fm.sample_phases(b, g)
+        phases = fm.sample_phases(b, g, phase_offset)
         sigma, t = fm.sample_timesteps(phases, g, f.shift, f.phase_boundaries, f.num_train_timesteps)
         noise = torch.randn(x0.shape, generator=g).to(x0)
         x_t, target = fm.add_noise(x0, noise, sigma.to(dev))
@@ -199,12 +208,12 @@ class Trainer:
         task_ids = torch.tensor([TASKS.index(x) for x in tasks])
         return per.mean(), per.detach(), phases, task_ids
 
-    def dpo_loss(self, batch: dict, g: torch.Generator):
+    def dpo_loss(self, batch: dict, g: torch.Generator, phase_offset: int | None = None):
         """(loss, implicit reward margin [B]) on chosen vs rejected at shared noise and timestep."""
         win, lose = batch["chosen.latents"], batch["rejected.latents"]
         b, dev = win.shape[0], win.device
         f = self.config.flow
-        phases = fm.sample_phases(b, g)
+        phases = fm.sample_phases(b, g, phase_offset)
         sigma, t = fm.sample_timesteps(phases, g, f.shift, f.phase_boundaries, f.num_train_timesteps)
         noise = torch.randn(win.shape, generator=g).to(win)
         x_w, tgt_w = fm.add_noise(win, noise, sigma.to(dev))
@@ -262,16 +271,18 @@ class Trainer:
             dpo = use_dpo and is_dpo_step(self.state.step, cfg.dpo.every_n_steps)
             g = self._generator()
             logs: dict = {}
-            for _ in range(accum):
+            for micro in range(accum):
                 with self.acc.accumulate(self.model):
                     if dpo:
-                        loss, margin = self.dpo_loss(next(dpo_iter), g)
+                        offset = self._phase_offset(micro, cfg.dpo.batch_size)
+                        loss, margin = self.dpo_loss(next(dpo_iter), g, offset)
                         self._backward(loss)
                         margin = self.acc.gather_for_metrics(margin.float())
                         logs = {"loss/dpo": self.acc.reduce(loss.detach(), "mean").item(),
                                 "dpo/reward_margin": margin.mean().item()}
                     else:
-                        loss, per, phases, task_ids = self.sft_loss(next(sft_iter), g)
+                        offset = self._phase_offset(micro, cfg.data.batch_size)
+                        loss, per, phases, task_ids = self.sft_loss(next(sft_iter), g, offset)
                         self._backward(loss)
                         logs = self._sft_logs(per, phases, task_ids)
             if dpo:

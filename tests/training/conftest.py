@@ -42,3 +42,13 @@ def _one_thread():
     """Tiny models gain nothing from threads; on a shared 2-core machine they only contend."""
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one process-wide state (mixed precision included); a real run builds one
+    Accelerator per process, tests build many with different settings."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

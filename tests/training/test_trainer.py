@@ -189,3 +189,16 @@ def test_bf16_autocast_keeps_fp32_master_weights(tmp_path, sft_cache, dpo_cache)
     after = trainer.acc.unwrap_model(trainer.model).state_dict()
     assert all(v.dtype == torch.float32 for v in after.values())
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_every_step_is_stratified_over_phases_with_batch_one(tmp_path, sft_cache):
+    from training.flow_matching import phase_of
+
+    trainer = make_trainer(tmp_path, sft_cache, data={"batch_size": 1, "num_workers": 0},
+                           optim={"gradient_accumulation_steps": 3, "warmup_steps": 0, "max_steps": 100})
+    recorder = Recorder(trainer.model)
+    trainer.model = recorder
+    trainer.train(3)
+    phases = [int(phase_of(t, trainer.config.flow.phase_boundaries)) for t, _ in recorder.seen]
+    assert len(phases) == 9
+    assert all(sorted(phases[i:i + 3]) == [0, 1, 2] for i in range(0, 9, 3))
