@@ -45,6 +45,8 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--color-match", action=argparse.BooleanOptionalAction)
     g.add_argument("--batch-guidance", action=argparse.BooleanOptionalAction,
                    help="run the guidance passes in one batched forward (faster) or one at a time (less memory)")
+    g.add_argument("--vae-tile-size", type=int, help="tiled VAE (pixels, multiple of 8) to save memory")
+    g.add_argument("--vae-tile-overlap", type=int)
     g.add_argument("--face-box", type=int, nargs=4, metavar=("Y1", "Y2", "X1", "X2"),
                    help="face region in the reference image's pixels (preview's audio gate)")
 
@@ -164,6 +166,9 @@ def generate_command(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if torch.device(device).type == "cuda" else "float32")
     started = time.time()
+    if files.transformer is not None:  # check the settings before loading gigabytes
+        from .checkpoints.transformer import inspect_checkpoint
+        _settings_from(args, inspect_checkpoint(files.transformer).config.audio_variant).validate()
     models = load_models(files, dtype=dtype, device=device, storage_dtype=args.storage_dtype,
                          attention_backend=args.attention, block_swap=args.block_swap)
     settings = _settings_from(args, models.variant)

@@ -139,8 +139,9 @@ def load_models(files: ModelFiles, dtype="bfloat16", device="cpu", storage_dtype
     return Models(
         transformer=transformer,
         vae=load_vae(files.vae, dtype=enc_dtype, device=encoder_device),
+        # upstream's preview scripts run umT5 in float32, its flash script in bfloat16
         text_encoder=TextEncoder.load(files.text_encoder, tokenizer_path=files.tokenizer, device=encoder_device,
-                                      compute_dtype=torch.float32),
+                                      compute_dtype=torch.bfloat16 if kind == "flash" else torch.float32),
         image_encoder=ImageEncoder.load(files.image_encoder, dtype=enc_dtype, device=encoder_device),
         audio_encoder=AudioEncoder.load(files.audio_encoder, kind=kind, dtype=enc_dtype, device=encoder_device),
     )

@@ -161,7 +161,7 @@ def output_frame_count(num_samples_16k: int, settings: GenerationSettings) -> in
 
 def encode_inputs(models: Models, reference: np.ndarray, wav16k: torch.Tensor, prompt: str,
                   settings: GenerationSettings, sample_size: tuple[int, int], feature_frames: int,
-                  face_mask=None, device=None, offload_device="cpu", leading_silent_frames: int = 0) -> Encoded:
+                  face_mask=None, device=None, offload_device="cpu") -> Encoded:
     """Text, CLIP, audio and face-gate conditioning; each encoder visits the device only while used."""
     if models.text_encoder is None or models.image_encoder is None or models.audio_encoder is None:
         raise ValueError("generate() needs the text, image and audio encoders; the ComfyUI nodes accept "
@@ -173,10 +173,7 @@ def encode_inputs(models: Models, reference: np.ndarray, wav16k: torch.Tensor, p
         pixels = torch.from_numpy(np.array(reference_pil)).permute(2, 0, 1)[None].float() / 127.5 - 1
         clip_fea = ie.encode(pixels).float().cpu()
     with on_device(models.audio_encoder, device, offload_device) as ae:
-        audio = ae.features_for_video(wav16k, feature_frames - leading_silent_frames, settings.fps).float().cpu()
-    if leading_silent_frames:  # continuation: the kept source frames get no audio
-        audio = torch.cat([align.feature_slice(torch.zeros_like(audio), 0, leading_silent_frames,
-                                               models.audio_kind), audio], dim=1)
+        audio = ae.features_for_video(wav16k, feature_frames, settings.fps).float().cpu()
     ip_mask = None
     if models.variant == "preview":
         ip_mask, source = face_ip_mask(reference, sample_size, box=settings.face_box, mask=face_mask)
@@ -273,6 +270,76 @@ def resize_video(frames: torch.Tensor, sample_size: tuple[int, int]) -> torch.Te
 # ---------------------------------------------------------------------------------------------
 # the main entry point
 
+@dataclass
+class Plan:
+    """The frame and size arithmetic of one generation, fixed before any model runs."""
+    reference: np.ndarray               # uint8 [H, W, 3], the image CLIP sees and frame 0 keeps
+    sample_size: tuple[int, int]        # (H, W) generated
+    num_frames: int                     # output frames
+    task: Task                          # with any source video resized to sample_size
+    lead: int = 0                       # continuation: kept source frames before the output
+    chunks: list[Chunk] | None = None   # pixel chunks; None in sliding mode
+
+    @property
+    def total_frames(self) -> int:
+        return self.num_frames + self.lead
+
+
+def plan_generation(image, num_frames: int, settings: GenerationSettings, task: Task) -> Plan:
+    """Reference, size, chunking for ``num_frames`` output frames of ``task``."""
+    settings.validate()
+    task.validate()
+    if task.kind in ("lipsync", "continue"):
+        if image is None:
+            image = task.source_video[0] if task.kind == "lipsync" else task.source_video[-1]
+        if task.kind == "lipsync" and num_frames > len(task.source_video):
+            log.warning("the audio covers %d frames but the source video has %d; the output stops with the "
+                        "video.", num_frames, len(task.source_video))
+            num_frames = len(task.source_video)
+    if image is None:
+        raise ValueError(f"the {task.kind} task needs a reference image")
+    reference = to_uint8_image(image)
+    sample_size = sample_size_for(reference.shape[:2], settings)
+    if task.source_video is not None:
+        task = dataclasses.replace(task, source_video=resize_video(task.source_video, sample_size))
+    lead = task.continue_frames if task.kind == "continue" else 0
+    chunks = None
+    if settings.long_video_mode == "chunks":
+        from .long_video import plan_chunks
+        chunks = plan_chunks(num_frames + lead, settings.partial_video_length, settings.overlap_video_length)
+    return Plan(reference, sample_size, num_frames, task, lead, chunks)
+
+
+def render(models: Models, encoded: Encoded, plan: Plan, settings: GenerationSettings,
+           hooks: StepHooks | None = None, device=None, offload_device="cpu") -> torch.Tensor:
+    """Denoise and decode every chunk (or the sliding windows) -> frames [num_frames, H, W, 3] 0..1.
+
+    ``encoded.audio`` holds features for the ``plan.num_frames`` output frames; frames past its end
+    (the rounded-up tail of the last chunk) get zero audio, as do continuation's kept frames.
+    """
+    if plan.lead:
+        silent = align.feature_slice(encoded.audio[:, :0], 0, plan.lead, models.audio_kind)
+        encoded = dataclasses.replace(encoded, audio=torch.cat([silent, encoded.audio], dim=1))
+    denoiser = Denoiser(models, encoded, settings, device, offload_device, hooks)
+    task, total = plan.task, plan.total_frames
+    source = task.source_video if task.kind == "lipsync" else None
+    if plan.chunks is not None:
+        total_steps = len(plan.chunks) * settings.steps
+
+        def render_chunk(chunk: Chunk, start_frames, index):
+            inputs = chunk_task_inputs(task, plan.reference, chunk, start_frames, total, plan.sample_size, source)
+            return denoiser.chunk(inputs, chunk.start, index, total_steps)
+        frames = generate_chunked(total, settings.partial_video_length, settings.overlap_video_length, render_chunk)
+    else:
+        whole = Chunk(0, round_up_4k1(total), 0)
+        inputs = chunk_task_inputs(task, plan.reference, whole, None, total, plan.sample_size, source)
+        frames = denoiser.sliding(inputs)[:total]
+    frames = frames[plan.lead:plan.lead + plan.num_frames]
+    if settings.color_match:
+        frames = torch.from_numpy(match_to_first_frame(frames.numpy())).float() / 255
+    return frames
+
+
 def generate(models: Models, image: torch.Tensor | np.ndarray | None, audio: torch.Tensor, sample_rate: int,
              prompt: str, settings: GenerationSettings | None = None, task: Task | None = None,
              face_mask=None, hooks: StepHooks | None = None, device=None,
@@ -285,59 +352,15 @@ def generate(models: Models, image: torch.Tensor | np.ndarray | None, audio: tor
     by the source video's length) and the input audio trimmed to them.
     """
     settings = settings or GenerationSettings.for_variant(models.variant)
-    settings.validate()
-    task = task or Task()
-    task.validate()
     wav16k = prepare_audio(audio, sample_rate)
-    num_frames = output_frame_count(wav16k.numel(), settings)
-
-    source = None
-    if task.kind in ("lipsync", "continue"):
-        source_frames = task.source_video
-        if image is None:
-            image = source_frames[0] if task.kind == "lipsync" else source_frames[-1]
-        if task.kind == "lipsync" and num_frames > len(source_frames):
-            log.warning("the audio covers %d frames but the source video has %d; the output stops with the "
-                        "video.", num_frames, len(source_frames))
-            num_frames = len(source_frames)
-    if image is None:
-        raise ValueError("a reference image is needed for this task")
-    reference = to_uint8_image(image)
-    sample_size = sample_size_for(reference.shape[:2], settings)
-    if task.kind == "lipsync":
-        source = resize_video(task.source_video, sample_size)
-    if task.kind == "continue":
-        task = dataclasses.replace(task, source_video=resize_video(task.source_video, sample_size))
-
-    lead = task.continue_frames if task.kind == "continue" else 0
-    total = num_frames + lead
-    if settings.long_video_mode == "chunks":
-        from .long_video import plan_chunks
-        chunks = plan_chunks(total, settings.partial_video_length, settings.overlap_video_length)
-        feature_frames = chunks[-1].start + chunks[-1].length
-    else:
-        chunks, feature_frames = None, round_up_4k1(total)
-    encoded = encode_inputs(models, reference, wav16k, prompt, settings, sample_size, feature_frames,
-                            face_mask, device, offload_device, leading_silent_frames=lead)
-
-    denoiser = Denoiser(models, encoded, settings, device, offload_device, hooks)
-    if chunks is not None:
-        total_steps = len(chunks) * settings.steps
-
-        def render(chunk: Chunk, start_frames, index):
-            inputs = chunk_task_inputs(task, reference, chunk, start_frames, total, sample_size, source)
-            return denoiser.chunk(inputs, chunk.start, index, total_steps)
-        frames = generate_chunked(total, settings.partial_video_length, settings.overlap_video_length, render)
-    else:
-        inputs = chunk_task_inputs(task, reference, Chunk(0, feature_frames, 0), None, total, sample_size, source)
-        frames = denoiser.sliding(inputs)[:total]
-    frames = frames[lead:lead + num_frames]
-    if settings.color_match:
-        frames = torch.from_numpy(match_to_first_frame(frames.numpy())).float() / 255
-    trimmed = trim_audio(audio, sample_rate, num_frames, settings.fps)
-    info = {"frames": num_frames, "size": sample_size, "variant": models.variant, "task": task.kind,
-            "chunks": len(chunks) if chunks else 1}
-    return Result(frames, trimmed, sample_rate, settings.fps, info)
+    plan = plan_generation(image, output_frame_count(wav16k.numel(), settings), settings, task or Task())
+    encoded = encode_inputs(models, plan.reference, wav16k, prompt, settings, plan.sample_size, plan.num_frames,
+                            face_mask, device, offload_device)
+    frames = render(models, encoded, plan, settings, hooks, device, offload_device)
+    info = {"frames": plan.num_frames, "size": plan.sample_size, "variant": models.variant,
+            "task": plan.task.kind, "chunks": len(plan.chunks) if plan.chunks else 1}
+    return Result(frames, trim_audio(audio, sample_rate, plan.num_frames, settings.fps), sample_rate,
+                  settings.fps, info)
 
 
 def trim_audio(audio: torch.Tensor, sample_rate: int, num_frames: int, fps: float) -> torch.Tensor:
@@ -360,10 +383,14 @@ class Denoiser:
         self.cache = (TeaCache(settings.teacache_threshold, settings.teacache_skip_start_steps,
                                offload=settings.teacache_offload) if settings.teacache_threshold > 0 else None)
         self.setup = "flash" if models.variant == "flash" else "preview"
+        self.tiling = None
+        if settings.vae_tile_size:
+            from .vae import Tiling
+            self.tiling = Tiling(settings.vae_tile_size, settings.vae_tile_overlap)
 
     def _y(self, inputs) -> torch.Tensor:
         with on_device(self.models.vae, self.device, self.offload_device) as vae:
-            return task_masks.conditioning_y(inputs, encode=lambda px: vae.encode(px.to(self.device)).cpu())
+            return task_masks.conditioning_y(inputs, encode=lambda px: vae.encode(px.to(self.device), self.tiling).cpu())
 
     def _noise(self, frames: int, y: torch.Tensor) -> torch.Tensor:
         shape = (1, 16, latent_frames(frames), *y.shape[3:])
@@ -371,7 +398,7 @@ class Denoiser:
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         with on_device(self.models.vae, self.device, self.offload_device) as vae:
-            video = vae.decode(latents)
+            video = vae.decode(latents, self.tiling)
         return (video[0].float().cpu().permute(1, 2, 3, 0) * 0.5 + 0.5).clamp(0, 1)
 
     def _scheduler(self):

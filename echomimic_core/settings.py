@@ -42,6 +42,8 @@ class GenerationSettings:
     riflex_k: int | None = None
     color_match: bool = True
     batch_guidance: bool = True          # False: one guidance pass at a time (less memory)
+    vae_tile_size: int | None = None     # pixels; tiled VAE encode/decode for low memory (None = whole frames)
+    vae_tile_overlap: int = 64
     loudness_normalize: bool | None = None  # None: the variant's default (flash: -23 LUFS)
     face_box: tuple[int, int, int, int] | None = field(default=None)  # y1, y2, x1, x2 in image pixels
 
@@ -73,9 +75,13 @@ class GenerationSettings:
             (self.teacache_threshold >= 0, f"teacache_threshold must be >= 0, got {self.teacache_threshold}"),
             ((self.width is None) == (self.height is None),
              "width and height go together: give both or neither"),
-            (self.width is None or (self.width % 16 == 0 and self.height % 16 == 0 and self.width >= 32
-                                    and self.height >= 32),
+            (self.width is None or self.height is None
+             or (self.width % 16 == 0 and self.height % 16 == 0 and min(self.width, self.height) >= 32),
              f"width and height must be multiples of 16 and at least 32, got {self.width}x{self.height}"),
+            (self.vae_tile_size is None or (self.vae_tile_size % 8 == 0 and self.vae_tile_size > self.vae_tile_overlap
+                                            and self.vae_tile_overlap % 8 == 0),
+             f"vae_tile_size must be a multiple of 8 above vae_tile_overlap (a multiple of 8), got "
+             f"{self.vae_tile_size}/{self.vae_tile_overlap}"),
             (self.max_frames is None or self.max_frames >= 1, f"max_frames must be >= 1, got {self.max_frames}"),
         ]
         for ok, message in checks:

@@ -22,3 +22,16 @@ def _deterministic():
     torch.manual_seed(0)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture(scope="session")
+def demo_model_files(tmp_path_factory):
+    """The tiny demo installation (every model file, ComfyUI layout), written once per session."""
+    from echomimic_core.demo import write_demo_models
+    return write_demo_models(tmp_path_factory.mktemp("demo-models"))
+
+
+@pytest.fixture(scope="session")
+def demo_models(demo_model_files):
+    from echomimic_core.model_files import load_models
+    return load_models(demo_model_files, dtype="float32")

@@ -1,0 +1,58 @@
+"""The command line: the demo writes a playable mp4 whose duration matches the audio."""
+import shutil
+
+import av
+import numpy as np
+import pytest
+
+from echomimic_core import __main__ as cli
+from echomimic_core.demo import DEMO_VERSION
+
+
+@pytest.fixture
+def demo_cache(monkeypatch, tmp_path, demo_model_files):
+    # reuse the session's demo files instead of writing them under ~/.cache
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_model_files.transformer.parents[1], cache / f"v{DEMO_VERSION}")
+    monkeypatch.setattr(cli, "DEMO_CACHE", cache)
+
+
+def write_wav(path, seconds, rate=22050):
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray((samples * 32767).astype(np.int16)[None], format="s16", layout="mono")
+        frame.sample_rate = rate
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_demo_writes_mp4_matching_the_audio(demo_cache, tmp_path, capsys):
+    wav = tmp_path / "voice.wav"
+    write_wav(wav, 0.7)
+    out = tmp_path / "out" / "clip.mp4"
+    rc = cli.main(["generate", "--demo", "--audio", str(wav), "--out", str(out), "--steps", "1",
+                   "--partial-video-length", "9", "--overlap-video-length", "2"])
+    assert rc == 0 and out.is_file()
+    assert "17 frames" in capsys.readouterr().out   # floor(0.7 s * 25 fps)
+    with av.open(str(out)) as c:
+        video, audio = c.streams.video[0], c.streams.audio[0]
+        frames = sum(1 for _ in c.decode(video))
+        assert frames == 17
+        assert audio.codec_context.name == "aac"
+        audio_seconds = float(audio.duration * audio.time_base)
+    assert abs(audio_seconds - 17 / 25) < 0.05
+    assert not list(out.parent.glob("*.partial*")) and not list(out.parent.glob(".*tmp*"))
+
+
+def test_user_errors_are_one_line(demo_cache, tmp_path, capsys):
+    rc = cli.main(["generate", "--demo", "--out", str(tmp_path / "x.mp4"), "--width", "64"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "width and height go together" in err and "Traceback" not in err
+    with pytest.raises(SystemExit, match="--models"):
+        cli.main(["generate", "--audio", "a.wav", "--out", str(tmp_path / "x.mp4")])
+    assert not (tmp_path / "x.mp4").exists()
