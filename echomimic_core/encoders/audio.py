@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -437,8 +438,11 @@ class AudioEncoder:
             return waveform
         if abs(loudness) > 100:  # digital silence measures -inf/-70: upstream leaves it alone
             return waveform
-        return torch.from_numpy(np.asarray(pyln.normalize.loudness(data, loudness, LOUDNESS_TARGET_LUFS),
-                                           dtype=np.float32))
+        with warnings.catch_warnings():
+            # quiet clips gain above 1.0 peaks; upstream keeps them unclipped, and so do we
+            warnings.filterwarnings("ignore", message="Possible clipped samples")
+            out = pyln.normalize.loudness(data, loudness, LOUDNESS_TARGET_LUFS)
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
     def _samples_for_tokens(self, num_frames: int, fps: float) -> int:
         """Fewest samples whose 50 Hz features reach the last token of ``num_frames`` frames.
