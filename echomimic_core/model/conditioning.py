@@ -18,6 +18,8 @@ class Conditioning:
     audio: preview [B, tokens_per_frame * video_frames, audio_in_dim];
         flash [B, video_frames, window, blocks, channels].
     ip_mask: [B, tokens_per_latent_frame] 0/1 gate on the audio attention output (face region), or None.
+        preview always has one upstream; upstream flash has none (pass None for its exact output;
+        a gate given to a flash model is applied, as an explicit user choice).
     audio_scale: multiplier of the audio attention output, a float or a [B] tensor.
     """
     context: list[torch.Tensor] | torch.Tensor
