@@ -18,6 +18,7 @@ def tiny_encoders(config: TransformerConfig) -> Encoders:
     table = torch.randn(97, config.text_dim, generator=g)
     w_img = torch.randn(3, config.clip_dim, generator=g) * 0.5
     w_aud = torch.randn(8, config.audio_in_dim, generator=g)
+    w_flash = torch.randn(16, config.audio_blocks * config.audio_channels, generator=g)
 
     def vae(video):  # [3, N, H, W] -> [16, F, h, w]
         groups = torch.cat([video[:, :1], video[:, 1:].unflatten(1, (-1, 4)).mean(2)], dim=1)
@@ -33,9 +34,15 @@ def tiny_encoders(config: TransformerConfig) -> Encoders:
         tokens = torch.cat([frame.mean((1, 2))[None], patches])
         return tokens @ w_img
 
-    def audio(waveform, sample_rate, num_frames, fps):  # -> [2 * num_frames, audio_in_dim]
+    def audio(waveform, sample_rate, num_frames, fps):
+        """preview: [2 * num_frames, audio_in_dim]; flash: [num_frames, window, blocks, channels]."""
         chunks = waveform[: len(waveform) // (2 * num_frames) * 2 * num_frames].view(2 * num_frames, -1)
         stats = chunks.unflatten(1, (8, -1)).abs().mean(2)
+        if config.audio_variant == "flash":
+            per_frame = stats.view(num_frames, 16) @ w_flash  # [F, blocks * channels]
+            padded = torch.cat([per_frame[:1].repeat(2, 1), per_frame, per_frame[-1:].repeat(2, 1)])
+            windows = padded.unfold(0, config.audio_window, 1).transpose(1, 2)  # [F, window, B*C]
+            return torch.tanh(windows.unflatten(2, (config.audio_blocks, config.audio_channels)))
         return torch.tanh(stats @ w_aud)
 
     return Encoders(vae=vae, text=text, image=image, audio=audio)

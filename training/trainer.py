@@ -147,6 +147,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp / "state"))
         weights = self.acc.get_state_dict(self.model)  # collective under FSDP
+        self.acc.wait_for_everyone()  # every rank has written its part (RNG states, FSDP shards)
         if self.acc.is_main_process:
             unwrapped = self.acc.unwrap_model(self.model)
             if self.config.lora.enabled:

@@ -202,3 +202,26 @@ def test_every_step_is_stratified_over_phases_with_batch_one(tmp_path, sft_cache
     phases = [int(phase_of(t, trainer.config.flow.phase_boundaries)) for t, _ in recorder.seen]
     assert len(phases) == 9
     assert all(sorted(phases[i:i + 3]) == [0, 1, 2] for i in range(0, 9, 3))
+
+
+def test_flash_variant_trains_sft_and_dpo(tmp_path):
+    from training.preprocess import preprocess
+    from training.synthetic import FRAMES, HEIGHT, WIDTH, sft_rows, synthetic_clip, tiny_encoders
+    from echomimic_core.config import TransformerConfig
+
+    encoders = tiny_encoders(TransformerConfig.preset("tiny_flash"))
+    kw = dict(frames=FRAMES, size=(HEIGHT, WIDTH), loader=synthetic_clip, progress=False)
+    preprocess(sft_rows(3), tmp_path / "sft", encoders, **kw)
+    preprocess([{"id": "p", "chosen": "a.mp4", "rejected": "b.mp4"}], tmp_path / "dpo", encoders,
+               kind="dpo", **kw)
+    trainer = make_trainer(tmp_path / "run", tmp_path / "sft", tmp_path / "dpo",
+                           model={"preset": "tiny_flash", "gradient_checkpointing": False},
+                           dpo={"every_n_steps": 2, "batch_size": 1})
+    model = trainer.acc.unwrap_model(trainer.model)
+    assert not model.blocks[0].cross_attn.q_audio.weight.requires_grad  # unused by the forward
+    recorder = Recorder(trainer.model)
+    trainer.model = recorder
+    history = trainer.train(2)
+    assert "loss/sft" in history[0] and "loss/dpo" in history[1]
+    assert all(cond.ip_mask is None for _, cond in recorder.seen)  # flash has no face gate
+    assert model.blocks[0].cross_attn.v_audio.weight.abs().sum() > 0  # audio path learns from zero
