@@ -8,6 +8,7 @@ resumed run repeats exactly what the uninterrupted run would have done; accelera
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import shutil
 from collections.abc import Callable
@@ -47,6 +48,12 @@ class TrainState:
     def load_state_dict(self, state: dict) -> None:
         self.step, self.sft_samples, self.dpo_samples = (
             int(state["step"]), int(state["sft_samples"]), int(state["dpo_samples"]))
+
+
+def _mix(*parts) -> int:
+    """A 63-bit seed from its parts, the same in every process and Python version (unlike hash())."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -170,14 +177,13 @@ class Trainer:
         return iter(self.acc.prepare_data_loader(loader))
 
     def _generator(self) -> torch.Generator:
-        seed = hash((self.config.seed, self.state.step, self.acc.process_index)) & (2 ** 63 - 1)
-        return torch.Generator().manual_seed(seed)
+        return torch.Generator().manual_seed(_mix(self.config.seed, self.state.step, self.acc.process_index))
 
     def _phase_offset(self, micro: int, batch_size: int) -> int:
         """Where this micro-batch continues the step's phase round-robin: the start is shared by
         all processes (seeded without the rank), then samples count on across ranks and
         micro-batches, so every step is stratified whatever the per-process batch size."""
-        g = torch.Generator().manual_seed(hash((self.config.seed, self.state.step, -1)) & (2 ** 63 - 1))
+        g = torch.Generator().manual_seed(_mix(self.config.seed, self.state.step, "phases"))
         start = int(torch.randint(len(PHASES), (1,), generator=g))
         accum = self.config.optim.gradient_accumulation_steps
         return start + (self.acc.process_index * accum + micro) * batch_size
@@ -227,8 +233,10 @@ class Trainer:
             if self.ref_model is not None:
                 ref_pred = self.ref_model(x, tt, both)
             else:
-                with adapters_disabled(self.acc.unwrap_model(self.model)) as base:
-                    ref_pred = base(x, tt, both)
+                # switch the adapters off on the inner model but call the wrapped one (as TRL
+                # does), so DDP/FSDP still manage the parameters
+                with adapters_disabled(self.acc.unwrap_model(self.model)):
+                    ref_pred = self.model(x, tt, both)
         ref_w, ref_l = fm.per_sample_mse(ref_pred, target).chunk(2)
         with self.acc.autocast():
             pred = self.model(x, tt, both)
@@ -255,6 +263,10 @@ class Trainer:
                 logs[f"loss/sft_task_{name}"] = per[task_ids == i].mean().item()
         return logs
 
+    def _dpo_logs(self, losses, margins) -> dict:
+        losses, margins = self.acc.gather_for_metrics((losses.float(), margins.float()))
+        return {"loss/dpo": losses.mean().item(), "dpo/reward_margin": margins.mean().item()}
+
     # ---------------------------------------------------------------- loop
     def train(self, max_steps: int | None = None,
               on_step_end: Callable[[int, dict], None] | None = None) -> list[dict]:
@@ -271,21 +283,21 @@ class Trainer:
         while self.state.step < max_steps:
             dpo = use_dpo and is_dpo_step(self.state.step, cfg.dpo.every_n_steps)
             g = self._generator()
-            logs: dict = {}
+            parts: list[tuple] = []  # per micro-batch, for one log entry per optimizer step
             for micro in range(accum):
                 with self.acc.accumulate(self.model):
                     if dpo:
                         offset = self._phase_offset(micro, cfg.dpo.batch_size)
                         loss, margin = self.dpo_loss(next(dpo_iter), g, offset)
                         self._backward(loss)
-                        margin = self.acc.gather_for_metrics(margin.float())
-                        logs = {"loss/dpo": self.acc.reduce(loss.detach(), "mean").item(),
-                                "dpo/reward_margin": margin.mean().item()}
+                        parts.append((loss.detach().reshape(1), margin))
                     else:
                         offset = self._phase_offset(micro, cfg.data.batch_size)
                         loss, per, phases, task_ids = self.sft_loss(next(sft_iter), g, offset)
                         self._backward(loss)
-                        logs = self._sft_logs(per, phases, task_ids)
+                        parts.append((per, phases, task_ids))
+            joined = [torch.cat(column) for column in zip(*parts)]
+            logs = self._dpo_logs(*joined) if dpo else self._sft_logs(*joined)
             if dpo:
                 self.state.dpo_samples += cfg.dpo.batch_size * accum * n
             else:
