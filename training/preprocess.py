@@ -176,8 +176,9 @@ def preprocess(rows: Iterable[dict], out_dir: str | Path, encoders: Encoders, *,
                 clip = loader(_resolve(root, row["video"]), frames, size, _resolve(root, row.get("audio")))
                 tensors = encode_sft_item(row, clip, encoders)
             else:
-                chosen = loader(_resolve(root, row["chosen"]), frames, size, _resolve(root, row.get("audio")))
-                rejected = loader(_resolve(root, row["rejected"]), frames, size, _resolve(root, row.get("audio")))
+                audio = _resolve(root, row.get("audio"))
+                chosen = loader(_resolve(root, row["chosen"]), frames, size, audio)
+                rejected = loader(_resolve(root, row["rejected"]), frames, size, audio)
                 tensors = encode_dpo_item(row, chosen, rejected, encoders)
         except TooShort as e:
             log.info("filtered %s: %s", row["id"], e)

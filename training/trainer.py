@@ -277,7 +277,8 @@ class Trainer:
         accum, n = cfg.optim.gradient_accumulation_steps, self.acc.num_processes
         use_dpo = self.dpo_data is not None and cfg.dpo.every_n_steps > 0
         sft_iter = self._loader(self.sft_data, cfg.data.batch_size, self.state.sft_samples)
-        dpo_iter = self._loader(self.dpo_data, cfg.dpo.batch_size, self.state.dpo_samples) if use_dpo else None
+        dpo_iter = (self._loader(self.dpo_data, cfg.dpo.batch_size, self.state.dpo_samples)
+                    if use_dpo else None)
         history = []
         self.model.train()
         while self.state.step < max_steps:

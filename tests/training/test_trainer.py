@@ -2,13 +2,13 @@
 import torch
 import pytest
 
+from echomimic_core.checkpoints.files import load_state_dict
 from echomimic_core.checkpoints.transformer import load_transformer
 from echomimic_core.model.conditioning import Conditioning
 from training.config import config_from_dict
 from training.dataset import CachedDataset, collate
 from training.lora import merge_lora
 from training.model_init import build_model
-from training.modality_drop import AUDIO, IMAGE, TEXT
 from training.trackers import read_metrics
 from training.trainer import LORA_FILE, MODEL_FILE, Trainer
 
@@ -143,11 +143,12 @@ def test_checkpoint_loads_in_the_node_loader(tmp_path, sft_cache):
 def test_lora_trains_adapters_only_and_merges_into_the_base(tmp_path, sft_cache):
     trainer = make_trainer(tmp_path, sft_cache, lora={"enabled": True, "rank": 4, "alpha": 8.0})
     model = trainer.acc.unwrap_model(trainer.model)
-    base = {k.replace(".base_layer", ""): v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+    base = {k.replace(".base_layer", ""): v.clone()
+            for k, v in model.state_dict().items() if "lora_" not in k}
     trainer.train(3)
     folder = trainer.save_checkpoint()
     assert not (folder / MODEL_FILE).exists()
-    lora = load_transformer.__globals__["load_state_dict"](folder / LORA_FILE)
+    lora = load_state_dict(folder / LORA_FILE)
     assert lora and all(k.startswith("diffusion_model.") for k in lora)
     assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)
     now = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
@@ -157,8 +158,8 @@ def test_lora_trains_adapters_only_and_merges_into_the_base(tmp_path, sft_cache)
     plain.load_state_dict(merge_lora(base, lora))
     batch = collate([trainer.sft_data[i] for i in range(2)])
     x = torch.randn_like(batch["latents"])
-    cond = Conditioning(context=batch["text"], clip_fea=batch["clip"], audio=batch["audio"],
-                        y=torch.cat([torch.zeros_like(batch["latents"][:, :4]), batch["cond.first_frame"]], 1))
+    y = torch.cat([torch.zeros_like(batch["latents"][:, :4]), batch["cond.first_frame"]], 1)
+    cond = Conditioning(context=batch["text"], clip_fea=batch["clip"], audio=batch["audio"], y=y)
     t = torch.tensor([500.0, 900.0])
     with torch.no_grad():
         assert torch.allclose(plain(x, t, cond), model.eval()(x, t, cond), atol=1e-5)
@@ -171,10 +172,12 @@ def test_base_wan_checkpoint_gets_upstream_audio_init(tmp_path, tiny_config):
     donor = build_model(ModelConfig(preset="tiny_preview"), seed=3)
     base = {k: v for k, v in donor.state_dict().items() if "audio" not in k}
     save_state_dict(base, tmp_path / "wan_fun_inp.safetensors")
-    model = build_model(ModelConfig(preset="tiny_preview", checkpoint=str(tmp_path / "wan_fun_inp.safetensors")))
+    path = tmp_path / "wan_fun_inp.safetensors"
+    model = build_model(ModelConfig(preset="tiny_preview", checkpoint=str(path)))
     sd = model.state_dict()
     assert all(torch.equal(sd[k], v) for k, v in base.items())
-    assert not sd["blocks.0.cross_attn.k_audio.weight"].any() and not sd["blocks.0.cross_attn.v_audio.weight"].any()
+    assert not sd["blocks.0.cross_attn.k_audio.weight"].any()
+    assert not sd["blocks.0.cross_attn.v_audio.weight"].any()
     assert sd["audio2token.proj.weight"].abs().sum() > 0  # a live projector: gradients reach v_audio
     assert all(p.requires_grad for p in model.parameters())
 
