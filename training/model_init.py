@@ -9,6 +9,7 @@ into the audio path (zero projector output times zero ``v_audio``), so the proje
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -41,6 +42,28 @@ def reset_audio_projector(model: EchoMimicTransformer, seed: int = 0) -> None:
                 module.reset_parameters()
 
 
+AUDIO_FIELDS = ("audio_variant", "audio_in_dim", "audio_tokens_per_frame", "audio_window_expand",
+                "audio_window", "audio_blocks", "audio_channels", "audio_intermediate_dim",
+                "audio_context_tokens")
+
+
+def _with_preset_audio(model: EchoMimicTransformer, preset: TransformerConfig) -> EchoMimicTransformer:
+    """A base file says nothing about the audio path; the loader gives it the released widths.
+    When the preset wants others (e.g. Whisper-Tiny's 384-wide features), rebuild with the preset's
+    audio fields and keep every Wan weight."""
+    wanted = {f: getattr(preset, f) for f in AUDIO_FIELDS}
+    if all(getattr(model.config, f) == v for f, v in wanted.items()):
+        return model
+    fresh = EchoMimicTransformer(dataclasses.replace(model.config, **wanted))
+    wan = {k: v for k, v in model.state_dict().items()
+           if not (k.startswith(model.audio_key + ".") or "_audio." in k)}
+    missing, unexpected = fresh.load_state_dict(wan, strict=False)
+    if unexpected or any(not (k.startswith(fresh.audio_key + ".") or "_audio." in k) for k in missing):
+        raise RuntimeError(f"rebuilding with the preset's audio path lost Wan weights: missing "
+                           f"{missing[:4]}, unexpected {unexpected[:4]}.")
+    return fresh
+
+
 def build_model(cfg: ModelConfig, seed: int = 0) -> EchoMimicTransformer:
     """A float32 model in train mode with every parameter trainable."""
     if cfg.checkpoint is None:
@@ -57,6 +80,7 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> EchoMimicTransformer:
                                  variant=wanted if variant == "base" else None)
         model.compute_dtype = None  # accelerate's autocast decides the compute dtype
         if variant == "base":
+            model = _with_preset_audio(model, TransformerConfig.preset(cfg.preset))
             reset_audio_projector(model, seed)
             zero_audio_attention(model)
             log.info("initialised the %s audio layers of base checkpoint %s as upstream",

@@ -228,3 +228,19 @@ def test_flash_variant_trains_sft_and_dpo(tmp_path):
     assert "loss/sft" in history[0] and "loss/dpo" in history[1]
     assert all(cond.ip_mask is None for _, cond in recorder.seen)  # flash has no face gate
     assert model.blocks[0].cross_attn.v_audio.weight.abs().sum() > 0  # audio path learns from zero
+
+
+def test_base_checkpoint_takes_the_presets_audio_widths(tmp_path):
+    from echomimic_core.checkpoints.files import save_state_dict
+    from training.config import ModelConfig
+
+    donor = build_model(ModelConfig(preset="tiny_preview"), seed=3)
+    base = {k: v for k, v in donor.state_dict().items() if "audio" not in k}
+    save_state_dict(base, tmp_path / "wan_fun_inp.safetensors")
+    path = str(tmp_path / "wan_fun_inp.safetensors")
+    model = build_model(ModelConfig(preset="tiny_flash", checkpoint=path))
+    assert model.config.audio_variant == "flash" and model.config.audio_channels == 16
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in base.items())
+    assert not sd["blocks.1.cross_attn.v_audio.weight"].any()
+    assert not sd["blocks.1.cross_attn.v_audio.bias"].any()
