@@ -27,6 +27,7 @@ FIXTURE_FAMILIES = (
     ("clip_vision_", "echomimic_core.encoders.image", "encoders_tiny_meta.json"),
     ("samplers", "echomimic_core.sampling.schedulers", "samplers_meta.json"),
     ("task_masks", "echomimic_core.task_masks", "task_masks_meta.json"),
+    ("audio_", "echomimic_core.encoders.audio", "audio_tiny_meta.json"),
 )
 
 
