@@ -13,9 +13,10 @@ from .audio_projector import AudioTokens
 from .ops import Operations
 from .rope import apply_rope
 
-# inference splits the FFN over tokens so its [L, ffn_dim] hidden is never larger than [L, dim];
-# below this many tokens a split buys nothing
-FFN_SPLIT_MIN_TOKENS = 512
+# Inference splits the FFN over tokens so its hidden (+ GELU output) stays below the
+# cross-attention's transient peak (~5 x [L, dim]); finer splits only slow the matmuls down.
+FFN_SPLIT_MIN_TOKENS = 1024
+FFN_HIDDEN_WIDTHS = 3  # max hidden chunk width, in multiples of [L, dim]
 
 
 @dataclass
@@ -136,7 +137,8 @@ class WanAttentionBlock(nn.Module):
             return x + self.ffn(h) * gate_ff
         # inference: x is this block's own tensor (made by the additions above), so updating it
         # in place is safe; FFN rows are independent, so the split does not change the maths
-        step = -(-length // -(-self.ffn[0].out_features // x.shape[2]))
+        parts = -(-self.ffn[0].out_features // (FFN_HIDDEN_WIDTHS * x.shape[2]))
+        step = -(-length // parts)
         for start in range(0, length, step):
             part = slice(start, start + step)
             x[:, part] += self.ffn(h[:, part]) * gate_ff
