@@ -12,6 +12,7 @@ injected callables (:class:`Encoders`), so tests run tiny ones.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -48,20 +49,40 @@ class Clip:
     waveform: torch.Tensor  # [T] mono
     sample_rate: int
     fps: float
+    # the part of the source frame kept by the centre crop, (x0, y0, x1, y1) as fractions
+    crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
 
-def load_clip(path: str, frames: int, size: tuple[int, int], audio_path: str | None = None) -> Clip:
-    """Decode the first ``frames`` frames of a video, resize to ``size`` (H, W), and its audio."""
+def load_clip(path: str, frames: int, size: tuple[int, int], audio_path: str | None = None,
+              fps: float | None = 25.0) -> Clip:
+    """The first ``frames`` frames of a video at ``fps`` (nearest source frame; None keeps the
+    source rate), centre-cropped to the aspect of ``size`` (H, W) and resized to it, with audio."""
+    import math
+
     import torch.nn.functional as F
 
     from echomimic_core import media
 
-    data = media.load_video(path, max_frames=frames)
-    if data.frames.shape[0] < frames:
-        raise TooShort(f"{path}: has {data.frames.shape[0]} frames, fewer than the {frames} used.")
-    video = data.frames.permute(3, 0, 1, 2)  # [F, H, W, 3] -> [3, F, H, W]
-    video = F.interpolate(video.transpose(0, 1), size=size, mode="bilinear", antialias=True,
-                          align_corners=False).transpose(0, 1)
+    probe = media.load_video(path, max_frames=1, with_audio=False)
+    rate = fps or probe.fps
+    needed = math.floor((frames - 1) * probe.fps / rate) + 1
+    data = media.load_video(path, max_frames=needed)
+    if data.frames.shape[0] < needed:
+        raise TooShort(f"{path}: has {data.frames.shape[0]} frames, fewer than the {needed} that "
+                       f"{frames} frames at {rate:g} fps take.")
+    picks = torch.tensor([min(round(i * data.fps / rate), needed - 1) for i in range(frames)])
+    video = data.frames[picks].permute(0, 3, 1, 2)  # [F, H, W, 3] -> [F, 3, H, W]
+    src_h, src_w = video.shape[2:]
+    target = size[1] / size[0]
+    if src_w / src_h > target:   # too wide: crop the sides
+        keep = src_h * target / src_w
+        crop = ((1 - keep) / 2, 0.0, (1 + keep) / 2, 1.0)
+    else:                        # too tall: crop top and bottom
+        keep = src_w / target / src_h
+        crop = (0.0, (1 - keep) / 2, 1.0, (1 + keep) / 2)
+    x0, y0, x1, y1 = (round(c * n) for c, n in zip(crop, (src_w, src_h, src_w, src_h)))
+    video = F.interpolate(video[:, :, y0:y1, x0:x1], size=size, mode="bilinear", antialias=True,
+                          align_corners=False).permute(1, 0, 2, 3)  # [3, F, H, W]
     if audio_path is not None:
         waveform, sr = media.load_audio(audio_path)
     elif data.audio is not None:
@@ -69,7 +90,17 @@ def load_clip(path: str, frames: int, size: tuple[int, int], audio_path: str | N
     else:
         raise ValueError(f"{path}: has no soundtrack; give an \"audio\" file in the manifest row.")
     return Clip(video=video.clamp(0, 1) * 2 - 1, waveform=media.to_mono(waveform),
-                sample_rate=int(sr), fps=data.fps)
+                sample_rate=int(sr), fps=rate, crop=crop)
+
+
+def crop_box(box, crop) -> list[float] | None:
+    """A box (x0, y0, x1, y1) in fractions of the source frame -> fractions of the cropped frame."""
+    if box is None:
+        return None
+    cx0, cy0, cx1, cy1 = crop
+    xs = [min(max((v - cx0) / (cx1 - cx0), 0.0), 1.0) for v in (box[0], box[2])]
+    ys = [min(max((v - cy0) / (cy1 - cy0), 0.0), 1.0) for v in (box[1], box[3])]
+    return [xs[0], ys[0], xs[1], ys[1]]
 
 
 def masked_video(video: torch.Tensor, task: str, mouth_box=None) -> torch.Tensor:
@@ -174,6 +205,8 @@ def preprocess(rows: Iterable[dict], out_dir: str | Path, encoders: Encoders, *,
         try:
             if kind == "sft":
                 clip = loader(_resolve(root, row["video"]), frames, size, _resolve(root, row.get("audio")))
+                row = {**row, **{k: crop_box(row[k], clip.crop) for k in ("mouth_box", "face_box")
+                                 if row.get(k) is not None}}
                 tensors = encode_sft_item(row, clip, encoders)
             else:
                 audio = _resolve(root, row.get("audio"))
@@ -236,6 +269,8 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
+    p.add_argument("--fps", type=float, default=25.0,
+                   help="frame rate to sample the clips at (EchoMimicV3 runs at 25); 0 keeps the source rate")
     p.add_argument("--shard-size", type=int, default=64)
     p.add_argument("--min-sync-score", type=float, default=None,
                    help="skip rows whose sync column is below this (e.g. SyncNet confidence)")
@@ -258,7 +293,8 @@ def main(argv=None) -> int:
         stats = preprocess(read_manifest(args.manifest), args.out, build_encoders(args), kind=args.kind,
                            frames=args.frames, size=(args.height, args.width), root=root,
                            shard_size=args.shard_size, min_sync_score=args.min_sync_score,
-                           sync_column=args.sync_column, min_frames=args.min_frames)
+                           sync_column=args.sync_column, min_frames=args.min_frames,
+                           loader=functools.partial(load_clip, fps=args.fps or None))
     print(json.dumps(stats))
     return 0 if stats["failed"] == 0 else 1
 

@@ -86,3 +86,19 @@ def test_cli_decodes_real_video_files(tmp_path, encoders, monkeypatch):
     data = CachedDataset(tmp_path / "cache")
     assert [item["id"] for item in data.items] == ["a"]  # the 5-frame clip is filtered as too short
     assert data[0]["latents"].shape == (16, (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8)
+
+
+def test_load_clip_resamples_to_25fps_and_crops_to_the_aspect(tmp_path):
+    from echomimic_core import media
+    from training.preprocess import crop_box, load_clip
+
+    ramp = torch.arange(17, dtype=torch.float32) / 16  # frame i has brightness i/16, at 50 fps
+    frames = ramp.view(17, 1, 1, 1).expand(17, 32, 48, 3).clone()
+    frames[:, :, :8] = 0  # a dark band on the left that the centre crop removes
+    media.write_video(tmp_path / "v.mp4", frames, fps=50.0, audio=torch.zeros(16000), sample_rate=16000)
+    clip = load_clip(str(tmp_path / "v.mp4"), 9, (32, 32), fps=25.0)
+    assert clip.video.shape == (3, 9, 32, 32) and clip.fps == 25.0
+    brightness = (clip.video.mean((0, 2, 3)) + 1) / 2
+    assert torch.allclose(brightness, ramp[::2], atol=0.03)  # every second source frame
+    assert clip.crop == pytest.approx((1 / 6, 0.0, 5 / 6, 1.0))
+    assert crop_box([0.5, 0.2, 0.75, 0.4], clip.crop) == pytest.approx([0.5, 0.2, 0.875, 0.4])
