@@ -131,6 +131,16 @@ class TrainConfig:
                              f"got {self.tasks.ratios}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no/bf16/fp16, got {self.mixed_precision!r}.")
+        positive = {"checkpoint_every": self.checkpoint_every, "keep_checkpoints": self.keep_checkpoints,
+                    "log_every": self.log_every, "data.batch_size": self.data.batch_size,
+                    "dpo.batch_size": self.dpo.batch_size, "optim.max_steps": self.optim.max_steps,
+                    "optim.gradient_accumulation_steps": self.optim.gradient_accumulation_steps,
+                    "lora.rank": self.lora.rank}
+        for name, value in positive.items():
+            if int(value) < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}.")
+        if self.dpo.every_n_steps < 0:
+            raise ValueError(f"dpo.every_n_steps must be 0 (no DPO) or more, got {self.dpo.every_n_steps}.")
         for name in ("cfg_text", "cfg_audio", "cfg_all", "late_two_prob"):
             p = getattr(self.drop, name)
             if not 0.0 <= p <= 1.0:

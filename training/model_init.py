@@ -75,10 +75,13 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> EchoMimicTransformer:
         log.info("built a randomly initialised %r transformer (no checkpoint given)", cfg.preset)
     else:
         variant = detect_variant(read_shapes(cfg.checkpoint))
-        wanted = TransformerConfig.preset(cfg.preset).audio_variant if cfg.preset else None
+        wanted = TransformerConfig.preset(cfg.preset).audio_variant
         model = load_transformer(cfg.checkpoint, dtype=torch.float32,
                                  variant=wanted if variant == "base" else None)
         model.compute_dtype = None  # accelerate's autocast decides the compute dtype
+        if variant != "base" and variant != wanted:
+            log.warning("%s is a %s checkpoint; model.preset %r (%s) is ignored for it.",
+                        cfg.checkpoint, variant, cfg.preset, wanted)
         if variant == "base":
             model = _with_preset_audio(model, TransformerConfig.preset(cfg.preset))
             reset_audio_projector(model, seed)

@@ -15,6 +15,7 @@ def test_yaml_overrides_only_what_it_names(tmp_path):
     ("dpo:\n  betta: 1\n", "unknown keys"),
     ("flow:\n  phase_boundaries: [700, 300]\n", "phase_boundaries"),
     ("drop:\n  cfg_text: 1.5\n", "probability"),
+    ("data:\n  batch_size: 0\n", "at least 1"),
 ])
 def test_bad_configs_say_what_is_wrong(tmp_path, text, message):
     path = tmp_path / "cfg.yaml"
