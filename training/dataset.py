@@ -62,6 +62,9 @@ class CachedDataset(torch.utils.data.Dataset):
         if index.get("kind") != kind:
             raise ValueError(f"{self.folder}: holds {index.get('kind')!r} items, expected {kind!r}.")
         self.items = index["items"]
+        # latent shape per item (recorded by preprocess): batches are drawn within one shape
+        shapes = [item.get("shape") for item in self.items]
+        self.buckets = [tuple(s) for s in shapes] if all(shapes) else None
         nulls = self.folder / NULLS
         self.null_text = _read_all(nulls)["text"] if nulls.is_file() else None
 
@@ -109,17 +112,39 @@ class StreamSampler(torch.utils.data.Sampler):
 
     Sample k of the stream depends only on (seed, k), so a resumed run starts at ``start`` (the
     number of samples already consumed) and sees exactly what the uninterrupted run would have.
+
+    With ``buckets`` (one hashable key per item, e.g. its latent shape) every run of
+    ``batch_size`` consecutive indices shares a key, so batches stack even when the cache mixes
+    resolutions or lengths: each epoch shuffles within buckets, cuts full batches (a bucket's
+    remainder waits for another epoch) and shuffles the batches.
     """
 
-    def __init__(self, length: int, seed: int, start: int = 0):
+    def __init__(self, length: int, seed: int, start: int = 0, batch_size: int = 1,
+                 buckets: list | None = None):
         self.length, self.seed, self.start = length, seed, start
+        self.batch_size, self.buckets = batch_size, buckets
+        self.epoch_length = len(self._epoch(0))
+        if self.epoch_length == 0:
+            raise ValueError(f"no shape bucket holds a full batch of {batch_size} items; lower the "
+                             "batch size or preprocess more clips at one resolution and length.")
+
+    def _epoch(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        if self.buckets is None or len(set(self.buckets)) == 1:
+            return torch.randperm(self.length, generator=g).tolist()
+        batches = []
+        for key in sorted(set(self.buckets), key=repr):
+            members = [i for i, b in enumerate(self.buckets) if b == key]
+            members = [members[j] for j in torch.randperm(len(members), generator=g).tolist()]
+            batches += [members[k:k + self.batch_size]
+                        for k in range(0, len(members) - self.batch_size + 1, self.batch_size)]
+        return [i for j in torch.randperm(len(batches), generator=g).tolist() for i in batches[j]]
 
     def __iter__(self):
         position = self.start
         while True:
-            epoch, offset = divmod(position, self.length)
-            perm = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch))
-            for index in perm[offset:].tolist():
+            epoch, offset = divmod(position, self.epoch_length)
+            for index in self._epoch(epoch)[offset:]:
                 yield index
                 position += 1
 

@@ -222,8 +222,9 @@ def preprocess(rows: Iterable[dict], out_dir: str | Path, encoders: Encoders, *,
             stats["failed"] += 1
             continue
         pending[row["id"]] = tensors
-        pending_meta.append({k: row[k] for k in ("id", "mouth_box", "face_box", sync_column, "caption")
-                             if k in row})
+        meta = {k: row[k] for k in ("id", "mouth_box", "face_box", sync_column, "caption") if k in row}
+        meta["shape"] = list(tensors["latents" if kind == "sft" else "chosen.latents"].shape)
+        pending_meta.append(meta)
         stats["done"] += 1
         if len(pending) >= shard_size:
             flush()

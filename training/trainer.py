@@ -171,7 +171,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- data
     def _loader(self, data, batch_size: int, consumed: int):
-        sampler = StreamSampler(len(data), self.config.seed, start=consumed)
+        sampler = StreamSampler(len(data), self.config.seed, start=consumed, batch_size=batch_size,
+                                buckets=getattr(data, "buckets", None))
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler,
                                              collate_fn=collate, num_workers=self.config.data.num_workers)
         return iter(self.acc.prepare_data_loader(loader))
