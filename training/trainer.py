@@ -3,12 +3,14 @@
 Randomness of a step (phases, timesteps, noise, tasks, drops) comes from a CPU generator seeded by
 (seed, step, process), and the data stream position from the number of samples consumed, so a
 resumed run repeats exactly what the uninterrupted run would have done; accelerate's
-``save_state``/``load_state`` carries model, optimizer, LR schedule, RNG and our ``TrainState``.
+``save_state``/``load_state`` carries model, optimizer, LR schedule and RNG, a JSON file our
+``TrainState`` (step, samples consumed).
 """
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -32,10 +34,13 @@ log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
 MODEL_FILE = "transformer.safetensors"
 LORA_FILE = "lora.safetensors"
+STATE_FILE = "train_state.json"
 
 
 class TrainState:
-    """Counters saved with every checkpoint (registered with ``accelerator.register_for_checkpointing``)."""
+    """Counters saved with every checkpoint as JSON (``train_state.json``). Not registered with
+    accelerate's ``register_for_checkpointing``, which unpickles custom objects with
+    ``weights_only=False``."""
 
     def __init__(self):
         self.step = 0          # optimizer steps done
@@ -119,14 +124,13 @@ class Trainer:
         scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps * n,
                                   num_training_steps=o.max_steps * n)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
-        self.acc.register_for_checkpointing(self.state)
         if self.acc.is_main_process:
             self.acc.init_trackers("train", config=_flat(config_to_dict(config)))
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoints(self) -> list[Path]:
         folder = self.out / "checkpoints"
-        done = [p for p in folder.glob(CHECKPOINT_PREFIX + "*") if (p / "state").is_dir()
+        done = [p for p in folder.glob(CHECKPOINT_PREFIX + "*") if (p / STATE_FILE).is_file()
                 and not p.name.endswith(".partial")]
         return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
@@ -138,6 +142,7 @@ class Trainer:
                 return False
             path = found[-1]
         self.acc.load_state(str(Path(path) / "state"))
+        self.state.load_state_dict(json.loads((Path(path) / STATE_FILE).read_text()))
         log.info("resumed from %s at step %d", path, self.state.step)
         return True
 
@@ -157,6 +162,7 @@ class Trainer:
         self.acc.wait_for_everyone()  # every rank has written its part (RNG states, FSDP shards)
         if self.acc.is_main_process:
             unwrapped = self.acc.unwrap_model(self.model)
+            (tmp / STATE_FILE).write_text(json.dumps(self.state.state_dict()))
             if self.config.lora.enabled:
                 save_lora(unwrapped, tmp / LORA_FILE, self.config.lora)
             else:
@@ -323,8 +329,6 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, model: torch.nn.Mod
     """The transformer weights as the node pack's loader reads them: released key names, the
     config in the metadata (as ``save_transformer`` writes it). ``state`` comes from
     ``accelerator.get_state_dict``, which gathers FSDP shards."""
-    import json
-
     from echomimic_core.checkpoints.files import save_state_dict
     from echomimic_core.checkpoints.transformer import CONFIG_METADATA_KEY
 
