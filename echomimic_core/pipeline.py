@@ -174,11 +174,52 @@ def encode_inputs(models: Models, reference: np.ndarray, wav16k: torch.Tensor, p
         clip_fea = ie.encode(pixels).float().cpu()
     with on_device(models.audio_encoder, device, offload_device) as ae:
         audio = ae.features_for_video(wav16k, feature_frames, settings.fps).float().cpu()
-    ip_mask = None
-    if models.variant == "preview":
-        ip_mask, source = face_ip_mask(reference, sample_size, box=settings.face_box, mask=face_mask)
-        log.info("face gate from %s", source)
+    ip_mask = face_gate(models, reference, sample_size, settings.face_box, face_mask)
     return Encoded(context.float().cpu(), negative.float().cpu(), clip_fea, audio, ip_mask)
+
+
+def face_gate(models: Models, reference: np.ndarray, sample_size: tuple[int, int], box=None, mask=None):
+    """The preview model's audio gate ``ip_mask`` [1, tokens] (box, else mask, else detector); None for flash."""
+    if models.variant != "preview":
+        return None
+    ip_mask, source = face_ip_mask(reference, sample_size, box=box, mask=mask)
+    log.info("face gate from %s", source)
+    return ip_mask
+
+
+def encoded_from_embeddings(models: Models, plan: "Plan", context: torch.Tensor, negative_context: torch.Tensor | None,
+                            clip_fea: torch.Tensor, audio: torch.Tensor, audio_kind: str, face_box=None,
+                            face_mask=None) -> Encoded:
+    """``Encoded`` from embeddings computed elsewhere (the ComfyUI nodes), checked against the model.
+
+    context / negative_context: [L, text_dim] (real tokens only); clip_fea: [1, 257, clip_dim];
+    audio: the audio encoder's ``features_for_video`` output covering at least ``plan.num_frames``.
+    """
+    config = models.transformer.config
+    if align.kind_layout(audio_kind) != align.kind_layout(models.audio_kind):
+        raise ValueError(f"the audio features are {audio_kind!r} features but the model is {models.variant}; "
+                         f"encode the audio with the {models.variant} audio encoder.")
+    if align.frames_in_features(audio, audio_kind) < plan.num_frames:
+        raise ValueError(f"the audio features cover {align.frames_in_features(audio, audio_kind)} frames, the "
+                         f"video needs {plan.num_frames}; encode the whole audio clip.")
+    if negative_context is None:
+        if guidance_needs_negative(models):
+            raise ValueError("the preview model's guidance needs the negative prompt's embedding; connect it.")
+        negative_context = context.new_zeros(0, context.shape[-1])
+    for name, tensor, dim in (("prompt", context, config.text_dim), ("negative prompt", negative_context,
+                                                                      config.text_dim),
+                              ("CLIP vision", clip_fea, config.clip_dim)):
+        if tensor.shape[-1] != dim:
+            raise ValueError(f"the {name} embedding has width {tensor.shape[-1]}, the model expects {dim}; "
+                             "use the encoder that belongs to this model (umT5-XXL / CLIP ViT-H).")
+    ip_mask = face_gate(models, plan.reference, plan.sample_size, face_box, face_mask)
+    return Encoded(context.float().cpu(), negative_context.float().cpu(), clip_fea.float().cpu(),
+                   audio.float().cpu(), ip_mask)
+
+
+def guidance_needs_negative(models: Models) -> bool:
+    """Preview's three-way guidance runs the negative prompt; flash's audio-only guidance does not."""
+    return models.variant != "flash"
 
 
 def branches_for(encoded: Encoded, y: torch.Tensor, audio: torch.Tensor, audio_scale: float) -> dict[str, Conditioning]:
@@ -259,11 +300,31 @@ def lipsync_region(task: Task, video: torch.Tensor, sample_size: tuple[int, int]
     return task_masks.box_region(box, len(video), (height, width))
 
 
+def task_at_sample_size(task: Task, sample_size: tuple[int, int]) -> Task:
+    """The source video resized to the sample size, and the mouth box / mask (given in the source
+    video's pixels) scaled with it."""
+    height, width = task.source_video.shape[1:3]
+    box, mask = task.mouth_box, task.mouth_mask
+    if box is not None:
+        sy, sx = sample_size[0] / height, sample_size[1] / width
+        box = (box[0] * sy, box[1] * sy, box[2] * sx, box[3] * sx)
+    if mask is not None:
+        mask = torch.as_tensor(mask).float()
+        mask = mask[None] if mask.ndim == 2 else mask
+        if mask.shape[-2:] != (height, width):
+            raise ValueError(f"mouth_mask is {tuple(mask.shape[-2:])}, the video frames are {height}x{width}; "
+                             "draw the mask on a frame of the same video.")
+        # [F, H, W] -> [F, 1, H, W] for interpolate; nearest keeps it binary
+        mask = torch.nn.functional.interpolate(mask[:, None], size=tuple(sample_size), mode="nearest")[:, 0]
+    return dataclasses.replace(task, source_video=resize_video(task.source_video, sample_size),
+                               mouth_box=box, mouth_mask=mask)
+
+
 def resize_video(frames: torch.Tensor, sample_size: tuple[int, int]) -> torch.Tensor:
     """[F, H, W, 3] 0..1 -> sample size, LANCZOS like every other task input."""
     if tuple(frames.shape[1:3]) == tuple(sample_size):
         return frames.float()
-    return torch.stack([torch.from_numpy(np.asarray(task_masks.resize_to_sample(to_uint8_image(f), sample_size)))
+    return torch.stack([torch.from_numpy(np.array(task_masks.resize_to_sample(to_uint8_image(f), sample_size)))
                         for f in frames]).float() / 255
 
 
@@ -301,7 +362,7 @@ def plan_generation(image, num_frames: int, settings: GenerationSettings, task: 
     reference = to_uint8_image(image)
     sample_size = sample_size_for(reference.shape[:2], settings)
     if task.source_video is not None:
-        task = dataclasses.replace(task, source_video=resize_video(task.source_video, sample_size))
+        task = task_at_sample_size(task, sample_size)
     lead = task.continue_frames if task.kind == "continue" else 0
     chunks = None
     if settings.long_video_mode == "chunks":

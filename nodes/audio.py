@@ -5,13 +5,17 @@ from .common import CATEGORY, audio_input, on_compute_device
 
 
 def _frames(audio, fps: float, max_frames: int) -> tuple[object, int]:
-    """(16 kHz mono waveform, frames the clip supports: floor(duration * fps), capped, 4k+1)."""
+    """(16 kHz mono waveform, frames the clip supports: floor(duration * fps), capped).
+
+    No 4k+1 rounding, as the pipeline: the last chunk is rounded up and trimmed, so the video
+    covers the whole audio (``pipeline.output_frame_count``).
+    """
     from echomimic_core.audio_alignment import frames_for_samples
     from echomimic_core.media import prepare_audio
 
     waveform, rate = audio_input(audio)
     wav16 = prepare_audio(waveform, rate)
-    frames = frames_for_samples(wav16.shape[-1], fps, max_frames=max_frames or None)
+    frames = frames_for_samples(wav16.shape[-1], fps, max_frames=max_frames or None, stride=None)
     if frames < 1:
         raise ValueError(f"the audio lasts {wav16.shape[-1] / 16000:.3f} s, less than one frame at {fps} fps; "
                          "use a longer clip.")
@@ -42,13 +46,16 @@ class EchoMimicAudioEncode:
         wav16, frames = _frames(audio, fps, max_frames)
         with on_compute_device(audio_encoder):
             features = audio_encoder.features_for_video(wav16, frames, fps).float().cpu()
+        waveform, rate = audio_input(audio)
+        # the source audio rides along so the sampler can hand back the clip trimmed to the video
         embeds = {"features": features, "kind": audio_encoder.kind, "num_frames": frames, "fps": float(fps),
-                  "waveform": wav16[None], "sample_rate": 16000}
+                  "waveform": wav16[None], "sample_rate": 16000,
+                  "audio": {"waveform": waveform[None].float(), "sample_rate": rate}}
         return (embeds, frames)
 
 
 class EchoMimicAudioFrames:
-    """How many frames (4k+1) and seconds of video an AUDIO gives; feeds length inputs."""
+    """How many frames and seconds of video an AUDIO gives; feeds length inputs."""
 
     @classmethod
     def INPUT_TYPES(cls):

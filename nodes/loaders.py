@@ -31,6 +31,28 @@ def _missing_file(folder: str, name: str):
     return True
 
 
+# The transformer may sit in the pack's own folder or in ComfyUI's diffusion_models (the demo's place).
+TRANSFORMER_FOLDERS = (services.FOLDER_NAME, "diffusion_models")
+
+
+def _transformer_files() -> list[str]:
+    names: list[str] = []
+    for folder in TRANSFORMER_FOLDERS:
+        names += [n for n in services.list_models(folder) if n not in names]
+    return names
+
+
+def _transformer_path(name: str):
+    """The file ``name`` from models/echomimic, else models/diffusion_models."""
+    errors = []
+    for folder in TRANSFORMER_FOLDERS:
+        try:
+            return services.model_path(name, folder)
+        except (FileNotFoundError, ValueError) as e:
+            errors.append(str(e))
+    raise FileNotFoundError(" / ".join(errors))
+
+
 class EchoMimicModelLoader:
     """The EchoMimicV3 transformer (preview, flash, or a base Wan2.1-Fun-InP file)."""
 
@@ -39,8 +61,8 @@ class EchoMimicModelLoader:
         from echomimic_core.model.attention import available_backends
 
         return {"required": {
-            "model": _file_choice(services.FOLDER_NAME, "Transformer file in models/echomimic "
-                                  "(safetensors, pth, ComfyUI fp8-scaled files)."),
+            "model": (_transformer_files(), {"tooltip": "Transformer file in models/echomimic or "
+                      "models/diffusion_models (safetensors, pth, ComfyUI fp8-scaled files)."}),
             "precision": (list(PRECISIONS), {"default": "bf16", "tooltip": "Compute dtype."}),
             "weight_storage": (list(STORAGE), {"default": "default", "tooltip":
                                "fp8 keeps the block matrices in 8 bits (half the memory), cast on the fly."}),
@@ -56,12 +78,16 @@ class EchoMimicModelLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, model):
-        return _missing_file(services.FOLDER_NAME, model)
+        try:
+            _transformer_path(model)
+        except FileNotFoundError as e:
+            return str(e)
+        return True
 
     def load(self, model, precision, weight_storage, attention, variant):
         from echomimic_core.checkpoints.transformer import load_transformer
 
-        loaded = load_transformer(services.model_path(model), dtype=PRECISIONS[precision],
+        loaded = load_transformer(_transformer_path(model), dtype=PRECISIONS[precision],
                                   storage_dtype=STORAGE[weight_storage], device=services.offload_device(),
                                   attention_backend=attention, variant=None if variant == "auto" else variant)
         return (loaded,)

@@ -17,8 +17,9 @@ def _audio(seconds, rate=44100, channels=2):
 
 
 def test_audio_frames():
-    assert audio_nodes.EchoMimicAudioFrames().count(_audio(2.0), 25.0, 0) == (49, 49 / 25.0)
-    assert audio_nodes.EchoMimicAudioFrames().count(_audio(2.0), 25.0, 30)[0] == 29
+    # floor(duration * fps), capped; no 4k+1 rounding (the pipeline trims its last chunk instead)
+    assert audio_nodes.EchoMimicAudioFrames().count(_audio(2.0), 25.0, 0) == (50, 50 / 25.0)
+    assert audio_nodes.EchoMimicAudioFrames().count(_audio(2.0), 25.0, 30)[0] == 30
     with pytest.raises(ValueError, match="less than one frame"):
         audio_nodes.EchoMimicAudioFrames().count(_audio(0.02), 25.0, 0)
     with pytest.raises(ValueError, match="AUDIO dict"):

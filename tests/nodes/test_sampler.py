@@ -1,0 +1,186 @@
+"""Sampler node: variant defaults, native-type adapters, and the node chain == pipeline.generate."""
+
+import pytest
+import torch
+
+from echomimic_core import pipeline
+from echomimic_core.demo import demo_inputs
+from echomimic_core.settings import GenerationSettings
+from echomimic_core.verify_reference import relative_error
+from nodes import adapters, comfy_services as cs
+from nodes.audio import EchoMimicAudioEncode
+from nodes.encoders import EchoMimicCLIPVisionEncode, EchoMimicTextEncode
+from nodes.sampler import EchoMimicSampler, resolve_settings
+from nodes.task import EchoMimicTask
+
+QUICK = dict(steps=2, partial_video_length=9, overlap_video_length=4, color_match=False, width=64, height=64)
+
+
+def _widgets(**overrides):
+    """The sampler's widget values as ComfyUI sends them (defaults), plus overrides."""
+    inputs = EchoMimicSampler.INPUT_TYPES()
+    values = {name: spec[1]["default"] for section in ("required", "optional")
+              for name, spec in inputs[section].items() if len(spec) > 1 and "default" in spec[1]}
+    return {**values, **overrides}
+
+
+def test_auto_widgets_resolve_to_each_variants_upstream_defaults():
+    for variant in ("preview", "flash"):
+        assert resolve_settings(variant, _widgets()) == GenerationSettings.for_variant(variant)
+    flash = resolve_settings("flash", _widgets())
+    assert (flash.sampler, flash.steps, flash.teacache_threshold) == ("Flow_Unipc", 8, 0.1)
+    # a value the user sets wins over the variant's default; 0 means "off"/"from the image"
+    mine = resolve_settings("flash", _widgets(steps=12, guidance_scale=4.5, use_dynamic_cfg="on", width=0,
+                                              vae_tile_size=256), fps=30.0)
+    assert (mine.steps, mine.guidance_scale, mine.use_dynamic_cfg, mine.width, mine.fps) == (12, 4.5, True, None, 30.0)
+    assert mine.vae_tile_size == 256 and mine.sampler == "Flow_Unipc"
+
+
+def test_validate_inputs_without_tensors():
+    assert EchoMimicSampler.VALIDATE_INPUTS() is True
+    assert "width and height go together" in EchoMimicSampler.VALIDATE_INPUTS(width=512)
+    assert "multiples of 16" in EchoMimicSampler.VALIDATE_INPUTS(width=500, height=512)
+    assert "overlap_video_length" in EchoMimicSampler.VALIDATE_INPUTS(partial_video_length=9, overlap_video_length=9)
+    assert "at least 5" in EchoMimicSampler.VALIDATE_INPUTS(partial_video_length=3)
+
+
+def test_text_embedding_drops_comfyui_zero_padding():
+    tokens = torch.randn(7, 32)
+    padded = torch.zeros(1, 512, 32)
+    padded[0, :7] = tokens
+    assert torch.equal(adapters.text_embedding([[padded, {"pooled_output": None}]]), tokens)
+    assert torch.equal(adapters.text_embedding([[tokens[None], {}]]), tokens)
+    with pytest.raises(ValueError, match="all zeros"):
+        adapters.text_embedding([[torch.zeros(1, 512, 32), {}]])
+    with pytest.raises(ValueError, match="CLIP Text Encode"):
+        adapters.text_embedding("a prompt")
+
+
+def test_comfyui_audio_encoder_output_is_refused_with_the_node_to_use():
+    output = {"encoded_audio": torch.zeros(1, 50, 768), "encoded_audio_all_layers": [torch.zeros(1, 50, 768)],
+              "audio_samples": 16000}
+    with pytest.raises(ValueError, match="EchoMimicV3 Audio Encode"):
+        adapters.audio_features(output)
+
+
+class FakeComfyVAE:
+    """ComfyUI's VAE contract, backed by our WanVAE: IMAGE 0..1 in, raw latents out; decode -> [1, T, H, W, 3]."""
+
+    def __init__(self, wan):
+        self.wan, self.latent_channels, self.calls = wan, 16, []
+        self.first_stage_model = wan.model
+
+    def encode(self, pixels):
+        from echomimic_core.vae import denormalize_latents
+        self.calls.append("encode")
+        video = pixels.movedim(-1, 0)[None] * 2 - 1  # [T, H, W, 3] -> [1, 3, T, H, W]
+        return denormalize_latents(self.wan.encode(video), self.wan.latents_mean, self.wan.latents_std)
+
+    def decode(self, raw):
+        from echomimic_core.vae import normalize_latents
+        self.calls.append("decode")
+        video = self.wan.decode(normalize_latents(raw, self.wan.latents_mean, self.wan.latents_std))
+        return ((video + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
+
+
+def test_comfy_vae_adapter_matches_the_core_vae(demo_models):
+    wan = demo_models.vae
+    adapter = adapters.video_vae(FakeComfyVAE(wan))
+    assert isinstance(adapter, adapters.ComfyVideoVAE) and adapters.video_vae(wan) is wan
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    latents = adapter.encode(video)
+    assert relative_error(latents, wan.encode(video)) < 1e-5
+    assert relative_error(adapter.decode(latents), wan.decode(latents)) < 1e-5
+    with pytest.raises(ValueError, match="Wan2.1"):
+        adapters.video_vae(type("Wan22", (), {"latent_channels": 48, "decode_tiled": None})())
+
+
+@pytest.fixture(scope="module")
+def chain(demo_models):
+    """Embeddings through the pack's encoder nodes, and the inputs that made them."""
+    image, audio, sr = demo_inputs(seconds=0.52, size=64)
+    image_t = torch.from_numpy(image).float()[None] / 255
+    audio_in = {"waveform": audio[None].repeat(1, 2, 1), "sample_rate": sr}
+    positive, negative = EchoMimicTextEncode().encode(demo_models.text_encoder, "a person talks",
+                                                      GenerationSettings().negative_prompt)
+    (clip,) = EchoMimicCLIPVisionEncode().encode(demo_models.image_encoder, image_t)
+    embeds, frames = EchoMimicAudioEncode().encode(demo_models.audio_encoder, audio_in, 25.0, 0)
+    return dict(image=image, image_t=image_t, audio=audio, sr=sr, audio_in=audio_in, positive=positive,
+                negative=negative, clip=clip, embeds=embeds, frames=frames)
+
+
+def test_sampler_node_reproduces_pipeline_generate(demo_models, chain, folders, monkeypatch):
+    steps = []
+    real_progress = cs.Progress
+
+    class Recording(real_progress):
+        def update_absolute(self, value, total=None, preview=None, latents=None):
+            steps.append((value, total, None if latents is None else tuple(latents.shape)))
+            super().update_absolute(value, total, preview, latents)
+    monkeypatch.setattr(cs, "Progress", Recording)
+
+    out = EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"],
+                                    chain["embeds"], negative=chain["negative"], image=chain["image_t"],
+                                    **_widgets(**QUICK))
+    frames, audio, fps = out["result"]
+    settings = GenerationSettings.for_variant("preview", **QUICK)
+    expected = pipeline.generate(demo_models, chain["image"], chain["audio"], chain["sr"], "a person talks", settings)
+    assert frames.shape == expected.frames.shape == (13, 64, 64, 3)   # floor(0.52 s * 25 fps)
+    assert relative_error(frames, expected.frames) < 1e-3
+    assert fps == 25.0 and audio["sample_rate"] == chain["sr"]
+    assert audio["waveform"].shape == (1, 2, int(13 / 25 * chain["sr"]))  # stereo kept, trimmed to the video
+    assert [s[0] for s in steps] == [1, 2, 3, 4] and steps[-1][1] == 4  # 2 chunks x 2 steps
+    assert steps[-1][2][1] == 16  # latent previews get [B, 16, T, h, w]
+    assert "13 frames" in out["ui"]["echomimic_plan"][0]
+
+
+def test_sampler_with_comfyui_native_vae_and_padded_conditioning(demo_models, chain, folders):
+    padded = [[torch.cat([chain["positive"][0][0], torch.zeros(1, 500, chain["positive"][0][0].shape[-1])], 1), {}]]
+    fake = FakeComfyVAE(demo_models.vae)
+    settings = _widgets(**{**QUICK, "steps": 1, "partial_video_length": 13})
+    native = EchoMimicSampler().sample(demo_models.transformer, fake, padded, chain["clip"], chain["embeds"],
+                                       negative=chain["negative"], image=chain["image_t"], **settings)
+    ours = EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"],
+                                     chain["embeds"], negative=chain["negative"], image=chain["image_t"], **settings)
+    assert "encode" in fake.calls and "decode" in fake.calls
+    assert relative_error(native["result"][0], ours["result"][0]) < 1e-3
+
+
+def test_sampler_task_and_errors(demo_models, chain, folders):
+    source = torch.rand(9, 96, 96, 3)
+    spec, _ = EchoMimicTask().build("lipsync", source_video=source, mouth_box="48, 80, 24, 72")
+    frames, audio, _ = EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"],
+                                                 chain["clip"], chain["embeds"], negative=chain["negative"],
+                                                 task=spec, **_widgets(**{**QUICK, "steps": 1}))["result"]
+    assert frames.shape == (9, 64, 64, 3)  # lip-sync stops with the 9-frame source video
+    assert audio["waveform"].shape[-1] == int(9 / 25 * chain["sr"])
+
+    sampler = EchoMimicSampler()
+    with pytest.raises(ValueError, match="negative prompt"):
+        sampler.sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"], chain["embeds"],
+                       image=chain["image_t"], **_widgets(**QUICK))
+    short = dict(chain["embeds"], num_frames=chain["embeds"]["num_frames"] + 8)
+    with pytest.raises(ValueError, match="cover 13 frames"):
+        sampler.sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"], short,
+                       negative=chain["negative"], image=chain["image_t"], **_widgets(**QUICK))
+    flash_like = dict(chain["embeds"], kind="flash")
+    with pytest.raises(ValueError, match="'flash' features but the model is preview"):
+        sampler.sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"], flash_like,
+                       negative=chain["negative"], image=chain["image_t"], **_widgets(**QUICK))
+
+
+def test_cancel_stops_the_sampler_between_steps(demo_models, chain, folders, monkeypatch):
+    class Interrupted(Exception):
+        pass
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) > 1:
+            raise Interrupted
+    monkeypatch.setattr(cs, "check_interrupted", check)
+    with pytest.raises(Interrupted):
+        EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"],
+                                  chain["embeds"], negative=chain["negative"], image=chain["image_t"],
+                                  **_widgets(**QUICK))
+    assert next(demo_models.transformer.parameters()).device == torch.device("cpu")
