@@ -9,7 +9,6 @@ are hooks around it.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Protocol
 
@@ -24,8 +23,6 @@ from .blocks import BlockContext, Head, MLPProj, WanAttentionBlock
 from .conditioning import Conditioning
 from .ops import Operations
 from .rope import RotaryEmbedding3D
-
-log = logging.getLogger(__name__)
 
 
 class StepCache(Protocol):

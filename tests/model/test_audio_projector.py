@@ -24,7 +24,7 @@ def test_preview_windows_with_fractional_token_rate():
 
 def test_gathered_window_attention_equals_right_padded_window():
     """Upstream slices the in-range part and appends zeros; we gather in place. Same attention."""
-    n, width = 18, None
+    n = 18
     tokens = torch.randn(1, n, 6)
     index = preview_window_index(n, 2, 4)
     width = index.shape[1]
