@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--storage-dtype", choices=("bfloat16", "float16", "float32", "float8_e4m3fn"),
                      help="how transformer weights are stored (float8_e4m3fn halves their memory)")
     gen.add_argument("--attention", default="sdpa", help="sdpa, flash_attn, sageattention, xformers")
+    gen.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                     help="merge a LoRA (e.g. one trained with training/) into the transformer; repeatable")
     gen.add_argument("--block-swap", type=int, default=0, help="transformer blocks kept on the CPU and streamed in")
     _settings_arguments(gen)
 
@@ -117,6 +119,16 @@ def _task_from(args):
     if args.mouth_box:
         task.mouth_box = tuple(args.mouth_box)
     return task
+
+
+def _lora_spec(spec: str) -> tuple[Path, float]:
+    path, sep, strength = spec.rpartition(":")
+    if not sep or not path:
+        return Path(spec), 1.0
+    try:
+        return Path(path), float(strength)
+    except ValueError:
+        return Path(spec), 1.0  # a ':' inside the path itself
 
 
 def _progress_hooks():
@@ -170,7 +182,8 @@ def generate_command(args) -> int:
         from .checkpoints.transformer import inspect_checkpoint
         _settings_from(args, inspect_checkpoint(files.transformer).config.audio_variant).validate()
     models = load_models(files, dtype=dtype, device=device, storage_dtype=args.storage_dtype,
-                         attention_backend=args.attention, block_swap=args.block_swap)
+                         attention_backend=args.attention, block_swap=args.block_swap,
+                         loras=[_lora_spec(spec) for spec in args.lora])
     settings = _settings_from(args, models.variant)
     hooks, bar = _progress_hooks()
     if args.demo:

@@ -105,9 +105,11 @@ def _prefer(patterns: list[str], slot: str, variant: str | None) -> list[str]:
 
 
 def load_models(files: ModelFiles, dtype="bfloat16", device="cpu", storage_dtype=None,
-                attention_backend: str = "sdpa", encoder_device="cpu", block_swap: int = 0):
+                attention_backend: str = "sdpa", encoder_device="cpu", block_swap: int = 0,
+                loras: list[tuple[str | Path, float]] = ()):
     """Load every model of ``files`` into a :class:`~echomimic_core.pipeline.Models`.
 
+    ``loras``: (file, strength) pairs merged into the transformer's weights after loading.
     The transformer goes to ``device`` (computing in ``dtype``, storing in ``storage_dtype``, e.g.
     fp8); encoders and the VAE start on ``encoder_device`` and visit the compute device only while
     they run. The audio encoder's feature path follows the transformer's variant unless the file
@@ -131,6 +133,10 @@ def load_models(files: ModelFiles, dtype="bfloat16", device="cpu", storage_dtype
     storage = getattr(torch, storage_dtype) if isinstance(storage_dtype, str) else storage_dtype
     transformer = load_transformer(files.transformer, dtype=dtype, storage_dtype=storage,
                                    device=device if not block_swap else "cpu", attention_backend=attention_backend)
+    if loras:
+        from .checkpoints.lora import apply_lora
+        for lora_path, strength in loras:
+            apply_lora(transformer, lora_path, strength)
     if block_swap:
         transformer.enable_block_swap(block_swap, device)
     kind = None if "whisper" in files.audio_encoder.name.lower() else transformer.config.audio_variant

@@ -4,7 +4,7 @@ peft fits: our ``ops.Linear`` subclasses ``nn.Linear``, so ``peft.inject_adapter
 it (the base layer keeps its cast-on-the-fly forward) and the model keeps its own class and
 ``forward(x, t, cond)`` (no ``PeftModel`` wrapper in the way of accelerate or the sampler).
 
-File format (what ComfyUI's LoRA loader and our ``merge_lora`` read)::
+File format (what ComfyUI's LoRA loader and ``echomimic_core.checkpoints.lora`` read)::
 
     diffusion_model.<module>.lora_A.weight   [rank, in]
     diffusion_model.<module>.lora_B.weight   [out, rank]
@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from echomimic_core.checkpoints.files import load_state_dict, save_state_dict
+from echomimic_core.checkpoints.files import save_state_dict
+from echomimic_core.checkpoints.lora import merge_lora  # noqa: F401  (re-exported for training users)
 from training.config import LoRAConfig
 
 PREFIX = "diffusion_model."
@@ -58,26 +59,6 @@ def lora_state_dict(model: nn.Module, alpha: float) -> dict[str, torch.Tensor]:
 def save_lora(model: nn.Module, path: str | Path, cfg: LoRAConfig) -> None:
     save_state_dict(lora_state_dict(model, cfg.alpha), path,
                     metadata={"format": "lora", "rank": str(cfg.rank), "alpha": str(cfg.alpha)})
-
-
-def merge_lora(state: dict[str, torch.Tensor], lora: dict[str, torch.Tensor] | str | Path,
-               strength: float = 1.0) -> dict[str, torch.Tensor]:
-    """A copy of a transformer state dict with ``W += strength * alpha / rank * B @ A`` applied."""
-    if not isinstance(lora, dict):
-        lora = load_state_dict(lora)
-    out = dict(state)
-    modules = sorted({k[len(PREFIX):].rsplit(".lora_A.", 1)[0] for k in lora if ".lora_A." in k})
-    for module in modules:
-        key = module + ".weight"
-        if key not in out:
-            raise KeyError(f"LoRA targets {module!r}, which this transformer does not have "
-                           "(a LoRA trained for another variant?).")
-        a = lora[f"{PREFIX}{module}.lora_A.weight"].float()
-        b = lora[f"{PREFIX}{module}.lora_B.weight"].float()
-        alpha = float(lora.get(f"{PREFIX}{module}.alpha", torch.tensor(a.shape[0])))
-        w = out[key]
-        out[key] = (w.float() + strength * alpha / a.shape[0] * (b @ a)).to(w.dtype)
-    return out
 
 
 @contextlib.contextmanager

@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from echomimic_core.checkpoints.files import CheckpointError, save_state_dict
+from echomimic_core.checkpoints.lora import apply_lora, merge_lora
+from echomimic_core.config import TransformerConfig
+from echomimic_core.model.transformer import EchoMimicTransformer
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return EchoMimicTransformer(TransformerConfig.preset("tiny_preview"))
+
+
+def test_kohya_spelling_file_merges_the_expected_delta(model, tmp_path):
+    w = model.blocks[1].self_attn.q.weight
+    a, b = torch.randn(4, w.shape[1]), torch.randn(w.shape[0], 4)
+    path = tmp_path / "style.safetensors"
+    save_state_dict({"diffusion_model.blocks.1.self_attn.q.lora_down.weight": a,
+                     "diffusion_model.blocks.1.self_attn.q.lora_up.weight": b,
+                     "diffusion_model.blocks.1.self_attn.q.alpha": torch.tensor(2.0)}, path)
+    before = w.detach().clone()
+    assert apply_lora(model, path, strength=0.5) == 1
+    torch.testing.assert_close(w.detach(), before + 0.5 * 2.0 / 4 * (b @ a))
+
+
+def test_lora_for_another_model_is_a_clear_error(model):
+    lora = {"blocks.99.self_attn.q.lora_A.weight": torch.zeros(2, 3),
+            "blocks.99.self_attn.q.lora_B.weight": torch.zeros(3, 2)}
+    with pytest.raises(CheckpointError, match="does not have"):
+        merge_lora(dict(model.named_parameters()), lora)
+    with pytest.raises(CheckpointError, match="is this a LoRA file"):
+        merge_lora({}, {"blocks.0.self_attn.q.weight": torch.zeros(2, 2)})
