@@ -45,24 +45,55 @@ def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
 
 
 class _BlockSwap:
-    """Keeps the first ``n`` blocks on ``offload_device`` and streams each to ``device`` for its turn."""
+    """Keeps the first ``n`` blocks on ``offload_device`` and streams each to ``device`` for its turn.
+
+    Inference never changes weights, so a block is "offloaded" by pointing its tensors back at
+    their host copies (no device-to-host copy); host copies are pinned when the device is CUDA so
+    the next block's upload is asynchronous while the current one computes.
+    """
 
     def __init__(self, blocks: nn.ModuleList, n: int, device: torch.device, offload_device: torch.device):
-        self.blocks, self.swapped = blocks, set(range(min(n, len(blocks))))
-        self.device, self.offload_device = device, offload_device
+        self.device = device
+        self.loaded: set[int] = set()
+        pin = device.type == "cuda" and offload_device.type == "cpu"
+        self.host: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for i in range(min(n, len(blocks))):
+            pairs = []
+            for t in [*blocks[i].parameters(), *blocks[i].buffers()]:
+                host = t.data.to(offload_device)
+                t.data = host.pin_memory() if pin else host
+                pairs.append((t, t.data))
+            self.host[i] = pairs
+
+    @property
+    def swapped(self) -> set[int]:
+        return set(self.host)
+
+    def _load(self, i: int) -> None:
+        if i in self.host and i not in self.loaded:
+            for t, host in self.host[i]:
+                t.data = host.to(self.device, non_blocking=True)
+            self.loaded.add(i)
 
     def before(self, i: int) -> None:
         if torch.is_grad_enabled():
             raise RuntimeError("block swap is for inference: gradients would need the offloaded blocks "
                                "on the device again; disable block swap (or use torch.no_grad()).")
-        if i in self.swapped:
-            self.blocks[i].to(self.device, non_blocking=True)
-        if i + 1 in self.swapped:  # start the next copy while this block computes
-            self.blocks[i + 1].to(self.device, non_blocking=True)
+        self._load(i)
+        self._load(i + 1)  # queue the next upload while this block computes
 
     def after(self, i: int) -> None:
-        if i in self.swapped:
-            self.blocks[i].to(self.offload_device)
+        if i in self.loaded:
+            for t, host in self.host[i]:
+                t.data = host
+            self.loaded.discard(i)
+
+    def restore(self) -> None:
+        """Put every swapped block on the device for good."""
+        for i in self.host:
+            self._load(i)
+        self.host.clear()
+        self.loaded.clear()
 
 
 class EchoMimicTransformer(nn.Module):
@@ -110,8 +141,10 @@ class EchoMimicTransformer(nn.Module):
         """Keep the first ``n_blocks`` blocks on ``offload_device`` and stream each to
         ``compute_device`` just before it runs; everything else moves to ``compute_device``."""
         compute_device, offload_device = torch.device(compute_device), torch.device(offload_device)
+        self.disable_block_swap()
         for i, block in enumerate(self.blocks):
-            block.to(offload_device if i < n_blocks else compute_device)
+            if i >= n_blocks:
+                block.to(compute_device)
         for name, module in self.named_children():
             if name != "blocks":
                 module.to(compute_device)
@@ -119,7 +152,7 @@ class EchoMimicTransformer(nn.Module):
 
     def disable_block_swap(self) -> None:
         if self._swap is not None:
-            self.to(self._swap.device)
+            self._swap.restore()
         self._swap = None
 
     # ---- forward pieces ----

@@ -91,12 +91,18 @@ def test_block_swap_same_output_and_blocks_return_to_offload(tiny_config_fn, ran
         model.blocks[0].register_forward_pre_hook(lambda m, a: moved.append(m.ffn[0].weight.device))
         model.enable_block_swap(2, "cpu")
         assert model._swap.swapped == {0, 1}
+        hosts = [p.data_ptr() for p in model.blocks[0].parameters()]
         torch.testing.assert_close(model(x, t, cond), expected, rtol=0, atol=0)
         assert moved == [torch.device("cpu")]
+        # after its turn a swapped block points at its host copies again
+        assert [p.data_ptr() for p in model.blocks[0].parameters()] == hosts
+        assert model._swap.loaded == set()
     with pytest.raises(RuntimeError, match="block swap is for inference"):
         model(x, t, cond)
     model.disable_block_swap()
     assert model._swap is None
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, cond), expected, rtol=0, atol=0)
 
 
 class _RecordingCache:
