@@ -1,0 +1,79 @@
+"""Write the tiny random demo models into ComfyUI's model folders, and a demo face + speech clip.
+
+    python -m nodes.demo_models [MODELS_DIR] [--input-dir INPUT_DIR] [--overwrite]
+
+MODELS_DIR is ComfyUI's ``models`` folder; INPUT_DIR its ``input`` folder. Run from the pack's folder
+inside ``ComfyUI/custom_nodes/`` and both default to that ComfyUI's. Then open
+``workflows/echomimic_demo_tiny.json``: it runs on these files in seconds, even on a CPU. The
+weights are random (seeded), so the video is noise, but every step of the real path runs.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import wave
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEMO_IMAGE = "echomimic_demo_face.png"
+DEMO_AUDIO = "echomimic_demo_speech.wav"
+
+
+def comfyui_root() -> Path | None:
+    """The ComfyUI folder this pack is installed in (``ComfyUI/custom_nodes/<pack>``), or None."""
+    root = Path(__file__).resolve().parents[3]
+    return root if (root / "custom_nodes").is_dir() and (root / "models").is_dir() else None
+
+
+def write_demo_inputs(input_dir: str | Path, seconds: float = 2.4) -> tuple[Path, Path]:
+    """The demo reference image (PNG) and speech-like clip (16-bit WAV, 16 kHz) in ``input_dir``."""
+    import numpy as np
+    from PIL import Image
+
+    from echomimic_core.demo import demo_inputs
+
+    folder = Path(input_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    image, audio, rate = demo_inputs(seconds=seconds)
+    image_path, audio_path = folder / DEMO_IMAGE, folder / DEMO_AUDIO
+    Image.fromarray(image).save(image_path)
+    samples = (np.clip(audio[0].numpy(), -1.0, 1.0) * 32767).round().astype("<i2")
+    with wave.open(str(audio_path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return image_path, audio_path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nodes.demo_models", description=__doc__.split("\n\n")[0])
+    parser.add_argument("models_dir", nargs="?", help="ComfyUI's models folder (default: the ComfyUI this "
+                        "pack is installed in)")
+    parser.add_argument("--input-dir", help="ComfyUI's input folder for the demo image and audio "
+                        "(default: beside models_dir)")
+    parser.add_argument("--overwrite", action="store_true", help="rewrite files that already exist")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    root = comfyui_root()
+    if args.models_dir is None and root is None:
+        parser.error("give ComfyUI's models folder: this pack is not inside ComfyUI/custom_nodes/, so it "
+                     "cannot be found on its own.")
+    models = Path(args.models_dir) if args.models_dir else root / "models"
+    inputs = Path(args.input_dir) if args.input_dir else models.parent / "input"
+
+    from echomimic_core.demo import write_demo_models
+
+    files = write_demo_models(models, overwrite=args.overwrite)
+    image, audio = write_demo_inputs(inputs)
+    for path in (files.transformer, files.vae, files.text_encoder, files.image_encoder, files.audio_encoder,
+                 image, audio):
+        print(f"  {path}")
+    print("Open workflows/echomimic_demo_tiny.json in ComfyUI and queue it.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

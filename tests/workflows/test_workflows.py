@@ -1,0 +1,138 @@
+"""The shipped workflows: current with the nodes, valid against ComfyUI's schemas, readable, and the
+demo API workflow executes end to end on the tiny demo models."""
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nodes import NODE_CLASS_MAPPINGS, comfy_services as cs
+from nodes.demo_models import main as demo_models_main
+from workflows import build
+from workflows import validate as v
+
+HERE = Path(build.__file__).resolve().parent
+NAMES = [w.name for w in build.workflows()]
+
+
+@pytest.fixture(scope="module")
+def schemas(reference_dir):
+    return v.load_schemas(reference_dir.parent / "comfyui" / "object_info.json")
+
+
+def test_files_are_current_with_the_nodes(schemas):
+    files = build.rendered(schemas)
+    assert len(files) == 2 * len(NAMES) >= 12
+    stale = [name for name, text in files.items() if (HERE / name).read_text(encoding="utf-8") != text]
+    assert not stale, f"run `python -m workflows.build`: {stale}"
+
+
+@pytest.mark.parametrize("name", [f"{n}{suffix}.json" for n in NAMES for suffix in ("", "_api")])
+def test_every_workflow_validates(schemas, name):
+    issues = v.validate_file(HERE / name, schemas)
+    assert [str(i) for i in issues if i.error] == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflows_are_readable(name):
+    ui = json.loads((HERE / f"{name}.json").read_text(encoding="utf-8"))
+    boxes = [(n["pos"][0], n["pos"][1], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]) for n in ui["nodes"]]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], f"nodes overlap: {a} {b}"
+    notes = [n for n in ui["nodes"] if n["type"] == "MarkdownNote"]
+    assert notes and (".safetensors" in notes[0]["widgets_values"][0] or "demo_models" in notes[0]["widgets_values"][0])
+    assert {g["title"] for g in ui["groups"]} >= {"Models", "Generate", "Output"}
+    # every group holds its nodes
+    for node in ui["nodes"]:
+        if node["type"] != "MarkdownNote":
+            x, y = node["pos"]
+            assert any(g["bounding"][0] <= x and g["bounding"][1] <= y for g in ui["groups"])
+
+
+def test_native_files_and_settings_users_have(schemas):
+    api = json.loads((HERE / "echomimic_preview_talking_head_api.json").read_text(encoding="utf-8"))
+    by_type = {n["class_type"]: n["inputs"] for n in api.values()}
+    assert by_type["CLIPLoader"]["type"] == "wan" and by_type["CLIPVisionEncode"]["crop"] == "none"
+    assert by_type["VAELoader"]["vae_name"] == "wan_2.1_vae.safetensors"
+    flash = json.loads((HERE / "echomimic_flash_8step_api.json").read_text(encoding="utf-8"))
+    sampler = next(n["inputs"] for n in flash.values() if n["class_type"] == "EchoMimicSampler")
+    from nodes.sampler import resolve_settings
+    settings = resolve_settings("flash", sampler)
+    assert (settings.sampler, settings.steps) == ("Flow_Unipc", 8)
+
+
+# ------------------------------------------------------------------------------------------------
+# A tiny executor: runs an API prompt against our nodes plus stand-ins for ComfyUI's loaders
+# ------------------------------------------------------------------------------------------------
+class LoadImage:
+    FUNCTION = "load"
+
+    def load(self, image):
+        from PIL import Image
+        array = np.asarray(Image.open(cs.input_dir() / image).convert("RGB"), dtype=np.float32) / 255
+        return torch.from_numpy(array)[None], torch.zeros(1, *array.shape[:2])
+
+
+class LoadAudio:
+    FUNCTION = "load"
+
+    def load(self, audio):
+        from echomimic_core.media import load_audio
+        waveform, rate = load_audio(cs.input_dir() / audio)
+        return ({"waveform": waveform[None], "sample_rate": rate},)
+
+
+def run_prompt(prompt: dict, classes: dict) -> dict:
+    """Execute every output node's inputs (depth first), as ComfyUI does; returns node id -> outputs/ui."""
+    results, ui = {}, {}
+
+    def output(node_id):
+        if node_id not in results:
+            node = prompt[node_id]
+            cls = classes[node["class_type"]]
+            kwargs = {k: (output(x[0])[x[1]] if v._is_link(x) else x) for k, x in node["inputs"].items()}
+            check = getattr(cls, "VALIDATE_INPUTS", None)
+            if check is not None:
+                names = inspect.signature(check).parameters
+                assert check(**{k: x for k, x in node["inputs"].items() if k in names and not v._is_link(x)}) is True
+            out = getattr(cls(), cls.FUNCTION)(**kwargs)
+            if isinstance(out, dict):
+                ui[node_id], out = out.get("ui"), out["result"]
+            results[node_id] = out
+        return results[node_id]
+
+    for node_id, node in prompt.items():
+        if getattr(classes[node["class_type"]], "OUTPUT_NODE", False):
+            output(node_id)
+    return {"results": results, "ui": ui}
+
+
+def test_demo_workflow_executes_on_the_demo_files(monkeypatch, tmp_path, capsys):
+    for name in ("folder_paths", "comfy.utils", "comfy.model_management"):
+        monkeypatch.setattr(cs, "_missing", cs._missing | {name})
+    monkeypatch.setattr(cs, "_fallback_dirs", {})
+    comfy = tmp_path / "ComfyUI"
+    monkeypatch.setenv("ECHOMIMIC_MODELS_DIR", str(comfy / "models" / "echomimic"))
+    monkeypatch.setenv("ECHOMIMIC_INPUT_DIR", str(comfy / "input"))
+    monkeypatch.setenv("ECHOMIMIC_OUTPUT_DIR", str(comfy / "output"))
+    # the pack command writes the models and the demo inputs where ComfyUI looks for them
+    assert demo_models_main([str(comfy / "models")]) == 0
+    assert "echomimic_demo_tiny.json" in capsys.readouterr().out
+
+    prompt = json.loads((HERE / "echomimic_demo_tiny_api.json").read_text(encoding="utf-8"))
+    run = run_prompt(prompt, {**NODE_CLASS_MAPPINGS, "LoadImage": LoadImage, "LoadAudio": LoadAudio})
+    sampler_id = next(k for k, n in prompt.items() if n["class_type"] == "EchoMimicSampler")
+    frames, audio, fps = run["results"][sampler_id]
+    assert frames.shape == (60, 96, 96, 3) and fps == 25.0          # 2.4 s of speech at 25 fps
+    assert audio["waveform"].shape[-1] == round(60 / 25 * 16000) and audio["sample_rate"] == 16000
+    save_id = next(k for k, n in prompt.items() if n["class_type"] == "EchoMimicSaveVideo")
+    (path,) = run["results"][save_id]
+    item = run["ui"][save_id]["images"][0]
+    assert Path(path).is_file() and Path(path).parent == comfy / "output" / item["subfolder"]
+
+    from echomimic_core.media import load_video
+    video = load_video(path)
+    assert len(video.frames) == 60 and video.audio is not None
