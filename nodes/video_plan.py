@@ -8,8 +8,9 @@ The frontend computes the same plan in ``web/lib/video_plan.js``; both are teste
 * ``samples = round(duration_s * 16000)`` (the audio as the encoders see it, mono 16 kHz);
   ``fps`` is taken as the nearest fraction with denominator <= 1001 (29.97 -> 30000/1001);
 * ``frames = floor(samples * fps / 16000)``, capped by ``max_frames`` (Flash's single window),
-  then rounded DOWN to ``4k+1`` (the VAE compresses time 4x and keeps the first frame);
-  ``latent_frames = (frames - 1) // 4 + 1``;
+  as ``pipeline.output_frame_count`` (no 4k+1 rounding: the last chunk is rounded up and trimmed);
+  ``latent_frames`` = the latent length of those frames rounded UP to ``4k+1`` (the VAE compresses
+  time 4x and keeps the first frame);
 * chunks of ``partial`` = ``partial_video_length`` rounded down to ``4k+1`` (at least 5) start
   every ``partial - overlap`` frames; the chunk that reaches the end is the remaining frames
   rounded UP to ``4k+1`` (the surplus is trimmed), so the output has exactly ``frames`` frames.
@@ -21,12 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from echomimic_core.audio_alignment import SAMPLE_RATE, frames_for_samples
-from echomimic_core.long_video import latent_frames, plan_chunks, round_down_4k1
+from echomimic_core.long_video import latent_frames, plan_chunks, round_down_4k1, round_up_4k1
 
 
 @dataclass(frozen=True)
 class VideoPlan:
-    frames: int                               # output frames (4k+1)
+    frames: int                               # output frames
     latent_frames: int
     partial: int                              # chunk length after rounding
     chunks: tuple[tuple[int, int, int], ...]  # (first frame, frames generated, overlap) per chunk
@@ -41,10 +42,10 @@ class VideoPlan:
 def plan_video(duration_s: float, fps: float, partial: int, overlap: int,
                max_frames: int | None = None) -> VideoPlan:
     """Frames, latent frames and chunks for ``duration_s`` seconds of audio."""
-    frames = frames_for_samples(round(duration_s * SAMPLE_RATE), fps, max_frames=max_frames)
+    frames = frames_for_samples(round(duration_s * SAMPLE_RATE), fps, max_frames=max_frames, stride=None)
     if frames < 1:
         raise ValueError(f"{duration_s:.3f} s of audio at {fps} fps is less than one frame; "
                          "use a longer audio clip.")
     chunks = plan_chunks(frames, partial, overlap)
-    return VideoPlan(frames, latent_frames(frames), round_down_4k1(partial),
+    return VideoPlan(frames, latent_frames(round_up_4k1(frames)), round_down_4k1(partial),
                      tuple((c.start, c.length, c.overlap) for c in chunks), frames / fps)

@@ -2,9 +2,9 @@
 // draws the detected face box over the reference-image preview. The logic lives in ./lib/.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { planVideo, formatPlan } from "./lib/video_plan.js";
+import { planVideo, formatPlan, resolvePartial } from "./lib/video_plan.js";
 import { fitImage, boxToCanvas, previewArea } from "./lib/face_overlay.js";
-import { widgetValue, firstWidgetValue, findUpstream, inputFileUrl } from "./lib/graph.js";
+import { widgetValue, firstWidgetValue, findUpstream, inputFileUrl, sourceNode, modelVariant } from "./lib/graph.js";
 
 // A node shows the plan when it has these widgets (the sampler). Its audio comes in on "audio" or
 // "audio_embeds"; fps and max_frames are read from the node, else from the audio nodes upstream.
@@ -34,7 +34,10 @@ async function refreshPlan(node) {
       if (seconds === null) throw new Error(`cannot read the duration of ${name}`);
       const fps = firstWidgetValue(chain, "fps") ?? 25;
       const maxFrames = firstWidgetValue(chain, "max_frames") || null;  // 0 = no cap
-      text = formatPlan(planVideo(seconds, fps, widgetValue(node, "partial_video_length"),
+      // 0 = the variant's chunk length; the variant comes from the model loader's widgets
+      const partial = resolvePartial(widgetValue(node, "partial_video_length"),
+        modelVariant(sourceNode(app.graph, node, "model")));
+      text = formatPlan(planVideo(seconds, fps, partial,
         widgetValue(node, "overlap_video_length"), maxFrames));
     } catch (e) {
       text = e.message;

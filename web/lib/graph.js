@@ -52,3 +52,14 @@ export function inputFileUrl(value) {
   const filename = cut < 0 ? value : value.slice(cut + 1);
   return `/view?filename=${encodeURIComponent(filename)}&type=input&subfolder=${encodeURIComponent(subfolder)}`;
 }
+
+// "flash" or "preview" for a model loader node: its variant widget, else a guess from the file name
+// ("echomimicv3_flash_pro.safetensors"); undefined when unknown.
+export function modelVariant(loader) {
+  if (!loader) return undefined;
+  const variant = widgetValue(loader, "variant");
+  if (variant === "flash" || variant === "preview") return variant;
+  const file = widgetValue(loader, "model");
+  if (typeof file !== "string") return undefined;
+  return file.toLowerCase().includes("flash") ? "flash" : "preview";
+}

@@ -5,7 +5,8 @@
 // Rules:
 //   samples = round(duration_s * 16000); fps = nearest fraction num/den with den <= 1001;
 //   frames = floor(samples * num / (16000 * den)), capped by maxFrames (Flash's single window),
-//   rounded DOWN to 4k+1; latentFrames = (frames - 1) / 4 + 1;
+//   not rounded (as the pipeline: the last chunk is rounded up and trimmed);
+//   latentFrames = latent length of frames rounded UP to 4k+1;
 //   partial = partial_video_length rounded down to 4k+1 (>= 5), 0 <= overlap < partial;
 //   chunks start every partial - overlap frames; the chunk reaching the end is the remaining
 //   frames rounded UP to 4k+1 (surplus trimmed), so the output has exactly `frames` frames.
@@ -39,7 +40,6 @@ export function planVideo(durationS, fps, partial, overlap, maxFrames = null) {
   if (!(frames >= 1)) {
     throw new RangeError(`${Number(durationS).toFixed(3)} s of audio at ${fps} fps is less than one frame; use a longer audio clip.`);
   }
-  frames = roundDown4k1(frames);
   const part = roundDown4k1(Math.trunc(partial));
   if (part < 5) throw new RangeError(`partial_video_length must be at least 5 frames, got ${partial}`);
   if (!(overlap >= 0 && overlap < part)) {
@@ -58,7 +58,13 @@ export function planVideo(durationS, fps, partial, overlap, maxFrames = null) {
     shared = overlap;
     start += part - overlap;
   }
-  return { frames, latentFrames: latentFrames(frames), partial: part, chunks, seconds: frames / fps };
+  return { frames, latentFrames: latentFrames(roundUp4k1(frames)), partial: part, chunks, seconds: frames / fps };
+}
+
+// The sampler's partial_video_length 0 means the model variant's upstream chunk length.
+export const AUTO_PARTIAL = { preview: 113, flash: 81 };
+export function resolvePartial(partial, variant) {
+  return partial ? partial : AUTO_PARTIAL[variant] ?? AUTO_PARTIAL.preview;
 }
 
 // One line for the node: "125 frames · 5.00 s · 32 latent · 2 chunks".

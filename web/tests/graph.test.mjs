@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { widgetValue, firstWidgetValue, sourceNode, findUpstream, inputFileUrl } from "../lib/graph.js";
+import { widgetValue, firstWidgetValue, sourceNode, findUpstream, inputFileUrl, modelVariant } from "../lib/graph.js";
 
 function graphOf(nodes, links) {
   const byId = new Map(nodes.map((n) => [n.id, n]));
@@ -34,4 +34,12 @@ test("a map of links (newer frontends) works too, and a dangling chain gives nul
 test("input file URLs split the sub-folder", () => {
   assert.equal(inputFileUrl("voices/a b.wav"), "/view?filename=a%20b.wav&type=input&subfolder=voices");
   assert.equal(inputFileUrl("x.mp3"), "/view?filename=x.mp3&type=input&subfolder=");
+});
+
+test("model variant from the loader's widgets", () => {
+  const loaderOf = (model, variant) => ({ widgets: [{ name: "model", value: model }, { name: "variant", value: variant }] });
+  assert.equal(modelVariant(loaderOf("echomimicv3_flash_pro.safetensors", "auto")), "flash");
+  assert.equal(modelVariant(loaderOf("echomimicv3_preview.safetensors", "auto")), "preview");
+  assert.equal(modelVariant(loaderOf("wan_fun_inp.safetensors", "flash")), "flash");
+  assert.equal(modelVariant(null), undefined);
 });

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { planVideo, formatPlan, roundDown4k1, roundUp4k1, fpsFraction } from "../lib/video_plan.js";
+import { planVideo, formatPlan, roundDown4k1, roundUp4k1, fpsFraction, resolvePartial } from "../lib/video_plan.js";
 
 const table = JSON.parse(readFileSync(new URL("./video_plan_cases.json", import.meta.url), "utf8"));
 
@@ -37,5 +37,12 @@ test("fps as a fraction, as Python's limit_denominator(1001)", () => {
 
 test("formatted line", () => {
   assert.equal(formatPlan(planVideo(5, 25, 113, 8)), "125 frames · 5.00 s · 32 latent · 2 chunks");
-  assert.equal(formatPlan(planVideo(3, 25, 113, 8)), "73 frames · 2.92 s · 19 latent · 1 chunk");
+  assert.equal(formatPlan(planVideo(3, 25, 113, 8)), "75 frames · 3.00 s · 20 latent · 1 chunk");
+});
+
+test("partial_video_length 0 is the variant's chunk length", () => {
+  assert.equal(resolvePartial(0, "flash"), 81);
+  assert.equal(resolvePartial(0, "preview"), 113);
+  assert.equal(resolvePartial(0, undefined), 113);
+  assert.equal(resolvePartial(65, "flash"), 65);
 });
