@@ -102,9 +102,11 @@ class DecoupledCrossAttention(SelfAttention):
         if ctx.audio_gate is not None:
             audio_out = audio_out * ctx.audio_gate.to(audio_out.dtype)[:, None, :, None]
         scale = ctx.audio_scale
-        if isinstance(scale, torch.Tensor) and scale.ndim == 1:
-            scale = scale.to(audio_out.dtype).view(b, 1, 1, 1)
-        out = out + (audio_out * scale).reshape(b, length, dim)
+        if isinstance(scale, torch.Tensor):
+            audio_out = audio_out * scale.to(audio_out.dtype).view(-1, 1, 1, 1)
+        elif scale != 1.0:  # x * 1.0 == x: skip the pass
+            audio_out = audio_out * scale
+        out = out + audio_out.reshape(b, length, dim)
         return self.o(out)
 
 
@@ -129,19 +131,20 @@ class WanAttentionBlock(nn.Module):
         """x: [B, L, C]; e0: [B, 6, C] time modulation -> [B, L, C]"""
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = \
             (self.modulation.to(e0.dtype) + e0).chunk(6, dim=1)  # each [B, 1, C]
-        x = x + self.self_attn(self.norm1(x) * (1 + scale_sa) + shift_sa, ctx) * gate_sa
+        # addcmul: one pass for "a + b * c" where Wan writes two
+        x = torch.addcmul(x, self.self_attn(torch.addcmul(shift_sa, self.norm1(x), 1 + scale_sa), ctx), gate_sa)
         x = x + self.cross_attn(self.norm3(x), ctx)
-        h = self.norm2(x) * (1 + scale_ff) + shift_ff
+        h = torch.addcmul(shift_ff, self.norm2(x), 1 + scale_ff)
         length = x.shape[1]
         if torch.is_grad_enabled() or length < FFN_SPLIT_MIN_TOKENS:
-            return x + self.ffn(h) * gate_ff
+            return torch.addcmul(x, self.ffn(h), gate_ff)
         # inference: x is this block's own tensor (made by the additions above), so updating it
         # in place is safe; FFN rows are independent, so the split does not change the maths
         parts = -(-self.ffn[0].out_features // (FFN_HIDDEN_WIDTHS * x.shape[2]))
         step = -(-length // parts)
         for start in range(0, length, step):
             part = slice(start, start + step)
-            x[:, part] += self.ffn(h[:, part]) * gate_ff
+            x[:, part].addcmul_(self.ffn(h[:, part]), gate_ff)
         return x
 
 
@@ -158,7 +161,7 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x: [B, L, C]; e: [B, C] time embedding -> [B, L, prod(patch) * out_dim]"""
         shift, scale = (self.modulation.to(e.dtype) + e.unsqueeze(1)).chunk(2, dim=1)
-        return self.head(self.norm(x) * (1 + scale) + shift)
+        return self.head(torch.addcmul(shift, self.norm(x), 1 + scale))
 
 
 class MLPProj(nn.Module):

@@ -24,7 +24,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """x: [B, L, H, D]; cos/sin: [L, 1, D/2] float32 -> rotated x in x's dtype."""
     pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
     a, b = pairs.unbind(-1)
-    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
+    out = torch.stack((torch.addcmul(a * cos, b, sin, value=-1), torch.addcmul(a * sin, b, cos)), dim=-1)
     return out.flatten(-2).to(x.dtype)
 
 
