@@ -327,6 +327,17 @@ def intermediate_device():
     return mm.intermediate_device() if mm is not None else torch.device("cpu")
 
 
+def free_memory(nbytes: int, device) -> None:
+    """Ask ComfyUI to unload its own models (text encoder, CLIP ...) until ``nbytes`` fit on ``device``.
+
+    Our transformer is not one of ComfyUI's managed models, so ComfyUI would not make room for it
+    on its own. Nothing to do outside ComfyUI.
+    """
+    mm = _module("comfy.model_management")
+    if mm is not None and hasattr(mm, "free_memory"):
+        mm.free_memory(int(nbytes), device)
+
+
 def soft_empty_cache(force: bool = False) -> None:
     """Give cached accelerator memory back after a big job."""
     mm = _module("comfy.model_management")

@@ -69,6 +69,10 @@ class EchoMimicModelLoader:
             "attention": (available_backends(), {"default": "sdpa"}),
             "variant": (["auto", "preview", "flash"], {"default": "auto", "tooltip":
                         "auto reads it from the file; a base Wan2.1-Fun-InP file needs preview or flash."}),
+        }, "optional": {
+            "block_swap": ("INT", {"default": 0, "min": 0, "max": 40, "advanced": True, "tooltip":
+                           "Keep this many transformer blocks in CPU memory and stream each to the GPU when it "
+                           "runs (less GPU memory, slower). 0 = all blocks on the GPU."}),
         }}
 
     RETURN_TYPES = ("ECHOMIMIC_MODEL",)
@@ -84,12 +88,17 @@ class EchoMimicModelLoader:
             return str(e)
         return True
 
-    def load(self, model, precision, weight_storage, attention, variant):
+    def load(self, model, precision, weight_storage, attention, variant, block_swap=0):
         from echomimic_core.checkpoints.transformer import load_transformer
 
         loaded = load_transformer(_transformer_path(model), dtype=PRECISIONS[precision],
                                   storage_dtype=STORAGE[weight_storage], device=services.offload_device(),
                                   attention_backend=attention, variant=None if variant == "auto" else variant)
+        if block_swap > len(loaded.blocks):
+            raise ValueError(f"block_swap {block_swap} is more than the model's {len(loaded.blocks)} blocks; "
+                             f"use 0..{len(loaded.blocks)}.")
+        # placement happens in the sampler (see sampler.on_compute_device); the loader only records it
+        loaded.echomimic_block_swap = int(block_swap)
         return (loaded,)
 
 

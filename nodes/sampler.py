@@ -12,6 +12,7 @@ audio-only CFG 3.0 and TeaCache 0.1 without retyping, a preview model 25-step Fl
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -182,13 +183,12 @@ class EchoMimicSampler:
         log.info("EchoMimicV3 %s: %d frames at %dx%d, %s %d steps, %d chunk(s)", models.variant, plan.num_frames,
                  plan.sample_size[1], plan.sample_size[0], settings.sampler, settings.steps,
                  len(plan.chunks) if plan.chunks else 1)
-        model.to(device)
         try:
-            frames = pipeline.render(models, encoded, plan, settings, hooks, device, offload)
+            # no autograd graph across steps (ComfyUI may already be in inference mode; tests are not)
+            with torch.inference_mode(), on_compute_device(model, device, offload):
+                frames = pipeline.render(models, encoded, plan, settings, hooks, device, offload)
         finally:
-            model.to(offload)
             progress.close()
-            services.soft_empty_cache()
 
         source = embeds.get("audio") or {"waveform": embeds["waveform"], "sample_rate": embeds["sample_rate"]}
         rate = int(source["sample_rate"])
@@ -198,6 +198,29 @@ class EchoMimicSampler:
         return {"ui": {"echomimic_plan": [text]},
                 "result": (frames.to(services.intermediate_device()),
                            {"waveform": trimmed[None], "sample_rate": rate}, float(settings.fps))}
+
+
+@contextlib.contextmanager
+def on_compute_device(model, device, offload):
+    """The transformer on ``device`` for one run (all of it, or all but the loader's ``block_swap``
+    blocks, which stream in when they run), then parked on ``offload`` and the cache released."""
+    swap = getattr(model, "echomimic_block_swap", 0)
+    resident = sum(p.numel() * p.element_size() for i, block in enumerate(model.blocks) if i >= swap
+                   for p in block.parameters())
+    resident += sum(p.numel() * p.element_size() for name, child in model.named_children() if name != "blocks"
+                    for p in child.parameters())
+    services.free_memory(resident * 5 // 4, device)  # weights + a margin; activations are freed per step
+    try:
+        if swap:
+            model.enable_block_swap(swap, device, offload)
+        else:
+            model.to(device)
+        yield model
+    finally:
+        if swap:
+            model.disable_block_swap()
+        model.to(offload)
+        services.soft_empty_cache()
 
 
 def _interrupted() -> bool:

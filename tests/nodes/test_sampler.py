@@ -134,16 +134,25 @@ def test_sampler_node_reproduces_pipeline_generate(demo_models, chain, folders, 
     assert "13 frames" in out["ui"]["echomimic_plan"][0]
 
 
-def test_sampler_with_comfyui_native_vae_and_padded_conditioning(demo_models, chain, folders):
+ONE_CHUNK = {**QUICK, "steps": 1, "partial_video_length": 13}
+
+
+@pytest.fixture(scope="module")
+def one_chunk(demo_models, chain):
+    """Frames of a one-chunk, one-step run with the pack's own VAE and encoders (the baseline)."""
+    out = EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"],
+                                    chain["embeds"], negative=chain["negative"], image=chain["image_t"],
+                                    **_widgets(**ONE_CHUNK))
+    return out["result"][0]
+
+
+def test_sampler_with_comfyui_native_vae_and_padded_conditioning(demo_models, chain, one_chunk, folders):
     padded = [[torch.cat([chain["positive"][0][0], torch.zeros(1, 500, chain["positive"][0][0].shape[-1])], 1), {}]]
     fake = FakeComfyVAE(demo_models.vae)
-    settings = _widgets(**{**QUICK, "steps": 1, "partial_video_length": 13})
     native = EchoMimicSampler().sample(demo_models.transformer, fake, padded, chain["clip"], chain["embeds"],
-                                       negative=chain["negative"], image=chain["image_t"], **settings)
-    ours = EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"],
-                                     chain["embeds"], negative=chain["negative"], image=chain["image_t"], **settings)
+                                       negative=chain["negative"], image=chain["image_t"], **_widgets(**ONE_CHUNK))
     assert "encode" in fake.calls and "decode" in fake.calls
-    assert relative_error(native["result"][0], ours["result"][0]) < 1e-3
+    assert relative_error(native["result"][0], one_chunk) < 1e-3
 
 
 def test_sampler_task_and_errors(demo_models, chain, folders):
@@ -184,3 +193,18 @@ def test_cancel_stops_the_sampler_between_steps(demo_models, chain, folders, mon
                                   chain["embeds"], negative=chain["negative"], image=chain["image_t"],
                                   **_widgets(**QUICK))
     assert next(demo_models.transformer.parameters()).device == torch.device("cpu")
+
+
+def test_block_swap_and_memory_request_keep_the_result(demo_models, chain, one_chunk, folders, monkeypatch):
+    model = demo_models.transformer
+    requests = []
+    monkeypatch.setattr(cs, "free_memory", lambda nbytes, device: requests.append(nbytes))
+    monkeypatch.setattr(model, "echomimic_block_swap", 1, raising=False)
+    swapped = EchoMimicSampler().sample(model, demo_models.vae, chain["positive"], chain["clip"], chain["embeds"],
+                                        negative=chain["negative"], image=chain["image_t"], **_widgets(**ONE_CHUNK))
+    assert torch.equal(swapped["result"][0], one_chunk)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    block = sum(p.numel() * p.element_size() for p in model.blocks[0].parameters())
+    # ComfyUI is asked to make room for the resident weights (+25%); the swapped block needs none
+    assert requests == [(weights - block) * 5 // 4]
+    assert model._swap is None
