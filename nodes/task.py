@@ -107,6 +107,8 @@ class EchoMimicTask:
             indices = parse_indices(keyframe_indices or "")
         except ValueError as e:
             return str(e)
+        if not isinstance(continue_frames, int) or continue_frames < 1:
+            return f"continue_frames must be a whole number >= 1, got {continue_frames!r}"
         if task == "keyframes" and not indices:
             return "the keyframes task needs keyframe_indices, e.g. '0, 40, -1'."
         if isinstance(input_types, dict) and task in NEEDS and NEEDS[task] not in input_types:

@@ -18,6 +18,7 @@ def test_validate_inputs_without_tensors():
     # ComfyUI tells which inputs are linked: a task missing its input is refused before running
     assert "end_image input connected" in v("first_last", input_types={"image": "IMAGE"})
     assert v("first_last", input_types={"end_image": "IMAGE"}) is True
+    assert "continue_frames must be" in v("continue", continue_frames=0, input_types={"source_video": "IMAGE"})
     assert parse_indices("0, 40; -1") == [0, 40, -1]
 
 
