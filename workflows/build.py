@@ -60,7 +60,7 @@ PREVIEW_FILES = """**Model files** (ComfyUI `models/` folder):
 FLASH_FILES = """**Model files** (ComfyUI `models/` folder):
 - `echomimic/echomimicv3_flash_pro.safetensors`: EchoMimicV3-Flash (Hugging Face BadToBest/EchoMimicV3, `echomimicv3-flash-pro/diffusion_pytorch_model.safetensors`, renamed)
 - `vae/wan_2.1_vae.safetensors`, `text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors` (type **wan**), `clip_vision/clip_vision_h.safetensors`
-- `audio_encoders/chinese-wav2vec2-base/` (TencentGameMate/chinese-wav2vec2-base: `pytorch_model.bin` + its json files)"""
+- `audio_encoders/wav2vec2-chinese-base_fp16.safetensors` (Comfy-Org repackaged; or the TencentGameMate/chinese-wav2vec2-base folder)"""
 
 SAMPLER_NOTE = ("Sampler widgets left at **auto** / 0 / -1 take the model variant's upstream defaults "
                 "(preview: Flow, 25 steps, CFG 4.0 / audio 2.9; flash: UniPC, 8 steps, audio CFG 3.0, TeaCache 0.1).")
@@ -139,7 +139,7 @@ NEGATIVE = ("Gesture is bad. Gesture is unclear. Strange and twisted hands. Bad 
 
 def workflows() -> list[Workflow]:
     preview = native_models("echomimicv3_preview.safetensors", "wav2vec2-base-960h/model.safetensors")
-    flash = native_models("echomimicv3_flash_pro.safetensors", "chinese-wav2vec2-base/pytorch_model.bin")
+    flash = native_models("echomimicv3_flash_pro.safetensors", "wav2vec2-chinese-base_fp16.safetensors")
     return [
         Workflow("echomimic_preview_talking_head", "Talking head from one image and a speech clip (preview model).", [
             *preview, *inputs(), *native_conditioning(PROMPT, NEGATIVE), sampler(),

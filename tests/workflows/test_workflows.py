@@ -136,3 +136,13 @@ def test_demo_workflow_executes_on_the_demo_files(monkeypatch, tmp_path, capsys)
     from echomimic_core.media import load_video
     video = load_video(path)
     assert len(video.frames) == 60 and video.audio is not None
+
+
+def test_batch_run_columns_documented_in_docs_resolve_on_the_example_workflows():
+    from tools.batch_run import resolve_columns
+    api = json.loads((HERE / "echomimic_preview_talking_head_api.json").read_text(encoding="utf-8"))
+    bindings = resolve_columns(api, ["image", "audio", "seed", "Prompt.text", "prompt"], {"prompt": "Prompt.text"})
+    types = {column: api[node]["class_type"] for column, (node, _) in bindings.items()}
+    assert types == {"image": "LoadImage", "audio": "LoadAudio", "seed": "EchoMimicSampler",
+                     "Prompt.text": "CLIPTextEncode", "prompt": "CLIPTextEncode"}
+    assert api[bindings["prompt"][0]]["_meta"]["title"] == "Prompt"
