@@ -99,7 +99,7 @@ def test_comfy_vae_adapter_matches_the_core_vae(demo_models):
 def chain(demo_models):
     """Embeddings through the pack's encoder nodes, and the inputs that made them."""
     image, audio, sr = demo_inputs(seconds=0.52, size=64)
-    image_t = torch.from_numpy(image).float()[None] / 255
+    image_t = torch.from_numpy(image.copy()).float()[None] / 255
     audio_in = {"waveform": audio[None].repeat(1, 2, 1), "sample_rate": sr}
     positive, negative = EchoMimicTextEncode().encode(demo_models.text_encoder, "a person talks",
                                                       GenerationSettings().negative_prompt)
@@ -208,3 +208,26 @@ def test_block_swap_and_memory_request_keep_the_result(demo_models, chain, one_c
     # ComfyUI is asked to make room for the resident weights (+25%); the swapped block needs none
     assert requests == [(weights - block) * 5 // 4]
     assert model._swap is None
+
+
+def test_face_gate_from_the_task_box_or_a_face_mask_node(demo_models, chain, folders):
+    from echomimic_core.face_region import ip_mask_from_box
+    from nodes.masks import EchoMimicFaceMask
+
+    image = chain["image_t"][0]
+    plan = pipeline.plan_generation(image, 13, GenerationSettings(width=64, height=64), pipeline.Task())
+    context = chain["positive"][0][0][0]
+
+    def encode(spec):
+        models = pipeline.Models(demo_models.transformer, demo_models.vae)
+        return pipeline.encoded_from_embeddings(models, plan, context, context, chain["clip"].penultimate_hidden_states,
+                                                chain["embeds"]["features"], "preview", spec.face_box, spec.face_mask)
+    box = (8.0, 40.0, 16.0, 48.0)
+    expected = ip_mask_from_box(box, (64, 64), (64, 64))
+    assert 0 < expected.sum() < expected.numel()
+    spec, _ = EchoMimicTask().build("first_frame", face_box="8, 40, 16, 48")
+    assert torch.equal(encode(spec).ip_mask, expected)
+    # the Face Mask node's MASK output (a painted or typed box) gives the same gate
+    mask = EchoMimicFaceMask().run(chain["image_t"], box="8, 40, 16, 48")["result"][0]
+    spec, _ = EchoMimicTask().build("first_frame", face_mask=mask)
+    assert torch.equal(encode(spec).ip_mask, expected)
