@@ -81,14 +81,16 @@ def native_models(transformer: str, audio_encoder: str) -> list[Node]:
 
 def native_conditioning(prompt: str, negative: str | None, image_key: str = "image",
                         image_slot: int = 0, audio_key: str = "audio", fps_link=None) -> list[Node]:
+    audio_links = {"audio_encoder": ("audio_encoder", 0), "audio": (audio_key, 0)}
+    if fps_link:  # e.g. the source video's frame rate for lip-sync
+        audio_links["fps"] = fps_link
     nodes = [
         Node("positive", "CLIPTextEncode", 2, 0, {"text": prompt}, {"clip": ("clip", 0)}, "Prompt",
              group="Conditioning"),
         Node("clip_encode", "CLIPVisionEncode", 2, 440, {"crop": "none"},
              {"clip_vision": ("clip_vision", 0), "image": (image_key, image_slot)}, group="Conditioning"),
         Node("audio_encode", "EchoMimicAudioEncode", 2, 580, {"fps": 25.0, "max_frames": 0},
-             {"audio_encoder": ("audio_encoder", 0), "audio": (audio_key, 0), **({"fps": fps_link} if fps_link else {})},
-             group="Conditioning"),
+             audio_links, group="Conditioning"),
     ]
     if negative is not None:
         nodes.append(Node("negative", "CLIPTextEncode", 2, 220, {"text": negative}, {"clip": ("clip", 0)},

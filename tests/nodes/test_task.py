@@ -65,7 +65,8 @@ def test_lipsync_mouth_mask_from_the_mask_editor_is_resized():
     plan = pipeline.plan_generation(None, 5, pipeline.GenerationSettings(width=64, height=64), spec.task)
     inputs = pipeline.chunk_task_inputs(plan.task, plan.reference, Chunk(0, 5, 0), None, 5, (64, 64),
                                         plan.task.source_video)
-    assert (inputs.input_video_mask[0, 0, :, 32:48, 16:48] > 0).all() and (inputs.input_video_mask > 0).sum() == 5 * 16 * 32
+    regenerated = inputs.input_video_mask[0, 0] > 0
+    assert regenerated[:, 32:48, 16:48].all() and regenerated.sum() == 5 * 16 * 32
     with pytest.raises(ValueError, match="mouth_mask is"):
         bad, _ = EchoMimicTask().build("lipsync", source_video=video, mouth_mask=torch.ones(1, 64, 64))
         pipeline.plan_generation(None, 5, pipeline.GenerationSettings(), bad.task)
