@@ -191,6 +191,10 @@ class EchoMimicAudioEncoderLoader:
                      "Which model's feature path to use; auto reads the file name / config."}),
             "precision": (list(PRECISIONS), {"default": "fp32", "tooltip":
                           "Audio features are small: fp32 costs little and matches upstream best."}),
+        }, "optional": {
+            "loudness_normalize": (["auto", "on", "off"], {"default": "auto", "advanced": True, "tooltip":
+                                   "Flash: normalise the speech to -23 LUFS first (auto = as upstream: on for "
+                                   "flash; preview and Whisper never use it)."}),
         }}
 
     RETURN_TYPES = ("ECHOMIMIC_AUDIO_ENCODER",)
@@ -202,12 +206,13 @@ class EchoMimicAudioEncoderLoader:
     def VALIDATE_INPUTS(cls, audio_encoder):
         return _missing_file("audio_encoders", audio_encoder)
 
-    def load(self, audio_encoder, kind, precision):
+    def load(self, audio_encoder, kind, precision, loudness_normalize="auto"):
         from echomimic_core.encoders.audio import AudioEncoder
 
         return (AudioEncoder.load(services.model_path(audio_encoder, "audio_encoders"),
                                   kind=None if kind == "auto" else kind, dtype=PRECISIONS[precision],
-                                  device=services.offload_device()),)
+                                  device=services.offload_device(),
+                                  loudness_norm={"on": True, "off": False}.get(loudness_normalize)),)
 
 
 NODE_CLASS_MAPPINGS = {

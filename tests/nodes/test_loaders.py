@@ -50,7 +50,9 @@ def test_audio_encoder_loader(folders):
     (folders / "models" / "audio_encoders").mkdir(parents=True)
     save_file(Wav2Vec2Model(config).state_dict(), str(folders / "models" / "audio_encoders" / "w2v.safetensors"))
     (encoder,) = loaders.EchoMimicAudioEncoderLoader().load("w2v.safetensors", "flash", "fp32")
-    assert encoder.kind == "flash" and encoder.num_layers == 2
+    assert encoder.kind == "flash" and encoder.num_layers == 2 and encoder.loudness_norm  # upstream's flash default
+    (quiet,) = loaders.EchoMimicAudioEncoderLoader().load("w2v.safetensors", "flash", "fp32", "off")
+    assert quiet.loudness_norm is False
 
 
 @pytest.mark.parametrize("cls,folder", [(loaders.EchoMimicTextEncoderLoader, "text_encoders"),
