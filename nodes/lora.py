@@ -1,0 +1,51 @@
+"""LoRA node: a copy of the transformer with a LoRA file merged into its weights.
+
+The loader's output is cached by ComfyUI and may feed other nodes, so the LoRA is merged into a
+copy: changing the strength and queueing again never stacks LoRAs on the cached model.
+"""
+from __future__ import annotations
+
+import copy
+
+from . import comfy_services as services
+from .common import CATEGORY
+
+FOLDER = "loras"
+
+
+class EchoMimicLoRA:
+    """Merge a LoRA (from our trainer, kohya/ComfyUI or diffusers layouts) into the transformer."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("ECHOMIMIC_MODEL",),
+            "lora": (services.list_models(FOLDER), {"tooltip": "LoRA file in models/loras."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05}),
+        }}
+
+    RETURN_TYPES = ("ECHOMIMIC_MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora):
+        try:
+            services.model_path(lora, FOLDER)
+        except (FileNotFoundError, ValueError) as e:
+            return str(e)
+        return True
+
+    def apply(self, model, lora, strength):
+        from echomimic_core.checkpoints.lora import apply_lora
+
+        if strength == 0:
+            return (model,)
+        merged = copy.deepcopy(model)
+        apply_lora(merged, services.model_path(lora, FOLDER), strength)
+        return (merged,)
+
+
+NODE_CLASS_MAPPINGS = {"EchoMimicLoRA": EchoMimicLoRA}
+NODE_DISPLAY_NAME_MAPPINGS = {"EchoMimicLoRA": "EchoMimicV3 LoRA"}
