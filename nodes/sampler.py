@@ -184,8 +184,9 @@ class EchoMimicSampler:
                  plan.sample_size[1], plan.sample_size[0], settings.sampler, settings.steps,
                  len(plan.chunks) if plan.chunks else 1)
         try:
-            # no autograd graph across steps (ComfyUI may already be in inference mode; tests are not)
-            with torch.inference_mode(), on_compute_device(model, device, offload):
+            # no autograd graph across steps; no_grad rather than inference_mode so the frames stay
+            # ordinary tensors that any downstream node may modify in place
+            with torch.no_grad(), on_compute_device(model, device, offload):
                 frames = pipeline.render(models, encoded, plan, settings, hooks, device, offload)
         finally:
             progress.close()
