@@ -79,7 +79,7 @@ def native_models(transformer: str, audio_encoder: str) -> list[Node]:
     ]
 
 
-def native_conditioning(prompt: str, negative: str | None, image_key: str = "image",
+def native_conditioning(prompt: str, negative: str | None, image_key: str = "reference",
                         image_slot: int = 0, audio_key: str = "audio", fps_link=None) -> list[Node]:
     audio_links = {"audio_encoder": ("audio_encoder", 0), "audio": (audio_key, 0)}
     if fps_link:  # e.g. the source video's frame rate for lip-sync
@@ -98,7 +98,8 @@ def native_conditioning(prompt: str, negative: str | None, image_key: str = "ima
     return nodes
 
 
-def sampler(values: dict | None = None, task: bool = False, negative: bool = True, image: tuple | None = ("image", 0),
+def sampler(values: dict | None = None, task: bool = False, negative: bool = True,
+            image: tuple | None = ("reference", 0),
             y: int = 0) -> Node:
     links = {"model": ("model", 0), "vae": ("vae", 0), "positive": ("positive", 0),
              "clip_vision_output": ("clip_encode", 0), "audio_embeds": ("audio_encode", 0)}
@@ -124,8 +125,14 @@ def note(text: str, y: int = -1, column: int = 0) -> Node:
     return Node("note", "MarkdownNote", column, y, {"text": text}, title="Read me")
 
 
-def inputs(image: str = "portrait.png", audio: str = "speech.wav") -> list[Node]:
+def reference(source: tuple = ("image", 0), y: int = 200, values: dict | None = None) -> Node:
+    """The reference at the generation size: what upstream's CLIP sees, and the sampler's image."""
+    return Node("reference", "EchoMimicReferenceImage", 1, y, values or {}, {"image": source}, group="Inputs")
+
+
+def inputs(image: str = "portrait.png", audio: str = "speech.wav", values: dict | None = None) -> list[Node]:
     return [Node("image", "LoadImage", 1, 0, {"image": image}, title="Reference image", group="Inputs"),
+            reference(values=values),
             Node("audio", "LoadAudio", 1, 400, {"audio": audio}, title="Speech", group="Inputs")]
 
 
@@ -161,7 +168,7 @@ def workflows() -> list[Workflow]:
                                       title="Last frame", group="Inputs"),
             *native_conditioning(PROMPT, NEGATIVE),
             Node("task", "EchoMimicTask", 3, 0, {"task": "first_last"},
-                 {"image": ("image", 0), "end_image": ("end_image", 0)}, group="Generate"),
+                 {"image": ("reference", 0), "end_image": ("end_image", 0)}, group="Generate"),
             Node("task_preview", "PreviewImage", 3, 420, {}, {"images": ("task", 1)}, title="Kept frames",
                  group="Generate"),
             sampler(task=True, y=700), *native_output("echomimic/first_last"),
@@ -175,7 +182,8 @@ def workflows() -> list[Workflow]:
             Node("audio", "LoadAudio", 1, 540, {"audio": "speech.wav"}, title="New speech", group="Inputs"),
             Node("first_frame", "ImageFromBatch", 1, 940, {"batch_index": 0, "length": 1},
                  {"image": ("components", 0)}, group="Inputs"),
-            *native_conditioning(PROMPT, NEGATIVE, image_key="first_frame", fps_link=("components", 2)),
+            reference(("first_frame", 0), y=1000),
+            *native_conditioning(PROMPT, NEGATIVE, fps_link=("components", 2)),
             Node("task", "EchoMimicTask", 3, 0, {"task": "lipsync", "mouth_box": ""},
                  {"source_video": ("components", 0)}, group="Generate"),
             Node("task_preview", "PreviewImage", 3, 420, {}, {"images": ("task", 1)}, title="Mouth region",
@@ -208,18 +216,17 @@ def workflows() -> list[Workflow]:
                  {"clip_vision": _demo("image_encoder"), "precision": "fp32"}, group="Models"),
             Node("audio_encoder", "EchoMimicAudioEncoderLoader", 0, 640,
                  {"audio_encoder": _demo("audio_encoder")}, group="Models"),
-            *inputs(DEMO_IMAGE, DEMO_AUDIO),
+            *inputs(DEMO_IMAGE, DEMO_AUDIO, {"width": 96, "height": 96}),
             Node("text", "EchoMimicTextEncode", 2, 0, {"prompt": "a person is talking to the camera"},
                  {"text_encoder": ("text_encoder", 0)}, group="Conditioning"),
             Node("clip_encode", "EchoMimicCLIPVisionEncode", 2, 300, {},
-                 {"clip_vision": ("clip_vision", 0), "image": ("image", 0)}, group="Conditioning"),
+                 {"clip_vision": ("clip_vision", 0), "image": ("reference", 0)}, group="Conditioning"),
             Node("audio_encode", "EchoMimicAudioEncode", 2, 440, {"fps": 25.0, "max_frames": 0},
                  {"audio_encoder": ("audio_encoder", 0), "audio": ("audio", 0)}, group="Conditioning"),
-            Node("sampler", "EchoMimicSampler", 3, 0, {"steps": 4, "width": 96, "height": 96,
-                                                       "partial_video_length": 33},
+            Node("sampler", "EchoMimicSampler", 3, 0, {"steps": 4, "partial_video_length": 33},
                  {"model": ("model", 0), "vae": ("vae", 0), "positive": ("text", 0), "negative": ("text", 1),
                   "clip_vision_output": ("clip_encode", 0), "audio_embeds": ("audio_encode", 0),
-                  "image": ("image", 0)}, group="Generate"),
+                  "image": ("reference", 0)}, group="Generate"),
             Node("save", "EchoMimicSaveVideo", 4, 0, {"filename_prefix": "echomimic/demo"},
                  {"images": ("sampler", 0), "audio": ("sampler", 1), "fps": ("sampler", 2)}, group="Output"),
             note("# Demo on tiny random models\nRun `python -m nodes.demo_models` from the pack folder: it "

@@ -231,3 +231,24 @@ def test_face_gate_from_the_task_box_or_a_face_mask_node(demo_models, chain, fol
     mask = EchoMimicFaceMask().run(chain["image_t"], box="8, 40, 16, 48")["result"][0]
     spec, _ = EchoMimicTask().build("first_frame", face_mask=mask)
     assert torch.equal(encode(spec).ip_mask, expected)
+
+
+def test_reference_node_makes_the_chain_match_upstreams_clip_input(demo_models, chain, folders):
+    from nodes.reference import EchoMimicReferenceImage
+
+    big = torch.nn.functional.interpolate(chain["image_t"].permute(0, 3, 1, 2), size=(96, 80), mode="bilinear")
+    big = big.permute(0, 2, 3, 1).clamp(0, 1)  # a 96x80 photo, generated at sample_area 64*64 -> 64x48
+    resized, width, height = EchoMimicReferenceImage().resize(big, 0, 0, 64 * 64)
+    assert (width, height) == (48, 64) and resized.shape == (1, 64, 48, 3)
+    assert "go together" in EchoMimicReferenceImage.VALIDATE_INPUTS(width=64)
+    (clip,) = EchoMimicCLIPVisionEncode().encode(demo_models.image_encoder, resized)
+    widgets = _widgets(**{**ONE_CHUNK, "width": 0, "height": 0, "sample_area": 64 * 64})
+    frames = EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"], clip,
+                                       chain["embeds"], negative=chain["negative"], image=resized,
+                                       **widgets)["result"][0]
+    settings = GenerationSettings.for_variant("preview", **{**ONE_CHUNK, "width": None, "height": None,
+                                                            "sample_area": 64 * 64})
+    image = (big[0] * 255).round().byte().numpy()
+    expected = pipeline.generate(demo_models, image, chain["audio"], chain["sr"], "a person talks", settings)
+    assert frames.shape == expected.frames.shape == (13, 64, 48, 3)
+    assert relative_error(frames, expected.frames) < 1e-3
