@@ -42,7 +42,8 @@ class EchoMimicReferenceImage:
         return True
 
     def resize(self, image, width, height, sample_area):
-        from echomimic_core.pipeline import sample_size_for, to_uint8_image
+        from echomimic_core.pipeline import sample_size_for
+        from echomimic_core.tasks import to_uint8_image
         from echomimic_core.settings import GenerationSettings
         from echomimic_core.task_masks import resize_to_sample
 

@@ -147,7 +147,7 @@ class EchoMimicTask:
     @staticmethod
     def preview(spec: TaskSpec, reference: torch.Tensor | None) -> torch.Tensor:
         """IMAGE [N, H, W, 3] of what the task keeps, regions tinted (mouth red, face green)."""
-        from echomimic_core.pipeline import lipsync_region
+        from echomimic_core.tasks import lipsync_region
 
         task = spec.task
         if task.kind == "lipsync":

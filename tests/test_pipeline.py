@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from echomimic_core import pipeline
+from echomimic_core import pipeline, tasks
 from echomimic_core.demo import demo_inputs
 from echomimic_core.long_video import Chunk
 from echomimic_core.sampling.sampler import Cancelled, StepHooks
@@ -80,13 +80,13 @@ def test_chunk_masks_keep_the_right_frames():
     task = pipeline.Task("first_last", end_image=torch.ones(64, 64, 3))
     # second chunk of a 13-frame video: frames 5..13; start frames 0-3 kept, the end frame (12) kept
     start = torch.full((4, 64, 64, 3), 0.5)
-    inputs = pipeline.chunk_task_inputs(task, ref, Chunk(5, 9, 4), start, 13, (64, 64), None)
+    inputs = tasks.chunk_task_inputs(task, ref, Chunk(5, 9, 4), start, 13, (64, 64), None)
     keep = (inputs.input_video_mask[0, 0, :, 0, 0] == 0).tolist()
     assert keep == [True] * 4 + [False] * 3 + [True, False]
     assert torch.allclose(inputs.input_video[0, :, 7], torch.ones(3, 64, 64))
     # lip-sync keeps everything but the mouth box, in every frame
     lipsync = pipeline.Task("lipsync", source_video=torch.rand(9, 64, 64, 3), mouth_box=(40, 56, 16, 48))
-    inputs = pipeline.chunk_task_inputs(lipsync, ref, Chunk(0, 9, 0), None, 9, (64, 64), lipsync.source_video)
+    inputs = tasks.chunk_task_inputs(lipsync, ref, Chunk(0, 9, 0), None, 9, (64, 64), lipsync.source_video)
     mask = inputs.input_video_mask[0, 0]
     assert (mask[:, 40:56, 16:48] == 255).all() and mask.sum() == 255 * 9 * 16 * 32
     del end

@@ -1,0 +1,152 @@
+"""What each task keeps and what it generates, chunk by chunk.
+
+A :class:`Task` names one of the paper's multi-task 0-1 masks (first frame -> video, first + last
+frame, mouth-region reconstruction over a source video) or one beyond it (arbitrary keyframes,
+continuing a video). ``chunk_task_inputs`` turns it into the pixel-space inputs of one long-video
+chunk — the task's own kept frames that fall inside the chunk plus the previous chunk's tail — which
+``task_masks`` folds into the conditioning ``y``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from . import task_masks
+from .long_video import Chunk
+
+TASKS = ("first_frame", "first_last", "keyframes", "lipsync", "continue")
+
+
+@dataclass
+class Task:
+    """What to keep and what to generate (the paper's multi-task 0-1 masks, and more).
+
+    first_frame: the reference image opens the video. first_last: ``end_image`` closes it.
+    keyframes: ``keyframes`` {frame index: image [H, W, 3] 0..1} kept (negative = from the end).
+    lipsync: ``source_video`` [F, H, W, 3] kept except the mouth region (``mouth_box`` y1, y2, x1,
+      x2 in the video's pixels, or ``mouth_mask`` [H, W] / [F, H, W]; default: the lower half of the
+      detected face), which the audio drives. continue: ``source_video``'s last
+      ``continue_frames`` frames open the new video (they are not part of the output).
+    """
+    kind: str = "first_frame"
+    end_image: torch.Tensor | None = None
+    keyframes: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    source_video: torch.Tensor | None = None
+    mouth_box: tuple[int, int, int, int] | None = None
+    mouth_mask: torch.Tensor | None = None
+    continue_frames: int = 8
+
+    def validate(self) -> None:
+        if self.kind not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.kind!r}")
+        needs = {"first_last": ("end_image", self.end_image), "keyframes": ("keyframes", self.keyframes),
+                 "lipsync": ("source_video", self.source_video), "continue": ("source_video", self.source_video)}
+        if self.kind in needs and (needs[self.kind][1] is None or len(needs[self.kind][1]) == 0):
+            raise ValueError(f"the {self.kind} task needs {needs[self.kind][0]}")
+        if self.kind == "continue" and not 1 <= self.continue_frames < len(self.source_video):
+            raise ValueError(f"continue_frames must be in [1, {len(self.source_video)}) for a "
+                             f"{len(self.source_video)}-frame source video, got {self.continue_frames}")
+
+
+def to_uint8_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[H, W, 3] float 0..1 (or uint8) -> uint8 [H, W, 3]."""
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"expected an image [H, W, 3], got shape {array.shape}")
+    array = array[..., :3]
+    return array if array.dtype == np.uint8 else (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def chunk_task_inputs(task: Task, reference: np.ndarray, chunk: Chunk, start_frames: torch.Tensor | None,
+                      num_frames: int, sample_size: tuple[int, int], source: torch.Tensor | None):
+    """The task mask inputs of one chunk: the task's kept frames that fall in the chunk, plus the
+    previous chunk's tail as start frames (upstream's long-video continuation)."""
+    lo, hi = chunk.start, chunk.start + chunk.length
+    if task.kind == "lipsync":
+        video = source[lo:hi]
+        if len(video) < chunk.length:  # the padded tail of the last chunk repeats the last frame
+            video = torch.cat([video, video[-1:].expand(chunk.length - len(video), -1, -1, -1)])
+        region = lipsync_region(task, video, sample_size)
+        return task_masks.region_inputs(video.permute(3, 0, 1, 2)[None].float(), region)
+    keyframes: dict[int, Any] = {}
+    if start_frames is not None:
+        keyframes.update({i: to_uint8_image(f) for i, f in enumerate(start_frames)})
+    for index, image in global_keyframes(task, reference, num_frames).items():
+        if lo <= index < hi and (index - lo) not in keyframes:
+            keyframes[index - lo] = image
+    if not keyframes:  # a middle chunk of a keyframe task with no anchor: keep its first frame free
+        return task_masks.generate_everything_inputs(chunk.length, sample_size)
+    return task_masks.keyframe_inputs(keyframes, chunk.length, sample_size)
+
+
+def global_keyframes(task: Task, reference: np.ndarray, num_frames: int) -> dict[int, np.ndarray]:
+    if task.kind == "first_last":
+        return {0: reference, num_frames - 1: to_uint8_image(task.end_image)}
+    if task.kind == "keyframes":
+        frames = {(i + num_frames if i < 0 else i): to_uint8_image(img) for i, img in task.keyframes.items()}
+        bad = [i for i in frames if not 0 <= i < num_frames]
+        if bad:
+            raise ValueError(f"keyframe indices {bad} are outside the {num_frames}-frame video")
+        return frames
+    if task.kind == "continue":
+        tail = task.source_video[-task.continue_frames:]
+        return {i: to_uint8_image(f) for i, f in enumerate(tail)}
+    return {0: reference}
+
+
+def lipsync_region(task: Task, video: torch.Tensor, sample_size: tuple[int, int]) -> torch.Tensor:
+    """[F, H, W] bool mouth region at sample size for a chunk of the source video."""
+    height, width = video.shape[1:3]
+    if task.mouth_mask is not None:
+        mask = torch.as_tensor(task.mouth_mask).float()
+        mask = mask[None] if mask.ndim == 2 else mask
+        if mask.shape[-2:] != (height, width):
+            raise ValueError(f"mouth_mask is {tuple(mask.shape[-2:])}, the video frames are {height}x{width}; "
+                             "draw the mask on a frame of the same video.")
+        return mask[:1].expand(len(video), -1, -1) > 0.5 if mask.shape[0] == 1 else mask[:len(video)] > 0.5
+    box = task.mouth_box
+    if box is None:
+        from .face_region import detect_face_box
+        face = detect_face_box(to_uint8_image(video[0]))
+        if face is None:
+            raise ValueError("no face found in the source video to place the mouth region; give mouth_box "
+                             "(y1, y2, x1, x2) or a mouth mask.")
+        y1, y2, x1, x2 = face
+        box = (y1 + (y2 - y1) / 2, y2, x1, x2)  # the lower half of the face holds mouth and jaw
+    return task_masks.box_region(box, len(video), (height, width))
+
+
+def task_at_sample_size(task: Task, sample_size: tuple[int, int]) -> Task:
+    """The source video resized to the sample size, and the mouth box / mask (given in the source
+    video's pixels) scaled with it."""
+    height, width = task.source_video.shape[1:3]
+    box, mask = task.mouth_box, task.mouth_mask
+    if box is not None:
+        sy, sx = sample_size[0] / height, sample_size[1] / width
+        box = (box[0] * sy, box[1] * sy, box[2] * sx, box[3] * sx)
+    if mask is not None:
+        mask = torch.as_tensor(mask).float()
+        mask = mask[None] if mask.ndim == 2 else mask
+        if mask.shape[-2:] != (height, width):
+            raise ValueError(f"mouth_mask is {tuple(mask.shape[-2:])}, the video frames are {height}x{width}; "
+                             "draw the mask on a frame of the same video.")
+        # [F, H, W] -> [F, 1, H, W] for interpolate; nearest keeps it binary
+        mask = torch.nn.functional.interpolate(mask[:, None], size=tuple(sample_size), mode="nearest")[:, 0]
+    return dataclasses.replace(task, source_video=resize_video(task.source_video, sample_size),
+                               mouth_box=box, mouth_mask=mask)
+
+
+def resize_video(frames: torch.Tensor, sample_size: tuple[int, int]) -> torch.Tensor:
+    """[F, H, W, 3] 0..1 -> sample size, LANCZOS like every other task input."""
+    if tuple(frames.shape[1:3]) == tuple(sample_size):
+        return frames.float()
+    return torch.stack([torch.from_numpy(np.array(task_masks.resize_to_sample(to_uint8_image(f), sample_size)))
+                        for f in frames]).float() / 255
+
+
+# ---------------------------------------------------------------------------------------------
+# the main entry point
