@@ -94,7 +94,11 @@ def _settings_from(args, variant: str) -> GenerationSettings:
     if "face_box" in overrides:
         overrides["face_box"] = tuple(overrides["face_box"])
     if args.demo:  # small and quick, with two chunks so long-video stitching runs too
-        overrides = {"steps": 4, "partial_video_length": 33, "overlap_video_length": 4, **overrides}
+        from .demo import demo_face_box
+        demo = {"steps": 4, "partial_video_length": 33, "overlap_video_length": 4}
+        if args.image is None:
+            demo["face_box"] = demo_face_box()
+        overrides = {**demo, **overrides}
     return GenerationSettings.for_variant(variant, **overrides)
 
 

@@ -108,6 +108,12 @@ def write_demo_models(models_dir: str | Path, seed: int = 0, overwrite: bool = F
     return ModelFiles(**paths)
 
 
+def demo_face_box(size: int = 96) -> tuple[int, int, int, int]:
+    """(y1, y2, x1, x2) of the face drawn by :func:`demo_inputs` (cartoons defeat the face detector)."""
+    s = size / 96
+    return int(14 * s), int(66 * s), int(28 * s), int(68 * s)
+
+
 def demo_inputs(seconds: float = 2.4, size: int = 96, sample_rate: int = 16000):
     """(image [H, W, 3] uint8 with a cartoon face, audio [1, T] float32, its sample rate).
 
