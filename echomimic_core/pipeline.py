@@ -336,8 +336,12 @@ class Denoiser:
         return make_scheduler(s.sampler, s.steps, s.shift, setup=self.setup)
 
     def _riflex(self, latent_count: int) -> None:
+        # the transformer outlives one generation (ComfyUI caches it): a run without RIFLEx must
+        # undo what an earlier run switched on
         if self.settings.riflex_k is not None:
             self.models.transformer.enable_riflex(self.settings.riflex_k, L_test=latent_count)
+        else:
+            self.models.transformer.disable_riflex()
 
     def chunk(self, inputs, start_frame: int, index: int, total_steps: int) -> torch.Tensor:
         """Frames [length, H, W, 3] 0..1 of one chunk."""

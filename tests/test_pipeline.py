@@ -60,6 +60,15 @@ def test_sliding_long_video_mode(demo_models, inputs):
     assert result.frames.shape == (13, 64, 64, 3)
 
 
+def test_riflex_does_not_outlive_its_generation(demo_models, inputs):
+    image, audio, sr = inputs
+    plain = pipeline.generate(demo_models, image, audio, sr, "x", quick()).frames
+    riflex = pipeline.generate(demo_models, image, audio, sr, "x", quick(riflex_k=1)).frames
+    after = pipeline.generate(demo_models, image, audio, sr, "x", quick()).frames
+    assert not torch.equal(plain, riflex)
+    assert torch.equal(plain, after)  # the cached transformer is back to plain RoPE
+
+
 @pytest.mark.parametrize("kind", ["first_last", "keyframes", "lipsync", "continue"])
 def test_every_task_runs(demo_models, inputs, kind):
     image, audio, sr = inputs
@@ -76,7 +85,6 @@ def test_every_task_runs(demo_models, inputs, kind):
 
 def test_chunk_masks_keep_the_right_frames():
     ref = np.zeros((64, 64, 3), np.uint8)
-    end = np.full((64, 64, 3), 255, np.uint8)
     task = pipeline.Task("first_last", end_image=torch.ones(64, 64, 3))
     # second chunk of a 13-frame video: frames 5..13; start frames 0-3 kept, the end frame (12) kept
     start = torch.full((4, 64, 64, 3), 0.5)
@@ -89,7 +97,6 @@ def test_chunk_masks_keep_the_right_frames():
     inputs = tasks.chunk_task_inputs(lipsync, ref, Chunk(0, 9, 0), None, 9, (64, 64), lipsync.source_video)
     mask = inputs.input_video_mask[0, 0]
     assert (mask[:, 40:56, 16:48] == 255).all() and mask.sum() == 255 * 9 * 16 * 32
-    del end
 
 
 def test_cancellation_stops_between_steps(demo_models, inputs):
