@@ -98,8 +98,9 @@ class PreviewAudioProjector(nn.Module):
         if audio.ndim != 3 or audio.shape[-1] != c.audio_in_dim:
             raise ValueError(f"preview audio must be [B, tokens, {c.audio_in_dim}], got {tuple(audio.shape)}; "
                              f"check the audio encoder matches the model (preset audio_in_dim).")
+        # built once per forward on the tokens' device: every block gathers with it twice
         index = preview_window_index(audio.shape[1], c.audio_tokens_per_frame, c.audio_window_expand,
-                                     c.vae_temporal_stride)
+                                     c.vae_temporal_stride).to(audio.device)
         return AudioTokens(self.norm(self.proj(audio)), index, index.shape[0])
 
 

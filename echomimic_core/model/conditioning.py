@@ -38,8 +38,8 @@ class Conditioning:
         return list(self.context.unbind(0)) if isinstance(self.context, torch.Tensor) else list(self.context)
 
     def scale_per_sample(self) -> torch.Tensor:
-        """audio_scale as a float32 [B] tensor."""
-        s = torch.as_tensor(self.audio_scale, dtype=torch.float32)
+        """audio_scale as a float32 [B] tensor on ``y``'s device (so ``cat`` can mix float and tensor scales)."""
+        s = torch.as_tensor(self.audio_scale, dtype=torch.float32, device=self.y.device)
         return s.expand(self.batch_size).clone() if s.ndim == 0 else s.float()
 
     @classmethod

@@ -50,7 +50,9 @@ def run_branches(model, latents: torch.Tensor, t: torch.Tensor, conds: list[Cond
     branch key is the joined branch names when batched, so residuals never mix across passes.
     """
     names = names or [str(i) for i in range(len(conds))]
-    dtype = next(model.parameters()).dtype if hasattr(model, "parameters") else latents.dtype
+    # the model's compute dtype, not its first parameter's: weights may be stored in another dtype
+    dtype = getattr(model, "compute_dtype", None) or (
+        next(model.parameters()).dtype if hasattr(model, "parameters") else latents.dtype)
     if batched and len(conds) > 1:
         x = latents.expand(len(conds), *latents.shape[1:]).to(dtype)
         out = model(x, t.expand(len(conds)), Conditioning.cat(conds), cache=cache,
@@ -102,6 +104,7 @@ def denoise(velocity: VelocityFn, latents: torch.Tensor, scheduler, *,
     timesteps = scheduler.timesteps
     total = total_steps or len(timesteps)
     latents = latents.float()
+    reporting = hooks is not None and hooks.on_step is not None
     if cache is not None:
         cache.reset()
     for i, t in enumerate(timesteps):
@@ -111,9 +114,9 @@ def denoise(velocity: VelocityFn, latents: torch.Tensor, scheduler, *,
             cache.start_step(i, len(timesteps))
         t = torch.as_tensor(t, dtype=torch.float32, device=latents.device).reshape(1)
         v = velocity(latents, t, i).float()
-        sigma = t / 1000.0
-        denoised = latents - sigma.view(1, 1, 1, 1, 1) * v
+        # the clean-latent estimate is only for previews: computed only when someone listens
+        denoised = latents - (t / 1000.0).view(1, 1, 1, 1, 1) * v if reporting else None
         latents = scheduler.step(v, t, latents).float()
-        if hooks is not None and hooks.on_step is not None:
+        if reporting:
             hooks.on_step(step_offset + i + 1, total, latents, denoised)
     return latents
