@@ -286,7 +286,12 @@ def video_codec() -> str:
 
 def to_uint8_frames(frames) -> np.ndarray:
     """``[F, H, W, 3]`` float 0..1 (tensor or array) or uint8 -> uint8 ``[F, H, W, 3]``."""
-    arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu()
+        # numpy has no bfloat16: widen half-precision frames first
+        arr = (frames if frames.dtype == torch.uint8 else frames.float()).numpy()
+    else:
+        arr = np.asarray(frames)
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or arr.shape[0] == 0:

@@ -181,8 +181,7 @@ def region_inputs(video: torch.Tensor, region: torch.Tensor) -> TaskInputs:
         raise ValueError(f"region mask must be [H, W] or [F, H, W] = [{frames}, {height}, {width}] to match "
                          f"the video; got {tuple(region.shape)}. Resize it to the sample size first.")
     mask = torch.where(region.bool(), GENERATE, KEEP).to(torch.float32)
-    first = Image.fromarray((video[0, :, 0].permute(1, 2, 0) * 255).numpy().astype(np.uint8))
-    return TaskInputs(video.to(torch.float32), mask[None, None], first)
+    return TaskInputs(video.to(torch.float32), mask[None, None], to_pil(video[0, :, 0].float()))
 
 
 def box_region(boxes: Sequence[Sequence[float]] | Sequence[float], num_frames: int,

@@ -279,3 +279,8 @@ def test_load_video_applies_display_rotation(tmp_path):
     frames = media.load_video(path).frames
     assert frames.shape == (1, 48, 32, 3)  # portrait, as a player shows it
     assert frames[0, -6:, :6].mean() > 0.8 and frames[0, :6, :6].mean() < 0.1  # now bottom-left
+
+
+def test_to_uint8_frames_rounds_clips_and_takes_bfloat16():
+    frames = torch.tensor([[[[0.0, 0.5, 1.2]]]], dtype=torch.bfloat16)  # [1, 1, 1, 3]
+    assert media.to_uint8_frames(frames).tolist() == [[[[0, 128, 255]]]]

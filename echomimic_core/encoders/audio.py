@@ -290,7 +290,7 @@ class AudioEncoder:
             with torch.device("meta"):
                 model = WhisperEncoder(config)
             _load_into(model, state, path)
-            fe = WhisperFeatureExtractor.from_pretrained(str(folder)) if preprocessor else None
+            fe = WhisperFeatureExtractor.from_pretrained(str(folder), local_files_only=True) if preprocessor else None
         else:
             if kind == "whisper":
                 raise CheckpointError(f"{path}: is a wav2vec2 encoder, but kind='whisper' was asked for. "
@@ -303,7 +303,7 @@ class AudioEncoder:
             state = wav2vec2_state(raw, target_keys=model.state_dict().keys())
             _load_into(model, state, path, optional=WAV2VEC2_OPTIONAL)
             # A folder's own preprocessor settings win (upstream reads them with from_pretrained).
-            fe = Wav2Vec2FeatureExtractor.from_pretrained(str(folder)) if preprocessor else None
+            fe = Wav2Vec2FeatureExtractor.from_pretrained(str(folder), local_files_only=True) if preprocessor else None
         del raw
         model = model.to(device=device, dtype=dtype)
         log.info("loaded %s audio encoder from %s (%d layers, width %d)", kind, path,
