@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .files import CheckpointError, load_state_dict
+from .quant import FP8_DTYPES, to_fp8
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "base_model.model.")
 _SPELLINGS = ((".lora_down.", ".lora_A."), (".lora_up.", ".lora_B."))
@@ -52,8 +53,11 @@ def merge_lora(state: dict[str, torch.Tensor], lora: dict[str, torch.Tensor] | s
             raise CheckpointError(f"the LoRA targets {module!r}, which this transformer does not have "
                                   "(a LoRA trained for another model or variant?).")
         w = out[key]
-        delta = (b.float() @ a.float()) * (strength * alpha / a.shape[0])
-        out[key] = (w.float() + delta.to(w.device)).to(w.dtype)
+        # the product on the weight's device: a [out, in] matmul is slow on the CPU
+        delta = (b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)) * (strength * alpha / a.shape[0])
+        merged = w.float() + delta
+        # fp8 storage: saturate at the format's range instead of overflowing to NaN
+        out[key] = to_fp8(merged, w.dtype) if w.dtype in FP8_DTYPES else merged.to(w.dtype)
     return out
 
 

@@ -32,3 +32,11 @@ def test_lora_for_another_model_is_a_clear_error(model):
         merge_lora(dict(model.named_parameters()), lora)
     with pytest.raises(CheckpointError, match="is this a LoRA file"):
         merge_lora({}, {"blocks.0.self_attn.q.weight": torch.zeros(2, 2)})
+
+
+def test_merge_into_fp8_weights_saturates_instead_of_nan():
+    w = torch.full((2, 3), 400.0).to(torch.float8_e4m3fn)
+    lora = {"q.lora_A.weight": torch.ones(1, 3), "q.lora_B.weight": torch.full((2, 1), 100.0)}
+    merged = merge_lora({"q.weight": w}, lora)["q.weight"]
+    assert merged.dtype == torch.float8_e4m3fn
+    assert torch.equal(merged.float(), torch.full((2, 3), 448.0))  # 500 saturates at e4m3's max
