@@ -48,14 +48,17 @@ class _BlockSwap:
     """Keeps the first ``n`` blocks on ``offload_device`` and streams each to ``device`` for its turn.
 
     Inference never changes weights, so a block is "offloaded" by pointing its tensors back at
-    their host copies (no device-to-host copy); host copies are pinned when the device is CUDA so
-    the next block's upload is asynchronous while the current one computes.
+    their host copies (no device-to-host copy). On CUDA the host copies are pinned and uploaded on
+    a side stream, so block i+1's upload overlaps block i's kernels (on the compute stream the
+    copy would queue behind them); the compute stream waits on an event before using a block.
     """
 
     def __init__(self, blocks: nn.ModuleList, n: int, device: torch.device, offload_device: torch.device):
         self.device = device
         self.loaded: set[int] = set()
         pin = device.type == "cuda" and offload_device.type == "cpu"
+        self.stream = torch.cuda.Stream(device) if pin else None
+        self.ready: dict[int, torch.cuda.Event] = {}
         self.host: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for i in range(min(n, len(blocks))):
             pairs = []
@@ -70,20 +73,43 @@ class _BlockSwap:
         return set(self.host)
 
     def _load(self, i: int) -> None:
-        if i in self.host and i not in self.loaded:
+        if i not in self.host or i in self.loaded:
+            return
+        if self.stream is None:
             for t, host in self.host[i]:
                 t.data = host.to(self.device, non_blocking=True)
-            self.loaded.add(i)
+        else:
+            with torch.cuda.stream(self.stream):
+                for t, host in self.host[i]:
+                    t.data = host.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+            self.ready[i] = event
+        self.loaded.add(i)
+
+    def _wait(self, i: int) -> None:
+        """Make the compute stream wait for block i's upload before it reads the weights."""
+        event = self.ready.pop(i, None)
+        if event is None:
+            return
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_event(event)
+        for t, _ in self.host[i]:
+            # allocated on the upload stream, used on the compute stream: the allocator must not
+            # hand the memory out again before the compute stream is done with it
+            t.data.record_stream(compute)
 
     def before(self, i: int) -> None:
         if torch.is_grad_enabled():
             raise RuntimeError("block swap is for inference: gradients would need the offloaded blocks "
                                "on the device again; disable block swap (or use torch.no_grad()).")
         self._load(i)
-        self._load(i + 1)  # queue the next upload while this block computes
+        self._wait(i)
+        self._load(i + 1)  # queued on the upload stream while this block computes
 
     def after(self, i: int) -> None:
         if i in self.loaded:
+            self._wait(i)  # a block never used still needs its upload finished before release
             for t, host in self.host[i]:
                 t.data = host
             self.loaded.discard(i)
@@ -92,6 +118,7 @@ class _BlockSwap:
         """Put every swapped block on the device for good."""
         for i in self.host:
             self._load(i)
+            self._wait(i)
         self.host.clear()
         self.loaded.clear()
 
