@@ -70,7 +70,7 @@ def chunk_task_inputs(task: Task, reference: np.ndarray, chunk: Chunk, start_fra
         video = source[lo:hi]
         if len(video) < chunk.length:  # the padded tail of the last chunk repeats the last frame
             video = torch.cat([video, video[-1:].expand(chunk.length - len(video), -1, -1, -1)])
-        region = lipsync_region(task, video, sample_size)
+        region = lipsync_region(task, video, sample_size, start=lo)
         return task_masks.region_inputs(video.permute(3, 0, 1, 2)[None].float(), region)
     keyframes: dict[int, Any] = {}
     if start_frames is not None:
@@ -98,8 +98,12 @@ def global_keyframes(task: Task, reference: np.ndarray, num_frames: int) -> dict
     return {0: reference}
 
 
-def lipsync_region(task: Task, video: torch.Tensor, sample_size: tuple[int, int]) -> torch.Tensor:
-    """[F, H, W] bool mouth region at sample size for a chunk of the source video."""
+def lipsync_region(task: Task, video: torch.Tensor, sample_size: tuple[int, int], start: int = 0) -> torch.Tensor:
+    """[F, H, W] bool mouth region at sample size for a chunk of the source video.
+
+    video: the chunk's frames [F, H, W, 3]; start: the chunk's first frame in the source video,
+    where a per-frame ``mouth_mask`` [F_source, H, W] is read from (its last frame repeats past
+    its end, as the chunk's padded tail repeats the video's last frame)."""
     height, width = video.shape[1:3]
     if task.mouth_mask is not None:
         mask = torch.as_tensor(task.mouth_mask).float()
@@ -107,7 +111,8 @@ def lipsync_region(task: Task, video: torch.Tensor, sample_size: tuple[int, int]
         if mask.shape[-2:] != (height, width):
             raise ValueError(f"mouth_mask is {tuple(mask.shape[-2:])}, the video frames are {height}x{width}; "
                              "draw the mask on a frame of the same video.")
-        return mask[:1].expand(len(video), -1, -1) > 0.5 if mask.shape[0] == 1 else mask[:len(video)] > 0.5
+        index = (torch.arange(len(video)) + start).clamp(max=mask.shape[0] - 1)
+        return mask[index] > 0.5
     box = task.mouth_box
     if box is None:
         from .face_region import detect_face_box
