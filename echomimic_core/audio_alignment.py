@@ -245,36 +245,3 @@ def feature_slice(features: torch.Tensor, start_frame: int, num_frames: int, kin
         pad = features.new_zeros(features.shape[0], missing, *features.shape[2:])
         part = torch.cat([part, pad], dim=1)
     return part
-
-
-def frame_rms_db(waveform: torch.Tensor, num_frames: int, fps: float | Fraction,
-                 sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """RMS level in dBFS of each video frame's audio span ``[num_frames]`` (-inf-safe: floor -200 dB).
-
-    ``waveform`` is mono ``[T]``; spans past the end of the audio count as silence.
-    """
-    if waveform.dim() != 1:
-        raise ValueError(f"expected a mono waveform [T], got shape {tuple(waveform.shape)}.")
-    total = samples_for_frames(num_frames, fps, sample_rate)
-    wav = fit_audio(waveform.to(torch.float64), total)
-    bounds = [frame_to_sample(k, fps, sample_rate) for k in range(num_frames + 1)]
-    levels = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        seg = wav[a:b]
-        power = seg.square().mean() if seg.numel() else torch.tensor(0.0, dtype=torch.float64)
-        levels.append(10 * torch.log10(power.clamp_min(1e-20)))
-    return torch.stack(levels).float() if levels else torch.zeros(0)
-
-
-def silent_frames(waveform: torch.Tensor, num_frames: int, fps: float | Fraction,
-                  sample_rate: int = SAMPLE_RATE, threshold_db: float = -50.0) -> torch.Tensor:
-    """``[num_frames]`` bool: frames whose audio RMS is below ``threshold_db`` dBFS."""
-    return frame_rms_db(waveform, num_frames, fps, sample_rate) < threshold_db
-
-
-def is_silent(waveform: torch.Tensor, threshold_db: float = -50.0) -> bool:
-    """True when the whole clip's RMS is below ``threshold_db`` dBFS (or the clip is empty)."""
-    if waveform.numel() == 0:
-        return True
-    power = waveform.to(torch.float64).square().mean()
-    return bool(10 * torch.log10(power.clamp_min(1e-20)) < threshold_db)

@@ -117,20 +117,6 @@ def test_feature_slice_per_layout_and_zero_tail():
         al.feature_slice(tokens, 0, 1, "nope")
 
 
-def test_silence_detection_per_frame():
-    sr, fps = al.SAMPLE_RATE, 25
-    t = torch.arange(sr) / sr
-    wav = 0.5 * torch.sin(2 * torch.pi * 220 * t)
-    wav[sr // 2:] = 0  # second half silent
-    silent = al.silent_frames(wav, 30, fps)  # 30 frames = 1.2 s: the last 5 are past the audio
-    assert silent.shape == (30,)
-    assert not silent[:12].any() and silent[13:].all()
-    db = al.frame_rms_db(wav, 2, fps)
-    assert abs(float(db[0]) - (-9.03)) < 0.1  # RMS of a 0.5 sine = 0.354 -> -9.03 dBFS
-    assert al.is_silent(torch.zeros(100)) and al.is_silent(torch.zeros(0))
-    assert not al.is_silent(wav)
-
-
 def test_upstream_frame_count_rounds_duration_to_centiseconds():
     # 3.236 s: FFmpeg reports 3.24 s, so upstream makes int(3.24 * 25) = 81 frames; exact floor is 80
     samples = 51776
