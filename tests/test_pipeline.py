@@ -1,5 +1,4 @@
 """End-to-end generation on the tiny demo models: lengths, tasks, determinism, hooks, errors."""
-import dataclasses
 
 import numpy as np
 import pytest
