@@ -84,19 +84,14 @@ def on_device(module, device, offload_device):
     if module is None or device is None:
         yield module
         return
-    _move(module, device)
+    # every encoder wrapper and VideoVAE has ``to(device)``; an adapter whose host manages
+    # memory itself (ComfyUI's VAE) makes it a no-op, so call it rather than its inner model's
+    module.to(device)
     try:
         yield module
     finally:
         if offload_device is not None and torch.device(offload_device) != torch.device(device):
-            _move(module, offload_device)
-
-
-def _move(obj, device):
-    if isinstance(obj, torch.nn.Module) or hasattr(obj, "to") and not hasattr(obj, "model"):
-        obj.to(device)
-    elif hasattr(obj, "model"):
-        obj.model.to(device)
+            module.to(offload_device)
 
 
 def sample_size_for(image_hw: tuple[int, int], settings: GenerationSettings) -> tuple[int, int]:
