@@ -38,7 +38,7 @@ import torch
 from .. import audio_alignment as align
 from ..checkpoints.files import CheckpointError, load_state_dict
 from ..media import prepare_audio
-from .keymap import guess_family
+from .keymap import assign_weights, guess_family
 
 log = logging.getLogger(__name__)
 
@@ -209,23 +209,9 @@ def _guess_wav2vec2_kind(path: Path, raw_keys, preprocessor: dict | None) -> str
 
 def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], what: Path,
                optional: tuple[str, ...] = ()) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state) - set(optional))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(state) & set(own)) if state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{what}: does not match the audio encoder built for it. "
-            f"missing {len(missing)} {missing[:5]}, unexpected {len(unexpected)} {unexpected[:5]}, "
-            f"shape mismatches {mismatched[:3]}. The file is probably a different model or "
-            "its config.json belongs to another checkpoint.")
-    state = {k: v for k, v in state.items() if k in own}
-    for key in set(own) - set(state):  # optional training-only tensors: never used at inference
-        state[key] = torch.zeros(own[key].shape, dtype=own[key].dtype)
-    # The model was built on the meta device: assign the file's tensors instead of copying
-    # them into randomly initialised ones (saves the init time and a second copy in RAM).
-    model.load_state_dict(state, strict=True, assign=True)
+    assign_weights(model, state, f"{what}: the audio encoder weights",
+                   "The file is probably a different model or its config.json belongs to another "
+                   "checkpoint.", optional)
     still_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if still_meta:
         raise CheckpointError(f"{what}: tensors {still_meta[:5]} were not provided by the file.")

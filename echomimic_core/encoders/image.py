@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints.files import CheckpointError, load_state_dict, save_state_dict, strip_prefix
-from .keymap import KeyTable, guess_family, rename
+from .keymap import KeyTable, assign_weights, guess_family, rename
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +150,8 @@ def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype, device,
                for k, v in state_hf.items()
                if k.startswith("vision_model.") and not k.startswith(dropped)
                and not k.endswith("position_ids")}
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"CLIP vision weights do not fit the model their shapes imply: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}. The file is incomplete or not a CLIP vision tower.")
-    model.load_state_dict(weights, strict=True, assign=True)
+    assign_weights(model, weights, "CLIP vision weights",
+                   "The file is incomplete or not a CLIP vision tower (clip_vision_h).")
     embeddings = tower(model).embeddings
     # a non-persistent buffer: not in the file, so it is still on meta after assign
     embeddings.position_ids = torch.arange(embeddings.num_positions, device=device).expand(1, -1)

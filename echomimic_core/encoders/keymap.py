@@ -1,4 +1,4 @@
-"""Key-name tables between checkpoint layouts, shared by the text and image encoders.
+"""Key-name tables between checkpoint layouts, and exact weight assignment, shared by the encoders.
 
 A table is a tuple of ``(name_a, name_b)`` pairs; ``{i}`` in a name stands for a block index.
 ``rename(state, table)`` maps layout a -> b, ``rename(state, table, reverse=True)`` maps b -> a.
@@ -77,3 +77,27 @@ def rename(state: dict[str, torch.Tensor], table: KeyTable, reverse: bool = Fals
             "The file is a different architecture or a layout not supported yet; "
             "check that it is the right file for this slot.")
     return out
+
+
+def assign_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, hint: str,
+                   optional: tuple[str, ...] = ()) -> None:
+    """Load ``state`` into ``model`` (built on the meta device) by assignment, exactly.
+
+    Every key, name and shape, must match, else one :class:`CheckpointError` lists the missing,
+    unexpected and mis-shaped tensors and ends with ``hint`` (what to do). ``optional`` keys may be
+    absent (tensors inference never reads) and are filled with zeros. Assigning rather than copying
+    skips the random init and a second copy of the weights in RAM.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state) - set(optional))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in sorted(set(state) & set(own)) if state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{what} do not fit the model built for them: missing {len(missing)} {missing[:5]}, "
+            f"unexpected {len(unexpected)} {unexpected[:5]}, wrong shapes {mismatched[:3]}. {hint}")
+    state = dict(state)
+    for key in set(own) - set(state):
+        state[key] = torch.zeros(own[key].shape, dtype=own[key].dtype)
+    model.load_state_dict(state, strict=True, assign=True)

@@ -28,7 +28,7 @@ import torch
 
 from ..checkpoints.files import CheckpointError, load_state_dict, save_state_dict, strip_prefix
 from ..checkpoints.quant import FP8_DTYPES, dequantize_scaled_fp8, is_scaled_fp8
-from .keymap import KeyTable, guess_family, rename
+from .keymap import KeyTable, assign_weights, guess_family, rename
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +199,7 @@ def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype | None, de
     weights = {k: v.to(device=device, dtype=(dtype or v.dtype) if _is_matrix(k) else compute_dtype)
                for k, v in weights.items()}
     weights[_TIED] = weights["shared.weight"]
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"umT5 weights do not fit the model their shapes imply: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}. The file is incomplete or not a umT5 encoder.")
-    model.load_state_dict(weights, strict=True, assign=True)
+    assign_weights(model, weights, "umT5 weights", "The file is incomplete or not a umT5-XXL encoder.")
     if weights["shared.weight"].dtype != compute_dtype:
         # the lookup is exact in either dtype: cast the looked-up rows, not the whole table
         model.encoder.embed_tokens.register_forward_hook(lambda m, a, out: out.to(compute_dtype))
