@@ -203,21 +203,27 @@ class Trainer:
         return Conditioning(context=batch["text"], clip_fea=batch["clip"], y=y, audio=batch["audio"],
                             ip_mask=None if gate is None else gate.to(y.device))
 
+    def _draw(self, x0: torch.Tensor, g: torch.Generator, phase_offset: int | None):
+        """One step's shared randomness for latents x0 [B, 16, F, h, w]: phases [B] (CPU),
+        sigma [B] and t [B] on x0's device, noise like x0 (drawn on the CPU generator, so a run
+        is the same on any device)."""
+        f = self.config.flow
+        phases = fm.sample_phases(x0.shape[0], g, phase_offset)
+        sigma, t = fm.sample_timesteps(phases, g, f.shift, f.phase_boundaries, f.num_train_timesteps)
+        noise = torch.randn(x0.shape, generator=g).to(x0)
+        return phases, sigma.to(x0.device), t.to(x0.device), noise
+
     def sft_loss(self, batch: dict, g: torch.Generator, phase_offset: int | None = None):
         """(loss, per-sample losses [B], phases [B], task ids [B])."""
         x0 = batch["latents"]
-        b, dev = x0.shape[0], x0.device
-        f = self.config.flow
-        phases = fm.sample_phases(b, g, phase_offset)
-        sigma, t = fm.sample_timesteps(phases, g, f.shift, f.phase_boundaries, f.num_train_timesteps)
-        noise = torch.randn(x0.shape, generator=g).to(x0)
-        x_t, target = fm.add_noise(x0, noise, sigma.to(dev))
+        phases, sigma, t, noise = self._draw(x0, g, phase_offset)
+        x_t, target = fm.add_noise(x0, noise, sigma)
         tasks = sample_tasks([box is not None for box in batch["mouth_box"]], g, self.config.tasks.ratios)
         conds = {k[len("cond."):]: v for k, v in batch.items() if k.startswith("cond.")}
         cond = self._conditioning(batch, build_y(tasks, conds, batch["mouth_box"]))
         cond = apply_drop(cond, drop_plan(phases, g, self.config.drop), self.null_text)
         with self.acc.autocast():
-            pred = self.model(x_t, t.to(dev), cond)
+            pred = self.model(x_t, t, cond)
         per = fm.per_sample_mse(pred, target)
         task_ids = torch.tensor([TASKS.index(x) for x in tasks])
         return per.mean(), per.detach(), phases, task_ids
@@ -225,16 +231,12 @@ class Trainer:
     def dpo_loss(self, batch: dict, g: torch.Generator, phase_offset: int | None = None):
         """(loss, implicit reward margin [B]) on chosen vs rejected at shared noise and timestep."""
         win, lose = batch["chosen.latents"], batch["rejected.latents"]
-        b, dev = win.shape[0], win.device
-        f = self.config.flow
-        phases = fm.sample_phases(b, g, phase_offset)
-        sigma, t = fm.sample_timesteps(phases, g, f.shift, f.phase_boundaries, f.num_train_timesteps)
-        noise = torch.randn(win.shape, generator=g).to(win)
-        x_w, tgt_w = fm.add_noise(win, noise, sigma.to(dev))
-        x_l, tgt_l = fm.add_noise(lose, noise, sigma.to(dev))
-        cond = self._conditioning(batch, build_y(["first_frame"] * b,
+        _, sigma, t, noise = self._draw(win, g, phase_offset)
+        x_w, tgt_w = fm.add_noise(win, noise, sigma)
+        x_l, tgt_l = fm.add_noise(lose, noise, sigma)
+        cond = self._conditioning(batch, build_y(["first_frame"] * win.shape[0],
                                                  {"first_frame": batch["cond.first_frame"]}))
-        x, tt, target = torch.cat([x_w, x_l]), torch.cat([t, t]).to(dev), torch.cat([tgt_w, tgt_l])
+        x, tt, target = torch.cat([x_w, x_l]), torch.cat([t, t]), torch.cat([tgt_w, tgt_l])
         both = Conditioning.cat([cond, cond])
         with torch.no_grad(), self.acc.autocast():
             if self.ref_model is not None:
