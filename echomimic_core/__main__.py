@@ -45,6 +45,8 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--color-match", action=argparse.BooleanOptionalAction)
     g.add_argument("--batch-guidance", action=argparse.BooleanOptionalAction,
                    help="run the guidance passes in one batched forward (faster) or one at a time (less memory)")
+    g.add_argument("--loudness-normalize", action=argparse.BooleanOptionalAction,
+                   help="flash: normalise the audio to -23 LUFS before encoding (default: on for flash)")
     g.add_argument("--vae-tile-size", type=int, help="tiled VAE (pixels, multiple of 8) to save memory")
     g.add_argument("--vae-tile-overlap", type=int)
     g.add_argument("--face-box", type=int, nargs=4, metavar=("Y1", "Y2", "X1", "X2"),

@@ -127,7 +127,8 @@ def encode_inputs(models: Models, reference: np.ndarray, wav16k: torch.Tensor, p
         pixels = torch.from_numpy(np.array(reference_pil)).permute(2, 0, 1)[None].float() / 127.5 - 1
         clip_fea = ie.encode(pixels).float().cpu()
     with on_device(models.audio_encoder, device, offload_device) as ae:
-        audio = ae.features_for_video(wav16k, feature_frames, settings.fps).float().cpu()
+        audio = ae.features_for_video(wav16k, feature_frames, settings.fps,
+                                      loudness_norm=settings.loudness_normalize).float().cpu()
     ip_mask = face_gate(models, reference, sample_size, settings.face_box, face_mask)
     return Encoded(context.float().cpu(), negative.float().cpu(), clip_fea, audio, ip_mask)
 

@@ -445,19 +445,20 @@ class AudioEncoder:
         return WAV2VEC2_RECEPTIVE_FIELD + WAV2VEC2_HOP * (states - 1)  # CNN: floor((n-400)/320)+1
 
     def features_for_video(self, waveform: torch.Tensor, num_frames: int, fps: float,
-                           sample_rate: int = align.SAMPLE_RATE) -> torch.Tensor:
+                           sample_rate: int = align.SAMPLE_RATE, loudness_norm: bool | None = None) -> torch.Tensor:
         """Audio -> the exact input the transformer consumes for ``num_frames`` frames at ``fps``.
 
         ``waveform``: ``[T]``, ``[C, T]`` or ``[B, C, T]`` at ``sample_rate`` (mono-mixed and
         resampled to 16 kHz here). Returns float32 on the encoder's device:
         preview / whisper ``[1, 2F, D]``, flash ``[1, F, 5, layers, D]`` (see the module doc
         for the pad / trim rules and ``audio_alignment.tokens_for_frames`` for other fps).
+        ``loudness_norm``: flash's -23 LUFS normalisation for this call (None: the encoder's setting).
         """
         if num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {num_frames}.")
         wav = prepare_audio(waveform, sample_rate).cpu()
         if self.kind == "flash":
-            if self.loudness_norm:
+            if self.loudness_norm if loudness_norm is None else loudness_norm:
                 wav = self.loudness_normalize(wav)
             wav = align.fit_audio(wav, align.samples_for_frames(num_frames, fps))
             return align.flash_windows(self.flash_per_frame(wav, num_frames))

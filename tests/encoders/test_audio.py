@@ -146,6 +146,9 @@ def test_flash_loudness_normalisation_reaches_minus_23_lufs(wav2vec2):
     # loudness matters to the flash features, and the switch turns it off
     off = AudioEncoder(enc.model, "flash", loudness_norm=False)
     assert not torch.allclose(enc.features_for_video(quiet, 9, 25), off.features_for_video(quiet, 9, 25))
+    # a per-call choice (GenerationSettings.loudness_normalize) overrides the encoder's own
+    assert torch.equal(off.features_for_video(quiet, 9, 25, loudness_norm=True), enc.features_for_video(quiet, 9, 25))
+    assert torch.equal(enc.features_for_video(quiet, 9, 25, loudness_norm=False), off.features_for_video(quiet, 9, 25))
 
 
 def test_whisper_chunks_long_audio(whisper):
