@@ -25,11 +25,12 @@ from fractions import Fraction
 
 import torch
 
+from .vae.wan import TEMPORAL_COMPRESSION as VAE_TEMPORAL_STRIDE
+
 SAMPLE_RATE = 16000
 FEATURE_RATE = 50
 TOKENS_PER_FRAME = 2
 FLASH_WINDOW = 5
-VAE_TEMPORAL_STRIDE = 4
 TOKEN_KINDS = ("preview", "whisper")
 WINDOW_KINDS = ("flash",)
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-TEMPORAL_STRIDE = 4  # Wan VAE: 4 pixel frames per latent frame after the first
+from .vae.wan import TEMPORAL_COMPRESSION as TEMPORAL_STRIDE  # 4 pixel frames per latent frame after the first
 
 
 def round_up_4k1(frames: int) -> int:

@@ -28,11 +28,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .vae.wan import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
+
 log = logging.getLogger(__name__)
 
 KEEP, GENERATE = 0.0, 255.0
-VAE_TEMPORAL_COMPRESSION = 4
-VAE_SPATIAL_COMPRESSION = 8
+VAE_TEMPORAL_COMPRESSION = TEMPORAL_COMPRESSION
+VAE_SPATIAL_COMPRESSION = SPATIAL_COMPRESSION
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 
