@@ -56,3 +56,9 @@ def test_user_errors_are_one_line(demo_cache, tmp_path, capsys):
     with pytest.raises(SystemExit, match="--models"):
         cli.main(["generate", "--audio", "a.wav", "--out", str(tmp_path / "x.mp4")])
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_task_choices_are_the_pipelines_tasks():
+    # the CLI spells them out to keep `--help` free of torch imports; they must not drift apart
+    from echomimic_core.tasks import TASKS
+    assert cli.TASK_CHOICES == TASKS

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..settings import SAMPLERS
+
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("Flow", "Flow_Unipc", "Flow_DPM++")
 SETUPS = ("preview", "flash")
 NUM_TRAIN_TIMESTEPS = 1000
 
