@@ -232,7 +232,9 @@ class ComfyClient:
         """Put ``path`` in the server's input folder; returns the name a combo widget uses."""
         path = path.resolve()
         if path not in self.uploads:
-            form = aiohttp.FormData()
+            # Unquoted: aiohttp would otherwise percent-encode the file name ("face b.png" ->
+            # "face%20b.png"), and ComfyUI stores the upload under that literal name.
+            form = aiohttp.FormData(quote_fields=False)
             form.add_field("type", "input")
             # No "overwrite": ComfyUI then keeps identical files once and renames different ones.
             form.add_field("image", path.read_bytes(), filename=path.name)

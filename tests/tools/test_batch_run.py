@@ -234,6 +234,18 @@ def test_bad_workflow_or_table_stops_before_any_upload(batch, server, capsys, wo
     assert server.uploads == {} and server.queued == []
 
 
+def test_uploaded_file_names_keep_spaces_and_non_ascii(batch, server):
+    # ComfyUI saves an upload under the multipart file name as sent; aiohttp's default quoting made
+    # "face b.png" arrive (and be stored) as "face%20b.png".
+    (batch / "face b.png").write_bytes(b"f")
+    (batch / "说话 1.wav").write_bytes(b"s")
+    (batch / "rows.csv").write_text("name,image,audio\nx,face b.png,说话 1.wav\n", encoding="utf-8")
+    assert _run(batch, server) == 0
+    assert sorted(server.uploads) == ["face b.png", "说话 1.wav"]
+    assert [(p["1"]["inputs"]["image"], p["2"]["inputs"]["audio"]) for _, p in server.queued] == [
+        ("face b.png", "说话 1.wav")]
+
+
 def test_lost_websocket_falls_back_to_history(batch, server):
     (batch / "drop.png").write_bytes(b"d")
     (batch / "rows.csv").write_text("name,image,audio\nd,drop.png,a.wav\n")
