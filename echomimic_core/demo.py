@@ -76,35 +76,37 @@ def write_demo_models(models_dir: str | Path, seed: int = 0, overwrite: bool = F
     if not overwrite and all(p.is_file() for p in paths.values()):
         return ModelFiles(**paths)
     log.info("writing the tiny demo models to %s", root)
-    torch.manual_seed(seed)
-    transformer = EchoMimicTransformer(demo_transformer_config())
-    with torch.no_grad():  # random but non-zero audio layers, so the audio visibly matters
-        for name, p in transformer.named_parameters():
-            if "audio" in name and p.ndim >= 2:
-                p.normal_(0, 0.05)
-    save_transformer(transformer, paths["transformer"])
+    # seeded draws without touching the caller's global RNG (ComfyUI / training seeds)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = EchoMimicTransformer(demo_transformer_config())
+        with torch.no_grad():  # random but non-zero audio layers, so the audio visibly matters
+            for name, p in transformer.named_parameters():
+                if "audio" in name and p.ndim >= 2:
+                    p.normal_(0, 0.05)
+        save_transformer(transformer, paths["transformer"])
 
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                           attn_scales=[], temperal_downsample=[False, True, True])
-    from .vae.keys import diffusers_to_original
-    save_state_dict(diffusers_to_original(_random_state(vae)), paths["vae"])
+        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                               attn_scales=[], temperal_downsample=[False, True, True])
+        from .vae.keys import diffusers_to_original
+        save_state_dict(diffusers_to_original(_random_state(vae)), paths["vae"])
 
-    proto = _spiece_model()
-    t5 = UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=TEXT_DIM, d_kv=16, d_ff=48, num_layers=2,
-                                     num_heads=2, relative_attention_num_buckets=32,
-                                     feed_forward_proj="gated-gelu", tie_word_embeddings=False))
-    save_comfy_file(_random_state(t5), paths["text_encoder"], spiece_proto=proto)
+        proto = _spiece_model()
+        t5 = UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=TEXT_DIM, d_kv=16, d_ff=48, num_layers=2,
+                                         num_heads=2, relative_attention_num_buckets=32,
+                                         feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+        save_comfy_file(_random_state(t5), paths["text_encoder"], spiece_proto=proto)
 
-    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=CLIP_DIM, intermediate_size=64, num_hidden_layers=2,
-                                            num_attention_heads=12, image_size=28, patch_size=14))
-    clip_state = _random_state(clip)  # ComfyUI's clip_vision files carry the vision_model. prefix
-    save_state_dict({k if k.startswith("vision_model.") else "vision_model." + k: v
-                     for k, v in clip_state.items()}, paths["image_encoder"])
+        clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=CLIP_DIM, intermediate_size=64, num_hidden_layers=2,
+                                                num_attention_heads=12, image_size=28, patch_size=14))
+        clip_state = _random_state(clip)  # ComfyUI's clip_vision files carry the vision_model. prefix
+        save_state_dict({k if k.startswith("vision_model.") else "vision_model." + k: v
+                         for k, v in clip_state.items()}, paths["image_encoder"])
 
-    wav2vec2 = Wav2Vec2Model(Wav2Vec2Config(hidden_size=AUDIO_DIM, num_hidden_layers=2, num_attention_heads=1,
-                                            intermediate_size=64, conv_dim=(32,) * 7,
-                                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4))
-    save_state_dict(_random_state(wav2vec2), paths["audio_encoder"])
+        wav2vec2 = Wav2Vec2Model(Wav2Vec2Config(hidden_size=AUDIO_DIM, num_hidden_layers=2, num_attention_heads=1,
+                                                intermediate_size=64, conv_dim=(32,) * 7,
+                                                num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4))
+        save_state_dict(_random_state(wav2vec2), paths["audio_encoder"])
     return ModelFiles(**paths)
 
 
