@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import wave
 from pathlib import Path
@@ -22,9 +23,26 @@ DEMO_AUDIO = "echomimic_demo_speech.wav"
 
 
 def comfyui_root() -> Path | None:
-    """The ComfyUI folder this pack is installed in (``ComfyUI/custom_nodes/<pack>``), or None."""
-    root = Path(__file__).resolve().parents[3]
-    return root if (root / "custom_nodes").is_dir() and (root / "models").is_dir() else None
+    """The ComfyUI folder this pack is installed in (``ComfyUI/custom_nodes/<pack>``), or None.
+
+    A pack folder symlinked into ``custom_nodes`` (a common developer install) is only seen as
+    installed through the shell's logical working directory: ``python -m`` builds ``__file__`` from
+    the physical one, where the symlink is already resolved away.
+    """
+    pack = Path(__file__).resolve().parents[1]
+    candidates = [Path(os.path.abspath(__file__)).parents[1], pack]
+    pwd = os.environ.get("PWD")
+    if pwd and os.path.isabs(pwd):
+        # The pack folder itself or a folder inside it, reached through the symlink.
+        for folder in (Path(pwd), *Path(pwd).parents):
+            if folder.resolve() == pack:
+                candidates.insert(0, folder)
+                break
+    for folder in candidates:
+        root = folder.parent.parent
+        if folder.parent.name == "custom_nodes" and (root / "models").is_dir():
+            return root
+    return None
 
 
 def write_demo_inputs(input_dir: str | Path, seconds: float = 2.4) -> tuple[Path, Path]:
