@@ -191,6 +191,10 @@ class EchoMimicTransformer(nn.Module):
 
     def block_context(self, cond: Conditioning, grid: tuple[int, int, int], dtype: torch.dtype,
                       device: torch.device) -> BlockContext:
+        """Embed the conditioning once per forward for every block: text zero-padded to
+        [B, text_len, text_dim] then embedded to [B, text_len, C]; CLIP [B, clip_tokens, clip_dim]
+        -> [B, clip_tokens, C]; audio projected to tokens + per-latent-frame windows; the face gate
+        [B, tokens per latent frame]; RoPE tables for the (F, H', W') token ``grid``."""
         c = self.config
         texts = [u.to(device=device, dtype=dtype) for u in cond.text_list()]
         too_long = [u.shape[0] for u in texts if u.shape[0] > c.text_len]
