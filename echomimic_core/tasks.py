@@ -151,7 +151,3 @@ def resize_video(frames: torch.Tensor, sample_size: tuple[int, int]) -> torch.Te
         return frames.float()
     return torch.stack([torch.from_numpy(np.array(task_masks.resize_to_sample(to_uint8_image(f), sample_size)))
                         for f in frames]).float() / 255
-
-
-# ---------------------------------------------------------------------------------------------
-# the main entry point
