@@ -5,6 +5,7 @@ import { api } from "../../scripts/api.js";
 import { planVideo, formatPlan, resolvePartial } from "./lib/video_plan.js";
 import { fitImage, boxToCanvas, previewArea } from "./lib/face_overlay.js";
 import { widgetValue, firstWidgetValue, findUpstream, inputFileUrl, sourceNode, modelVariant } from "./lib/graph.js";
+import { registerOnce } from "./lib/register.js";
 
 // A node shows the plan when it has these widgets (the sampler). Its audio comes in on "audio" or
 // "audio_embeds"; fps and max_frames are read from the node, else from the audio nodes upstream.
@@ -47,7 +48,7 @@ async function refreshPlan(node) {
   node.setDirtyCanvas(true, false);
 }
 
-app.registerExtension({
+registerOnce(app, {
   name: "EchoMimicV3.ui",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData.category || !nodeData.category.startsWith("EchoMimicV3")) return;
