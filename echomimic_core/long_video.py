@@ -80,7 +80,7 @@ def blend_into(video: torch.Tensor | None, chunk_frames: torch.Tensor, overlap: 
     """
     if video is None or overlap == 0:
         return chunk_frames if video is None else torch.cat([video, chunk_frames])
-    ramp = torch.linspace(0, 1, overlap, dtype=chunk_frames.dtype).view(-1, 1, 1, 1)
+    ramp = torch.linspace(0, 1, overlap, dtype=chunk_frames.dtype, device=chunk_frames.device).view(-1, 1, 1, 1)
     mixed = video[-overlap:] * (1 - ramp) + chunk_frames[:overlap] * ramp
     return torch.cat([video[:-overlap], mixed, chunk_frames[overlap:]])
 

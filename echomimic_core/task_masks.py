@@ -245,8 +245,8 @@ def conditioning_y(inputs: TaskInputs, encode: Callable[[torch.Tensor], torch.Te
         frames, (height, width) = inputs.num_frames, inputs.input_video.shape[3:]
         shape = (1, 16, (frames - 1) // VAE_TEMPORAL_COMPRESSION + 1,
                  height // VAE_SPATIAL_COMPRESSION, width // VAE_SPATIAL_COMPRESSION)
-        dtype = masked_latents.dtype if masked_latents is not None else torch.float32
-        return torch.zeros(shape[0], 4 + shape[1], *shape[2:], dtype=dtype)
+        like = masked_latents if masked_latents is not None else torch.empty(0)
+        return torch.zeros(shape[0], 4 + shape[1], *shape[2:], dtype=like.dtype, device=like.device)
     if masked_latents is None:
         if encode is None:
             raise ValueError("conditioning_y needs either `encode` (a VAE encode callable) or `masked_latents`.")
