@@ -360,7 +360,9 @@ class Denoiser:
         y = self._y(inputs)
         total_latents = y.shape[2]
         window = latent_frames(round_up_4k1(s.partial_video_length))
-        overlap = max(1, s.overlap_video_length // 4)  # upstream counts this overlap in latent frames
+        # overlap_video_length is in pixel frames in both modes; upstream's sliding mode reads the
+        # same number as latent frames (its default 8 = 32 pixel frames, a 4x wider blend)
+        overlap = max(1, s.overlap_video_length // 4)
         overlap = min(overlap, window - 1)
         guidance = guidance_for(self.models, s)
         self._riflex(min(window, total_latents))
