@@ -20,7 +20,8 @@ import torch
 from . import audio_alignment as align
 from .color_match import match_to_first_frame
 from .face_region import face_ip_mask
-from .long_video import Chunk, generate_chunked, latent_frames, round_up_4k1, sliding_velocity
+from .long_video import (Chunk, generate_chunked, latent_frames, plan_chunks, round_down_4k1, round_up_4k1,
+                         sliding_velocity)
 from .media import prepare_audio
 from .model.conditioning import Conditioning
 from .sampling.guidance import GuidanceConfig
@@ -231,7 +232,6 @@ def plan_generation(image, num_frames: int, settings: GenerationSettings, task: 
     lead = task.continue_frames if task.kind == "continue" else 0
     chunks = None
     if settings.long_video_mode == "chunks":
-        from .long_video import plan_chunks
         chunks = plan_chunks(num_frames + lead, settings.partial_video_length, settings.overlap_video_length)
     return Plan(reference, sample_size, num_frames, task, lead, chunks)
 
@@ -359,7 +359,8 @@ class Denoiser:
         s = self.settings
         y = self._y(inputs)
         total_latents = y.shape[2]
-        window = latent_frames(round_up_4k1(s.partial_video_length))
+        # as chunks mode and upstream: a partial length that is not 4k+1 rounds down
+        window = latent_frames(round_down_4k1(s.partial_video_length))
         # overlap_video_length is in pixel frames in both modes; upstream's sliding mode reads the
         # same number as latent frames (its default 8 = 32 pixel frames, a 4x wider blend)
         overlap = max(1, s.overlap_video_length // 4)
