@@ -113,5 +113,6 @@ class TeaCache:
         """Store this branch's residual x_out - x_in ([B, L, C]) for later skipped steps."""
         if self.threshold <= 0:  # never skips: keep no residuals (saves a [B, L, C] copy per branch)
             return
-        residual = x_out.cpu() - x_in.cpu() if self.offload else x_out - x_in
-        self._residuals[branch] = residual.detach()
+        residual = (x_out - x_in).detach()
+        # offload: one device-to-host copy of the difference, not two of its operands
+        self._residuals[branch] = residual.cpu() if self.offload else residual
