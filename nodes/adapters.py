@@ -6,6 +6,9 @@
 * ``CONDITIONING``: the first entry's tokens ``[1, L, D]``; ComfyUI's Wan text encoder zero-pads to
   512 tokens, so trailing all-zero rows are dropped (the transformer pads with zeros again).
 * ``CLIP_VISION_OUTPUT``: ``penultimate_hidden_states`` ``[B, 257, 1280]`` (Wan's CLIP tokens).
+* ``CLIP_VISION`` (Load CLIP Vision): :class:`ComfyImageEncoder` runs ComfyUI's model on upstream's
+  preprocessing; ComfyUI's own CLIP Vision Encode resizes with antialiasing and rounds to 8 bits,
+  which upstream does not, so its tokens are not the ones the models were trained with.
 * audio: the pack's ``ECHOMIMIC_AUDIO_EMBEDS``. ComfyUI's ``AUDIO_ENCODER_OUTPUT`` is refused with
   the reason: its wav2vec2 features differ from both released models' inputs.
 """
@@ -83,6 +86,65 @@ class ComfyVideoVAE:
             images = images[None]
         # [B, T, H, W, 3] 0..1 -> [B, 3, T, H, W] in [-1, 1]
         return images.float().permute(0, 4, 1, 2, 3).mul(2.0).sub(1.0).to(latents.device)
+
+
+class ComfyImageEncoder:
+    """ComfyUI's ``CLIP_VISION`` (``comfy.clip_vision.ClipVisionModel``) behind the core's ``ImageEncoder``.
+
+    The core's preprocessing (the whole image bicubic-resized to 224 without antialiasing, as
+    upstream) feeds ComfyUI's model, which returns the output before the last block as its second
+    value when asked for ``intermediate_output=-2`` (what it calls ``penultimate_hidden_states``).
+    ComfyUI loads and offloads the model itself, so ``to`` does nothing.
+    """
+
+    def __init__(self, clip_vision):
+        from echomimic_core.encoders.image import CLIP_MEAN, CLIP_STD
+
+        if getattr(clip_vision, "return_all_hidden_states", False):
+            raise ValueError("clip_vision: the connected model is a SigLIP image encoder; EchoMimicV3 needs "
+                             "clip_vision_h.safetensors (CLIP ViT-H/14).")
+        self.clip_vision = clip_vision
+        self.image_size = int(getattr(clip_vision, "image_size", 224))
+        self.mean = torch.tensor(getattr(clip_vision, "image_mean", CLIP_MEAN)).view(1, 3, 1, 1)
+        self.std = torch.tensor(getattr(clip_vision, "image_std", CLIP_STD)).view(1, 3, 1, 1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(self.clip_vision, "dtype", torch.float32)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(getattr(self.clip_vision, "load_device", "cpu"))
+
+    def to(self, device) -> "ComfyImageEncoder":
+        return self
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        from echomimic_core.encoders.image import ImageEncoder
+
+        return ImageEncoder.preprocess(self, images)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [-1, 1] -> ``[B, 257, 1280]`` for ViT-H (Wan's ``clip_fea``)."""
+        from . import comfy_services as services
+
+        services.load_model_gpu(getattr(self.clip_vision, "patcher", None))
+        # float32 in, as ComfyUI's encode_image: its manual-cast layers cast the weights to the input.
+        out = self.clip_vision.model(pixel_values=self.preprocess(images).float(), intermediate_output=-2)
+        return out[1]
+
+
+def image_encoder(clip_vision):
+    """The core's ``ImageEncoder`` for either CLIP vision model a user can connect."""
+    from echomimic_core.encoders.image import ImageEncoder
+
+    if isinstance(clip_vision, (ImageEncoder, ComfyImageEncoder)):
+        return clip_vision
+    if hasattr(clip_vision, "encode_image") and hasattr(clip_vision, "model"):
+        return ComfyImageEncoder(clip_vision)
+    raise ValueError(f"clip_vision: expected Load CLIP Vision (clip_vision_h.safetensors) or the EchoMimicV3 CLIP "
+                     f"Vision Loader's output, got {type(clip_vision).__name__}.")
 
 
 def video_vae(vae):

@@ -338,6 +338,13 @@ def free_memory(nbytes: int, device) -> None:
         mm.free_memory(int(nbytes), device)
 
 
+def load_model_gpu(patcher) -> None:
+    """Have ComfyUI move one of its own models (a ``ModelPatcher``) to the compute device."""
+    mm = _module("comfy.model_management")
+    if mm is not None and patcher is not None:
+        mm.load_model_gpu(patcher)
+
+
 def soft_empty_cache(force: bool = False) -> None:
     """Give cached accelerator memory back after a big job."""
     mm = _module("comfy.model_management")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .adapters import ComfyImageEncoder, image_encoder
 from .common import CATEGORY, image_batch, on_compute_device, to_signed_nchw
 
 
@@ -54,18 +55,25 @@ class EchoMimicTextEncode:
 class EchoMimicCLIPVisionEncode:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"clip_vision": ("ECHOMIMIC_CLIP_VISION",), "image": ("IMAGE",)}}
+        # Either loader: ComfyUI's Load CLIP Vision (clip_vision_h) or the pack's.
+        return {"required": {"clip_vision": ("ECHOMIMIC_CLIP_VISION,CLIP_VISION",), "image": ("IMAGE",)}}
 
     RETURN_TYPES = ("CLIP_VISION_OUTPUT",)
     RETURN_NAMES = ("clip_vision_output",)
     FUNCTION = "encode"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Wan's CLIP preprocessing: the whole image squashed to 224x224 (no crop), as upstream."
+    DESCRIPTION = ("Wan's CLIP preprocessing: the whole image squashed to 224x224 (no crop, no antialiasing), as "
+                   "upstream. Takes Load CLIP Vision's model too; ComfyUI's own CLIP Vision Encode resizes "
+                   "differently, so its tokens are not upstream's.")
 
     def encode(self, clip_vision, image):
         pixels = to_signed_nchw(image_batch(image, "image"))
-        with on_compute_device(clip_vision):
-            tokens = clip_vision.encode(pixels)
+        encoder = image_encoder(clip_vision)
+        if isinstance(encoder, ComfyImageEncoder):  # ComfyUI places its own model
+            tokens = encoder.encode(pixels)
+        else:
+            with on_compute_device(encoder):
+                tokens = encoder.encode(pixels)
         return (ClipVisionOutput(tokens.float().cpu()),)
 
 

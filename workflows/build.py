@@ -54,7 +54,7 @@ PREVIEW_FILES = """**Model files** (ComfyUI `models/` folder):
 - `echomimic/echomimicv3_preview.safetensors`: EchoMimicV3 preview transformer (Hugging Face BadToBest/EchoMimicV3, `transformer/diffusion_pytorch_model.safetensors`, renamed)
 - `vae/wan_2.1_vae.safetensors` (Comfy-Org Wan 2.1 repackaged)
 - `text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors` (Load CLIP, type **wan**)
-- `clip_vision/clip_vision_h.safetensors` (CLIP Vision Encode with crop **none**, as Wan)
+- `clip_vision/clip_vision_h.safetensors` (Load CLIP Vision -> EchoMimicV3 CLIP Vision Encode: upstream's resize)
 - `audio_encoders/wav2vec2-base-960h/` (facebook/wav2vec2-base-960h: `model.safetensors` + its json files)"""
 
 FLASH_FILES = """**Model files** (ComfyUI `models/` folder):
@@ -87,7 +87,8 @@ def native_conditioning(prompt: str, negative: str | None, image_key: str = "ref
     nodes = [
         Node("positive", "CLIPTextEncode", 2, 0, {"text": prompt}, {"clip": ("clip", 0)}, "Prompt",
              group="Conditioning"),
-        Node("clip_encode", "CLIPVisionEncode", 2, 440, {"crop": "none"},
+        # Not ComfyUI's CLIP Vision Encode: it resizes with antialiasing and 8-bit rounding, upstream does not.
+        Node("clip_encode", "EchoMimicCLIPVisionEncode", 2, 440, {},
              {"clip_vision": ("clip_vision", 0), "image": (image_key, image_slot)}, group="Conditioning"),
         Node("audio_encode", "EchoMimicAudioEncode", 2, 580, {"fps": 25.0, "max_frames": 0},
              audio_links, group="Conditioning"),

@@ -55,7 +55,12 @@ def test_ui_workflows_are_readable(name):
 def test_native_files_and_settings_users_have(schemas):
     api = json.loads((HERE / "echomimic_preview_talking_head_api.json").read_text(encoding="utf-8"))
     by_type = {n["class_type"]: n["inputs"] for n in api.values()}
-    assert by_type["CLIPLoader"]["type"] == "wan" and by_type["CLIPVisionEncode"]["crop"] == "none"
+    assert by_type["CLIPLoader"]["type"] == "wan" and "CLIPVisionLoader" in by_type
+    # ComfyUI's CLIP Vision Encode resizes with antialiasing + 8-bit rounding (not upstream's CLIP input):
+    # every example encodes ComfyUI's CLIP vision model with the pack's node instead.
+    for path in sorted(HERE.glob("*_api.json")):
+        types = {n["class_type"] for n in json.loads(path.read_text(encoding="utf-8")).values()}
+        assert "CLIPVisionEncode" not in types and "EchoMimicCLIPVisionEncode" in types, path.name
     assert by_type["VAELoader"]["vae_name"] == "wan_2.1_vae.safetensors"
     flash = json.loads((HERE / "echomimic_flash_8step_api.json").read_text(encoding="utf-8"))
     sampler = next(n["inputs"] for n in flash.values() if n["class_type"] == "EchoMimicSampler")
