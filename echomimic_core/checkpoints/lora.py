@@ -43,9 +43,15 @@ def normalize_lora(lora: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tenso
 
 
 def merge_lora(state: dict[str, torch.Tensor], lora: dict[str, torch.Tensor] | str | Path,
-               strength: float = 1.0) -> dict[str, torch.Tensor]:
-    """A copy of a transformer state dict with the LoRA merged in (each weight keeps its dtype)."""
+               strength: float = 1.0, scales: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """A copy of a transformer state dict with the LoRA merged in (each weight keeps its dtype).
+
+    ``scales``: {module: scale_weight} of layers stored as scaled fp8 (the real weight is
+    ``weight.float() * scale``): the delta is added to the real weight, which is re-quantised with
+    the scale grown where the merged weight outgrows fp8's range; such a layer's (new) scale comes
+    back under ``<module>.scale_weight``."""
     modules = normalize_lora(lora if isinstance(lora, dict) else load_state_dict(lora))
+    scales = scales or {}
     out = dict(state)
     for module, (a, b, alpha) in modules.items():
         key = module + ".weight"
@@ -55,9 +61,20 @@ def merge_lora(state: dict[str, torch.Tensor], lora: dict[str, torch.Tensor] | s
         w = out[key]
         # the product on the weight's device: a [out, in] matmul is slow on the CPU
         delta = (b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)) * (strength * alpha / a.shape[0])
-        merged = w.float() + delta
-        # fp8 storage: saturate at the format's range instead of overflowing to NaN
-        out[key] = to_fp8(merged, w.dtype) if w.dtype in FP8_DTYPES else merged.to(w.dtype)
+        scale = scales.get(module)
+        if scale is None:
+            merged = w.float() + delta
+            # fp8 storage: saturate at the format's range instead of overflowing to NaN
+            out[key] = to_fp8(merged, w.dtype) if w.dtype in FP8_DTYPES else merged.to(w.dtype)
+            continue
+        scale = scale.to(w.device, torch.float32)
+        real = w.float() * scale + delta
+        # per tensor ([]) or per output channel ([out, 1]), as the file stored it
+        dims = tuple(range(real.ndim)) if scale.ndim == 0 else tuple(range(1, real.ndim))
+        peak = real.abs().amax(dim=dims, keepdim=scale.ndim > 0) / torch.finfo(w.dtype).max
+        scale = torch.maximum(scale, peak)
+        out[key] = to_fp8(real / scale, w.dtype)
+        out[module + ".scale_weight"] = scale
     return out
 
 
@@ -65,10 +82,14 @@ def merge_lora(state: dict[str, torch.Tensor], lora: dict[str, torch.Tensor] | s
 def apply_lora(model: torch.nn.Module, lora: dict[str, torch.Tensor] | str | Path, strength: float = 1.0) -> int:
     """Merge a LoRA into a loaded model in place; returns the number of layers changed."""
     weights = {name: p for name, p in model.named_parameters() if name.endswith(".weight")}
-    merged = merge_lora(weights, lora, strength)
+    scales = {name: m.scale_weight for name, m in model.named_modules()
+              if getattr(m, "scale_weight", None) is not None}
+    merged = merge_lora(weights, lora, strength, scales)
     changed = 0
     for name, value in merged.items():
-        if value is not weights[name]:
+        if name.endswith(".scale_weight"):
+            scales[name[: -len(".scale_weight")]].copy_(value)
+        elif value is not weights[name]:
             weights[name].copy_(value)
             changed += 1
     return changed

@@ -9,7 +9,7 @@ Plain ``*_fp8_e4m3fn`` files are unscaled casts and need no special handling.
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -36,8 +36,19 @@ def dequantize_scaled_fp8(state_dict: Mapping[str, torch.Tensor],
     caller casts those). Input scales only matter for fp8 matmuls, which we do not use.
     The input mapping is consumed key by key so a large file is never held twice in memory.
     """
+    return split_scaled_fp8(state_dict, dtype)[0]
+
+
+def split_scaled_fp8(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16,
+                     keep: Callable[[str], bool] = lambda layer: False
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(state, scales): layers for which ``keep(layer)`` is true keep their fp8 weight, and their
+    float32 scale is returned in ``scales[layer]`` ([] per tensor, [out, 1] per output channel) for
+    an ``ops.Linear`` ``scale_weight`` buffer; every other scaled weight is de-quantised to
+    ``dtype`` (``weight.float() * scale``, rounded once). Markers and input scales are dropped."""
     state = dict(state_dict)
     out: dict[str, torch.Tensor] = {}
+    kept: dict[str, torch.Tensor] = {}
     scales = {k: state.pop(k) for k in [k for k in state if k.endswith(_SCALE_SUFFIXES)]}
     for key in [k for k in state if k == _MARKER or k.endswith("." + _MARKER) or k.endswith(_DROPPED_SUFFIXES)]:
         del state[key]
@@ -50,10 +61,16 @@ def dequantize_scaled_fp8(state_dict: Mapping[str, torch.Tensor],
         scale = scale.to(device=weight.device, dtype=torch.float32)
         if scale.ndim == 1 and scale.numel() == weight.shape[0] and weight.ndim > 1:
             scale = scale.view(-1, *([1] * (weight.ndim - 1)))  # per output channel
-        out[weight_key] = (weight.to(torch.float32) * scale).to(dtype)
+        elif scale.numel() == 1:
+            scale = scale.reshape(())
+        if keep(layer):
+            out[weight_key], kept[layer] = weight, scale
+        else:
+            out[weight_key] = (weight.to(torch.float32) * scale).to(dtype)
     out.update(state)
-    log.info("de-quantised %d scaled-fp8 weights to %s", len(scales), dtype)
-    return out
+    log.info("scaled fp8: %d weights de-quantised to %s, %d kept in fp8 with their scales",
+             len(scales) - len(kept), dtype, len(kept))
+    return out, kept
 
 
 def to_fp8(tensor: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:

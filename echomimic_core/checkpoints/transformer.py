@@ -28,7 +28,7 @@ import torch
 from ..config import TransformerConfig
 from .files import CheckpointError, load_state_dict, read_metadata, read_shapes, save_state_dict
 from .keymaps import find_prefix, is_diffusers_layout, to_original_keys
-from .quant import FP8_DTYPES, dequantize_scaled_fp8, is_scaled_fp8, to_fp8
+from .quant import FP8_DTYPES, is_scaled_fp8, split_scaled_fp8, to_fp8
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +389,8 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     path: ``.safetensors``, ``.pth``/``.pt``, or a (sharded) diffusers folder; any wrapper prefix,
         original or diffusers names, ComfyUI scaled-fp8 files.
     dtype: compute dtype. storage_dtype: how parameters are kept (default ``dtype``); fp8 types
-        apply to the large block matrices only, layers cast them on the fly.
+        apply to the large block matrices only, layers cast them on the fly. From a scaled-fp8
+        file those matrices keep the file's fp8 values with a ``scale_weight`` buffer each.
     variant: ``None`` = from the file; ``"preview"``/``"flash"`` insists on that architecture
         (and picks the audio path given to a ``base`` file).
     config: use this config instead of the file's metadata / shapes (for files of unusual
@@ -399,8 +400,17 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     info = _inspect(path, read_shapes(path), read_metadata(path), variant, config)
     config = info.config
     raw = load_state_dict(path)  # memory-mapped: no tensor data is read yet
+    scales: dict[str, torch.Tensor] = {}
     if info.scaled_fp8:
-        raw = dequantize_scaled_fp8(raw, dtype=dtype)
+        # fp8 storage keeps the file's own fp8 block matrices and their scales (re-quantising the
+        # de-quantised weights without a scale would lose the small weights to fp8's subnormals);
+        # every other scaled weight is de-quantised to the compute dtype
+        original = {raw_key: key for key, raw_key in to_original_keys({k: k for k in raw}).items()}
+        kept = {k[: -len(".weight")] for k, key in original.items()
+                if storage_dtype in FP8_DTYPES and k.endswith(".weight")
+                and _storage_dtype_for(key, raw[k], dtype, storage_dtype) in FP8_DTYPES}
+        raw, raw_scales = split_scaled_fp8(raw, dtype=dtype, keep=kept.__contains__)
+        scales = {original[layer + ".weight"][: -len(".weight")]: s for layer, s in raw_scales.items()}
     state = to_original_keys(raw)
     del raw
 
@@ -418,9 +428,13 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
         tensor = state[key]
         target = _storage_dtype_for(key, tensor, dtype, storage_dtype)
         if target in FP8_DTYPES and tensor.dtype != target:
-            tensor = to_fp8(tensor.to(device), target)
+            tensor = tensor.to(device)
+            # fp8 -> other fp8 (a kept scaled weight): clamp is not defined on fp8 tensors
+            tensor = to_fp8(tensor.float() if tensor.dtype in FP8_DTYPES else tensor, target)
         state[key] = tensor.to(device=device, dtype=target)
     model.load_state_dict(state, strict=True, assign=True)
+    for layer, scale in scales.items():
+        model.get_submodule(layer).register_buffer("scale_weight", scale.to(device))
     _move_buffers(model, device)
     model.compute_dtype = dtype
     model.requires_grad_(False)

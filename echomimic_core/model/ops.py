@@ -20,13 +20,17 @@ def cast_to(weight: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | N
 
 
 class Linear(nn.Linear):
-    """nn.Linear with on-the-fly weight casting. A loader may register a ``scale_weight`` buffer
-    (scaled-fp8 files): the weight used is then ``weight.to(dtype) * scale_weight``."""
+    """nn.Linear with on-the-fly weight casting. The loader registers a float32 ``scale_weight``
+    buffer on layers kept from a scaled-fp8 file: the weight used is then
+    ``(weight.float() * scale_weight).to(x.dtype)``, rounded once, exactly the de-quantised weight."""
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = cast_to(self.weight, x)
         scale = getattr(self, "scale_weight", None)
-        if scale is not None:
-            weight = weight * cast_to(scale, x)
+        if scale is None:
+            weight = cast_to(self.weight, x)
+        else:
+            # the product in float32: a bf16 scale would bias every weight of the layer alike
+            weight = (self.weight.to(device=x.device, dtype=torch.float32)
+                      * scale.to(device=x.device, dtype=torch.float32)).to(x.dtype)
         return F.linear(x, weight, cast_to(self.bias, x))
 
 

@@ -155,6 +155,39 @@ def test_comfy_scaled_fp8_file(tmp_path, reference):
     assert (loaded.state_dict()["blocks.1.ffn.2.weight"] - w).abs().max() / w.abs().max() < 0.07
     got = _run(loaded, config)
     assert _rel_err(got, out) < 0.1
+    # fp8 storage keeps the file's own fp8 matrices and scales: the de-quantised model's numbers
+    kept = load_transformer(tmp_path / "m_fp8_scaled.safetensors", dtype=torch.float32,
+                            storage_dtype=torch.float8_e4m3fn)
+    layer = kept.blocks[1].ffn[2]
+    assert layer.weight.dtype == torch.float8_e4m3fn and layer.scale_weight.dtype == torch.float32
+    assert torch.equal(layer.weight.float() * layer.scale_weight, loaded.blocks[1].ffn[2].weight)
+    assert _rel_err(_run(kept, config), got) < 1e-6  # (last-bit matmul rounding only, see above)
+    # and saves as a scaled-fp8 file again
+    save_transformer(kept, tmp_path / "resaved.safetensors")
+    resaved = load_transformer(tmp_path / "resaved.safetensors", dtype=torch.float32)
+    assert torch.equal(resaved.blocks[1].ffn[2].weight, loaded.blocks[1].ffn[2].weight)
+
+
+def test_lora_on_a_scaled_fp8_model_adds_to_the_real_weights(tmp_path, reference):
+    from echomimic_core.checkpoints.lora import apply_lora
+
+    variant, config, model, out = reference
+    sd = model.state_dict()
+    big = [k for k in sd if k.startswith("blocks.") and k.endswith(".weight") and sd[k].ndim == 2]
+    save_file(quantize_scaled_fp8(sd, keys=big), tmp_path / "m_fp8_scaled.safetensors")
+    kept = load_transformer(tmp_path / "m_fp8_scaled.safetensors", dtype=torch.float32,
+                            storage_dtype=torch.float8_e4m3fn)
+    layer = kept.blocks[0].self_attn.q
+    before = layer.weight.float() * layer.scale_weight
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2, layer.in_features, generator=g), torch.randn(layer.out_features, 2, generator=g)
+    lora = {"blocks.0.self_attn.q.lora_A.weight": a, "blocks.0.self_attn.q.lora_B.weight": b * 0.2}
+    assert apply_lora(kept, lora) == 1
+    expected = before + (b * 0.2) @ a  # alpha defaults to the rank: factor 1
+    after = layer.weight.float() * layer.scale_weight
+    # the delta outgrows the file's range: the scale grows instead of the weights saturating
+    assert expected.abs().max() > before.abs().max() * 2
+    assert (after - expected).abs().max() / expected.abs().max() < 0.07
 
 
 def test_base_wan_file_gets_silent_audio_layers(tmp_path, reference, caplog):
