@@ -95,7 +95,8 @@ def generate_chunked(num_frames: int, partial_video_length: int, overlap_video_l
     """
     video = None
     for index, chunk in enumerate(plan_chunks(num_frames, partial_video_length, overlap_video_length)):
-        start_frames = None if video is None else video[-chunk.overlap:] if chunk.overlap else video[-1:]
+        # overlap 0 (library callers only; settings require >= 1): independent chunks
+        start_frames = video[-chunk.overlap:] if video is not None and chunk.overlap else None
         frames = render_chunk(chunk, start_frames, index)
         video = blend_into(video, frames, chunk.overlap)
     return video[:num_frames]

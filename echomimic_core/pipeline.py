@@ -361,10 +361,9 @@ class Denoiser:
         total_latents = y.shape[2]
         # as chunks mode and upstream: a partial length that is not 4k+1 rounds down
         window = latent_frames(round_down_4k1(s.partial_video_length))
-        # overlap_video_length is in pixel frames in both modes; upstream's sliding mode reads the
-        # same number as latent frames (its default 8 = 32 pixel frames, a 4x wider blend)
-        overlap = max(1, s.overlap_video_length // 4)
-        overlap = min(overlap, window - 1)
+        # as upstream's long-video CFG mode, the overlap counts LATENT frames here (its default 8 =
+        # 29 pixel frames blended), while chunks mode counts pixel frames
+        overlap = min(s.overlap_video_length, window - 1)
         guidance = guidance_for(self.models, s)
         self._riflex(min(window, total_latents))
 

@@ -34,7 +34,7 @@ class GenerationSettings:
     sample_area: int = 768 * 768
     max_frames: int | None = None        # None: as long as the audio
     partial_video_length: int = 113
-    overlap_video_length: int = 8
+    overlap_video_length: int = 8        # chunks: pixel frames shared by neighbours; sliding: latent frames (as upstream)
     long_video_mode: str = "chunks"
     teacache_threshold: float = 0.0      # 0 = off
     teacache_skip_start_steps: int = 5
@@ -70,8 +70,9 @@ class GenerationSettings:
             (self.long_video_mode in LONG_VIDEO_MODES,
              f"long_video_mode must be one of {LONG_VIDEO_MODES}, got {self.long_video_mode!r}"),
             (self.partial_video_length >= 5, f"partial_video_length must be >= 5, got {self.partial_video_length}"),
-            (0 <= self.overlap_video_length < self.partial_video_length - 1,
-             f"overlap_video_length must be in [0, partial_video_length - 1), got {self.overlap_video_length}"),
+            # >= 1: a chunk continues from the previous chunk's last frames, which it shares
+            (1 <= self.overlap_video_length < self.partial_video_length - 1,
+             f"overlap_video_length must be in [1, partial_video_length - 1), got {self.overlap_video_length}"),
             (self.teacache_threshold >= 0, f"teacache_threshold must be >= 0, got {self.teacache_threshold}"),
             ((self.width is None) == (self.height is None),
              "width and height go together: give both or neither"),

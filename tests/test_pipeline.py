@@ -114,6 +114,8 @@ def test_bad_inputs_are_clear_errors(demo_models, inputs):
         pipeline.generate(demo_models, image, audio[:, :100], sr, "x", quick())
     with pytest.raises(ValueError, match="at least 16 pixels"):
         pipeline.generate(demo_models, image[:8, :8], audio, sr, "x", quick())
+    with pytest.raises(ValueError, match=r"overlap_video_length must be in \[1"):
+        pipeline.generate(demo_models, image, audio, sr, "x", quick(overlap_video_length=0))
     with pytest.raises(ValueError, match="width and height go together"):
         pipeline.generate(demo_models, image, audio, sr, "x", quick(width=64))
     with pytest.raises(ValueError, match="needs end_image"):
