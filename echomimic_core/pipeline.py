@@ -314,9 +314,15 @@ class Denoiser:
             from .vae import Tiling
             self.tiling = Tiling(settings.vae_tile_size, settings.vae_tile_overlap)
 
+    def _vae_progress(self, done: int, total: int) -> None:
+        """Cancellation also between the VAE's chunks/tiles: on a CPU a decode takes many seconds."""
+        if self.hooks is not None:
+            self.hooks.check_stop()
+
     def _y(self, inputs) -> torch.Tensor:
         with on_device(self.models.vae, self.device, self.offload_device) as vae:
-            return task_masks.conditioning_y(inputs, encode=lambda px: vae.encode(px.to(self.device), self.tiling).cpu())
+            return task_masks.conditioning_y(
+                inputs, encode=lambda px: vae.encode(px.to(self.device), self.tiling, self._vae_progress).cpu())
 
     def _noise(self, frames: int, y: torch.Tensor) -> torch.Tensor:
         shape = (1, 16, latent_frames(frames), *y.shape[3:])
@@ -324,7 +330,7 @@ class Denoiser:
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         with on_device(self.models.vae, self.device, self.offload_device) as vae:
-            video = vae.decode(latents, self.tiling)
+            video = vae.decode(latents, self.tiling, self._vae_progress)
         return (video[0].float().cpu().permute(1, 2, 3, 0) * 0.5 + 0.5).clamp(0, 1)
 
     def _scheduler(self):

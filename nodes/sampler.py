@@ -57,8 +57,9 @@ def _widgets() -> dict[str, tuple[tuple, object, bool]]:
         "partial_video_length": (("INT", {"default": 0, "min": 0, "max": 1000, "tooltip":
                                   "Frames per chunk of a long video; 0 = the variant's (preview 113, flash 81). "
                                   "Lower it when memory runs out."}), 0, False),
-        "overlap_video_length": (("INT", {"default": 8, "min": 0, "max": 999,
-                                  "tooltip": "Frames shared (blended) by neighbouring chunks."}), None, False),
+        "overlap_video_length": (("INT", {"default": 8, "min": 1, "max": 999,
+                                  "tooltip": "Frames shared (blended) by neighbouring chunks; in sliding mode "
+                                             "latent frames, as upstream."}), None, False),
         "long_video_mode": ((list(LONG_VIDEO_MODES), {"default": "chunks", "tooltip":
                              "chunks: one chunk after another; sliding: upstream's long-video CFG, all "
                              "windows blended every step."}), None, False),

@@ -1,5 +1,7 @@
 """End-to-end generation on the tiny demo models: lengths, tasks, determinism, hooks, errors."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +128,28 @@ def test_bad_inputs_are_clear_errors(demo_models, inputs):
     with pytest.raises(ValueError, match="keyframe indices"):
         task = pipeline.Task("keyframes", keyframes={40: torch.rand(64, 64, 3)})
         pipeline.generate(demo_models, image, audio, sr, "x", quick(), task=task)
+
+
+def test_cancellation_reaches_into_the_vae(demo_models, inputs):
+    """A stop requested after the last step of a chunk interrupts that chunk's decode itself."""
+    image, audio, sr = inputs
+
+    class CountingVAE:
+        def __init__(self, vae):
+            self.vae, self.decodes = vae, 0
+
+        def __getattr__(self, name):
+            return getattr(self.vae, name)
+
+        def decode(self, *args, **kwargs):
+            out = self.vae.decode(*args, **kwargs)
+            self.decodes += 1
+            return out
+
+    vae = CountingVAE(demo_models.vae)
+    models = dataclasses.replace(demo_models, vae=vae)
+    seen = []
+    hooks = StepHooks(on_step=lambda *a: seen.append(a[0]), should_stop=lambda: len(seen) >= 2)
+    with pytest.raises(Cancelled):
+        pipeline.generate(models, image, audio, sr, "x", quick(), hooks=hooks)
+    assert seen == [1, 2] and vae.decodes == 0
