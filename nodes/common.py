@@ -1,6 +1,8 @@
 """What every node module shares: the category, dtype choices, and ComfyUI <-> core conversions."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 CATEGORY = "EchoMimicV3"
@@ -32,25 +34,20 @@ def audio_input(audio: dict, what: str = "audio") -> tuple[torch.Tensor, int]:
     return waveform, int(audio["sample_rate"])
 
 
-class on_compute_device:
-    """Move an encoder's ``model`` to the compute device for one job, and park it again after.
+@contextlib.contextmanager
+def on_compute_device(encoder):
+    """An encoder (or VAE) wrapper on the compute device for one job, parked and the cache released after.
 
-    ``with on_compute_device(encoder): encoder.encode(...)``. Without a GPU both devices are the
-    CPU and nothing moves.
+    ``with on_compute_device(encoder): encoder.encode(...)``. The move is the core's
+    ``pipeline.on_device`` (the wrapper's own ``to``, a no-op for models ComfyUI places itself);
+    without a GPU both devices are the CPU and nothing moves.
     """
+    from echomimic_core.pipeline import on_device
 
-    def __init__(self, holder):
-        self.holder = holder
+    from . import comfy_services as services
 
-    def __enter__(self):
-        from . import comfy_services as services
-
-        self.holder.model.to(services.torch_device())
-        return self.holder
-
-    def __exit__(self, *exc):
-        from . import comfy_services as services
-
-        self.holder.model.to(services.offload_device())
+    try:
+        with on_device(encoder, services.torch_device(), services.offload_device()):
+            yield encoder
+    finally:
         services.soft_empty_cache()
-        return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .adapters import ComfyImageEncoder, image_encoder
+from .adapters import image_encoder
 from .common import CATEGORY, image_batch, on_compute_device, to_signed_nchw
 
 
@@ -68,12 +68,9 @@ class EchoMimicCLIPVisionEncode:
 
     def encode(self, clip_vision, image):
         pixels = to_signed_nchw(image_batch(image, "image"))
-        encoder = image_encoder(clip_vision)
-        if isinstance(encoder, ComfyImageEncoder):  # ComfyUI places its own model
+        # ComfyUI's own CLIP model (ComfyImageEncoder) places itself: its ``to`` does nothing
+        with on_compute_device(image_encoder(clip_vision)) as encoder:
             tokens = encoder.encode(pixels)
-        else:
-            with on_compute_device(encoder):
-                tokens = encoder.encode(pixels)
         return (ClipVisionOutput(tokens.float().cpu()),)
 
 

@@ -26,6 +26,10 @@ class _StubTextEncoder:
         self.model = torch.nn.Linear(1, 1)
         self.seen = None
 
+    def to(self, device):
+        self.model.to(device)
+        return self
+
     def encode(self, prompts):
         self.seen = prompts
         return [torch.ones(len(p) + 1, 8) for p in prompts]
