@@ -30,7 +30,7 @@ class EchoMimicColorMatch:
             if ref.shape != tuple(frames.shape[1:]):
                 raise ValueError(f"reference is {ref.shape[1]}x{ref.shape[0]} but the frames are "
                                  f"{frames.shape[2]}x{frames.shape[1]}; resize it to the video size first.")
-        matched = match_to_first_frame(frames.cpu().numpy(), ref)
+        matched = match_to_first_frame(frames, ref)  # the core converts any dtype / device to uint8
         return (torch.from_numpy(matched).float().div(255.0),)
 
 

@@ -25,3 +25,12 @@ def test_color_match_pulls_frames_to_the_first():
     (matched,) = output.EchoMimicColorMatch().match(frames)
     assert (matched[0] * 255 - base[0] * 255).abs().max() <= 1.0  # frame 0 is the reference: unchanged
     assert abs(matched[1].mean() - base.mean()) < abs(frames[1].mean() - base.mean()) / 4
+
+
+def test_color_match_takes_half_precision_frames():
+    # an upstream node may hand over bf16 frames; numpy has no bf16, so the node must not call .numpy() on them
+    base = torch.rand(1, 16, 16, 3) * 0.5 + 0.25
+    frames = torch.cat([base, (base * 0.5).clamp(0, 1)])
+    (expected,) = output.EchoMimicColorMatch().match(frames.bfloat16().float())
+    (matched,) = output.EchoMimicColorMatch().match(frames.bfloat16())
+    assert matched.dtype == torch.float32 and torch.equal(matched, expected)
