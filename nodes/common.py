@@ -18,6 +18,26 @@ def image_batch(image: torch.Tensor, what: str = "image") -> torch.Tensor:
     return image[..., :3]
 
 
+def linked_type_mismatch(node_class, input_types: dict | None) -> str | None:
+    """Why a linked input's type does not fit ``node_class``'s INPUT_TYPES, or None.
+
+    A VALIDATE_INPUTS that asks for ``input_types`` switches off ComfyUI's own link type check for
+    the whole node (execution.validate_inputs), so such a node has to make it itself. The rule is
+    ComfyUI's: comma-separated types fit when they share one; "*" fits anything.
+    """
+    if not isinstance(input_types, dict):
+        return None
+    spec = node_class.INPUT_TYPES()
+    declared = {**spec.get("required", {}), **spec.get("optional", {})}
+    for name, received in input_types.items():
+        expected = declared.get(name, (None,))[0]
+        if not isinstance(expected, str) or not isinstance(received, str) or "*" in (expected, received):
+            continue
+        if not {t.strip() for t in received.split(",")} & {t.strip() for t in expected.split(",")}:
+            return f"{name}: expected {expected}, but {received} is connected; connect a {expected} output instead."
+    return None
+
+
 def to_signed_nchw(image: torch.Tensor) -> torch.Tensor:
     """IMAGE [B, H, W, 3] in 0..1 -> [B, 3, H, W] in [-1, 1] (what the core's encoders take)."""
     return image.permute(0, 3, 1, 2).mul(2.0).sub(1.0)

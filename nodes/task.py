@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import CATEGORY, image_batch
+from .common import CATEGORY, image_batch, linked_type_mismatch
 from .masks import parse_box
 
 TASKS = ("first_frame", "first_last", "keyframes", "lipsync", "continue")
@@ -45,7 +45,7 @@ def _single_mask(mask, what: str) -> torch.Tensor | None:
     """A MASK [B, H, W] / [H, W] -> [H, W] (the first one)."""
     if mask is None:
         return None
-    mask = torch.as_tensor(mask).float()
+    mask = torch.as_tensor(mask).float().cpu()
     if mask.ndim == 3:
         mask = mask[0]
     if mask.ndim != 2:
@@ -113,7 +113,7 @@ class EchoMimicTask:
             return "the keyframes task needs keyframe_indices, e.g. '0, 40, -1'."
         if isinstance(input_types, dict) and task in NEEDS and NEEDS[task] not in input_types:
             return f"the {task} task needs its {NEEDS[task]} input connected."
-        return True
+        return linked_type_mismatch(cls, input_types) or True
 
     def build(self, task, image=None, end_image=None, keyframe_images=None, keyframe_indices="",
               source_video=None, mouth_mask=None, mouth_box="", continue_frames=8, face_mask=None, face_box=""):
@@ -134,7 +134,7 @@ class EchoMimicTask:
                                  f"{len(images)} images; give one index per image.")
             keyframes = dict(zip(indices, images))
         end = image_batch(end_image, "end_image")[0].float().cpu() if end_image is not None else None
-        mouth = torch.as_tensor(mouth_mask).float() if mouth_mask is not None else None
+        mouth = torch.as_tensor(mouth_mask).float().cpu() if mouth_mask is not None else None
         if mouth is not None and mouth.ndim == 3 and len(mouth) == 1:  # one mask for every frame
             mouth = mouth[0]
         core = Task(kind=task, end_image=end, keyframes=keyframes, source_video=video,

@@ -22,6 +22,14 @@ def test_validate_inputs_without_tensors():
     assert parse_indices("0, 40; -1") == [0, 40, -1]
 
 
+def test_validate_inputs_checks_link_types_comfyui_skips_for_it():
+    # asking for input_types turns ComfyUI's own link type check off, so the node refuses a wrong link itself
+    v = EchoMimicTask.VALIDATE_INPUTS
+    problem = v("lipsync", input_types={"source_video": "IMAGE", "mouth_mask": "IMAGE"})
+    assert "mouth_mask: expected MASK, but IMAGE is connected" in problem
+    assert v("lipsync", input_types={"source_video": "IMAGE,MASK", "mouth_mask": "*"}) is True
+
+
 def test_keyframes_task_and_preview():
     images = torch.rand(3, 32, 48, 3)
     spec, preview = EchoMimicTask().build("keyframes", keyframe_images=images, keyframe_indices="-1, 0, 10")
