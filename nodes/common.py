@@ -38,6 +38,22 @@ def linked_type_mismatch(node_class, input_types: dict | None) -> str | None:
     return None
 
 
+def out_of_range(node_class, values: dict) -> str | None:
+    """Why one of ``values`` lies outside its widget's min/max in ``node_class``'s INPUT_TYPES, or None.
+
+    ComfyUI skips its own min/max check for every input a VALIDATE_INPUTS names, so such a node
+    repeats it for those inputs (an API prompt can carry any number).
+    """
+    spec = node_class.INPUT_TYPES()
+    declared = {**spec.get("required", {}), **spec.get("optional", {})}
+    for name, value in values.items():
+        options = declared[name][1] if len(declared.get(name, ())) > 1 else {}
+        low, high = options.get("min"), options.get("max")
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"{name} must be in [{low}, {high}], got {value}; change the widget's value."
+    return None
+
+
 def to_signed_nchw(image: torch.Tensor) -> torch.Tensor:
     """IMAGE [B, H, W, 3] in 0..1 -> [B, 3, H, W] in [-1, 1] (what the core's encoders take)."""
     return image.permute(0, 3, 1, 2).mul(2.0).sub(1.0)

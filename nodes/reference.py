@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .common import CATEGORY, image_batch
+from .common import CATEGORY, image_batch, out_of_range
 
 
 class EchoMimicReferenceImage:
@@ -35,6 +35,9 @@ class EchoMimicReferenceImage:
 
     @classmethod
     def VALIDATE_INPUTS(cls, width=0, height=0):
+        problem = out_of_range(cls, {"width": width, "height": height})
+        if problem:
+            return problem
         if (width == 0) != (height == 0):
             return "width and height go together: set both, or leave both at 0 to use sample_area."
         if width and (width % 16 or height % 16 or min(width, height) < 32):

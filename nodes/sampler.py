@@ -19,7 +19,7 @@ import torch
 
 from . import comfy_services as services
 from .adapters import audio_features, clip_embedding, text_embedding, video_vae
-from .common import CATEGORY, image_batch
+from .common import CATEGORY, image_batch, out_of_range
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +149,20 @@ class EchoMimicSampler:
         values = dict(width=width, height=height, partial_video_length=partial_video_length,
                       overlap_video_length=overlap_video_length, vae_tile_size=vae_tile_size,
                       vae_tile_overlap=vae_tile_overlap)
+        problem = out_of_range(cls, values)
+        if problem:
+            return problem
         if partial_video_length and partial_video_length < 5:
             return f"partial_video_length must be 0 (auto) or at least 5, got {partial_video_length}"
-        try:
-            for variant in ("preview", "flash"):
+        # The variant is not known before the model loads: refuse only what no variant accepts (an
+        # overlap of 90 with auto chunks suits preview's 113); sample() validates the resolved settings.
+        problems = []
+        for variant in ("preview", "flash"):
+            try:
                 resolve_settings(variant, values).validate()
-        except (ValueError, TypeError) as e:
-            return str(e)
-        return True
+            except (ValueError, TypeError) as e:
+                problems.append(str(e))
+        return problems[0] if len(problems) == 2 else True
 
     def sample(self, model, vae, positive, clip_vision_output, audio_embeds, negative=None, image=None, task=None,
                **widgets):

@@ -42,6 +42,12 @@ def test_validate_inputs_without_tensors():
     assert "multiples of 16" in EchoMimicSampler.VALIDATE_INPUTS(width=500, height=512)
     assert "overlap_video_length" in EchoMimicSampler.VALIDATE_INPUTS(partial_video_length=9, overlap_video_length=9)
     assert "at least 5" in EchoMimicSampler.VALIDATE_INPUTS(partial_video_length=3)
+    # ComfyUI skips min/max for inputs VALIDATE_INPUTS names, so the node checks them itself
+    assert "vae_tile_overlap must be in [0, 1024]" in EchoMimicSampler.VALIDATE_INPUTS(vae_tile_size=64,
+                                                                                      vae_tile_overlap=-8)
+    # auto chunks: 90 overlapping frames fit preview's 113-frame chunks, so the model decides at run time
+    assert EchoMimicSampler.VALIDATE_INPUTS(overlap_video_length=90) is True
+    assert "overlap_video_length" in EchoMimicSampler.VALIDATE_INPUTS(overlap_video_length=120)
 
 
 def test_text_embedding_drops_comfyui_zero_padding():
@@ -241,6 +247,7 @@ def test_reference_node_makes_the_chain_match_upstreams_clip_input(demo_models, 
     resized, width, height = EchoMimicReferenceImage().resize(big, 0, 0, 64 * 64)
     assert (width, height) == (48, 64) and resized.shape == (1, 64, 48, 3)
     assert "go together" in EchoMimicReferenceImage.VALIDATE_INPUTS(width=64)
+    assert "width must be in [0, 4096]" in EchoMimicReferenceImage.VALIDATE_INPUTS(width=8192, height=64)
     (clip,) = EchoMimicCLIPVisionEncode().encode(demo_models.image_encoder, resized)
     widgets = _widgets(**{**ONE_CHUNK, "width": 0, "height": 0, "sample_area": 64 * 64})
     frames = EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"], clip,
