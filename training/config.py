@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PHASES = ("early", "middle", "late")
-TASKS = ("first_frame", "first_last", "mouth")
+# The core's task names (echomimic_core.tasks.TASKS) that training samples; the order is the one
+# task sampling draws in, so it must not change (resumed runs repeat their draws).
+TASKS = ("first_frame", "first_last", "lipsync")
+# Names configs used before training took the core's names.
+LEGACY_TASK_NAMES = {"mouth": "lipsync"}
 MODALITIES = ("text", "image", "audio")
 
 
@@ -64,10 +69,13 @@ class DropConfig:
 
 @dataclass
 class TaskConfig:
-    # Relative sampling weights of the inpainting tasks; "mouth" falls back to "first_frame"
+    # Relative sampling weights of the inpainting tasks; "lipsync" falls back to "first_frame"
     # for clips without a mouth box.
     ratios: dict[str, float] = field(
-        default_factory=lambda: {"first_frame": 0.6, "first_last": 0.2, "mouth": 0.2})
+        default_factory=lambda: {"first_frame": 0.6, "first_last": 0.2, "lipsync": 0.2})
+
+    def __post_init__(self):
+        self.ratios = rename_legacy_tasks(self.ratios, "tasks.ratios")
 
 
 @dataclass
@@ -146,6 +154,21 @@ class TrainConfig:
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"drop.{name} is a probability, got {p}.")
         return self
+
+
+def rename_legacy_tasks(ratios: dict[str, float], where: str) -> dict[str, float]:
+    """Old task names -> the core's, with a FutureWarning (configs written before the rename)."""
+    renamed = {}
+    for name, weight in ratios.items():
+        new = LEGACY_TASK_NAMES.get(name, name)
+        if new != name:
+            warnings.warn(f"{where}: task {name!r} is now called {new!r} (the core's name); "
+                          f"rename it in the config, the old name will stop working.", FutureWarning,
+                          stacklevel=3)
+            if new in ratios:
+                raise ValueError(f"{where}: names both {name!r} and its new name {new!r}; keep only {new!r}.")
+        renamed[new] = weight
+    return renamed
 
 
 def _build(cls, data: dict[str, Any], where: str):

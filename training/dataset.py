@@ -8,7 +8,8 @@ Layout of a cache folder (written by ``training.preprocess``)::
 
 Per SFT item: ``latents`` [16, F, h, w], ``cond.<task>`` [16, F, h, w] (masked-video latents per
 task), ``text`` [L, D], ``clip`` [257, C], ``audio`` (the encoder's per-clip features), plus
-metadata ``mouth_box`` / ``face_box`` (fractions of the frame) when known.
+metadata ``mouth_box`` / ``face_box`` as ``[x0, y0, x1, y1]`` fractions of the frame when known.
+Caches written before the task rename hold ``cond.mouth``; it is read as ``cond.lipsync``.
 Per DPO item: ``chosen.latents`` and ``rejected.latents`` with the shared ``cond.first_frame``,
 ``text``, ``clip``, ``audio``.
 """
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 INDEX = "index.json"
 NULLS = "nulls.safetensors"
+# tensor names of caches written before training took the core's task names
+LEGACY_KEYS = {"cond.mouth": "cond.lipsync"}
 
 
 def read_index(folder: str | Path) -> dict:
@@ -75,7 +78,8 @@ class CachedDataset(torch.utils.data.Dataset):
         meta = self.items[i]
         prefix = meta["id"] + "/"
         with safe_open(str(self.folder / meta["shard"]), framework="pt") as f:
-            tensors = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+            tensors = {LEGACY_KEYS.get(k[len(prefix):], k[len(prefix):]): f.get_tensor(k)
+                       for k in f.keys() if k.startswith(prefix)}
         return {"id": meta["id"], "mouth_box": meta.get("mouth_box"),
                 "face_box": meta.get("face_box"), **tensors}
 

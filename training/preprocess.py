@@ -21,9 +21,11 @@ from pathlib import Path
 
 import torch
 
+from echomimic_core import task_masks
 from echomimic_core.checkpoints.files import save_state_dict
+from training.boxes import FracBox, is_empty, parse_frac_box, to_pixel_box
 from training.dataset import NULLS, read_index, write_index, write_shard
-from training.tasks import pixel_keep_mask
+from training.tasks import task_inputs
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +95,44 @@ def load_clip(path: str, frames: int, size: tuple[int, int], audio_path: str | N
                 sample_rate=int(sr), fps=rate, crop=crop)
 
 
+BOX_FIELDS = ("mouth_box", "face_box")
+
+
 def crop_box(box, crop) -> list[float] | None:
-    """A box (x0, y0, x1, y1) in fractions of the source frame -> fractions of the cropped frame."""
+    """A box [x0, y0, x1, y1] in fractions of the source frame -> fractions of the cropped frame
+    (clamped to it); None when the crop cuts the box away."""
     if box is None:
         return None
-    cx0, cy0, cx1, cy1 = crop
-    xs = [min(max((v - cx0) / (cx1 - cx0), 0.0), 1.0) for v in (box[0], box[2])]
-    ys = [min(max((v - cy0) / (cy1 - cy0), 0.0), 1.0) for v in (box[1], box[3])]
+    box, (cx0, cy0, cx1, cy1) = FracBox(*box), crop
+    xs = [min(max((v - cx0) / (cx1 - cx0), 0.0), 1.0) for v in (box.x0, box.x1)]
+    ys = [min(max((v - cy0) / (cy1 - cy0), 0.0), 1.0) for v in (box.y0, box.y1)]
+    if xs[1] <= xs[0] or ys[1] <= ys[0]:
+        return None
     return [xs[0], ys[0], xs[1], ys[1]]
 
 
+def clip_boxes(row: dict, crop, size: tuple[int, int]) -> dict:
+    """The row's boxes checked (:func:`training.boxes.parse_frac_box`) and remapped to the crop.
+    A box that covers no pixel of the (H, W) = ``size`` output is dropped: without a mouth box the
+    clip has no lipsync task, without a face box the audio acts on the whole frame."""
+    row = dict(row)
+    for key in BOX_FIELDS:
+        box = crop_box(parse_frac_box(row.get(key), f"{row['id']}: {key}"), crop)
+        if box is None or is_empty(to_pixel_box(box, size)):
+            if row.pop(key, None) is not None:
+                log.warning("%s: %s lies outside the cropped %dx%d frame; ignored", row["id"], key, *size)
+        else:
+            row[key] = box
+    return row
+
+
 def masked_video(video: torch.Tensor, task: str, mouth_box=None) -> torch.Tensor:
-    """The [-1, 1] video with every generated pixel zeroed (what the VAE encodes for ``task``)."""
+    """The [-1, 1] video [3, N, H, W] with every pixel ``task`` generates zeroed: what the VAE
+    encodes (the core's ``masked_pixels``, applied to a video already in [-1, 1] so that kept pixels
+    stay bit-exact)."""
     _, n, h, w = video.shape
-    return video * pixel_keep_mask(task, n, h, w, mouth_box)[None]
+    generate = task_masks.binary_mask(task_inputs(task, n, (h, w), mouth_box).input_video_mask)
+    return video * (1 - generate[0])  # [1, N, H, W] broadcasts over the 3 channels
 
 
 def encode_sft_item(row: dict, clip: Clip, enc: Encoders) -> dict[str, torch.Tensor]:
@@ -115,7 +141,7 @@ def encode_sft_item(row: dict, clip: Clip, enc: Encoders) -> dict[str, torch.Ten
            "text": enc.text(row.get("caption", "")),
            "clip": enc.image(clip.video[:, 0]),
            "audio": enc.audio(clip.waveform, clip.sample_rate, n, clip.fps)}
-    tasks = ["first_frame", "first_last"] + (["mouth"] if row.get("mouth_box") else [])
+    tasks = ["first_frame", "first_last"] + (["lipsync"] if row.get("mouth_box") else [])
     for task in tasks:
         out[f"cond.{task}"] = enc.vae(masked_video(clip.video, task, row.get("mouth_box")))
     return out
@@ -129,11 +155,11 @@ def encode_dpo_item(row: dict, chosen: Clip, rejected: Clip, enc: Encoders,
                          f"{tuple(rejected.video.shape)} clips differ in shape; they must come from "
                          "the same generation settings.")
     first = chosen.video[:, 0] if reference is None else reference
-    given = torch.zeros_like(chosen.video)
+    given = chosen.video.clone()
     given[:, 0] = first
     n = chosen.video.shape[1]
     return {"chosen.latents": enc.vae(chosen.video), "rejected.latents": enc.vae(rejected.video),
-            "cond.first_frame": enc.vae(given), "text": enc.text(row.get("caption", "")),
+            "cond.first_frame": enc.vae(masked_video(given, "first_frame")), "text": enc.text(row.get("caption", "")),
             "clip": enc.image(first), "audio": enc.audio(chosen.waveform, chosen.sample_rate, n, chosen.fps)}
 
 
@@ -205,8 +231,7 @@ def preprocess(rows: Iterable[dict], out_dir: str | Path, encoders: Encoders, *,
         try:
             if kind == "sft":
                 clip = loader(_resolve(root, row["video"]), frames, size, _resolve(root, row.get("audio")))
-                row = {**row, **{k: crop_box(row[k], clip.crop) for k in ("mouth_box", "face_box")
-                                 if row.get(k) is not None}}
+                row = clip_boxes(row, clip.crop, size)
                 tensors = encode_sft_item(row, clip, encoders)
             else:
                 audio = _resolve(root, row.get("audio"))

@@ -1,55 +1,59 @@
 """Multi-task inpainting conditioning ``y`` built from cached latents, sampled per step.
 
-Tasks: ``first_frame`` (image-to-video), ``first_last`` (first and last frame given) and
-``mouth`` (the whole clip given except the mouth box: lip re-synchronisation). ``y`` is
-``[B, 20, F, h, w]``: 4 mask channels (1 = keep) then 16 channels of the VAE latents of the pixel
-video with the generated parts zeroed. Those latents cannot be derived from the clip's latents
-(the Wan VAE is causal and non-linear), so preprocessing caches one per task
-(``cond.<task>``); the mask channels are cheap and built here by ``task_masks.mask_latents``.
+Tasks are the core's (``echomimic_core.tasks``): ``first_frame`` (image-to-video), ``first_last``
+(first and last frame given) and ``lipsync`` (the whole clip given except the mouth box: lip
+re-synchronisation). ``y`` is ``[B, 20, F, h, w]``: 4 mask channels (1 = keep) then 16 channels of
+the VAE latents of the pixel video with the generated parts zeroed. Those latents cannot be derived
+from the clip's latents (the Wan VAE is causal and non-linear), so preprocessing caches one per task
+(``cond.<task>``). Both the pixels preprocessing zeroes and the mask channels built here come from
+:func:`task_inputs`, which goes through the core's ``task_masks`` (one implementation).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from echomimic_core import task_masks
+from echomimic_core import tasks as core_tasks
+from training.boxes import to_pixel_box
 from training.config import TASKS
 
 VAE_STRIDE = task_masks.VAE_SPATIAL_COMPRESSION
+# global_keyframes only needs an image to name first_last's last frame; which frames are kept is all
+# we take from it.
+_PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)
 
 
 def sample_tasks(has_mouth: list[bool], generator: torch.Generator,
                  ratios: dict[str, float]) -> list[str]:
-    """One task per sample; ``mouth`` falls back to ``first_frame`` without a mouth box."""
+    """One task per sample; ``lipsync`` falls back to ``first_frame`` without a mouth box."""
     weights = torch.tensor([float(ratios.get(t, 0.0)) for t in TASKS])
     picks = torch.multinomial(weights, len(has_mouth), replacement=True, generator=generator)
     tasks = [TASKS[int(i)] for i in picks]
-    return [("first_frame" if t == "mouth" and not m else t) for t, m in zip(tasks, has_mouth)]
+    return [("first_frame" if t == "lipsync" and not m else t) for t, m in zip(tasks, has_mouth)]
 
 
-def pixel_keep_mask(task: str, num_frames: int, height: int, width: int,
-                    mouth_box: tuple[float, float, float, float] | None = None) -> torch.Tensor:
-    """``[N, H, W]`` float, 1 where the pixel is given to the model, 0 where it is generated.
+def task_inputs(task: str, num_frames: int, size: tuple[int, int], mouth_box=None,
+                video: torch.Tensor | None = None) -> task_masks.TaskInputs:
+    """The core's pixel-space inputs of ``task`` for a clip of ``num_frames`` x ``size`` (H, W).
 
-    ``mouth_box`` is (x0, y0, x1, y1) as fractions of the frame width / height.
+    ``mouth_box``: ``[x0, y0, x1, y1]`` fractions (lipsync only). ``video``: [1, 3, N, H, W] in
+    [0, 1]; without it a zero view stands in (enough for the mask, allocates nothing).
     """
-    keep = torch.zeros(num_frames, height, width)
-    if task == "first_frame":
-        keep[0] = 1
-    elif task == "first_last":
-        keep[0] = keep[-1] = 1
-    elif task == "mouth":
-        if mouth_box is None:
-            raise ValueError("task 'mouth' needs a mouth box; this clip has none.")
-        x0, y0, x1, y1 = mouth_box
-        keep[:] = 1
-        keep[:, round(y0 * height):round(y1 * height), round(x0 * width):round(x1 * width)] = 0
-    else:
+    if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}.")
-    return keep
-
-
-def generate_mask(keep: torch.Tensor) -> torch.Tensor:
-    """``[B, N, H, W]`` keep mask -> ``[B, 1, N, H, W]`` in upstream's 0 = keep / 255 = generate."""
-    return torch.where(keep.bool(), task_masks.KEEP, task_masks.GENERATE)[:, None]
+    height, width = size
+    if video is None:
+        video = torch.zeros(()).expand(1, 3, num_frames, height, width)
+    if task == "lipsync":
+        if mouth_box is None:
+            raise ValueError("task 'lipsync' needs a mouth box; this clip has none.")
+        region = task_masks.box_region(to_pixel_box(mouth_box, size), num_frames, size)
+    else:
+        kept = core_tasks.global_keyframes(core_tasks.Task(kind=task, end_image=_PLACEHOLDER_IMAGE),
+                                           _PLACEHOLDER_IMAGE, num_frames)
+        region = torch.ones(num_frames, height, width, dtype=torch.bool)
+        region[sorted(kept)] = False
+    return task_masks.region_inputs(video, region)
 
 
 def build_y(tasks: list[str], cond_latents: dict[str, torch.Tensor],
@@ -62,34 +66,32 @@ def build_y(tasks: list[str], cond_latents: dict[str, torch.Tensor],
     any_latent = next(iter(cond_latents.values()))
     batch, _, frames, h, w = any_latent.shape
     mouth_boxes = mouth_boxes or [None] * batch
-    n_pixel = 4 * (frames - 1) + 1
-    keep = torch.stack([pixel_keep_mask(t, n_pixel, h * VAE_STRIDE, w * VAE_STRIDE, box)
-                        for t, box in zip(tasks, mouth_boxes)])
-    mask = task_masks.mask_latents(generate_mask(keep), (h, w)).to(any_latent)
     missing = sorted(set(tasks) - set(cond_latents))
     if missing:
         raise KeyError(f"no cached masked-video latents for tasks {missing}; re-run "
                        "`python -m training.preprocess` or set their ratio to 0.")
+    n_pixel = task_masks.VAE_TEMPORAL_COMPRESSION * (frames - 1) + 1
+    size = (h * VAE_STRIDE, w * VAE_STRIDE)
+    # [1, 1, N, H, W] per sample -> [B, 1, N, H, W]
+    pixel_masks = torch.cat([task_inputs(t, n_pixel, size, box).input_video_mask
+                             for t, box in zip(tasks, mouth_boxes)])
+    mask = task_masks.mask_latents(pixel_masks, (h, w)).to(any_latent)
     video = torch.stack([cond_latents[t][i] for i, t in enumerate(tasks)])
     return torch.cat([mask, video], dim=1)
 
 
 def face_gates(face_boxes: list, latent_hw: tuple[int, int]) -> torch.Tensor | None:
-    """Preview's ``ip_mask`` [B, tokens per latent frame] from face boxes (x0, y0, x1, y1) given as
-    fractions of the frame, rasterised as upstream (``face_region.ip_mask_from_box``); samples
-    without a box get an all-ones gate (audio acts everywhere). None when no sample has a box."""
+    """Preview's ``ip_mask`` [B, tokens per latent frame] from face boxes ``[x0, y0, x1, y1]``
+    (fractions), rasterised by the core (``face_region.ip_mask_from_box``) on the sample's own pixel
+    grid; samples without a box get an all-ones gate (audio acts everywhere). None when no sample
+    has a box."""
     if all(box is None for box in face_boxes):
         return None
     from echomimic_core import face_region
 
     size = (latent_hw[0] * VAE_STRIDE, latent_hw[1] * VAE_STRIDE)
-    tokens = face_region.token_grid(size)
-    gates = []
-    for box in face_boxes:
-        if box is None:
-            gates.append(torch.ones(1, tokens[0] * tokens[1]))
-        else:
-            x0, y0, x1, y1 = box
-            pixel_box = (y0 * size[0], y1 * size[0], x0 * size[1], x1 * size[1])
-            gates.append(face_region.ip_mask_from_box(pixel_box, size, size))
+    rows, cols = face_region.token_grid(size)
+    gates = [torch.ones(1, rows * cols) if box is None
+             else face_region.ip_mask_from_box(to_pixel_box(box, size), size, size)
+             for box in face_boxes]
     return torch.cat(gates)

@@ -13,13 +13,13 @@ def test_cache_holds_what_training_needs(sft_cache, tiny_config):
     item = data[1]
     f, h, w = (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8
     assert item["latents"].shape == (16, f, h, w)
-    assert {"cond.first_frame", "cond.first_last", "cond.mouth"} <= set(item)  # row 1 has a mouth box
-    assert "cond.mouth" not in data[0]
+    assert {"cond.first_frame", "cond.first_last", "cond.lipsync"} <= set(item)  # row 1 has a mouth box
+    assert "cond.lipsync" not in data[0]
     assert item["clip"].shape == (257, tiny_config.clip_dim)
     assert item["audio"].shape == (2 * FRAMES, tiny_config.audio_in_dim)
     assert item["mouth_box"] == [0.3, 0.5, 0.7, 0.8]
     batch = collate([data[0], data[1]])  # a sample without mouth latents still stacks
-    assert batch["cond.mouth"].shape[0] == 2 and not batch["cond.mouth"][0].any()
+    assert batch["cond.lipsync"].shape[0] == 2 and not batch["cond.lipsync"][0].any()
 
 
 def test_masked_video_latents_differ_per_task(sft_cache):
@@ -102,3 +102,43 @@ def test_load_clip_resamples_to_25fps_and_crops_to_the_aspect(tmp_path):
     assert torch.allclose(brightness, ramp[::2], atol=0.03)  # every second source frame
     assert clip.crop == pytest.approx((1 / 6, 0.0, 5 / 6, 1.0))
     assert crop_box([0.5, 0.2, 0.75, 0.4], clip.crop) == pytest.approx([0.5, 0.2, 0.875, 0.4])
+
+
+def test_boxes_are_checked_cropped_and_dropped_when_cut_away(caplog):
+    from training.preprocess import clip_boxes
+
+    crop = (0.25, 0.0, 0.75, 1.0)  # the centre half of a wide frame
+    row = {"id": "c", "face_box": [0.3, 0.1, 0.7, 0.5], "mouth_box": {"x0": 0.0, "y0": 0.6, "x1": 0.2, "y1": 0.8}}
+    out = clip_boxes(row, crop, (32, 32))
+    assert out["face_box"] == pytest.approx([0.1, 0.1, 0.9, 0.5])
+    assert "mouth_box" not in out and "mouth_box lies outside" in caplog.text  # left of the crop
+    with pytest.raises(ValueError, match="x0 < x1"):
+        clip_boxes({"id": "d", "face_box": [0.7, 0.1, 0.3, 0.5]}, crop, (32, 32))
+
+
+def test_caches_written_with_the_old_task_name_still_train(tmp_path, sft_cache):
+    """Caches from before the rename store cond.mouth; they are read as cond.lipsync."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(sft_cache, tmp_path / "old")
+    for shard in (tmp_path / "old").glob("shard-*.safetensors"):
+        tensors = load_file(shard)
+        save_file({k.replace("/cond.lipsync", "/cond.mouth"): v for k, v in tensors.items()}, shard)
+    assert any(k.endswith("/cond.mouth") for k in load_file(next((tmp_path / "old").glob("shard-*"))))
+    old, new = CachedDataset(tmp_path / "old")[1], CachedDataset(sft_cache)[1]
+    assert "cond.mouth" not in old and torch.equal(old["cond.lipsync"], new["cond.lipsync"])
+
+
+def test_lipsync_latents_encode_the_video_outside_the_mouth_box(sft_cache, encoders):
+    from training.preprocess import masked_video
+
+    item = CachedDataset(sft_cache)[1]
+    clip = synthetic_clip("clip1.mp4", FRAMES, (HEIGHT, WIDTH))
+    masked = masked_video(clip.video, "lipsync", item["mouth_box"])
+    y1, y2, x1, x2 = (round(0.5 * HEIGHT), round(0.8 * HEIGHT), round(0.3 * WIDTH), round(0.7 * WIDTH))
+    assert not masked[:, :, y1:y2, x1:x2].any()
+    masked[:, :, y1:y2, x1:x2] = clip.video[:, :, y1:y2, x1:x2]
+    assert torch.equal(masked, clip.video)
+    assert torch.equal(item["cond.lipsync"], encoders.vae(masked_video(clip.video, "lipsync", item["mouth_box"])))

@@ -1,11 +1,23 @@
+import warnings
+
+import pytest
 import torch
 
-from training.tasks import build_y, pixel_keep_mask, sample_tasks
+from echomimic_core import face_region, task_masks
+from training.boxes import parse_frac_box, to_pixel_box
+from training.config import TASKS, config_from_dict
+from training.tasks import build_y, face_gates, sample_tasks, task_inputs
 
 
 def _y(task, box=None, frames=3, h=4, w=6):
     lat = torch.randn(1, 16, frames, h, w)
     return build_y([task], {task: lat}, [box]), lat
+
+
+def test_training_tasks_are_core_tasks():
+    from echomimic_core.tasks import TASKS as CORE_TASKS
+
+    assert set(TASKS) <= set(CORE_TASKS)
 
 
 def test_first_frame_keeps_latent_frame_zero():
@@ -21,29 +33,78 @@ def test_first_last_keeps_the_last_pixel_frame_only():
     assert not y[0, :4, 1:-1].any()
 
 
-def test_mouth_region_generates_only_the_box():
+def test_masks_are_the_cores_own():
+    size, n = (16, 24), 9
+    start = torch.rand(3, 16, 24)
+    core = {"first_frame": task_masks.first_frame_inputs(start, n, size),
+            "first_last": task_masks.first_last_inputs(start, start, n, size)}
+    for task, inputs in core.items():
+        assert torch.equal(task_inputs(task, n, size).input_video_mask, inputs.input_video_mask)
+    box = [0.25, 0.5, 0.75, 1.0]  # x0, y0, x1, y1 fractions -> pixels y 8..16, x 6..18
+    video = torch.rand(1, 3, n, *size)
+    region = task_masks.box_region((8, 16, 6, 18), n, size)
+    expected = task_masks.region_inputs(video, region)
+    ours = task_inputs("lipsync", n, size, box, video=video)
+    assert torch.equal(ours.input_video_mask, expected.input_video_mask)
+    assert torch.equal(task_masks.masked_pixels(ours), task_masks.masked_pixels(expected))
+
+
+def test_lipsync_region_generates_only_the_box():
     box = [0.5, 0.5, 1.0, 1.0]  # bottom-right quarter
-    y, _ = _y("mouth", box)
+    y, _ = _y("lipsync", box)
     mask = y[0, :4]
     assert (mask[:, :, :2, :3] == 1).all()      # outside the box: kept in every frame
     assert (mask[:, :, 2:, 3:] == 0).all()      # inside: generated
-    keep = pixel_keep_mask("mouth", 5, 8, 8, box)
-    assert keep[:, :4].all() and not keep[:, 4:, 4:].any()
+    with pytest.raises(ValueError, match="needs a mouth box"):
+        task_inputs("lipsync", 5, (8, 8))
 
 
 def test_sample_tasks_respects_ratios_and_missing_mouth_boxes():
     g = torch.Generator().manual_seed(0)
-    tasks = sample_tasks([True, False] * 500, g, {"first_frame": 1, "first_last": 1, "mouth": 2})
+    tasks = sample_tasks([True, False] * 500, g, {"first_frame": 1, "first_last": 1, "lipsync": 2})
     with_box, without = tasks[0::2], tasks[1::2]
-    assert "mouth" not in without
-    assert abs(with_box.count("mouth") / 500 - 0.5) < 0.07
+    assert "lipsync" not in without
+    assert abs(with_box.count("lipsync") / 500 - 0.5) < 0.07
+
+
+def test_old_task_name_mouth_still_loads_with_a_warning():
+    with pytest.warns(FutureWarning, match="'mouth' is now called 'lipsync'"):
+        cfg = config_from_dict({"tasks": {"ratios": {"first_frame": 1, "mouth": 3}}})
+    assert cfg.tasks.ratios == {"first_frame": 1, "lipsync": 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="keep only 'lipsync'"):
+            config_from_dict({"tasks": {"ratios": {"mouth": 1, "lipsync": 1}}})
+    with pytest.raises(ValueError, match="tasks.ratios"):
+        config_from_dict({"tasks": {"ratios": {"keyframes": 1}}})
 
 
 def test_face_gates_follow_the_box_and_default_to_open():
-    from training.tasks import face_gates
-
     assert face_gates([None, None], (4, 6)) is None
     gates = face_gates([[0.5, 0.0, 1.0, 0.5], None], (4, 6))  # top-right quarter; 2 x 3 token grid
     assert gates.shape == (2, 6)
     assert gates[0].view(2, 3).tolist() == [[0, 1, 1], [0, 0, 0]]
     assert gates[1].all()
+
+
+def test_face_gate_is_the_cores_gate_of_the_pixel_box():
+    box = [0.3, 0.2, 0.9, 0.7]
+    size = (64, 96)
+    assert to_pixel_box(box, size) == (13, 45, 29, 86)  # (y1, y2, x1, x2), the core's order
+    expected = face_region.ip_mask_from_box((13, 45, 29, 86), size, size)
+    assert torch.equal(face_gates([box], (8, 12)), expected)
+
+
+@pytest.mark.parametrize("value, message", [
+    ([10, 20, 200, 220], "fractions in \\[0, 1\\]"),
+    ([0.6, 0.2, 0.4, 0.9], "x0 < x1"),
+    ([0.1, 0.2, 0.3], "expected \\[x0, y0, x1, y1\\]"),
+    ({"x0": 0.1, "y0": 0.2, "x1": 0.3}, "missing \\['y1'\\]"),
+])
+def test_bad_boxes_say_what_order_is_expected(value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_frac_box(value, "clip7: face_box")
+
+
+def test_named_box_keys_give_the_same_box():
+    assert parse_frac_box({"y1": 0.9, "x0": 0.1, "x1": 0.3, "y0": 0.2}) == parse_frac_box([0.1, 0.2, 0.3, 0.9])

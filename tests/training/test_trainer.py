@@ -45,7 +45,7 @@ def test_sft_loss_falls_and_is_logged_per_phase_and_task(tmp_path, sft_cache):
     assert len(rows) == 30 and rows[-1]["step"] == 30
     keys = set().union(*rows)
     assert {"loss/sft_phase_early", "loss/sft_phase_middle", "loss/sft_phase_late"} <= keys
-    assert {"loss/sft_task_first_frame", "loss/sft_task_first_last", "loss/sft_task_mouth"} <= keys
+    assert {"loss/sft_task_first_frame", "loss/sft_task_first_last", "loss/sft_task_lipsync"} <= keys
 
 
 class Recorder(torch.nn.Module):
