@@ -137,6 +137,26 @@ def model_path(name: str, folder: str = FOLDER_NAME) -> Path:
     return path
 
 
+def find_model(name: str, folders: tuple[str, ...]) -> Path:
+    """:func:`model_path` of ``name`` in the first of ``folders`` that holds it; the error names them all."""
+    errors = []
+    for folder in folders:
+        try:
+            return model_path(name, folder)
+        except (FileNotFoundError, ValueError) as e:
+            errors.append(str(e))
+    raise FileNotFoundError(" / ".join(errors))
+
+
+def missing_model(name: str, *folders: str) -> str | bool:
+    """A VALIDATE_INPUTS answer for a model combo: True, or why ``name`` cannot be loaded."""
+    try:
+        find_model(name, folders)
+    except FileNotFoundError as e:
+        return str(e)
+    return True
+
+
 # ------------------------------------------------------------------------------------------------
 # Output / temp / input folders
 # ------------------------------------------------------------------------------------------------

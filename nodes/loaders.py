@@ -6,29 +6,12 @@ device; the sampler moves what it needs to the compute device.
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from . import comfy_services as services
 from .common import CATEGORY, PRECISIONS
 
-log = logging.getLogger(__name__)
-
 STORAGE = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
-
-
-def _file_choice(folder: str, tooltip: str):
-    return (services.list_models(folder), {"tooltip": tooltip})
-
-
-def _missing_file(folder: str, name: str):
-    """VALIDATE_INPUTS answer: True, or why ``name`` cannot be used (before anything loads)."""
-    try:
-        services.model_path(name, folder)
-    except (FileNotFoundError, ValueError) as e:
-        return str(e)
-    return True
 
 
 # The transformer may sit in the pack's own folder or in ComfyUI's diffusion_models (the demo's place).
@@ -40,17 +23,6 @@ def _transformer_files() -> list[str]:
     for folder in TRANSFORMER_FOLDERS:
         names += [n for n in services.list_models(folder) if n not in names]
     return names
-
-
-def _transformer_path(name: str):
-    """The file ``name`` from models/echomimic, else models/diffusion_models."""
-    errors = []
-    for folder in TRANSFORMER_FOLDERS:
-        try:
-            return services.model_path(name, folder)
-        except (FileNotFoundError, ValueError) as e:
-            errors.append(str(e))
-    raise FileNotFoundError(" / ".join(errors))
 
 
 class EchoMimicModelLoader:
@@ -82,16 +54,12 @@ class EchoMimicModelLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, model):
-        try:
-            _transformer_path(model)
-        except FileNotFoundError as e:
-            return str(e)
-        return True
+        return services.missing_model(model, *TRANSFORMER_FOLDERS)
 
     def load(self, model, precision, weight_storage, attention, variant, block_swap=0):
         from echomimic_core.checkpoints.transformer import load_transformer
 
-        loaded = load_transformer(_transformer_path(model), dtype=PRECISIONS[precision],
+        loaded = load_transformer(services.find_model(model, TRANSFORMER_FOLDERS), dtype=PRECISIONS[precision],
                                   storage_dtype=STORAGE[weight_storage], device=services.offload_device(),
                                   attention_backend=attention, variant=None if variant == "auto" else variant)
         if block_swap > len(loaded.blocks):
@@ -102,117 +70,120 @@ class EchoMimicModelLoader:
         return (loaded,)
 
 
-class EchoMimicVAELoader:
-    """The Wan2.1 VAE (Wan2.1_VAE.pth, ComfyUI's wan_2.1_vae.safetensors, or a diffusers file)."""
+class _EncoderLoader:
+    """One file from one model folder at a compute precision, loaded by a core loader onto the offload device.
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "vae": _file_choice("vae", "Wan2.1 VAE file in models/vae."),
-            "precision": (list(PRECISIONS), {"default": "bf16"}),
-        }}
+    A subclass names its folder, its combo (``FILE_INPUT``, the name saved workflows use) and its
+    output, and keeps its own ``VALIDATE_INPUTS``: ComfyUI passes that method only the inputs its
+    signature names, so each class spells out its combo's name there.
+    """
 
-    RETURN_TYPES = ("ECHOMIMIC_VAE",)
-    RETURN_NAMES = ("vae",)
+    FOLDER = FILE_INPUT = TOOLTIP = ""
+    DEFAULT_PRECISION = "bf16"
+    PRECISION_TOOLTIP = "Compute dtype."
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
     @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            cls.FILE_INPUT: (services.list_models(cls.FOLDER), {"tooltip": cls.TOOLTIP}),
+            "precision": (list(PRECISIONS), {"default": cls.DEFAULT_PRECISION, "tooltip": cls.PRECISION_TOOLTIP}),
+        }}
+
+    def _load(self, load_file, name: str, precision: str, **options):
+        """``load_file(path, dtype=..., device=offload, **options)`` on the file ``name`` of this folder."""
+        return load_file(services.model_path(name, self.FOLDER), dtype=PRECISIONS[precision],
+                         device=services.offload_device(), **options)
+
+
+class EchoMimicVAELoader(_EncoderLoader):
+    """The Wan2.1 VAE (Wan2.1_VAE.pth, ComfyUI's wan_2.1_vae.safetensors, or a diffusers file)."""
+
+    FOLDER = FILE_INPUT = "vae"
+    TOOLTIP = "Wan2.1 VAE file in models/vae."
+    RETURN_TYPES = ("ECHOMIMIC_VAE",)
+    RETURN_NAMES = ("vae",)
+
+    @classmethod
     def VALIDATE_INPUTS(cls, vae):
-        return _missing_file("vae", vae)
+        return services.missing_model(vae, cls.FOLDER)
 
     def load(self, vae, precision):
         from echomimic_core.vae import load_vae
 
-        return (load_vae(services.model_path(vae, "vae"), dtype=PRECISIONS[precision],
-                         device=services.offload_device()),)
+        return (self._load(load_vae, vae, precision),)
 
 
-class EchoMimicTextEncoderLoader:
+class EchoMimicTextEncoderLoader(_EncoderLoader):
     """umT5-XXL (Wan's .pth, Hugging Face files, ComfyUI's umt5_xxl fp16 / fp8-scaled files)."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "text_encoder": _file_choice("text_encoders", "umT5-XXL file in models/text_encoders."),
-            "precision": (list(PRECISIONS), {"default": "bf16"}),
-        }}
-
+    FOLDER, FILE_INPUT = "text_encoders", "text_encoder"
+    TOOLTIP = "umT5-XXL file in models/text_encoders."
     RETURN_TYPES = ("ECHOMIMIC_TEXT_ENCODER",)
     RETURN_NAMES = ("text_encoder",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
 
     @classmethod
     def VALIDATE_INPUTS(cls, text_encoder):
-        return _missing_file("text_encoders", text_encoder)
+        return services.missing_model(text_encoder, cls.FOLDER)
 
     def load(self, text_encoder, precision):
         from echomimic_core.encoders.text import TextEncoder
 
-        return (TextEncoder.load(services.model_path(text_encoder, "text_encoders"), dtype=PRECISIONS[precision],
-                                 device=services.offload_device()),)
+        return (self._load(TextEncoder.load, text_encoder, precision),)
 
 
-class EchoMimicCLIPVisionLoader:
+class EchoMimicCLIPVisionLoader(_EncoderLoader):
     """CLIP ViT-H/14 vision tower (Wan's open-clip .pth or ComfyUI's clip_vision_h.safetensors)."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "clip_vision": _file_choice("clip_vision", "CLIP ViT-H file in models/clip_vision."),
-            "precision": (list(PRECISIONS), {"default": "bf16"}),
-        }}
-
+    FOLDER = FILE_INPUT = "clip_vision"
+    TOOLTIP = "CLIP ViT-H file in models/clip_vision."
     RETURN_TYPES = ("ECHOMIMIC_CLIP_VISION",)
     RETURN_NAMES = ("clip_vision",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
 
     @classmethod
     def VALIDATE_INPUTS(cls, clip_vision):
-        return _missing_file("clip_vision", clip_vision)
+        return services.missing_model(clip_vision, cls.FOLDER)
 
     def load(self, clip_vision, precision):
         from echomimic_core.encoders.image import ImageEncoder
 
-        return (ImageEncoder.load(services.model_path(clip_vision, "clip_vision"), dtype=PRECISIONS[precision],
-                                  device=services.offload_device()),)
+        return (self._load(ImageEncoder.load, clip_vision, precision),)
 
 
-class EchoMimicAudioEncoderLoader:
+class EchoMimicAudioEncoderLoader(_EncoderLoader):
     """wav2vec2-base-960h (preview), chinese-wav2vec2-base (flash) or Whisper, from models/audio_encoders."""
+
+    FOLDER, FILE_INPUT = "audio_encoders", "audio_encoder"
+    TOOLTIP = "Audio encoder file in models/audio_encoders."
+    DEFAULT_PRECISION = "fp32"
+    PRECISION_TOOLTIP = "Audio features are small: fp32 costs little and matches upstream best."
+    RETURN_TYPES = ("ECHOMIMIC_AUDIO_ENCODER",)
+    RETURN_NAMES = ("audio_encoder",)
 
     @classmethod
     def INPUT_TYPES(cls):
+        required = super().INPUT_TYPES()["required"]
         return {"required": {
-            "audio_encoder": _file_choice("audio_encoders", "Audio encoder file in models/audio_encoders."),
+            cls.FILE_INPUT: required[cls.FILE_INPUT],
             "kind": (["auto", "preview", "flash", "whisper"], {"default": "auto", "tooltip":
                      "Which model's feature path to use; auto reads the file name / config."}),
-            "precision": (list(PRECISIONS), {"default": "fp32", "tooltip":
-                          "Audio features are small: fp32 costs little and matches upstream best."}),
+            "precision": required["precision"],
         }, "optional": {
             "loudness_normalize": (["auto", "on", "off"], {"default": "auto", "advanced": True, "tooltip":
                                    "Flash: normalise the speech to -23 LUFS first (auto = as upstream: on for "
                                    "flash; preview and Whisper never use it)."}),
         }}
 
-    RETURN_TYPES = ("ECHOMIMIC_AUDIO_ENCODER",)
-    RETURN_NAMES = ("audio_encoder",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-
     @classmethod
     def VALIDATE_INPUTS(cls, audio_encoder):
-        return _missing_file("audio_encoders", audio_encoder)
+        return services.missing_model(audio_encoder, cls.FOLDER)
 
     def load(self, audio_encoder, kind, precision, loudness_normalize="auto"):
         from echomimic_core.encoders.audio import AudioEncoder
 
-        return (AudioEncoder.load(services.model_path(audio_encoder, "audio_encoders"),
-                                  kind=None if kind == "auto" else kind, dtype=PRECISIONS[precision],
-                                  device=services.offload_device(),
-                                  loudness_norm={"on": True, "off": False}.get(loudness_normalize)),)
+        return (self._load(AudioEncoder.load, audio_encoder, precision, kind=None if kind == "auto" else kind,
+                           loudness_norm={"on": True, "off": False}.get(loudness_normalize)),)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -31,11 +31,7 @@ class EchoMimicLoRA:
 
     @classmethod
     def VALIDATE_INPUTS(cls, lora):
-        try:
-            services.model_path(lora, FOLDER)
-        except (FileNotFoundError, ValueError) as e:
-            return str(e)
-        return True
+        return services.missing_model(lora, FOLDER)
 
     def apply(self, model, lora, strength):
         from echomimic_core.checkpoints.lora import apply_lora

@@ -29,6 +29,20 @@ def test_model_loader_lists_validates_and_loads(folders):
     assert fp8.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
 
 
+def test_model_loader_also_reads_diffusion_models_and_names_both_folders(folders):
+    config = TransformerConfig.preset("tiny_preview")
+    (folders / "models" / "diffusion_models").mkdir(parents=True)
+    save_transformer(EchoMimicTransformer(config), folders / "models" / "diffusion_models" / "d.safetensors")
+    assert loaders.EchoMimicModelLoader.INPUT_TYPES()["required"]["model"][0] == ["d.safetensors"]
+    assert loaders.EchoMimicModelLoader.VALIDATE_INPUTS("d.safetensors") is True
+    message = loaders.EchoMimicModelLoader.VALIDATE_INPUTS("x.safetensors")
+    assert "'echomimic' folder" in message and "'diffusion_models' folder" in message
+    (loaded,) = loaders.EchoMimicModelLoader().load("d.safetensors", "fp32", "default", "sdpa", "auto", 1)
+    assert loaded.config == config and loaded.echomimic_block_swap == 1
+    with pytest.raises(ValueError, match="more than the model's"):
+        loaders.EchoMimicModelLoader().load("d.safetensors", "fp32", "default", "sdpa", "auto", 40)
+
+
 def test_vae_loader_reproduces_the_upstream_latents(folders, reference_dir):
     data = load_file(str(reference_dir / "vae_tiny.safetensors"))
     (folders / "models" / "vae").mkdir(parents=True)
@@ -62,3 +76,6 @@ def test_missing_files_are_reported_before_loading(folders, cls, folder):
     assert next(iter(cls.INPUT_TYPES()["required"].values()))[0] == []
     message = cls.VALIDATE_INPUTS("nothing.safetensors")
     assert folder in message and "ECHOMIMIC_MODELS_DIR" in message
+    (folders / "models" / folder).mkdir(parents=True, exist_ok=True)
+    (folders / "models" / folder / "present.safetensors").write_bytes(b"")
+    assert cls.VALIDATE_INPUTS("present.safetensors") is True
