@@ -197,7 +197,7 @@ def audio_features(embeds) -> dict:
             "for preview its wav2vec2 skips the waveform normalisation wav2vec2-base-960h expects, for flash "
             "the features must be resampled to the video fps inside the encoder, and Whisper-Tiny is not "
             f"among ComfyUI's encoders. Use {AUDIO_ENCODE_NODE} (same model files, models/audio_encoders).")
-    needed = ("features", "kind", "num_frames", "fps")
+    needed = ("features", "kind", "num_frames", "fps", "audio")
     if not isinstance(embeds, dict) or any(k not in embeds for k in needed):
         raise ValueError(f"audio_embeds: expected the output of {AUDIO_ENCODE_NODE}, got {type(embeds).__name__}.")
     return embeds

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .common import CATEGORY, audio_input, on_compute_device
 
 
-def _frames(audio, fps: float, max_frames: int) -> tuple[object, int]:
+def _frames(waveform, rate: int, fps: float, max_frames: int) -> tuple[object, int]:
     """(16 kHz mono waveform, frames the clip supports: floor(duration * fps), capped).
 
     No 4k+1 rounding, as the pipeline: the last chunk is rounded up and trimmed, so the video
@@ -13,7 +13,6 @@ def _frames(audio, fps: float, max_frames: int) -> tuple[object, int]:
     from echomimic_core.audio_alignment import frames_for_samples
     from echomimic_core.media import prepare_audio
 
-    waveform, rate = audio_input(audio)
     wav16 = prepare_audio(waveform, rate)
     frames = frames_for_samples(wav16.shape[-1], fps, max_frames=max_frames or None, stride=None)
     if frames < 1:
@@ -43,14 +42,14 @@ class EchoMimicAudioEncode:
     CATEGORY = CATEGORY
 
     def encode(self, audio_encoder, audio, fps, max_frames):
-        wav16, frames = _frames(audio, fps, max_frames)
+        waveform, rate = audio_input(audio)
+        wav16, frames = _frames(waveform, rate, fps, max_frames)
         with on_compute_device(audio_encoder):
             features = audio_encoder.features_for_video(wav16, frames, fps).float().cpu()
-        waveform, rate = audio_input(audio)
-        # the source audio rides along so the sampler can hand back the clip trimmed to the video
+        # the source audio (its own rate and channels) rides along so the sampler can hand back the
+        # clip trimmed to the video
         embeds = {"features": features, "kind": audio_encoder.kind, "num_frames": frames, "fps": float(fps),
-                  "waveform": wav16[None], "sample_rate": 16000,
-                  "audio": {"waveform": waveform[None].float(), "sample_rate": rate}}
+                  "audio": {"waveform": waveform[None].float().cpu(), "sample_rate": rate}}
         return (embeds, frames)
 
 
@@ -71,7 +70,7 @@ class EchoMimicAudioFrames:
     CATEGORY = CATEGORY
 
     def count(self, audio, fps, max_frames):
-        _, frames = _frames(audio, fps, max_frames)
+        _, frames = _frames(*audio_input(audio), fps, max_frames)
         return (frames, frames / fps)
 
 

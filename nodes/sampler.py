@@ -198,9 +198,8 @@ class EchoMimicSampler:
         finally:
             progress.close()
 
-        source = embeds.get("audio") or {"waveform": embeds["waveform"], "sample_rate": embeds["sample_rate"]}
-        rate = int(source["sample_rate"])
-        trimmed = pipeline.trim_audio(source["waveform"], rate, plan.num_frames, settings.fps)
+        rate = int(embeds["audio"]["sample_rate"])
+        trimmed = pipeline.trim_audio(embeds["audio"]["waveform"], rate, plan.num_frames, settings.fps)
         text = (f"{plan.num_frames} frames ({plan.num_frames / settings.fps:.2f} s) at {plan.sample_size[1]}x"
                 f"{plan.sample_size[0]}, {settings.sampler} x {settings.steps}")
         return {"ui": {"echomimic_plan": [text]},
