@@ -65,7 +65,7 @@ class EchoMimicModelLoader:
         if block_swap > len(loaded.blocks):
             raise ValueError(f"block_swap {block_swap} is more than the model's {len(loaded.blocks)} blocks; "
                              f"use 0..{len(loaded.blocks)}.")
-        # placement happens in the sampler (see sampler.on_compute_device); the loader only records it
+        # placement happens in the sampler (see sampler.transformer_on_device); the loader only records it
         loaded.echomimic_block_swap = int(block_swap)
         return (loaded,)
 

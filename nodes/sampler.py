@@ -193,7 +193,7 @@ class EchoMimicSampler:
         try:
             # no autograd graph across steps; no_grad rather than inference_mode so the frames stay
             # ordinary tensors that any downstream node may modify in place
-            with torch.no_grad(), on_compute_device(model, device, offload):
+            with torch.no_grad(), transformer_on_device(model, device, offload):
                 frames = pipeline.render(models, encoded, plan, settings, hooks, device, offload)
         finally:
             progress.close()
@@ -208,7 +208,7 @@ class EchoMimicSampler:
 
 
 @contextlib.contextmanager
-def on_compute_device(model, device, offload):
+def transformer_on_device(model, device, offload):
     """The transformer on ``device`` for one run (all of it, or all but the loader's ``block_swap``
     blocks, which stream in when they run), then parked on ``offload`` and the cache released."""
     swap = getattr(model, "echomimic_block_swap", 0)
