@@ -404,6 +404,29 @@ async def _run_row(client: ComfyClient, workflow: dict, bindings: dict, row: Row
     return prompt_id, [str(f.relative_to(out)) for f in files]
 
 
+async def _attempt_row(row: Row, run, retries: int, retry_delay: float) -> RowResult:
+    """``run()`` until it succeeds, at most ``retries`` extra times; a rejected prompt is not retried
+    (the server refuses the same prompt again), run-time and connection failures are."""
+    result = RowResult(row.name, digest=row.digest())
+    started = time.monotonic()
+    for attempt in range(1, retries + 2):
+        result.attempts = attempt
+        try:
+            result.prompt_id, result.outputs = await run()
+            result.status, result.error = "done", None
+            break
+        except PromptRejected as e:
+            result.status, result.error = "failed", f"rejected: {e}"
+            break
+        except (ExecutionFailed, aiohttp.ClientError, asyncio.TimeoutError) as e:
+            result.status, result.error = "failed", str(e) or type(e).__name__
+            log.warning("%s: attempt %d failed: %s", row.name, attempt, result.error)
+            if attempt <= retries:
+                await asyncio.sleep(retry_delay)
+    result.seconds = round(time.monotonic() - started, 2)
+    return result
+
+
 async def run_batch(workflow: dict, rows: list[Row], server: str, out: Path, renames: dict[str, str] | None = None,
                     retries: int = 1, resume: bool = False, timeout: float = 3600.0, retry_delay: float = 2.0,
                     include_temp: bool = False, check_schemas: bool = True, poll: float = 5.0) -> list[RowResult]:
@@ -438,24 +461,9 @@ async def run_batch(workflow: dict, rows: list[Row], server: str, out: Path, ren
                 results[row.name] = RowResult(**{**asdict(done), "status": "skipped"})
                 log.info("%s: already done, skipped", row.name)
                 continue
-            result = results[row.name] = RowResult(row.name, digest=row.digest())
-            started = time.monotonic()
-            for attempt in range(1, retries + 2):
-                result.attempts = attempt
-                try:
-                    result.prompt_id, result.outputs = await _run_row(client, workflow, bindings, row, out,
-                                                                      timeout, include_temp, poll)
-                    result.status, result.error = "done", None
-                    break
-                except PromptRejected as e:
-                    result.status, result.error = "failed", f"rejected: {e}"
-                    break
-                except (ExecutionFailed, aiohttp.ClientError, asyncio.TimeoutError) as e:
-                    result.status, result.error = "failed", str(e) or type(e).__name__
-                    log.warning("%s: attempt %d failed: %s", row.name, attempt, result.error)
-                    if attempt <= retries:
-                        await asyncio.sleep(retry_delay)
-            result.seconds = round(time.monotonic() - started, 2)
+            results[row.name] = await _attempt_row(
+                row, lambda row=row: _run_row(client, workflow, bindings, row, out, timeout, include_temp, poll),
+                retries, retry_delay)
             _write_state(out, workflow_digest, {**previous, **results})
         if client.ws is not None:
             await client.ws.close()
