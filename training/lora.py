@@ -44,20 +44,24 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     return inject_adapter_in_model(peft_cfg, model)
 
 
-def lora_state_dict(model: nn.Module, alpha: float) -> dict[str, torch.Tensor]:
-    """The adapters in the file format above."""
+def lora_state_dict(model: nn.Module, alpha: float,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The adapters in the file format above, read from ``state_dict`` (the model's full state
+    dict, e.g. ``accelerator.get_state_dict``) or else from the model's own parameters. Under FSDP
+    the module's parameters are this rank's shards, so the gathered state dict must be given."""
     from peft import get_peft_model_state_dict
 
     out = {}
-    for key, value in get_peft_model_state_dict(model).items():
+    for key, value in get_peft_model_state_dict(model, state_dict=state_dict).items():
         out[PREFIX + key] = value.detach().float().cpu()
         module = key.rsplit(".lora_", 1)[0]
         out[PREFIX + module + ".alpha"] = torch.tensor(float(alpha))
     return out
 
 
-def save_lora(model: nn.Module, path: str | Path, cfg: LoRAConfig) -> None:
-    save_state_dict(lora_state_dict(model, cfg.alpha), path,
+def save_lora(model: nn.Module, path: str | Path, cfg: LoRAConfig,
+              state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    save_state_dict(lora_state_dict(model, cfg.alpha, state_dict), path,
                     metadata={"format": "lora", "rank": str(cfg.rank), "alpha": str(cfg.alpha)})
 
 
