@@ -38,3 +38,5 @@ def test_audio_encode_flash_windows():
     assert embeds["features"].shape == (1, 25, 5, 2, 64)
     direct = encoder.features_for_video(prepare_audio(clip["waveform"][0], 44100), 25, 25.0)
     assert torch.equal(embeds["features"], direct.float())
+    # the sampler hands back the user's own audio (rate, channels), not the 16 kHz mono the encoder read
+    assert embeds["audio"]["sample_rate"] == 44100 and torch.equal(embeds["audio"]["waveform"], clip["waveform"])
