@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from echomimic_core import task_masks
 from echomimic_core import tasks as core_tasks
-from training.boxes import to_pixel_box
+from training.boxes import is_empty, to_pixel_box
 from training.config import TASKS
 
 VAE_STRIDE = task_masks.VAE_SPATIAL_COMPRESSION
@@ -91,7 +91,12 @@ def face_gates(face_boxes: list, latent_hw: tuple[int, int]) -> torch.Tensor | N
 
     size = (latent_hw[0] * VAE_STRIDE, latent_hw[1] * VAE_STRIDE)
     rows, cols = face_region.token_grid(size)
-    gates = [torch.ones(1, rows * cols) if box is None
-             else face_region.ip_mask_from_box(to_pixel_box(box, size), size, size)
-             for box in face_boxes]
+    gates = []
+    for box in face_boxes:
+        pixel_box = None if box is None else to_pixel_box(box, size)
+        if pixel_box is None or is_empty(pixel_box):
+            # caches from before preprocessing dropped boxes the crop cut away can hold empty ones
+            gates.append(torch.ones(1, rows * cols))
+        else:
+            gates.append(face_region.ip_mask_from_box(pixel_box, size, size))
     return torch.cat(gates)

@@ -85,6 +85,8 @@ def test_face_gates_follow_the_box_and_default_to_open():
     assert gates.shape == (2, 6)
     assert gates[0].view(2, 3).tolist() == [[0, 1, 1], [0, 0, 0]]
     assert gates[1].all()
+    # a box squeezed to nothing by an old cache's crop clamp opens the gate instead of failing
+    assert face_gates([[1.0, 0.2, 1.0, 0.6]], (4, 6)).all()
 
 
 def test_face_gate_is_the_cores_gate_of_the_pixel_box():
