@@ -39,7 +39,7 @@ async function refreshPlan(node) {
       const partial = resolvePartial(widgetValue(node, "partial_video_length"),
         modelVariant(sourceNode(app.graph, node, "model")));
       text = formatPlan(planVideo(seconds, fps, partial,
-        widgetValue(node, "overlap_video_length"), maxFrames));
+        widgetValue(node, "overlap_video_length"), maxFrames), widgetValue(node, "long_video_mode"));
     } catch (e) {
       text = e.message;
     }

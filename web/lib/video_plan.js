@@ -67,8 +67,10 @@ export function resolvePartial(partial, variant) {
   return partial ? partial : AUTO_PARTIAL[variant] ?? AUTO_PARTIAL.preview;
 }
 
-// One line for the node: "125 frames · 5.00 s · 32 latent · 2 chunks".
-export function formatPlan(plan) {
-  const chunks = plan.chunks.length === 1 ? "1 chunk" : `${plan.chunks.length} chunks`;
+// One line for the node: "125 frames · 5.00 s · 32 latent · 2 chunks". In the sampler's sliding
+// long_video_mode the windows are cut in latent frames, not these pixel chunks, so no count is shown.
+export function formatPlan(plan, longVideoMode = "chunks") {
+  const chunks = longVideoMode === "sliding" ? "sliding windows"
+    : plan.chunks.length === 1 ? "1 chunk" : `${plan.chunks.length} chunks`;
   return `${plan.frames} frames · ${plan.seconds.toFixed(2)} s · ${plan.latentFrames} latent · ${chunks}`;
 }

@@ -38,6 +38,8 @@ test("fps as a fraction, as Python's limit_denominator(1001)", () => {
 test("formatted line", () => {
   assert.equal(formatPlan(planVideo(5, 25, 113, 8)), "125 frames · 5.00 s · 32 latent · 2 chunks");
   assert.equal(formatPlan(planVideo(3, 25, 113, 8)), "75 frames · 3.00 s · 20 latent · 1 chunk");
+  // sliding mode cuts latent windows, not these chunks: no chunk count that the run would contradict
+  assert.equal(formatPlan(planVideo(5, 25, 113, 8), "sliding"), "125 frames · 5.00 s · 32 latent · sliding windows");
 });
 
 test("partial_video_length 0 is the variant's chunk length", () => {
