@@ -182,14 +182,13 @@ class EchoMimicSampler:
             else None, clip_embedding(clip_vision_output), embeds["features"], embeds["kind"],
             spec.face_box, spec.face_mask)
 
-        total = (len(plan.chunks) if plan.chunks else 1) * settings.steps
-        progress = services.Progress(total)
+        chunks = len(plan.chunks) if plan.chunks else 1  # sliding mode denoises all windows at once
+        progress = services.Progress(chunks * settings.steps)
         hooks = StepHooks(on_step=lambda step, steps, latents, denoised: progress(step, steps, latents=denoised),
                           should_stop=_interrupted)
         device, offload = services.torch_device(), services.offload_device()
         log.info("EchoMimicV3 %s: %d frames at %dx%d, %s %d steps, %d chunk(s)", models.variant, plan.num_frames,
-                 plan.sample_size[1], plan.sample_size[0], settings.sampler, settings.steps,
-                 len(plan.chunks) if plan.chunks else 1)
+                 plan.sample_size[1], plan.sample_size[0], settings.sampler, settings.steps, chunks)
         try:
             # no autograd graph across steps; no_grad rather than inference_mode so the frames stay
             # ordinary tensors that any downstream node may modify in place
