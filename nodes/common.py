@@ -10,12 +10,13 @@ PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float
 
 
 def image_batch(image: torch.Tensor, what: str = "image") -> torch.Tensor:
-    """A ComfyUI IMAGE [B, H, W, C] 0..1, checked; an alpha channel is dropped."""
+    """A ComfyUI IMAGE [B, H, W, C] 0..1, checked, as float32 (numpy, which the core's image code
+    uses, has no bf16); an alpha channel is dropped."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (3, 4):
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"{what}: expected a ComfyUI IMAGE [B, H, W, 3] in 0..1, got {shape}; "
                          "connect an image output (Load Image, VAE Decode ...).")
-    return image[..., :3]
+    return image[..., :3].float()
 
 
 def linked_type_mismatch(node_class, input_types: dict | None) -> str | None:

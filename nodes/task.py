@@ -122,18 +122,18 @@ class EchoMimicTask:
         problem = self.VALIDATE_INPUTS(task, keyframe_indices, mouth_box, face_box, continue_frames)
         if problem is not True:
             raise ValueError(problem)
-        video = image_batch(source_video, "source_video").float().cpu() if source_video is not None else None
+        video = image_batch(source_video, "source_video").cpu() if source_video is not None else None
         keyframes = {}
         if task == "keyframes":
             if keyframe_images is None:
                 raise ValueError("the keyframes task needs keyframe_images connected.")
-            images = image_batch(keyframe_images, "keyframe_images").float().cpu()
+            images = image_batch(keyframe_images, "keyframe_images").cpu()
             indices = parse_indices(keyframe_indices)
             if len(indices) != len(images):
                 raise ValueError(f"keyframe_indices names {len(indices)} frames but keyframe_images holds "
                                  f"{len(images)} images; give one index per image.")
             keyframes = dict(zip(indices, images))
-        end = image_batch(end_image, "end_image")[0].float().cpu() if end_image is not None else None
+        end = image_batch(end_image, "end_image")[0].cpu() if end_image is not None else None
         mouth = torch.as_tensor(mouth_mask).float().cpu() if mouth_mask is not None else None
         if mouth is not None and mouth.ndim == 3 and len(mouth) == 1:  # one mask for every frame
             mouth = mouth[0]
@@ -141,7 +141,7 @@ class EchoMimicTask:
                     mouth_box=parse_box(mouth_box or ""), mouth_mask=mouth, continue_frames=int(continue_frames))
         core.validate()
         spec = TaskSpec(core, parse_box(face_box or ""), _single_mask(face_mask, "face_mask"))
-        reference = image_batch(image, "image")[0].float().cpu() if image is not None else None
+        reference = image_batch(image, "image")[0].cpu() if image is not None else None
         return (spec, self.preview(spec, reference))
 
     @staticmethod

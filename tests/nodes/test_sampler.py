@@ -248,6 +248,9 @@ def test_reference_node_makes_the_chain_match_upstreams_clip_input(demo_models, 
     assert (width, height) == (48, 64) and resized.shape == (1, 64, 48, 3)
     assert "go together" in EchoMimicReferenceImage.VALIDATE_INPUTS(width=64)
     assert "width must be in [0, 4096]" in EchoMimicReferenceImage.VALIDATE_INPUTS(width=8192, height=64)
+    # a half-precision IMAGE (numpy has no bf16) gives the float32 one's result
+    half = EchoMimicReferenceImage().resize(big.bfloat16(), 0, 0, 64 * 64)[0]
+    assert torch.equal(half, EchoMimicReferenceImage().resize(big.bfloat16().float(), 0, 0, 64 * 64)[0])
     (clip,) = EchoMimicCLIPVisionEncode().encode(demo_models.image_encoder, resized)
     widgets = _widgets(**{**ONE_CHUNK, "width": 0, "height": 0, "sample_area": 64 * 64})
     frames = EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"], clip,
