@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
+
+log = logging.getLogger(__name__)
 
 CATEGORY = "EchoMimicV3"
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -67,6 +70,8 @@ def audio_input(audio: dict, what: str = "audio") -> tuple[torch.Tensor, int]:
                          f"{type(audio).__name__}; connect Load Audio or another AUDIO output.")
     waveform = torch.as_tensor(audio["waveform"])
     if waveform.ndim == 3:
+        if len(waveform) > 1:
+            log.warning("%s: the AUDIO holds a batch of %d clips; only the first is used", what, len(waveform))
         waveform = waveform[0]
     return waveform, int(audio["sample_rate"])
 
