@@ -284,8 +284,6 @@ def _widget_values(node: dict, schema: dict, kind: str) -> list[Issue]:
 
 
 def validate_ui(workflow: dict, schemas: dict) -> list[Issue]:
-    issues: list[Issue] = []
-    subgraphs = {g.get("id") for g in workflow.get("definitions", {}).get("subgraphs", [])}
     nodes = {str(n.get("id")): n for n in workflow.get("nodes", [])}
     links: dict[int, list] = {}
     for link in workflow.get("links", []):
@@ -293,8 +291,16 @@ def validate_ui(workflow: dict, schemas: dict) -> list[Issue]:
             link = [link.get("id"), link.get("origin_id"), link.get("origin_slot"), link.get("target_id"),
                     link.get("target_slot"), link.get("type")]
         links[link[0]] = link
-
+    subgraphs = {g.get("id") for g in workflow.get("definitions", {}).get("subgraphs", [])}
     checked: dict[str, dict] = {}
+    issues = _ui_node_issues(nodes, schemas, subgraphs, checked)
+    return issues + _ui_link_issues(nodes, links, checked)
+
+
+def _ui_node_issues(nodes: dict[str, dict], schemas: dict, subgraphs: set, checked: dict[str, dict]) -> list[Issue]:
+    """Unknown nodes, inputs a node lacks, required inputs left open, widget values; fills ``checked``
+    (node id -> schema) with the nodes whose links can be type-checked."""
+    issues: list[Issue] = []
     for node_id, node in nodes.items():
         kind = node.get("type")
         if kind in VIRTUAL_NODES:
@@ -319,7 +325,12 @@ def validate_ui(workflow: dict, schemas: dict) -> list[Issue]:
                 if spec.required and not spec.is_widget and spec.name not in linked:
                     issues.append(Issue(node_id, f"{kind}: required input {spec.name!r} is not connected"))
         issues += _widget_values(node, schema, kind)
+    return issues
 
+
+def _ui_link_issues(nodes: dict[str, dict], links: dict[int, list], checked: dict[str, dict]) -> list[Issue]:
+    """Links to missing nodes or slots, and links whose type the target input does not take."""
+    issues: list[Issue] = []
     for link_id, (_, src, src_slot, dst, dst_slot, link_type) in links.items():
         src, dst = str(src), str(dst)
         if src not in nodes or dst not in nodes:
