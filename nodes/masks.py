@@ -62,7 +62,12 @@ class EchoMimicFaceMask:
         height, width = frame.shape[:2]
         face = parse_box(box or "")
         if face is None and mask is not None:
-            face = box_from_mask(mask[0] if mask.ndim == 3 else mask)
+            painted = mask[0] if mask.ndim == 3 else mask
+            if tuple(painted.shape) != (height, width):
+                # the box is read in the mask's pixels: on another size it would gate the wrong region
+                raise ValueError(f"mask is {painted.shape[-1]}x{painted.shape[0]} but the image is {width}x{height}; "
+                                 "paint the mask on this image (Load Image's mask editor) or resize it to match.")
+            face = box_from_mask(painted)
         if face is None:
             face = detect_face_box((frame.clamp(0, 1) * 255).round().byte().cpu().numpy())
         out = torch.zeros(1, height, width)

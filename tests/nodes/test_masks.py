@@ -21,6 +21,8 @@ def test_painted_mask_gives_its_bounding_box(folders):
     painted[0, 20, 30] = 1
     (mask,) = masks.EchoMimicFaceMask().run(torch.rand(1, 40, 60, 3), mask=painted)["result"]
     assert mask[0].nonzero().min(0).values.tolist() == [5, 7] and mask[0].nonzero().max(0).values.tolist() == [20, 30]
+    with pytest.raises(ValueError, match="mask is 30x20 but the image is 60x40"):
+        masks.EchoMimicFaceMask().run(torch.rand(1, 40, 60, 3), mask=painted[:, :20, :30])
 
 
 def test_no_face_covers_everything(folders):
