@@ -21,15 +21,6 @@ export function boxToCanvas(box, fit) {
   };
 }
 
-// The box as the model sees it: the face gate is a box on the 16-pixel token grid of the sampled
-// resolution (sampleW x sampleH), with each edge floored as upstream does (coord * ratio // 16).
-// Returned in source-image pixels, so it can be drawn next to the detector's box.
-export function tokenGridBox(box, imgW, imgH, sampleW, sampleH, patch = 16) {
-  const ratio = Math.sqrt((sampleW * sampleH) / (imgW * imgH));
-  const snap = (v) => (Math.floor((v * ratio) / patch) * patch) / ratio;
-  return { x1: snap(box.x1), y1: snap(box.y1), x2: snap(box.x2), y2: snap(box.y2) };
-}
-
 // Area left for an image preview below a node's widgets (node-local coordinates).
 export function previewArea(nodeSize, widgetsBottom, margin = 4) {
   const y = widgetsBottom + margin;
