@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ MODEL_EXTENSIONS = frozenset({".safetensors", ".sft", ".pth", ".pt", ".pt2", ".b
 PREVIEW_MAX_SIZE = 512
 
 _missing: set[str] = set()
-_fallback_dirs: dict[str, Path] = {}
 
 
 def _module(name: str) -> ModuleType | None:
@@ -57,22 +56,11 @@ def _module(name: str) -> ModuleType | None:
         return None
 
 
-def comfy_available() -> bool:
-    """True when running inside a ComfyUI process (its ``folder_paths`` module is importable)."""
-    return _module("folder_paths") is not None
-
-
 # ------------------------------------------------------------------------------------------------
 # Model folders
 # ------------------------------------------------------------------------------------------------
-def set_fallback_dir(folder: str, path: str | os.PathLike) -> None:
-    """Outside ComfyUI, look for ``folder``'s models (or outputs: "output", "temp", "input") in ``path``."""
-    _fallback_dirs[folder] = Path(path)
-
-
 def _fallback_dir(folder: str) -> Path:
-    if folder in _fallback_dirs:
-        return _fallback_dirs[folder]
+    """Outside ComfyUI: ``folder``'s models (or "output", "temp", "input") from the environment."""
     env = {"output": "ECHOMIMIC_OUTPUT_DIR", "temp": "ECHOMIMIC_TEMP_DIR", "input": "ECHOMIMIC_INPUT_DIR"}
     if folder in env:
         if os.environ.get(env[folder]):
@@ -282,9 +270,6 @@ class Progress:
                 self._tqdm.total = self.total
             self._tqdm.update(step)
 
-    def update(self, steps: int = 1, preview: Any = None) -> None:
-        self.update_absolute(self.value + steps, preview=preview)
-
     def __call__(self, step: int, total: int | None = None, preview: Any = None, latents: Any = None) -> None:
         self.update_absolute(step, total, preview, latents)
 
@@ -292,12 +277,6 @@ class Progress:
         if self._tqdm is not None:
             self._tqdm.close()
             self._tqdm = None
-
-
-def is_interrupted() -> bool:
-    """Whether the user pressed Cancel (reads the flag without clearing it)."""
-    mm = _module("comfy.model_management")
-    return bool(mm is not None and mm.processing_interrupted())
 
 
 def check_interrupted() -> None:
@@ -309,11 +288,6 @@ def check_interrupted() -> None:
     mm = _module("comfy.model_management")
     if mm is not None:
         mm.throw_exception_if_processing_interrupted()
-
-
-def interrupt_callback() -> Callable[[], None]:
-    """The callable to hand to core loops as their cancellation check."""
-    return check_interrupted
 
 
 # ------------------------------------------------------------------------------------------------

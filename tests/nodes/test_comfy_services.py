@@ -14,7 +14,6 @@ def no_comfy(monkeypatch, tmp_path):
     for name in ("folder_paths", "comfy.utils", "comfy.model_management", "latent_preview", "comfy.latent_formats"):
         monkeypatch.delitem(sys.modules, name, raising=False)
         monkeypatch.setattr(cs, "_missing", cs._missing | {name})
-    monkeypatch.setattr(cs, "_fallback_dirs", {})
     monkeypatch.setenv("ECHOMIMIC_MODELS_DIR", str(tmp_path / "models" / "echomimic"))
     monkeypatch.setenv("ECHOMIMIC_OUTPUT_DIR", str(tmp_path / "out"))
     return tmp_path
@@ -63,7 +62,6 @@ def fake_comfy(monkeypatch, tmp_path):
 
     mm.InterruptProcessingException = InterruptProcessingException
     mm.throw_exception_if_processing_interrupted = throw
-    mm.processing_interrupted = lambda: mm.flag
     mm.get_torch_device = lambda: torch.device("meta")
     mm.unet_offload_device = lambda: torch.device("meta")
     mm.intermediate_device = lambda: torch.device("meta")
@@ -96,7 +94,6 @@ def test_register_keeps_user_paths_and_filters_extensions(fake_comfy, tmp_path):
 
 
 def test_comfy_folders_and_devices_are_used(fake_comfy):
-    assert cs.comfy_available()
     assert cs.list_models() == ["a.safetensors", "sub/b.pth"]
     assert cs.model_path("a.safetensors").as_posix() == "/models/echomimic/a.safetensors"
     assert cs.output_dir().name == "comfy_out" and cs.temp_dir().name == "comfy_temp"
@@ -110,7 +107,7 @@ def test_comfy_folders_and_devices_are_used(fake_comfy):
 
 def test_progress_forwards_steps_and_preview(fake_comfy):
     progress = cs.Progress(4, node_id="12")
-    progress.update()
+    progress(1)
     progress(3, preview=torch.rand(1, 8, 6, 3))
     assert fake_comfy.calls[0] == ("bar", 4, "12")
     assert fake_comfy.calls[1] == ("update", 1, 4, None)
@@ -124,14 +121,12 @@ def test_progress_forwards_steps_and_preview(fake_comfy):
 def test_interrupt_raises_once(fake_comfy):
     cs.check_interrupted()
     fake_comfy.mm.flag = True
-    assert cs.is_interrupted()
     with pytest.raises(fake_comfy.mm.InterruptProcessingException):
-        cs.interrupt_callback()()
-    assert not cs.is_interrupted()
+        cs.check_interrupted()
+    cs.check_interrupted()  # the flag is cleared: the next run is not cancelled
 
 
 def test_fallback_model_folders(no_comfy):
-    assert not cs.comfy_available()
     root = no_comfy / "models" / "echomimic"
     assert cs.list_models() == []
     (root / "sub").mkdir(parents=True)
@@ -147,8 +142,6 @@ def test_fallback_model_folders(no_comfy):
         cs.model_path("missing.safetensors")
     with pytest.raises(ValueError, match="outside"):
         cs.model_path("../vae/wan.safetensors")
-    cs.set_fallback_dir("echomimic", no_comfy / "custom")
-    assert cs.list_models() == []
 
 
 def test_fallback_services(no_comfy):
@@ -160,10 +153,9 @@ def test_fallback_services(no_comfy):
     with pytest.raises(ValueError, match="leaves the output folder"):
         cs.next_output_file("../../x", "mp4")
     progress = cs.Progress(3)
-    progress.update(2)
+    progress(2)
     progress(3, latents=torch.zeros(1, 16, 1, 2, 2))  # no previewer outside ComfyUI: ignored
     assert progress.value == 3
-    cs.check_interrupted()
-    assert not cs.is_interrupted()
+    cs.check_interrupted()  # never cancelled outside ComfyUI
     assert cs.torch_device().type in ("cuda", "cpu") and cs.offload_device().type == "cpu"
     cs.soft_empty_cache()

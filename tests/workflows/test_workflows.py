@@ -118,7 +118,6 @@ def run_prompt(prompt: dict, classes: dict) -> dict:
 def test_demo_workflow_executes_on_the_demo_files(monkeypatch, tmp_path, capsys):
     for name in ("folder_paths", "comfy.utils", "comfy.model_management"):
         monkeypatch.setattr(cs, "_missing", cs._missing | {name})
-    monkeypatch.setattr(cs, "_fallback_dirs", {})
     comfy = tmp_path / "ComfyUI"
     monkeypatch.setenv("ECHOMIMIC_MODELS_DIR", str(comfy / "models" / "echomimic"))
     monkeypatch.setenv("ECHOMIMIC_INPUT_DIR", str(comfy / "input"))
