@@ -11,7 +11,7 @@ service                ComfyUI                                         fallback
 model folders          ``folder_paths`` (``echomimic`` folder          ``ECHOMIMIC_MODELS_DIR`` (or
                        registered under ``models_dir``)                ``./models/echomimic``);
                                                                        other folders are siblings
-progress               ``comfy.utils.ProgressBar`` (+ preview image)   tqdm when enabled, else none
+progress               ``comfy.utils.ProgressBar`` (+ preview image)   none                        
 interrupt              ``comfy.model_management``                      never interrupted
 devices                ``get_torch_device`` / ``unet_offload_device``  cuda if available, else cpu
                        / ``intermediate_device``
@@ -228,7 +228,7 @@ def latent_previewer():
 
 
 class Progress:
-    """Step progress for one node run: ComfyUI's progress bar, else tqdm (if asked) or nothing.
+    """Step progress for one node run: ComfyUI's progress bar, or nothing outside ComfyUI.
 
     Also usable as the core sampler's step callback: ``progress(step, total, preview, latents)``
     reports ``step`` steps done; ``preview`` is an image (PIL, IMAGE tensor) and ``latents``
@@ -237,26 +237,20 @@ class Progress:
     progress hook checks the interrupt flag).
     """
 
-    def __init__(self, total: int, node_id: str | None = None, use_tqdm: bool = False):
+    def __init__(self, total: int, node_id: str | None = None):
         self.total = int(total)
         self.value = 0
         self._bar = None
-        self._tqdm = None
         self._previewer = None
         utils = _module("comfy.utils")
         if utils is not None:
             self._bar = utils.ProgressBar(self.total, node_id=node_id)
             self._previewer = latent_previewer()
-        elif use_tqdm:
-            from tqdm.auto import tqdm
-
-            self._tqdm = tqdm(total=self.total)
 
     def update_absolute(self, value: int, total: int | None = None, preview: Any = None,
                         latents: Any = None) -> None:
         if total is not None:
             self.total = int(total)
-        step = int(value) - self.value
         self.value = int(value)
         if self._bar is not None:
             shown = None
@@ -265,18 +259,9 @@ class Progress:
             elif latents is not None and self._previewer is not None:
                 shown = self._previewer.decode_latent_to_preview_image("JPEG", latents)
             self._bar.update_absolute(self.value, self.total, shown)
-        elif self._tqdm is not None:
-            if total is not None:
-                self._tqdm.total = self.total
-            self._tqdm.update(step)
 
     def __call__(self, step: int, total: int | None = None, preview: Any = None, latents: Any = None) -> None:
         self.update_absolute(step, total, preview, latents)
-
-    def close(self) -> None:
-        if self._tqdm is not None:
-            self._tqdm.close()
-            self._tqdm = None
 
 
 def check_interrupted() -> None:

@@ -189,13 +189,10 @@ class EchoMimicSampler:
         device, offload = services.torch_device(), services.offload_device()
         log.info("EchoMimicV3 %s: %d frames at %dx%d, %s %d steps, %d chunk(s)", models.variant, plan.num_frames,
                  plan.sample_size[1], plan.sample_size[0], settings.sampler, settings.steps, chunks)
-        try:
-            # no autograd graph across steps; no_grad rather than inference_mode so the frames stay
-            # ordinary tensors that any downstream node may modify in place
-            with torch.no_grad(), transformer_on_device(model, device, offload):
-                frames = pipeline.render(models, encoded, plan, settings, hooks, device, offload)
-        finally:
-            progress.close()
+        # no autograd graph across steps; no_grad rather than inference_mode so the frames stay
+        # ordinary tensors that any downstream node may modify in place
+        with torch.no_grad(), transformer_on_device(model, device, offload):
+            frames = pipeline.render(models, encoded, plan, settings, hooks, device, offload)
 
         rate = int(embeds["audio"]["sample_rate"])
         trimmed = pipeline.trim_audio(embeds["audio"]["waveform"], rate, plan.num_frames, settings.fps)
