@@ -11,7 +11,7 @@ service                ComfyUI                                         fallback
 model folders          ``folder_paths`` (``echomimic`` folder          ``ECHOMIMIC_MODELS_DIR`` (or
                        registered under ``models_dir``)                ``./models/echomimic``);
                                                                        other folders are siblings
-progress               ``comfy.utils.ProgressBar`` (+ preview image)   none                        
+progress               ``comfy.utils.ProgressBar`` (+ preview image)   none
 interrupt              ``comfy.model_management``                      never interrupted
 devices                ``get_torch_device`` / ``unet_offload_device``  cuda if available, else cpu
                        / ``intermediate_device``
