@@ -248,11 +248,15 @@ class ComfyClient:
     async def queue(self, prompt: dict) -> str:
         payload = {"prompt": prompt, "client_id": self.client_id}
         async with self.session.post(f"{self.server}/prompt", json=payload) as response:
-            body = await response.json(content_type=None)
-            if response.status == 400:
-                raise PromptRejected(describe_rejection(body))
-            if response.status != 200:
-                raise ExecutionFailed(f"POST /prompt: HTTP {response.status} {body}")
+            text = await response.text()
+        try:
+            body = json.loads(text)
+        except ValueError:  # a proxy's or a crashed server's HTML page: a run-time failure, retried
+            body = text
+        if response.status == 400:
+            raise PromptRejected(describe_rejection(body))
+        if response.status != 200 or not isinstance(body, dict) or "prompt_id" not in body:
+            raise ExecutionFailed(f"POST /prompt: HTTP {response.status} {text[:500]}")
         return body["prompt_id"]
 
     async def history(self, prompt_id: str) -> dict | None:

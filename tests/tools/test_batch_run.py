@@ -34,6 +34,7 @@ class StandIn:
         self.schemas = schemas
         self.uploads, self.history, self.files, self.sockets = {}, {}, {}, {}
         self.queued = []  # (prompt_id, prompt)
+        self.html_errors = 0  # answer this many POST /prompt with an HTML error page
         self.url = None
 
     def app(self):
@@ -53,6 +54,9 @@ class StandIn:
         return web.json_response({"name": part.filename, "subfolder": "", "type": form.get("type", "input")})
 
     async def prompt(self, request):
+        if self.html_errors:  # as a reverse proxy in front of a restarting server answers
+            self.html_errors -= 1
+            return web.Response(status=502, text="<html>Bad Gateway</html>", content_type="text/html")
         body = await request.json()
         prompt = body["prompt"]
         node_errors = {}
@@ -268,3 +272,11 @@ def test_folder_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(br.BatchError, match="no images"):
         br.load_rows(tmp_path / "empty")
+
+
+def test_html_error_page_from_the_server_is_retried(batch, server):
+    (batch / "rows.csv").write_text("name,image,audio\nx,a.png,a.wav\n")
+    server.html_errors = 1
+    assert _run(batch, server, "--retries", "1") == 0
+    state = json.loads((batch / "out" / "batch_state.json").read_text())["rows"]["x"]
+    assert state["attempts"] == 2 and state["status"] == "done" and len(server.queued) == 1
