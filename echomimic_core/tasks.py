@@ -54,7 +54,11 @@ class Task:
 
 def to_uint8_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
     """[H, W, 3] float 0..1 (or uint8) -> uint8 [H, W, 3]."""
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if isinstance(image, torch.Tensor):  # numpy has no bfloat16: widen half floats first
+        image = image.detach().cpu()
+        array = (image if image.dtype == torch.uint8 else image.float()).numpy()
+    else:
+        array = np.asarray(image)
     if array.ndim != 3 or array.shape[-1] not in (3, 4):
         raise ValueError(f"expected an image [H, W, 3], got shape {array.shape}")
     array = array[..., :3]

@@ -20,3 +20,11 @@ def test_per_frame_mouth_mask_follows_the_chunk_into_the_source_video():
     rows = [int(generated[f].any(dim=1).nonzero()[0]) for f in range(9)]
     assert rows == [5, 6, 7, 8, 9, 10, 11, 12, 12]
     assert int(generated.sum()) == 9 * size[1]
+
+
+def test_to_uint8_image_accepts_half_precision_tensors():
+    from echomimic_core.tasks import to_uint8_image
+
+    image = torch.full((4, 4, 3), 0.5, dtype=torch.bfloat16)
+    out = to_uint8_image(image)
+    assert out.dtype == np.uint8 and (out == 128).all()
