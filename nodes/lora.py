@@ -1,11 +1,10 @@
 """LoRA node: a copy of the transformer with a LoRA file merged into its weights.
 
 The loader's output is cached by ComfyUI and may feed other nodes, so the LoRA is merged into a
-copy: changing the strength and queueing again never stacks LoRAs on the cached model.
+copy that shares every untouched weight with it: changing the strength and queueing again never
+stacks LoRAs on the cached model, and the copy costs only the layers the LoRA changes.
 """
 from __future__ import annotations
-
-import copy
 
 from . import comfy_services as services
 from .common import CATEGORY
@@ -34,13 +33,11 @@ class EchoMimicLoRA:
         return services.missing_model(lora, FOLDER)
 
     def apply(self, model, lora, strength):
-        from echomimic_core.checkpoints.lora import apply_lora
+        from echomimic_core.checkpoints.lora import with_lora
 
         if strength == 0:
             return (model,)
-        merged = copy.deepcopy(model)
-        apply_lora(merged, services.model_path(lora, FOLDER), strength)
-        return (merged,)
+        return (with_lora(model, services.model_path(lora, FOLDER), strength),)
 
 
 NODE_CLASS_MAPPINGS = {"EchoMimicLoRA": EchoMimicLoRA}

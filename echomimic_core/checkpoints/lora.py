@@ -6,6 +6,7 @@ and the other common spellings of the same thing: kohya/ComfyUI ``lora_down``/``
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -93,3 +94,24 @@ def apply_lora(model: torch.nn.Module, lora: dict[str, torch.Tensor] | str | Pat
             weights[name].copy_(value)
             changed += 1
     return changed
+
+
+def with_lora(model: torch.nn.Module, lora: dict[str, torch.Tensor] | str | Path,
+              strength: float = 1.0) -> torch.nn.Module:
+    """A copy of ``model`` with the LoRA merged in, leaving ``model`` untouched.
+
+    Only the weights the LoRA changes (and their fp8 scales) are new tensors; every other parameter
+    and buffer is shared with ``model``, so a LoRA on a 1.3B model costs the size of the layers it
+    touches, not a second model. A model with block swap enabled is copied whole (its host copies
+    of the weights are tied to the parameters).
+    """
+    lora = lora if isinstance(lora, dict) else load_state_dict(lora)
+    modules = normalize_lora(lora)
+    changed = {m + suffix for m in modules for suffix in (".weight", ".scale_weight")}
+    memo = {}
+    if getattr(model, "_swap", None) is None:
+        tensors = [*model.named_parameters(), *model.named_buffers()]
+        memo = {id(t): t for name, t in tensors if name not in changed}
+    clone = copy.deepcopy(model, memo)
+    apply_lora(clone, lora, strength)
+    return clone

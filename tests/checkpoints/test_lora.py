@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from echomimic_core.checkpoints.files import CheckpointError, save_state_dict
-from echomimic_core.checkpoints.lora import apply_lora, merge_lora
+from echomimic_core.checkpoints.lora import apply_lora, merge_lora, with_lora
 from echomimic_core.config import TransformerConfig
 from echomimic_core.model.transformer import EchoMimicTransformer
 
@@ -40,3 +40,17 @@ def test_merge_into_fp8_weights_saturates_instead_of_nan():
     merged = merge_lora({"q.weight": w}, lora)["q.weight"]
     assert merged.dtype == torch.float8_e4m3fn
     assert torch.equal(merged.float(), torch.full((2, 3), 448.0))  # 500 saturates at e4m3's max
+
+
+def test_with_lora_copies_only_the_changed_layers(model):
+    w = model.blocks[0].cross_attn.k.weight
+    a, b = torch.randn(2, w.shape[1]), torch.randn(w.shape[0], 2)
+    lora = {"diffusion_model.blocks.0.cross_attn.k.lora_A.weight": a,
+            "diffusion_model.blocks.0.cross_attn.k.lora_B.weight": b}
+    before = w.detach().clone()
+    merged = with_lora(model, lora, 0.5)
+    torch.testing.assert_close(merged.blocks[0].cross_attn.k.weight.detach(), before + 0.5 * (b @ a))
+    assert torch.equal(w.detach(), before)  # the original is untouched
+    shared = [n for n, p in merged.named_parameters() if p is dict(model.named_parameters())[n]]
+    assert "blocks.0.cross_attn.k.weight" not in shared
+    assert len(shared) == len(list(model.parameters())) - 1  # everything else is the same tensor
