@@ -120,9 +120,9 @@ class ComfyImageEncoder:
         return self
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        from echomimic_core.encoders.image import ImageEncoder
+        from echomimic_core.encoders.image import clip_preprocess
 
-        return ImageEncoder.preprocess(self, images)
+        return clip_preprocess(images, self.image_size, self.mean, self.std, self.dtype, self.device)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

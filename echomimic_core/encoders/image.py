@@ -168,6 +168,19 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------
 # the encoder
 
+def clip_preprocess(images: torch.Tensor, image_size: int, mean: torch.Tensor, std: torch.Tensor,
+                    dtype: torch.dtype, device) -> torch.Tensor:
+    """[B, 3, H, W] in [-1, 1] -> normalised [B, 3, S, S], as upstream: the WHOLE image
+    bicubic-resized to S x S (no crop, no antialias) in the model dtype, then [-1, 1] -> [0, 1] and
+    CLIP mean/std ([1, 3, 1, 1] each). Shared by every CLIP tower we run (ours and ComfyUI's)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images [B, 3, H, W] in [-1, 1], got shape {tuple(images.shape)}.")
+    x = images.to(device=device, dtype=dtype)
+    x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", align_corners=False)
+    x = x.mul(0.5).add(0.5)
+    return (x - mean.to(x)) / std.to(x)
+
+
 class ImageEncoder:
     """Images in [-1, 1] -> CLIP tokens ``[B, 1 + grid^2, width]`` (257 x 1280 for ViT-H/14)."""
 
@@ -195,17 +208,8 @@ class ImageEncoder:
         return cls(build_model(read_checkpoint(path), dtype, device, num_heads))
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [-1, 1] -> normalised [B, 3, S, S].
-
-        As upstream: the WHOLE image bicubic-resized to S x S (no crop, no antialias), in the
-        model dtype, then [-1, 1] -> [0, 1] and CLIP mean/std.
-        """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images [B, 3, H, W] in [-1, 1], got shape {tuple(images.shape)}.")
-        x = images.to(device=self.device, dtype=self.dtype)
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
-        x = x.mul(0.5).add(0.5)
-        return (x - self.mean.to(x)) / self.std.to(x)
+        """[B, 3, H, W] in [-1, 1] -> normalised [B, 3, S, S] (see :func:`clip_preprocess`)."""
+        return clip_preprocess(images, self.image_size, self.mean, self.std, self.dtype, self.device)
 
     @torch.no_grad()
     def forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
