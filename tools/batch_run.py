@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -437,11 +438,11 @@ async def run_batch(workflow: dict, rows: list[Row], server: str, out: Path, ren
     """Run every row; returns one result per row (also recorded in ``out/batch_state.json``)."""
     columns = sorted({c for row in rows for c in row.values})
     bindings = resolve_columns(workflow, columns, renames or {})
-    for row in rows:  # type errors surface now, before anything is uploaded or queued
-        for column, value in row.values.items():
-            node_id, input_name = bindings[column]
-            row.values[column] = coerce(value, workflow[node_id]["inputs"][input_name],
-                                        f"row {row.name!r}, column {column!r}")
+    # type errors surface now, before anything is uploaded or queued; the caller's rows stay as given
+    rows = [dataclasses.replace(row, values={
+        column: coerce(value, workflow[bindings[column][0]]["inputs"][bindings[column][1]],
+                       f"row {row.name!r}, column {column!r}")
+        for column, value in row.values.items()}) for row in rows]
     workflow_digest = hashlib.sha256(json.dumps(workflow, sort_keys=True).encode()).hexdigest()[:16]
     previous = _read_state(out) if resume else {}
     results: dict[str, RowResult] = {}
