@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import dataclasses
 import hashlib
 import json
 import logging
@@ -41,7 +40,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -439,7 +438,7 @@ async def run_batch(workflow: dict, rows: list[Row], server: str, out: Path, ren
     columns = sorted({c for row in rows for c in row.values})
     bindings = resolve_columns(workflow, columns, renames or {})
     # type errors surface now, before anything is uploaded or queued; the caller's rows stay as given
-    rows = [dataclasses.replace(row, values={
+    rows = [replace(row, values={
         column: coerce(value, workflow[bindings[column][0]]["inputs"][bindings[column][1]],
                        f"row {row.name!r}, column {column!r}")
         for column, value in row.values.items()}) for row in rows]
