@@ -72,7 +72,8 @@ class GenerationSettings:
             (self.partial_video_length >= 5, f"partial_video_length must be >= 5, got {self.partial_video_length}"),
             # >= 1: a chunk continues from the previous chunk's last frames, which it shares
             (1 <= self.overlap_video_length < self.partial_video_length - 1,
-             f"overlap_video_length must be in [1, partial_video_length - 1), got {self.overlap_video_length}"),
+             f"overlap_video_length must be in [1, partial_video_length - 1) = [1, {self.partial_video_length - 1}) "
+             f"(partial_video_length is {self.partial_video_length}), got {self.overlap_video_length}"),
             (self.teacache_threshold >= 0, f"teacache_threshold must be >= 0, got {self.teacache_threshold}"),
             ((self.width is None) == (self.height is None),
              "width and height go together: give both or neither"),
