@@ -7,13 +7,15 @@ files users have:
   ``model.``, ``module.`` (DDP), ``_orig_mod.`` (torch.compile), ``transformer.``;
 * the diffusers layout of ``WanTransformer3DModel`` (``condition_embedder.*``, ``attn1.to_q``,
   ``scale_shift_table``, norm2/norm3 swapped). Tensor shapes are identical in both layouts, so
-  the conversion is a pure renaming: the tables below, applied per module path.
+  the conversion is a pure renaming: the table below, applied per module path.
 """
 from __future__ import annotations
 
 import logging
 import re
 from typing import Mapping, TypeVar
+
+from .keytables import KeyTable, nest, rename_key
 
 log = logging.getLogger(__name__)
 
@@ -25,77 +27,56 @@ _PREFIX_RE = re.compile(r"^(?:(?:model|diffusion_model|module|_orig_mod|transfor
 ANCHOR_KEY = "patch_embedding.weight"
 
 # Module paths outside the blocks: original -> diffusers.
-_TOP_LEVEL = {
-    "patch_embedding": "patch_embedding",
-    "time_embedding.0": "condition_embedder.time_embedder.linear_1",
-    "time_embedding.2": "condition_embedder.time_embedder.linear_2",
-    "text_embedding.0": "condition_embedder.text_embedder.linear_1",
-    "text_embedding.2": "condition_embedder.text_embedder.linear_2",
-    "time_projection.1": "condition_embedder.time_proj",
-    "img_emb.proj.0": "condition_embedder.image_embedder.norm1",
-    "img_emb.proj.1": "condition_embedder.image_embedder.ff.net.0.proj",
-    "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2",
-    "img_emb.proj.4": "condition_embedder.image_embedder.norm2",
-    "img_emb.emb_pos": "condition_embedder.image_embedder.pos_embed",
-    "head.head": "proj_out",
-    "head.modulation": "scale_shift_table",
-}
+_TOP_LEVEL: KeyTable = (
+    ("patch_embedding", "patch_embedding"),
+    ("time_embedding.0", "condition_embedder.time_embedder.linear_1"),
+    ("time_embedding.2", "condition_embedder.time_embedder.linear_2"),
+    ("text_embedding.0", "condition_embedder.text_embedder.linear_1"),
+    ("text_embedding.2", "condition_embedder.text_embedder.linear_2"),
+    ("time_projection.1", "condition_embedder.time_proj"),
+    ("img_emb.proj.0", "condition_embedder.image_embedder.norm1"),
+    ("img_emb.proj.1", "condition_embedder.image_embedder.ff.net.0.proj"),
+    ("img_emb.proj.3", "condition_embedder.image_embedder.ff.net.2"),
+    ("img_emb.proj.4", "condition_embedder.image_embedder.norm2"),
+    ("img_emb.emb_pos", "condition_embedder.image_embedder.pos_embed"),
+    ("head.head", "proj_out"),
+    ("head.modulation", "scale_shift_table"),
+)
 
-# Module paths inside ``blocks.{i}.``: original -> diffusers. Original norm3 (the affine
-# cross-attention norm) is diffusers' norm2 and vice versa.
-_ATTENTION = {
-    "q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0",
-    "norm_q": "norm_q", "norm_k": "norm_k",
-    "k_img": "add_k_proj", "v_img": "add_v_proj", "norm_k_img": "norm_added_k",
+# Module paths inside one attention layer: original -> diffusers.
+_ATTENTION: KeyTable = (
+    ("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0"),
+    ("norm_q", "norm_q"), ("norm_k", "norm_k"),
+    ("k_img", "add_k_proj"), ("v_img", "add_v_proj"), ("norm_k_img", "norm_added_k"),
     # EchoMimicV3's audio layers have no diffusers counterpart; converters keep their names.
-    "q_audio": "q_audio", "k_audio": "k_audio", "v_audio": "v_audio", "norm_k_audio": "norm_k_audio",
-}
-_BLOCK = {
-    **{f"self_attn.{o}": f"attn1.{d}" for o, d in _ATTENTION.items()},
-    **{f"cross_attn.{o}": f"attn2.{d}" for o, d in _ATTENTION.items()},
-    "ffn.0": "ffn.net.0.proj",
-    "ffn.2": "ffn.net.2",
-    "norm1": "norm1",
-    "norm2": "norm3",
-    "norm3": "norm2",
-    "modulation": "scale_shift_table",
-}
+    ("q_audio", "q_audio"), ("k_audio", "k_audio"), ("v_audio", "v_audio"),
+    ("norm_k_audio", "norm_k_audio"),
+)
+# Module paths inside one block. Original norm3 (the affine cross-attention norm) is diffusers'
+# norm2 and vice versa.
+_BLOCK: KeyTable = (
+    *nest(("self_attn", "attn1"), _ATTENTION),
+    *nest(("cross_attn", "attn2"), _ATTENTION),
+    ("ffn.0", "ffn.net.0.proj"),
+    ("ffn.2", "ffn.net.2"),
+    ("norm1", "norm1"),
+    ("norm2", "norm3"),
+    ("norm3", "norm2"),
+    ("modulation", "scale_shift_table"),
+)
+ORIGINAL_TO_DIFFUSERS: KeyTable = (*_TOP_LEVEL, *nest(("blocks.{i}", "blocks.{i}"), _BLOCK))
 
-_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 DIFFUSERS_MARKERS = ("condition_embedder.", ".attn1.", ".attn2.", "proj_out.")
 
 
-def _invert(table: Mapping[str, str]) -> dict[str, str]:
-    inverse = {v: k for k, v in table.items()}
-    assert len(inverse) == len(table), "key tables must be one-to-one"
-    return inverse
-
-
-_TOP_LEVEL_INV = _invert(_TOP_LEVEL)
-_BLOCK_INV = _invert(_BLOCK)
-
-
-def _rename(key: str, top: Mapping[str, str], block: Mapping[str, str]) -> str:
-    """Rename the longest known module path of ``key``; keys with no entry pass unchanged."""
-    match = _BLOCK_RE.match(key)
-    table, head, rest = (block, f"blocks.{match[1]}.", match[2]) if match else (top, "", key)
-    module = rest
-    while True:
-        if module in table:
-            return head + table[module] + rest[len(module):]
-        if "." not in module:
-            return key
-        module = module.rsplit(".", 1)[0]
-
-
 def original_to_diffusers(key: str) -> str:
-    """``blocks.0.cross_attn.k_img.weight`` -> ``blocks.0.attn2.add_k_proj.weight``."""
-    return _rename(key, _TOP_LEVEL, _BLOCK)
+    """``blocks.0.cross_attn.k_img.weight`` -> ``blocks.0.attn2.add_k_proj.weight``; unknown keys pass."""
+    return rename_key(key, ORIGINAL_TO_DIFFUSERS) or key
 
 
 def diffusers_to_original(key: str) -> str:
-    """``blocks.0.attn2.add_k_proj.weight`` -> ``blocks.0.cross_attn.k_img.weight``."""
-    return _rename(key, _TOP_LEVEL_INV, _BLOCK_INV)
+    """``blocks.0.attn2.add_k_proj.weight`` -> ``blocks.0.cross_attn.k_img.weight``; unknown keys pass."""
+    return rename_key(key, ORIGINAL_TO_DIFFUSERS, reverse=True) or key
 
 
 def is_diffusers_layout(keys) -> bool:
