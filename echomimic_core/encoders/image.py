@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints.files import CheckpointError, load_state_dict, save_state_dict, strip_prefix
-from .keymap import KeyTable, assign_weights, guess_family, rename
+from ..checkpoints.keytables import KeyTable, rename
+from .keymap import assign_weights, guess_family
 
 log = logging.getLogger(__name__)
 

@@ -1,22 +1,16 @@
-"""Key-name tables between checkpoint layouts, and exact weight assignment, shared by the encoders.
+"""What the encoder loaders share: naming a wrong file's model family, and exact weight assignment.
 
-A table is a tuple of ``(name_a, name_b)`` pairs; ``{i}`` in a name stands for a block index.
-``rename(state, table)`` maps layout a -> b, ``rename(state, table, reverse=True)`` maps b -> a.
-Tensors are never copied here: only names change (value transforms live next to each table).
+Their key tables (Wan <-> Hugging Face names) use :mod:`echomimic_core.checkpoints.keytables`.
 """
 from __future__ import annotations
 
 import logging
-import re
-from functools import lru_cache
 
 import torch
 
 from ..checkpoints.files import CheckpointError
 
 log = logging.getLogger(__name__)
-
-KeyTable = tuple[tuple[str, str], ...]
 
 # One distinctive key per model family, used to say what a wrong file actually is.
 _FAMILY_SIGNS = (
@@ -40,43 +34,6 @@ def guess_family(keys) -> str:
             return name
     sample = sorted(keys)[:3]
     return f"an unrecognised model (keys such as {sample})"
-
-
-@lru_cache(maxsize=None)
-def _compiled(table: KeyTable, reverse: bool) -> tuple[tuple[re.Pattern, str], ...]:
-    rules = []
-    for a, b in table:
-        src, dst = (b, a) if reverse else (a, b)
-        pattern = re.escape(src).replace(re.escape("{i}"), r"(?P<i>\d+)")
-        rules.append((re.compile(pattern + r"\Z"), dst))
-    return tuple(rules)
-
-
-def rename_key(key: str, table: KeyTable, reverse: bool = False) -> str | None:
-    """The key's name in the other layout, or None when the table does not cover it."""
-    for pattern, dst in _compiled(table, reverse):
-        m = pattern.match(key)
-        if m:
-            return dst.format(**m.groupdict())
-    return None
-
-
-def rename(state: dict[str, torch.Tensor], table: KeyTable, reverse: bool = False,
-           what: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Rename every key; a key the table does not know is an error naming the first few."""
-    out, unknown = {}, []
-    for key, value in state.items():
-        new = rename_key(key, table, reverse)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    if unknown:
-        raise CheckpointError(
-            f"{what}: {len(unknown)} tensor name(s) this converter does not know, e.g. {unknown[:5]}. "
-            "The file is a different architecture or a layout not supported yet; "
-            "check that it is the right file for this slot.")
-    return out
 
 
 def assign_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, hint: str,

@@ -28,7 +28,8 @@ import torch
 
 from ..checkpoints.files import CheckpointError, load_state_dict, save_state_dict, strip_prefix
 from ..checkpoints.quant import FP8_DTYPES, dequantize_scaled_fp8, is_scaled_fp8
-from .keymap import KeyTable, assign_weights, guess_family, rename
+from ..checkpoints.keytables import KeyTable, rename
+from .keymap import assign_weights, guess_family
 
 log = logging.getLogger(__name__)
 
