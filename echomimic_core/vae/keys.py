@@ -18,6 +18,7 @@ from collections import defaultdict
 import torch
 
 from echomimic_core.checkpoints.files import CheckpointError
+from echomimic_core.checkpoints.keytables import KeyTable, nest, rename_key
 
 # Key that only a Wan VAE in the original layout has (ComfyUI detects the Wan2.1 VAE by it too).
 ORIGINAL_MARKER = "decoder.middle.0.residual.0.gamma"
@@ -25,42 +26,29 @@ DIFFUSERS_MARKER = "decoder.mid_block.resnets.0.norm1.gamma"
 
 # Inside a residual block: original nn.Sequential index -> diffusers attribute.
 # (0: RMS norm, 1: SiLU, 2: conv, 3: RMS norm, 4: SiLU, 5: dropout, 6: conv)
-_RESIDUAL = (("residual.0.", "norm1."), ("residual.2.", "conv1."), ("residual.3.", "norm2."),
-             ("residual.6.", "conv2."), ("shortcut.", "conv_shortcut."))
-# Whole-name renames outside the residual blocks. The middle is [resblock, attention, resblock].
-_PREFIXES = (
-    ("conv1.", "quant_conv."), ("conv2.", "post_quant_conv."),
-    ("encoder.conv1.", "encoder.conv_in."), ("decoder.conv1.", "decoder.conv_in."),
-    ("encoder.head.0.", "encoder.norm_out."), ("encoder.head.2.", "encoder.conv_out."),
-    ("decoder.head.0.", "decoder.norm_out."), ("decoder.head.2.", "decoder.conv_out."),
-    ("encoder.middle.0.", "encoder.mid_block.resnets.0."),
-    ("encoder.middle.1.", "encoder.mid_block.attentions.0."),
-    ("encoder.middle.2.", "encoder.mid_block.resnets.1."),
-    ("decoder.middle.0.", "decoder.mid_block.resnets.0."),
-    ("decoder.middle.1.", "decoder.mid_block.attentions.0."),
-    ("decoder.middle.2.", "decoder.mid_block.resnets.1."),
-    ("encoder.downsamples.", "encoder.down_blocks."),
+_RESIDUAL: KeyTable = (("residual.0", "norm1"), ("residual.2", "conv1"), ("residual.3", "norm2"),
+                       ("residual.6", "conv2"), ("shortcut", "conv_shortcut"))
+# Residual blocks outside the decoder's regrouped up blocks. The middle is [resblock, attention, resblock].
+_RESIDUAL_BLOCKS: KeyTable = (
+    ("encoder.downsamples.{i}", "encoder.down_blocks.{i}"),
+    ("encoder.middle.0", "encoder.mid_block.resnets.0"),
+    ("encoder.middle.2", "encoder.mid_block.resnets.1"),
+    ("decoder.middle.0", "decoder.mid_block.resnets.0"),
+    ("decoder.middle.2", "decoder.mid_block.resnets.1"),
+)
+# Every original -> diffusers name but the decoder's up blocks (an index regrouping, below).
+ORIGINAL_TO_DIFFUSERS: KeyTable = (
+    ("conv1", "quant_conv"), ("conv2", "post_quant_conv"),
+    ("encoder.conv1", "encoder.conv_in"), ("decoder.conv1", "decoder.conv_in"),
+    ("encoder.head.0", "encoder.norm_out"), ("encoder.head.2", "encoder.conv_out"),
+    ("decoder.head.0", "decoder.norm_out"), ("decoder.head.2", "decoder.conv_out"),
+    ("encoder.middle.1", "encoder.mid_block.attentions.0"),
+    ("decoder.middle.1", "decoder.mid_block.attentions.0"),
+    *_RESIDUAL_BLOCKS,
+    *(entry for block in _RESIDUAL_BLOCKS for entry in nest(block, _RESIDUAL)),
 )
 _UPSAMPLES = re.compile(r"^decoder\.upsamples\.(\d+)\.(.*)$")
 _UP_BLOCKS = re.compile(r"^decoder\.up_blocks\.(\d+)\.(resnets\.(\d+)|upsamplers\.0)\.(.*)$")
-
-
-def _swap_residual(rest: str, forward: bool) -> str:
-    for orig, diff in _RESIDUAL:
-        src, dst = (orig, diff) if forward else (diff, orig)
-        if rest.startswith(src):
-            return dst + rest[len(src):]
-    return rest
-
-
-def _swap_prefix(key: str, forward: bool) -> str | None:
-    # Longest source prefix first, so "encoder.conv1." never matches as "conv1.".
-    pairs = sorted(_PREFIXES, key=lambda p: -len(p[0 if forward else 1]))
-    for orig, diff in pairs:
-        src, dst = (orig, diff) if forward else (diff, orig)
-        if key.startswith(src):
-            return dst + key[len(src):]
-    return None
 
 
 def decoder_res_blocks(state: dict[str, torch.Tensor]) -> int:
@@ -82,14 +70,11 @@ def original_key_to_diffusers(key: str, num_res_blocks: int = 2) -> str:
         level, slot = divmod(index, per_level)
         if slot == per_level - 1:
             return f"decoder.up_blocks.{level}.upsamplers.0.{rest}"
-        return f"decoder.up_blocks.{level}.resnets.{slot}.{_swap_residual(rest, True)}"
-    new = _swap_prefix(key, True)
+        rest = rename_key(rest, _RESIDUAL) or rest
+        return f"decoder.up_blocks.{level}.resnets.{slot}.{rest}"
+    new = rename_key(key, ORIGINAL_TO_DIFFUSERS)
     if new is None:
         raise KeyError(f"{key!r} is not a Wan2.1 VAE key in the original layout")
-    if new.startswith(("encoder.down_blocks.", "encoder.mid_block.resnets.",
-                       "decoder.mid_block.resnets.")):
-        head, rest = _split_module(new)
-        new = head + _swap_residual(rest, True)
     return new
 
 
@@ -101,22 +86,12 @@ def diffusers_key_to_original(key: str, num_res_blocks: int = 2) -> str:
         per_level = num_res_blocks + 2
         if resnet is None:
             return f"decoder.upsamples.{level * per_level + per_level - 1}.{rest}"
-        return f"decoder.upsamples.{level * per_level + int(resnet)}.{_swap_residual(rest, False)}"
-    if key.startswith(("encoder.down_blocks.", "encoder.mid_block.resnets.",
-                       "decoder.mid_block.resnets.")):
-        head, rest = _split_module(key)
-        key = head + _swap_residual(rest, False)
-    new = _swap_prefix(key, False)
+        rest = rename_key(rest, _RESIDUAL, reverse=True) or rest
+        return f"decoder.upsamples.{level * per_level + int(resnet)}.{rest}"
+    new = rename_key(key, ORIGINAL_TO_DIFFUSERS, reverse=True)
     if new is None:
         raise KeyError(f"{key!r} is not an AutoencoderKLWan key")
     return new
-
-
-def _split_module(key: str) -> tuple[str, str]:
-    """'encoder.down_blocks.3.residual.2.weight' -> ('encoder.down_blocks.3.', 'residual.2.weight')."""
-    parts = key.split(".")
-    cut = 4 if parts[1] == "mid_block" else 3
-    return ".".join(parts[:cut]) + ".", ".".join(parts[cut:])
 
 
 def original_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
