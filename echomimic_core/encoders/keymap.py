@@ -4,13 +4,9 @@ Their key tables (Wan <-> Hugging Face names) use :mod:`echomimic_core.checkpoin
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from ..checkpoints.files import CheckpointError
-
-log = logging.getLogger(__name__)
 
 # One distinctive key per model family, used to say what a wrong file actually is.
 _FAMILY_SIGNS = (
