@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -88,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo-models", help="write the tiny demo model files into a models folder")
     demo.add_argument("out", type=Path, help="e.g. ComfyUI/models")
     return parser
+
+
+def _attach_negative_keyframes(argv: list[str]) -> list[str]:
+    """``--keyframe -1:last.png`` as ``--keyframe=-1:last.png``: argparse reads a value starting
+    with '-' that is not a plain number as an option and fails with "expected one argument"."""
+    out = []
+    for arg in argv:
+        if out and out[-1] == "--keyframe" and re.match(r"-\d+:", arg):
+            out[-1] = f"--keyframe={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def _settings_from(args, variant: str) -> GenerationSettings:
@@ -200,14 +213,17 @@ def generate_command(args) -> int:
         bar["bar"].close()
     out = write_video(args.out, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
     seconds = len(result.frames) / result.fps
+    # sliding mode denoises overlapping latent windows of one video, not pixel chunks
+    plan = "sliding windows" if settings.long_video_mode == "sliding" else f"{result.info['chunks']} chunk(s)"
     print(f"wrote {out}: {len(result.frames)} frames {result.info['size'][1]}x{result.info['size'][0]} "
-          f"at {result.fps:g} fps ({seconds:.2f} s, {result.info['chunks']} chunk(s)) in {time.time() - started:.1f} s")
+          f"at {result.fps:g} fps ({seconds:.2f} s, {plan}) in {time.time() - started:.1f} s")
     return 0
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(_attach_negative_keyframes(argv))
     if args.command == "demo-models":
         from .demo import write_demo_models
         files = write_demo_models(args.out, overwrite=True)

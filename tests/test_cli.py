@@ -62,3 +62,17 @@ def test_task_choices_are_the_pipelines_tasks():
     # the CLI spells them out to keep `--help` free of torch imports; they must not drift apart
     from echomimic_core.tasks import TASKS
     assert cli.TASK_CHOICES == TASKS
+
+
+def test_negative_keyframe_index_and_sliding_plan_line(demo_cache, tmp_path, capsys):
+    # `--keyframe -1:x.png` as the help shows it: argparse alone takes "-1:x.png" for an option
+    from PIL import Image
+    wav, last = tmp_path / "voice.wav", tmp_path / "last.png"
+    write_wav(wav, 0.5)
+    Image.new("RGB", (96, 96), (200, 30, 30)).save(last)
+    rc = cli.main(["generate", "--demo", "--audio", str(wav), "--out", str(tmp_path / "kf.mp4"), "--steps", "1",
+                   "--task", "keyframes", "--keyframe", "-1:" + str(last), "--long-video-mode", "sliding",
+                   "--partial-video-length", "9", "--overlap-video-length", "1"])
+    assert rc == 0
+    line = capsys.readouterr().out
+    assert "12 frames" in line and "sliding windows" in line and "chunk(s)" not in line
