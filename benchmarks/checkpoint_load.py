@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--file-dtype", choices=("fp32", "bf16", "fp16"), default="bf16")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runs", nargs="*", default=["bf16:", "bf16:fp8", "fp32:"],
-                        help="compute:storage pairs (empty storage = compute dtype)")
+                        help="compute:storage pairs of fp32/bf16/fp16 (storage also fp8; empty = compute dtype), "
+                             "e.g. bf16: bf16:fp8 fp32:")
     parser.add_argument("--weights", type=Path, help="a real transformer file instead of a random one")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="bf16", help=argparse.SUPPRESS)
@@ -79,6 +80,11 @@ def main(argv=None) -> int:
     if args.child:
         child(args)
         return 0
+    for run in args.runs:  # before writing a random file of gigabytes
+        compute, _, storage = run.partition(":")
+        if compute not in DTYPES or compute == "fp8" or (storage and storage not in DTYPES):
+            parser.error(f"--runs {run!r}: expected COMPUTE:STORAGE with COMPUTE one of fp32/bf16/fp16 and "
+                         f"STORAGE one of {'/'.join(DTYPES)} or empty, e.g. bf16:fp8")
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.weights
@@ -95,7 +101,10 @@ def main(argv=None) -> int:
             compute, _, storage = run.partition(":")
             out = subprocess.run([sys.executable, __file__, "--child", "--weights", str(weights),
                                   "--device", args.device, "--dtype", compute, "--storage", storage],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True)
+            if out.returncode != 0:  # the child's own error, not a CalledProcessError without it
+                print(out.stderr, file=sys.stderr)
+                raise SystemExit(f"the {run} load failed (exit code {out.returncode}); its error is above")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{compute:>8} {storage or compute:>8} {r['seconds']:8.2f} {r['model_gib']:10.2f} "
                   f"{r['peak_rss_gib']:13.2f} {r['anon_gib']:9.2f} {r['cuda_peak_gib']:14.2f}")
