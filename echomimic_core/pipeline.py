@@ -266,6 +266,7 @@ def render(models: Models, encoded: Encoded, plan: Plan, settings: GenerationSet
     return frames
 
 
+@torch.no_grad()  # inference only; block swap refuses to run where autograd might need its blocks
 def generate(models: Models, image: torch.Tensor | np.ndarray | None, audio: torch.Tensor, sample_rate: int,
              prompt: str, settings: GenerationSettings | None = None, task: Task | None = None,
              face_mask=None, hooks: StepHooks | None = None, device=None,

@@ -76,3 +76,13 @@ def test_negative_keyframe_index_and_sliding_plan_line(demo_cache, tmp_path, cap
     assert rc == 0
     line = capsys.readouterr().out
     assert "12 frames" in line and "sliding windows" in line and "chunk(s)" not in line
+
+
+def test_block_swap_runs_from_the_command_line(demo_cache, tmp_path, capsys):
+    # generate() is inference: block swap refuses to run with autograd on, and the CLI calls
+    # generate() directly (the sampler node had its own no_grad)
+    wav = tmp_path / "voice.wav"
+    write_wav(wav, 0.3)
+    rc = cli.main(["generate", "--demo", "--audio", str(wav), "--out", str(tmp_path / "bs.mp4"), "--steps", "1",
+                   "--block-swap", "1"])
+    assert rc == 0 and "7 frames" in capsys.readouterr().out
