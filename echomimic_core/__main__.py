@@ -194,6 +194,11 @@ def generate_command(args) -> int:
         raise SystemExit(f"--image is required for --task {task.kind}")
     face_mask = load_image(args.face_mask).mean(-1).numpy() if args.face_mask else None
 
+    from .model.attention import check_backend
+    try:  # a missing kernel package is the user's to fix: one line, not a traceback from the loader
+        check_backend(args.attention)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from e
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if torch.device(device).type == "cuda" else "float32")
     started = time.time()

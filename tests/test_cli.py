@@ -86,3 +86,13 @@ def test_block_swap_runs_from_the_command_line(demo_cache, tmp_path, capsys):
     rc = cli.main(["generate", "--demo", "--audio", str(wav), "--out", str(tmp_path / "bs.mp4"), "--steps", "1",
                    "--block-swap", "1"])
     assert rc == 0 and "7 frames" in capsys.readouterr().out
+
+
+def test_unavailable_attention_backend_is_one_line(demo_cache, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xformers" else real(name, *a))
+    rc = cli.main(["generate", "--demo", "--attention", "xformers", "--out", str(tmp_path / "x.mp4")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "'xformers'" in err and "sdpa" in err and "Traceback" not in err
