@@ -1,7 +1,8 @@
 """Apply LoRA files to the transformer: ``W += strength * alpha / rank * B @ A``.
 
 Reads the file our trainer writes (``diffusion_model.<module>.lora_A/lora_B.weight`` + ``alpha``)
-and the other common spellings of the same thing: kohya/ComfyUI ``lora_down``/``lora_up``, diffusers'
+and the other common spellings of the same thing: kohya/ComfyUI ``lora_down``/``lora_up``, kohya /
+musubi-tuner's flattened module names (``lora_unet_blocks_0_self_attn_q``), diffusers'
 ``transformer.`` prefix, and no prefix at all.
 """
 from __future__ import annotations
@@ -16,6 +17,24 @@ from .quant import FP8_DTYPES, to_fp8
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "base_model.model.")
 _SPELLINGS = ((".lora_down.", ".lora_A."), (".lora_up.", ".lora_B."))
+_FLAT_PREFIXES = ("lora_unet_", "lora_transformer_")
+
+
+def resolve_modules(modules, weight_names) -> dict[str, str]:
+    """{LoRA module name: the model's module path}. kohya names flatten the path with underscores
+    (``lora_unet_blocks_0_self_attn_q``), which is ambiguous to split, so they are looked up among
+    the model's own weight names instead."""
+    paths = {name[: -len(".weight")] for name in weight_names if name.endswith(".weight")}
+    flat = {path.replace(".", "_"): path for path in paths}
+    resolved = {}
+    for module in modules:
+        prefix = next((p for p in _FLAT_PREFIXES if module.startswith(p)), None)
+        target = flat.get(module[len(prefix):]) if prefix and module not in paths else module
+        if target is None or target not in paths:
+            raise CheckpointError(f"the LoRA targets {module!r}, which this transformer does not have "
+                                  "(a LoRA trained for another model or variant?).")
+        resolved[module] = target
+    return resolved
 
 
 def normalize_lora(lora: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
@@ -52,13 +71,12 @@ def merge_lora(state: dict[str, torch.Tensor], lora: dict[str, torch.Tensor] | s
     the scale grown where the merged weight outgrows fp8's range; such a layer's (new) scale comes
     back under ``<module>.scale_weight``."""
     modules = normalize_lora(lora if isinstance(lora, dict) else load_state_dict(lora))
+    names = resolve_modules(modules, state)
     scales = scales or {}
     out = dict(state)
-    for module, (a, b, alpha) in modules.items():
+    for lora_module, (a, b, alpha) in modules.items():
+        module = names[lora_module]
         key = module + ".weight"
-        if key not in out:
-            raise CheckpointError(f"the LoRA targets {module!r}, which this transformer does not have "
-                                  "(a LoRA trained for another model or variant?).")
         w = out[key]
         # the product on the weight's device: a [out, in] matmul is slow on the CPU
         delta = (b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)) * (strength * alpha / a.shape[0])
@@ -106,7 +124,7 @@ def with_lora(model: torch.nn.Module, lora: dict[str, torch.Tensor] | str | Path
     of the weights are tied to the parameters).
     """
     lora = lora if isinstance(lora, dict) else load_state_dict(lora)
-    modules = normalize_lora(lora)
+    modules = resolve_modules(normalize_lora(lora), dict(model.named_parameters())).values()
     changed = {m + suffix for m in modules for suffix in (".weight", ".scale_weight")}
     memo = {}
     if getattr(model, "_swap", None) is None:

@@ -54,3 +54,16 @@ def test_with_lora_copies_only_the_changed_layers(model):
     shared = [n for n, p in merged.named_parameters() if p is dict(model.named_parameters())[n]]
     assert "blocks.0.cross_attn.k.weight" not in shared
     assert len(shared) == len(list(model.parameters())) - 1  # everything else is the same tensor
+
+
+def test_kohya_flattened_module_names(model):
+    w = model.blocks[1].cross_attn.k_img.weight
+    a, b = torch.randn(2, w.shape[1]), torch.randn(w.shape[0], 2)
+    lora = {"lora_unet_blocks_1_cross_attn_k_img.lora_down.weight": a,
+            "lora_unet_blocks_1_cross_attn_k_img.lora_up.weight": b,
+            "lora_unet_blocks_1_cross_attn_k_img.alpha": torch.tensor(2.0)}
+    before = w.detach().clone()
+    merged = with_lora(model, lora)
+    torch.testing.assert_close(merged.blocks[1].cross_attn.k_img.weight.detach(), before + (b @ a))
+    with pytest.raises(CheckpointError, match="does not have"):
+        with_lora(model, {"lora_unet_blocks_9_ffn_0.lora_down.weight": a, "lora_unet_blocks_9_ffn_0.lora_up.weight": b})
