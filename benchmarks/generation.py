@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from echomimic_core.demo import demo_inputs, write_demo_models  # noqa: E402
+from echomimic_core.demo import demo_face_box, demo_inputs, write_demo_models  # noqa: E402
 from echomimic_core.model_files import find_model_files, load_models  # noqa: E402
 from echomimic_core.pipeline import generate  # noqa: E402
 from echomimic_core.sampling.sampler import StepHooks  # noqa: E402
@@ -80,7 +80,8 @@ def main() -> None:
     models = load_models(files, dtype=dtype, device=args.device)
     image, audio, sr = demo_inputs(seconds=args.seconds, size=args.size)
     base = GenerationSettings.for_variant(models.variant, steps=args.steps, partial_video_length=args.partial,
-                                          overlap_video_length=4, color_match=False)
+                                          overlap_video_length=4, color_match=False,
+                                          face_box=demo_face_box(args.size))
     rows = []
     for name, overrides in VARIANTS.items():
         settings = dataclasses.replace(base, **overrides)
