@@ -32,8 +32,8 @@ class EchoMimicAudioEncode:
             "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01, "tooltip":
                               "Video frame rate; the released models were trained at 25."}),
             "max_frames": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip":
-                                   "Cap on the clip length in frames (0 = the whole audio). Flash renders "
-                                   "one window: 81 reproduces upstream."}),
+                                   "Cap on the clip length in frames (0 = the whole audio). Upstream's "
+                                   "flash script stopped at 81 frames; here long audio is rendered in chunks."}),
         }}
 
     RETURN_TYPES = ("ECHOMIMIC_AUDIO_EMBEDS", "INT")
