@@ -98,7 +98,7 @@ class TransformerConfig:
 
     @classmethod
     def from_reference_meta(cls, meta: dict, variant: str) -> "TransformerConfig":
-        """Config of a parity fixture described by ``shared/reference/tiny_meta.json``."""
+        """Config of a parity fixture described by ``tests/data/reference/tiny_meta.json``."""
         if variant not in AUDIO_VARIANTS:
             raise ValueError(f"variant must be one of {AUDIO_VARIANTS}, got {variant!r}.")
         base = dict(meta["tiny_config"])
@@ -115,7 +115,7 @@ class TransformerConfig:
         return cls.from_dict(base)
 
 
-# The shipped tiny fixture's semantics (shared/reference/tiny_meta.json), for demos and tests
+# The shipped tiny fixture's semantics (tests/data/reference/tiny_meta.json), for demos and tests
 # that need a tiny model without reading the reference folder.
 TINY_REFERENCE_META: dict = {
     "tiny_config": {"model_type": "i2v", "patch_size": [1, 2, 2], "text_len": 24, "in_dim": 36,

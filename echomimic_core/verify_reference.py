@@ -2,7 +2,7 @@
 
     python -m echomimic_core.verify_reference DIR [--tolerance 1e-5]
 
-Every ``*.safetensors`` fixture in DIR (format: ``shared/reference/README.md``) is routed by its
+Every ``*.safetensors`` fixture in DIR (format: ``tests/data/reference/README.md``) is routed by its
 file-name prefix to the ``verify_fixture(path, meta)`` function of the module that implements it.
 Each returns ``{check name: relative error}``; the command prints one line per check and exits 1
 if any error is above the tolerance (2 if a fixture could not be run at all).

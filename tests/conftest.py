@@ -6,15 +6,23 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = Path(os.environ.get("ECHOMIMIC_REFERENCE", REPO.parent / "shared" / "reference"))
+# The upstream parity fixtures ship in the repository; ECHOMIMIC_REFERENCE points the suite at another copy.
+REFERENCE_DIR = Path(os.environ.get("ECHOMIMIC_REFERENCE", REPO / "tests" / "data" / "reference"))
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():
-        pytest.fail(f"reference data not found at {REFERENCE_DIR}: CI lays ../shared beside the clone; "
-                    "set ECHOMIMIC_REFERENCE to its reference/ folder.")
+        pytest.fail(f"reference data not found at {REFERENCE_DIR}: it ships in tests/data/reference; "
+                    "unset ECHOMIMIC_REFERENCE or point it at a folder of fixtures.")
     return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def object_info_path() -> Path:
+    """ComfyUI 0.8's core node schemas, as the pack ships them for workflows.validate."""
+    from workflows.validate import DEFAULT_OBJECT_INFO
+    return DEFAULT_OBJECT_INFO
 
 
 @pytest.fixture(autouse=True)

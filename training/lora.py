@@ -26,12 +26,21 @@ from training.config import LoRAConfig
 PREFIX = "diffusion_model."
 
 
+def require_peft():
+    """peft is a training-only dependency (not in ComfyUI's Python): import it or say how to get it."""
+    try:
+        import peft
+    except ImportError as e:
+        raise ImportError("LoRA training needs peft, which the node pack does not install: "
+                          "pip install -r requirements-train.txt (or pip install peft)") from e
+    return peft
+
+
 def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """Inject LoRA adapters into the Linear layers named by ``cfg.target_modules`` (names are
     matched against the end of module paths, e.g. ``"q"`` -> ``blocks.3.self_attn.q``) and
     freeze everything else."""
-    from peft import LoraConfig, inject_adapter_in_model
-
+    peft = require_peft()
     targets = "|".join(re.escape(t) for t in cfg.target_modules)
     pattern = rf".*\.({targets})$"
     if not any(re.fullmatch(pattern, name) for name, m in model.named_modules()
@@ -39,9 +48,9 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
         raise ValueError(f"lora.target_modules {cfg.target_modules} match no Linear layer of the "
                          "model; use names such as 'q', 'k', 'v', 'o', 'ffn.0'.")
     model.requires_grad_(False)
-    peft_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=pattern,
+    peft_cfg = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=pattern,
                           lora_dropout=0.0, bias="none")
-    return inject_adapter_in_model(peft_cfg, model)
+    return peft.inject_adapter_in_model(peft_cfg, model)
 
 
 def lora_state_dict(model: nn.Module, alpha: float,
@@ -49,10 +58,8 @@ def lora_state_dict(model: nn.Module, alpha: float,
     """The adapters in the file format above, read from ``state_dict`` (the model's full state
     dict, e.g. ``accelerator.get_state_dict``) or else from the model's own parameters. Under FSDP
     the module's parameters are this rank's shards, so the gathered state dict must be given."""
-    from peft import get_peft_model_state_dict
-
     out = {}
-    for key, value in get_peft_model_state_dict(model, state_dict=state_dict).items():
+    for key, value in require_peft().get_peft_model_state_dict(model, state_dict=state_dict).items():
         out[PREFIX + key] = value.detach().float().cpu()
         module = key.rsplit(".lora_", 1)[0]
         out[PREFIX + module + ".alpha"] = torch.tensor(float(alpha))
@@ -68,6 +75,7 @@ def save_lora(model: nn.Module, path: str | Path, cfg: LoRAConfig,
 @contextlib.contextmanager
 def adapters_disabled(model: nn.Module):
     """Run the base model (the frozen DPO reference when training LoRA) without a second copy."""
+    require_peft()
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]

@@ -4,8 +4,8 @@
 
 Works on both formats ComfyUI saves: the UI workflow (``nodes`` + ``links``, positional
 ``widgets_values``) and the API prompt (``{id: {class_type, inputs}}``). Schemas are ComfyUI's
-``GET /object_info`` answer (default: ``ECHOMIMIC_OBJECT_INFO`` or ``../shared/comfyui/
-object_info.json`` beside the clone) plus this pack's nodes, generated from
+``GET /object_info`` answer (default: ``ECHOMIMIC_OBJECT_INFO`` or the ComfyUI 0.8 core nodes
+shipped in ``workflows/schemas/comfyui_0.8_core.json``) plus this pack's nodes, generated from
 ``NODE_CLASS_MAPPINGS`` at run time so they cannot drift from the code.
 
 Checked: every node type exists; input names exist; every link joins an existing output to an
@@ -29,7 +29,7 @@ from typing import Any, Iterable
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OBJECT_INFO = REPO.parent / "shared" / "comfyui" / "object_info.json"
+DEFAULT_OBJECT_INFO = REPO / "workflows" / "schemas" / "comfyui_0.8_core.json"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 # Frontend-only nodes: they never reach the server (folded into links/values when queueing).

@@ -277,7 +277,7 @@ class EchoMimicTransformer(nn.Module):
 
 
 def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
-    """Run a ``preview_*``/``flash_*`` parity fixture (shared/reference/README.md) in float32."""
+    """Run a ``preview_*``/``flash_*`` parity fixture (tests/data/reference/README.md) in float32."""
     from safetensors.torch import load_file
 
     from ..verify_reference import relative_error

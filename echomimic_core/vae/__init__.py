@@ -22,7 +22,7 @@ __all__ = [
 
 
 def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
-    """Relative errors against a ``vae_*`` fixture (format: shared/reference/README.md).
+    """Relative errors against a ``vae_*`` fixture (format: tests/data/reference/README.md).
 
     The fixture's ``output.decoded`` is upstream's decoder output before its final clamp, so it is
     clamped here to compare with our (clamping) ``decode``. ``meta`` is not needed: the config is

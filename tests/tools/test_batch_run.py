@@ -137,8 +137,8 @@ class StandIn:
 
 
 @pytest.fixture
-def server(reference_dir):
-    info = json.loads((reference_dir.parent / "comfyui" / "object_info.json").read_text())
+def server(object_info_path):
+    info = json.loads(object_info_path.read_text())
     standin = StandIn({name: info[name] for name in NODES})
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(standin.app())

@@ -1,4 +1,7 @@
+import pytest
 import torch
+
+pytest.importorskip("peft", reason="LoRA training needs peft (requirements-train.txt)")
 
 from training.config import LoRAConfig, ModelConfig
 from training.lora import PREFIX, add_lora, lora_state_dict

@@ -141,6 +141,7 @@ def test_checkpoint_loads_in_the_node_loader(tmp_path, sft_cache):
 
 
 def test_lora_trains_adapters_only_and_merges_into_the_base(tmp_path, sft_cache):
+    pytest.importorskip("peft", reason="LoRA training needs peft (requirements-train.txt)")
     trainer = make_trainer(tmp_path, sft_cache, lora={"enabled": True, "rank": 4, "alpha": 8.0})
     model = trainer.acc.unwrap_model(trainer.model)
     base = {k.replace(".base_layer", ""): v.clone()

@@ -9,8 +9,8 @@ from workflows import validate as v
 
 
 @pytest.fixture(scope="module")
-def schemas(reference_dir):
-    return v.load_schemas(reference_dir.parent / "comfyui" / "object_info.json", with_pack=False)
+def schemas(object_info_path):
+    return v.load_schemas(object_info_path, with_pack=False)
 
 
 API = {
@@ -143,12 +143,12 @@ def test_pack_nodes_are_described_like_object_info(monkeypatch, schemas):
     assert v.validate(ui, both) == []  # the seed gets its control_after_generate value
 
 
-def test_cli(tmp_path, reference_dir, capsys):
+def test_cli(tmp_path, object_info_path, capsys):
     good, bad, junk = tmp_path / "good.json", tmp_path / "bad.json", tmp_path / "junk.json"
     good.write_text(json.dumps(API))
     bad.write_text(json.dumps(_broken(**{"3__fps": 500.0})))
     junk.write_text(json.dumps({"hello": 1}))
-    info = str(reference_dir.parent / "comfyui" / "object_info.json")
+    info = str(object_info_path)
     assert v.main([str(good), "--object-info", info]) == 0
     assert v.main([str(good), str(bad), str(junk), "--object-info", info]) == 1
     out = capsys.readouterr().out
@@ -161,7 +161,7 @@ SHIPPED = sorted((v.REPO / "workflows").glob("*.json"))
 
 @pytest.mark.skipif(not SHIPPED, reason="no workflow files shipped yet")
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_shipped_workflows_are_valid(path, reference_dir):
-    schemas = v.load_schemas(reference_dir.parent / "comfyui" / "object_info.json")
+def test_shipped_workflows_are_valid(path, object_info_path):
+    schemas = v.load_schemas(object_info_path)
     errors = [str(i) for i in v.validate_file(path, schemas) if i.error]
     assert errors == []

@@ -18,8 +18,8 @@ NAMES = [w.name for w in build.workflows()]
 
 
 @pytest.fixture(scope="module")
-def schemas(reference_dir):
-    return v.load_schemas(reference_dir.parent / "comfyui" / "object_info.json")
+def schemas(object_info_path):
+    return v.load_schemas(object_info_path)
 
 
 def test_files_are_current_with_the_nodes(schemas):
