@@ -1,4 +1,5 @@
 """ComfyUI entry point of the EchoMimicV3 node pack (classic node API)."""
+
 import os
 import sys
 

@@ -10,6 +10,7 @@ here too), anonymous memory still held after the load (RssAnon: the copies we ma
 CUDA peak. "About one copy" means peak RSS close to the larger of file and model size.
 Random weights: nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from echomimic_core.checkpoints.transformer import _build_on_meta, load_transformer  # noqa: E402
 from echomimic_core.checkpoints.files import save_state_dict  # noqa: E402
+from echomimic_core.checkpoints.transformer import _build_on_meta, load_transformer  # noqa: E402
 from echomimic_core.config import TransformerConfig  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.float8_e4m3fn}
@@ -50,17 +51,29 @@ def child(args) -> None:
     base_rss = _proc_kib("VmRSS")
     device = torch.device(args.device)
     start = time.perf_counter()
-    model = load_transformer(args.weights, dtype=DTYPES[args.dtype],
-                             storage_dtype=DTYPES[args.storage] if args.storage else None, device=device)
+    model = load_transformer(
+        args.weights,
+        dtype=DTYPES[args.dtype],
+        storage_dtype=DTYPES[args.storage] if args.storage else None,
+        device=device,
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     model_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
-    print(json.dumps({
-        "seconds": seconds, "model_gib": model_bytes / 2**30,
-        "peak_rss_gib": (_proc_kib("VmHWM") - base_rss) / 2**20, "anon_gib": _proc_kib("RssAnon") / 2**20,
-        "cuda_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "model_gib": model_bytes / 2**30,
+                "peak_rss_gib": (_proc_kib("VmHWM") - base_rss) / 2**20,
+                "anon_gib": _proc_kib("RssAnon") / 2**20,
+                "cuda_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30
+                if device.type == "cuda"
+                else float("nan"),
+            }
+        )
+    )
 
 
 def main(argv=None) -> int:
@@ -69,9 +82,13 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=30)
     parser.add_argument("--file-dtype", choices=("fp32", "bf16", "fp16"), default="bf16")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--runs", nargs="*", default=["bf16:", "bf16:fp8", "fp32:"],
-                        help="compute:storage pairs of fp32/bf16/fp16 (storage also fp8; empty = compute dtype), "
-                             "e.g. bf16: bf16:fp8 fp32:")
+    parser.add_argument(
+        "--runs",
+        nargs="*",
+        default=["bf16:", "bf16:fp8", "fp32:"],
+        help="compute:storage pairs of fp32/bf16/fp16 (storage also fp8; empty = compute dtype), "
+        "e.g. bf16: bf16:fp8 fp32:",
+    )
     parser.add_argument("--weights", type=Path, help="a real transformer file instead of a random one")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="bf16", help=argparse.SUPPRESS)
@@ -83,8 +100,10 @@ def main(argv=None) -> int:
     for run in args.runs:  # before writing a random file of gigabytes
         compute, _, storage = run.partition(":")
         if compute not in DTYPES or compute == "fp8" or (storage and storage not in DTYPES):
-            parser.error(f"--runs {run!r}: expected COMPUTE:STORAGE with COMPUTE one of fp32/bf16/fp16 and "
-                         f"STORAGE one of {'/'.join(DTYPES)} or empty, e.g. bf16:fp8")
+            parser.error(
+                f"--runs {run!r}: expected COMPUTE:STORAGE with COMPUTE one of fp32/bf16/fp16 and "
+                f"STORAGE one of {'/'.join(DTYPES)} or empty, e.g. bf16:fp8"
+            )
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.weights
@@ -95,19 +114,37 @@ def main(argv=None) -> int:
             write_random_file(config, DTYPES[args.file_dtype], weights)
         size = sum(p.stat().st_size for p in ([weights] if weights.is_file() else weights.iterdir())) / 2**30
         print(f"file {weights.name}: {size:.2f} GiB, device {args.device}")
-        print(f"{'compute':>8} {'storage':>8} {'seconds':>8} {'model GiB':>10} {'peak RSS GiB':>13} "
-              f"{'anon GiB':>9} {'CUDA peak GiB':>14}")
+        print(
+            f"{'compute':>8} {'storage':>8} {'seconds':>8} {'model GiB':>10} {'peak RSS GiB':>13} "
+            f"{'anon GiB':>9} {'CUDA peak GiB':>14}"
+        )
         for run in args.runs:
             compute, _, storage = run.partition(":")
-            out = subprocess.run([sys.executable, __file__, "--child", "--weights", str(weights),
-                                  "--device", args.device, "--dtype", compute, "--storage", storage],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--weights",
+                    str(weights),
+                    "--device",
+                    args.device,
+                    "--dtype",
+                    compute,
+                    "--storage",
+                    storage,
+                ],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode != 0:  # the child's own error, not a CalledProcessError without it
                 print(out.stderr, file=sys.stderr)
                 raise SystemExit(f"the {run} load failed (exit code {out.returncode}); its error is above")
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{compute:>8} {storage or compute:>8} {r['seconds']:8.2f} {r['model_gib']:10.2f} "
-                  f"{r['peak_rss_gib']:13.2f} {r['anon_gib']:9.2f} {r['cuda_peak_gib']:14.2f}")
+            print(
+                f"{compute:>8} {storage or compute:>8} {r['seconds']:8.2f} {r['model_gib']:10.2f} "
+                f"{r['peak_rss_gib']:13.2f} {r['anon_gib']:9.2f} {r['cuda_peak_gib']:14.2f}"
+            )
     return 0
 
 

@@ -9,6 +9,7 @@ prompt, and max relative error against float32 storage + float32 compute on 512 
 (what upstream's preview scripts compute). Weight bytes scale linearly with --layers (the
 full umT5-XXL has 24 blocks and a 256384-row token table; the table is shrunk here).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,16 @@ def _bytes(model) -> int:
 def bench_text(layers: int, tokens: int, repeats: int, device: torch.device) -> None:
     from transformers import UMT5Config, UMT5EncoderModel
 
-    cfg = UMT5Config(vocab_size=32000, d_model=4096, d_kv=64, d_ff=10240, num_layers=layers, num_heads=64,
-                     feed_forward_proj="gated-gelu", dropout_rate=0.0)
+    cfg = UMT5Config(
+        vocab_size=32000,
+        d_model=4096,
+        d_kv=64,
+        d_ff=10240,
+        num_layers=layers,
+        num_heads=64,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+    )
     random_model = UMT5EncoderModel(cfg)
     state = {k: v.to(torch.bfloat16) for k, v in random_model.state_dict().items()}  # like the release
     del random_model
@@ -55,24 +64,34 @@ def bench_text(layers: int, tokens: int, repeats: int, device: torch.device) -> 
     reference = None
     print(f"umT5 ({layers} blocks, {tokens} prompt tokens, {device})")
     print(f"{'storage':>8} {'compute':>8} {'positions':>9} {'weights GiB':>11} {'s/prompt':>9} {'rel err':>9}")
-    for storage, compute in ((torch.float32, torch.float32), (torch.bfloat16, torch.float32),
-                             (torch.bfloat16, torch.bfloat16)):
+    for storage, compute in (
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+    ):
         encoder = text.TextEncoder(text.build_model(state, storage, device, compute))
         for positions in (text.TEXT_LEN, tokens):
-            out, seconds = _timed(lambda: encoder.forward_ids(ids[:, :positions], mask[:, :positions]),
-                                  repeats, device)
+            out, seconds = _timed(lambda: encoder.forward_ids(ids[:, :positions], mask[:, :positions]), repeats, device)
             out = out[0, :tokens].float().cpu()
             reference = out if reference is None else reference
-            print(f"{str(storage)[6:]:>8} {str(compute)[6:]:>8} {positions:>9} "
-                  f"{_bytes(encoder.model) / 2**30:>11.3f} {seconds:>9.3f} {relative_error(out, reference):>9.2e}")
-        del encoder
+            print(
+                f"{str(storage)[6:]:>8} {str(compute)[6:]:>8} {positions:>9} "
+                f"{_bytes(encoder.model) / 2**30:>11.3f} {seconds:>9.3f} {relative_error(out, reference):>9.2e}"
+            )
 
 
 def bench_image(layers: int, repeats: int, device: torch.device) -> None:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    cfg = CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=layers + 1,
-                           num_attention_heads=16, image_size=224, patch_size=14, hidden_act="gelu")
+    cfg = CLIPVisionConfig(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=layers + 1,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        hidden_act="gelu",
+    )
     own = CLIPVisionModel(cfg)
     prefix = "" if hasattr(own, "vision_model") else "vision_model."
     state = {prefix + k: v for k, v in own.state_dict().items()}
@@ -86,8 +105,10 @@ def bench_image(layers: int, repeats: int, device: torch.device) -> None:
         out, seconds = _timed(lambda: encoder.encode(images), repeats, device)
         out = out.float().cpu()
         reference = out if reference is None else reference
-        print(f"{str(dtype)[6:]:>8} {_bytes(encoder.model) / 2**30:>11.3f} {seconds:>9.3f} "
-              f"{relative_error(out, reference):>9.2e}")
+        print(
+            f"{str(dtype)[6:]:>8} {_bytes(encoder.model) / 2**30:>11.3f} {seconds:>9.3f} "
+            f"{relative_error(out, reference):>9.2e}"
+        )
 
 
 def main() -> None:

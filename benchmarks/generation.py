@@ -6,6 +6,7 @@ Runs the same generation with each option set (guidance batched vs one pass at a
 off/on, chunked vs sliding long video) and prints wall time, time per denoising step and peak
 memory (CUDA: max allocated; CPU: peak resident-memory growth during the run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,9 +80,14 @@ def main() -> None:
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     models = load_models(files, dtype=dtype, device=args.device)
     image, audio, sr = demo_inputs(seconds=args.seconds, size=args.size)
-    base = GenerationSettings.for_variant(models.variant, steps=args.steps, partial_video_length=args.partial,
-                                          overlap_video_length=4, color_match=False,
-                                          face_box=demo_face_box(args.size))
+    base = GenerationSettings.for_variant(
+        models.variant,
+        steps=args.steps,
+        partial_video_length=args.partial,
+        overlap_video_length=4,
+        color_match=False,
+        face_box=demo_face_box(args.size),
+    )
     rows = []
     for name, overrides in VARIANTS.items():
         settings = dataclasses.replace(base, **overrides)
@@ -91,8 +97,9 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         with RssPeak() as rss:
-            result = generate(models, image, audio, sr, "a person is talking", settings, hooks=hooks,
-                              device=args.device)
+            result = generate(
+                models, image, audio, sr, "a person is talking", settings, hooks=hooks, device=args.device
+            )
         wall = time.perf_counter() - start
         # median step interval: chunk boundaries (VAE decode + encode) do not count as a step
         per_step = statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else float("nan")

@@ -8,6 +8,7 @@ cache made by ``training.synthetic``'s stand-in encoders at the given clip size,
 ``Trainer`` (accelerate, AdamW, phase drop, DPO every 2nd step). The first two steps (one of each
 kind) are warm-up and not timed. Prints one table row per step kind.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,12 +56,19 @@ def main(argv=None) -> int:
     pairs = [{"id": f"p{i}", "chosen": f"a{i}.mp4", "rejected": f"b{i}.mp4"} for i in range(2)]
     preprocess(pairs, work / "dpo", encoders, kind="dpo", **kw)
 
-    train_cfg = config_from_dict({
-        "output_dir": str(work / "run"), "mixed_precision": args.mixed_precision, "log_every": 10 ** 9,
-        "checkpoint_every": 10 ** 9, "model": {"gradient_checkpointing": not args.no_checkpointing},
-        "data": {"batch_size": args.batch_size, "num_workers": 0},
-        "dpo": {"every_n_steps": 2, "batch_size": args.batch_size},
-        "lora": {"enabled": args.lora}, "optim": {"warmup_steps": 0, "max_steps": args.steps + 2}})
+    train_cfg = config_from_dict(
+        {
+            "output_dir": str(work / "run"),
+            "mixed_precision": args.mixed_precision,
+            "log_every": 10**9,
+            "checkpoint_every": 10**9,
+            "model": {"gradient_checkpointing": not args.no_checkpointing},
+            "data": {"batch_size": args.batch_size, "num_workers": 0},
+            "dpo": {"every_n_steps": 2, "batch_size": args.batch_size},
+            "lora": {"enabled": args.lora},
+            "optim": {"warmup_steps": 0, "max_steps": args.steps + 2},
+        }
+    )
     model = EchoMimicTransformer(config)
     zero_audio_attention(model)
     sft = CachedDataset(work / "sft")
@@ -82,11 +90,13 @@ def main(argv=None) -> int:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train(args.steps + 2, on_step_end=on_step_end)
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"device {trainer.acc.device}, {params:.1f}M params, {config.num_layers} layers, "
-          f"{args.frames}x{args.height}x{args.width}, batch {args.batch_size}, {args.mixed_precision}, "
-          f"checkpointing {'off' if args.no_checkpointing else 'on'}, lora {'on' if args.lora else 'off'}")
+    print(
+        f"device {trainer.acc.device}, {params:.1f}M params, {config.num_layers} layers, "
+        f"{args.frames}x{args.height}x{args.width}, batch {args.batch_size}, {args.mixed_precision}, "
+        f"checkpointing {'off' if args.no_checkpointing else 'on'}, lora {'on' if args.lora else 'off'}"
+    )
     print(f"{'step':<6}{'n':>4}{'mean s':>10}{'min s':>10}{'peak GiB':>10}")
     for kind, values in times.items():
         if values:

@@ -11,6 +11,7 @@ and the max relative difference of the outputs. Upstream needs ``einops``
 (flash) and imports diffusers. Peak memory is the rise over the pre-forward level: CUDA allocator
 peak on GPU, resident-set size sampled every millisecond on CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,16 +86,21 @@ def make_inputs(config: TransformerConfig, frames: int, height: int, width: int,
     if config.audio_variant == "preview":
         audio = torch.randn(1, config.audio_tokens_per_frame * video_frames, config.audio_in_dim, generator=g)
     else:
-        audio = torch.randn(1, video_frames, config.audio_window, config.audio_blocks, config.audio_channels,
-                            generator=g)
+        audio = torch.randn(
+            1, video_frames, config.audio_window, config.audio_blocks, config.audio_channels, generator=g
+        )
     tokens_per_frame = (lat[1] // config.patch_size[1]) * (lat[2] // config.patch_size[2])
-    cond = Conditioning(context=[torch.randn(120, config.text_dim, generator=g)],
-                        clip_fea=torch.randn(1, config.clip_tokens, config.clip_dim, generator=g),
-                        y=torch.randn(1, config.in_dim - 16, *lat, generator=g), audio=audio,
-                        # upstream flash has no face gate: give it none so both compute the same
-                        ip_mask=((torch.rand(1, tokens_per_frame, generator=g) > 0.5).float()
-                                 if config.audio_variant == "preview" else None),
-                        audio_scale=1.0)
+    cond = Conditioning(
+        context=[torch.randn(120, config.text_dim, generator=g)],
+        clip_fea=torch.randn(1, config.clip_tokens, config.clip_dim, generator=g),
+        y=torch.randn(1, config.in_dim - 16, *lat, generator=g),
+        audio=audio,
+        # upstream flash has no face gate: give it none so both compute the same
+        ip_mask=(
+            (torch.rand(1, tokens_per_frame, generator=g) > 0.5).float() if config.audio_variant == "preview" else None
+        ),
+        audio_scale=1.0,
+    )
     x = torch.randn(1, 16, *lat, generator=g)
     return x.to(device, dtype), torch.tensor([700.0], device=device), cond.to(device, dtype)
 
@@ -109,10 +115,21 @@ def load_upstream(path: Path, config: TransformerConfig, state_dict: dict, devic
     module = importlib.import_module(name)
     c = config
     model = module.WanTransformerAudioMask3DModel(
-        model_type="i2v", patch_size=c.patch_size, text_len=c.text_len, in_dim=c.in_dim, dim=c.dim,
-        ffn_dim=c.ffn_dim, freq_dim=c.freq_dim, text_dim=c.text_dim, out_dim=c.out_dim,
-        num_heads=c.num_heads, num_layers=c.num_layers, qk_norm=c.qk_norm, cross_attn_norm=c.cross_attn_norm,
-        eps=c.eps)
+        model_type="i2v",
+        patch_size=c.patch_size,
+        text_len=c.text_len,
+        in_dim=c.in_dim,
+        dim=c.dim,
+        ffn_dim=c.ffn_dim,
+        freq_dim=c.freq_dim,
+        text_dim=c.text_dim,
+        out_dim=c.out_dim,
+        num_heads=c.num_heads,
+        num_layers=c.num_layers,
+        qk_norm=c.qk_norm,
+        cross_attn_norm=c.cross_attn_norm,
+        eps=c.eps,
+    )
     model.load_state_dict(state_dict, strict=True, assign=True)
     model = model.to(device).eval()
 
@@ -124,6 +141,7 @@ def load_upstream(path: Path, config: TransformerConfig, state_dict: dict, devic
         else:
             context = (cond.context, cond.audio, latent_t, cond.ip_mask, cond.audio_scale)
         return model(x=x, t=t, context=context, seq_len=seq_len, clip_fea=cond.clip_fea, y=cond.y)
+
     return run
 
 
@@ -187,8 +205,10 @@ def main(argv=None):
         fns["upstream"] = lambda: upstream(x, t, cond)
     rows = measure(fns, device, args.repeats)
 
-    print(f"preset={args.preset} layers={config.num_layers} tokens={tokens} latents={tuple(x.shape)} "
-          f"dtype={args.dtype} device={args.device} threads={torch.get_num_threads()} repeats={args.repeats}")
+    print(
+        f"preset={args.preset} layers={config.num_layers} tokens={tokens} latents={tuple(x.shape)} "
+        f"dtype={args.dtype} device={args.device} threads={torch.get_num_threads()} repeats={args.repeats}"
+    )
     print(f"{'model':<10} {'wall s (min)':>13} {'CPU s (min)':>12} {'peak MiB':>10}")
     for name, (wall, cpu, peak, _) in rows.items():
         print(f"{name:<10} {wall:>13.3f} {cpu:>12.3f} {peak / 2**20:>10.1f}")

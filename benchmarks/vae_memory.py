@@ -8,6 +8,7 @@ Weights are random (speed and memory do not depend on their values; nothing is d
 the largest difference from the untiled output, to show what a tiling costs in fidelity (with
 random weights it is pessimistic: real weights are far more local).
 """
+
 from __future__ import annotations
 
 import argparse

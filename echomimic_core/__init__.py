@@ -2,4 +2,5 @@
 
 Independent of ComfyUI; the node pack in ``nodes/`` and the trainer in ``training/`` build on it.
 """
+
 __version__ = "0.1.0"

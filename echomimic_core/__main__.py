@@ -1,4 +1,5 @@
 """Command line: ``python -m echomimic_core generate ...`` and ``python -m echomimic_core demo-models DIR``."""
+
 from __future__ import annotations
 
 import argparse
@@ -44,14 +45,25 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--teacache-skip-start-steps", type=int)
     g.add_argument("--riflex-k", type=int)
     g.add_argument("--color-match", action=argparse.BooleanOptionalAction)
-    g.add_argument("--batch-guidance", action=argparse.BooleanOptionalAction,
-                   help="run the guidance passes in one batched forward (faster) or one at a time (less memory)")
-    g.add_argument("--loudness-normalize", action=argparse.BooleanOptionalAction,
-                   help="flash: normalise the audio to -23 LUFS before encoding (default: on for flash)")
+    g.add_argument(
+        "--batch-guidance",
+        action=argparse.BooleanOptionalAction,
+        help="run the guidance passes in one batched forward (faster) or one at a time (less memory)",
+    )
+    g.add_argument(
+        "--loudness-normalize",
+        action=argparse.BooleanOptionalAction,
+        help="flash: normalise the audio to -23 LUFS before encoding (default: on for flash)",
+    )
     g.add_argument("--vae-tile-size", type=int, help="tiled VAE (pixels, multiple of 8) to save memory")
     g.add_argument("--vae-tile-overlap", type=int)
-    g.add_argument("--face-box", type=int, nargs=4, metavar=("Y1", "Y2", "X1", "X2"),
-                   help="face region in the reference image's pixels (preview's audio gate)")
+    g.add_argument(
+        "--face-box",
+        type=int,
+        nargs=4,
+        metavar=("Y1", "Y2", "X1", "X2"),
+        help="face region in the reference image's pixels (preview's audio gate)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,26 +75,46 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--audio", type=Path, help="speech/song: wav, mp3, m4a, flac, ogg, or a video's soundtrack")
     gen.add_argument("--prompt", default="A person is talking.")
     gen.add_argument("--out", type=Path, required=True, help="output .mp4")
-    gen.add_argument("--demo", action="store_true",
-                     help="use the tiny random demo model (and built-in image/audio if none given); output is noise")
+    gen.add_argument(
+        "--demo",
+        action="store_true",
+        help="use the tiny random demo model (and built-in image/audio if none given); output is noise",
+    )
     gen.add_argument("--models", type=Path, help="folder with upstream's release layout or ComfyUI's models/")
     for slot in ("transformer", "vae", "text-encoder", "tokenizer", "image-encoder", "audio-encoder"):
         gen.add_argument(f"--{slot}", type=Path, help=f"explicit {slot.replace('-', ' ')} file/folder")
     gen.add_argument("--task", choices=TASK_CHOICES, default="first_frame")
     gen.add_argument("--end-image", type=Path, help="first_last: the last frame")
-    gen.add_argument("--keyframe", action="append", default=[], metavar="INDEX:IMAGE",
-                     help="keyframes: keep IMAGE at frame INDEX (repeatable; negative counts from the end)")
+    gen.add_argument(
+        "--keyframe",
+        action="append",
+        default=[],
+        metavar="INDEX:IMAGE",
+        help="keyframes: keep IMAGE at frame INDEX (repeatable; negative counts from the end)",
+    )
     gen.add_argument("--source-video", type=Path, help="lipsync / continue: the video to dub or continue")
     gen.add_argument("--mouth-box", type=int, nargs=4, metavar=("Y1", "Y2", "X1", "X2"))
     gen.add_argument("--face-mask", type=Path, help="preview: image whose white pixels mark the face")
     gen.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
-    gen.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
-                     help="compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    gen.add_argument("--storage-dtype", choices=("bfloat16", "float16", "float32", "float8_e4m3fn"),
-                     help="how transformer weights are stored (float8_e4m3fn halves their memory)")
+    gen.add_argument(
+        "--dtype",
+        default=None,
+        choices=("bfloat16", "float16", "float32"),
+        help="compute dtype (default: bfloat16 on CUDA, float32 on CPU)",
+    )
+    gen.add_argument(
+        "--storage-dtype",
+        choices=("bfloat16", "float16", "float32", "float8_e4m3fn"),
+        help="how transformer weights are stored (float8_e4m3fn halves their memory)",
+    )
     gen.add_argument("--attention", default="sdpa", help="sdpa, flash_attn, sageattention, xformers")
-    gen.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
-                     help="merge a LoRA (e.g. one trained with training/) into the transformer; repeatable")
+    gen.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:STRENGTH]",
+        help="merge a LoRA (e.g. one trained with training/) into the transformer; repeatable",
+    )
     gen.add_argument("--block-swap", type=int, default=0, help="transformer blocks kept on the CPU and streamed in")
     _settings_arguments(gen)
 
@@ -110,6 +142,7 @@ def _settings_from(args, variant: str) -> GenerationSettings:
         overrides["face_box"] = tuple(overrides["face_box"])
     if args.demo:  # small and quick, with two chunks so long-video stitching runs too
         from .demo import demo_face_box
+
         demo = {"steps": 4, "partial_video_length": 33, "overlap_video_length": 4}
         if args.image is None:
             demo["face_box"] = demo_face_box()
@@ -131,7 +164,7 @@ def _task_from(args):
             try:
                 frames[int(index)] = load_image(path)
             except ValueError as e:
-                raise SystemExit(f"--keyframe {spec!r}: expected INDEX:IMAGE, e.g. 40:pose.png ({e})")
+                raise SystemExit(f"--keyframe {spec!r}: expected INDEX:IMAGE, e.g. 40:pose.png ({e})") from None
         task.keyframes = frames
     if args.source_video:
         task.source_video = load_video(args.source_video, with_audio=False).frames
@@ -161,6 +194,7 @@ def _progress_hooks():
         if "bar" not in bar:
             bar["bar"] = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr)
         bar["bar"].update(step - bar["bar"].n)
+
     return StepHooks(on_step=on_step), bar
 
 
@@ -172,8 +206,8 @@ def generate_command(args) -> int:
     from .pipeline import generate
 
     if args.demo:
-        from .demo import demo_inputs, write_demo_models
-        from .demo import DEMO_VERSION
+        from .demo import DEMO_VERSION, demo_inputs, write_demo_models
+
         files = write_demo_models(DEMO_CACHE / f"v{DEMO_VERSION}")
         image, audio, sr = demo_inputs()
         image = load_image(args.image) if args.image else image
@@ -182,8 +216,10 @@ def generate_command(args) -> int:
     else:
         if args.models is None and args.transformer is None:
             raise SystemExit("give --models DIR (or the model files one by one), or --demo for the tiny demo model")
-        explicit = {k: getattr(args, k) for k in ("transformer", "vae", "text_encoder", "tokenizer",
-                                                   "image_encoder", "audio_encoder")}
+        explicit = {
+            k: getattr(args, k)
+            for k in ("transformer", "vae", "text_encoder", "tokenizer", "image_encoder", "audio_encoder")
+        }
         files = find_model_files(args.models, **explicit)
         if args.audio is None:
             raise SystemExit("--audio is required")
@@ -195,6 +231,7 @@ def generate_command(args) -> int:
     face_mask = load_image(args.face_mask).mean(-1).numpy() if args.face_mask else None
 
     from .model.attention import check_backend
+
     try:  # a missing kernel package is the user's to fix: one line, not a traceback from the loader
         check_backend(args.attention)
     except RuntimeError as e:
@@ -204,24 +241,34 @@ def generate_command(args) -> int:
     started = time.time()
     if files.transformer is not None:  # check the settings before loading gigabytes
         from .checkpoints.transformer import inspect_checkpoint
+
         _settings_from(args, inspect_checkpoint(files.transformer).config.audio_variant).validate()
-    models = load_models(files, dtype=dtype, device=device, storage_dtype=args.storage_dtype,
-                         attention_backend=args.attention, block_swap=args.block_swap,
-                         loras=[_lora_spec(spec) for spec in args.lora])
+    models = load_models(
+        files,
+        dtype=dtype,
+        device=device,
+        storage_dtype=args.storage_dtype,
+        attention_backend=args.attention,
+        block_swap=args.block_swap,
+        loras=[_lora_spec(spec) for spec in args.lora],
+    )
     settings = _settings_from(args, models.variant)
     hooks, bar = _progress_hooks()
     if args.demo:
         log.warning("demo model: random tiny weights, the video will be noise (the path it runs is the real one)")
-    result = generate(models, image, audio, sr, args.prompt, settings, task=task, face_mask=face_mask,
-                      hooks=hooks, device=device)
+    result = generate(
+        models, image, audio, sr, args.prompt, settings, task=task, face_mask=face_mask, hooks=hooks, device=device
+    )
     if "bar" in bar:
         bar["bar"].close()
     out = write_video(args.out, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
     seconds = len(result.frames) / result.fps
     # sliding mode denoises overlapping latent windows of one video, not pixel chunks
     plan = "sliding windows" if settings.long_video_mode == "sliding" else f"{result.info['chunks']} chunk(s)"
-    print(f"wrote {out}: {len(result.frames)} frames {result.info['size'][1]}x{result.info['size'][0]} "
-          f"at {result.fps:g} fps ({seconds:.2f} s, {plan}) in {time.time() - started:.1f} s")
+    print(
+        f"wrote {out}: {len(result.frames)} frames {result.info['size'][1]}x{result.info['size'][0]} "
+        f"at {result.fps:g} fps ({seconds:.2f} s, {plan}) in {time.time() - started:.1f} s"
+    )
     return 0
 
 
@@ -231,6 +278,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(_attach_negative_keyframes(argv))
     if args.command == "demo-models":
         from .demo import write_demo_models
+
         files = write_demo_models(args.out, overwrite=True)
         for slot, path in vars(files).items():
             if path is not None:

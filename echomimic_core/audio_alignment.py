@@ -18,6 +18,7 @@ Layouts the transformer consumes ("token layouts"):
 * flash: ``[B, frames, 5, layers, D]`` - per frame, the features of frames ``k-2 .. k+2`` (index
   clamped to the clip), all encoder layers stacked.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,13 @@ def round_to_vae_frames(num_frames: int, stride: int = VAE_TEMPORAL_STRIDE) -> i
     return (num_frames - 1) // stride * stride + 1
 
 
-def frames_for_samples(num_samples: int, fps: float | Fraction, sample_rate: int = SAMPLE_RATE,
-                       max_frames: int | None = None, stride: int | None = VAE_TEMPORAL_STRIDE) -> int:
+def frames_for_samples(
+    num_samples: int,
+    fps: float | Fraction,
+    sample_rate: int = SAMPLE_RATE,
+    max_frames: int | None = None,
+    stride: int | None = VAE_TEMPORAL_STRIDE,
+) -> int:
     """Video frames an audio clip of ``num_samples`` supports: ``floor(duration * fps)``, capped at
     ``max_frames``, then rounded down to ``4n + 1`` (skip with ``stride=None``).
 
@@ -71,9 +77,13 @@ def frames_for_samples(num_samples: int, fps: float | Fraction, sample_rate: int
     return round_to_vae_frames(frames, stride) if stride else frames
 
 
-def upstream_frames_for_samples(num_samples: int, fps: float, sample_rate: int = SAMPLE_RATE,
-                                max_frames: int | None = None,
-                                stride: int = VAE_TEMPORAL_STRIDE) -> int:
+def upstream_frames_for_samples(
+    num_samples: int,
+    fps: float,
+    sample_rate: int = SAMPLE_RATE,
+    max_frames: int | None = None,
+    stride: int = VAE_TEMPORAL_STRIDE,
+) -> int:
     """The frame count upstream's scripts arrive at, for parity runs.
 
     Upstream takes ``AudioFileClip(path).duration`` (moviepy parses FFmpeg's "Duration:" line,
@@ -149,8 +159,7 @@ def interpolate_positions(features: torch.Tensor, positions: torch.Tensor) -> to
     return torch.where(w == 0, a, a + (b - a) * w)
 
 
-def resample_feature_rate(features: torch.Tensor, src_rate: float, dst_rate: float,
-                          length: int) -> torch.Tensor:
+def resample_feature_rate(features: torch.Tensor, src_rate: float, dst_rate: float, length: int) -> torch.Tensor:
     """Resample ``features [B, T, ...]`` sampled at ``src_rate`` Hz to ``length`` steps at ``dst_rate`` Hz.
 
     Output step ``i`` is the linear interpolation of the input at time ``i / dst_rate``, i.e. at
@@ -163,9 +172,13 @@ def resample_feature_rate(features: torch.Tensor, src_rate: float, dst_rate: flo
     return interpolate_positions(features, positions)
 
 
-def tokens_for_frames(features_50hz: torch.Tensor, num_frames: int, fps: float | Fraction,
-                      feature_rate: float = FEATURE_RATE,
-                      tokens_per_frame: int = TOKENS_PER_FRAME) -> torch.Tensor:
+def tokens_for_frames(
+    features_50hz: torch.Tensor,
+    num_frames: int,
+    fps: float | Fraction,
+    feature_rate: float = FEATURE_RATE,
+    tokens_per_frame: int = TOKENS_PER_FRAME,
+) -> torch.Tensor:
     """preview / whisper layout: ``[B, T50, D]`` -> ``[B, tokens_per_frame * num_frames, D]``.
 
     Rule: token ``j`` of frame ``k`` stands for time ``(k + j / tokens_per_frame) / fps``, and takes
@@ -188,8 +201,7 @@ def interpolate_to_length(features: torch.Tensor, length: int) -> torch.Tensor:
     """
     if length < 1:
         raise ValueError(f"target length must be at least 1, got {length}.")
-    out = torch.nn.functional.interpolate(features.transpose(1, 2), size=length, mode="linear",
-                                          align_corners=True)
+    out = torch.nn.functional.interpolate(features.transpose(1, 2), size=length, mode="linear", align_corners=True)
     return out.transpose(1, 2)
 
 
@@ -207,8 +219,9 @@ def flash_windows(per_frame: torch.Tensor, window: int = FLASH_WINDOW) -> torch.
     if per_frame.dim() == 3:
         per_frame = per_frame.unsqueeze(0)
     if per_frame.dim() != 4:
-        raise ValueError(f"expected per-frame features [F, layers, D] or [B, F, layers, D], "
-                         f"got shape {tuple(per_frame.shape)}.")
+        raise ValueError(
+            f"expected per-frame features [F, layers, D] or [B, F, layers, D], got shape {tuple(per_frame.shape)}."
+        )
     idx = window_indices(per_frame.shape[1], window).to(per_frame.device)
     return per_frame[:, idx]
 

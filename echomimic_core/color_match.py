@@ -8,6 +8,7 @@ rounded by ``cv2.convertScaleAbs`` and converted back LAB -> RGB. The same OpenC
 so results are identical to upstream's bytes. One deliberate difference: a channel with zero spread
 (a flat frame) keeps scale 1 instead of dividing by zero.
 """
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@ Upstream hard-wires several widths inside forward code (audio 768, CLIP 1280, to
 1536, 257 CLIP tokens); here they are fields, so tiny test models and the Whisper-Tiny
 variant are presets of the same dataclass rather than copies of the model.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,10 @@ class TransformerConfig:
     def __post_init__(self):
         self.patch_size = tuple(int(p) for p in self.patch_size)
         if self.model_type != "i2v":
-            raise ValueError(f"model_type must be 'i2v' (EchoMimicV3 is image-to-video), got "
-                             f"{self.model_type!r}; t2v Wan checkpoints are not EchoMimic models.")
+            raise ValueError(
+                f"model_type must be 'i2v' (EchoMimicV3 is image-to-video), got "
+                f"{self.model_type!r}; t2v Wan checkpoints are not EchoMimic models."
+            )
         if self.audio_variant not in AUDIO_VARIANTS:
             raise ValueError(f"audio_variant must be one of {AUDIO_VARIANTS}, got {self.audio_variant!r}.")
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
@@ -74,7 +77,7 @@ class TransformerConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TransformerConfig":
+    def from_dict(cls, d: dict) -> TransformerConfig:
         """Build from a dict; unknown keys (e.g. diffusers' ``_class_name``, ``window_size``)
         are ignored so upstream ``config.json`` files can be read too."""
         names = {f.name for f in dataclasses.fields(cls)}
@@ -82,13 +85,12 @@ class TransformerConfig:
 
     # ---- presets ----
     @classmethod
-    def preset(cls, name: str) -> "TransformerConfig":
+    def preset(cls, name: str) -> TransformerConfig:
         presets = {
             "preview": lambda: cls(audio_variant="preview"),
             "flash": lambda: cls(audio_variant="flash"),
             # Whisper-Tiny encoder features: 384 wide at 50 Hz = 2 tokens per frame at 25 fps
-            "whisper_tiny": lambda: cls(audio_variant="preview", audio_in_dim=384,
-                                        audio_tokens_per_frame=2),
+            "whisper_tiny": lambda: cls(audio_variant="preview", audio_in_dim=384, audio_tokens_per_frame=2),
             "tiny_preview": lambda: cls.from_reference_meta(TINY_REFERENCE_META, "preview"),
             "tiny_flash": lambda: cls.from_reference_meta(TINY_REFERENCE_META, "flash"),
         }
@@ -97,7 +99,7 @@ class TransformerConfig:
         return presets[name]()
 
     @classmethod
-    def from_reference_meta(cls, meta: dict, variant: str) -> "TransformerConfig":
+    def from_reference_meta(cls, meta: dict, variant: str) -> TransformerConfig:
         """Config of a parity fixture described by ``tests/data/reference/tiny_meta.json``."""
         if variant not in AUDIO_VARIANTS:
             raise ValueError(f"variant must be one of {AUDIO_VARIANTS}, got {variant!r}.")
@@ -105,24 +107,39 @@ class TransformerConfig:
         base["audio_variant"] = variant
         if variant == "preview":
             p = meta["preview"]
-            base.update(audio_in_dim=p["audio_in_dim"],
-                        audio_tokens_per_frame=p.get("audio_tokens_per_video_frame", 2))
+            base.update(audio_in_dim=p["audio_in_dim"], audio_tokens_per_frame=p.get("audio_tokens_per_video_frame", 2))
         else:
             f = meta["flash"]
-            base.update(audio_window=f["audio_window"], audio_blocks=f["blocks"],
-                        audio_channels=f["channels"], audio_intermediate_dim=f["intermediate_dim"],
-                        audio_context_tokens=f["context_tokens"])
+            base.update(
+                audio_window=f["audio_window"],
+                audio_blocks=f["blocks"],
+                audio_channels=f["channels"],
+                audio_intermediate_dim=f["intermediate_dim"],
+                audio_context_tokens=f["context_tokens"],
+            )
         return cls.from_dict(base)
 
 
 # The shipped tiny fixture's semantics (tests/data/reference/tiny_meta.json), for demos and tests
 # that need a tiny model without reading the reference folder.
 TINY_REFERENCE_META: dict = {
-    "tiny_config": {"model_type": "i2v", "patch_size": [1, 2, 2], "text_len": 24, "in_dim": 36,
-                    "dim": 96, "ffn_dim": 160, "freq_dim": 32, "text_dim": 40, "out_dim": 16,
-                    "num_heads": 4, "num_layers": 2, "eps": 1e-6, "cross_attn_norm": True,
-                    "qk_norm": True, "clip_dim": 48},
+    "tiny_config": {
+        "model_type": "i2v",
+        "patch_size": [1, 2, 2],
+        "text_len": 24,
+        "in_dim": 36,
+        "dim": 96,
+        "ffn_dim": 160,
+        "freq_dim": 32,
+        "text_dim": 40,
+        "out_dim": 16,
+        "num_heads": 4,
+        "num_layers": 2,
+        "eps": 1e-6,
+        "cross_attn_norm": True,
+        "qk_norm": True,
+        "clip_dim": 48,
+    },
     "preview": {"audio_in_dim": 32, "audio_tokens_per_video_frame": 2},
-    "flash": {"audio_window": 5, "channels": 16, "blocks": 3, "intermediate_dim": 40,
-              "context_tokens": 4},
+    "flash": {"audio_window": 5, "channels": 16, "blocks": 3, "intermediate_dim": 40, "context_tokens": 4},
 }

@@ -7,6 +7,7 @@ same every time). The real loaders then read them like any user's files, so the 
 the real code; its videos are noise. ``demo_inputs()`` makes a reference image and a speech-like
 audio clip.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,15 +34,29 @@ DEMO_FILES = {
 }
 TEXT_DIM, CLIP_DIM, AUDIO_DIM = 32, 768, 64
 DEMO_VERSION = 1  # bump when the files change, so caches keyed on it are rebuilt
-_SENTENCES = ["a person is talking to the camera", "a woman sings a song with a smile",
-              "the man speaks clearly in a bright room", "close-up portrait, natural light",
-              "gesture is bad, blurry hands, strange fingers"]
+_SENTENCES = [
+    "a person is talking to the camera",
+    "a woman sings a song with a smile",
+    "the man speaks clearly in a bright room",
+    "close-up portrait, natural light",
+    "gesture is bad, blurry hands, strange fingers",
+]
 
 
 def demo_transformer_config() -> TransformerConfig:
-    return TransformerConfig(dim=64, ffn_dim=128, freq_dim=32, num_heads=2, num_layers=2, text_dim=TEXT_DIM,
-                             text_len=512, clip_dim=CLIP_DIM, clip_tokens=5, audio_variant="preview",
-                             audio_in_dim=AUDIO_DIM)
+    return TransformerConfig(
+        dim=64,
+        ffn_dim=128,
+        freq_dim=32,
+        num_heads=2,
+        num_layers=2,
+        text_dim=TEXT_DIM,
+        text_len=512,
+        clip_dim=CLIP_DIM,
+        clip_tokens=5,
+        audio_variant="preview",
+        audio_in_dim=AUDIO_DIM,
+    )
 
 
 def _spiece_model() -> bytes:
@@ -49,9 +64,19 @@ def _spiece_model() -> bytes:
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_SENTENCES * 20), model_writer=buf, vocab_size=64, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False,
-        minloglevel=2, num_threads=1)
+        sentence_iterator=iter(_SENTENCES * 20),
+        model_writer=buf,
+        vocab_size=64,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        minloglevel=2,
+        num_threads=1,
+    )
     return buf.getvalue()
 
 
@@ -65,8 +90,14 @@ def write_demo_models(models_dir: str | Path, seed: int = 0, overwrite: bool = F
     Existing files are kept unless ``overwrite``: the files are deterministic, so a second call is free.
     """
     from diffusers import AutoencoderKLWan
-    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        UMT5Config,
+        UMT5EncoderModel,
+        Wav2Vec2Config,
+        Wav2Vec2Model,
+    )
 
     from .encoders.text import save_comfy_file
     from .model.transformer import EchoMimicTransformer
@@ -86,26 +117,61 @@ def write_demo_models(models_dir: str | Path, seed: int = 0, overwrite: bool = F
                     p.normal_(0, 0.05)
         save_transformer(transformer, paths["transformer"])
 
-        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                               attn_scales=[], temperal_downsample=[False, True, True])
+        vae = AutoencoderKLWan(
+            base_dim=8,
+            z_dim=16,
+            dim_mult=[1, 2, 4, 4],
+            num_res_blocks=1,
+            attn_scales=[],
+            temperal_downsample=[False, True, True],
+        )
         from .vae.keys import diffusers_to_original
+
         save_state_dict(diffusers_to_original(_random_state(vae)), paths["vae"])
 
         proto = _spiece_model()
-        t5 = UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=TEXT_DIM, d_kv=16, d_ff=48, num_layers=2,
-                                         num_heads=2, relative_attention_num_buckets=32,
-                                         feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+        t5 = UMT5EncoderModel(
+            UMT5Config(
+                vocab_size=64,
+                d_model=TEXT_DIM,
+                d_kv=16,
+                d_ff=48,
+                num_layers=2,
+                num_heads=2,
+                relative_attention_num_buckets=32,
+                feed_forward_proj="gated-gelu",
+                tie_word_embeddings=False,
+            )
+        )
         save_comfy_file(_random_state(t5), paths["text_encoder"], spiece_proto=proto)
 
-        clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=CLIP_DIM, intermediate_size=64, num_hidden_layers=2,
-                                                num_attention_heads=12, image_size=28, patch_size=14))
+        clip = CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=CLIP_DIM,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=12,
+                image_size=28,
+                patch_size=14,
+            )
+        )
         clip_state = _random_state(clip)  # ComfyUI's clip_vision files carry the vision_model. prefix
-        save_state_dict({k if k.startswith("vision_model.") else "vision_model." + k: v
-                         for k, v in clip_state.items()}, paths["image_encoder"])
+        save_state_dict(
+            {k if k.startswith("vision_model.") else "vision_model." + k: v for k, v in clip_state.items()},
+            paths["image_encoder"],
+        )
 
-        wav2vec2 = Wav2Vec2Model(Wav2Vec2Config(hidden_size=AUDIO_DIM, num_hidden_layers=2, num_attention_heads=1,
-                                                intermediate_size=64, conv_dim=(32,) * 7,
-                                                num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4))
+        wav2vec2 = Wav2Vec2Model(
+            Wav2Vec2Config(
+                hidden_size=AUDIO_DIM,
+                num_hidden_layers=2,
+                num_attention_heads=1,
+                intermediate_size=64,
+                conv_dim=(32,) * 7,
+                num_conv_pos_embeddings=16,
+                num_conv_pos_embedding_groups=4,
+            )
+        )
         save_state_dict(_random_state(wav2vec2), paths["audio_encoder"])
     return ModelFiles(**paths)
 
@@ -127,11 +193,11 @@ def demo_inputs(seconds: float = 2.4, size: int = 96, sample_rate: int = 16000):
     img = Image.new("RGB", (size, size), (70, 110, 160))
     d = ImageDraw.Draw(img)
     s = size / 96
-    d.ellipse([28 * s, 14 * s, 68 * s, 66 * s], fill=(232, 190, 160))              # face
-    d.ellipse([37 * s, 30 * s, 43 * s, 36 * s], fill=(40, 30, 30))                # eyes
+    d.ellipse([28 * s, 14 * s, 68 * s, 66 * s], fill=(232, 190, 160))  # face
+    d.ellipse([37 * s, 30 * s, 43 * s, 36 * s], fill=(40, 30, 30))  # eyes
     d.ellipse([53 * s, 30 * s, 59 * s, 36 * s], fill=(40, 30, 30))
-    d.ellipse([42 * s, 48 * s, 54 * s, 55 * s], fill=(150, 50, 60))               # mouth
-    d.rectangle([22 * s, 66 * s, 74 * s, 96 * s], fill=(200, 60, 60))              # shoulders
+    d.ellipse([42 * s, 48 * s, 54 * s, 55 * s], fill=(150, 50, 60))  # mouth
+    d.rectangle([22 * s, 66 * s, 74 * s, 96 * s], fill=(200, 60, 60))  # shoulders
 
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     buzz = np.sign(np.sin(2 * math.pi * 140 * t)) * 0.3

@@ -12,6 +12,7 @@ opencv-python-headless (no TensorFlow, no download), its square box reshaped tow
 face boxes (``HAAR_BOX_OFFSETS``); give a box for upstream's exact gate. When no face is found we warn and gate nothing out (all ones: audio
 attends everywhere, the same as running without a face mask), which suits non-human subjects.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,9 @@ def token_grid(sample_size: Sequence[int]) -> tuple[int, int]:
     """(rows, cols) of one latent frame's tokens for a sample of (H, W)."""
     height, width = sample_size
     if height % TOKEN_STRIDE or width % TOKEN_STRIDE:
-        raise ValueError(f"sample size {height}x{width} must be multiples of {TOKEN_STRIDE}; "
-                         "use task_masks.pick_sample_size.")
+        raise ValueError(
+            f"sample size {height}x{width} must be multiples of {TOKEN_STRIDE}; use task_masks.pick_sample_size."
+        )
     return height // TOKEN_STRIDE, width // TOKEN_STRIDE
 
 
@@ -47,8 +49,10 @@ def ip_mask_from_box(box: Sequence[float], image_size: Sequence[int], sample_siz
     y1, y2, x1, x2 = (float(v) for v in box)
     image_h, image_w = image_size
     if not (0 <= y1 < y2 <= image_h and 0 <= x1 < x2 <= image_w):
-        raise ValueError(f"face box [y1={y1:g}, y2={y2:g}, x1={x1:g}, x2={x2:g}] does not lie inside the "
-                         f"{image_h}x{image_w} image it refers to (0 <= y1 < y2 <= height, same for x).")
+        raise ValueError(
+            f"face box [y1={y1:g}, y2={y2:g}, x1={x1:g}, x2={x2:g}] does not lie inside the "
+            f"{image_h}x{image_w} image it refers to (0 <= y1 < y2 <= height, same for x)."
+        )
     rows, cols = token_grid(sample_size)
     ratio = math.sqrt(sample_size[0] * sample_size[1] / image_h / image_w)
     ty1, ty2, tx1, tx2 = (v * ratio // TOKEN_STRIDE for v in (y1, y2, x1, x2))
@@ -84,8 +88,7 @@ def box_from_mask(mask) -> Box | None:
     return float(rows.min()), float(rows.max() + 1), float(cols.min()), float(cols.max() + 1)
 
 
-def ip_mask_from_mask(mask, image_size: Sequence[int], sample_size: Sequence[int],
-                      mode: str = "box") -> torch.Tensor:
+def ip_mask_from_mask(mask, image_size: Sequence[int], sample_size: Sequence[int], mode: str = "box") -> torch.Tensor:
     """[1, tokens] gate from a mask image of the reference image's size (h0, w0); nonzero = face.
 
     mode "box": the mask's bounding box, rasterised exactly like a face box (upstream's behaviour);
@@ -93,8 +96,10 @@ def ip_mask_from_mask(mask, image_size: Sequence[int], sample_size: Sequence[int
     """
     array = _as_2d_mask(mask)
     if tuple(array.shape) != tuple(image_size):
-        raise ValueError(f"face mask is {array.shape[0]}x{array.shape[1]} but the reference image is "
-                         f"{image_size[0]}x{image_size[1]}; draw the mask on the same image (or resize it).")
+        raise ValueError(
+            f"face mask is {array.shape[0]}x{array.shape[1]} but the reference image is "
+            f"{image_size[0]}x{image_size[1]}; draw the mask on the same image (or resize it)."
+        )
     if mode == "box":
         box = box_from_mask(array)
         if box is None:
@@ -141,8 +146,9 @@ def _haar_to_reference_box(x: float, y: float, w: float, h: float, image_hw) -> 
     return y1, y2, x1, x2
 
 
-def face_ip_mask(image, sample_size: Sequence[int], box: Sequence[float] | None = None, mask=None,
-                 mask_mode: str = "box") -> tuple[torch.Tensor, str]:
+def face_ip_mask(
+    image, sample_size: Sequence[int], box: Sequence[float] | None = None, mask=None, mask_mode: str = "box"
+) -> tuple[torch.Tensor, str]:
     """The preview model's ip_mask [1, tokens] for a reference image (PIL or uint8 [H, W, 3]).
 
     Priority: an explicit `box` [y1, y2, x1, x2] in the image's pixels, then a `mask` of the image's
@@ -156,7 +162,9 @@ def face_ip_mask(image, sample_size: Sequence[int], box: Sequence[float] | None 
         return ip_mask_from_mask(mask, image_size, sample_size, mask_mode), "mask"
     found = detect_face_box(image)
     if found is None:
-        log.warning("no face found in the reference image; the audio will act on the whole frame. "
-                    "Give a face box or mask to restrict it.")
+        log.warning(
+            "no face found in the reference image; the audio will act on the whole frame. "
+            "Give a face box or mask to restrict it."
+        )
         return torch.ones(1, math.prod(token_grid(sample_size))), "whole_frame"
     return ip_mask_from_box(found, image_size, sample_size), "detected"

@@ -14,10 +14,11 @@ Frame arithmetic: the causal VAE needs 4k+1 frames per chunk. Unlike upstream, w
 length to 4k+1 (dropping up to 3 frames per chunk and the audio tail), the last chunk is rounded
 *up* and the result trimmed, so the output covers the whole audio.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -41,9 +42,9 @@ def latent_frames(frames: int) -> int:
 
 @dataclass(frozen=True)
 class Chunk:
-    start: int        # first output frame this chunk produces
-    length: int       # frames generated (4k+1); frames past the video end are trimmed
-    overlap: int      # leading frames shared with the previous chunk (0 for the first)
+    start: int  # first output frame this chunk produces
+    length: int  # frames generated (4k+1); frames past the video end are trimmed
+    overlap: int  # leading frames shared with the previous chunk (0 for the first)
 
 
 def plan_chunks(num_frames: int, partial_video_length: int, overlap_video_length: int) -> list[Chunk]:
@@ -59,8 +60,10 @@ def plan_chunks(num_frames: int, partial_video_length: int, overlap_video_length
     if partial < 5:
         raise ValueError(f"partial_video_length must be at least 5 frames, got {partial_video_length}")
     if not 0 <= overlap_video_length < partial:
-        raise ValueError(f"overlap_video_length must be in [0, {partial}) for partial_video_length "
-                         f"{partial}, got {overlap_video_length}")
+        raise ValueError(
+            f"overlap_video_length must be in [0, {partial}) for partial_video_length "
+            f"{partial}, got {overlap_video_length}"
+        )
     chunks, start, overlap = [], 0, 0
     while True:
         remaining = num_frames - start
@@ -85,8 +88,12 @@ def blend_into(video: torch.Tensor | None, chunk_frames: torch.Tensor, overlap: 
     return torch.cat([video[:-overlap], mixed, chunk_frames[overlap:]])
 
 
-def generate_chunked(num_frames: int, partial_video_length: int, overlap_video_length: int,
-                     render_chunk: Callable[[Chunk, torch.Tensor | None, int], torch.Tensor]) -> torch.Tensor:
+def generate_chunked(
+    num_frames: int,
+    partial_video_length: int,
+    overlap_video_length: int,
+    render_chunk: Callable[[Chunk, torch.Tensor | None, int], torch.Tensor],
+) -> torch.Tensor:
     """Run ``render_chunk(chunk, start_frames, index)`` for every chunk and stitch the results.
 
     ``start_frames`` is None for the first chunk, else the last ``chunk.overlap`` frames of the
@@ -96,7 +103,7 @@ def generate_chunked(num_frames: int, partial_video_length: int, overlap_video_l
     video = None
     for index, chunk in enumerate(plan_chunks(num_frames, partial_video_length, overlap_video_length)):
         # overlap 0 (library callers only; settings require >= 1): independent chunks
-        start_frames = video[-chunk.overlap:] if video is not None and chunk.overlap else None
+        start_frames = video[-chunk.overlap :] if video is not None and chunk.overlap else None
         frames = render_chunk(chunk, start_frames, index)
         video = blend_into(video, frames, chunk.overlap)
     return video[:num_frames]
@@ -104,7 +111,7 @@ def generate_chunked(num_frames: int, partial_video_length: int, overlap_video_l
 
 @dataclass(frozen=True)
 class Window:
-    start: int   # first latent frame
+    start: int  # first latent frame
     length: int  # latent frames
 
 
@@ -137,8 +144,12 @@ def window_weights(windows: list[Window], overlap: int, device=None) -> list[tor
     return weights
 
 
-def sliding_velocity(window_velocity: Callable[[Window, torch.Tensor, torch.Tensor, int], torch.Tensor],
-                     total_latent_frames: int, window_latent_frames: int, overlap_latent_frames: int):
+def sliding_velocity(
+    window_velocity: Callable[[Window, torch.Tensor, torch.Tensor, int], torch.Tensor],
+    total_latent_frames: int,
+    window_latent_frames: int,
+    overlap_latent_frames: int,
+):
     """A velocity function over the whole latent sequence from per-window predictions.
 
     ``window_velocity(window, latents_window, t, step)`` predicts the velocity of one window.
@@ -152,10 +163,11 @@ def sliding_velocity(window_velocity: Callable[[Window, torch.Tensor, torch.Tens
         out = torch.zeros_like(latents)
         total = torch.zeros(latents.shape[2], device=latents.device)
         for w, weight in zip(windows, weights):
-            v = window_velocity(w, latents[:, :, w.start:w.start + w.length], t, step)
-            out[:, :, w.start:w.start + w.length] += v * weight.view(1, 1, -1, 1, 1)
-            total[w.start:w.start + w.length] += weight
+            v = window_velocity(w, latents[:, :, w.start : w.start + w.length], t, step)
+            out[:, :, w.start : w.start + w.length] += v * weight.view(1, 1, -1, 1, 1)
+            total[w.start : w.start + w.length] += weight
         # Exactly 1 where windows are at least two overlaps long; normalising keeps the blend
         # a convex combination when a user picks an overlap over half the window.
         return out / total.clamp_min(1e-6).view(1, 1, -1, 1, 1)
+
     return velocity

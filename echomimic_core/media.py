@@ -4,6 +4,7 @@ Tensor conventions (ComfyUI's): images and frames are float32 in ``[0, 1]``, cha
 (``[H, W, 3]``, ``[F, H, W, 3]``); audio is float32 ``[channels, samples]`` in ``[-1, 1]``.
 Every unusable input raises :class:`MediaError` naming the file and the problem.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,6 +30,7 @@ class MediaError(ValueError):
 @dataclass
 class VideoData:
     """A decoded video: ``frames [F, H, W, 3]`` float 0..1, its frame rate, and its audio if any."""
+
     frames: torch.Tensor
     fps: float
     audio: torch.Tensor | None = None  # [C, T] float32
@@ -52,12 +54,15 @@ def _open(path: Path):
     try:
         return av.open(str(path))
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise MediaError(f"{path}: cannot be opened as audio/video ({e}). The file is corrupt or "
-                         "not a media format FFmpeg understands; convert it to wav or mp4.") from e
+        raise MediaError(
+            f"{path}: cannot be opened as audio/video ({e}). The file is corrupt or "
+            "not a media format FFmpeg understands; convert it to wav or mp4."
+        ) from e
 
 
 # ---------------------------------------------------------------------------------------------
 # audio
+
 
 def _decode_audio_stream(container, stream, path: Path) -> tuple[torch.Tensor, int]:
     import av
@@ -175,6 +180,7 @@ def load_audio_16k(path: str | Path) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # video
 
+
 def _upright(frame) -> np.ndarray:
     """The frame as displayed: phone videos store a display rotation (counter-clockwise degrees,
     as av reports it) instead of rotated pixels; players, and FFmpeg's CLI, apply it."""
@@ -224,6 +230,7 @@ def load_video(path: str | Path, max_frames: int | None = None, with_audio: bool
 # ---------------------------------------------------------------------------------------------
 # images
 
+
 def load_image(path: str | Path, alpha: str = "white") -> torch.Tensor:
     """Read an image -> ``[H, W, 3]`` float32 0..1.
 
@@ -255,8 +262,7 @@ def pil_to_tensor(img, alpha: str = "white") -> torch.Tensor:
     if img.mode == "F":
         gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
         return torch.from_numpy(np.repeat(gray[..., None], 3, axis=-1).copy())
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        img.mode == "P" and "transparency" in img.info)
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
     if has_alpha:
         rgba = np.asarray(img.convert("RGBA")).astype(np.float32) / 255.0
         rgb, a = rgba[..., :3], rgba[..., 3:]
@@ -270,6 +276,7 @@ def pil_to_tensor(img, alpha: str = "white") -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # writing
 
+
 def video_codec() -> str:
     """H.264 (``libx264``) when this av build can encode it, else MPEG-4 part 2 (``mpeg4``)."""
     import av
@@ -280,8 +287,10 @@ def video_codec() -> str:
             return name
         except (av.FFmpegError, ValueError):
             continue
-    raise MediaError("this PyAV build has neither the libx264 nor the mpeg4 encoder; "
-                     "install the PyPI 'av' wheel, which bundles both.")
+    raise MediaError(
+        "this PyAV build has neither the libx264 nor the mpeg4 encoder; "
+        "install the PyPI 'av' wheel, which bundles both."
+    )
 
 
 def to_uint8_frames(frames) -> np.ndarray:
@@ -329,8 +338,7 @@ def _encode_audio(container, stream, audio: np.ndarray, sample_rate: int) -> Non
     import av
 
     layout = "mono" if audio.shape[0] == 1 else "stereo"
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, dtype=np.float32), format="fltp",
-                                       layout=layout)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, dtype=np.float32), format="fltp", layout=layout)
     frame.sample_rate = sample_rate
     frame.pts = 0
     for packet in stream.encode(frame):
@@ -339,8 +347,14 @@ def _encode_audio(container, stream, audio: np.ndarray, sample_rate: int) -> Non
         container.mux(packet)
 
 
-def write_video(path: str | Path, frames, fps: float, audio: torch.Tensor | None = None,
-                sample_rate: int | None = None, crf: int = 18) -> Path:
+def write_video(
+    path: str | Path,
+    frames,
+    fps: float,
+    audio: torch.Tensor | None = None,
+    sample_rate: int | None = None,
+    crf: int = 18,
+) -> Path:
     """Write ``frames [F, H, W, 3]`` (float 0..1 or uint8) as an mp4 (H.264 yuv420p, or MPEG-4 where
     H.264 is missing), with ``audio`` (``[T]`` or ``[C, T]``) muxed as AAC, trimmed (or padded
     with silence) to exactly the video's duration.

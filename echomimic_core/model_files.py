@@ -15,6 +15,7 @@ Two layouts are recognised, and explicit paths always win:
       vae/wan_2.1_vae.safetensors, text_encoders/umt5_xxl_*.safetensors (or clip/),
       clip_vision/clip_vision_h.safetensors, audio_encoders/ (or echomimic/)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -28,7 +29,7 @@ class ModelFiles:
     transformer: Path | None = None
     vae: Path | None = None
     text_encoder: Path | None = None
-    tokenizer: Path | None = None      # only needed when the text-encoder file embeds none
+    tokenizer: Path | None = None  # only needed when the text-encoder file embeds none
     image_encoder: Path | None = None
     audio_encoder: Path | None = None
 
@@ -39,29 +40,53 @@ class ModelFiles:
 # Candidates per slot, relative to the models folder, most specific first. A trailing "*"
 # matches by glob; folders are returned as they are (Hugging Face / diffusers layouts).
 _CANDIDATES = {
-    "transformer": ["echomimicv3-flash-pro/diffusion_pytorch_model.safetensors",
-                    "transformer/diffusion_pytorch_model.safetensors",
-                    "echomimic/*echomimic*", "diffusion_models/*echomimic*", "echomimic/*", "*echomimic*"],
-    "vae": ["Wan2.1-Fun-V1.1-1.3B-InP/Wan2.1_VAE.pth", "Wan2.1_VAE.pth", "vae/wan_2.1_vae*",
-            "vae/Wan2*VAE*", "vae/*wan*"],
-    "text_encoder": ["Wan2.1-Fun-V1.1-1.3B-InP/models_t5_umt5-xxl-enc-bf16.pth",
-                     "models_t5_umt5-xxl-enc-bf16.pth", "text_encoders/umt5*", "clip/umt5*",
-                     "text_encoders/*t5*", "clip/*t5*"],
+    "transformer": [
+        "echomimicv3-flash-pro/diffusion_pytorch_model.safetensors",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "echomimic/*echomimic*",
+        "diffusion_models/*echomimic*",
+        "echomimic/*",
+        "*echomimic*",
+    ],
+    "vae": [
+        "Wan2.1-Fun-V1.1-1.3B-InP/Wan2.1_VAE.pth",
+        "Wan2.1_VAE.pth",
+        "vae/wan_2.1_vae*",
+        "vae/Wan2*VAE*",
+        "vae/*wan*",
+    ],
+    "text_encoder": [
+        "Wan2.1-Fun-V1.1-1.3B-InP/models_t5_umt5-xxl-enc-bf16.pth",
+        "models_t5_umt5-xxl-enc-bf16.pth",
+        "text_encoders/umt5*",
+        "clip/umt5*",
+        "text_encoders/*t5*",
+        "clip/*t5*",
+    ],
     "tokenizer": ["Wan2.1-Fun-V1.1-1.3B-InP/google/umt5-xxl", "google/umt5-xxl"],
-    "image_encoder": ["Wan2.1-Fun-V1.1-1.3B-InP/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
-                      "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
-                      "clip_vision/clip_vision_h*", "clip_vision/*"],
-    "audio_encoder": ["chinese-wav2vec2-base", "wav2vec2-base-960h", "whisper-tiny",
-                      "audio_encoders/*chinese*", "audio_encoders/*wav2vec2*", "audio_encoders/*whisper*",
-                      "echomimic/*wav2vec2*", "echomimic/*whisper*"],
+    "image_encoder": [
+        "Wan2.1-Fun-V1.1-1.3B-InP/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+        "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+        "clip_vision/clip_vision_h*",
+        "clip_vision/*",
+    ],
+    "audio_encoder": [
+        "chinese-wav2vec2-base",
+        "wav2vec2-base-960h",
+        "whisper-tiny",
+        "audio_encoders/*chinese*",
+        "audio_encoders/*wav2vec2*",
+        "audio_encoders/*whisper*",
+        "echomimic/*wav2vec2*",
+        "echomimic/*whisper*",
+    ],
 }
 
 
 def _first_match(root: Path, patterns: list[str]) -> Path | None:
     for pattern in patterns:
         if "*" in pattern:
-            hits = sorted(p for p in root.glob(pattern)
-                          if p.is_dir() or p.suffix in WEIGHT_SUFFIXES)
+            hits = sorted(p for p in root.glob(pattern) if p.is_dir() or p.suffix in WEIGHT_SUFFIXES)
             if hits:
                 return hits[0]
         elif (root / pattern).exists():
@@ -69,8 +94,9 @@ def _first_match(root: Path, patterns: list[str]) -> Path | None:
     return None
 
 
-def find_model_files(models_dir: str | Path | None = None, variant: str | None = None,
-                     **explicit: str | Path | None) -> ModelFiles:
+def find_model_files(
+    models_dir: str | Path | None = None, variant: str | None = None, **explicit: str | Path | None
+) -> ModelFiles:
     """Resolve every slot: an explicit path if given, else the first match under ``models_dir``.
 
     ``variant`` ("preview"/"flash") picks the matching audio encoder and transformer when a
@@ -88,8 +114,10 @@ def find_model_files(models_dir: str | Path | None = None, variant: str | None =
         return files
     root = Path(models_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"models folder {root} does not exist; pass the folder that holds "
-                                "the EchoMimicV3 release or ComfyUI's models/ folder.")
+        raise FileNotFoundError(
+            f"models folder {root} does not exist; pass the folder that holds "
+            "the EchoMimicV3 release or ComfyUI's models/ folder."
+        )
     for slot, patterns in _CANDIDATES.items():
         if getattr(files, slot) is None:
             setattr(files, slot, _first_match(root, _prefer(patterns, slot, variant)))
@@ -104,9 +132,16 @@ def _prefer(patterns: list[str], slot: str, variant: str | None) -> list[str]:
     return sorted(patterns, key=lambda p: not any(k in p for k in key))
 
 
-def load_models(files: ModelFiles, dtype="bfloat16", device="cpu", storage_dtype=None,
-                attention_backend: str = "sdpa", encoder_device="cpu", block_swap: int = 0,
-                loras: list[tuple[str | Path, float]] = ()):
+def load_models(
+    files: ModelFiles,
+    dtype="bfloat16",
+    device="cpu",
+    storage_dtype=None,
+    attention_backend: str = "sdpa",
+    encoder_device="cpu",
+    block_swap: int = 0,
+    loras: list[tuple[str | Path, float]] = (),
+):
     """Load every model of ``files`` into a :class:`~echomimic_core.pipeline.Models`.
 
     ``loras``: (file, strength) pairs merged into the transformer's weights after loading.
@@ -128,13 +163,20 @@ def load_models(files: ModelFiles, dtype="bfloat16", device="cpu", storage_dtype
     if missing:
         raise FileNotFoundError(
             f"model files not found for: {', '.join(missing)}. Put them in the models folder (upstream's "
-            "release layout or ComfyUI's models/ folders) or pass them explicitly (--transformer, --vae, ...).")
+            "release layout or ComfyUI's models/ folders) or pass them explicitly (--transformer, --vae, ...)."
+        )
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     storage = getattr(torch, storage_dtype) if isinstance(storage_dtype, str) else storage_dtype
-    transformer = load_transformer(files.transformer, dtype=dtype, storage_dtype=storage,
-                                   device=device if not block_swap else "cpu", attention_backend=attention_backend)
+    transformer = load_transformer(
+        files.transformer,
+        dtype=dtype,
+        storage_dtype=storage,
+        device=device if not block_swap else "cpu",
+        attention_backend=attention_backend,
+    )
     if loras:
         from .checkpoints.lora import apply_lora
+
         for lora_path, strength in loras:
             apply_lora(transformer, lora_path, strength)
     if block_swap:
@@ -146,8 +188,12 @@ def load_models(files: ModelFiles, dtype="bfloat16", device="cpu", storage_dtype
         transformer=transformer,
         vae=load_vae(files.vae, dtype=enc_dtype, device=encoder_device),
         # upstream's preview scripts run umT5 in float32, its flash script in bfloat16
-        text_encoder=TextEncoder.load(files.text_encoder, tokenizer_path=files.tokenizer, device=encoder_device,
-                                      compute_dtype=torch.bfloat16 if kind == "flash" else torch.float32),
+        text_encoder=TextEncoder.load(
+            files.text_encoder,
+            tokenizer_path=files.tokenizer,
+            device=encoder_device,
+            compute_dtype=torch.bfloat16 if kind == "flash" else torch.float32,
+        ),
         image_encoder=ImageEncoder.load(files.image_encoder, dtype=enc_dtype, device=encoder_device),
         audio_encoder=AudioEncoder.load(files.audio_encoder, kind=kind, dtype=enc_dtype, device=encoder_device),
     )

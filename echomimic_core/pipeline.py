@@ -6,6 +6,7 @@ conditioning ``y`` (``task_masks``, VAE); denoise with guidance (``sampling``); 
 chunks (``long_video``); colour-match. ``generate`` runs them all; the ComfyUI nodes call the
 same pieces one node at a time.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,10 +19,18 @@ import numpy as np
 import torch
 
 from . import audio_alignment as align
+from . import task_masks
 from .color_match import match_to_first_frame
 from .face_region import face_ip_mask
-from .long_video import (Chunk, generate_chunked, latent_frames, plan_chunks, round_down_4k1, round_up_4k1,
-                         sliding_velocity)
+from .long_video import (
+    Chunk,
+    generate_chunked,
+    latent_frames,
+    plan_chunks,
+    round_down_4k1,
+    round_up_4k1,
+    sliding_velocity,
+)
 from .media import prepare_audio
 from .model.conditioning import Conditioning
 from .sampling.guidance import GuidanceConfig
@@ -29,7 +38,6 @@ from .sampling.sampler import StepHooks, denoise, guided_velocity
 from .sampling.schedulers import make_scheduler
 from .sampling.teacache import TeaCache
 from .settings import GenerationSettings
-from . import task_masks
 from .tasks import Task, chunk_task_inputs, task_at_sample_size, to_uint8_image
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Models:
     """The networks of one generation. Encoders may be None when their embeddings are given."""
+
     transformer: torch.nn.Module
     vae: Any
     text_encoder: Any = None
@@ -58,8 +67,8 @@ class Models:
 
 @dataclass
 class Result:
-    frames: torch.Tensor        # [F, H, W, 3] float 0..1
-    audio: torch.Tensor         # [C, T] at sample_rate, trimmed to F / fps seconds
+    frames: torch.Tensor  # [F, H, W, 3] float 0..1
+    audio: torch.Tensor  # [C, T] at sample_rate, trimmed to F / fps seconds
     sample_rate: int
     fps: float
     info: dict = field(default_factory=dict)
@@ -68,15 +77,17 @@ class Result:
 @dataclass
 class Encoded:
     """Everything the denoiser needs that does not change between chunks."""
-    context: torch.Tensor               # [L, text_dim] prompt embedding
-    negative_context: torch.Tensor      # [L', text_dim]
-    clip_fea: torch.Tensor              # [1, 257, clip_dim]
-    audio: torch.Tensor                 # features for every output frame (+ padding), model layout
-    ip_mask: torch.Tensor | None        # [1, tokens per latent frame] or None
+
+    context: torch.Tensor  # [L, text_dim] prompt embedding
+    negative_context: torch.Tensor  # [L', text_dim]
+    clip_fea: torch.Tensor  # [1, 257, clip_dim]
+    audio: torch.Tensor  # features for every output frame (+ padding), model layout
+    ip_mask: torch.Tensor | None  # [1, tokens per latent frame] or None
 
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
+
 
 @contextlib.contextmanager
 def on_device(module, device, offload_device):
@@ -106,21 +117,35 @@ def output_frame_count(num_samples_16k: int, settings: GenerationSettings) -> in
     no 4k+1 rounding here: chunks are rounded up and trimmed, so the video covers all the audio."""
     frames = align.frames_for_samples(num_samples_16k, settings.fps, max_frames=settings.max_frames, stride=None)
     if frames < 1:
-        raise ValueError(f"the audio lasts {num_samples_16k / align.SAMPLE_RATE:.3f} s, shorter than one "
-                         f"video frame at {settings.fps} fps; give at least {1 / settings.fps:.3f} s of audio.")
+        raise ValueError(
+            f"the audio lasts {num_samples_16k / align.SAMPLE_RATE:.3f} s, shorter than one "
+            f"video frame at {settings.fps} fps; give at least {1 / settings.fps:.3f} s of audio."
+        )
     return frames
 
 
 # ---------------------------------------------------------------------------------------------
 # conditioning
 
-def encode_inputs(models: Models, reference: np.ndarray, wav16k: torch.Tensor, prompt: str,
-                  settings: GenerationSettings, sample_size: tuple[int, int], feature_frames: int,
-                  face_mask=None, device=None, offload_device="cpu") -> Encoded:
+
+def encode_inputs(
+    models: Models,
+    reference: np.ndarray,
+    wav16k: torch.Tensor,
+    prompt: str,
+    settings: GenerationSettings,
+    sample_size: tuple[int, int],
+    feature_frames: int,
+    face_mask=None,
+    device=None,
+    offload_device="cpu",
+) -> Encoded:
     """Text, CLIP, audio and face-gate conditioning; each encoder visits the device only while used."""
     if models.text_encoder is None or models.image_encoder is None or models.audio_encoder is None:
-        raise ValueError("generate() needs the text, image and audio encoders; the ComfyUI nodes accept "
-                         "pre-computed embeddings instead.")
+        raise ValueError(
+            "generate() needs the text, image and audio encoders; the ComfyUI nodes accept "
+            "pre-computed embeddings instead."
+        )
     with on_device(models.text_encoder, device, offload_device) as te:
         context, negative = te.encode([prompt, settings.negative_prompt])
     reference_pil = task_masks.resize_to_sample(reference, sample_size)
@@ -128,8 +153,11 @@ def encode_inputs(models: Models, reference: np.ndarray, wav16k: torch.Tensor, p
         pixels = torch.from_numpy(np.array(reference_pil)).permute(2, 0, 1)[None].float() / 127.5 - 1
         clip_fea = ie.encode(pixels).float().cpu()
     with on_device(models.audio_encoder, device, offload_device) as ae:
-        audio = ae.features_for_video(wav16k, feature_frames, settings.fps,
-                                      loudness_norm=settings.loudness_normalize).float().cpu()
+        audio = (
+            ae.features_for_video(wav16k, feature_frames, settings.fps, loudness_norm=settings.loudness_normalize)
+            .float()
+            .cpu()
+        )
     ip_mask = face_gate(models, reference, sample_size, settings.face_box, face_mask)
     return Encoded(context.float().cpu(), negative.float().cpu(), clip_fea, audio, ip_mask)
 
@@ -143,9 +171,17 @@ def face_gate(models: Models, reference: np.ndarray, sample_size: tuple[int, int
     return ip_mask
 
 
-def encoded_from_embeddings(models: Models, plan: "Plan", context: torch.Tensor, negative_context: torch.Tensor | None,
-                            clip_fea: torch.Tensor, audio: torch.Tensor, audio_kind: str, face_box=None,
-                            face_mask=None) -> Encoded:
+def encoded_from_embeddings(
+    models: Models,
+    plan: Plan,
+    context: torch.Tensor,
+    negative_context: torch.Tensor | None,
+    clip_fea: torch.Tensor,
+    audio: torch.Tensor,
+    audio_kind: str,
+    face_box=None,
+    face_mask=None,
+) -> Encoded:
     """``Encoded`` from embeddings computed elsewhere (the ComfyUI nodes), checked against the model.
 
     context / negative_context: [L, text_dim] (real tokens only); clip_fea: [1, 257, clip_dim];
@@ -153,24 +189,33 @@ def encoded_from_embeddings(models: Models, plan: "Plan", context: torch.Tensor,
     """
     config = models.transformer.config
     if align.kind_layout(audio_kind) != align.kind_layout(models.audio_kind):
-        raise ValueError(f"the audio features are {audio_kind!r} features but the model is {models.variant}; "
-                         f"encode the audio with the {models.variant} audio encoder.")
+        raise ValueError(
+            f"the audio features are {audio_kind!r} features but the model is {models.variant}; "
+            f"encode the audio with the {models.variant} audio encoder."
+        )
     if align.frames_in_features(audio, audio_kind) < plan.num_frames:
-        raise ValueError(f"the audio features cover {align.frames_in_features(audio, audio_kind)} frames, the "
-                         f"video needs {plan.num_frames}; encode the whole audio clip.")
+        raise ValueError(
+            f"the audio features cover {align.frames_in_features(audio, audio_kind)} frames, the "
+            f"video needs {plan.num_frames}; encode the whole audio clip."
+        )
     if negative_context is None:
         if guidance_needs_negative(models):
             raise ValueError("the preview model's guidance needs the negative prompt's embedding; connect it.")
         negative_context = context.new_zeros(0, context.shape[-1])
-    for name, tensor, dim in (("prompt", context, config.text_dim), ("negative prompt", negative_context,
-                                                                      config.text_dim),
-                              ("CLIP vision", clip_fea, config.clip_dim)):
+    for name, tensor, dim in (
+        ("prompt", context, config.text_dim),
+        ("negative prompt", negative_context, config.text_dim),
+        ("CLIP vision", clip_fea, config.clip_dim),
+    ):
         if tensor.shape[-1] != dim:
-            raise ValueError(f"the {name} embedding has width {tensor.shape[-1]}, the model expects {dim}; "
-                             "use the encoder that belongs to this model (umT5-XXL / CLIP ViT-H).")
+            raise ValueError(
+                f"the {name} embedding has width {tensor.shape[-1]}, the model expects {dim}; "
+                "use the encoder that belongs to this model (umT5-XXL / CLIP ViT-H)."
+            )
     ip_mask = face_gate(models, plan.reference, plan.sample_size, face_box, face_mask)
-    return Encoded(context.float().cpu(), negative_context.float().cpu(), clip_fea.float().cpu(),
-                   audio.float().cpu(), ip_mask)
+    return Encoded(
+        context.float().cpu(), negative_context.float().cpu(), clip_fea.float().cpu(), audio.float().cpu(), ip_mask
+    )
 
 
 def guidance_needs_negative(models: Models) -> bool:
@@ -181,31 +226,42 @@ def guidance_needs_negative(models: Models) -> bool:
 def branches_for(encoded: Encoded, y: torch.Tensor, audio: torch.Tensor, audio_scale: float) -> dict[str, Conditioning]:
     """The three guidance branches: cond (prompt, audio), drop_audio (prompt, zero audio) and
     uncond (negative prompt, zero audio)."""
-    cond = Conditioning(context=[encoded.context], clip_fea=encoded.clip_fea, y=y, audio=audio,
-                        ip_mask=encoded.ip_mask, audio_scale=audio_scale)
+    cond = Conditioning(
+        context=[encoded.context],
+        clip_fea=encoded.clip_fea,
+        y=y,
+        audio=audio,
+        ip_mask=encoded.ip_mask,
+        audio_scale=audio_scale,
+    )
     drop = cond.without_audio()
-    return {"cond": cond, "drop_audio": drop,
-            "uncond": dataclasses.replace(drop, context=[encoded.negative_context])}
+    return {"cond": cond, "drop_audio": drop, "uncond": dataclasses.replace(drop, context=[encoded.negative_context])}
 
 
 def guidance_for(models: Models, settings: GenerationSettings):
     mode = "audio_only" if models.variant == "flash" else "three_way"
-    return GuidanceConfig(mode=mode, guidance_scale=settings.guidance_scale,
-                          audio_guidance_scale=settings.audio_guidance_scale,
-                          use_dynamic_cfg=settings.use_dynamic_cfg, use_dynamic_acfg=settings.use_dynamic_acfg,
-                          neg_scale=settings.neg_scale, neg_steps=settings.neg_steps,
-                          cfg_skip_ratio=settings.cfg_skip_ratio).bind(settings.steps)
+    return GuidanceConfig(
+        mode=mode,
+        guidance_scale=settings.guidance_scale,
+        audio_guidance_scale=settings.audio_guidance_scale,
+        use_dynamic_cfg=settings.use_dynamic_cfg,
+        use_dynamic_acfg=settings.use_dynamic_acfg,
+        neg_scale=settings.neg_scale,
+        neg_steps=settings.neg_steps,
+        cfg_skip_ratio=settings.cfg_skip_ratio,
+    ).bind(settings.steps)
 
 
 @dataclass
 class Plan:
     """The frame and size arithmetic of one generation, fixed before any model runs."""
-    reference: np.ndarray               # uint8 [H, W, 3], the image CLIP sees and frame 0 keeps
-    sample_size: tuple[int, int]        # (H, W) generated
-    num_frames: int                     # output frames
-    task: Task                          # with any source video resized to sample_size
-    lead: int = 0                       # continuation: kept source frames before the output
-    chunks: list[Chunk] | None = None   # pixel chunks; None in sliding mode
+
+    reference: np.ndarray  # uint8 [H, W, 3], the image CLIP sees and frame 0 keeps
+    sample_size: tuple[int, int]  # (H, W) generated
+    num_frames: int  # output frames
+    task: Task  # with any source video resized to sample_size
+    lead: int = 0  # continuation: kept source frames before the output
+    chunks: list[Chunk] | None = None  # pixel chunks; None in sliding mode
 
     @property
     def total_frames(self) -> int:
@@ -220,8 +276,11 @@ def plan_generation(image, num_frames: int, settings: GenerationSettings, task: 
         if image is None:
             image = task.source_video[0] if task.kind == "lipsync" else task.source_video[-1]
         if task.kind == "lipsync" and num_frames > len(task.source_video):
-            log.warning("the audio covers %d frames but the source video has %d; the output stops with the "
-                        "video.", num_frames, len(task.source_video))
+            log.warning(
+                "the audio covers %d frames but the source video has %d; the output stops with the video.",
+                num_frames,
+                len(task.source_video),
+            )
             num_frames = len(task.source_video)
     if image is None:
         raise ValueError(f"the {task.kind} task needs a reference image")
@@ -236,8 +295,15 @@ def plan_generation(image, num_frames: int, settings: GenerationSettings, task: 
     return Plan(reference, sample_size, num_frames, task, lead, chunks)
 
 
-def render(models: Models, encoded: Encoded, plan: Plan, settings: GenerationSettings,
-           hooks: StepHooks | None = None, device=None, offload_device="cpu") -> torch.Tensor:
+def render(
+    models: Models,
+    encoded: Encoded,
+    plan: Plan,
+    settings: GenerationSettings,
+    hooks: StepHooks | None = None,
+    device=None,
+    offload_device="cpu",
+) -> torch.Tensor:
     """Denoise and decode every chunk (or the sliding windows) -> frames [num_frames, H, W, 3] 0..1.
 
     ``encoded.audio`` holds features for the ``plan.num_frames`` output frames; frames past its end
@@ -255,22 +321,32 @@ def render(models: Models, encoded: Encoded, plan: Plan, settings: GenerationSet
         def render_chunk(chunk: Chunk, start_frames, index):
             inputs = chunk_task_inputs(task, plan.reference, chunk, start_frames, total, plan.sample_size, source)
             return denoiser.chunk(inputs, chunk.start, index, total_steps)
+
         frames = generate_chunked(total, settings.partial_video_length, settings.overlap_video_length, render_chunk)
     else:
         whole = Chunk(0, round_up_4k1(total), 0)
         inputs = chunk_task_inputs(task, plan.reference, whole, None, total, plan.sample_size, source)
         frames = denoiser.sliding(inputs)[:total]
-    frames = frames[plan.lead:plan.lead + plan.num_frames]
+    frames = frames[plan.lead : plan.lead + plan.num_frames]
     if settings.color_match:
         frames = torch.from_numpy(match_to_first_frame(frames.numpy())).float() / 255
     return frames
 
 
 @torch.no_grad()  # inference only; block swap refuses to run where autograd might need its blocks
-def generate(models: Models, image: torch.Tensor | np.ndarray | None, audio: torch.Tensor, sample_rate: int,
-             prompt: str, settings: GenerationSettings | None = None, task: Task | None = None,
-             face_mask=None, hooks: StepHooks | None = None, device=None,
-             offload_device="cpu") -> Result:
+def generate(
+    models: Models,
+    image: torch.Tensor | np.ndarray | None,
+    audio: torch.Tensor,
+    sample_rate: int,
+    prompt: str,
+    settings: GenerationSettings | None = None,
+    task: Task | None = None,
+    face_mask=None,
+    hooks: StepHooks | None = None,
+    device=None,
+    offload_device="cpu",
+) -> Result:
     """Generate a talking video.
 
     image: the reference [H, W, 3] float 0..1 or uint8 (None for lipsync/continue, which use the
@@ -281,13 +357,29 @@ def generate(models: Models, image: torch.Tensor | np.ndarray | None, audio: tor
     settings = settings or GenerationSettings.for_variant(models.variant)
     wav16k = prepare_audio(audio, sample_rate)
     plan = plan_generation(image, output_frame_count(wav16k.numel(), settings), settings, task or Task())
-    encoded = encode_inputs(models, plan.reference, wav16k, prompt, settings, plan.sample_size, plan.num_frames,
-                            face_mask, device, offload_device)
+    encoded = encode_inputs(
+        models,
+        plan.reference,
+        wav16k,
+        prompt,
+        settings,
+        plan.sample_size,
+        plan.num_frames,
+        face_mask,
+        device,
+        offload_device,
+    )
     frames = render(models, encoded, plan, settings, hooks, device, offload_device)
-    info = {"frames": plan.num_frames, "size": plan.sample_size, "variant": models.variant,
-            "task": plan.task.kind, "chunks": len(plan.chunks) if plan.chunks else 1}
-    return Result(frames, trim_audio(audio, sample_rate, plan.num_frames, settings.fps), sample_rate,
-                  settings.fps, info)
+    info = {
+        "frames": plan.num_frames,
+        "size": plan.sample_size,
+        "variant": models.variant,
+        "task": plan.task.kind,
+        "chunks": len(plan.chunks) if plan.chunks else 1,
+    }
+    return Result(
+        frames, trim_audio(audio, sample_rate, plan.num_frames, settings.fps), sample_rate, settings.fps, info
+    )
 
 
 def trim_audio(audio: torch.Tensor, sample_rate: int, num_frames: int, fps: float) -> torch.Tensor:
@@ -295,24 +387,35 @@ def trim_audio(audio: torch.Tensor, sample_rate: int, num_frames: int, fps: floa
     wav = torch.as_tensor(audio).float()
     wav = wav[0] if wav.ndim == 3 else wav
     wav = wav[None] if wav.ndim == 1 else wav
-    return wav[:, :align.samples_for_frames(num_frames, fps, sample_rate)]
+    return wav[:, : align.samples_for_frames(num_frames, fps, sample_rate)]
 
 
 class Denoiser:
     """Runs the transformer over one chunk (or the sliding windows) with guidance and caching."""
 
-    def __init__(self, models: Models, encoded: Encoded, settings: GenerationSettings, device,
-                 offload_device, hooks: StepHooks | None):
+    def __init__(
+        self,
+        models: Models,
+        encoded: Encoded,
+        settings: GenerationSettings,
+        device,
+        offload_device,
+        hooks: StepHooks | None,
+    ):
         self.models, self.encoded, self.settings = models, encoded, settings
         self.device = torch.device(device) if device is not None else next(models.transformer.parameters()).device
         self.offload_device, self.hooks = offload_device, hooks
         self.generator = torch.Generator("cpu").manual_seed(settings.seed)
-        self.cache = (TeaCache(settings.teacache_threshold, settings.teacache_skip_start_steps,
-                               offload=settings.teacache_offload) if settings.teacache_threshold > 0 else None)
+        self.cache = (
+            TeaCache(settings.teacache_threshold, settings.teacache_skip_start_steps, offload=settings.teacache_offload)
+            if settings.teacache_threshold > 0
+            else None
+        )
         self.setup = "flash" if models.variant == "flash" else "preview"
         self.tiling = None
         if settings.vae_tile_size:
             from .vae import Tiling
+
             self.tiling = Tiling(settings.vae_tile_size, settings.vae_tile_overlap)
 
     def _vae_progress(self, done: int, total: int) -> None:
@@ -323,7 +426,8 @@ class Denoiser:
     def _y(self, inputs) -> torch.Tensor:
         with on_device(self.models.vae, self.device, self.offload_device) as vae:
             return task_masks.conditioning_y(
-                inputs, encode=lambda px: vae.encode(px.to(self.device), self.tiling, self._vae_progress).cpu())
+                inputs, encode=lambda px: vae.encode(px.to(self.device), self.tiling, self._vae_progress).cpu()
+            )
 
     def _noise(self, frames: int, y: torch.Tensor) -> torch.Tensor:
         shape = (1, 16, latent_frames(frames), *y.shape[3:])
@@ -351,12 +455,27 @@ class Denoiser:
         frames = inputs.num_frames
         y = self._y(inputs)
         audio = align.feature_slice(self.encoded.audio, start_frame, frames, self.models.audio_kind)
-        branches = {k: v.to(self.device) for k, v in branches_for(self.encoded, y, audio, self.settings.audio_scale).items()}
+        branches = {
+            k: v.to(self.device) for k, v in branches_for(self.encoded, y, audio, self.settings.audio_scale).items()
+        }
         self._riflex(y.shape[2])
-        velocity = guided_velocity(self.models.transformer, branches, guidance_for(self.models, self.settings),
-                                   batched=self.settings.batch_guidance, cache=self.cache, hooks=self.hooks)
-        latents = denoise(velocity, self._noise(frames, y), self._scheduler(), hooks=self.hooks, cache=self.cache,
-                          step_offset=index * self.settings.steps, total_steps=total_steps)
+        velocity = guided_velocity(
+            self.models.transformer,
+            branches,
+            guidance_for(self.models, self.settings),
+            batched=self.settings.batch_guidance,
+            cache=self.cache,
+            hooks=self.hooks,
+        )
+        latents = denoise(
+            velocity,
+            self._noise(frames, y),
+            self._scheduler(),
+            hooks=self.hooks,
+            cache=self.cache,
+            step_offset=index * self.settings.steps,
+            total_steps=total_steps,
+        )
         return self._decode(latents)
 
     def sliding(self, inputs) -> torch.Tensor:
@@ -376,10 +495,13 @@ class Denoiser:
 
         def window_velocity(w, lat, t, step):
             audio = align.feature_slice(self.encoded.audio, 4 * w.start, 4 * (w.length - 1) + 1, self.models.audio_kind)
-            branches = {k: v.to(self.device) for k, v in
-                        branches_for(self.encoded, y[:, :, :w.length], audio, s.audio_scale).items()}
-            velocity = guided_velocity(self.models.transformer, branches, guidance, batched=s.batch_guidance,
-                                       cache=None, hooks=self.hooks)
+            branches = {
+                k: v.to(self.device)
+                for k, v in branches_for(self.encoded, y[:, :, : w.length], audio, s.audio_scale).items()
+            }
+            velocity = guided_velocity(
+                self.models.transformer, branches, guidance, batched=s.batch_guidance, cache=None, hooks=self.hooks
+            )
             return velocity(lat, t, step)
 
         velocity = sliding_velocity(window_velocity, total_latents, window, overlap)

@@ -15,6 +15,7 @@ source video (spatial mask per frame).
 
 The VAE stays outside: ``conditioning_y`` takes an ``encode`` callable or already-encoded latents.
 """
+
 from __future__ import annotations
 
 import logging
@@ -103,16 +104,16 @@ def _frame(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
 
-def keyframe_inputs(keyframes: Mapping[int, ImageLike], num_frames: int,
-                    sample_size: Sequence[int]) -> TaskInputs:
+def keyframe_inputs(keyframes: Mapping[int, ImageLike], num_frames: int, sample_size: Sequence[int]) -> TaskInputs:
     """Keep the given frames (index -> image; negative indices count from the end), generate the rest.
 
     Frames that are generated hold a copy of the earliest keyframe, as upstream fills them (they are
     zeroed in ``masked_pixels`` anyway). All images are LANCZOS-resized to sample_size (H, W).
     """
     if not keyframes:
-        raise ValueError("keyframe_inputs needs at least one keyframe; for pure generation use "
-                         "generate_everything_inputs().")
+        raise ValueError(
+            "keyframe_inputs needs at least one keyframe; for pure generation use generate_everything_inputs()."
+        )
     indices = {}
     for index, image in keyframes.items():
         position = index + num_frames if index < 0 else index
@@ -128,9 +129,12 @@ def keyframe_inputs(keyframes: Mapping[int, ImageLike], num_frames: int,
     return TaskInputs(video[None] / 255, mask[None], first)
 
 
-def start_frames_inputs(images: Sequence[ImageLike] | ImageLike, num_frames: int,
-                        sample_size: Sequence[int], end: Sequence[ImageLike] | ImageLike | None = None
-                        ) -> TaskInputs:
+def start_frames_inputs(
+    images: Sequence[ImageLike] | ImageLike,
+    num_frames: int,
+    sample_size: Sequence[int],
+    end: Sequence[ImageLike] | ImageLike | None = None,
+) -> TaskInputs:
     """First frame -> video (one image), several start frames (a list, or a stacked [N, H, W, 3] uint8 /
     [N, 3, H, W] float batch; long-video continuation), and optionally end frame(s) kept at the tail."""
     starts = _image_list(images)
@@ -155,8 +159,7 @@ def first_frame_inputs(image: ImageLike, num_frames: int, sample_size: Sequence[
     return start_frames_inputs([image], num_frames, sample_size)
 
 
-def first_last_inputs(start: ImageLike, end: ImageLike, num_frames: int,
-                      sample_size: Sequence[int]) -> TaskInputs:
+def first_last_inputs(start: ImageLike, end: ImageLike, num_frames: int, sample_size: Sequence[int]) -> TaskInputs:
     """Keep the first and the last frame, generate the frames between."""
     return start_frames_inputs([start], num_frames, sample_size, end=[end])
 
@@ -164,8 +167,9 @@ def first_last_inputs(start: ImageLike, end: ImageLike, num_frames: int,
 def generate_everything_inputs(num_frames: int, sample_size: Sequence[int]) -> TaskInputs:
     """Nothing kept (no reference frame): y becomes all zeros, as upstream."""
     height, width = sample_size
-    return TaskInputs(torch.zeros(1, 3, num_frames, height, width),
-                      torch.full((1, 1, num_frames, height, width), GENERATE))
+    return TaskInputs(
+        torch.zeros(1, 3, num_frames, height, width), torch.full((1, 1, num_frames, height, width), GENERATE)
+    )
 
 
 def region_inputs(video: torch.Tensor, region: torch.Tensor) -> TaskInputs:
@@ -180,14 +184,17 @@ def region_inputs(video: torch.Tensor, region: torch.Tensor) -> TaskInputs:
     if region.ndim == 2:
         region = region[None].expand(frames, -1, -1)
     if tuple(region.shape) != (frames, height, width):
-        raise ValueError(f"region mask must be [H, W] or [F, H, W] = [{frames}, {height}, {width}] to match "
-                         f"the video; got {tuple(region.shape)}. Resize it to the sample size first.")
+        raise ValueError(
+            f"region mask must be [H, W] or [F, H, W] = [{frames}, {height}, {width}] to match "
+            f"the video; got {tuple(region.shape)}. Resize it to the sample size first."
+        )
     mask = torch.where(region.bool(), GENERATE, KEEP).to(torch.float32)
     return TaskInputs(video.to(torch.float32), mask[None, None], to_pil(video[0, :, 0].float()))
 
 
-def box_region(boxes: Sequence[Sequence[float]] | Sequence[float], num_frames: int,
-               sample_size: Sequence[int]) -> torch.Tensor:
+def box_region(
+    boxes: Sequence[Sequence[float]] | Sequence[float], num_frames: int, sample_size: Sequence[int]
+) -> torch.Tensor:
     """[F, H, W] bool region from one [y1, y2, x1, x2] pixel box or one box per frame (end-exclusive)."""
     height, width = sample_size
     if len(boxes) == 4 and not isinstance(boxes[0], (list, tuple, np.ndarray, torch.Tensor)):
@@ -233,8 +240,11 @@ def mask_latents(input_video_mask: torch.Tensor, latent_hw: Sequence[int] | None
     return torch.cat([first, rest], dim=2)
 
 
-def conditioning_y(inputs: TaskInputs, encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   masked_latents: torch.Tensor | None = None) -> torch.Tensor:
+def conditioning_y(
+    inputs: TaskInputs,
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    masked_latents: torch.Tensor | None = None,
+) -> torch.Tensor:
     """y [1, 20, F_lat, h, w] = 4 mask channels + 16 masked-video latent channels.
 
     Give either `encode` (masked_pixels [1, 3, F, H, W] in [-1, 1] -> normalised VAE latents
@@ -243,8 +253,13 @@ def conditioning_y(inputs: TaskInputs, encode: Callable[[torch.Tensor], torch.Te
     """
     if (inputs.input_video_mask == GENERATE).all():
         frames, (height, width) = inputs.num_frames, inputs.input_video.shape[3:]
-        shape = (1, 16, (frames - 1) // VAE_TEMPORAL_COMPRESSION + 1,
-                 height // VAE_SPATIAL_COMPRESSION, width // VAE_SPATIAL_COMPRESSION)
+        shape = (
+            1,
+            16,
+            (frames - 1) // VAE_TEMPORAL_COMPRESSION + 1,
+            height // VAE_SPATIAL_COMPRESSION,
+            width // VAE_SPATIAL_COMPRESSION,
+        )
         like = masked_latents if masked_latents is not None else torch.empty(0)
         return torch.zeros(shape[0], 4 + shape[1], *shape[2:], dtype=like.dtype, device=like.device)
     if masked_latents is None:
@@ -255,8 +270,10 @@ def conditioning_y(inputs: TaskInputs, encode: Callable[[torch.Tensor], torch.Te
         raise ValueError(f"masked-video latents must be [1, 16, F_lat, h, w]; got {tuple(masked_latents.shape)}.")
     mask = mask_latents(inputs.input_video_mask, masked_latents.shape[3:])
     if mask.shape[2] != masked_latents.shape[2]:
-        raise ValueError(f"mask has {mask.shape[2]} latent frames but the latents have {masked_latents.shape[2]}; "
-                         "encode exactly masked_pixels(inputs).")
+        raise ValueError(
+            f"mask has {mask.shape[2]} latent frames but the latents have {masked_latents.shape[2]}; "
+            "encode exactly masked_pixels(inputs)."
+        )
     return torch.cat([mask.to(masked_latents), masked_latents], dim=1)
 
 
@@ -274,10 +291,12 @@ def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
         end = tensors[f"{case}.end"].numpy() if spec["end"] else None
         inputs = start_frames_inputs(starts, frames, sample_size, end=end)
         errors[f"{case}.input_video"] = relative_error(inputs.input_video, tensors[f"{case}.input_video"])
-        errors[f"{case}.input_video_mask"] = relative_error(inputs.input_video_mask,
-                                                            tensors[f"{case}.input_video_mask"])
+        errors[f"{case}.input_video_mask"] = relative_error(
+            inputs.input_video_mask, tensors[f"{case}.input_video_mask"]
+        )
         errors[f"{case}.masked_pixels"] = relative_error(masked_pixels(inputs), tensors[f"{case}.masked_pixels"])
         ref_mask = tensors[f"{case}.mask_latents"]
-        errors[f"{case}.mask_latents"] = relative_error(mask_latents(inputs.input_video_mask, ref_mask.shape[3:]),
-                                                        ref_mask)
+        errors[f"{case}.mask_latents"] = relative_error(
+            mask_latents(inputs.input_video_mask, ref_mask.shape[3:]), ref_mask
+        )
     return errors

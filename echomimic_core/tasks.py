@@ -6,11 +6,13 @@ continuing a video). ``chunk_task_inputs`` turns it into the pixel-space inputs 
 chunk — the task's own kept frames that fall inside the chunk plus the previous chunk's tail — which
 ``task_masks`` folds into the conditioning ``y``.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ class Task:
       detected face), which the audio drives. continue: ``source_video``'s last
       ``continue_frames`` frames open the new video (they are not part of the output).
     """
+
     kind: str = "first_frame"
     end_image: torch.Tensor | None = None
     keyframes: Mapping[int, torch.Tensor] = field(default_factory=dict)
@@ -43,13 +46,19 @@ class Task:
     def validate(self) -> None:
         if self.kind not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.kind!r}")
-        needs = {"first_last": ("end_image", self.end_image), "keyframes": ("keyframes", self.keyframes),
-                 "lipsync": ("source_video", self.source_video), "continue": ("source_video", self.source_video)}
+        needs = {
+            "first_last": ("end_image", self.end_image),
+            "keyframes": ("keyframes", self.keyframes),
+            "lipsync": ("source_video", self.source_video),
+            "continue": ("source_video", self.source_video),
+        }
         if self.kind in needs and (needs[self.kind][1] is None or len(needs[self.kind][1]) == 0):
             raise ValueError(f"the {self.kind} task needs {needs[self.kind][0]}")
         if self.kind == "continue" and not 1 <= self.continue_frames < len(self.source_video):
-            raise ValueError(f"continue_frames must be in [1, {len(self.source_video)}) for a "
-                             f"{len(self.source_video)}-frame source video, got {self.continue_frames}")
+            raise ValueError(
+                f"continue_frames must be in [1, {len(self.source_video)}) for a "
+                f"{len(self.source_video)}-frame source video, got {self.continue_frames}"
+            )
 
 
 def to_uint8_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -65,8 +74,15 @@ def to_uint8_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return array if array.dtype == np.uint8 else (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def chunk_task_inputs(task: Task, reference: np.ndarray, chunk: Chunk, start_frames: torch.Tensor | None,
-                      num_frames: int, sample_size: tuple[int, int], source: torch.Tensor | None):
+def chunk_task_inputs(
+    task: Task,
+    reference: np.ndarray,
+    chunk: Chunk,
+    start_frames: torch.Tensor | None,
+    num_frames: int,
+    sample_size: tuple[int, int],
+    source: torch.Tensor | None,
+):
     """The task mask inputs of one chunk: the task's kept frames that fall in the chunk, plus the
     previous chunk's tail as start frames (upstream's long-video continuation)."""
     lo, hi = chunk.start, chunk.start + chunk.length
@@ -97,7 +113,7 @@ def global_keyframes(task: Task, reference: np.ndarray, num_frames: int) -> dict
             raise ValueError(f"keyframe indices {bad} are outside the {num_frames}-frame video")
         return frames
     if task.kind == "continue":
-        tail = task.source_video[-task.continue_frames:]
+        tail = task.source_video[-task.continue_frames :]
         return {i: to_uint8_image(f) for i, f in enumerate(tail)}
     return {0: reference}
 
@@ -113,17 +129,22 @@ def lipsync_region(task: Task, video: torch.Tensor, sample_size: tuple[int, int]
         mask = torch.as_tensor(task.mouth_mask).float()
         mask = mask[None] if mask.ndim == 2 else mask
         if mask.shape[-2:] != (height, width):
-            raise ValueError(f"mouth_mask is {tuple(mask.shape[-2:])}, the video frames are {height}x{width}; "
-                             "draw the mask on a frame of the same video.")
+            raise ValueError(
+                f"mouth_mask is {tuple(mask.shape[-2:])}, the video frames are {height}x{width}; "
+                "draw the mask on a frame of the same video."
+            )
         index = (torch.arange(len(video)) + start).clamp(max=mask.shape[0] - 1)
         return mask[index] > 0.5
     box = task.mouth_box
     if box is None:
         from .face_region import detect_face_box
+
         face = detect_face_box(to_uint8_image(video[0]))
         if face is None:
-            raise ValueError("no face found in the source video to place the mouth region; give mouth_box "
-                             "(y1, y2, x1, x2) or a mouth mask.")
+            raise ValueError(
+                "no face found in the source video to place the mouth region; give mouth_box "
+                "(y1, y2, x1, x2) or a mouth mask."
+            )
         y1, y2, x1, x2 = face
         box = (y1 + (y2 - y1) / 2, y2, x1, x2)  # the lower half of the face holds mouth and jaw
     return task_masks.box_region(box, len(video), (height, width))
@@ -141,17 +162,24 @@ def task_at_sample_size(task: Task, sample_size: tuple[int, int]) -> Task:
         mask = torch.as_tensor(mask).float()
         mask = mask[None] if mask.ndim == 2 else mask
         if mask.shape[-2:] != (height, width):
-            raise ValueError(f"mouth_mask is {tuple(mask.shape[-2:])}, the video frames are {height}x{width}; "
-                             "draw the mask on a frame of the same video.")
+            raise ValueError(
+                f"mouth_mask is {tuple(mask.shape[-2:])}, the video frames are {height}x{width}; "
+                "draw the mask on a frame of the same video."
+            )
         # [F, H, W] -> [F, 1, H, W] for interpolate; nearest keeps it binary
         mask = torch.nn.functional.interpolate(mask[:, None], size=tuple(sample_size), mode="nearest")[:, 0]
-    return dataclasses.replace(task, source_video=resize_video(task.source_video, sample_size),
-                               mouth_box=box, mouth_mask=mask)
+    return dataclasses.replace(
+        task, source_video=resize_video(task.source_video, sample_size), mouth_box=box, mouth_mask=mask
+    )
 
 
 def resize_video(frames: torch.Tensor, sample_size: tuple[int, int]) -> torch.Tensor:
     """[F, H, W, 3] 0..1 -> sample size, LANCZOS like every other task input."""
     if tuple(frames.shape[1:3]) == tuple(sample_size):
         return frames.float()
-    return torch.stack([torch.from_numpy(np.array(task_masks.resize_to_sample(to_uint8_image(f), sample_size)))
-                        for f in frames]).float() / 255
+    return (
+        torch.stack(
+            [torch.from_numpy(np.array(task_masks.resize_to_sample(to_uint8_image(f), sample_size))) for f in frames]
+        ).float()
+        / 255
+    )

@@ -7,6 +7,7 @@ file-name prefix to the ``verify_fixture(path, meta)`` function of the module th
 Each returns ``{check name: relative error}``; the command prints one line per check and exits 1
 if any error is above the tolerance (2 if a fixture could not be run at all).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,7 @@ def find_meta(fixture: Path, default_name: str) -> dict:
     for candidate in (fixture.with_name(fixture.stem + "_meta.json"), fixture.with_name(default_name)):
         if candidate.is_file():
             return json.loads(candidate.read_text())
-    raise FileNotFoundError(
-        f"{fixture.name}: no meta file ({fixture.stem}_meta.json or {default_name}) beside it.")
+    raise FileNotFoundError(f"{fixture.name}: no meta file ({fixture.stem}_meta.json or {default_name}) beside it.")
 
 
 def family_of(fixture: Path):
@@ -70,8 +70,9 @@ def verify_dir(directory: Path) -> list[tuple[str, str, float | None, str]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m echomimic_core.verify_reference",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m echomimic_core.verify_reference", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("directory", type=Path)
     parser.add_argument("--tolerance", type=float, default=1e-5)
     args = parser.parse_args(argv)

@@ -3,6 +3,7 @@
 One module per node group; each exports its own NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS,
 merged here. Importing this package registers the ``models/echomimic`` folder with ComfyUI.
 """
+
 from . import audio, encoders, loaders, lora, masks, output, reference, sampler, task
 from .comfy_services import register_model_folder
 

@@ -12,6 +12,7 @@
 * audio: the pack's ``ECHOMIMIC_AUDIO_EMBEDS``. ComfyUI's ``AUDIO_ENCODER_OUTPUT`` is refused with
   the reason: its wav2vec2 features differ from both released models' inputs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,10 @@ class ComfyVideoVAE:
 
         channels = getattr(vae, "latent_channels", 16)
         if channels != 16:
-            raise ValueError(f"the connected VAE has {channels} latent channels; EchoMimicV3 needs the Wan2.1 "
-                             "VAE (16 channels, wan_2.1_vae.safetensors), not the Wan2.2 or an image VAE.")
+            raise ValueError(
+                f"the connected VAE has {channels} latent channels; EchoMimicV3 needs the Wan2.1 "
+                "VAE (16 channels, wan_2.1_vae.safetensors), not the Wan2.2 or an image VAE."
+            )
         self.vae = vae
         self.latents_mean = torch.tensor(WAN21_LATENTS_MEAN)
         self.latents_std = torch.tensor(WAN21_LATENTS_STD)
@@ -51,7 +54,7 @@ class ComfyVideoVAE:
     def device(self) -> torch.device:
         return torch.device(getattr(self.vae, "device", "cpu"))
 
-    def to(self, device=None, dtype=None) -> "ComfyVideoVAE":
+    def to(self, device=None, dtype=None) -> ComfyVideoVAE:
         return self
 
     def encode(self, video: torch.Tensor, tiling=None, progress=None) -> torch.Tensor:
@@ -66,8 +69,9 @@ class ComfyVideoVAE:
             if tiling is None:
                 raw = self.vae.encode(frames)
             else:
-                raw = self.vae.encode_tiled(frames, tile_x=tiling.tile_size, tile_y=tiling.tile_size,
-                                            overlap=tiling.overlap)
+                raw = self.vae.encode_tiled(
+                    frames, tile_x=tiling.tile_size, tile_y=tiling.tile_size, overlap=tiling.overlap
+                )
             latents.append(normalize_latents(raw.float(), self.latents_mean, self.latents_std))
         return torch.cat(latents).to(video.device)
 
@@ -80,8 +84,9 @@ class ComfyVideoVAE:
             images = self.vae.decode(raw)
         else:
             step = SPATIAL_COMPRESSION  # ComfyUI's decode_tiled counts tiles in latent pixels
-            images = self.vae.decode_tiled(raw, tile_x=tiling.tile_size // step, tile_y=tiling.tile_size // step,
-                                           overlap=tiling.overlap // step)
+            images = self.vae.decode_tiled(
+                raw, tile_x=tiling.tile_size // step, tile_y=tiling.tile_size // step, overlap=tiling.overlap // step
+            )
         if images.ndim == 4:  # [T, H, W, 3]: a single clip
             images = images[None]
         # [B, T, H, W, 3] 0..1 -> [B, 3, T, H, W] in [-1, 1]
@@ -101,8 +106,10 @@ class ComfyImageEncoder:
         from echomimic_core.encoders.image import CLIP_MEAN, CLIP_STD
 
         if getattr(clip_vision, "return_all_hidden_states", False):
-            raise ValueError("clip_vision: the connected model is a SigLIP image encoder; EchoMimicV3 needs "
-                             "clip_vision_h.safetensors (CLIP ViT-H/14).")
+            raise ValueError(
+                "clip_vision: the connected model is a SigLIP image encoder; EchoMimicV3 needs "
+                "clip_vision_h.safetensors (CLIP ViT-H/14)."
+            )
         self.clip_vision = clip_vision
         self.image_size = int(getattr(clip_vision, "image_size", 224))
         self.mean = torch.tensor(getattr(clip_vision, "image_mean", CLIP_MEAN)).view(1, 3, 1, 1)
@@ -116,7 +123,7 @@ class ComfyImageEncoder:
     def device(self) -> torch.device:
         return torch.device(getattr(self.clip_vision, "load_device", "cpu"))
 
-    def to(self, device) -> "ComfyImageEncoder":
+    def to(self, device) -> ComfyImageEncoder:
         return self
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -143,8 +150,10 @@ def image_encoder(clip_vision):
         return clip_vision
     if hasattr(clip_vision, "encode_image") and hasattr(clip_vision, "model"):
         return ComfyImageEncoder(clip_vision)
-    raise ValueError(f"clip_vision: expected Load CLIP Vision (clip_vision_h.safetensors) or the EchoMimicV3 CLIP "
-                     f"Vision Loader's output, got {type(clip_vision).__name__}.")
+    raise ValueError(
+        f"clip_vision: expected Load CLIP Vision (clip_vision_h.safetensors) or the EchoMimicV3 CLIP "
+        f"Vision Loader's output, got {type(clip_vision).__name__}."
+    )
 
 
 def video_vae(vae):
@@ -155,8 +164,10 @@ def video_vae(vae):
         return vae
     if hasattr(vae, "first_stage_model") or hasattr(vae, "decode_tiled"):
         return ComfyVideoVAE(vae)
-    raise ValueError(f"vae: expected the EchoMimicV3 VAE Loader's output or ComfyUI's VAE (Load VAE with "
-                     f"wan_2.1_vae.safetensors), got {type(vae).__name__}.")
+    raise ValueError(
+        f"vae: expected the EchoMimicV3 VAE Loader's output or ComfyUI's VAE (Load VAE with "
+        f"wan_2.1_vae.safetensors), got {type(vae).__name__}."
+    )
 
 
 def text_embedding(conditioning, what: str = "positive") -> torch.Tensor:
@@ -166,8 +177,10 @@ def text_embedding(conditioning, what: str = "positive") -> torch.Tensor:
     except (TypeError, IndexError, KeyError):
         tokens = None
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3:
-        raise ValueError(f"{what}: expected CONDITIONING from CLIP Text Encode (CLIPLoader type 'wan' with "
-                         f"umT5-XXL) or EchoMimicV3 Text Encode, got {type(conditioning).__name__}.")
+        raise ValueError(
+            f"{what}: expected CONDITIONING from CLIP Text Encode (CLIPLoader type 'wan' with "
+            f"umT5-XXL) or EchoMimicV3 Text Encode, got {type(conditioning).__name__}."
+        )
     if len(conditioning) > 1:
         log.warning("%s: %d conditioning entries combined; only the first is used", what, len(conditioning))
     tokens = tokens[0]
@@ -184,8 +197,10 @@ def clip_embedding(clip_vision_output) -> torch.Tensor:
     if tokens is None and isinstance(clip_vision_output, dict):
         tokens = clip_vision_output.get("penultimate_hidden_states")
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3:
-        raise ValueError("clip_vision_output: expected CLIP Vision Encode's output (clip_vision_h, crop 'none') "
-                         f"or EchoMimicV3 CLIP Vision Encode's, got {type(clip_vision_output).__name__}.")
+        raise ValueError(
+            "clip_vision_output: expected CLIP Vision Encode's output (clip_vision_h, crop 'none') "
+            f"or EchoMimicV3 CLIP Vision Encode's, got {type(clip_vision_output).__name__}."
+        )
     return tokens[:1].float()
 
 
@@ -196,7 +211,8 @@ def audio_features(embeds) -> dict:
             "audio_embeds: ComfyUI's Audio Encoder Encode output is not the input EchoMimicV3 was trained on: "
             "for preview its wav2vec2 skips the waveform normalisation wav2vec2-base-960h expects, for flash "
             "the features must be resampled to the video fps inside the encoder, and Whisper-Tiny is not "
-            f"among ComfyUI's encoders. Use {AUDIO_ENCODE_NODE} (same model files, models/audio_encoders).")
+            f"among ComfyUI's encoders. Use {AUDIO_ENCODE_NODE} (same model files, models/audio_encoders)."
+        )
     needed = ("features", "kind", "num_frames", "fps", "audio")
     if not isinstance(embeds, dict) or any(k not in embeds for k in needed):
         raise ValueError(f"audio_embeds: expected the output of {AUDIO_ENCODE_NODE}, got {type(embeds).__name__}.")

@@ -1,4 +1,5 @@
 """Audio nodes: the clip length an AUDIO gives, and the audio features the transformer consumes."""
+
 from __future__ import annotations
 
 from .common import CATEGORY, audio_input, on_compute_device
@@ -16,8 +17,9 @@ def _frames(waveform, rate: int, fps: float, max_frames: int) -> tuple[object, i
     wav16 = prepare_audio(waveform, rate)
     frames = frames_for_samples(wav16.shape[-1], fps, max_frames=max_frames or None, stride=None)
     if frames < 1:
-        raise ValueError(f"the audio lasts {wav16.shape[-1] / 16000:.3f} s, less than one frame at {fps} fps; "
-                         "use a longer clip.")
+        raise ValueError(
+            f"the audio lasts {wav16.shape[-1] / 16000:.3f} s, less than one frame at {fps} fps; use a longer clip."
+        )
     return wav16, frames
 
 
@@ -26,15 +28,32 @@ class EchoMimicAudioEncode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "audio_encoder": ("ECHOMIMIC_AUDIO_ENCODER",),
-            "audio": ("AUDIO",),
-            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01, "tooltip":
-                              "Video frame rate; the released models were trained at 25."}),
-            "max_frames": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip":
-                                   "Cap on the clip length in frames (0 = the whole audio). Upstream's "
-                                   "flash script stopped at 81 frames; here long audio is rendered in chunks."}),
-        }}
+        return {
+            "required": {
+                "audio_encoder": ("ECHOMIMIC_AUDIO_ENCODER",),
+                "audio": ("AUDIO",),
+                "fps": (
+                    "FLOAT",
+                    {
+                        "default": 25.0,
+                        "min": 1.0,
+                        "max": 120.0,
+                        "step": 0.01,
+                        "tooltip": "Video frame rate; the released models were trained at 25.",
+                    },
+                ),
+                "max_frames": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 100000,
+                        "tooltip": "Cap on the clip length in frames (0 = the whole audio). Upstream's "
+                        "flash script stopped at 81 frames; here long audio is rendered in chunks.",
+                    },
+                ),
+            }
+        }
 
     RETURN_TYPES = ("ECHOMIMIC_AUDIO_EMBEDS", "INT")
     RETURN_NAMES = ("audio_embeds", "frames")
@@ -48,8 +67,13 @@ class EchoMimicAudioEncode:
             features = audio_encoder.features_for_video(wav16, frames, fps).float().cpu()
         # the source audio (its own rate and channels) rides along so the sampler can hand back the
         # clip trimmed to the video
-        embeds = {"features": features, "kind": audio_encoder.kind, "num_frames": frames, "fps": float(fps),
-                  "audio": {"waveform": waveform[None].float().cpu(), "sample_rate": rate}}
+        embeds = {
+            "features": features,
+            "kind": audio_encoder.kind,
+            "num_frames": frames,
+            "fps": float(fps),
+            "audio": {"waveform": waveform[None].float().cpu(), "sample_rate": rate},
+        }
         return (embeds, frames)
 
 
@@ -58,11 +82,13 @@ class EchoMimicAudioFrames:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "audio": ("AUDIO",),
-            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01}),
-            "max_frames": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "0 = no cap"}),
-        }}
+        return {
+            "required": {
+                "audio": ("AUDIO",),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01}),
+                "max_frames": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "0 = no cap"}),
+            }
+        }
 
     RETURN_TYPES = ("INT", "FLOAT")
     RETURN_NAMES = ("frames", "seconds")

@@ -19,6 +19,7 @@ cache release          ``soft_empty_cache``                            ``torch.c
 output / temp / input  ``folder_paths.get_*_directory``                ``ECHOMIMIC_OUTPUT_DIR`` ...
 =====================  ==============================================  ============================
 """
+
 from __future__ import annotations
 
 import importlib
@@ -104,8 +105,9 @@ def list_models(folder: str = FOLDER_NAME) -> list[str]:
     root = _fallback_dir(folder)
     if not root.is_dir():
         return []
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS)
+    return sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS
+    )
 
 
 def model_path(name: str, folder: str = FOLDER_NAME) -> Path:
@@ -116,12 +118,14 @@ def model_path(name: str, folder: str = FOLDER_NAME) -> Path:
     root = _fallback_dir(folder).resolve()
     path = (root / name).resolve()
     if root not in path.parents:
-        raise ValueError(f"model name {name!r} points outside the {folder!r} folder {root}; "
-                         "pick a file listed in the node's combo.")
+        raise ValueError(
+            f"model name {name!r} points outside the {folder!r} folder {root}; pick a file listed in the node's combo."
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"model {name!r} not found in the {folder!r} folder {root}. Put the file there or set "
-            f"ECHOMIMIC_MODELS_DIR (the echomimic folder; other folders are its siblings).")
+            f"ECHOMIMIC_MODELS_DIR (the echomimic folder; other folders are its siblings)."
+        )
     return path
 
 
@@ -184,8 +188,10 @@ def next_output_file(prefix: str, extension: str, temp: bool = False) -> tuple[P
         sub, _, name = prefix.replace("\\", "/").rpartition("/")
         folder = (base / sub).resolve()
         if base.resolve() not in folder.parents and folder != base.resolve():
-            raise ValueError(f"filename_prefix {prefix!r} leaves the output folder {base}; "
-                             "use a relative prefix such as 'echomimic/clip'.")
+            raise ValueError(
+                f"filename_prefix {prefix!r} leaves the output folder {base}; "
+                "use a relative prefix such as 'echomimic/clip'."
+            )
         folder.mkdir(parents=True, exist_ok=True)
         pattern = re.compile(re.escape(name) + r"_(\d+)_?\.")
         counters = [int(m.group(1)) for f in folder.iterdir() if (m := pattern.match(f.name))]
@@ -247,8 +253,7 @@ class Progress:
             self._bar = utils.ProgressBar(self.total, node_id=node_id)
             self._previewer = latent_previewer()
 
-    def update_absolute(self, value: int, total: int | None = None, preview: Any = None,
-                        latents: Any = None) -> None:
+    def update_absolute(self, value: int, total: int | None = None, preview: Any = None, latents: Any = None) -> None:
         if total is not None:
             self.total = int(total)
         self.value = int(value)

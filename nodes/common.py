@@ -1,4 +1,5 @@
 """What every node module shares: the category, dtype choices, and ComfyUI <-> core conversions."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,10 @@ def image_batch(image: torch.Tensor, what: str = "image") -> torch.Tensor:
     uses, has no bf16); an alpha channel is dropped."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (3, 4):
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"{what}: expected a ComfyUI IMAGE [B, H, W, 3] in 0..1, got {shape}; "
-                         "connect an image output (Load Image, VAE Decode ...).")
+        raise ValueError(
+            f"{what}: expected a ComfyUI IMAGE [B, H, W, 3] in 0..1, got {shape}; "
+            "connect an image output (Load Image, VAE Decode ...)."
+        )
     return image[..., :3].float()
 
 
@@ -66,8 +69,10 @@ def to_signed_nchw(image: torch.Tensor) -> torch.Tensor:
 def audio_input(audio: dict, what: str = "audio") -> tuple[torch.Tensor, int]:
     """A ComfyUI AUDIO {"waveform": [B, C, T], "sample_rate"} -> (waveform of the first item [C, T], rate)."""
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise ValueError(f"{what}: expected a ComfyUI AUDIO dict with 'waveform' and 'sample_rate', got "
-                         f"{type(audio).__name__}; connect Load Audio or another AUDIO output.")
+        raise ValueError(
+            f"{what}: expected a ComfyUI AUDIO dict with 'waveform' and 'sample_rate', got "
+            f"{type(audio).__name__}; connect Load Audio or another AUDIO output."
+        )
     waveform = torch.as_tensor(audio["waveform"])
     if waveform.ndim == 3:
         if len(waveform) > 1:

@@ -7,6 +7,7 @@ inside ``ComfyUI/custom_nodes/`` and both default to that ComfyUI's. Then open
 ``workflows/echomimic_demo_tiny.json``: it runs on these files in seconds, even on a CPU. The
 weights are random (seeded), so the video is noise, but every step of the real path runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,17 +69,21 @@ def write_demo_inputs(input_dir: str | Path, seconds: float = 2.4) -> tuple[Path
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nodes.demo_models", description=__doc__.split("\n\n")[0])
-    parser.add_argument("models_dir", nargs="?", help="ComfyUI's models folder (default: the ComfyUI this "
-                        "pack is installed in)")
-    parser.add_argument("--input-dir", help="ComfyUI's input folder for the demo image and audio "
-                        "(default: beside models_dir)")
+    parser.add_argument(
+        "models_dir", nargs="?", help="ComfyUI's models folder (default: the ComfyUI this pack is installed in)"
+    )
+    parser.add_argument(
+        "--input-dir", help="ComfyUI's input folder for the demo image and audio (default: beside models_dir)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="rewrite files that already exist")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = comfyui_root()
     if args.models_dir is None and root is None:
-        parser.error("give ComfyUI's models folder: this pack is not inside ComfyUI/custom_nodes/, so it "
-                     "cannot be found on its own.")
+        parser.error(
+            "give ComfyUI's models folder: this pack is not inside ComfyUI/custom_nodes/, so it "
+            "cannot be found on its own."
+        )
     models = Path(args.models_dir) if args.models_dir else root / "models"
     inputs = Path(args.input_dir) if args.input_dir else models.parent / "input"
 
@@ -86,8 +91,15 @@ def main(argv=None) -> int:
 
     files = write_demo_models(models, overwrite=args.overwrite)
     image, audio = write_demo_inputs(inputs)
-    for path in (files.transformer, files.vae, files.text_encoder, files.image_encoder, files.audio_encoder,
-                 image, audio):
+    for path in (
+        files.transformer,
+        files.vae,
+        files.text_encoder,
+        files.image_encoder,
+        files.audio_encoder,
+        image,
+        audio,
+    ):
         print(f"  {path}")
     print("Open workflows/echomimic_demo_tiny.json in ComfyUI and queue it.")
     return 0

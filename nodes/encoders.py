@@ -5,6 +5,7 @@ Outputs are native so they mix with ComfyUI's own nodes: ``CONDITIONING`` holds 
 Wan conditioning is interchangeable) and ``CLIP_VISION_OUTPUT`` carries Wan's CLIP tokens as
 ``penultimate_hidden_states`` ``[B, 257, 1280]``, the field ComfyUI's Wan nodes read.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,12 +34,23 @@ class EchoMimicTextEncode:
     def INPUT_TYPES(cls):
         from echomimic_core.settings import DEFAULT_NEGATIVE_PROMPT
 
-        return {"required": {
-            "text_encoder": ("ECHOMIMIC_TEXT_ENCODER",),
-            "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "What the person does and looks like."}),
-            "negative_prompt": ("STRING", {"multiline": True, "default": DEFAULT_NEGATIVE_PROMPT,
-                                           "tooltip": "Upstream's default negative prompt is prefilled."}),
-        }}
+        return {
+            "required": {
+                "text_encoder": ("ECHOMIMIC_TEXT_ENCODER",),
+                "prompt": (
+                    "STRING",
+                    {"multiline": True, "default": "", "tooltip": "What the person does and looks like."},
+                ),
+                "negative_prompt": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": DEFAULT_NEGATIVE_PROMPT,
+                        "tooltip": "Upstream's default negative prompt is prefilled.",
+                    },
+                ),
+            }
+        }
 
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")
@@ -62,9 +74,11 @@ class EchoMimicCLIPVisionEncode:
     RETURN_NAMES = ("clip_vision_output",)
     FUNCTION = "encode"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Wan's CLIP preprocessing: the whole image squashed to 224x224 (no crop, no antialiasing), as "
-                   "upstream. Takes Load CLIP Vision's model too; ComfyUI's own CLIP Vision Encode resizes "
-                   "differently, so its tokens are not upstream's.")
+    DESCRIPTION = (
+        "Wan's CLIP preprocessing: the whole image squashed to 224x224 (no crop, no antialiasing), as "
+        "upstream. Takes Load CLIP Vision's model too; ComfyUI's own CLIP Vision Encode resizes "
+        "differently, so its tokens are not upstream's."
+    )
 
     def encode(self, clip_vision, image):
         pixels = to_signed_nchw(image_batch(image, "image"))

@@ -4,6 +4,7 @@ Each loader lists files from a ComfyUI model folder (``comfy_services``), loads 
 loader (any released layout, fp8 files included) and parks the weights on ComfyUI's offload
 device; the sampler moves what it needs to the compute device.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,20 +33,46 @@ class EchoMimicModelLoader:
     def INPUT_TYPES(cls):
         from echomimic_core.model.attention import available_backends
 
-        return {"required": {
-            "model": (_transformer_files(), {"tooltip": "Transformer file in models/echomimic or "
-                      "models/diffusion_models (safetensors, pth, ComfyUI fp8-scaled files)."}),
-            "precision": (list(PRECISIONS), {"default": "bf16", "tooltip": "Compute dtype."}),
-            "weight_storage": (list(STORAGE), {"default": "default", "tooltip":
-                               "fp8 keeps the block matrices in 8 bits (half the memory), cast on the fly."}),
-            "attention": (available_backends(), {"default": "sdpa"}),
-            "variant": (["auto", "preview", "flash"], {"default": "auto", "tooltip":
-                        "auto reads it from the file; a base Wan2.1-Fun-InP file needs preview or flash."}),
-        }, "optional": {
-            "block_swap": ("INT", {"default": 0, "min": 0, "max": 40, "advanced": True, "tooltip":
-                           "Keep this many transformer blocks in CPU memory and stream each to the GPU when it "
-                           "runs (less GPU memory, slower). 0 = all blocks on the GPU."}),
-        }}
+        return {
+            "required": {
+                "model": (
+                    _transformer_files(),
+                    {
+                        "tooltip": "Transformer file in models/echomimic or "
+                        "models/diffusion_models (safetensors, pth, ComfyUI fp8-scaled files)."
+                    },
+                ),
+                "precision": (list(PRECISIONS), {"default": "bf16", "tooltip": "Compute dtype."}),
+                "weight_storage": (
+                    list(STORAGE),
+                    {
+                        "default": "default",
+                        "tooltip": "fp8 keeps the block matrices in 8 bits (half the memory), cast on the fly.",
+                    },
+                ),
+                "attention": (available_backends(), {"default": "sdpa"}),
+                "variant": (
+                    ["auto", "preview", "flash"],
+                    {
+                        "default": "auto",
+                        "tooltip": "auto reads it from the file; a base Wan2.1-Fun-InP file needs preview or flash.",
+                    },
+                ),
+            },
+            "optional": {
+                "block_swap": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 40,
+                        "advanced": True,
+                        "tooltip": "Keep this many transformer blocks in CPU memory and stream each to the GPU when it "
+                        "runs (less GPU memory, slower). 0 = all blocks on the GPU.",
+                    },
+                ),
+            },
+        }
 
     RETURN_TYPES = ("ECHOMIMIC_MODEL",)
     RETURN_NAMES = ("model",)
@@ -59,12 +86,19 @@ class EchoMimicModelLoader:
     def load(self, model, precision, weight_storage, attention, variant, block_swap=0):
         from echomimic_core.checkpoints.transformer import load_transformer
 
-        loaded = load_transformer(services.find_model(model, TRANSFORMER_FOLDERS), dtype=PRECISIONS[precision],
-                                  storage_dtype=STORAGE[weight_storage], device=services.offload_device(),
-                                  attention_backend=attention, variant=None if variant == "auto" else variant)
+        loaded = load_transformer(
+            services.find_model(model, TRANSFORMER_FOLDERS),
+            dtype=PRECISIONS[precision],
+            storage_dtype=STORAGE[weight_storage],
+            device=services.offload_device(),
+            attention_backend=attention,
+            variant=None if variant == "auto" else variant,
+        )
         if block_swap > len(loaded.blocks):
-            raise ValueError(f"block_swap {block_swap} is more than the model's {len(loaded.blocks)} blocks; "
-                             f"use 0..{len(loaded.blocks)}.")
+            raise ValueError(
+                f"block_swap {block_swap} is more than the model's {len(loaded.blocks)} blocks; "
+                f"use 0..{len(loaded.blocks)}."
+            )
         # placement happens in the sampler (see sampler.transformer_on_device); the loader only records it
         loaded.echomimic_block_swap = int(block_swap)
         return (loaded,)
@@ -86,15 +120,21 @@ class _EncoderLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            cls.FILE_INPUT: (services.list_models(cls.FOLDER), {"tooltip": cls.TOOLTIP}),
-            "precision": (list(PRECISIONS), {"default": cls.DEFAULT_PRECISION, "tooltip": cls.PRECISION_TOOLTIP}),
-        }}
+        return {
+            "required": {
+                cls.FILE_INPUT: (services.list_models(cls.FOLDER), {"tooltip": cls.TOOLTIP}),
+                "precision": (list(PRECISIONS), {"default": cls.DEFAULT_PRECISION, "tooltip": cls.PRECISION_TOOLTIP}),
+            }
+        }
 
     def _load(self, load_file, name: str, precision: str, **options):
         """``load_file(path, dtype=..., device=offload, **options)`` on the file ``name`` of this folder."""
-        return load_file(services.model_path(name, self.FOLDER), dtype=PRECISIONS[precision],
-                         device=services.offload_device(), **options)
+        return load_file(
+            services.model_path(name, self.FOLDER),
+            dtype=PRECISIONS[precision],
+            device=services.offload_device(),
+            **options,
+        )
 
 
 class EchoMimicVAELoader(_EncoderLoader):
@@ -164,16 +204,30 @@ class EchoMimicAudioEncoderLoader(_EncoderLoader):
     @classmethod
     def INPUT_TYPES(cls):
         required = super().INPUT_TYPES()["required"]
-        return {"required": {
-            cls.FILE_INPUT: required[cls.FILE_INPUT],
-            "kind": (["auto", "preview", "flash", "whisper"], {"default": "auto", "tooltip":
-                     "Which model's feature path to use; auto reads the file name / config."}),
-            "precision": required["precision"],
-        }, "optional": {
-            "loudness_normalize": (["auto", "on", "off"], {"default": "auto", "advanced": True, "tooltip":
-                                   "Flash: normalise the speech to -23 LUFS first (auto = as upstream: on for "
-                                   "flash; preview and Whisper never use it)."}),
-        }}
+        return {
+            "required": {
+                cls.FILE_INPUT: required[cls.FILE_INPUT],
+                "kind": (
+                    ["auto", "preview", "flash", "whisper"],
+                    {
+                        "default": "auto",
+                        "tooltip": "Which model's feature path to use; auto reads the file name / config.",
+                    },
+                ),
+                "precision": required["precision"],
+            },
+            "optional": {
+                "loudness_normalize": (
+                    ["auto", "on", "off"],
+                    {
+                        "default": "auto",
+                        "advanced": True,
+                        "tooltip": "Flash: normalise the speech to -23 LUFS first (auto = as upstream: on for "
+                        "flash; preview and Whisper never use it).",
+                    },
+                ),
+            },
+        }
 
     @classmethod
     def VALIDATE_INPUTS(cls, audio_encoder):
@@ -182,8 +236,15 @@ class EchoMimicAudioEncoderLoader(_EncoderLoader):
     def load(self, audio_encoder, kind, precision, loudness_normalize="auto"):
         from echomimic_core.encoders.audio import AudioEncoder
 
-        return (self._load(AudioEncoder.load, audio_encoder, precision, kind=None if kind == "auto" else kind,
-                           loudness_norm={"on": True, "off": False}.get(loudness_normalize)),)
+        return (
+            self._load(
+                AudioEncoder.load,
+                audio_encoder,
+                precision,
+                kind=None if kind == "auto" else kind,
+                loudness_norm={"on": True, "off": False}.get(loudness_normalize),
+            ),
+        )
 
 
 NODE_CLASS_MAPPINGS = {

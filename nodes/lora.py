@@ -4,6 +4,7 @@ The loader's output is cached by ComfyUI and may feed other nodes, so the LoRA i
 copy that shares every untouched weight with it: changing the strength and queueing again never
 stacks LoRAs on the cached model, and the copy costs only the layers the LoRA changes.
 """
+
 from __future__ import annotations
 
 from . import comfy_services as services
@@ -17,11 +18,13 @@ class EchoMimicLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("ECHOMIMIC_MODEL",),
-            "lora": (services.list_models(FOLDER), {"tooltip": "LoRA file in models/loras."}),
-            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05}),
-        }}
+        return {
+            "required": {
+                "model": ("ECHOMIMIC_MODEL",),
+                "lora": (services.list_models(FOLDER), {"tooltip": "LoRA file in models/loras."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05}),
+            }
+        }
 
     RETURN_TYPES = ("ECHOMIMIC_MODEL",)
     RETURN_NAMES = ("model",)

@@ -1,4 +1,5 @@
 """Face region of the reference image: the area the preview model's audio attention acts on."""
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def parse_box(text: str) -> tuple[float, float, float, float] | None:
-    """"y1, y2, x1, x2" in pixels (upstream's order) -> floats; empty -> None."""
+    """ "y1, y2, x1, x2" in pixels (upstream's order) -> floats; empty -> None."""
     text = text.strip()
     if not text:
         return None
@@ -23,8 +24,10 @@ def parse_box(text: str) -> tuple[float, float, float, float] | None:
     except ValueError:
         values = ()
     if len(values) != 4:
-        raise ValueError(f"face box {text!r}: expected four pixel numbers 'y1, y2, x1, x2' (upstream's "
-                         "order), or leave it empty to detect the face.")
+        raise ValueError(
+            f"face box {text!r}: expected four pixel numbers 'y1, y2, x1, x2' (upstream's "
+            "order), or leave it empty to detect the face."
+        )
     return values
 
 
@@ -33,13 +36,20 @@ class EchoMimicFaceMask:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"image": ("IMAGE",)},
-                "optional": {
-                    "mask": ("MASK", {"tooltip": "A painted face region; its bounding box is used."}),
-                    "box": ("STRING", {"default": "", "tooltip":
-                                       "y1, y2, x1, x2 in pixels of the image (upstream's mask .npy order); "
-                                       "empty = use the mask, else detect the face."}),
-                }}
+        return {
+            "required": {"image": ("IMAGE",)},
+            "optional": {
+                "mask": ("MASK", {"tooltip": "A painted face region; its bounding box is used."}),
+                "box": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "y1, y2, x1, x2 in pixels of the image (upstream's mask .npy order); "
+                        "empty = use the mask, else detect the face.",
+                    },
+                ),
+            },
+        }
 
     RETURN_TYPES = ("MASK",)
     RETURN_NAMES = ("face_mask",)
@@ -65,23 +75,29 @@ class EchoMimicFaceMask:
             painted = mask[0] if mask.ndim == 3 else mask
             if tuple(painted.shape) != (height, width):
                 # the box is read in the mask's pixels: on another size it would gate the wrong region
-                raise ValueError(f"mask is {painted.shape[-1]}x{painted.shape[0]} but the image is {width}x{height}; "
-                                 "paint the mask on this image (Load Image's mask editor) or resize it to match.")
+                raise ValueError(
+                    f"mask is {painted.shape[-1]}x{painted.shape[0]} but the image is {width}x{height}; "
+                    "paint the mask on this image (Load Image's mask editor) or resize it to match."
+                )
             face = box_from_mask(painted)
         if face is None:
             face = detect_face_box((frame.clamp(0, 1) * 255).round().byte().cpu().numpy())
         out = torch.zeros(1, height, width)
         boxes = []
         if face is None:
-            log.warning("no face found: the face mask covers the whole image (audio acts everywhere). "
-                        "Type a box or connect a mask to restrict it.")
+            log.warning(
+                "no face found: the face mask covers the whole image (audio acts everywhere). "
+                "Type a box or connect a mask to restrict it."
+            )
             out[:] = 1.0
         else:
             y1, y2, x1, x2 = face
             if not (0 <= y1 < y2 <= height and 0 <= x1 < x2 <= width):
-                raise ValueError(f"face box y1={y1:g}, y2={y2:g}, x1={x1:g}, x2={x2:g} does not lie inside the "
-                                 f"{height}x{width} image; give pixel coordinates of this image.")
-            out[:, int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = 1.0
+                raise ValueError(
+                    f"face box y1={y1:g}, y2={y2:g}, x1={x1:g}, x2={x2:g} does not lie inside the "
+                    f"{height}x{width} image; give pixel coordinates of this image."
+                )
+            out[:, int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = 1.0
             boxes.append({"x1": x1, "y1": y1, "x2": x2, "y2": y2})
         return {"ui": {"images": [self._preview(frame)], "echomimic_face_boxes": boxes}, "result": (out,)}
 

@@ -1,4 +1,5 @@
 """Output nodes: upstream's colour post-process and an mp4 writer that keeps audio in sync."""
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,10 @@ class EchoMimicColorMatch:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",)},
-                "optional": {"reference": ("IMAGE", {"tooltip": "Match to this image instead of frame 0."})}}
+        return {
+            "required": {"images": ("IMAGE",)},
+            "optional": {"reference": ("IMAGE", {"tooltip": "Match to this image instead of frame 0."})},
+        }
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
@@ -28,8 +31,10 @@ class EchoMimicColorMatch:
         if reference is not None:
             ref = to_uint8_frames(image_batch(reference, "reference")[:1])[0]
             if ref.shape != tuple(frames.shape[1:]):
-                raise ValueError(f"reference is {ref.shape[1]}x{ref.shape[0]} but the frames are "
-                                 f"{frames.shape[2]}x{frames.shape[1]}; resize it to the video size first.")
+                raise ValueError(
+                    f"reference is {ref.shape[1]}x{ref.shape[0]} but the frames are "
+                    f"{frames.shape[2]}x{frames.shape[1]}; resize it to the video size first."
+                )
         matched = match_to_first_frame(frames, ref)  # the core converts any dtype / device to uint8
         return (torch.from_numpy(matched).float().div(255.0),)
 
@@ -39,13 +44,15 @@ class EchoMimicSaveVideo:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-                    "images": ("IMAGE",),
-                    "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01}),
-                    "filename_prefix": ("STRING", {"default": "echomimic/clip"}),
-                    "crf": ("INT", {"default": 18, "min": 0, "max": 51, "tooltip": "H.264 quality: lower is better."}),
-                },
-                "optional": {"audio": ("AUDIO",)}}
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01}),
+                "filename_prefix": ("STRING", {"default": "echomimic/clip"}),
+                "crf": ("INT", {"default": 18, "min": 0, "max": 51, "tooltip": "H.264 quality: lower is better."}),
+            },
+            "optional": {"audio": ("AUDIO",)},
+        }
 
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("path",)

@@ -6,6 +6,7 @@ this node first and give its output to CLIP Vision Encode, the sampler and the t
 then finds the image already at its sample size (the size rule is idempotent) and the CLIP tokens
 match upstream's.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,14 +20,32 @@ class EchoMimicReferenceImage:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE",),
-            "width": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip":
-                      "0 = from the image and sample_area; set both width and height for a fixed size."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16}),
-            "sample_area": ("INT", {"default": 768 * 768, "min": 32 * 32, "max": 4096 * 4096, "step": 1024,
-                            "tooltip": "Pixels per frame when width/height are 0; keep it equal to the sampler's."}),
-        }}
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "width": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 4096,
+                        "step": 16,
+                        "tooltip": "0 = from the image and sample_area; set both width and height for a fixed size.",
+                    },
+                ),
+                "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16}),
+                "sample_area": (
+                    "INT",
+                    {
+                        "default": 768 * 768,
+                        "min": 32 * 32,
+                        "max": 4096 * 4096,
+                        "step": 1024,
+                        "tooltip": "Pixels per frame when width/height are 0; keep it equal to the sampler's.",
+                    },
+                ),
+            }
+        }
 
     RETURN_TYPES = ("IMAGE", "INT", "INT")
     RETURN_NAMES = ("image", "width", "height")
@@ -46,9 +65,9 @@ class EchoMimicReferenceImage:
 
     def resize(self, image, width, height, sample_area):
         from echomimic_core.pipeline import sample_size_for
-        from echomimic_core.tasks import to_uint8_image
         from echomimic_core.settings import GenerationSettings
         from echomimic_core.task_masks import resize_to_sample
+        from echomimic_core.tasks import to_uint8_image
 
         problem = self.VALIDATE_INPUTS(width, height)
         if problem is not True:

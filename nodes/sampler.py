@@ -10,6 +10,7 @@ differs between preview and flash default to *auto* (``auto`` / 0 / -1, see each
 resolves to ``GenerationSettings.for_variant(model variant)``: a flash model gets 8-step UniPC,
 audio-only CFG 3.0 and TeaCache 0.1 without retyping, a preview model 25-step Flow and 4.0/2.9.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,63 +33,272 @@ def _widgets() -> dict[str, tuple[tuple, object, bool]]:
     from echomimic_core.settings import LONG_VIDEO_MODES, SAMPLERS
 
     def auto_float(tip, top=30.0):
-        return ("FLOAT", {"default": -1.0, "min": -1.0, "max": top, "step": 0.05, "round": 0.001,
-                          "tooltip": tip + " -1 = the model variant's default."}), -1.0
+        return (
+            "FLOAT",
+            {
+                "default": -1.0,
+                "min": -1.0,
+                "max": top,
+                "step": 0.05,
+                "round": 0.001,
+                "tooltip": tip + " -1 = the model variant's default.",
+            },
+        ), -1.0
 
     return {
-        "seed": (("INT", {"default": 43, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                          "tooltip": "Noise seed (upstream's default is 43)."}), None, False),
-        "sampler": (([AUTO, *SAMPLERS], {"default": AUTO, "tooltip":
-                     "auto = the variant's: Flow (preview), Flow_Unipc (flash)."}), AUTO, False),
-        "steps": (("INT", {"default": 0, "min": 0, "max": 200, "tooltip":
-                   "0 = the variant's default: 25 (preview), 8 (flash)."}), 0, False),
-        "shift": (("FLOAT", {"default": 5.0, "min": 0.01, "max": 50.0, "step": 0.1,
-                   "tooltip": "Flow-matching timestep shift."}), None, False),
+        "seed": (
+            (
+                "INT",
+                {
+                    "default": 43,
+                    "min": 0,
+                    "max": 0xFFFFFFFFFFFFFFFF,
+                    "tooltip": "Noise seed (upstream's default is 43).",
+                },
+            ),
+            None,
+            False,
+        ),
+        "sampler": (
+            (
+                [AUTO, *SAMPLERS],
+                {"default": AUTO, "tooltip": "auto = the variant's: Flow (preview), Flow_Unipc (flash)."},
+            ),
+            AUTO,
+            False,
+        ),
+        "steps": (
+            (
+                "INT",
+                {"default": 0, "min": 0, "max": 200, "tooltip": "0 = the variant's default: 25 (preview), 8 (flash)."},
+            ),
+            0,
+            False,
+        ),
+        "shift": (
+            (
+                "FLOAT",
+                {"default": 5.0, "min": 0.01, "max": 50.0, "step": 0.1, "tooltip": "Flow-matching timestep shift."},
+            ),
+            None,
+            False,
+        ),
         "guidance_scale": (*auto_float("Text CFG: preview 4.0; flash 6.0 only switches CFG on."), False),
         "audio_guidance_scale": (*auto_float("Audio CFG: preview 2.9, flash 3.0."), False),
-        "audio_scale": (("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
-                         "tooltip": "Strength of the audio cross-attention."}), None, False),
-        "width": (("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip":
-                   "0 = from the image and sample_area (aspect kept, multiples of 16)."}), None, False),
-        "height": (("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip":
-                    "0 = from the image and sample_area."}), None, False),
-        "sample_area": (("INT", {"default": 768 * 768, "min": 32 * 32, "max": 4096 * 4096, "step": 1024,
-                         "tooltip": "Pixels per frame when width/height are 0 (768x768 upstream)."}), None, False),
-        "partial_video_length": (("INT", {"default": 0, "min": 0, "max": 1000, "tooltip":
-                                  "Frames per chunk of a long video; 0 = the variant's (preview 113, flash 81). "
-                                  "Lower it when memory runs out."}), 0, False),
-        "overlap_video_length": (("INT", {"default": 8, "min": 1, "max": 999,
-                                  "tooltip": "Frames shared (blended) by neighbouring chunks; in sliding mode "
-                                             "latent frames, as upstream."}), None, False),
-        "long_video_mode": ((list(LONG_VIDEO_MODES), {"default": "chunks", "tooltip":
-                             "chunks: one chunk after another; sliding: upstream's long-video CFG, all "
-                             "windows blended every step."}), None, False),
-        "color_match": (("BOOLEAN", {"default": True, "tooltip": "Match every frame's colours to frame 0 "
-                                     "(upstream's post-process)."}), None, False),
-        "use_dynamic_cfg": (([AUTO, "on", "off"], {"default": AUTO, "advanced": True, "tooltip":
-                             "Cosine decay of the text CFG: auto = on for preview, off for flash."}), AUTO, True),
-        "use_dynamic_acfg": (([AUTO, "on", "off"], {"default": AUTO, "advanced": True, "tooltip":
-                              "Cosine decay of the audio CFG: auto = on for preview, off for flash."}), AUTO, True),
+        "audio_scale": (
+            (
+                "FLOAT",
+                {
+                    "default": 1.0,
+                    "min": 0.0,
+                    "max": 5.0,
+                    "step": 0.05,
+                    "tooltip": "Strength of the audio cross-attention.",
+                },
+            ),
+            None,
+            False,
+        ),
+        "width": (
+            (
+                "INT",
+                {
+                    "default": 0,
+                    "min": 0,
+                    "max": 4096,
+                    "step": 16,
+                    "tooltip": "0 = from the image and sample_area (aspect kept, multiples of 16).",
+                },
+            ),
+            None,
+            False,
+        ),
+        "height": (
+            (
+                "INT",
+                {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip": "0 = from the image and sample_area."},
+            ),
+            None,
+            False,
+        ),
+        "sample_area": (
+            (
+                "INT",
+                {
+                    "default": 768 * 768,
+                    "min": 32 * 32,
+                    "max": 4096 * 4096,
+                    "step": 1024,
+                    "tooltip": "Pixels per frame when width/height are 0 (768x768 upstream).",
+                },
+            ),
+            None,
+            False,
+        ),
+        "partial_video_length": (
+            (
+                "INT",
+                {
+                    "default": 0,
+                    "min": 0,
+                    "max": 1000,
+                    "tooltip": "Frames per chunk of a long video; 0 = the variant's (preview 113, flash 81). "
+                    "Lower it when memory runs out.",
+                },
+            ),
+            0,
+            False,
+        ),
+        "overlap_video_length": (
+            (
+                "INT",
+                {
+                    "default": 8,
+                    "min": 1,
+                    "max": 999,
+                    "tooltip": "Frames shared (blended) by neighbouring chunks; in sliding mode "
+                    "latent frames, as upstream.",
+                },
+            ),
+            None,
+            False,
+        ),
+        "long_video_mode": (
+            (
+                list(LONG_VIDEO_MODES),
+                {
+                    "default": "chunks",
+                    "tooltip": "chunks: one chunk after another; sliding: upstream's long-video CFG, all "
+                    "windows blended every step.",
+                },
+            ),
+            None,
+            False,
+        ),
+        "color_match": (
+            (
+                "BOOLEAN",
+                {"default": True, "tooltip": "Match every frame's colours to frame 0 (upstream's post-process)."},
+            ),
+            None,
+            False,
+        ),
+        "use_dynamic_cfg": (
+            (
+                [AUTO, "on", "off"],
+                {
+                    "default": AUTO,
+                    "advanced": True,
+                    "tooltip": "Cosine decay of the text CFG: auto = on for preview, off for flash.",
+                },
+            ),
+            AUTO,
+            True,
+        ),
+        "use_dynamic_acfg": (
+            (
+                [AUTO, "on", "off"],
+                {
+                    "default": AUTO,
+                    "advanced": True,
+                    "tooltip": "Cosine decay of the audio CFG: auto = on for preview, off for flash.",
+                },
+            ),
+            AUTO,
+            True,
+        ),
         "neg_scale": (*auto_float("Negative-prompt boost on the first steps: preview 1.5, flash 1.0.", 10.0), True),
-        "neg_steps": (("INT", {"default": -1, "min": -1, "max": 200, "advanced": True, "tooltip":
-                       "Steps the boost lasts; -1 = the variant's (preview 2, flash 0)."}), -1, True),
-        "cfg_skip_ratio": (("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "advanced": True,
-                            "tooltip": "Run the last fraction of steps without CFG (faster)."}), None, True),
+        "neg_steps": (
+            (
+                "INT",
+                {
+                    "default": -1,
+                    "min": -1,
+                    "max": 200,
+                    "advanced": True,
+                    "tooltip": "Steps the boost lasts; -1 = the variant's (preview 2, flash 0).",
+                },
+            ),
+            -1,
+            True,
+        ),
+        "cfg_skip_ratio": (
+            (
+                "FLOAT",
+                {
+                    "default": 0.0,
+                    "min": 0.0,
+                    "max": 1.0,
+                    "step": 0.05,
+                    "advanced": True,
+                    "tooltip": "Run the last fraction of steps without CFG (faster).",
+                },
+            ),
+            None,
+            True,
+        ),
         "teacache_threshold": (*auto_float("TeaCache: 0 = off; preview 0 (off), flash 0.1.", 1.0), True),
-        "teacache_skip_start_steps": (("INT", {"default": 5, "min": 0, "max": 200, "advanced": True,
-                                       "tooltip": "TeaCache never skips these first steps."}), None, True),
-        "teacache_offload": (("BOOLEAN", {"default": False, "advanced": True,
-                              "tooltip": "Keep TeaCache residuals on the CPU."}), None, True),
-        "riflex_k": (("INT", {"default": 0, "min": 0, "max": 64, "advanced": True,
-                      "tooltip": "RIFLEx frequency index for longer windows; 0 = off."}), None, True),
-        "batch_guidance": (("BOOLEAN", {"default": True, "advanced": True, "tooltip":
-                            "Run the guidance passes as one batch (faster) or one by one (less memory)."}),
-                           None, True),
-        "vae_tile_size": (("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "advanced": True,
-                           "tooltip": "Tiled VAE encode/decode in pixels (low memory); 0 = whole frames."}),
-                          None, True),
-        "vae_tile_overlap": (("INT", {"default": 64, "min": 0, "max": 1024, "step": 8, "advanced": True}),
-                             None, True),
+        "teacache_skip_start_steps": (
+            (
+                "INT",
+                {
+                    "default": 5,
+                    "min": 0,
+                    "max": 200,
+                    "advanced": True,
+                    "tooltip": "TeaCache never skips these first steps.",
+                },
+            ),
+            None,
+            True,
+        ),
+        "teacache_offload": (
+            ("BOOLEAN", {"default": False, "advanced": True, "tooltip": "Keep TeaCache residuals on the CPU."}),
+            None,
+            True,
+        ),
+        "riflex_k": (
+            (
+                "INT",
+                {
+                    "default": 0,
+                    "min": 0,
+                    "max": 64,
+                    "advanced": True,
+                    "tooltip": "RIFLEx frequency index for longer windows; 0 = off.",
+                },
+            ),
+            None,
+            True,
+        ),
+        "batch_guidance": (
+            (
+                "BOOLEAN",
+                {
+                    "default": True,
+                    "advanced": True,
+                    "tooltip": "Run the guidance passes as one batch (faster) or one by one (less memory).",
+                },
+            ),
+            None,
+            True,
+        ),
+        "vae_tile_size": (
+            (
+                "INT",
+                {
+                    "default": 0,
+                    "min": 0,
+                    "max": 4096,
+                    "step": 8,
+                    "advanced": True,
+                    "tooltip": "Tiled VAE encode/decode in pixels (low memory); 0 = whole frames.",
+                },
+            ),
+            None,
+            True,
+        ),
+        "vae_tile_overlap": (("INT", {"default": 64, "min": 0, "max": 1024, "step": 8, "advanced": True}), None, True),
     }
 
 
@@ -120,14 +330,25 @@ class EchoMimicSampler:
         return {
             "required": {
                 "model": ("ECHOMIMIC_MODEL",),
-                "vae": ("ECHOMIMIC_VAE,VAE", {"tooltip": "EchoMimicV3 VAE Loader or ComfyUI's Load VAE "
-                                              "(wan_2.1_vae.safetensors)."}),
-                "positive": ("CONDITIONING", {"tooltip": "CLIP Text Encode (CLIPLoader type wan, umT5) or "
-                                              "EchoMimicV3 Text Encode."}),
-                "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "CLIP Vision Encode of the reference "
-                                       "(clip_vision_h, crop none) or EchoMimicV3 CLIP Vision Encode."}),
-                "audio_embeds": ("ECHOMIMIC_AUDIO_EMBEDS,AUDIO_ENCODER_OUTPUT", {"tooltip":
-                                 "EchoMimicV3 Audio Encode (its fps and max_frames set the video length)."}),
+                "vae": (
+                    "ECHOMIMIC_VAE,VAE",
+                    {"tooltip": "EchoMimicV3 VAE Loader or ComfyUI's Load VAE (wan_2.1_vae.safetensors)."},
+                ),
+                "positive": (
+                    "CONDITIONING",
+                    {"tooltip": "CLIP Text Encode (CLIPLoader type wan, umT5) or EchoMimicV3 Text Encode."},
+                ),
+                "clip_vision_output": (
+                    "CLIP_VISION_OUTPUT",
+                    {
+                        "tooltip": "CLIP Vision Encode of the reference "
+                        "(clip_vision_h, crop none) or EchoMimicV3 CLIP Vision Encode."
+                    },
+                ),
+                "audio_embeds": (
+                    "ECHOMIMIC_AUDIO_EMBEDS,AUDIO_ENCODER_OUTPUT",
+                    {"tooltip": "EchoMimicV3 Audio Encode (its fps and max_frames set the video length)."},
+                ),
                 **{name: spec for name, (spec, _, advanced) in widgets.items() if not advanced},
             },
             "optional": {
@@ -144,11 +365,17 @@ class EchoMimicSampler:
     CATEGORY = CATEGORY
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width=0, height=0, partial_video_length=0, overlap_video_length=8,
-                        vae_tile_size=0, vae_tile_overlap=64):
-        values = dict(width=width, height=height, partial_video_length=partial_video_length,
-                      overlap_video_length=overlap_video_length, vae_tile_size=vae_tile_size,
-                      vae_tile_overlap=vae_tile_overlap)
+    def VALIDATE_INPUTS(
+        cls, width=0, height=0, partial_video_length=0, overlap_video_length=8, vae_tile_size=0, vae_tile_overlap=64
+    ):
+        values = dict(
+            width=width,
+            height=height,
+            partial_video_length=partial_video_length,
+            overlap_video_length=overlap_video_length,
+            vae_tile_size=vae_tile_size,
+            vae_tile_overlap=vae_tile_overlap,
+        )
         problem = out_of_range(cls, values)
         if problem:
             return problem
@@ -164,8 +391,9 @@ class EchoMimicSampler:
                 problems.append(str(e))
         return problems[0] if len(problems) == 2 else True
 
-    def sample(self, model, vae, positive, clip_vision_output, audio_embeds, negative=None, image=None, task=None,
-               **widgets):
+    def sample(
+        self, model, vae, positive, clip_vision_output, audio_embeds, negative=None, image=None, task=None, **widgets
+    ):
         from echomimic_core import pipeline
         from echomimic_core.sampling.sampler import StepHooks
 
@@ -178,17 +406,34 @@ class EchoMimicSampler:
         plan = pipeline.plan_generation(reference, int(embeds["num_frames"]), settings, spec.task)
         models = pipeline.Models(transformer=model, vae=video_vae(vae))
         encoded = pipeline.encoded_from_embeddings(
-            models, plan, text_embedding(positive), text_embedding(negative, "negative") if negative is not None
-            else None, clip_embedding(clip_vision_output), embeds["features"], embeds["kind"],
-            spec.face_box, spec.face_mask)
+            models,
+            plan,
+            text_embedding(positive),
+            text_embedding(negative, "negative") if negative is not None else None,
+            clip_embedding(clip_vision_output),
+            embeds["features"],
+            embeds["kind"],
+            spec.face_box,
+            spec.face_mask,
+        )
 
         chunks = len(plan.chunks) if plan.chunks else 1  # sliding mode denoises all windows at once
         progress = services.Progress(chunks * settings.steps)
-        hooks = StepHooks(on_step=lambda step, steps, latents, denoised: progress(step, steps, latents=denoised),
-                          should_stop=_interrupted)
+        hooks = StepHooks(
+            on_step=lambda step, steps, latents, denoised: progress(step, steps, latents=denoised),
+            should_stop=_interrupted,
+        )
         device, offload = services.torch_device(), services.offload_device()
-        log.info("EchoMimicV3 %s: %d frames at %dx%d, %s %d steps, %d chunk(s)", models.variant, plan.num_frames,
-                 plan.sample_size[1], plan.sample_size[0], settings.sampler, settings.steps, chunks)
+        log.info(
+            "EchoMimicV3 %s: %d frames at %dx%d, %s %d steps, %d chunk(s)",
+            models.variant,
+            plan.num_frames,
+            plan.sample_size[1],
+            plan.sample_size[0],
+            settings.sampler,
+            settings.steps,
+            chunks,
+        )
         # no autograd graph across steps; no_grad rather than inference_mode so the frames stay
         # ordinary tensors that any downstream node may modify in place
         with torch.no_grad(), transformer_on_device(model, device, offload):
@@ -196,11 +441,18 @@ class EchoMimicSampler:
 
         rate = int(embeds["audio"]["sample_rate"])
         trimmed = pipeline.trim_audio(embeds["audio"]["waveform"], rate, plan.num_frames, settings.fps)
-        text = (f"{plan.num_frames} frames ({plan.num_frames / settings.fps:.2f} s) at {plan.sample_size[1]}x"
-                f"{plan.sample_size[0]}, {settings.sampler} x {settings.steps}")
-        return {"ui": {"echomimic_plan": [text]},
-                "result": (frames.to(services.intermediate_device()),
-                           {"waveform": trimmed[None], "sample_rate": rate}, float(settings.fps))}
+        text = (
+            f"{plan.num_frames} frames ({plan.num_frames / settings.fps:.2f} s) at {plan.sample_size[1]}x"
+            f"{plan.sample_size[0]}, {settings.sampler} x {settings.steps}"
+        )
+        return {
+            "ui": {"echomimic_plan": [text]},
+            "result": (
+                frames.to(services.intermediate_device()),
+                {"waveform": trimmed[None], "sample_rate": rate},
+                float(settings.fps),
+            ),
+        }
 
 
 @contextlib.contextmanager
@@ -208,10 +460,15 @@ def transformer_on_device(model, device, offload):
     """The transformer on ``device`` for one run (all of it, or all but the loader's ``block_swap``
     blocks, which stream in when they run), then parked on ``offload`` and the cache released."""
     swap = getattr(model, "echomimic_block_swap", 0)
-    resident = sum(p.numel() * p.element_size() for i, block in enumerate(model.blocks) if i >= swap
-                   for p in block.parameters())
-    resident += sum(p.numel() * p.element_size() for name, child in model.named_children() if name != "blocks"
-                    for p in child.parameters())
+    resident = sum(
+        p.numel() * p.element_size() for i, block in enumerate(model.blocks) if i >= swap for p in block.parameters()
+    )
+    resident += sum(
+        p.numel() * p.element_size()
+        for name, child in model.named_children()
+        if name != "blocks"
+        for p in child.parameters()
+    )
     services.free_memory(resident * 5 // 4, device)  # weights + a margin; activations are freed per step
     try:
         if swap:

@@ -4,6 +4,7 @@ Outputs ``ECHOMIMIC_TASK`` (:class:`TaskSpec`: the core's ``pipeline.Task`` plus
 for the preview model's audio gate) and an ``IMAGE`` preview of what is kept: the kept images, the
 lip-sync mouth region tinted red, the face region tinted green.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,27 +16,34 @@ from .masks import parse_box
 
 TASKS = ("first_frame", "first_last", "keyframes", "lipsync", "continue")
 # inputs each task needs connected (checked before any tensor exists when ComfyUI tells us the links)
-NEEDS = {"first_last": "end_image", "keyframes": "keyframe_images", "lipsync": "source_video",
-         "continue": "source_video"}
+NEEDS = {
+    "first_last": "end_image",
+    "keyframes": "keyframe_images",
+    "lipsync": "source_video",
+    "continue": "source_video",
+}
 MOUTH_TINT, FACE_TINT = (1.0, 0.2, 0.2), (0.2, 1.0, 0.2)
 
 
 @dataclass
 class TaskSpec:
     """ECHOMIMIC_TASK: the core task and where the preview model's audio acts (box, else mask, else detected)."""
-    task: object                                  # echomimic_core.pipeline.Task
+
+    task: object  # echomimic_core.pipeline.Task
     face_box: tuple[float, float, float, float] | None = None  # y1, y2, x1, x2 in the reference's pixels
-    face_mask: torch.Tensor | None = None         # [H, W] in the reference's pixels
+    face_mask: torch.Tensor | None = None  # [H, W] in the reference's pixels
 
 
 def parse_indices(text: str) -> list[int]:
-    """"0, 40, -1" -> [0, 40, -1] (negative counts from the end); duplicates are an error."""
+    """ "0, 40, -1" -> [0, 40, -1] (negative counts from the end); duplicates are an error."""
     parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
     try:
         indices = [int(p) for p in parts]
     except ValueError:
-        raise ValueError(f"keyframe_indices {text!r}: expected whole frame numbers separated by commas, "
-                         "e.g. '0, 40, -1' (-1 = the last frame).") from None
+        raise ValueError(
+            f"keyframe_indices {text!r}: expected whole frame numbers separated by commas, "
+            "e.g. '0, 40, -1' (-1 = the last frame)."
+        ) from None
     if len(set(indices)) != len(indices):
         raise ValueError(f"keyframe_indices {text!r} names a frame twice; give each frame once.")
     return indices
@@ -64,32 +72,68 @@ class EchoMimicTask:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-                    "task": (list(TASKS), {"default": "first_frame", "tooltip":
-                             "first_frame: the reference opens the video. first_last: end_image closes it. "
-                             "keyframes: keyframe_images at keyframe_indices. lipsync: redo the mouth of "
-                             "source_video. continue: source_video's last frames lead into the new video."}),
-                },
-                "optional": {
-                    "image": ("IMAGE", {"tooltip": "The reference image; only used for the preview."}),
-                    "end_image": ("IMAGE", {"tooltip": "first_last: the last frame."}),
-                    "keyframe_images": ("IMAGE", {"tooltip": "keyframes: one image per index."}),
-                    "keyframe_indices": ("STRING", {"default": "", "tooltip":
-                                         "keyframes: frame numbers, e.g. '0, 40, -1' (-1 = the last frame)."}),
-                    "source_video": ("IMAGE", {"tooltip": "lipsync / continue: the video frames."}),
-                    "mouth_mask": ("MASK", {"tooltip": "lipsync: the region to regenerate, on a frame of "
-                                            "source_video (one mask, or one per frame)."}),
-                    "mouth_box": ("STRING", {"default": "", "tooltip":
-                                  "lipsync: y1, y2, x1, x2 in source_video pixels; empty = the mask, else the "
-                                  "lower half of the detected face."}),
-                    "continue_frames": ("INT", {"default": 8, "min": 1, "max": 1000, "tooltip":
-                                        "continue: how many of source_video's last frames are kept."}),
-                    "face_mask": ("MASK", {"tooltip": "preview model: where the audio acts (its bounding box), "
-                                           "e.g. painted in the mask editor or from EchoMimicV3 Face Mask."}),
-                    "face_box": ("STRING", {"default": "", "tooltip":
-                                 "preview model: y1, y2, x1, x2 in reference pixels; empty = face_mask, "
-                                 "else detected."}),
-                }}
+        return {
+            "required": {
+                "task": (
+                    list(TASKS),
+                    {
+                        "default": "first_frame",
+                        "tooltip": "first_frame: the reference opens the video. first_last: end_image closes it. "
+                        "keyframes: keyframe_images at keyframe_indices. lipsync: redo the mouth of "
+                        "source_video. continue: source_video's last frames lead into the new video.",
+                    },
+                ),
+            },
+            "optional": {
+                "image": ("IMAGE", {"tooltip": "The reference image; only used for the preview."}),
+                "end_image": ("IMAGE", {"tooltip": "first_last: the last frame."}),
+                "keyframe_images": ("IMAGE", {"tooltip": "keyframes: one image per index."}),
+                "keyframe_indices": (
+                    "STRING",
+                    {"default": "", "tooltip": "keyframes: frame numbers, e.g. '0, 40, -1' (-1 = the last frame)."},
+                ),
+                "source_video": ("IMAGE", {"tooltip": "lipsync / continue: the video frames."}),
+                "mouth_mask": (
+                    "MASK",
+                    {
+                        "tooltip": "lipsync: the region to regenerate, on a frame of "
+                        "source_video (one mask, or one per frame)."
+                    },
+                ),
+                "mouth_box": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "lipsync: y1, y2, x1, x2 in source_video pixels; empty = the mask, else the "
+                        "lower half of the detected face.",
+                    },
+                ),
+                "continue_frames": (
+                    "INT",
+                    {
+                        "default": 8,
+                        "min": 1,
+                        "max": 1000,
+                        "tooltip": "continue: how many of source_video's last frames are kept.",
+                    },
+                ),
+                "face_mask": (
+                    "MASK",
+                    {
+                        "tooltip": "preview model: where the audio acts (its bounding box), "
+                        "e.g. painted in the mask editor or from EchoMimicV3 Face Mask."
+                    },
+                ),
+                "face_box": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "preview model: y1, y2, x1, x2 in reference pixels; empty = face_mask, "
+                        "else detected.",
+                    },
+                ),
+            },
+        }
 
     RETURN_TYPES = ("ECHOMIMIC_TASK", "IMAGE")
     RETURN_NAMES = ("task", "preview")
@@ -97,8 +141,7 @@ class EchoMimicTask:
     CATEGORY = CATEGORY
 
     @classmethod
-    def VALIDATE_INPUTS(cls, task, keyframe_indices="", mouth_box="", face_box="", continue_frames=8,
-                        input_types=None):
+    def VALIDATE_INPUTS(cls, task, keyframe_indices="", mouth_box="", face_box="", continue_frames=8, input_types=None):
         if task not in TASKS:
             return f"task must be one of {TASKS}, got {task!r}"
         try:
@@ -115,8 +158,20 @@ class EchoMimicTask:
             return f"the {task} task needs its {NEEDS[task]} input connected."
         return linked_type_mismatch(cls, input_types) or True
 
-    def build(self, task, image=None, end_image=None, keyframe_images=None, keyframe_indices="",
-              source_video=None, mouth_mask=None, mouth_box="", continue_frames=8, face_mask=None, face_box=""):
+    def build(
+        self,
+        task,
+        image=None,
+        end_image=None,
+        keyframe_images=None,
+        keyframe_indices="",
+        source_video=None,
+        mouth_mask=None,
+        mouth_box="",
+        continue_frames=8,
+        face_mask=None,
+        face_box="",
+    ):
         from echomimic_core.pipeline import Task
 
         problem = self.VALIDATE_INPUTS(task, keyframe_indices, mouth_box, face_box, continue_frames)
@@ -130,15 +185,24 @@ class EchoMimicTask:
             images = image_batch(keyframe_images, "keyframe_images").cpu()
             indices = parse_indices(keyframe_indices)
             if len(indices) != len(images):
-                raise ValueError(f"keyframe_indices names {len(indices)} frames but keyframe_images holds "
-                                 f"{len(images)} images; give one index per image.")
+                raise ValueError(
+                    f"keyframe_indices names {len(indices)} frames but keyframe_images holds "
+                    f"{len(images)} images; give one index per image."
+                )
             keyframes = dict(zip(indices, images))
         end = image_batch(end_image, "end_image")[0].cpu() if end_image is not None else None
         mouth = torch.as_tensor(mouth_mask).float().cpu() if mouth_mask is not None else None
         if mouth is not None and mouth.ndim == 3 and len(mouth) == 1:  # one mask for every frame
             mouth = mouth[0]
-        core = Task(kind=task, end_image=end, keyframes=keyframes, source_video=video,
-                    mouth_box=parse_box(mouth_box or ""), mouth_mask=mouth, continue_frames=int(continue_frames))
+        core = Task(
+            kind=task,
+            end_image=end,
+            keyframes=keyframes,
+            source_video=video,
+            mouth_box=parse_box(mouth_box or ""),
+            mouth_mask=mouth,
+            continue_frames=int(continue_frames),
+        )
         core.validate()
         spec = TaskSpec(core, parse_box(face_box or ""), _single_mask(face_mask, "face_mask"))
         reference = image_batch(image, "image")[0].cpu() if image is not None else None
@@ -155,7 +219,7 @@ class EchoMimicTask:
             region = lipsync_region(task, first, tuple(first.shape[1:3]))[0].float()
             frames = [_tint(first[0], region, MOUTH_TINT)]
         elif task.kind == "continue":
-            frames = list(task.source_video[-task.continue_frames:])
+            frames = list(task.source_video[-task.continue_frames :])
         elif task.kind == "keyframes":
             frames = [image for _, image in sorted(task.keyframes.items(), key=lambda kv: (kv[0] < 0, kv[0]))]
         else:

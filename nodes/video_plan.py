@@ -17,6 +17,7 @@ The frontend computes the same plan in ``web/lib/video_plan.js``; both are teste
   ``0 <= overlap < partial``. Upstream instead rounds the last chunk down and loses up to 3 frames
   and the audio under them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,11 +28,11 @@ from echomimic_core.long_video import latent_frames, plan_chunks, round_down_4k1
 
 @dataclass(frozen=True)
 class VideoPlan:
-    frames: int                               # output frames
+    frames: int  # output frames
     latent_frames: int
-    partial: int                              # chunk length after rounding
+    partial: int  # chunk length after rounding
     chunks: tuple[tuple[int, int, int], ...]  # (first frame, frames generated, overlap) per chunk
-    seconds: float                            # frames / fps
+    seconds: float  # frames / fps
 
     @property
     def generated_frames(self) -> int:
@@ -39,13 +40,16 @@ class VideoPlan:
         return sum(length for _, length, _ in self.chunks)
 
 
-def plan_video(duration_s: float, fps: float, partial: int, overlap: int,
-               max_frames: int | None = None) -> VideoPlan:
+def plan_video(duration_s: float, fps: float, partial: int, overlap: int, max_frames: int | None = None) -> VideoPlan:
     """Frames, latent frames and chunks for ``duration_s`` seconds of audio."""
     frames = frames_for_samples(round(duration_s * SAMPLE_RATE), fps, max_frames=max_frames, stride=None)
     if frames < 1:
-        raise ValueError(f"{duration_s:.3f} s of audio at {fps} fps is less than one frame; "
-                         "use a longer audio clip.")
+        raise ValueError(f"{duration_s:.3f} s of audio at {fps} fps is less than one frame; use a longer audio clip.")
     chunks = plan_chunks(frames, partial, overlap)
-    return VideoPlan(frames, latent_frames(round_up_4k1(frames)), round_down_4k1(partial),
-                     tuple((c.start, c.length, c.overlap) for c in chunks), frames / fps)
+    return VideoPlan(
+        frames,
+        latent_frames(round_up_4k1(frames)),
+        round_down_4k1(partial),
+        tuple((c.start, c.length, c.overlap) for c in chunks),
+        frames / fps,
+    )

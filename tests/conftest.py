@@ -1,4 +1,5 @@
 """Shared fixtures: where the upstream reference data lives, and deterministic torch."""
+
 import os
 from pathlib import Path
 
@@ -13,8 +14,10 @@ REFERENCE_DIR = Path(os.environ.get("ECHOMIMIC_REFERENCE", REPO / "tests" / "dat
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():
-        pytest.fail(f"reference data not found at {REFERENCE_DIR}: it ships in tests/data/reference; "
-                    "unset ECHOMIMIC_REFERENCE or point it at a folder of fixtures.")
+        pytest.fail(
+            f"reference data not found at {REFERENCE_DIR}: it ships in tests/data/reference; "
+            "unset ECHOMIMIC_REFERENCE or point it at a folder of fixtures."
+        )
     return REFERENCE_DIR
 
 
@@ -22,6 +25,7 @@ def reference_dir() -> Path:
 def object_info_path() -> Path:
     """ComfyUI 0.8's core node schemas, as the pack ships them for workflows.validate."""
     from workflows.validate import DEFAULT_OBJECT_INFO
+
     return DEFAULT_OBJECT_INFO
 
 
@@ -36,10 +40,12 @@ def _deterministic():
 def demo_model_files(tmp_path_factory):
     """The tiny demo installation (every model file, ComfyUI layout), written once per session."""
     from echomimic_core.demo import write_demo_models
+
     return write_demo_models(tmp_path_factory.mktemp("demo-models"))
 
 
 @pytest.fixture(scope="session")
 def demo_models(demo_model_files):
     from echomimic_core.model_files import load_models
+
     return load_models(demo_model_files, dtype="float32")

@@ -6,10 +6,17 @@ import torch
 from echomimic_core import audio_alignment as al
 
 
-@pytest.mark.parametrize("fps, seconds, raw_frames", [
-    (25, 3.0, 75), (30, 3.0, 90), (24, 3.0, 72),
-    (25, 3.23, 80), (30, 2.71, 81), (24, 1.99, 47),  # audio that does not divide evenly
-])
+@pytest.mark.parametrize(
+    "fps, seconds, raw_frames",
+    [
+        (25, 3.0, 75),
+        (30, 3.0, 90),
+        (24, 3.0, 72),
+        (25, 3.23, 80),
+        (30, 2.71, 81),
+        (24, 1.99, 47),  # audio that does not divide evenly
+    ],
+)
 def test_frames_for_samples_floor_then_4k_plus_1(fps, seconds, raw_frames):
     samples = round(seconds * al.SAMPLE_RATE)
     assert al.frames_for_samples(samples, fps, stride=None) == raw_frames
@@ -93,10 +100,7 @@ def test_flash_windows_hand_computed():
     win = al.flash_windows(per_frame)
     assert win.shape == (1, 4, 5, 2, 3)
     centre = win[0, :, :, 0, 0].tolist()
-    assert centre == [[0, 0, 0, 1, 2],
-                      [0, 0, 1, 2, 3],
-                      [0, 1, 2, 3, 3],
-                      [1, 2, 3, 3, 3]]
+    assert centre == [[0, 0, 0, 1, 2], [0, 0, 1, 2, 3], [0, 1, 2, 3, 3], [1, 2, 3, 3, 3]]
     single = al.flash_windows(torch.ones(1, 2, 3))
     assert single.shape == (1, 1, 5, 2, 3)
     with pytest.raises(ValueError, match="per-frame"):

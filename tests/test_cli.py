@@ -1,4 +1,5 @@
 """The command line: the demo writes a playable mp4 whose duration matches the audio."""
+
 import shutil
 
 import av
@@ -34,10 +35,24 @@ def test_demo_writes_mp4_matching_the_audio(demo_cache, tmp_path, capsys):
     wav = tmp_path / "voice.wav"
     write_wav(wav, 0.7)
     out = tmp_path / "out" / "clip.mp4"
-    rc = cli.main(["generate", "--demo", "--audio", str(wav), "--out", str(out), "--steps", "1",
-                   "--partial-video-length", "9", "--overlap-video-length", "2"])
+    rc = cli.main(
+        [
+            "generate",
+            "--demo",
+            "--audio",
+            str(wav),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--partial-video-length",
+            "9",
+            "--overlap-video-length",
+            "2",
+        ]
+    )
     assert rc == 0 and out.is_file()
-    assert "17 frames" in capsys.readouterr().out   # floor(0.7 s * 25 fps)
+    assert "17 frames" in capsys.readouterr().out  # floor(0.7 s * 25 fps)
     with av.open(str(out)) as c:
         video, audio = c.streams.video[0], c.streams.audio[0]
         frames = sum(1 for _ in c.decode(video))
@@ -61,18 +76,39 @@ def test_user_errors_are_one_line(demo_cache, tmp_path, capsys):
 def test_task_choices_are_the_pipelines_tasks():
     # the CLI spells them out to keep `--help` free of torch imports; they must not drift apart
     from echomimic_core.tasks import TASKS
+
     assert cli.TASK_CHOICES == TASKS
 
 
 def test_negative_keyframe_index_and_sliding_plan_line(demo_cache, tmp_path, capsys):
     # `--keyframe -1:x.png` as the help shows it: argparse alone takes "-1:x.png" for an option
     from PIL import Image
+
     wav, last = tmp_path / "voice.wav", tmp_path / "last.png"
     write_wav(wav, 0.5)
     Image.new("RGB", (96, 96), (200, 30, 30)).save(last)
-    rc = cli.main(["generate", "--demo", "--audio", str(wav), "--out", str(tmp_path / "kf.mp4"), "--steps", "1",
-                   "--task", "keyframes", "--keyframe", "-1:" + str(last), "--long-video-mode", "sliding",
-                   "--partial-video-length", "9", "--overlap-video-length", "1"])
+    rc = cli.main(
+        [
+            "generate",
+            "--demo",
+            "--audio",
+            str(wav),
+            "--out",
+            str(tmp_path / "kf.mp4"),
+            "--steps",
+            "1",
+            "--task",
+            "keyframes",
+            "--keyframe",
+            "-1:" + str(last),
+            "--long-video-mode",
+            "sliding",
+            "--partial-video-length",
+            "9",
+            "--overlap-video-length",
+            "1",
+        ]
+    )
     assert rc == 0
     line = capsys.readouterr().out
     assert "12 frames" in line and "sliding windows" in line and "chunk(s)" not in line
@@ -83,13 +119,26 @@ def test_block_swap_runs_from_the_command_line(demo_cache, tmp_path, capsys):
     # generate() directly (the sampler node had its own no_grad)
     wav = tmp_path / "voice.wav"
     write_wav(wav, 0.3)
-    rc = cli.main(["generate", "--demo", "--audio", str(wav), "--out", str(tmp_path / "bs.mp4"), "--steps", "1",
-                   "--block-swap", "1"])
+    rc = cli.main(
+        [
+            "generate",
+            "--demo",
+            "--audio",
+            str(wav),
+            "--out",
+            str(tmp_path / "bs.mp4"),
+            "--steps",
+            "1",
+            "--block-swap",
+            "1",
+        ]
+    )
     assert rc == 0 and "7 frames" in capsys.readouterr().out
 
 
 def test_unavailable_attention_backend_is_one_line(demo_cache, tmp_path, capsys, monkeypatch):
     import importlib.util
+
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xformers" else real(name, *a))
     rc = cli.main(["generate", "--demo", "--attention", "xformers", "--out", str(tmp_path / "x.mp4")])

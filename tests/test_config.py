@@ -27,12 +27,20 @@ def test_from_reference_meta_reads_shipped_meta(reference_dir):
     assert (preview.dim, preview.clip_dim, preview.audio_in_dim) == (96, 48, meta["preview"]["audio_in_dim"])
     flash = TransformerConfig.from_reference_meta(meta, "flash")
     assert (flash.audio_channels, flash.audio_blocks, flash.audio_context_tokens) == (
-        meta["flash"]["channels"], meta["flash"]["blocks"], meta["flash"]["context_tokens"])
+        meta["flash"]["channels"],
+        meta["flash"]["blocks"],
+        meta["flash"]["context_tokens"],
+    )
 
 
 def test_from_dict_ignores_upstream_only_keys_and_validates():
-    upstream = {"_class_name": "WanTransformerAudioMask3DModel", "window_size": [-1, -1], "dim": 64,
-                "num_heads": 4, "patch_size": [1, 2, 2]}
+    upstream = {
+        "_class_name": "WanTransformerAudioMask3DModel",
+        "window_size": [-1, -1],
+        "dim": 64,
+        "num_heads": 4,
+        "patch_size": [1, 2, 2],
+    }
     assert TransformerConfig.from_dict(upstream).patch_size == (1, 2, 2)
     with pytest.raises(ValueError, match="model_type must be 'i2v'"):
         TransformerConfig(model_type="t2v")

@@ -1,4 +1,5 @@
 """The tiny demo installation."""
+
 import torch
 from safetensors.torch import load_file
 

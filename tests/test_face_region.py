@@ -6,11 +6,17 @@ import torch
 from PIL import Image
 
 import echomimic_core.face_region as face_region
-from echomimic_core.face_region import (box_from_mask, detect_face_box, face_ip_mask, ip_mask_from_box,
-                                        ip_mask_from_mask, token_grid)
+from echomimic_core.face_region import (
+    box_from_mask,
+    detect_face_box,
+    face_ip_mask,
+    ip_mask_from_box,
+    ip_mask_from_mask,
+    token_grid,
+)
 
 IMAGE_HW = (1024, 768)
-SAMPLE_HW = (880, 656)   # pick_sample_size(1024, 768, 768 * 768)
+SAMPLE_HW = (880, 656)  # pick_sample_size(1024, 768, 768 * 768)
 
 
 def test_box_rasterised_on_token_grid_as_upstream():
@@ -27,11 +33,12 @@ def test_mask_image_uses_its_bounding_box_or_shape():
     drawn = np.zeros(IMAGE_HW, np.uint8)
     drawn[200:500, 250:520] = 255
     assert box_from_mask(drawn) == (200.0, 500.0, 250.0, 520.0)
-    assert torch.equal(ip_mask_from_mask(drawn, IMAGE_HW, SAMPLE_HW),
-                       ip_mask_from_box([200, 500, 250, 520], IMAGE_HW, SAMPLE_HW))
+    assert torch.equal(
+        ip_mask_from_mask(drawn, IMAGE_HW, SAMPLE_HW), ip_mask_from_box([200, 500, 250, 520], IMAGE_HW, SAMPLE_HW)
+    )
     circle = np.zeros((64, 64), np.float32)
     yy, xx = np.mgrid[:64, :64]
-    circle[(yy - 32) ** 2 + (xx - 32) ** 2 < 20 ** 2] = 1.0
+    circle[(yy - 32) ** 2 + (xx - 32) ** 2 < 20**2] = 1.0
     shape = ip_mask_from_mask(torch.from_numpy(circle)[None], (64, 64), (64, 64), mode="shape").reshape(4, 4)
     assert shape[1:3, 1:3].all() and not shape[0, 0] and shape.sum() < 16
 

@@ -1,9 +1,18 @@
 import pytest
 import torch
 
-from echomimic_core.long_video import (Chunk, Window, blend_into, generate_chunked, plan_chunks,
-                                       plan_windows, round_down_4k1, round_up_4k1, sliding_velocity,
-                                       window_weights)
+from echomimic_core.long_video import (
+    Chunk,
+    Window,
+    blend_into,
+    generate_chunked,
+    plan_chunks,
+    plan_windows,
+    round_down_4k1,
+    round_up_4k1,
+    sliding_velocity,
+    window_weights,
+)
 
 
 def test_4k1_rounding():
@@ -68,7 +77,7 @@ def test_windows_and_weights_partition_unity():
     weights = window_weights(windows, 4)
     total = torch.zeros(30)
     for w, wt in zip(windows, weights):
-        total[w.start:w.start + w.length] += wt
+        total[w.start : w.start + w.length] += wt
     torch.testing.assert_close(total, torch.ones(30))
 
 
@@ -78,7 +87,7 @@ def test_sliding_velocity_of_a_windowed_constant_field_is_that_field():
 
     def window_velocity(w, lat, t, step):
         assert lat.shape[2] == w.length
-        return field[:, :, w.start:w.start + w.length]
+        return field[:, :, w.start : w.start + w.length]
 
     v = sliding_velocity(window_velocity, 21, 8, 3)(torch.zeros(1, 2, 21, 3, 3), torch.tensor([500.0]), 0)
     torch.testing.assert_close(v, field)

@@ -36,13 +36,16 @@ def _write_audio(path, fmt, codec, sr, data):
             out.mux(p)
 
 
-@pytest.mark.parametrize("ext, fmt, codec, sr", [
-    ("wav", "wav", "pcm_s16le", 22050),
-    ("mp3", "mp3", "libmp3lame", 44100),
-    ("m4a", "ipod", "aac", 48000),
-    ("flac", "flac", "flac", 16000),
-    ("ogg", "ogg", "libopus", 48000),
-])
+@pytest.mark.parametrize(
+    "ext, fmt, codec, sr",
+    [
+        ("wav", "wav", "pcm_s16le", 22050),
+        ("mp3", "mp3", "libmp3lame", 44100),
+        ("m4a", "ipod", "aac", 48000),
+        ("flac", "flac", "flac", 16000),
+        ("ogg", "ogg", "libopus", 48000),
+    ],
+)
 def test_load_audio_each_container(tmp_path, ext, fmt, codec, sr):
     data = _sine(sr, 0.5, channels=2)
     path = tmp_path / f"tone.{ext}"
@@ -59,6 +62,7 @@ def test_load_audio_each_container(tmp_path, ext, fmt, codec, sr):
 
 def _hide_modules(monkeypatch, *names):
     import builtins
+
     real_import = builtins.__import__
 
     def guarded(name, *args, **kwargs):
@@ -74,8 +78,7 @@ def _tone_peak_hz(wav, sr):
     return int(spectrum.argmax()) * sr / (wav.shape[0] - 2000)
 
 
-@pytest.mark.parametrize("hidden", [(), ("soxr",), ("soxr", "torchaudio")],
-                         ids=["first-available", "torchaudio", "av"])
+@pytest.mark.parametrize("hidden", [(), ("soxr",), ("soxr", "torchaudio")], ids=["first-available", "torchaudio", "av"])
 def test_resample_backends_agree(monkeypatch, hidden):
     sr = 44100
     wav = torch.from_numpy(_sine(sr, 1.0, freq=1000.0)[0])
@@ -183,7 +186,7 @@ def test_image_exif_alpha_gray16(tmp_path):
     rgba.putpixel((1, 1), (0, 255, 0, 255))
     rgba.save(tmp_path / "a.png")
     white = media.load_image(tmp_path / "a.png")
-    assert torch.allclose(white[0, 0], torch.ones(3)) and torch.allclose(white[1, 1], torch.tensor([0., 1, 0]))
+    assert torch.allclose(white[0, 0], torch.ones(3)) and torch.allclose(white[1, 1], torch.tensor([0.0, 1, 0]))
     dropped = media.load_image(tmp_path / "a.png", alpha="drop")
     assert torch.allclose(dropped[0, 0], torch.zeros(3))
 
@@ -254,16 +257,16 @@ def test_load_video_other_containers(tmp_path, ext, fmt, codec):
 
 def test_write_falls_back_to_mpeg4(tmp_path, monkeypatch):
     monkeypatch.setattr(media, "video_codec", lambda: "mpeg4")
-    path = media.write_video(tmp_path / "m.mp4", torch.full((5, 16, 16, 3), 0.5), 25,
-                             torch.zeros(3200), 16000)
+    path = media.write_video(tmp_path / "m.mp4", torch.full((5, 16, 16, 3), 0.5), 25, torch.zeros(3200), 16000)
     with av.open(str(path)) as c:
         assert c.streams.video[0].codec_context.name == "mpeg4"
         assert c.streams.audio[0].codec_context.name == "aac"
     assert abs(float(media.load_video(path).frames.mean()) - 0.5) < 0.03
 
 
-@pytest.mark.skipif(not hasattr(av.video.stream.VideoStream, "set_display_rotation"),
-                    reason="this av cannot write a display rotation")
+@pytest.mark.skipif(
+    not hasattr(av.video.stream.VideoStream, "set_display_rotation"), reason="this av cannot write a display rotation"
+)
 def test_load_video_applies_display_rotation(tmp_path):
     image = np.zeros((32, 48, 3), dtype=np.uint8)
     image[:8, :8] = 255  # marker in the stored top-left corner

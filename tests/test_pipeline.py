@@ -31,9 +31,9 @@ def test_length_follows_audio_and_audio_is_trimmed(demo_models, inputs):
     steps = []
     hooks = StepHooks(on_step=lambda step, total, lat, den: steps.append((step, total)))
     result = pipeline.generate(demo_models, image, audio, sr, "a person talks", quick(), hooks=hooks)
-    assert result.frames.shape == (13, 64, 64, 3)          # floor(0.52 s * 25 fps)
+    assert result.frames.shape == (13, 64, 64, 3)  # floor(0.52 s * 25 fps)
     assert result.frames.min() >= 0 and result.frames.max() <= 1
-    assert result.audio.shape == (1, int(13 / 25 * sr))    # trimmed to the video
+    assert result.audio.shape == (1, int(13 / 25 * sr))  # trimmed to the video
     assert result.info["chunks"] == 2
     # progress counts chunks x steps, continuously
     assert [s for s, _ in steps] == [1, 2, 3, 4] and {t for _, t in steps} == {4}
@@ -76,12 +76,15 @@ def test_every_task_runs(demo_models, inputs, kind):
     image, audio, sr = inputs
     other = torch.rand(64, 64, 3)
     source = torch.rand(20, 64, 64, 3)
-    task = {"first_last": pipeline.Task("first_last", end_image=other),
-            "keyframes": pipeline.Task("keyframes", keyframes={0: torch.from_numpy(image / 255.0), -1: other}),
-            "lipsync": pipeline.Task("lipsync", source_video=source, mouth_box=(30, 50, 16, 48)),
-            "continue": pipeline.Task("continue", source_video=source, continue_frames=4)}[kind]
-    result = pipeline.generate(demo_models, None if kind in ("lipsync", "continue") else image, audio, sr, "x",
-                               quick(), task=task)
+    task = {
+        "first_last": pipeline.Task("first_last", end_image=other),
+        "keyframes": pipeline.Task("keyframes", keyframes={0: torch.from_numpy(image / 255.0), -1: other}),
+        "lipsync": pipeline.Task("lipsync", source_video=source, mouth_box=(30, 50, 16, 48)),
+        "continue": pipeline.Task("continue", source_video=source, continue_frames=4),
+    }[kind]
+    result = pipeline.generate(
+        demo_models, None if kind in ("lipsync", "continue") else image, audio, sr, "x", quick(), task=task
+    )
     assert result.frames.shape == (13, 64, 64, 3)
 
 

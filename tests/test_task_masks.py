@@ -5,10 +5,20 @@ import pytest
 import torch
 from PIL import Image
 
-from echomimic_core.task_masks import (box_region, conditioning_y, first_frame_inputs, first_last_inputs,
-                                       generate_everything_inputs, keyframe_inputs, mask_latents,
-                                       masked_pixels, pick_sample_size, region_inputs, start_frames_inputs,
-                                       verify_fixture)
+from echomimic_core.task_masks import (
+    box_region,
+    conditioning_y,
+    first_frame_inputs,
+    first_last_inputs,
+    generate_everything_inputs,
+    keyframe_inputs,
+    mask_latents,
+    masked_pixels,
+    pick_sample_size,
+    region_inputs,
+    start_frames_inputs,
+    verify_fixture,
+)
 
 SIZE = (32, 48)
 
@@ -25,9 +35,9 @@ def test_fixture_matches_upstream(reference_dir):
 
 
 def test_pick_sample_size():
-    assert pick_sample_size(1080, 1920, (768, 768)) == (576, 1024)   # area-preserving, aspect kept
+    assert pick_sample_size(1080, 1920, (768, 768)) == (576, 1024)  # area-preserving, aspect kept
     assert pick_sample_size(1080, 1920, 768 * 768) == (576, 1024)
-    assert pick_sample_size(500, 333, (768, 768)) == (496, 320)      # smaller: never upscaled
+    assert pick_sample_size(500, 333, (768, 768)) == (496, 320)  # smaller: never upscaled
     h, w = pick_sample_size(3000, 2000, (512, 512))
     assert h % 16 == 0 and w % 16 == 0 and h * w <= 512 * 512
     with pytest.raises(ValueError, match="16"):
@@ -71,7 +81,7 @@ def test_mask_latents_fold_first_frame_four_times():
     inputs = first_frame_inputs(image(0), 9, SIZE)
     m = mask_latents(inputs.input_video_mask)
     assert m.shape == (1, 4, 3, SIZE[0] // 8, SIZE[1] // 8)
-    assert (m[:, :, 0] == 1).all()          # latent frame 0 = pixel frame 0 four times, kept
+    assert (m[:, :, 0] == 1).all()  # latent frame 0 = pixel frame 0 four times, kept
     assert (m[:, :, 1:] == 0).all()
     # first + last: the last latent frame's 4th channel is pixel frame 8
     m = mask_latents(first_last_inputs(image(0), image(1), 9, SIZE).input_video_mask)

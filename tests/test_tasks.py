@@ -1,4 +1,5 @@
 """What each task keeps, chunk by chunk."""
+
 import numpy as np
 import torch
 

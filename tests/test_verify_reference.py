@@ -1,4 +1,5 @@
 """`python -m echomimic_core.verify_reference DIR` over the upstream fixtures, and its failure modes."""
+
 import shutil
 
 from safetensors.torch import load_file, save_file
@@ -9,8 +10,7 @@ from echomimic_core import verify_reference
 def test_every_shipped_fixture_passes(reference_dir, capsys):
     assert verify_reference.main([str(reference_dir)]) == 0
     out = capsys.readouterr().out
-    for family in ("preview_tiny", "flash_tiny", "vae_tiny", "umt5_tiny", "clip_vision_tiny", "samplers",
-                   "task_masks"):
+    for family in ("preview_tiny", "flash_tiny", "vae_tiny", "umt5_tiny", "clip_vision_tiny", "samplers", "task_masks"):
         assert family in out
     assert "FAIL" not in out and "ERROR" not in out
 

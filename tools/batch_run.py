@@ -28,6 +28,7 @@ Resuming: ``OUT/batch_state.json`` records each row's outcome; with ``--resume``
 (with the same values) are skipped. Rows failing at run time are retried ``--retries`` times; a
 prompt the server rejects (HTTP 400, node_errors) is reported at once, without retries.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,10 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import aiohttp
 
@@ -75,22 +77,31 @@ def load_workflow(path: Path) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise BatchError(f"cannot read workflow {path}: {e}") from e
     if isinstance(data, dict) and isinstance(data.get("nodes"), list):
-        raise BatchError(f"{path} is a UI workflow; batch runs need the API format: in ComfyUI use "
-                         "Workflow > Export (API) and pass that file.")
+        raise BatchError(
+            f"{path} is a UI workflow; batch runs need the API format: in ComfyUI use "
+            "Workflow > Export (API) and pass that file."
+        )
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
         data = data["prompt"]
-    if not isinstance(data, dict) or not data or not all(
-            isinstance(n, dict) and "class_type" in n and isinstance(n.get("inputs", {}), dict) for n in data.values()):
-        raise BatchError(f"{path} is not an API-format workflow ({{node id: {{class_type, inputs}}}}); "
-                         "export it from ComfyUI with Export (API).")
+    if (
+        not isinstance(data, dict)
+        or not data
+        or not all(
+            isinstance(n, dict) and "class_type" in n and isinstance(n.get("inputs", {}), dict) for n in data.values()
+        )
+    ):
+        raise BatchError(
+            f"{path} is not an API-format workflow ({{node id: {{class_type, inputs}}}}); "
+            "export it from ComfyUI with Export (API)."
+        )
     return data
 
 
 @dataclass
 class Row:
     name: str
-    values: dict[str, Any]   # column -> cell (empty cells dropped)
-    base_dir: Path           # where relative file names are looked up
+    values: dict[str, Any]  # column -> cell (empty cells dropped)
+    base_dir: Path  # where relative file names are looked up
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.values, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -99,8 +110,11 @@ class Row:
 def _named_rows(records: list[dict], base_dir: Path) -> list[Row]:
     rows, seen = [], set()
     for index, record in enumerate(records, 1):
-        values = {str(k).strip(): v for k, v in record.items()
-                  if k is not None and v is not None and not (isinstance(v, str) and v.strip() == "")}
+        values = {
+            str(k).strip(): v
+            for k, v in record.items()
+            if k is not None and v is not None and not (isinstance(v, str) and v.strip() == "")
+        }
         name = str(values.pop("name", f"row{index:04d}")).strip()
         if not name or name in seen or "/" in name or "\\" in name or name in (".", ".."):
             raise BatchError(f"row {index}: name {name!r} must be unique and usable as a folder name.")
@@ -132,7 +146,7 @@ def load_rows(source: Path) -> list[Row]:
         data = json.loads(text)
         data = data.get("rows") if isinstance(data, dict) else data
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise BatchError(f"{source}: expected a JSON list of objects (one per row) or {{\"rows\": [...]}}.")
+            raise BatchError(f'{source}: expected a JSON list of objects (one per row) or {{"rows": [...]}}.')
         return _named_rows(data, source.parent)
     return _named_rows(list(csv.DictReader(text.splitlines())), source.parent)
 
@@ -146,8 +160,9 @@ def _find_node(workflow: dict, ref: str) -> str:
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise BatchError(f"{ref!r} matches nodes {', '.join(found)}; use a node id or give the nodes "
-                             "distinct titles.")
+            raise BatchError(
+                f"{ref!r} matches nodes {', '.join(found)}; use a node id or give the nodes distinct titles."
+            )
     raise BatchError(f"no node with id, title or type {ref!r} in the workflow.")
 
 
@@ -161,20 +176,29 @@ def resolve_columns(workflow: dict, columns: Iterable[str], renames: dict[str, s
             node_id = _find_node(workflow, ref)
         else:
             input_name = target
-            owners = [i for i, n in workflow.items()
-                      if input_name in n.get("inputs", {}) and not isinstance(n["inputs"][input_name], list)]
+            owners = [
+                i
+                for i, n in workflow.items()
+                if input_name in n.get("inputs", {}) and not isinstance(n["inputs"][input_name], list)
+            ]
             if len(owners) != 1:
                 what = f"nodes {', '.join(owners)} all have" if owners else "no node has"
-                raise BatchError(f"column {column!r}: {what} an input {input_name!r}; name the node as "
-                                 f"NODE.{input_name} (node id or title) or pass --map {column}=NODE.INPUT.")
+                raise BatchError(
+                    f"column {column!r}: {what} an input {input_name!r}; name the node as "
+                    f"NODE.{input_name} (node id or title) or pass --map {column}=NODE.INPUT."
+                )
             node_id = owners[0]
         inputs = workflow[node_id].get("inputs", {})
         if input_name not in inputs:
-            raise BatchError(f"column {column!r}: node {node_id} ({workflow[node_id]['class_type']}) has no "
-                             f"input {input_name!r}; its inputs are: {', '.join(inputs)}.")
+            raise BatchError(
+                f"column {column!r}: node {node_id} ({workflow[node_id]['class_type']}) has no "
+                f"input {input_name!r}; its inputs are: {', '.join(inputs)}."
+            )
         if isinstance(inputs[input_name], list):
-            raise BatchError(f"column {column!r}: input {input_name!r} of node {node_id} is linked to node "
-                             f"{inputs[input_name][0]}; map the column onto that node's input instead.")
+            raise BatchError(
+                f"column {column!r}: input {input_name!r} of node {node_id} is linked to node "
+                f"{inputs[input_name][0]}; map the column onto that node's input instead."
+            )
         bindings[column] = (node_id, input_name)
     return bindings
 
@@ -295,8 +319,11 @@ class ComfyClient:
                     raise ExecutionFailed(f"interrupted at node {data.get('node_id')} ({data.get('node_type')})")
                 elif not (kind == "executing" and data.get("node") is None):
                     continue
-            elif message is not None and message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR,
-                                                          aiohttp.WSMsgType.CLOSE):
+            elif message is not None and message.type in (
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.ERROR,
+                aiohttp.WSMsgType.CLOSE,
+            ):
                 self.ws = None
                 continue
             elif message is not None:
@@ -309,7 +336,11 @@ class ComfyClient:
         raise ExecutionFailed(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
 
     async def download(self, item: dict, dest_dir: Path) -> Path:
-        params = {"filename": item["filename"], "subfolder": item.get("subfolder", ""), "type": item.get("type", "output")}
+        params = {
+            "filename": item["filename"],
+            "subfolder": item.get("subfolder", ""),
+            "type": item.get("type", "output"),
+        }
         async with self.session.get(f"{self.server}/view", params=params) as response:
             if response.status != 200:
                 raise ExecutionFailed(f"download of {item['filename']} failed: HTTP {response.status}")
@@ -329,13 +360,17 @@ def describe_rejection(body: Any) -> str:
     lines = [error.get("message", "prompt rejected") if isinstance(error, dict) else str(error)]
     for node_id, info in (body.get("node_errors") or {}).items():
         for e in info.get("errors", []):
-            lines.append(f"node {node_id} ({info.get('class_type')}): {e.get('message')} {e.get('details', '')}".strip())
+            lines.append(
+                f"node {node_id} ({info.get('class_type')}): {e.get('message')} {e.get('details', '')}".strip()
+            )
     return "; ".join(lines)
 
 
 def describe_execution_error(data: dict) -> str:
-    return (f"node {data.get('node_id')} ({data.get('node_type')}): {data.get('exception_type', 'error')}: "
-            f"{data.get('exception_message', '').strip()}")
+    return (
+        f"node {data.get('node_id')} ({data.get('node_type')}): {data.get('exception_type', 'error')}: "
+        f"{data.get('exception_message', '').strip()}"
+    )
 
 
 def history_error(entry: dict) -> str:
@@ -351,7 +386,11 @@ def output_items(entry: dict, include_temp: bool) -> list[dict]:
     for ui in entry.get("outputs", {}).values():
         for values in ui.values():
             for item in values if isinstance(values, list) else []:
-                if isinstance(item, dict) and "filename" in item and (include_temp or item.get("type", "output") == "output"):
+                if (
+                    isinstance(item, dict)
+                    and "filename" in item
+                    and (include_temp or item.get("type", "output") == "output")
+                ):
                     items.append(item)
     return items
 
@@ -362,7 +401,7 @@ def output_items(entry: dict, include_temp: bool) -> list[dict]:
 @dataclass
 class RowResult:
     name: str
-    status: str = "pending"          # done | failed | skipped
+    status: str = "pending"  # done | failed | skipped
     attempts: int = 0
     seconds: float = 0.0
     prompt_id: str | None = None
@@ -393,8 +432,16 @@ def _write_state(out: Path, workflow_digest: str, results: dict[str, RowResult])
     os.replace(tmp, out / STATE_FILE)
 
 
-async def _run_row(client: ComfyClient, workflow: dict, bindings: dict, row: Row, out: Path,
-                   timeout: float, include_temp: bool, poll: float) -> tuple[str, list[str]]:
+async def _run_row(
+    client: ComfyClient,
+    workflow: dict,
+    bindings: dict,
+    row: Row,
+    out: Path,
+    timeout: float,
+    include_temp: bool,
+    poll: float,
+) -> tuple[str, list[str]]:
     prompt = json.loads(json.dumps(workflow))
     for column, value in row.values.items():
         node_id, input_name = bindings[column]
@@ -431,17 +478,38 @@ async def _attempt_row(row: Row, run, retries: int, retry_delay: float) -> RowRe
     return result
 
 
-async def run_batch(workflow: dict, rows: list[Row], server: str, out: Path, renames: dict[str, str] | None = None,
-                    retries: int = 1, resume: bool = False, timeout: float = 3600.0, retry_delay: float = 2.0,
-                    include_temp: bool = False, check_schemas: bool = True, poll: float = 5.0) -> list[RowResult]:
+async def run_batch(
+    workflow: dict,
+    rows: list[Row],
+    server: str,
+    out: Path,
+    renames: dict[str, str] | None = None,
+    retries: int = 1,
+    resume: bool = False,
+    timeout: float = 3600.0,
+    retry_delay: float = 2.0,
+    include_temp: bool = False,
+    check_schemas: bool = True,
+    poll: float = 5.0,
+) -> list[RowResult]:
     """Run every row; returns one result per row (also recorded in ``out/batch_state.json``)."""
     columns = sorted({c for row in rows for c in row.values})
     bindings = resolve_columns(workflow, columns, renames or {})
     # type errors surface now, before anything is uploaded or queued; the caller's rows stay as given
-    rows = [replace(row, values={
-        column: coerce(value, workflow[bindings[column][0]]["inputs"][bindings[column][1]],
-                       f"row {row.name!r}, column {column!r}")
-        for column, value in row.values.items()}) for row in rows]
+    rows = [
+        replace(
+            row,
+            values={
+                column: coerce(
+                    value,
+                    workflow[bindings[column][0]]["inputs"][bindings[column][1]],
+                    f"row {row.name!r}, column {column!r}",
+                )
+                for column, value in row.values.items()
+            },
+        )
+        for row in rows
+    ]
     workflow_digest = hashlib.sha256(json.dumps(workflow, sort_keys=True).encode()).hexdigest()[:16]
     previous = _read_state(out) if resume else {}
     results: dict[str, RowResult] = {}
@@ -451,8 +519,9 @@ async def run_batch(workflow: dict, rows: list[Row], server: str, out: Path, ren
             schemas = await client.object_info() if check_schemas else None
             await client.connect()
         except aiohttp.ClientError as e:
-            raise BatchError(f"cannot reach the ComfyUI server at {server} ({e}); is it running? "
-                             "Pass its address with --server.") from e
+            raise BatchError(
+                f"cannot reach the ComfyUI server at {server} ({e}); is it running? Pass its address with --server."
+            ) from e
         if schemas:
             from workflows.validate import validate_api
 
@@ -466,8 +535,11 @@ async def run_batch(workflow: dict, rows: list[Row], server: str, out: Path, ren
                 log.info("%s: already done, skipped", row.name)
                 continue
             results[row.name] = await _attempt_row(
-                row, lambda row=row: _run_row(client, workflow, bindings, row, out, timeout, include_temp, poll),
-                retries, retry_delay)
+                row,
+                lambda row=row: _run_row(client, workflow, bindings, row, out, timeout, include_temp, poll),
+                retries,
+                retry_delay,
+            )
             _write_state(out, workflow_digest, {**previous, **results})
         if client.ws is not None:
             await client.ws.close()
@@ -477,19 +549,22 @@ async def run_batch(workflow: dict, rows: list[Row], server: str, out: Path, ren
 
 def summary_table(results: list[RowResult]) -> str:
     header = ("row", "status", "tries", "secs", "outputs / error")
-    lines = [(r.name, r.status, str(r.attempts), f"{r.seconds:.1f}",
-              r.error if r.error else ", ".join(r.outputs) or "-") for r in results]
+    lines = [
+        (r.name, r.status, str(r.attempts), f"{r.seconds:.1f}", r.error if r.error else ", ".join(r.outputs) or "-")
+        for r in results
+    ]
     widths = [max(len(x[i]) for x in [header, *lines]) for i in range(4)]
     fmt = "  ".join(f"{{:{w}}}" for w in widths) + "  {}"
     done = sum(r.status in ("done", "skipped") for r in results)
-    return "\n".join([fmt.format(*header), *(fmt.format(*line) for line in lines),
-                      f"{done}/{len(results)} rows done"])
+    return "\n".join([fmt.format(*header), *(fmt.format(*line) for line in lines), f"{done}/{len(results)} rows done"])
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.batch_run",
-                                     description="Run an API-format ComfyUI workflow once per input row.",
-                                     epilog="Column mapping: see the module docstring (python -m pydoc tools.batch_run).")
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.batch_run",
+        description="Run an API-format ComfyUI workflow once per input row.",
+        epilog="Column mapping: see the module docstring (python -m pydoc tools.batch_run).",
+    )
     parser.add_argument("workflow", type=Path, help="workflow saved with Export (API)")
     parser.add_argument("--inputs", type=Path, required=True, help="CSV, JSON list of objects, or a folder of images")
     parser.add_argument("--server", default="http://127.0.0.1:8188")
@@ -512,8 +587,21 @@ def main(argv: Iterable[str] | None = None) -> int:
             renames[column.strip()] = target.strip()
         workflow = load_workflow(args.workflow)
         rows = load_rows(args.inputs)
-        results = asyncio.run(run_batch(workflow, rows, args.server, args.out, renames, args.retries, args.resume,
-                                        args.timeout, args.retry_delay, args.include_temp, not args.no_schema_check))
+        results = asyncio.run(
+            run_batch(
+                workflow,
+                rows,
+                args.server,
+                args.out,
+                renames,
+                args.retries,
+                args.resume,
+                args.timeout,
+                args.retry_delay,
+                args.include_temp,
+                not args.no_schema_check,
+            )
+        )
     except BatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

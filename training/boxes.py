@@ -5,6 +5,7 @@ Manifests and the cache index store a box as ``[x0, y0, x1, y1]`` fractions of t
 (``task_masks.box_region``, ``face_region.ip_mask_from_box``) takes upstream's pixel boxes
 ``(y1, y2, x1, x2)``. :func:`to_pixel_box` is the one conversion between the two.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,7 @@ from typing import NamedTuple
 
 class FracBox(NamedTuple):
     """A box as fractions of the frame's width (x) and height (y), end-exclusive."""
+
     x0: float
     y0: float
     x1: float
@@ -33,12 +35,16 @@ def parse_frac_box(value, where: str = "box") -> FracBox | None:
         raise ValueError(f"{where}: expected [x0, y0, x1, y1] as fractions of the frame, found {value!r}.")
     box = FracBox(*(float(v) for v in value))
     if not all(0.0 <= v <= 1.0 for v in box):
-        raise ValueError(f"{where}: expected fractions in [0, 1] in the order [x0, y0, x1, y1], found "
-                         f"{list(box)}. Pixel boxes (e.g. upstream's [y1, y2, x1, x2] .npy face boxes) must "
-                         "be divided by the frame size and reordered.")
+        raise ValueError(
+            f"{where}: expected fractions in [0, 1] in the order [x0, y0, x1, y1], found "
+            f"{list(box)}. Pixel boxes (e.g. upstream's [y1, y2, x1, x2] .npy face boxes) must "
+            "be divided by the frame size and reordered."
+        )
     if not (box.x0 < box.x1 and box.y0 < box.y1):
-        raise ValueError(f"{where}: expected x0 < x1 and y0 < y1 in [x0, y0, x1, y1], found {list(box)}; "
-                         "is the box in another order?")
+        raise ValueError(
+            f"{where}: expected x0 < x1 and y0 < y1 in [x0, y0, x1, y1], found {list(box)}; "
+            "is the box in another order?"
+        )
     return box
 
 

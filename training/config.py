@@ -5,6 +5,7 @@
 Every field has a default, so a config file only names what it changes. Unknown keys are an
 error (a typo must not silently train with the default).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,8 +72,7 @@ class DropConfig:
 class TaskConfig:
     # Relative sampling weights of the inpainting tasks; "lipsync" falls back to "first_frame"
     # for clips without a mouth box.
-    ratios: dict[str, float] = field(
-        default_factory=lambda: {"first_frame": 0.6, "first_last": 0.2, "lipsync": 0.2})
+    ratios: dict[str, float] = field(default_factory=lambda: {"first_frame": 0.6, "first_last": 0.2, "lipsync": 0.2})
 
     def __post_init__(self):
         self.ratios = rename_legacy_tasks(self.ratios, "tasks.ratios")
@@ -92,8 +92,8 @@ class LoRAConfig:
     rank: int = 16
     alpha: float = 16.0
     target_modules: list[str] = field(
-        default_factory=lambda: ["q", "k", "v", "o", "k_img", "v_img", "k_audio", "v_audio",
-                                 "ffn.0", "ffn.2"])
+        default_factory=lambda: ["q", "k", "v", "o", "k_img", "v_img", "k_audio", "v_audio", "ffn.0", "ffn.2"]
+    )
 
 
 @dataclass
@@ -128,22 +128,28 @@ class TrainConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         b0, b1 = self.flow.phase_boundaries
         if not 0 < b0 < b1 < self.flow.num_train_timesteps:
-            raise ValueError(f"flow.phase_boundaries must satisfy 0 < b0 < b1 < "
-                             f"{self.flow.num_train_timesteps}, got {self.flow.phase_boundaries}.")
+            raise ValueError(
+                f"flow.phase_boundaries must satisfy 0 < b0 < b1 < "
+                f"{self.flow.num_train_timesteps}, got {self.flow.phase_boundaries}."
+            )
         unknown = set(self.tasks.ratios) - set(TASKS)
         if unknown or not any(v > 0 for v in self.tasks.ratios.values()):
-            raise ValueError(f"tasks.ratios: expected positive weights for some of {TASKS}, "
-                             f"got {self.tasks.ratios}.")
+            raise ValueError(f"tasks.ratios: expected positive weights for some of {TASKS}, got {self.tasks.ratios}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no/bf16/fp16, got {self.mixed_precision!r}.")
-        positive = {"checkpoint_every": self.checkpoint_every, "keep_checkpoints": self.keep_checkpoints,
-                    "log_every": self.log_every, "data.batch_size": self.data.batch_size,
-                    "dpo.batch_size": self.dpo.batch_size, "optim.max_steps": self.optim.max_steps,
-                    "optim.gradient_accumulation_steps": self.optim.gradient_accumulation_steps,
-                    "lora.rank": self.lora.rank}
+        positive = {
+            "checkpoint_every": self.checkpoint_every,
+            "keep_checkpoints": self.keep_checkpoints,
+            "log_every": self.log_every,
+            "data.batch_size": self.data.batch_size,
+            "dpo.batch_size": self.dpo.batch_size,
+            "optim.max_steps": self.optim.max_steps,
+            "optim.gradient_accumulation_steps": self.optim.gradient_accumulation_steps,
+            "lora.rank": self.lora.rank,
+        }
         for name, value in positive.items():
             if int(value) < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
@@ -162,9 +168,12 @@ def rename_legacy_tasks(ratios: dict[str, float], where: str) -> dict[str, float
     for name, weight in ratios.items():
         new = LEGACY_TASK_NAMES.get(name, name)
         if new != name:
-            warnings.warn(f"{where}: task {name!r} is now called {new!r} (the core's name); "
-                          f"rename it in the config, the old name will stop working.", FutureWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"{where}: task {name!r} is now called {new!r} (the core's name); "
+                f"rename it in the config, the old name will stop working.",
+                FutureWarning,
+                stacklevel=3,
+            )
             if new in ratios:
                 raise ValueError(f"{where}: names both {name!r} and its new name {new!r}; keep only {new!r}.")
         renamed[new] = weight

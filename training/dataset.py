@@ -13,6 +13,7 @@ Caches written before the task rename hold ``cond.mouth``; it is read as ``cond.
 Per DPO item: ``chosen.latents`` and ``rejected.latents`` with the shared ``cond.first_frame``,
 ``text``, ``clip``, ``audio``.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,11 @@ def write_index(folder: str | Path, index: dict) -> None:
 
 
 def write_shard(folder: str | Path, shard_name: str, items: dict[str, dict[str, torch.Tensor]]) -> None:
-    flat = {f"{item_id}/{name}": t.detach().cpu().contiguous()
-            for item_id, tensors in items.items() for name, t in tensors.items()}
+    flat = {
+        f"{item_id}/{name}": t.detach().cpu().contiguous()
+        for item_id, tensors in items.items()
+        for name, t in tensors.items()
+    }
     save_state_dict(flat, Path(folder) / shard_name)
 
 
@@ -60,8 +64,10 @@ class CachedDataset(torch.utils.data.Dataset):
         self.folder = Path(folder)
         index = read_index(self.folder)
         if not index["items"]:
-            raise FileNotFoundError(f"{self.folder}: no preprocessed items ({INDEX} missing or empty). "
-                                    "Run `python -m training.preprocess` first.")
+            raise FileNotFoundError(
+                f"{self.folder}: no preprocessed items ({INDEX} missing or empty). "
+                "Run `python -m training.preprocess` first."
+            )
         if index.get("kind") != kind:
             raise ValueError(f"{self.folder}: holds {index.get('kind')!r} items, expected {kind!r}.")
         self.items = index["items"]
@@ -78,10 +84,12 @@ class CachedDataset(torch.utils.data.Dataset):
         meta = self.items[i]
         prefix = meta["id"] + "/"
         with safe_open(str(self.folder / meta["shard"]), framework="pt") as f:
-            tensors = {LEGACY_KEYS.get(k[len(prefix):], k[len(prefix):]): f.get_tensor(k)
-                       for k in f.keys() if k.startswith(prefix)}
-        return {"id": meta["id"], "mouth_box": meta.get("mouth_box"),
-                "face_box": meta.get("face_box"), **tensors}
+            tensors = {
+                LEGACY_KEYS.get(k[len(prefix) :], k[len(prefix) :]): f.get_tensor(k)
+                for k in f.keys()
+                if k.startswith(prefix)
+            }
+        return {"id": meta["id"], "mouth_box": meta.get("mouth_box"), "face_box": meta.get("face_box"), **tensors}
 
 
 def _read_all(path: Path) -> dict[str, torch.Tensor]:
@@ -91,15 +99,21 @@ def _read_all(path: Path) -> dict[str, torch.Tensor]:
 
 def collate(samples: list[dict]) -> dict:
     """Stack same-shaped tensors; text stays a list (prompts differ in length)."""
-    out: dict = {"id": [s["id"] for s in samples], "mouth_box": [s["mouth_box"] for s in samples],
-                 "face_box": [s["face_box"] for s in samples], "text": [s["text"] for s in samples]}
+    out: dict = {
+        "id": [s["id"] for s in samples],
+        "mouth_box": [s["mouth_box"] for s in samples],
+        "face_box": [s["face_box"] for s in samples],
+        "text": [s["text"] for s in samples],
+    }
     for key in samples[0]:
         if key in out or key.startswith("cond."):
             continue
         shapes = {tuple(s[key].shape) for s in samples}
         if len(shapes) != 1:
-            raise ValueError(f"batch items differ in {key!r} shape {sorted(shapes)}: preprocess every "
-                             "clip to one resolution and frame count (or use batch_size 1).")
+            raise ValueError(
+                f"batch items differ in {key!r} shape {sorted(shapes)}: preprocess every "
+                "clip to one resolution and frame count (or use batch_size 1)."
+            )
         out[key] = torch.stack([s[key] for s in samples])
     # Tasks whose latents a sample lacks (e.g. no mouth box) get zeros so the batch stacks;
     # task sampling never picks them for that sample.
@@ -123,14 +137,15 @@ class StreamSampler(torch.utils.data.Sampler):
     remainder waits for another epoch) and shuffles the batches.
     """
 
-    def __init__(self, length: int, seed: int, start: int = 0, batch_size: int = 1,
-                 buckets: list | None = None):
+    def __init__(self, length: int, seed: int, start: int = 0, batch_size: int = 1, buckets: list | None = None):
         self.length, self.seed, self.start = length, seed, start
         self.batch_size, self.buckets = batch_size, buckets
         self.epoch_length = len(self._epoch(0))
         if self.epoch_length == 0:
-            raise ValueError(f"no shape bucket holds a full batch of {batch_size} items; lower the "
-                             "batch size or preprocess more clips at one resolution and length.")
+            raise ValueError(
+                f"no shape bucket holds a full batch of {batch_size} items; lower the "
+                "batch size or preprocess more clips at one resolution and length."
+            )
 
     def _epoch(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed + epoch)
@@ -140,8 +155,9 @@ class StreamSampler(torch.utils.data.Sampler):
         for key in sorted(set(self.buckets), key=repr):
             members = [i for i, b in enumerate(self.buckets) if b == key]
             members = [members[j] for j in torch.randperm(len(members), generator=g).tolist()]
-            batches += [members[k:k + self.batch_size]
-                        for k in range(0, len(members) - self.batch_size + 1, self.batch_size)]
+            batches += [
+                members[k : k + self.batch_size] for k in range(0, len(members) - self.batch_size + 1, self.batch_size)
+            ]
         return [i for j in torch.randperm(len(batches), generator=g).tolist() for i in batches[j]]
 
     def __iter__(self):
@@ -153,4 +169,4 @@ class StreamSampler(torch.utils.data.Sampler):
                 position += 1
 
     def __len__(self) -> int:  # the stream is endless; DataLoader only needs an int
-        return 2 ** 62
+        return 2**62

@@ -9,6 +9,7 @@ iteration on all three. Here each sample is assigned a phase (round-robin from a
 a batch of 3 holds one of each) and its ``u`` is drawn uniformly from the part of ``(0, 1)`` that
 the shift maps into that phase: within a phase the density is exactly Wan's shifted density.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,11 +41,16 @@ def sample_phases(batch: int, generator: torch.Generator, offset: int | None = N
     return (torch.arange(batch) + start) % len(PHASES)
 
 
-def sample_timesteps(phases: torch.Tensor, generator: torch.Generator, shift: float,
-                     boundaries: tuple[float, float], num_train_timesteps: int = 1000):
+def sample_timesteps(
+    phases: torch.Tensor,
+    generator: torch.Generator,
+    shift: float,
+    boundaries: tuple[float, float],
+    num_train_timesteps: int = 1000,
+):
     """(sigma [B], t [B]) with t = num_train_timesteps * sigma inside each sample's phase."""
     edges = torch.tensor([float(num_train_timesteps), boundaries[1], boundaries[0], 0.0])
-    hi_sigma = edges[phases] / num_train_timesteps       # phase p spans t in (edges[p+1], edges[p]]
+    hi_sigma = edges[phases] / num_train_timesteps  # phase p spans t in (edges[p+1], edges[p]]
     lo_sigma = edges[phases + 1] / num_train_timesteps
     lo_u, hi_u = unshift_sigma(lo_sigma, shift), unshift_sigma(hi_sigma, shift)
     r = torch.rand(phases.shape, generator=generator, dtype=torch.float64).float()
@@ -64,8 +70,7 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
-def dpo_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor,
-             ref_l: torch.Tensor, beta: float):
+def dpo_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor, beta: float):
     """Diffusion-DPO (Wallace et al. 2023) on flow-matching errors.
 
     Inputs are per-sample velocity MSEs ``[B]`` of the policy and the frozen reference on the

@@ -10,6 +10,7 @@ File format (what ComfyUI's LoRA loader and ``echomimic_core.checkpoints.lora`` 
     diffusion_model.<module>.lora_B.weight   [out, rank]
     diffusion_model.<module>.alpha           scalar
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,10 @@ def require_peft():
     try:
         import peft
     except ImportError as e:
-        raise ImportError("LoRA training needs peft, which the node pack does not install: "
-                          "pip install -r requirements-train.txt (or pip install peft)") from e
+        raise ImportError(
+            "LoRA training needs peft, which the node pack does not install: "
+            "pip install -r requirements-train.txt (or pip install peft)"
+        ) from e
     return peft
 
 
@@ -43,18 +46,19 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     peft = require_peft()
     targets = "|".join(re.escape(t) for t in cfg.target_modules)
     pattern = rf".*\.({targets})$"
-    if not any(re.fullmatch(pattern, name) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear)):
-        raise ValueError(f"lora.target_modules {cfg.target_modules} match no Linear layer of the "
-                         "model; use names such as 'q', 'k', 'v', 'o', 'ffn.0'.")
+    if not any(re.fullmatch(pattern, name) for name, m in model.named_modules() if isinstance(m, nn.Linear)):
+        raise ValueError(
+            f"lora.target_modules {cfg.target_modules} match no Linear layer of the "
+            "model; use names such as 'q', 'k', 'v', 'o', 'ffn.0'."
+        )
     model.requires_grad_(False)
-    peft_cfg = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=pattern,
-                          lora_dropout=0.0, bias="none")
+    peft_cfg = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=pattern, lora_dropout=0.0, bias="none")
     return peft.inject_adapter_in_model(peft_cfg, model)
 
 
-def lora_state_dict(model: nn.Module, alpha: float,
-                    state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def lora_state_dict(
+    model: nn.Module, alpha: float, state_dict: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The adapters in the file format above, read from ``state_dict`` (the model's full state
     dict, e.g. ``accelerator.get_state_dict``) or else from the model's own parameters. Under FSDP
     the module's parameters are this rank's shards, so the gathered state dict must be given."""
@@ -66,10 +70,14 @@ def lora_state_dict(model: nn.Module, alpha: float,
     return out
 
 
-def save_lora(model: nn.Module, path: str | Path, cfg: LoRAConfig,
-              state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    save_state_dict(lora_state_dict(model, cfg.alpha, state_dict), path,
-                    metadata={"format": "lora", "rank": str(cfg.rank), "alpha": str(cfg.alpha)})
+def save_lora(
+    model: nn.Module, path: str | Path, cfg: LoRAConfig, state_dict: dict[str, torch.Tensor] | None = None
+) -> None:
+    save_state_dict(
+        lora_state_dict(model, cfg.alpha, state_dict),
+        path,
+        metadata={"format": "lora", "rank": str(cfg.rank), "alpha": str(cfg.alpha)},
+    )
 
 
 @contextlib.contextmanager

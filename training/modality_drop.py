@@ -8,6 +8,7 @@ so the unconditional branches used by inference guidance are trained.
 agree: text -> the embedding of the empty prompt; image -> zero CLIP tokens and a zero ``y`` (no
 kept frames, no masked-video latents); audio -> zero audio features.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -7,6 +7,7 @@ audio projector with PyTorch's default init. The node pack's loader creates a ba
 audio tensors all at zero, which is right for inference but would leave training with no gradient
 into the audio path (zero projector output times zero ``v_audio``), so the projector is re-drawn.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,9 +43,17 @@ def reset_audio_projector(model: EchoMimicTransformer, seed: int = 0) -> None:
                 module.reset_parameters()
 
 
-AUDIO_FIELDS = ("audio_variant", "audio_in_dim", "audio_tokens_per_frame", "audio_window_expand",
-                "audio_window", "audio_blocks", "audio_channels", "audio_intermediate_dim",
-                "audio_context_tokens")
+AUDIO_FIELDS = (
+    "audio_variant",
+    "audio_in_dim",
+    "audio_tokens_per_frame",
+    "audio_window_expand",
+    "audio_window",
+    "audio_blocks",
+    "audio_channels",
+    "audio_intermediate_dim",
+    "audio_context_tokens",
+)
 
 
 def _with_preset_audio(model: EchoMimicTransformer, preset: TransformerConfig) -> EchoMimicTransformer:
@@ -55,12 +64,13 @@ def _with_preset_audio(model: EchoMimicTransformer, preset: TransformerConfig) -
     if all(getattr(model.config, f) == v for f, v in wanted.items()):
         return model
     fresh = EchoMimicTransformer(dataclasses.replace(model.config, **wanted))
-    wan = {k: v for k, v in model.state_dict().items()
-           if not (k.startswith(model.audio_key + ".") or "_audio." in k)}
+    wan = {k: v for k, v in model.state_dict().items() if not (k.startswith(model.audio_key + ".") or "_audio." in k)}
     missing, unexpected = fresh.load_state_dict(wan, strict=False)
     if unexpected or any(not (k.startswith(fresh.audio_key + ".") or "_audio." in k) for k in missing):
-        raise RuntimeError(f"rebuilding with the preset's audio path lost Wan weights: missing "
-                           f"{missing[:4]}, unexpected {unexpected[:4]}.")
+        raise RuntimeError(
+            f"rebuilding with the preset's audio path lost Wan weights: missing "
+            f"{missing[:4]}, unexpected {unexpected[:4]}."
+        )
     return fresh
 
 
@@ -76,18 +86,25 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> EchoMimicTransformer:
     else:
         variant = detect_variant(read_shapes(cfg.checkpoint))
         wanted = TransformerConfig.preset(cfg.preset).audio_variant
-        model = load_transformer(cfg.checkpoint, dtype=torch.float32,
-                                 variant=wanted if variant == "base" else None)
+        model = load_transformer(cfg.checkpoint, dtype=torch.float32, variant=wanted if variant == "base" else None)
         model.compute_dtype = None  # accelerate's autocast decides the compute dtype
         if variant != "base" and variant != wanted:
-            log.warning("%s is a %s checkpoint; model.preset %r (%s) is ignored for it.",
-                        cfg.checkpoint, variant, cfg.preset, wanted)
+            log.warning(
+                "%s is a %s checkpoint; model.preset %r (%s) is ignored for it.",
+                cfg.checkpoint,
+                variant,
+                cfg.preset,
+                wanted,
+            )
         if variant == "base":
             model = _with_preset_audio(model, TransformerConfig.preset(cfg.preset))
             reset_audio_projector(model, seed)
             zero_audio_attention(model)
-            log.info("initialised the %s audio layers of base checkpoint %s as upstream",
-                     model.config.audio_variant, cfg.checkpoint)
+            log.info(
+                "initialised the %s audio layers of base checkpoint %s as upstream",
+                model.config.audio_variant,
+                cfg.checkpoint,
+            )
     model.requires_grad_(True)
     # flash's q_audio is kept for strict loading but never used by the forward: a trainable
     # parameter without gradient makes DDP fail ("parameters that were not used")

@@ -9,6 +9,7 @@ index are skipped), safe to interrupt (each shard is written to a temporary file
 then the index is replaced atomically), with a progress bar. Encoders and the clip reader are
 injected callables (:class:`Encoders`), so tests run tiny ones.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ class Encoders:
     """vae: [3, N, H, W] in [-1, 1] -> normalised latents [16, F, h, w];
     text: prompt -> [L, text_dim]; image: [3, H, W] in [-1, 1] -> CLIP tokens [257, clip_dim];
     audio: (waveform [T] mono, sample_rate, num_frames, fps) -> the variant's audio features."""
+
     vae: Callable[[torch.Tensor], torch.Tensor]
     text: Callable[[str], torch.Tensor]
     image: Callable[[torch.Tensor], torch.Tensor]
@@ -47,7 +49,7 @@ class TooShort(ValueError):
 
 @dataclass
 class Clip:
-    video: torch.Tensor     # [3, N, H, W] in [-1, 1], resized, N = the frames kept
+    video: torch.Tensor  # [3, N, H, W] in [-1, 1], resized, N = the frames kept
     waveform: torch.Tensor  # [T] mono
     sample_rate: int
     fps: float
@@ -55,8 +57,9 @@ class Clip:
     crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
 
-def load_clip(path: str, frames: int, size: tuple[int, int], audio_path: str | None = None,
-              fps: float | None = 25.0) -> Clip:
+def load_clip(
+    path: str, frames: int, size: tuple[int, int], audio_path: str | None = None, fps: float | None = 25.0
+) -> Clip:
     """The first ``frames`` frames of a video at ``fps`` (nearest source frame; None keeps the
     source rate), centre-cropped to the aspect of ``size`` (H, W) and resized to it, with audio."""
     import math
@@ -70,29 +73,33 @@ def load_clip(path: str, frames: int, size: tuple[int, int], audio_path: str | N
     needed = math.floor((frames - 1) * probe.fps / rate) + 1
     data = media.load_video(path, max_frames=needed)
     if data.frames.shape[0] < needed:
-        raise TooShort(f"{path}: has {data.frames.shape[0]} frames, fewer than the {needed} that "
-                       f"{frames} frames at {rate:g} fps take.")
+        raise TooShort(
+            f"{path}: has {data.frames.shape[0]} frames, fewer than the {needed} that "
+            f"{frames} frames at {rate:g} fps take."
+        )
     picks = torch.tensor([min(round(i * data.fps / rate), needed - 1) for i in range(frames)])
     video = data.frames[picks].permute(0, 3, 1, 2)  # [F, H, W, 3] -> [F, 3, H, W]
     src_h, src_w = video.shape[2:]
     target = size[1] / size[0]
-    if src_w / src_h > target:   # too wide: crop the sides
+    if src_w / src_h > target:  # too wide: crop the sides
         keep = src_h * target / src_w
         crop = ((1 - keep) / 2, 0.0, (1 + keep) / 2, 1.0)
-    else:                        # too tall: crop top and bottom
+    else:  # too tall: crop top and bottom
         keep = src_w / target / src_h
         crop = (0.0, (1 - keep) / 2, 1.0, (1 + keep) / 2)
     x0, y0, x1, y1 = (round(c * n) for c, n in zip(crop, (src_w, src_h, src_w, src_h)))
-    video = F.interpolate(video[:, :, y0:y1, x0:x1], size=size, mode="bilinear", antialias=True,
-                          align_corners=False).permute(1, 0, 2, 3)  # [3, F, H, W]
+    video = F.interpolate(
+        video[:, :, y0:y1, x0:x1], size=size, mode="bilinear", antialias=True, align_corners=False
+    ).permute(1, 0, 2, 3)  # [3, F, H, W]
     if audio_path is not None:
         waveform, sr = media.load_audio(audio_path)
     elif data.audio is not None:
         waveform, sr = data.audio, data.sample_rate
     else:
-        raise ValueError(f"{path}: has no soundtrack; give an \"audio\" file in the manifest row.")
-    return Clip(video=video.clamp(0, 1) * 2 - 1, waveform=media.to_mono(waveform),
-                sample_rate=int(sr), fps=rate, crop=crop)
+        raise ValueError(f'{path}: has no soundtrack; give an "audio" file in the manifest row.')
+    return Clip(
+        video=video.clamp(0, 1) * 2 - 1, waveform=media.to_mono(waveform), sample_rate=int(sr), fps=rate, crop=crop
+    )
 
 
 BOX_FIELDS = ("mouth_box", "face_box")
@@ -137,30 +144,40 @@ def masked_video(video: torch.Tensor, task: str, mouth_box=None) -> torch.Tensor
 
 def encode_sft_item(row: dict, clip: Clip, enc: Encoders) -> dict[str, torch.Tensor]:
     n = clip.video.shape[1]
-    out = {"latents": enc.vae(clip.video),
-           "text": enc.text(row.get("caption", "")),
-           "clip": enc.image(clip.video[:, 0]),
-           "audio": enc.audio(clip.waveform, clip.sample_rate, n, clip.fps)}
+    out = {
+        "latents": enc.vae(clip.video),
+        "text": enc.text(row.get("caption", "")),
+        "clip": enc.image(clip.video[:, 0]),
+        "audio": enc.audio(clip.waveform, clip.sample_rate, n, clip.fps),
+    }
     tasks = ["first_frame", "first_last"] + (["lipsync"] if row.get("mouth_box") else [])
     for task in tasks:
         out[f"cond.{task}"] = enc.vae(masked_video(clip.video, task, row.get("mouth_box")))
     return out
 
 
-def encode_dpo_item(row: dict, chosen: Clip, rejected: Clip, enc: Encoders,
-                    reference: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def encode_dpo_item(
+    row: dict, chosen: Clip, rejected: Clip, enc: Encoders, reference: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """A preference pair generated from one reference image: the conditioning is shared."""
     if chosen.video.shape != rejected.video.shape:
-        raise ValueError(f"pair {row['id']}: chosen {tuple(chosen.video.shape)} and rejected "
-                         f"{tuple(rejected.video.shape)} clips differ in shape; they must come from "
-                         "the same generation settings.")
+        raise ValueError(
+            f"pair {row['id']}: chosen {tuple(chosen.video.shape)} and rejected "
+            f"{tuple(rejected.video.shape)} clips differ in shape; they must come from "
+            "the same generation settings."
+        )
     first = chosen.video[:, 0] if reference is None else reference
     given = chosen.video.clone()
     given[:, 0] = first
     n = chosen.video.shape[1]
-    return {"chosen.latents": enc.vae(chosen.video), "rejected.latents": enc.vae(rejected.video),
-            "cond.first_frame": enc.vae(masked_video(given, "first_frame")), "text": enc.text(row.get("caption", "")),
-            "clip": enc.image(first), "audio": enc.audio(chosen.waveform, chosen.sample_rate, n, chosen.fps)}
+    return {
+        "chosen.latents": enc.vae(chosen.video),
+        "rejected.latents": enc.vae(rejected.video),
+        "cond.first_frame": enc.vae(masked_video(given, "first_frame")),
+        "text": enc.text(row.get("caption", "")),
+        "clip": enc.image(first),
+        "audio": enc.audio(chosen.waveform, chosen.sample_rate, n, chosen.fps),
+    }
 
 
 def read_manifest(path: str | Path) -> list[dict]:
@@ -170,7 +187,7 @@ def read_manifest(path: str | Path) -> list[dict]:
             continue
         row = json.loads(line)
         if "id" not in row:
-            raise ValueError(f"{path}:{i + 1}: every row needs an \"id\" (unique, used to resume).")
+            raise ValueError(f'{path}:{i + 1}: every row needs an "id" (unique, used to resume).')
         rows.append(row)
     return rows
 
@@ -179,11 +196,22 @@ def _resolve(root: Path, value: str | None) -> str | None:
     return None if value is None else str(root / value)
 
 
-def preprocess(rows: Iterable[dict], out_dir: str | Path, encoders: Encoders, *, kind: str = "sft",
-               frames: int = 81, size: tuple[int, int] = (512, 512), root: str | Path = ".",
-               shard_size: int = 64, min_sync_score: float | None = None, sync_column: str = "sync_score",
-               min_frames: int | None = None,
-               loader: Callable[..., Clip] = load_clip, progress: bool = True) -> dict[str, int]:
+def preprocess(
+    rows: Iterable[dict],
+    out_dir: str | Path,
+    encoders: Encoders,
+    *,
+    kind: str = "sft",
+    frames: int = 81,
+    size: tuple[int, int] = (512, 512),
+    root: str | Path = ".",
+    shard_size: int = 64,
+    min_sync_score: float | None = None,
+    sync_column: str = "sync_score",
+    min_frames: int | None = None,
+    loader: Callable[..., Clip] = load_clip,
+    progress: bool = True,
+) -> dict[str, int]:
     """Encode every row not already cached; returns counts (done, skipped_filter, failed, cached)."""
     from tqdm.auto import tqdm
 
@@ -282,7 +310,8 @@ def build_encoders(args) -> Encoders:
         vae=lambda video: vae.encode(video[None].to(device))[0].cpu(),
         text=lambda prompt: text_encoder.encode(prompt)[0].float().cpu(),
         image=lambda frame: image_encoder.encode(frame[None].to(device))[0].float().cpu(),
-        audio=audio)
+        audio=audio,
+    )
 
 
 def main(argv=None) -> int:
@@ -290,37 +319,65 @@ def main(argv=None) -> int:
     p.add_argument("--manifest", required=True, help="JSONL rows (see docs/TRAINING.md)")
     p.add_argument("--out", required=True, help="cache folder (resumable)")
     p.add_argument("--kind", choices=("sft", "dpo"), default="sft")
-    p.add_argument("--root", default=None, help="folder the manifest's paths are relative to "
-                                                "(default: the manifest's folder)")
+    p.add_argument(
+        "--root", default=None, help="folder the manifest's paths are relative to (default: the manifest's folder)"
+    )
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
-    p.add_argument("--fps", type=float, default=25.0,
-                   help="frame rate to sample the clips at (EchoMimicV3 runs at 25); 0 keeps the source rate")
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=25.0,
+        help="frame rate to sample the clips at (EchoMimicV3 runs at 25); 0 keeps the source rate",
+    )
     p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--min-sync-score", type=float, default=None,
-                   help="skip rows whose sync column is below this (e.g. SyncNet confidence)")
+    p.add_argument(
+        "--min-sync-score",
+        type=float,
+        default=None,
+        help="skip rows whose sync column is below this (e.g. SyncNet confidence)",
+    )
     p.add_argument("--sync-column", default="sync_score")
-    p.add_argument("--min-frames", type=int, default=None,
-                   help="skip rows whose num_frames column is below this (clips shorter than "
-                        "--frames are always skipped)")
+    p.add_argument(
+        "--min-frames",
+        type=int,
+        default=None,
+        help="skip rows whose num_frames column is below this (clips shorter than --frames are always skipped)",
+    )
     p.add_argument("--vae", required=True)
     p.add_argument("--text-encoder", required=True)
     p.add_argument("--clip", required=True)
-    p.add_argument("--audio-encoder", required=True,
-                   help="wav2vec2-base-960h (preview), chinese-wav2vec2-base (flash) or Whisper-Tiny")
-    p.add_argument("--audio-kind", default=None, choices=("preview", "flash", "whisper"),
-                   help="audio feature layout; default: guessed from the encoder files")
+    p.add_argument(
+        "--audio-encoder",
+        required=True,
+        help="wav2vec2-base-960h (preview), chinese-wav2vec2-base (flash) or Whisper-Tiny",
+    )
+    p.add_argument(
+        "--audio-kind",
+        default=None,
+        choices=("preview", "flash", "whisper"),
+        help="audio feature layout; default: guessed from the encoder files",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     root = args.root or str(Path(args.manifest).parent)
     with torch.inference_mode():
-        stats = preprocess(read_manifest(args.manifest), args.out, build_encoders(args), kind=args.kind,
-                           frames=args.frames, size=(args.height, args.width), root=root,
-                           shard_size=args.shard_size, min_sync_score=args.min_sync_score,
-                           sync_column=args.sync_column, min_frames=args.min_frames,
-                           loader=functools.partial(load_clip, fps=args.fps or None))
+        stats = preprocess(
+            read_manifest(args.manifest),
+            args.out,
+            build_encoders(args),
+            kind=args.kind,
+            frames=args.frames,
+            size=(args.height, args.width),
+            root=root,
+            shard_size=args.shard_size,
+            min_sync_score=args.min_sync_score,
+            sync_column=args.sync_column,
+            min_frames=args.min_frames,
+            loader=functools.partial(load_clip, fps=args.fps or None),
+        )
     print(json.dumps(stats))
     return 0 if stats["failed"] == 0 else 1
 

@@ -1,6 +1,7 @@
 """Tiny stand-in encoders and synthetic talking clips, to smoke-test a training setup end to end
 (and for the tests) without any model download: shapes follow a ``TransformerConfig``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -57,7 +58,7 @@ def synthetic_clip(path: str, frames: int, size, audio_path=None) -> Clip:
         raise TooShort(f"{path}: {n} frames")
     h, w = size
     envelope = torch.rand(frames, generator=g)
-    waveform = (envelope.repeat_interleave(int(SR / FPS)) * torch.randn(frames * int(SR / FPS), generator=g))
+    waveform = envelope.repeat_interleave(int(SR / FPS)) * torch.randn(frames * int(SR / FPS), generator=g)
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
     cx, cy = (torch.rand(2, generator=g) - 0.5).tolist()
     blob = torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) * 4)
@@ -67,9 +68,14 @@ def synthetic_clip(path: str, frames: int, size, audio_path=None) -> Clip:
 
 
 def sft_rows(n: int = 6) -> list[dict]:
-    return [{"id": f"clip{i}", "video": f"clip{i}.mp4", "caption": f"a person talking number {i}",
-             "sync_score": 5.0 + i, **({"mouth_box": [0.3, 0.5, 0.7, 0.8]} if i % 2 else {}),
-             **({"face_box": [0.2, 0.1, 0.8, 0.9]} if i % 3 == 0 else {})}
-            for i in range(n)]
-
-
+    return [
+        {
+            "id": f"clip{i}",
+            "video": f"clip{i}.mp4",
+            "caption": f"a person talking number {i}",
+            "sync_score": 5.0 + i,
+            **({"mouth_box": [0.3, 0.5, 0.7, 0.8]} if i % 2 else {}),
+            **({"face_box": [0.2, 0.1, 0.8, 0.9]} if i % 3 == 0 else {}),
+        }
+        for i in range(n)
+    ]

@@ -8,10 +8,12 @@ from the clip's latents (the Wan VAE is causal and non-linear), so preprocessing
 (``cond.<task>``). Both the pixels preprocessing zeroes and the mask channels built here come from
 :func:`task_inputs`, which goes through the core's ``task_masks`` (one implementation).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
+
 from echomimic_core import task_masks
 from echomimic_core import tasks as core_tasks
 from training.boxes import is_empty, to_pixel_box
@@ -23,8 +25,7 @@ VAE_STRIDE = task_masks.VAE_SPATIAL_COMPRESSION
 _PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)
 
 
-def sample_tasks(has_mouth: list[bool], generator: torch.Generator,
-                 ratios: dict[str, float]) -> list[str]:
+def sample_tasks(has_mouth: list[bool], generator: torch.Generator, ratios: dict[str, float]) -> list[str]:
     """One task per sample; ``lipsync`` falls back to ``first_frame`` without a mouth box."""
     weights = torch.tensor([float(ratios.get(t, 0.0)) for t in TASKS])
     picks = torch.multinomial(weights, len(has_mouth), replacement=True, generator=generator)
@@ -32,8 +33,9 @@ def sample_tasks(has_mouth: list[bool], generator: torch.Generator,
     return [("first_frame" if t == "lipsync" and not m else t) for t, m in zip(tasks, has_mouth)]
 
 
-def task_inputs(task: str, num_frames: int, size: tuple[int, int], mouth_box=None,
-                video: torch.Tensor | None = None) -> task_masks.TaskInputs:
+def task_inputs(
+    task: str, num_frames: int, size: tuple[int, int], mouth_box=None, video: torch.Tensor | None = None
+) -> task_masks.TaskInputs:
     """The core's pixel-space inputs of ``task`` for a clip of ``num_frames`` x ``size`` (H, W).
 
     ``mouth_box``: ``[x0, y0, x1, y1]`` fractions (lipsync only). ``video``: [1, 3, N, H, W] in
@@ -49,15 +51,15 @@ def task_inputs(task: str, num_frames: int, size: tuple[int, int], mouth_box=Non
             raise ValueError("task 'lipsync' needs a mouth box; this clip has none.")
         region = task_masks.box_region(to_pixel_box(mouth_box, size), num_frames, size)
     else:
-        kept = core_tasks.global_keyframes(core_tasks.Task(kind=task, end_image=_PLACEHOLDER_IMAGE),
-                                           _PLACEHOLDER_IMAGE, num_frames)
+        kept = core_tasks.global_keyframes(
+            core_tasks.Task(kind=task, end_image=_PLACEHOLDER_IMAGE), _PLACEHOLDER_IMAGE, num_frames
+        )
         region = torch.ones(num_frames, height, width, dtype=torch.bool)
         region[sorted(kept)] = False
     return task_masks.region_inputs(video, region)
 
 
-def build_y(tasks: list[str], cond_latents: dict[str, torch.Tensor],
-            mouth_boxes: list | None = None) -> torch.Tensor:
+def build_y(tasks: list[str], cond_latents: dict[str, torch.Tensor], mouth_boxes: list | None = None) -> torch.Tensor:
     """``[B, 20, F, h, w]`` for one task per sample.
 
     ``cond_latents[task]`` is ``[B, 16, F, h, w]`` (rows of samples that did not pick that task may
@@ -68,13 +70,14 @@ def build_y(tasks: list[str], cond_latents: dict[str, torch.Tensor],
     mouth_boxes = mouth_boxes or [None] * batch
     missing = sorted(set(tasks) - set(cond_latents))
     if missing:
-        raise KeyError(f"no cached masked-video latents for tasks {missing}; re-run "
-                       "`python -m training.preprocess` or set their ratio to 0.")
+        raise KeyError(
+            f"no cached masked-video latents for tasks {missing}; re-run "
+            "`python -m training.preprocess` or set their ratio to 0."
+        )
     n_pixel = task_masks.VAE_TEMPORAL_COMPRESSION * (frames - 1) + 1
     size = (h * VAE_STRIDE, w * VAE_STRIDE)
     # [1, 1, N, H, W] per sample -> [B, 1, N, H, W]
-    pixel_masks = torch.cat([task_inputs(t, n_pixel, size, box).input_video_mask
-                             for t, box in zip(tasks, mouth_boxes)])
+    pixel_masks = torch.cat([task_inputs(t, n_pixel, size, box).input_video_mask for t, box in zip(tasks, mouth_boxes)])
     mask = task_masks.mask_latents(pixel_masks, (h, w)).to(any_latent)
     video = torch.stack([cond_latents[t][i] for i, t in enumerate(tasks)])
     return torch.cat([mask, video], dim=1)

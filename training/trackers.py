@@ -3,6 +3,7 @@
 The JSONL file (``<output_dir>/logs/metrics.jsonl``, one ``{"step": .., name: value}`` object a
 line) is always written so a run can be inspected without any logging package.
 """
+
 from __future__ import annotations
 
 import importlib.util

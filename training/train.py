@@ -5,6 +5,7 @@
 
 Resumes from the latest complete checkpoint in ``output_dir`` unless ``--no-resume``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,10 @@ def run(config_path: str | Path, resume: bool = True, max_steps: int | None = No
     config = load_config(config_path)
     sft = CachedDataset(config.data.sft_dir, kind="sft")
     if sft.null_text is None:
-        raise FileNotFoundError(f"{config.data.sft_dir}: nulls.safetensors (the empty-prompt embedding) is "
-                                "missing; re-run `python -m training.preprocess` on that folder.")
+        raise FileNotFoundError(
+            f"{config.data.sft_dir}: nulls.safetensors (the empty-prompt embedding) is "
+            "missing; re-run `python -m training.preprocess` on that folder."
+        )
     dpo = CachedDataset(config.data.dpo_dir, kind="dpo") if config.data.dpo_dir else None
     trainer = Trainer(config, build_model(config.model, config.seed), sft, sft.null_text, dpo_data=dpo)
     if resume:

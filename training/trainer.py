@@ -6,6 +6,7 @@ resumed run repeats exactly what the uninterrupted run would have done; accelera
 ``save_state``/``load_state`` carries model, optimizer, LR schedule and RNG, a JSON file our
 ``TrainState`` (step, samples consumed).
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,8 +45,8 @@ class TrainState:
     ``weights_only=False``."""
 
     def __init__(self):
-        self.step = 0          # optimizer steps done
-        self.sft_samples = 0   # samples consumed from each stream, all processes together
+        self.step = 0  # optimizer steps done
+        self.sft_samples = 0  # samples consumed from each stream, all processes together
         self.dpo_samples = 0
 
     def state_dict(self) -> dict:
@@ -53,13 +54,16 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.sft_samples, self.dpo_samples = (
-            int(state["step"]), int(state["sft_samples"]), int(state["dpo_samples"]))
+            int(state["step"]),
+            int(state["sft_samples"]),
+            int(state["dpo_samples"]),
+        )
 
 
 def _mix(*parts) -> int:
     """A 63-bit seed from its parts, the same in every process and Python version (unlike hash())."""
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def fsdp_plugin():
@@ -85,7 +89,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         fsdp_plugin=fsdp_plugin(),
         gradient_accumulation_steps=config.optim.gradient_accumulation_steps,
         log_with=resolve_trackers(config.trackers, out / "logs"),
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
 
 
 def is_dpo_step(step: int, every_n_steps: int) -> bool:
@@ -110,8 +115,15 @@ class Trainer:
     ``null_text`` [L, D] is the empty-prompt embedding fed where text is dropped.
     """
 
-    def __init__(self, config: TrainConfig, model: torch.nn.Module, sft_data, null_text: torch.Tensor,
-                 dpo_data=None, accelerator: Accelerator | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: torch.nn.Module,
+        sft_data,
+        null_text: torch.Tensor,
+        dpo_data=None,
+        accelerator: Accelerator | None = None,
+    ):
         self.config = config
         self.acc = accelerator or make_accelerator(config)
         self.null_text = null_text
@@ -139,8 +151,9 @@ class Trainer:
 
         # accelerate steps a prepared scheduler once per process per optimizer step
         n = self.acc.num_processes
-        scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps * n,
-                                  num_training_steps=o.max_steps * n)
+        scheduler = get_scheduler(
+            o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps * n, num_training_steps=o.max_steps * n
+        )
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
         if self.acc.is_main_process:
             self.acc.init_trackers("train", config=_flat(config_to_dict(config)))
@@ -148,9 +161,12 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def checkpoints(self) -> list[Path]:
         folder = self.out / "checkpoints"
-        done = [p for p in folder.glob(CHECKPOINT_PREFIX + "*") if (p / STATE_FILE).is_file()
-                and not p.name.endswith(".partial")]
-        return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+        done = [
+            p
+            for p in folder.glob(CHECKPOINT_PREFIX + "*")
+            if (p / STATE_FILE).is_file() and not p.name.endswith(".partial")
+        ]
+        return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Load the given checkpoint folder, or the latest complete one; False if there is none."""
@@ -188,17 +204,19 @@ class Trainer:
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
-            for old in self.checkpoints()[:-self.config.keep_checkpoints]:
+            for old in self.checkpoints()[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old)
         self.acc.wait_for_everyone()
         return final
 
     # ---------------------------------------------------------------- data
     def _loader(self, data, batch_size: int, consumed: int):
-        sampler = StreamSampler(len(data), self.config.seed, start=consumed, batch_size=batch_size,
-                                buckets=getattr(data, "buckets", None))
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler,
-                                             collate_fn=collate, num_workers=self.config.data.num_workers)
+        sampler = StreamSampler(
+            len(data), self.config.seed, start=consumed, batch_size=batch_size, buckets=getattr(data, "buckets", None)
+        )
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=self.config.data.num_workers
+        )
         return iter(self.acc.prepare_data_loader(loader))
 
     def _generator(self) -> torch.Generator:
@@ -218,8 +236,13 @@ class Trainer:
         gate = None
         if self.face_gate:
             gate = face_gates(batch.get("face_box") or [None] * y.shape[0], tuple(y.shape[-2:]))
-        return Conditioning(context=batch["text"], clip_fea=batch["clip"], y=y, audio=batch["audio"],
-                            ip_mask=None if gate is None else gate.to(y.device))
+        return Conditioning(
+            context=batch["text"],
+            clip_fea=batch["clip"],
+            y=y,
+            audio=batch["audio"],
+            ip_mask=None if gate is None else gate.to(y.device),
+        )
 
     def _draw(self, x0: torch.Tensor, g: torch.Generator, phase_offset: int | None):
         """One step's shared randomness for latents x0 [B, 16, F, h, w]: phases [B] (CPU),
@@ -237,7 +260,7 @@ class Trainer:
         phases, sigma, t, noise = self._draw(x0, g, phase_offset)
         x_t, target = fm.add_noise(x0, noise, sigma)
         tasks = sample_tasks([box is not None for box in batch["mouth_box"]], g, self.config.tasks.ratios)
-        conds = {k[len("cond."):]: v for k, v in batch.items() if k.startswith("cond.")}
+        conds = {k[len("cond.") :]: v for k, v in batch.items() if k.startswith("cond.")}
         cond = self._conditioning(batch, build_y(tasks, conds, batch["mouth_box"]))
         cond = apply_drop(cond, drop_plan(phases, g, self.config.drop), self.null_text)
         with self.acc.autocast():
@@ -252,8 +275,9 @@ class Trainer:
         _, sigma, t, noise = self._draw(win, g, phase_offset)
         x_w, tgt_w = fm.add_noise(win, noise, sigma)
         x_l, tgt_l = fm.add_noise(lose, noise, sigma)
-        cond = self._conditioning(batch, build_y(["first_frame"] * win.shape[0],
-                                                 {"first_frame": batch["cond.first_frame"]}))
+        cond = self._conditioning(
+            batch, build_y(["first_frame"] * win.shape[0], {"first_frame": batch["cond.first_frame"]})
+        )
         x, tt, target = torch.cat([x_w, x_l]), torch.cat([t, t]), torch.cat([tgt_w, tgt_l])
         both = Conditioning.cat([cond, cond])
         with torch.no_grad(), self.acc.autocast():
@@ -280,7 +304,8 @@ class Trainer:
 
     def _sft_logs(self, per, phases, task_ids) -> dict:
         per, phases, task_ids = self.acc.gather_for_metrics(
-            (per.float(), phases.to(per.device), task_ids.to(per.device)))
+            (per.float(), phases.to(per.device), task_ids.to(per.device))
+        )
         logs = {"loss/sft": per.mean().item()}
         for i, name in enumerate(PHASES):
             if (phases == i).any():
@@ -295,8 +320,7 @@ class Trainer:
         return {"loss/dpo": losses.mean().item(), "dpo/reward_margin": margins.mean().item()}
 
     # ---------------------------------------------------------------- loop
-    def train(self, max_steps: int | None = None,
-              on_step_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+    def train(self, max_steps: int | None = None, on_step_end: Callable[[int, dict], None] | None = None) -> list[dict]:
         """Run until ``max_steps`` optimizer steps (default ``optim.max_steps``); returns the logs
         of every step. ``on_step_end(step, logs)`` runs after each step (and its checkpoint)."""
         cfg = self.config
@@ -304,8 +328,7 @@ class Trainer:
         accum, n = cfg.optim.gradient_accumulation_steps, self.acc.num_processes
         use_dpo = self.dpo_data is not None and cfg.dpo.every_n_steps > 0
         sft_iter = self._loader(self.sft_data, cfg.data.batch_size, self.state.sft_samples)
-        dpo_iter = (self._loader(self.dpo_data, cfg.dpo.batch_size, self.state.dpo_samples)
-                    if use_dpo else None)
+        dpo_iter = self._loader(self.dpo_data, cfg.dpo.batch_size, self.state.dpo_samples) if use_dpo else None
         history = []
         self.model.train()
         while self.state.step < max_steps:
@@ -352,6 +375,9 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, model: torch.nn.Mod
     from echomimic_core.checkpoints.files import save_state_dict
     from echomimic_core.checkpoints.transformer import CONFIG_METADATA_KEY
 
-    metadata = {CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()), "format": "pt",
-                "echomimic_variant": model.config.audio_variant}
+    metadata = {
+        CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()),
+        "format": "pt",
+        "echomimic_variant": model.config.audio_variant,
+    }
     save_state_dict({k: v.detach().cpu() for k, v in state.items()}, path, metadata=metadata)

@@ -8,6 +8,7 @@ and a y position) plus a note. Widget order, outputs and link types come from th
 (ComfyUI's ``object_info.json`` + this pack's nodes), so the files follow the nodes when they change;
 ``tests/workflows`` checks the files are current and valid.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,13 @@ from workflows.validate import input_specs, load_schemas
 
 HERE = Path(__file__).resolve().parent
 COLUMN_X, COLUMN_WIDTH, NODE_WIDTH, TOP, GAP = 40, 420, 360, 100, 70
-GROUP_COLOURS = {"Models": "#3f789e", "Inputs": "#8A8", "Conditioning": "#b58b2a", "Generate": "#a1309b",
-                 "Output": "#88A"}
+GROUP_COLOURS = {
+    "Models": "#3f789e",
+    "Inputs": "#8A8",
+    "Conditioning": "#b58b2a",
+    "Generate": "#a1309b",
+    "Output": "#88A",
+}
 VIRTUAL = {"Note": ["text"], "MarkdownNote": ["text"]}
 UPLOAD_VALUES = {"LoadImage": ["image"], "LoadAudio": [None, None], "LoadVideo": ["image"]}
 
@@ -33,9 +39,9 @@ class Node:
     key: str
     type: str
     column: int
-    y: int                                        # order within the column (positions are stacked)
-    values: dict = field(default_factory=dict)   # widget name -> value (others: the schema default)
-    links: dict = field(default_factory=dict)    # input name -> (node key, output index)
+    y: int  # order within the column (positions are stacked)
+    values: dict = field(default_factory=dict)  # widget name -> value (others: the schema default)
+    links: dict = field(default_factory=dict)  # input name -> (node key, output index)
     title: str | None = None
     group: str | None = None
 
@@ -62,8 +68,10 @@ FLASH_FILES = """**Model files** (ComfyUI `models/` folder):
 - `vae/wan_2.1_vae.safetensors`, `text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors` (type **wan**), `clip_vision/clip_vision_h.safetensors`
 - `audio_encoders/wav2vec2-chinese-base_fp16.safetensors` (Comfy-Org repackaged; or the TencentGameMate/chinese-wav2vec2-base folder)"""
 
-SAMPLER_NOTE = ("Sampler widgets left at **auto** / 0 / -1 take the model variant's upstream defaults "
-                "(preview: Flow, 25 steps, CFG 4.0 / audio 2.9; flash: UniPC, 8 steps, audio CFG 3.0, TeaCache 0.1).")
+SAMPLER_NOTE = (
+    "Sampler widgets left at **auto** / 0 / -1 take the model variant's upstream defaults "
+    "(preview: Flow, 25 steps, CFG 4.0 / audio 2.9; flash: UniPC, 8 steps, audio CFG 3.0, TeaCache 0.1)."
+)
 
 
 def native_models(transformer: str, audio_encoder: str) -> list[Node]:
@@ -71,39 +79,84 @@ def native_models(transformer: str, audio_encoder: str) -> list[Node]:
     return [
         Node("model", "EchoMimicModelLoader", 0, 0, {"model": transformer}, group="Models"),
         Node("vae", "VAELoader", 0, 250, {"vae_name": "wan_2.1_vae.safetensors"}, group="Models"),
-        Node("clip", "CLIPLoader", 0, 370, {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan"},
-             group="Models"),
+        Node(
+            "clip",
+            "CLIPLoader",
+            0,
+            370,
+            {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan"},
+            group="Models",
+        ),
         Node("clip_vision", "CLIPVisionLoader", 0, 530, {"clip_name": "clip_vision_h.safetensors"}, group="Models"),
-        Node("audio_encoder", "EchoMimicAudioEncoderLoader", 0, 650, {"audio_encoder": audio_encoder},
-             group="Models"),
+        Node("audio_encoder", "EchoMimicAudioEncoderLoader", 0, 650, {"audio_encoder": audio_encoder}, group="Models"),
     ]
 
 
-def native_conditioning(prompt: str, negative: str | None, image_key: str = "reference",
-                        image_slot: int = 0, audio_key: str = "audio", fps_link=None) -> list[Node]:
+def native_conditioning(
+    prompt: str,
+    negative: str | None,
+    image_key: str = "reference",
+    image_slot: int = 0,
+    audio_key: str = "audio",
+    fps_link=None,
+) -> list[Node]:
     audio_links = {"audio_encoder": ("audio_encoder", 0), "audio": (audio_key, 0)}
     if fps_link:  # e.g. the source video's frame rate for lip-sync
         audio_links["fps"] = fps_link
     nodes = [
-        Node("positive", "CLIPTextEncode", 2, 0, {"text": prompt}, {"clip": ("clip", 0)}, "Prompt",
-             group="Conditioning"),
+        Node(
+            "positive", "CLIPTextEncode", 2, 0, {"text": prompt}, {"clip": ("clip", 0)}, "Prompt", group="Conditioning"
+        ),
         # Not ComfyUI's CLIP Vision Encode: it resizes with antialiasing and 8-bit rounding, upstream does not.
-        Node("clip_encode", "EchoMimicCLIPVisionEncode", 2, 440, {},
-             {"clip_vision": ("clip_vision", 0), "image": (image_key, image_slot)}, group="Conditioning"),
-        Node("audio_encode", "EchoMimicAudioEncode", 2, 580, {"fps": 25.0, "max_frames": 0},
-             audio_links, group="Conditioning"),
+        Node(
+            "clip_encode",
+            "EchoMimicCLIPVisionEncode",
+            2,
+            440,
+            {},
+            {"clip_vision": ("clip_vision", 0), "image": (image_key, image_slot)},
+            group="Conditioning",
+        ),
+        Node(
+            "audio_encode",
+            "EchoMimicAudioEncode",
+            2,
+            580,
+            {"fps": 25.0, "max_frames": 0},
+            audio_links,
+            group="Conditioning",
+        ),
     ]
     if negative is not None:
-        nodes.append(Node("negative", "CLIPTextEncode", 2, 220, {"text": negative}, {"clip": ("clip", 0)},
-                          "Negative prompt", group="Conditioning"))
+        nodes.append(
+            Node(
+                "negative",
+                "CLIPTextEncode",
+                2,
+                220,
+                {"text": negative},
+                {"clip": ("clip", 0)},
+                "Negative prompt",
+                group="Conditioning",
+            )
+        )
     return nodes
 
 
-def sampler(values: dict | None = None, task: bool = False, negative: bool = True,
-            image: tuple | None = ("reference", 0),
-            y: int = 0) -> Node:
-    links = {"model": ("model", 0), "vae": ("vae", 0), "positive": ("positive", 0),
-             "clip_vision_output": ("clip_encode", 0), "audio_embeds": ("audio_encode", 0)}
+def sampler(
+    values: dict | None = None,
+    task: bool = False,
+    negative: bool = True,
+    image: tuple | None = ("reference", 0),
+    y: int = 0,
+) -> Node:
+    links = {
+        "model": ("model", 0),
+        "vae": ("vae", 0),
+        "positive": ("positive", 0),
+        "clip_vision_output": ("clip_encode", 0),
+        "audio_embeds": ("audio_encode", 0),
+    }
     if negative:
         links["negative"] = ("negative", 0)
     if image:
@@ -115,10 +168,24 @@ def sampler(values: dict | None = None, task: bool = False, negative: bool = Tru
 
 def native_output(prefix: str) -> list[Node]:
     return [
-        Node("create_video", "CreateVideo", 4, 0, {"fps": 25.0},
-             {"images": ("sampler", 0), "audio": ("sampler", 1), "fps": ("sampler", 2)}, group="Output"),
-        Node("save_video", "SaveVideo", 4, 200, {"filename_prefix": prefix, "format": "mp4", "codec": "h264"},
-             {"video": ("create_video", 0)}, group="Output"),
+        Node(
+            "create_video",
+            "CreateVideo",
+            4,
+            0,
+            {"fps": 25.0},
+            {"images": ("sampler", 0), "audio": ("sampler", 1), "fps": ("sampler", 2)},
+            group="Output",
+        ),
+        Node(
+            "save_video",
+            "SaveVideo",
+            4,
+            200,
+            {"filename_prefix": prefix, "format": "mp4", "codec": "h264"},
+            {"video": ("create_video", 0)},
+            group="Output",
+        ),
     ]
 
 
@@ -132,9 +199,11 @@ def reference(source: tuple = ("image", 0), y: int = 200, values: dict | None = 
 
 
 def inputs(image: str = "portrait.png", audio: str = "speech.wav", values: dict | None = None) -> list[Node]:
-    return [Node("image", "LoadImage", 1, 0, {"image": image}, title="Reference image", group="Inputs"),
-            reference(values=values),
-            Node("audio", "LoadAudio", 1, 400, {"audio": audio}, title="Speech", group="Inputs")]
+    return [
+        Node("image", "LoadImage", 1, 0, {"image": image}, title="Reference image", group="Inputs"),
+        reference(values=values),
+        Node("audio", "LoadAudio", 1, 400, {"audio": audio}, title="Speech", group="Inputs"),
+    ]
 
 
 def _demo(slot: str) -> str:
@@ -143,98 +212,254 @@ def _demo(slot: str) -> str:
 
 
 PROMPT = "A person is talking to the camera, natural expression, clear lip movements, studio lighting."
-NEGATIVE = ("Gesture is bad. Gesture is unclear. Strange and twisted hands. Bad hands. Bad fingers. Unclear and "
-            "blurry hands. 手部快速摆动, 手指频繁抽搐, 夸张手势, 重复机械性动作.")
+NEGATIVE = (
+    "Gesture is bad. Gesture is unclear. Strange and twisted hands. Bad hands. Bad fingers. Unclear and "
+    "blurry hands. 手部快速摆动, 手指频繁抽搐, 夸张手势, 重复机械性动作."
+)
 
 
 def workflows() -> list[Workflow]:
     preview = native_models("echomimicv3_preview.safetensors", "wav2vec2-base-960h/model.safetensors")
     flash = native_models("echomimicv3_flash_pro.safetensors", "wav2vec2-chinese-base_fp16.safetensors")
     return [
-        Workflow("echomimic_preview_talking_head", "Talking head from one image and a speech clip (preview model).", [
-            *preview, *inputs(), *native_conditioning(PROMPT, NEGATIVE), sampler(),
-            *native_output("echomimic/talking_head"),
-            note(f"# EchoMimicV3 preview: talking head\n{PREVIEW_FILES}\n\nPut a portrait and a speech clip "
-                 f"in the Load nodes; the video lasts as long as the audio. {SAMPLER_NOTE}"),
-        ]),
-        Workflow("echomimic_flash_8step", "EchoMimicV3-Flash: 8-step UniPC, audio-only CFG.", [
-            *flash, *inputs(), *native_conditioning(PROMPT, None), sampler(negative=False),
-            *native_output("echomimic/flash"),
-            note(f"# EchoMimicV3-Flash: 8 steps\n{FLASH_FILES}\n\nFlash guides on audio only, so no negative "
-                 f"prompt is needed. Upstream renders one 81-frame window: set Audio Encode's max_frames to 81 "
-                 f"to reproduce it; longer audio is rendered in 81-frame chunks. {SAMPLER_NOTE}"),
-        ]),
-        Workflow("echomimic_first_last_frame", "The reference opens the video and a second image closes it.", [
-            *preview, *inputs(), Node("end_image", "LoadImage", 1, 800, {"image": "last_frame.png"},
-                                      title="Last frame", group="Inputs"),
-            *native_conditioning(PROMPT, NEGATIVE),
-            Node("task", "EchoMimicTask", 3, 0, {"task": "first_last"},
-                 {"image": ("reference", 0), "end_image": ("end_image", 0)}, group="Generate"),
-            Node("task_preview", "PreviewImage", 3, 420, {}, {"images": ("task", 1)}, title="Kept frames",
-                 group="Generate"),
-            sampler(task=True, y=700), *native_output("echomimic/first_last"),
-            note(f"# First + last frame\n{PREVIEW_FILES}\n\nThe last frame must have the reference's size. "
-                 f"{SAMPLER_NOTE}"),
-        ]),
-        Workflow("echomimic_lipsync_video", "Re-drive the mouth of an existing video with new speech.", [
-            *preview,
-            Node("video", "LoadVideo", 1, 0, {"file": "source.mp4"}, title="Source video", group="Inputs"),
-            Node("components", "GetVideoComponents", 1, 380, {}, {"video": ("video", 0)}, group="Inputs"),
-            Node("audio", "LoadAudio", 1, 540, {"audio": "speech.wav"}, title="New speech", group="Inputs"),
-            Node("first_frame", "ImageFromBatch", 1, 940, {"batch_index": 0, "length": 1},
-                 {"image": ("components", 0)}, group="Inputs"),
-            reference(("first_frame", 0), y=1000),
-            *native_conditioning(PROMPT, NEGATIVE, fps_link=("components", 2)),
-            Node("task", "EchoMimicTask", 3, 0, {"task": "lipsync", "mouth_box": ""},
-                 {"source_video": ("components", 0)}, group="Generate"),
-            Node("task_preview", "PreviewImage", 3, 420, {}, {"images": ("task", 1)}, title="Mouth region",
-                 group="Generate"),
-            sampler(task=True, image=None, y=700), *native_output("echomimic/lipsync"),
-            note(f"# Lip-sync a video\n{PREVIEW_FILES}\n\nEverything but the mouth region is kept from the source "
-                 "video: the lower half of the detected face, or type a box (y1, y2, x1, x2 in video pixels) or "
-                 "connect a mask. The audio is encoded at the video's frame rate; the output stops with the "
-                 f"shorter of video and audio. {SAMPLER_NOTE}"),
-        ]),
-        Workflow("echomimic_long_audio", "Minutes of speech: chunked long video with blended overlaps.", [
-            *preview, *inputs(audio="long_speech.wav"), *native_conditioning(PROMPT, NEGATIVE),
-            sampler({"partial_video_length": 113, "overlap_video_length": 8, "long_video_mode": "chunks",
-                     "vae_tile_size": 256}),
-            *native_output("echomimic/long"),
-            note(f"# Long audio\n{PREVIEW_FILES}\n\nThe audio is cut into chunks of partial_video_length frames "
-                 "that overlap by overlap_video_length frames (blended); each chunk starts from the previous "
-                 "one's last frames. Lower partial_video_length (e.g. 65) when GPU memory runs out; tiled VAE "
-                 f"(vae_tile_size) keeps decoding light. long_video_mode 'sliding' is upstream's long-video CFG. "
-                 f"{SAMPLER_NOTE}"),
-        ]),
-        Workflow("echomimic_demo_tiny", "Runs on the tiny random demo models (python -m nodes.demo_models).", [
-            Node("model", "EchoMimicModelLoader", 0, 0, {"model": _demo("transformer"),
-                                                         "precision": "fp32"}, group="Models"),
-            Node("vae", "EchoMimicVAELoader", 0, 250, {"vae": _demo("vae"),
-                                                       "precision": "fp32"}, group="Models"),
-            Node("text_encoder", "EchoMimicTextEncoderLoader", 0, 380,
-                 {"text_encoder": _demo("text_encoder"), "precision": "fp32"}, group="Models"),
-            Node("clip_vision", "EchoMimicCLIPVisionLoader", 0, 510,
-                 {"clip_vision": _demo("image_encoder"), "precision": "fp32"}, group="Models"),
-            Node("audio_encoder", "EchoMimicAudioEncoderLoader", 0, 640,
-                 {"audio_encoder": _demo("audio_encoder")}, group="Models"),
-            *inputs(DEMO_IMAGE, DEMO_AUDIO, {"width": 96, "height": 96}),
-            Node("text", "EchoMimicTextEncode", 2, 0, {"prompt": "a person is talking to the camera"},
-                 {"text_encoder": ("text_encoder", 0)}, group="Conditioning"),
-            Node("clip_encode", "EchoMimicCLIPVisionEncode", 2, 300, {},
-                 {"clip_vision": ("clip_vision", 0), "image": ("reference", 0)}, group="Conditioning"),
-            Node("audio_encode", "EchoMimicAudioEncode", 2, 440, {"fps": 25.0, "max_frames": 0},
-                 {"audio_encoder": ("audio_encoder", 0), "audio": ("audio", 0)}, group="Conditioning"),
-            Node("sampler", "EchoMimicSampler", 3, 0, {"steps": 4, "partial_video_length": 33},
-                 {"model": ("model", 0), "vae": ("vae", 0), "positive": ("text", 0), "negative": ("text", 1),
-                  "clip_vision_output": ("clip_encode", 0), "audio_embeds": ("audio_encode", 0),
-                  "image": ("reference", 0)}, group="Generate"),
-            Node("save", "EchoMimicSaveVideo", 4, 0, {"filename_prefix": "echomimic/demo"},
-                 {"images": ("sampler", 0), "audio": ("sampler", 1), "fps": ("sampler", 2)}, group="Output"),
-            note("# Demo on tiny random models\nRun `python -m nodes.demo_models` from the pack folder: it "
-                 "writes tiny random model files into ComfyUI's models folders and a demo face and speech clip "
-                 "into its input folder. The video is noise (the weights are random) but every step of the real "
-                 "path runs, in seconds on a CPU."),
-        ]),
+        Workflow(
+            "echomimic_preview_talking_head",
+            "Talking head from one image and a speech clip (preview model).",
+            [
+                *preview,
+                *inputs(),
+                *native_conditioning(PROMPT, NEGATIVE),
+                sampler(),
+                *native_output("echomimic/talking_head"),
+                note(
+                    f"# EchoMimicV3 preview: talking head\n{PREVIEW_FILES}\n\nPut a portrait and a speech clip "
+                    f"in the Load nodes; the video lasts as long as the audio. {SAMPLER_NOTE}"
+                ),
+            ],
+        ),
+        Workflow(
+            "echomimic_flash_8step",
+            "EchoMimicV3-Flash: 8-step UniPC, audio-only CFG.",
+            [
+                *flash,
+                *inputs(),
+                *native_conditioning(PROMPT, None),
+                sampler(negative=False),
+                *native_output("echomimic/flash"),
+                note(
+                    f"# EchoMimicV3-Flash: 8 steps\n{FLASH_FILES}\n\nFlash guides on audio only, so no negative "
+                    f"prompt is needed. Upstream renders one 81-frame window: set Audio Encode's max_frames to 81 "
+                    f"to reproduce it; longer audio is rendered in 81-frame chunks. {SAMPLER_NOTE}"
+                ),
+            ],
+        ),
+        Workflow(
+            "echomimic_first_last_frame",
+            "The reference opens the video and a second image closes it.",
+            [
+                *preview,
+                *inputs(),
+                Node("end_image", "LoadImage", 1, 800, {"image": "last_frame.png"}, title="Last frame", group="Inputs"),
+                *native_conditioning(PROMPT, NEGATIVE),
+                Node(
+                    "task",
+                    "EchoMimicTask",
+                    3,
+                    0,
+                    {"task": "first_last"},
+                    {"image": ("reference", 0), "end_image": ("end_image", 0)},
+                    group="Generate",
+                ),
+                Node(
+                    "task_preview",
+                    "PreviewImage",
+                    3,
+                    420,
+                    {},
+                    {"images": ("task", 1)},
+                    title="Kept frames",
+                    group="Generate",
+                ),
+                sampler(task=True, y=700),
+                *native_output("echomimic/first_last"),
+                note(
+                    f"# First + last frame\n{PREVIEW_FILES}\n\nThe last frame must have the reference's size. "
+                    f"{SAMPLER_NOTE}"
+                ),
+            ],
+        ),
+        Workflow(
+            "echomimic_lipsync_video",
+            "Re-drive the mouth of an existing video with new speech.",
+            [
+                *preview,
+                Node("video", "LoadVideo", 1, 0, {"file": "source.mp4"}, title="Source video", group="Inputs"),
+                Node("components", "GetVideoComponents", 1, 380, {}, {"video": ("video", 0)}, group="Inputs"),
+                Node("audio", "LoadAudio", 1, 540, {"audio": "speech.wav"}, title="New speech", group="Inputs"),
+                Node(
+                    "first_frame",
+                    "ImageFromBatch",
+                    1,
+                    940,
+                    {"batch_index": 0, "length": 1},
+                    {"image": ("components", 0)},
+                    group="Inputs",
+                ),
+                reference(("first_frame", 0), y=1000),
+                *native_conditioning(PROMPT, NEGATIVE, fps_link=("components", 2)),
+                Node(
+                    "task",
+                    "EchoMimicTask",
+                    3,
+                    0,
+                    {"task": "lipsync", "mouth_box": ""},
+                    {"source_video": ("components", 0)},
+                    group="Generate",
+                ),
+                Node(
+                    "task_preview",
+                    "PreviewImage",
+                    3,
+                    420,
+                    {},
+                    {"images": ("task", 1)},
+                    title="Mouth region",
+                    group="Generate",
+                ),
+                sampler(task=True, image=None, y=700),
+                *native_output("echomimic/lipsync"),
+                note(
+                    f"# Lip-sync a video\n{PREVIEW_FILES}\n\nEverything but the mouth region is kept from the source "
+                    "video: the lower half of the detected face, or type a box (y1, y2, x1, x2 in video pixels) or "
+                    "connect a mask. The audio is encoded at the video's frame rate; the output stops with the "
+                    f"shorter of video and audio. {SAMPLER_NOTE}"
+                ),
+            ],
+        ),
+        Workflow(
+            "echomimic_long_audio",
+            "Minutes of speech: chunked long video with blended overlaps.",
+            [
+                *preview,
+                *inputs(audio="long_speech.wav"),
+                *native_conditioning(PROMPT, NEGATIVE),
+                sampler(
+                    {
+                        "partial_video_length": 113,
+                        "overlap_video_length": 8,
+                        "long_video_mode": "chunks",
+                        "vae_tile_size": 256,
+                    }
+                ),
+                *native_output("echomimic/long"),
+                note(
+                    f"# Long audio\n{PREVIEW_FILES}\n\nThe audio is cut into chunks of partial_video_length frames "
+                    "that overlap by overlap_video_length frames (blended); each chunk starts from the previous "
+                    "one's last frames. Lower partial_video_length (e.g. 65) when GPU memory runs out; tiled VAE "
+                    f"(vae_tile_size) keeps decoding light. long_video_mode 'sliding' is upstream's long-video CFG. "
+                    f"{SAMPLER_NOTE}"
+                ),
+            ],
+        ),
+        Workflow(
+            "echomimic_demo_tiny",
+            "Runs on the tiny random demo models (python -m nodes.demo_models).",
+            [
+                Node(
+                    "model",
+                    "EchoMimicModelLoader",
+                    0,
+                    0,
+                    {"model": _demo("transformer"), "precision": "fp32"},
+                    group="Models",
+                ),
+                Node("vae", "EchoMimicVAELoader", 0, 250, {"vae": _demo("vae"), "precision": "fp32"}, group="Models"),
+                Node(
+                    "text_encoder",
+                    "EchoMimicTextEncoderLoader",
+                    0,
+                    380,
+                    {"text_encoder": _demo("text_encoder"), "precision": "fp32"},
+                    group="Models",
+                ),
+                Node(
+                    "clip_vision",
+                    "EchoMimicCLIPVisionLoader",
+                    0,
+                    510,
+                    {"clip_vision": _demo("image_encoder"), "precision": "fp32"},
+                    group="Models",
+                ),
+                Node(
+                    "audio_encoder",
+                    "EchoMimicAudioEncoderLoader",
+                    0,
+                    640,
+                    {"audio_encoder": _demo("audio_encoder")},
+                    group="Models",
+                ),
+                *inputs(DEMO_IMAGE, DEMO_AUDIO, {"width": 96, "height": 96}),
+                Node(
+                    "text",
+                    "EchoMimicTextEncode",
+                    2,
+                    0,
+                    {"prompt": "a person is talking to the camera"},
+                    {"text_encoder": ("text_encoder", 0)},
+                    group="Conditioning",
+                ),
+                Node(
+                    "clip_encode",
+                    "EchoMimicCLIPVisionEncode",
+                    2,
+                    300,
+                    {},
+                    {"clip_vision": ("clip_vision", 0), "image": ("reference", 0)},
+                    group="Conditioning",
+                ),
+                Node(
+                    "audio_encode",
+                    "EchoMimicAudioEncode",
+                    2,
+                    440,
+                    {"fps": 25.0, "max_frames": 0},
+                    {"audio_encoder": ("audio_encoder", 0), "audio": ("audio", 0)},
+                    group="Conditioning",
+                ),
+                Node(
+                    "sampler",
+                    "EchoMimicSampler",
+                    3,
+                    0,
+                    {"steps": 4, "partial_video_length": 33},
+                    {
+                        "model": ("model", 0),
+                        "vae": ("vae", 0),
+                        "positive": ("text", 0),
+                        "negative": ("text", 1),
+                        "clip_vision_output": ("clip_encode", 0),
+                        "audio_embeds": ("audio_encode", 0),
+                        "image": ("reference", 0),
+                    },
+                    group="Generate",
+                ),
+                Node(
+                    "save",
+                    "EchoMimicSaveVideo",
+                    4,
+                    0,
+                    {"filename_prefix": "echomimic/demo"},
+                    {"images": ("sampler", 0), "audio": ("sampler", 1), "fps": ("sampler", 2)},
+                    group="Output",
+                ),
+                note(
+                    "# Demo on tiny random models\nRun `python -m nodes.demo_models` from the pack folder: it "
+                    "writes tiny random model files into ComfyUI's models folders and a demo face and speech clip "
+                    "into its input folder. The video is noise (the weights are random) but every step of the real "
+                    "path runs, in seconds on a CPU."
+                ),
+            ],
+        ),
     ]
 
 
@@ -287,16 +512,24 @@ def to_ui(workflow: Workflow, schemas: dict) -> dict:
     _check(workflow, schemas)
     ids = {n.key: i + 1 for i, n in enumerate(workflow.nodes)}
     ui_nodes = []
-    link_ids: dict[tuple[str, str], int] = {}           # (node key, input name) -> link id
-    out_links: dict[tuple[str, int], list[int]] = {}    # (node key, output slot) -> link ids
+    link_ids: dict[tuple[str, str], int] = {}  # (node key, input name) -> link id
+    out_links: dict[tuple[str, int], list[int]] = {}  # (node key, output slot) -> link ids
     for node in workflow.nodes:  # number the links first: outputs list the links leaving them
         for name, (src, slot) in node.links.items():
             link_ids[node.key, name] = len(link_ids) + 1
             out_links.setdefault((src, slot), []).append(link_ids[node.key, name])
     for order, node in enumerate(workflow.nodes):
-        entry = {"id": ids[node.key], "type": node.type, "pos": [0, 0],
-                 "flags": {}, "order": order, "mode": 0, "inputs": [], "outputs": [],
-                 "properties": {"Node name for S&R": node.type}}
+        entry = {
+            "id": ids[node.key],
+            "type": node.type,
+            "pos": [0, 0],
+            "flags": {},
+            "order": order,
+            "mode": 0,
+            "inputs": [],
+            "outputs": [],
+            "properties": {"Node name for S&R": node.type},
+        }
         if node.title:
             entry["title"] = node.title
         if node.type in VIRTUAL:
@@ -317,28 +550,46 @@ def to_ui(workflow: Workflow, schemas: dict) -> dict:
                 if spec.is_upload:  # the frontend saves its upload button's value(s) too
                     widgets += UPLOAD_VALUES.get(node.type, ["image"])
                 if link:
-                    entry["inputs"].append({"name": spec.name, "type": spec.type, "widget": {"name": spec.name},
-                                            "link": link})
+                    entry["inputs"].append(
+                        {"name": spec.name, "type": spec.type, "widget": {"name": spec.name}, "link": link}
+                    )
             else:
                 entry["inputs"].append({"name": spec.name, "type": spec.type, "link": link})
         for slot, (kind, name) in enumerate(zip(schema["output"], schema.get("output_name", schema["output"]))):
-            entry["outputs"].append({"name": name, "type": kind, "links": out_links.get((node.key, slot), []),
-                                     "slot_index": slot})
+            entry["outputs"].append(
+                {"name": name, "type": kind, "links": out_links.get((node.key, slot), []), "slot_index": slot}
+            )
         entry["widgets_values"] = widgets
-        entry["size"] = [NODE_WIDTH, _height(node, len(entry["inputs"]), [w for w in specs if w.is_widget],
-                                             len(entry["outputs"]))]
+        entry["size"] = [
+            NODE_WIDTH,
+            _height(node, len(entry["inputs"]), [w for w in specs if w.is_widget], len(entry["outputs"])),
+        ]
         ui_nodes.append(entry)
     _stack(workflow, ui_nodes)
     links = []
     for node in workflow.nodes:
         for name, (src, slot) in node.links.items():
             kind = schemas[workflow_node(workflow, src).type]["output"][slot]
-            links.append([link_ids[node.key, name], ids[src], slot, ids[node.key],
-                          _slot_index(ui_nodes, ids[node.key], name), kind])
-    return {"last_node_id": len(ui_nodes), "last_link_id": len(link_ids), "nodes": ui_nodes,
-            "links": sorted(links), "groups": _groups(workflow, ui_nodes), "config": {},
-            "extra": {"ds": {"scale": 0.75, "offset": [20, 60]}, "echomimic": workflow.description},
-            "version": 0.4}
+            links.append(
+                [
+                    link_ids[node.key, name],
+                    ids[src],
+                    slot,
+                    ids[node.key],
+                    _slot_index(ui_nodes, ids[node.key], name),
+                    kind,
+                ]
+            )
+    return {
+        "last_node_id": len(ui_nodes),
+        "last_link_id": len(link_ids),
+        "nodes": ui_nodes,
+        "links": sorted(links),
+        "groups": _groups(workflow, ui_nodes),
+        "config": {},
+        "extra": {"ds": {"scale": 0.75, "offset": [20, 60]}, "echomimic": workflow.description},
+        "version": 0.4,
+    }
 
 
 def workflow_node(workflow: Workflow, key: str) -> Node:
@@ -361,8 +612,9 @@ def _groups(workflow: Workflow, ui_nodes: list) -> list:
         y0 = min(n["pos"][1] for n in members) - 60
         x1 = max(n["pos"][0] + n["size"][0] for n in members) + 20
         y1 = max(n["pos"][1] + n["size"][1] for n in members) + 20
-        groups.append({"title": title, "bounding": [x0, y0, x1 - x0, y1 - y0], "color": colour,
-                       "font_size": 24, "flags": {}})
+        groups.append(
+            {"title": title, "bounding": [x0, y0, x1 - x0, y1 - y0], "color": colour, "font_size": 24, "flags": {}}
+        )
     return groups
 
 
@@ -380,8 +632,7 @@ def to_api(workflow: Workflow, schemas: dict) -> dict:
                 inputs[spec.name] = [ids[src], slot]
             elif spec.is_widget:
                 inputs[spec.name] = node.values.get(spec.name, _widget_defaults(spec))
-        prompt[ids[node.key]] = {"class_type": node.type, "inputs": inputs,
-                                 "_meta": {"title": node.title or node.type}}
+        prompt[ids[node.key]] = {"class_type": node.type, "inputs": inputs, "_meta": {"title": node.title or node.type}}
     return prompt
 
 

@@ -15,6 +15,7 @@ literal values fit their widget (type, min/max, combo options when the list is k
 workflows carry as many ``widgets_values`` as the node has widgets (plus the
 ``control_after_generate`` value after seeds). Exit status 1 when any error is found.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,10 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ BYPASSED_MODES = {2, 4}  # "never" (muted) and "bypass"
 
 @dataclass(frozen=True)
 class Issue:
-    node: str   # node id ("" for the whole file)
+    node: str  # node id ("" for the whole file)
     message: str
     error: bool = True
 
@@ -57,10 +59,14 @@ def node_schema(cls: type) -> dict:
     inputs = cls.INPUT_TYPES()
     returns = list(getattr(cls, "RETURN_TYPES", ()))
     return {
-        "input": {section: dict(inputs.get(section, {})) for section in ("required", "optional", "hidden")
-                  if section in inputs},
-        "input_order": {section: list(inputs[section]) for section in ("required", "optional", "hidden")
-                        if section in inputs},
+        "input": {
+            section: dict(inputs.get(section, {}))
+            for section in ("required", "optional", "hidden")
+            if section in inputs
+        },
+        "input_order": {
+            section: list(inputs[section]) for section in ("required", "optional", "hidden") if section in inputs
+        },
         "output": returns,
         "output_name": list(getattr(cls, "RETURN_NAMES", None) or returns),
         "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
@@ -80,7 +86,8 @@ def load_schemas(object_info: str | os.PathLike | None = None, with_pack: bool =
     if not path.is_file():
         raise FileNotFoundError(
             f"ComfyUI node schemas not found at {path}. Save a server's GET /object_info answer to a "
-            "file and pass it with --object-info (or set ECHOMIMIC_OBJECT_INFO).")
+            "file and pass it with --object-info (or set ECHOMIMIC_OBJECT_INFO)."
+        )
     schemas = json.loads(path.read_text(encoding="utf-8"))
     if with_pack:
         schemas.update(pack_schemas())
@@ -93,7 +100,7 @@ def load_schemas(object_info: str | os.PathLike | None = None, with_pack: bool =
 @dataclass(frozen=True)
 class InputSpec:
     name: str
-    type: str             # "COMBO" for combos
+    type: str  # "COMBO" for combos
     options: dict
     required: bool
     choices: tuple | None = None  # combo options (None: not a combo; () : unknown, e.g. model lists)
@@ -137,8 +144,10 @@ def input_specs(schema: dict) -> list[InputSpec]:
 
 def is_dynamic(schema: dict) -> bool:
     """Nodes with V3 dynamic inputs (autogrow, dynamic combos): input names are not fixed."""
-    return any(isinstance(s.type, str) and s.type.startswith("COMFY_") and s.type != "COMFY_MATCHTYPE_V3"
-               for s in input_specs(schema))
+    return any(
+        isinstance(s.type, str) and s.type.startswith("COMFY_") and s.type != "COMFY_MATCHTYPE_V3"
+        for s in input_specs(schema)
+    )
 
 
 def types_match(received: Any, expected: Any) -> bool:
@@ -209,8 +218,9 @@ def validate_api(prompt: dict, schemas: dict) -> list[Issue]:
         kind = node["class_type"]
         schema = schemas.get(kind)
         if schema is None:
-            issues.append(Issue(node_id, f"unknown node type {kind!r}: install the pack that provides it "
-                                         "or update the workflow"))
+            issues.append(
+                Issue(node_id, f"unknown node type {kind!r}: install the pack that provides it or update the workflow")
+            )
             continue
         specs = {s.name: s for s in input_specs(schema)}
         dynamic = is_dynamic(schema)
@@ -229,18 +239,33 @@ def validate_api(prompt: dict, schemas: dict) -> list[Issue]:
                     continue
                 outputs = schemas[source["class_type"]].get("output", [])
                 if not 0 <= value[1] < len(outputs):
-                    issues.append(Issue(node_id, f"input {name!r} is linked to output {value[1]} of node "
-                                                 f"{value[0]} ({source['class_type']}), which has {len(outputs)} outputs"))
+                    issues.append(
+                        Issue(
+                            node_id,
+                            f"input {name!r} is linked to output {value[1]} of node "
+                            f"{value[0]} ({source['class_type']}), which has {len(outputs)} outputs",
+                        )
+                    )
                 elif not types_match(outputs[value[1]], spec.type):
-                    issues.append(Issue(node_id, f"input {name!r} expects {spec.type} but node {value[0]} "
-                                                 f"({source['class_type']}) output {value[1]} is {outputs[value[1]]}"))
+                    issues.append(
+                        Issue(
+                            node_id,
+                            f"input {name!r} expects {spec.type} but node {value[0]} "
+                            f"({source['class_type']}) output {value[1]} is {outputs[value[1]]}",
+                        )
+                    )
             elif spec.is_widget:
                 problem = check_value(spec, value)
                 if problem:
                     issues.append(Issue(node_id, f"{kind}: {problem}"))
             else:
-                issues.append(Issue(node_id, f"input {name!r} ({spec.type}) must be linked to another node's "
-                                             f"output, found the value {value!r}"))
+                issues.append(
+                    Issue(
+                        node_id,
+                        f"input {name!r} ({spec.type}) must be linked to another node's "
+                        f"output, found the value {value!r}",
+                    )
+                )
         for spec in specs.values():
             if spec.required and spec.name not in inputs and not dynamic:
                 issues.append(Issue(node_id, f"{kind}: required input {spec.name!r} is missing"))
@@ -263,9 +288,14 @@ def _widget_values(node: dict, schema: dict, kind: str) -> list[Issue]:
     uploads = sum(w.is_upload for w in widgets)
     if not expected <= len(values) <= expected + 2 * uploads:
         names = ", ".join(w.name + (" (+control_after_generate)" if w.has_control else "") for w in widgets)
-        return [Issue(node_id, f"{kind}: {len(values)} widgets_values but the node has {expected} "
-                               f"widget values ({names}); the workflow was saved with another version of "
-                               "the node: re-create it or fix its values")]
+        return [
+            Issue(
+                node_id,
+                f"{kind}: {len(values)} widgets_values but the node has {expected} "
+                f"widget values ({names}); the workflow was saved with another version of "
+                "the node: re-create it or fix its values",
+            )
+        ]
     if len(values) != expected:  # upload buttons add values whose position we cannot pin down
         return []
     issues, position = [], 0
@@ -277,8 +307,13 @@ def _widget_values(node: dict, schema: dict, kind: str) -> list[Issue]:
             issues.append(Issue(node_id, f"{kind}: {problem}"))
         if widget.has_control:
             if values[position] not in CONTROL_VALUES:
-                issues.append(Issue(node_id, f"{kind}: value after {widget.name!r} should be one of "
-                                             f"{sorted(CONTROL_VALUES)}, found {values[position]!r}"))
+                issues.append(
+                    Issue(
+                        node_id,
+                        f"{kind}: value after {widget.name!r} should be one of "
+                        f"{sorted(CONTROL_VALUES)}, found {values[position]!r}",
+                    )
+                )
             position += 1
     return issues
 
@@ -288,8 +323,14 @@ def validate_ui(workflow: dict, schemas: dict) -> list[Issue]:
     links: dict[int, list] = {}
     for link in workflow.get("links", []):
         if isinstance(link, dict):  # newer serialisation
-            link = [link.get("id"), link.get("origin_id"), link.get("origin_slot"), link.get("target_id"),
-                    link.get("target_slot"), link.get("type")]
+            link = [
+                link.get("id"),
+                link.get("origin_id"),
+                link.get("origin_slot"),
+                link.get("target_id"),
+                link.get("target_slot"),
+                link.get("type"),
+            ]
         links[link[0]] = link
     subgraphs = {g.get("id") for g in workflow.get("definitions", {}).get("subgraphs", [])}
     checked: dict[str, dict] = {}
@@ -310,8 +351,9 @@ def _ui_node_issues(nodes: dict[str, dict], schemas: dict, subgraphs: set, check
             continue
         schema = schemas.get(kind)
         if schema is None:
-            issues.append(Issue(node_id, f"unknown node type {kind!r}: install the pack that provides it "
-                                         "or update the workflow"))
+            issues.append(
+                Issue(node_id, f"unknown node type {kind!r}: install the pack that provides it or update the workflow")
+            )
             continue
         checked[node_id] = schema
         specs = {s.name: s for s in input_specs(schema)}
@@ -340,8 +382,13 @@ def _ui_link_issues(nodes: dict[str, dict], links: dict[int, list], checked: dic
         if src in checked:
             outputs = checked[src].get("output", [])
             if not 0 <= src_slot < len(outputs):
-                issues.append(Issue(src, f"link {link_id} leaves output {src_slot}, but "
-                                         f"{nodes[src].get('type')} has {len(outputs)} outputs"))
+                issues.append(
+                    Issue(
+                        src,
+                        f"link {link_id} leaves output {src_slot}, but "
+                        f"{nodes[src].get('type')} has {len(outputs)} outputs",
+                    )
+                )
                 continue
             source_type = outputs[src_slot]
         if dst in checked:
@@ -354,8 +401,13 @@ def _ui_link_issues(nodes: dict[str, dict], links: dict[int, list], checked: dic
                 continue
             for got in (source_type, link_type):
                 if got is not None and not types_match(got, spec.type):
-                    issues.append(Issue(dst, f"input {spec.name!r} expects {spec.type} but link {link_id} "
-                                             f"from node {src} ({nodes[src].get('type')}) carries {got}"))
+                    issues.append(
+                        Issue(
+                            dst,
+                            f"input {spec.name!r} expects {spec.type} but link {link_id} "
+                            f"from node {src} ({nodes[src].get('type')}) carries {got}",
+                        )
+                    )
                     break
     return issues
 
@@ -364,13 +416,15 @@ def _ui_link_issues(nodes: dict[str, dict], links: dict[int, list], checked: dic
 # Entry points
 # ------------------------------------------------------------------------------------------------
 def workflow_format(data: Any) -> str:
-    """"ui", "api", or raise ValueError."""
+    """ "ui", "api", or raise ValueError."""
     if isinstance(data, dict) and isinstance(data.get("nodes"), list):
         return "ui"
     if isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
         return "api"
-    raise ValueError("not a ComfyUI workflow: expected a UI workflow (with 'nodes' and 'links') or an API "
-                     "prompt ({node id: {class_type, inputs}}); save it from ComfyUI with Save or Export (API)")
+    raise ValueError(
+        "not a ComfyUI workflow: expected a UI workflow (with 'nodes' and 'links') or an API "
+        "prompt ({node id: {class_type, inputs}}); save it from ComfyUI with Save or Export (API)"
+    )
 
 
 def validate(data: Any, schemas: dict) -> list[Issue]:

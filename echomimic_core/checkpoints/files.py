@@ -5,12 +5,13 @@ Supported: a single ``.safetensors`` file, a ``.pth``/``.pt``/``.bin``/``.ckpt``
 one weights file or a sharded set described by ``*.safetensors.index.json`` /
 ``pytorch_model.bin.index.json`` (diffusers / Hugging Face style).
 """
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -38,7 +39,8 @@ def _read_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
 def _truncated_safetensors(path: Path, error: Exception) -> CheckpointError:
     return CheckpointError(
         f"{path}: not a readable safetensors file ({error}). The file is probably truncated "
-        "(an interrupted download); download it again.")
+        "(an interrupted download); download it again."
+    )
 
 
 def _read_pickle(path: Path, device: str) -> dict[str, torch.Tensor]:
@@ -54,7 +56,8 @@ def _read_pickle(path: Path, device: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True ({e}). "
             "Either the file is truncated or it contains code rather than plain tensors; "
-            "use the .safetensors release of this model.") from e
+            "use the .safetensors release of this model."
+        ) from e
     for _ in range(3):  # nested wrappers, e.g. {"module": {"state_dict": ...}}
         if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
@@ -77,7 +80,8 @@ def _shard_files(folder: Path) -> list[Path] | None:
         if missing:
             raise CheckpointError(
                 f"{folder}: the index {index.name} lists shards that are missing: {missing}. "
-                "Download every shard into the same folder.")
+                "Download every shard into the same folder."
+            )
         return shards
     return None
 
@@ -92,21 +96,32 @@ def weight_files(path: str | Path) -> list[Path]:
     shards = _shard_files(path)
     if shards:
         return shards
-    candidates = [p for p in sorted(path.iterdir())
-                  if p.is_file() and p.suffix in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES]
+    candidates = [
+        p for p in sorted(path.iterdir()) if p.is_file() and p.suffix in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+    ]
     preferred = [p for p in candidates if p.suffix in SAFETENSORS_SUFFIXES] or candidates
     if len(preferred) != 1:
         found = [p.name for p in candidates] or "no weight files"
         raise CheckpointError(
             f"{path}: expected one weights file (.safetensors/.pth) or a sharded set with an "
-            f"*.index.json, found {found}. Point at the file itself.")
+            f"*.index.json, found {found}. Point at the file itself."
+        )
     return preferred
 
 
 _SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
-    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 
 
@@ -154,8 +169,9 @@ def _check_not_empty(file: Path) -> None:
         raise CheckpointError(f"{file}: the file is empty (an interrupted download?). Download it again.")
 
 
-def load_state_dict(path: str | Path, device: str = "cpu",
-                    strip_prefixes: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+def load_state_dict(
+    path: str | Path, device: str = "cpu", strip_prefixes: Iterable[str] = ()
+) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint, with the first matching prefix in ``strip_prefixes`` removed.
 
     Pickles are memory-mapped and safetensors are read lazily by the OS, so a large file is not
@@ -173,12 +189,11 @@ def strip_prefix(state: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dic
     """Remove the first prefix that every key carries (e.g. ``model.diffusion_model.``)."""
     for prefix in prefixes:
         if state and all(k.startswith(prefix) for k in state):
-            return {k[len(prefix):]: v for k, v in state.items()}
+            return {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: str | Path,
-                    metadata: dict[str, str] | None = None) -> None:
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write safetensors atomically: a temp file renamed into place, so an interrupt leaves nothing."""
     from safetensors.torch import save_file
 

@@ -9,11 +9,13 @@ files users have:
   ``scale_shift_table``, norm2/norm3 swapped). Tensor shapes are identical in both layouts, so
   the conversion is a pure renaming: the table below, applied per module path.
 """
+
 from __future__ import annotations
 
 import logging
 import re
-from typing import Mapping, TypeVar
+from collections.abc import Mapping
+from typing import TypeVar
 
 from .keytables import KeyTable, nest, rename_key
 
@@ -45,11 +47,19 @@ _TOP_LEVEL: KeyTable = (
 
 # Module paths inside one attention layer: original -> diffusers.
 _ATTENTION: KeyTable = (
-    ("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0"),
-    ("norm_q", "norm_q"), ("norm_k", "norm_k"),
-    ("k_img", "add_k_proj"), ("v_img", "add_v_proj"), ("norm_k_img", "norm_added_k"),
+    ("q", "to_q"),
+    ("k", "to_k"),
+    ("v", "to_v"),
+    ("o", "to_out.0"),
+    ("norm_q", "norm_q"),
+    ("norm_k", "norm_k"),
+    ("k_img", "add_k_proj"),
+    ("v_img", "add_v_proj"),
+    ("norm_k_img", "norm_added_k"),
     # EchoMimicV3's audio layers have no diffusers counterpart; converters keep their names.
-    ("q_audio", "q_audio"), ("k_audio", "k_audio"), ("v_audio", "v_audio"),
+    ("q_audio", "q_audio"),
+    ("k_audio", "k_audio"),
+    ("v_audio", "v_audio"),
     ("norm_k_audio", "norm_k_audio"),
 )
 # Module paths inside one block. Original norm3 (the affine cross-attention norm) is diffusers'
@@ -104,7 +114,7 @@ def to_original_keys(state: Mapping[str, T]) -> dict[str, T]:
         dropped = sum(not k.startswith(prefix) for k in state)
         if dropped:
             log.info("ignoring %d tensors outside the transformer (not under %r)", dropped, prefix)
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     else:
         state = dict(state)
     if is_diffusers_layout(state):

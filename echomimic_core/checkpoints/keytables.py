@@ -7,11 +7,13 @@ weight and bias and a nested entry (``encoder.downsamples.{i}.residual.0``) wins
 (``encoder.downsamples.{i}``). ``reverse=True`` maps layout b -> a. Only names change here:
 value transforms (qkv split, transposes, index regrouping) live next to each table.
 """
+
 from __future__ import annotations
 
 import re
-from functools import lru_cache
-from typing import Mapping, TypeVar
+from collections.abc import Mapping
+from functools import cache
+from typing import TypeVar
 
 from .files import CheckpointError
 
@@ -24,7 +26,7 @@ def nest(outer: tuple[str, str], table: KeyTable) -> KeyTable:
     return tuple((f"{outer[0]}.{a}", f"{outer[1]}.{b}") for a, b in table)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(table: KeyTable, reverse: bool) -> tuple[tuple[re.Pattern, str], ...]:
     sources = [b if reverse else a for a, b in table]
     if len(set(sources)) != len(sources):
@@ -45,12 +47,11 @@ def rename_key(key: str, table: KeyTable, reverse: bool = False) -> str | None:
     for pattern, dst in _compiled(table, reverse):
         m = pattern.match(key)
         if m:
-            return dst.format(**m.groupdict()) + key[m.end():]
+            return dst.format(**m.groupdict()) + key[m.end() :]
     return None
 
 
-def rename(state: Mapping[str, T], table: KeyTable, reverse: bool = False,
-           what: str = "checkpoint") -> dict[str, T]:
+def rename(state: Mapping[str, T], table: KeyTable, reverse: bool = False, what: str = "checkpoint") -> dict[str, T]:
     """Rename every key; a key the table does not cover is an error naming the first few."""
     out, unknown = {}, []
     for key, value in state.items():
@@ -63,5 +64,6 @@ def rename(state: Mapping[str, T], table: KeyTable, reverse: bool = False,
         raise CheckpointError(
             f"{what}: {len(unknown)} tensor name(s) this converter does not know, e.g. {unknown[:5]}. "
             "The file is a different architecture or a layout not supported yet; "
-            "check that it is the right file for this slot.")
+            "check that it is the right file for this slot."
+        )
     return out

@@ -5,6 +5,7 @@ and the other common spellings of the same thing: kohya/ComfyUI ``lora_down``/``
 musubi-tuner's flattened module names (``lora_unet_blocks_0_self_attn_q``), diffusers'
 ``transformer.`` prefix, and no prefix at all.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,10 +30,12 @@ def resolve_modules(modules, weight_names) -> dict[str, str]:
     resolved = {}
     for module in modules:
         prefix = next((p for p in _FLAT_PREFIXES if module.startswith(p)), None)
-        target = flat.get(module[len(prefix):]) if prefix and module not in paths else module
+        target = flat.get(module[len(prefix) :]) if prefix and module not in paths else module
         if target is None or target not in paths:
-            raise CheckpointError(f"the LoRA targets {module!r}, which this transformer does not have "
-                                  "(a LoRA trained for another model or variant?).")
+            raise CheckpointError(
+                f"the LoRA targets {module!r}, which this transformer does not have "
+                "(a LoRA trained for another model or variant?)."
+            )
         resolved[module] = target
     return resolved
 
@@ -44,7 +47,7 @@ def normalize_lora(lora: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tenso
         for old, new in _SPELLINGS:
             key = key.replace(old, new)
         prefix = next((p for p in _PREFIXES if key.startswith(p)), "")
-        renamed[key[len(prefix):]] = value
+        renamed[key[len(prefix) :]] = value
     modules = {}
     for key in renamed:
         if ".lora_A." not in key:
@@ -57,13 +60,19 @@ def normalize_lora(lora: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tenso
         alpha = renamed.get(f"{module}.alpha")
         modules[module] = (a, b, float(alpha) if alpha is not None else float(a.shape[0]))
     if not modules:
-        raise CheckpointError("no LoRA weights found (expected keys like "
-                              "'diffusion_model.blocks.0.self_attn.q.lora_A.weight'); is this a LoRA file?")
+        raise CheckpointError(
+            "no LoRA weights found (expected keys like "
+            "'diffusion_model.blocks.0.self_attn.q.lora_A.weight'); is this a LoRA file?"
+        )
     return modules
 
 
-def merge_lora(state: dict[str, torch.Tensor], lora: dict[str, torch.Tensor] | str | Path,
-               strength: float = 1.0, scales: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def merge_lora(
+    state: dict[str, torch.Tensor],
+    lora: dict[str, torch.Tensor] | str | Path,
+    strength: float = 1.0,
+    scales: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """A copy of a transformer state dict with the LoRA merged in (each weight keeps its dtype).
 
     ``scales``: {module: scale_weight} of layers stored as scaled fp8 (the real weight is
@@ -101,8 +110,7 @@ def merge_lora(state: dict[str, torch.Tensor], lora: dict[str, torch.Tensor] | s
 def apply_lora(model: torch.nn.Module, lora: dict[str, torch.Tensor] | str | Path, strength: float = 1.0) -> int:
     """Merge a LoRA into a loaded model in place; returns the number of layers changed."""
     weights = {name: p for name, p in model.named_parameters() if name.endswith(".weight")}
-    scales = {name: m.scale_weight for name, m in model.named_modules()
-              if getattr(m, "scale_weight", None) is not None}
+    scales = {name: m.scale_weight for name, m in model.named_modules() if getattr(m, "scale_weight", None) is not None}
     merged = merge_lora(weights, lora, strength, scales)
     changed = 0
     for name, value in merged.items():
@@ -114,8 +122,9 @@ def apply_lora(model: torch.nn.Module, lora: dict[str, torch.Tensor] | str | Pat
     return changed
 
 
-def with_lora(model: torch.nn.Module, lora: dict[str, torch.Tensor] | str | Path,
-              strength: float = 1.0) -> torch.nn.Module:
+def with_lora(
+    model: torch.nn.Module, lora: dict[str, torch.Tensor] | str | Path, strength: float = 1.0
+) -> torch.nn.Module:
     """A copy of ``model`` with the LoRA merged in, leaving ``model`` untouched.
 
     Only the weights the LoRA changes (and their fp8 scales) are new tensors; every other parameter

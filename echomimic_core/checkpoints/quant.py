@@ -6,10 +6,11 @@ per-layer scale: ``<layer>.scale_weight`` (old ComfyUI) or ``<layer>.weight_scal
 dtype names the fp8 type. The real weight is ``weight.float() * scale``.
 Plain ``*_fp8_e4m3fn`` files are unscaled casts and need no special handling.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -28,8 +29,9 @@ def is_scaled_fp8(keys) -> bool:
     return any(k == _MARKER or k.endswith("." + _MARKER) or k.endswith(_SCALE_SUFFIXES) for k in keys)
 
 
-def dequantize_scaled_fp8(state_dict: Mapping[str, torch.Tensor],
-                          dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+def dequantize_scaled_fp8(
+    state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16
+) -> dict[str, torch.Tensor]:
     """Fold every per-layer scale into its weight and drop the quantisation bookkeeping.
 
     Weights with a scale come back as ``dtype``; every other tensor is returned unchanged (the
@@ -39,9 +41,11 @@ def dequantize_scaled_fp8(state_dict: Mapping[str, torch.Tensor],
     return split_scaled_fp8(state_dict, dtype)[0]
 
 
-def split_scaled_fp8(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16,
-                     keep: Callable[[str], bool] = lambda layer: False
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def split_scaled_fp8(
+    state_dict: Mapping[str, torch.Tensor],
+    dtype: torch.dtype = torch.bfloat16,
+    keep: Callable[[str], bool] = lambda layer: False,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(state, scales): layers for which ``keep(layer)`` is true keep their fp8 weight, and their
     float32 scale is returned in ``scales[layer]`` ([] per tensor, [out, 1] per output channel) for
     an ``ops.Linear`` ``scale_weight`` buffer; every other scaled weight is de-quantised to
@@ -68,8 +72,12 @@ def split_scaled_fp8(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype 
         else:
             out[weight_key] = (weight.to(torch.float32) * scale).to(dtype)
     out.update(state)
-    log.info("scaled fp8: %d weights de-quantised to %s, %d kept in fp8 with their scales",
-             len(scales) - len(kept), dtype, len(kept))
+    log.info(
+        "scaled fp8: %d weights de-quantised to %s, %d kept in fp8 with their scales",
+        len(scales) - len(kept),
+        dtype,
+        len(kept),
+    )
     return out, kept
 
 
@@ -79,8 +87,9 @@ def to_fp8(tensor: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> to
     return tensor.clamp(-limit, limit).to(dtype)
 
 
-def quantize_scaled_fp8(state_dict: Mapping[str, torch.Tensor], keys=None,
-                        dtype: torch.dtype = torch.float8_e4m3fn) -> dict[str, torch.Tensor]:
+def quantize_scaled_fp8(
+    state_dict: Mapping[str, torch.Tensor], keys=None, dtype: torch.dtype = torch.float8_e4m3fn
+) -> dict[str, torch.Tensor]:
     """Write the ComfyUI scaled-fp8 layout (per-tensor ``scale_weight``, ``scaled_fp8`` marker).
 
     The inverse of :func:`dequantize_scaled_fp8`, used to produce such files (and in tests).

@@ -13,15 +13,16 @@ The model is built on the meta device and takes the file's tensors by assignment
 model is never in RAM twice; safetensors files are memory-mapped, so tensors already in the
 wanted dtype are not even copied.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 
@@ -42,32 +43,41 @@ _AUDIO_PROJECTORS = {"preview": "audio2token.", "flash": "audio_injection."}
 
 # What a wrong file is, told by keys it carries (checked on the raw, un-renamed keys).
 _FOREIGN_SIGNATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("a LoRA / adapter (load it on top of a transformer, not in its place)",
-     ("lora_A.", "lora_B.", "lora_down.", "lora_up.", "lora_unet_", ".lora.")),
+    (
+        "a LoRA / adapter (load it on top of a transformer, not in its place)",
+        ("lora_A.", "lora_B.", "lora_down.", "lora_up.", "lora_unet_", ".lora."),
+    ),
     ("a Stable Diffusion / SDXL UNet checkpoint", ("input_blocks.", "down_blocks.", "output_blocks.")),
-    ("a Flux / MMDiT transformer", ("double_blocks.", "single_blocks.", "single_transformer_blocks.",
-                                    "joint_blocks.")),
-    ("the Wan2.1 VAE (load it with the VAE loader)", ("decoder.middle.0.residual.0.gamma",
-                                                     "decoder.mid_block.resnets.0.norm1.gamma")),
-    ("a VAE", ("first_stage_model.", "decoder.up.", "decoder.up_blocks.", "encoder.down.",
-               "post_quant_conv.")),
-    ("a T5 / umT5 text encoder (load it with the text-encoder loader)",
-     ("encoder.block.", "shared.weight", "token_embedding.weight", "blocks.0.attn.q.weight")),
-    ("a CLIP model (load it with the CLIP-vision loader)",
-     ("vision_model.", "text_model.", "visual.", "transformer.resblocks.")),
-    ("a wav2vec2 / Whisper audio encoder", ("feature_extractor.conv_layers.", "feature_projection.",
-                                            "encoder.conv1.", "encoder.embed_positions.")),
+    ("a Flux / MMDiT transformer", ("double_blocks.", "single_blocks.", "single_transformer_blocks.", "joint_blocks.")),
+    (
+        "the Wan2.1 VAE (load it with the VAE loader)",
+        ("decoder.middle.0.residual.0.gamma", "decoder.mid_block.resnets.0.norm1.gamma"),
+    ),
+    ("a VAE", ("first_stage_model.", "decoder.up.", "decoder.up_blocks.", "encoder.down.", "post_quant_conv.")),
+    (
+        "a T5 / umT5 text encoder (load it with the text-encoder loader)",
+        ("encoder.block.", "shared.weight", "token_embedding.weight", "blocks.0.attn.q.weight"),
+    ),
+    (
+        "a CLIP model (load it with the CLIP-vision loader)",
+        ("vision_model.", "text_model.", "visual.", "transformer.resblocks."),
+    ),
+    (
+        "a wav2vec2 / Whisper audio encoder",
+        ("feature_extractor.conv_layers.", "feature_projection.", "encoder.conv1.", "encoder.embed_positions."),
+    ),
 )
 
 
 @dataclass
 class CheckpointInfo:
     """What a transformer file is, from its header alone (cheap: no tensor data is read)."""
+
     path: Path
-    variant: str                      # "preview" | "flash" | "base"
-    config: TransformerConfig         # the model the file loads into
-    layout: str                       # "original" | "diffusers"
-    prefix: str                       # wrapper prefix stripped from every key ("" if none)
+    variant: str  # "preview" | "flash" | "base"
+    config: TransformerConfig  # the model the file loads into
+    layout: str  # "original" | "diffusers"
+    prefix: str  # wrapper prefix stripped from every key ("" if none)
     scaled_fp8: bool
     dtypes: dict[str, int] = field(default_factory=dict)  # file dtype -> number of tensors
     missing_audio: list[str] = field(default_factory=list)  # grouped, only for variant "base"
@@ -97,7 +107,7 @@ def group_keys(keys) -> list[str]:
         match = _BLOCK_INDEX.match(key)
         module = key.rsplit(".", 1)[0] if "." in key else key
         if match:
-            module = "blocks.*." + module[match.end():] if module != key[:match.end() - 1] else "blocks.*"
+            module = "blocks.*." + module[match.end() :] if module != key[: match.end() - 1] else "blocks.*"
             groups[module][1].add(int(match[1]))
         groups[module][0] += 1
     lines = []
@@ -141,24 +151,28 @@ def detect_variant(shapes: Mapping[str, object]) -> str:
         raise CheckpointError(
             f"expected an EchoMimicV3 / Wan2.1 transformer (keys like {', '.join(_WAN_ANCHORS)}), "
             f"found {_describe_foreign(list(shapes))}. Pick the transformer file "
-            "(e.g. echomimicv3-flash-pro.safetensors or transformer/diffusion_pytorch_model.safetensors).")
+            "(e.g. echomimicv3-flash-pro.safetensors or transformer/diffusion_pytorch_model.safetensors)."
+        )
     if not any(k.startswith("img_emb.") for k in keys):
         raise CheckpointError(
             "expected a Wan image-to-video transformer (with img_emb.* CLIP-image layers), found a "
             "Wan text-to-video transformer. EchoMimicV3 is built on Wan2.1-Fun-1.3B-InP; use that "
-            "or an EchoMimicV3 checkpoint.")
+            "or an EchoMimicV3 checkpoint."
+        )
     found = [v for v, prefix in _AUDIO_PROJECTORS.items() if any(k.startswith(prefix) for k in keys)]
     if len(found) > 1:
         raise CheckpointError(
             "expected one audio projector, found both audio2token.* (preview) and audio_injection.* "
-            "(flash): the file mixes two models. Re-export it from a single checkpoint.")
+            "(flash): the file mixes two models. Re-export it from a single checkpoint."
+        )
     if found:
         return found[0]
     stray = [k for k in keys if "_audio." in k]
     if stray:
         raise CheckpointError(
             f"found per-block audio layers ({_summary(group_keys(stray), 3)}) but no audio projector "
-            "(audio2token.* or audio_injection.*): the file is incomplete. Download it again.")
+            "(audio2token.* or audio_injection.*): the file is incomplete. Download it again."
+        )
     return "base"
 
 
@@ -167,8 +181,9 @@ def _count_blocks(keys) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def infer_config(shapes: Mapping[str, object], variant: str | None = None,
-                 num_heads: int | None = None, **overrides) -> TransformerConfig:
+def infer_config(
+    shapes: Mapping[str, object], variant: str | None = None, num_heads: int | None = None, **overrides
+) -> TransformerConfig:
     """The :class:`TransformerConfig` a state dict was built from, read from tensor shapes.
 
     ``variant``: the audio architecture; for a ``base`` file (no audio layers) it defaults to
@@ -182,24 +197,36 @@ def infer_config(shapes: Mapping[str, object], variant: str | None = None,
     try:
         dim, in_dim, *patch = sd["patch_embedding.weight"]
         fields = dict(
-            model_type="i2v", patch_size=tuple(patch), in_dim=in_dim, dim=dim,
-            ffn_dim=sd["blocks.0.ffn.0.weight"][0], freq_dim=sd["time_embedding.0.weight"][1],
+            model_type="i2v",
+            patch_size=tuple(patch),
+            in_dim=in_dim,
+            dim=dim,
+            ffn_dim=sd["blocks.0.ffn.0.weight"][0],
+            freq_dim=sd["time_embedding.0.weight"][1],
             text_dim=sd["text_embedding.0.weight"][1],
             out_dim=sd["head.head.weight"][0] // (patch[0] * patch[1] * patch[2]),
-            num_layers=_count_blocks(sd), qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
-            cross_attn_norm="blocks.0.norm3.weight" in sd, clip_dim=sd["img_emb.proj.0.weight"][0],
-            audio_variant=audio_variant)
+            num_layers=_count_blocks(sd),
+            qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
+            cross_attn_norm="blocks.0.norm3.weight" in sd,
+            clip_dim=sd["img_emb.proj.0.weight"][0],
+            audio_variant=audio_variant,
+        )
         if detected == "preview":
             fields["audio_in_dim"] = sd["audio2token.proj.weight"][1]
         elif detected == "flash":
             fields.update(_flash_widths(sd, dim))
     except KeyError as e:
-        raise CheckpointError(f"expected tensor {e.args[0]} to read the model size from, but the file "
-                              "lacks it: it is incomplete or not a Wan transformer.") from e
+        raise CheckpointError(
+            f"expected tensor {e.args[0]} to read the model size from, but the file "
+            "lacks it: it is incomplete or not a Wan transformer."
+        ) from e
     if num_heads is None:
         num_heads = max(1, dim // WAN_HEAD_DIM)
-        log.info("head count not recorded in the file: assuming %d heads of %d (Wan's head width)",
-                 num_heads, dim // num_heads)
+        log.info(
+            "head count not recorded in the file: assuming %d heads of %d (Wan's head width)",
+            num_heads,
+            dim // num_heads,
+        )
     fields["num_heads"] = num_heads
     fields.update(overrides)
     try:
@@ -215,13 +242,19 @@ def _flash_widths(sd: Mapping[str, tuple[int, ...]], dim: int) -> dict:
     later = sd["audio_injection.proj1_vf.weight"][1]
     per_step = (later - first) // 3  # blocks * channels of one audio frame
     if per_step <= 0 or first % per_step or (later - first) % 3:
-        raise CheckpointError(f"audio_injection.proj1 / proj1_vf widths {first} / {later} do not "
-                              "describe a 5-frame window: the flash projector is damaged.")
+        raise CheckpointError(
+            f"audio_injection.proj1 / proj1_vf widths {first} / {later} do not "
+            "describe a 5-frame window: the flash projector is damaged."
+        )
     # blocks and channels only appear as their product; wav2vec2-base gives 768 channels
     channels = next((c for c in (768, 1024, 512, 384, 1280) if per_step % c == 0), per_step)
-    return dict(audio_window=first // per_step, audio_blocks=per_step // channels, audio_channels=channels,
-                audio_intermediate_dim=inter,
-                audio_context_tokens=sd["audio_injection.proj3.weight"][0] // dim)
+    return dict(
+        audio_window=first // per_step,
+        audio_blocks=per_step // channels,
+        audio_channels=channels,
+        audio_intermediate_dim=inter,
+        audio_context_tokens=sd["audio_injection.proj3.weight"][0] // dim,
+    )
 
 
 def _config_from_metadata(metadata: Mapping[str, str]) -> TransformerConfig | None:
@@ -250,55 +283,84 @@ def _side_config(path: Path) -> dict:
     except (OSError, ValueError) as e:
         log.warning("ignoring unreadable %s (%s)", file, e)
         return {}
-    found = {"num_heads": raw.get("num_heads", raw.get("num_attention_heads")),
-             "text_len": raw.get("text_len"), "eps": raw.get("eps")}
+    found = {
+        "num_heads": raw.get("num_heads", raw.get("num_attention_heads")),
+        "text_len": raw.get("text_len"),
+        "eps": raw.get("eps"),
+    }
     return {k: v for k, v in found.items() if v is not None}
 
 
-def inspect_checkpoint(path: str | Path, variant: str | None = None,
-                       config: TransformerConfig | None = None) -> CheckpointInfo:
+def inspect_checkpoint(
+    path: str | Path, variant: str | None = None, config: TransformerConfig | None = None
+) -> CheckpointInfo:
     """Identify a transformer file from its header: variant, config, layout. Reads no weights
     of a safetensors file, so nodes can validate a choice before any heavy work."""
     raw = read_shapes(path)
     return _inspect(Path(path), raw, read_metadata(path), variant, config)
 
 
-def _inspect(path: Path, raw: Mapping[str, tuple], metadata: Mapping[str, str],
-             variant: str | None, config: TransformerConfig | None = None) -> CheckpointInfo:
+def _inspect(
+    path: Path,
+    raw: Mapping[str, tuple],
+    metadata: Mapping[str, str],
+    variant: str | None,
+    config: TransformerConfig | None = None,
+) -> CheckpointInfo:
     if variant not in (None, *VARIANTS):
         raise ValueError(f"variant must be one of {VARIANTS} or None, got {variant!r}.")
     scaled = is_scaled_fp8(raw)
-    shapes = {k: _shape(v) for k, v in raw.items()
-              if not (scaled and (k.endswith(("scale_weight", "weight_scale", "scale_input",
-                                               "input_scale", "comfy_quant", "scaled_fp8"))))}
+    shapes = {
+        k: _shape(v)
+        for k, v in raw.items()
+        if not (
+            scaled
+            and (
+                k.endswith(("scale_weight", "weight_scale", "scale_input", "input_scale", "comfy_quant", "scaled_fp8"))
+            )
+        )
+    }
     detected = detect_variant(shapes)
     if variant not in (None, "base") and detected not in ("base", variant):
-        raise CheckpointError(f"{path}: expected a {variant} checkpoint, found a {detected} one "
-                              f"(it carries {_AUDIO_PROJECTORS[detected]}*). Choose variant "
-                              f"{detected!r}, or leave it unset to follow the file.")
+        raise CheckpointError(
+            f"{path}: expected a {variant} checkpoint, found a {detected} one "
+            f"(it carries {_AUDIO_PROJECTORS[detected]}*). Choose variant "
+            f"{detected!r}, or leave it unset to follow the file."
+        )
     if variant == "base" and detected != "base":
         variant = None  # asking for "base" only means "accept a file without audio layers"
     original = to_original_keys(shapes)
     wanted = variant or (detected if detected != "base" else "preview")
     if config is not None:
         if config.audio_variant != wanted and not (variant is None and detected == "base"):
-            raise CheckpointError(f"{path}: the given config is a {config.audio_variant} model but the "
-                                  f"file holds a {detected} one; pass a matching config or none.")
+            raise CheckpointError(
+                f"{path}: the given config is a {config.audio_variant} model but the "
+                f"file holds a {detected} one; pass a matching config or none."
+            )
         wanted = config.audio_variant
     else:
         config = _config_from_metadata(metadata)
     if config is None or config.audio_variant != wanted:
-        known = ({"num_heads": config.num_heads, "text_len": config.text_len, "eps": config.eps}
-                 if config else _side_config(path))
+        known = (
+            {"num_heads": config.num_heads, "text_len": config.text_len, "eps": config.eps}
+            if config
+            else _side_config(path)
+        )
         config = infer_config(original, wanted, **known)
     dtypes: dict[str, int] = defaultdict(int)
     for value in raw.values():
         if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], torch.dtype):
             dtypes[str(value[1]).removeprefix("torch.")] += 1
-    return CheckpointInfo(path=path, variant=detected, config=config,
-                          layout="diffusers" if is_diffusers_layout(shapes) else "original",
-                          prefix=find_prefix(shapes) or "", scaled_fp8=scaled, dtypes=dict(dtypes),
-                          missing_audio=group_keys(_audio_keys_of(config)) if detected == "base" else [])
+    return CheckpointInfo(
+        path=path,
+        variant=detected,
+        config=config,
+        layout="diffusers" if is_diffusers_layout(shapes) else "original",
+        prefix=find_prefix(shapes) or "",
+        scaled_fp8=scaled,
+        dtypes=dict(dtypes),
+        missing_audio=group_keys(_audio_keys_of(config)) if detected == "base" else [],
+    )
 
 
 def _audio_keys_of(config: TransformerConfig) -> list[str]:
@@ -328,8 +390,9 @@ def _expected_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in _build_on_meta(config, "sdpa").state_dict().items()}
 
 
-def check_state_dict(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, object],
-                     what: str = "the checkpoint") -> None:
+def check_state_dict(
+    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, object], what: str = "the checkpoint"
+) -> None:
     """Raise one grouped :class:`CheckpointError` for missing, unexpected and mis-shaped keys."""
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
@@ -350,10 +413,14 @@ def check_state_dict(expected: Mapping[str, tuple[int, ...]], found: Mapping[str
     if wrong:
         examples = ", ".join(f"{k} {tuple(_shape(found[k]))} vs {tuple(expected[k])}" for k in wrong[:3])
         parts.append(f"{len(wrong)} tensors of the wrong shape (file vs model), e.g. {examples}")
-    hint = ("a truncated or partial download (download it again)" if missing and not (unexpected or wrong)
-            else "a different model size or architecture")
-    raise CheckpointError(f"{what} does not match the model it describes: " + ". ".join(parts)
-                          + f". This looks like {hint}.")
+    hint = (
+        "a truncated or partial download (download it again)"
+        if missing and not (unexpected or wrong)
+        else "a different model size or architecture"
+    )
+    raise CheckpointError(
+        f"{what} does not match the model it describes: " + ". ".join(parts) + f". This looks like {hint}."
+    )
 
 
 def _new_audio_tensor(key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -365,8 +432,9 @@ def _new_audio_tensor(key: str, shape: tuple[int, ...], dtype: torch.dtype) -> t
     return torch.zeros(shape, dtype=dtype)
 
 
-def _storage_dtype_for(key: str, tensor: torch.Tensor, dtype: torch.dtype,
-                       storage_dtype: torch.dtype | None) -> torch.dtype:
+def _storage_dtype_for(
+    key: str, tensor: torch.Tensor, dtype: torch.dtype, storage_dtype: torch.dtype | None
+) -> torch.dtype:
     """fp8 is used for the big matrices inside the blocks only (what fp8 releases do): norms,
     biases, modulation, embeddings and the head stay in the compute dtype."""
     if not tensor.is_floating_point():
@@ -379,10 +447,15 @@ def _storage_dtype_for(key: str, tensor: torch.Tensor, dtype: torch.dtype,
     return storage_dtype
 
 
-def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
-                     storage_dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                     attention_backend: str = "sdpa", variant: str | None = None,
-                     config: TransformerConfig | None = None):
+def load_transformer(
+    path: str | Path,
+    dtype: torch.dtype = torch.bfloat16,
+    storage_dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    attention_backend: str = "sdpa",
+    variant: str | None = None,
+    config: TransformerConfig | None = None,
+):
     """Load an EchoMimicV3 (or base Wan2.1-Fun-InP) transformer file into an
     :class:`~echomimic_core.model.transformer.EchoMimicTransformer` in eval mode.
 
@@ -406,9 +479,13 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
         # de-quantised weights without a scale would lose the small weights to fp8's subnormals);
         # every other scaled weight is de-quantised to the compute dtype
         original = {raw_key: key for key, raw_key in to_original_keys({k: k for k in raw}).items()}
-        kept = {k[: -len(".weight")] for k, key in original.items()
-                if storage_dtype in FP8_DTYPES and k.endswith(".weight")
-                and _storage_dtype_for(key, raw[k], dtype, storage_dtype) in FP8_DTYPES}
+        kept = {
+            k[: -len(".weight")]
+            for k, key in original.items()
+            if storage_dtype in FP8_DTYPES
+            and k.endswith(".weight")
+            and _storage_dtype_for(key, raw[k], dtype, storage_dtype) in FP8_DTYPES
+        }
         raw, raw_scales = split_scaled_fp8(raw, dtype=dtype, keep=kept.__contains__)
         scales = {original[layer + ".weight"][: -len(".weight")]: s for layer, s in raw_scales.items()}
     state = to_original_keys(raw)
@@ -418,9 +495,13 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if info.variant == "base":
         added = [k for k in expected if _is_audio_key(k) and k not in state]
-        log.warning("%s is a base Wan2.1-Fun-InP transformer without audio layers; created %d audio "
-                    "tensors at zero (%s). It animates nothing from audio until fine-tuned.",
-                    path.name, len(added), _summary(group_keys(added), 4))
+        log.warning(
+            "%s is a base Wan2.1-Fun-InP transformer without audio layers; created %d audio "
+            "tensors at zero (%s). It animates nothing from audio until fine-tuned.",
+            path.name,
+            len(added),
+            _summary(group_keys(added), 4),
+        )
         state.update({k: _new_audio_tensor(k, expected[k], dtype) for k in added})
     check_state_dict(expected, state, what=str(path))
 
@@ -438,9 +519,15 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     _move_buffers(model, device)
     model.compute_dtype = dtype
     model.requires_grad_(False)
-    log.info("loaded %s transformer from %s (%d layers, dim %d, storage %s, compute %s)",
-             info.variant, path.name, config.num_layers, config.dim,
-             storage_dtype or dtype, dtype)
+    log.info(
+        "loaded %s transformer from %s (%d layers, dim %d, storage %s, compute %s)",
+        info.variant,
+        path.name,
+        config.num_layers,
+        config.dim,
+        storage_dtype or dtype,
+        dtype,
+    )
     return model.eval()
 
 
@@ -453,14 +540,21 @@ def _move_buffers(model: torch.nn.Module, device) -> None:
             module._buffers[name] = buffer.to(device)
 
 
-def save_transformer(model, path: str | Path, metadata: Mapping[str, str] | None = None,
-                     dtype: torch.dtype | None = None) -> None:
+def save_transformer(
+    model, path: str | Path, metadata: Mapping[str, str] | None = None, dtype: torch.dtype | None = None
+) -> None:
     """Write the model's state dict as safetensors (original key names) with its config in the
     metadata, so the file loads on its own. ``dtype`` casts floating tensors on the way out
     (e.g. fp32 training weights saved as bf16); by default each keeps its stored dtype, fp8
     included. The file appears atomically (written aside, then renamed)."""
-    meta = {CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()), "format": "pt",
-            "echomimic_variant": model.config.audio_variant, **(metadata or {})}
-    state = {k: v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()
-             for k, v in model.state_dict().items()}
+    meta = {
+        CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()),
+        "format": "pt",
+        "echomimic_variant": model.config.audio_variant,
+        **(metadata or {}),
+    }
+    state = {
+        k: v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()
+        for k, v in model.state_dict().items()
+    }
     save_state_dict(state, path, metadata=meta)

@@ -22,6 +22,7 @@ and pad it with trailing silence only when it is too short to give the last fram
 flash trims to the video span exactly as upstream does (``floor(F / fps * 16000)`` samples) and
 pads with silence when short.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,7 +88,8 @@ def detect_family(state: dict[str, torch.Tensor]) -> str:
             return "whisper"
     raise CheckpointError(
         f"expected a wav2vec2 or Whisper audio encoder, found {guess_family(state.keys())}. "
-        "Pick the audio encoder file (e.g. chinese-wav2vec2-base, wav2vec2-base-960h, whisper-tiny).")
+        "Pick the audio encoder file (e.g. chinese-wav2vec2-base, wav2vec2-base-960h, whisper-tiny)."
+    )
 
 
 def wav2vec2_state(state: dict[str, torch.Tensor], target_keys=None) -> dict[str, torch.Tensor]:
@@ -100,7 +102,7 @@ def wav2vec2_state(state: dict[str, torch.Tensor], target_keys=None) -> dict[str
     out = {}
     for key, value in state.items():
         if prefix and key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
         elif prefix:
             continue  # heads beside the prefixed encoder (lm_head, quantizer, ...)
         if key.startswith(WAV2VEC2_HEAD_PREFIXES):
@@ -119,7 +121,7 @@ def whisper_encoder_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     """Any Whisper checkpoint -> transformers ``WhisperEncoder`` names (decoder dropped)."""
     for prefix in WHISPER_PREFIXES:
         if prefix + WHISPER_SIGN in state:
-            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     raise CheckpointError("no Whisper encoder weights (conv1.weight) found in the checkpoint.")
 
 
@@ -144,9 +146,10 @@ def wav2vec2_config_from_state(state: dict[str, torch.Tensor]):
         raise CheckpointError(f"expected a wav2vec2 CNN of 7 convolution layers, found {n_conv}.")
     convs = [state[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in range(n_conv)]
     layer_norm_cnn = "feature_extractor.conv_layers.1.layer_norm.weight" in state
-    pos = state.get("encoder.pos_conv_embed.conv.parametrizations.weight.original1",
-                    state.get("encoder.pos_conv_embed.conv.weight_v",
-                              state.get("encoder.pos_conv_embed.conv.weight")))
+    pos = state.get(
+        "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
+        state.get("encoder.pos_conv_embed.conv.weight_v", state.get("encoder.pos_conv_embed.conv.weight")),
+    )
     if pos is None:
         raise CheckpointError("wav2vec2 checkpoint has no positional convolution weight.")
     return Wav2Vec2Config(
@@ -204,14 +207,20 @@ def _guess_wav2vec2_kind(path: Path, raw_keys, preprocessor: dict | None) -> str
     raise CheckpointError(
         f"{path}: a wav2vec2 encoder, but nothing tells whether it is preview's wav2vec2-base-960h "
         "or flash's chinese-wav2vec2-base (no preprocessor_config.json, no telling file name). "
-        "Pass kind='preview' or kind='flash' to match the transformer you use.")
+        "Pass kind='preview' or kind='flash' to match the transformer you use."
+    )
 
 
-def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], what: Path,
-               optional: tuple[str, ...] = ()) -> None:
-    assign_weights(model, state, f"{what}: the audio encoder weights",
-                   "The file is probably a different model or its config.json belongs to another "
-                   "checkpoint.", optional)
+def _load_into(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], what: Path, optional: tuple[str, ...] = ()
+) -> None:
+    assign_weights(
+        model,
+        state,
+        f"{what}: the audio encoder weights",
+        "The file is probably a different model or its config.json belongs to another checkpoint.",
+        optional,
+    )
     still_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if still_meta:
         raise CheckpointError(f"{what}: tensors {still_meta[:5]} were not provided by the file.")
@@ -223,8 +232,7 @@ class AudioEncoder:
     Build with :meth:`load` (files) or directly from a transformers module (tests, training).
     """
 
-    def __init__(self, model: torch.nn.Module, kind: str, feature_extractor=None,
-                 loudness_norm: bool | None = None):
+    def __init__(self, model: torch.nn.Module, kind: str, feature_extractor=None, loudness_norm: bool | None = None):
         self.kind = normalize_kind(kind)
         self.model = model.eval().requires_grad_(False)
         if feature_extractor is None:
@@ -239,24 +247,42 @@ class AudioEncoder:
         """Upstream's preprocessors when a folder brings no preprocessor_config.json."""
         if kind == "whisper":
             from transformers import WhisperFeatureExtractor
+
             # the encoder's fixed input (max_source_positions states = 30 s for released models)
             seconds = config.max_source_positions * 2 * WHISPER_HOP // align.SAMPLE_RATE
             return WhisperFeatureExtractor(feature_size=config.num_mel_bins, chunk_length=seconds)
         from transformers import Wav2Vec2FeatureExtractor
-        return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=align.SAMPLE_RATE, padding_value=0.0,
-                                        do_normalize=(kind == "preview"), return_attention_mask=False)
+
+        return Wav2Vec2FeatureExtractor(
+            feature_size=1,
+            sampling_rate=align.SAMPLE_RATE,
+            padding_value=0.0,
+            do_normalize=(kind == "preview"),
+            return_attention_mask=False,
+        )
 
     @classmethod
-    def load(cls, path: str | Path, kind: str | None = None, dtype: torch.dtype = torch.float32,
-             device: str | torch.device = "cpu", loudness_norm: bool | None = None) -> "AudioEncoder":
+    def load(
+        cls,
+        path: str | Path,
+        kind: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        loudness_norm: bool | None = None,
+    ) -> AudioEncoder:
         """Load a Hugging Face folder (config.json + weights, preprocessor_config.json optional) or a
         single file (e.g. ComfyUI ``audio_encoders/wav2vec2-chinese-base_fp16.safetensors``).
 
         ``kind``: "preview", "flash" or "whisper"; None detects it (Whisper from the tensor names;
         wav2vec2 from ``do_normalize`` in preprocessor_config.json, else the file name).
         """
-        from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model, WhisperConfig
-        from transformers import WhisperFeatureExtractor
+        from transformers import (
+            Wav2Vec2Config,
+            Wav2Vec2FeatureExtractor,
+            Wav2Vec2Model,
+            WhisperConfig,
+            WhisperFeatureExtractor,
+        )
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         path = Path(path)
@@ -268,19 +294,23 @@ class AudioEncoder:
         family = detect_family(raw)
         if family == "whisper":
             if kind not in (None, "whisper"):
-                raise CheckpointError(f"{path}: is a Whisper encoder, but kind={kind!r} needs a wav2vec2 "
-                                      "encoder. Pick the wav2vec2 file, or use kind='whisper'.")
+                raise CheckpointError(
+                    f"{path}: is a Whisper encoder, but kind={kind!r} needs a wav2vec2 "
+                    "encoder. Pick the wav2vec2 file, or use kind='whisper'."
+                )
             kind = "whisper"
             state = whisper_encoder_state(raw)
-            config = (WhisperConfig(**config_json) if config_json else whisper_config_from_state(state))
+            config = WhisperConfig(**config_json) if config_json else whisper_config_from_state(state)
             with torch.device("meta"):
                 model = WhisperEncoder(config)
             _load_into(model, state, path)
             fe = WhisperFeatureExtractor.from_pretrained(str(folder), local_files_only=True) if preprocessor else None
         else:
             if kind == "whisper":
-                raise CheckpointError(f"{path}: is a wav2vec2 encoder, but kind='whisper' was asked for. "
-                                      "Pick the Whisper file, or use kind='preview'/'flash'.")
+                raise CheckpointError(
+                    f"{path}: is a wav2vec2 encoder, but kind='whisper' was asked for. "
+                    "Pick the Whisper file, or use kind='preview'/'flash'."
+                )
             kind = kind or _guess_wav2vec2_kind(path, raw.keys(), preprocessor)
             state = wav2vec2_state(raw)
             config = Wav2Vec2Config(**config_json) if config_json else wav2vec2_config_from_state(state)
@@ -292,8 +322,13 @@ class AudioEncoder:
             fe = Wav2Vec2FeatureExtractor.from_pretrained(str(folder), local_files_only=True) if preprocessor else None
         del raw
         model = model.to(device=device, dtype=dtype)
-        log.info("loaded %s audio encoder from %s (%d layers, width %d)", kind, path,
-                 cls._layers_of(model), cls._width_of(model))
+        log.info(
+            "loaded %s audio encoder from %s (%d layers, width %d)",
+            kind,
+            path,
+            cls._layers_of(model),
+            cls._width_of(model),
+        )
         return cls(model, kind, feature_extractor=fe, loudness_norm=loudness_norm)
 
     @staticmethod
@@ -323,7 +358,7 @@ class AudioEncoder:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "AudioEncoder":
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> AudioEncoder:
         """Move / cast the encoder (e.g. offload to the CPU between runs); returns self."""
         self.model.to(device=device, dtype=dtype)
         return self
@@ -342,8 +377,9 @@ class AudioEncoder:
 
     def _preprocess_wav2vec2(self, waveform: torch.Tensor) -> torch.Tensor:
         """``[T]`` -> ``[1, T]`` model input through the (HF) feature extractor's normalisation."""
-        values = self.feature_extractor(waveform.numpy().astype(np.float32),
-                                        sampling_rate=align.SAMPLE_RATE).input_values
+        values = self.feature_extractor(
+            waveform.numpy().astype(np.float32), sampling_rate=align.SAMPLE_RATE
+        ).input_values
         return torch.from_numpy(np.asarray(values[0], dtype=np.float32)).reshape(1, -1)
 
     def _run_encoder_layers(self, features: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -399,13 +435,15 @@ class AudioEncoder:
             raise ValueError(
                 f"the Whisper feature extractor makes {self.feature_extractor.nb_max_frames} mel frames "
                 f"per window but this encoder takes {expected}; its preprocessor_config.json "
-                "belongs to another model.")
-        pieces = [waveform[i:i + chunk] for i in range(0, max(1, waveform.shape[0]), chunk)]
+                "belongs to another model."
+            )
+        pieces = [waveform[i : i + chunk] for i in range(0, max(1, waveform.shape[0]), chunk)]
         outs = []
         for b in range(0, len(pieces), batch_size):
-            batch = pieces[b:b + batch_size]
-            feats = self.feature_extractor([p.numpy().astype(np.float32) for p in batch],
-                                           sampling_rate=align.SAMPLE_RATE, return_tensors="pt")
+            batch = pieces[b : b + batch_size]
+            feats = self.feature_extractor(
+                [p.numpy().astype(np.float32) for p in batch], sampling_rate=align.SAMPLE_RATE, return_tensors="pt"
+            )
             states = self.model(feats.input_features.to(self.device, self.dtype)).last_hidden_state
             for p, s in zip(batch, states):
                 outs.append(s[: max(1, math.ceil(p.shape[0] / WAV2VEC2_HOP))])
@@ -437,15 +475,24 @@ class AudioEncoder:
         already reaches it is encoded untouched (as upstream does), so padding never shifts
         the waveform normalisation of a clip upstream could encode as is.
         """
-        last = Fraction(align.TOKENS_PER_FRAME * num_frames - 1) * align.FEATURE_RATE / (
-            align.TOKENS_PER_FRAME * align.as_fraction(fps))
+        last = (
+            Fraction(align.TOKENS_PER_FRAME * num_frames - 1)
+            * align.FEATURE_RATE
+            / (align.TOKENS_PER_FRAME * align.as_fraction(fps))
+        )
         states = -(-last.numerator // last.denominator) + 1  # ceil(last) + 1 features
         if self.kind == "whisper":  # a chunk of n samples keeps ceil(n / 320) states
             return states * WAV2VEC2_HOP
         return WAV2VEC2_RECEPTIVE_FIELD + WAV2VEC2_HOP * (states - 1)  # CNN: floor((n-400)/320)+1
 
-    def features_for_video(self, waveform: torch.Tensor, num_frames: int, fps: float,
-                           sample_rate: int = align.SAMPLE_RATE, loudness_norm: bool | None = None) -> torch.Tensor:
+    def features_for_video(
+        self,
+        waveform: torch.Tensor,
+        num_frames: int,
+        fps: float,
+        sample_rate: int = align.SAMPLE_RATE,
+        loudness_norm: bool | None = None,
+    ) -> torch.Tensor:
         """Audio -> the exact input the transformer consumes for ``num_frames`` frames at ``fps``.
 
         ``waveform``: ``[T]``, ``[C, T]`` or ``[B, C, T]`` at ``sample_rate`` (mono-mixed and
@@ -479,7 +526,7 @@ def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
 
     path = Path(path)
     tensors = load_file(str(path))
-    state = {k[len("weight."):]: v.float() for k, v in tensors.items() if k.startswith("weight.")}
+    state = {k[len("weight.") :]: v.float() for k, v in tensors.items() if k.startswith("weight.")}
     with torch.device("meta"):
         model = Wav2Vec2Model(Wav2Vec2Config(**meta["config"]))
     _load_into(model, wav2vec2_state(state, model.state_dict().keys()), path, optional=WAV2VEC2_OPTIONAL)
@@ -492,6 +539,7 @@ def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
         errors["flash"] = relative_error(flash.features_for_video(wav, frames, fps, rate), tensors["output.flash"])
     if "output.preview" in tensors:
         preview = AudioEncoder(model, "preview")
-        errors["preview"] = relative_error(preview.features_for_video(wav, frames, fps, rate),
-                                           tensors["output.preview"])
+        errors["preview"] = relative_error(
+            preview.features_for_video(wav, frames, fps, rate), tensors["output.preview"]
+        )
     return errors

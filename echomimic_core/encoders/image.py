@@ -11,6 +11,7 @@ Checkpoint layouts read by ``ImageEncoder.load``:
   * ComfyUI's ``clip_vision_h.safetensors`` and HF ``CLIPVisionModel(WithProjection)`` files
     (``vision_model.*``, ``visual_projection.weight``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,18 +42,27 @@ WAN_TO_HF: KeyTable = (
     ("visual.post_norm.weight", "vision_model.post_layernorm.weight"),
     ("visual.post_norm.bias", "vision_model.post_layernorm.bias"),
     ("visual.head", "visual_projection.weight"),
-    *((f"visual.transformer.{{i}}.{wan}.{p}", f"vision_model.encoder.layers.{{i}}.{hf}.{p}")
-      for wan, hf in (("norm1", "layer_norm1"), ("norm2", "layer_norm2"),
-                      ("attn.to_q", "self_attn.q_proj"), ("attn.to_k", "self_attn.k_proj"),
-                      ("attn.to_v", "self_attn.v_proj"), ("attn.proj", "self_attn.out_proj"),
-                      ("mlp.0", "mlp.fc1"), ("mlp.2", "mlp.fc2"))
-      for p in ("weight", "bias")),
+    *(
+        (f"visual.transformer.{{i}}.{wan}.{p}", f"vision_model.encoder.layers.{{i}}.{hf}.{p}")
+        for wan, hf in (
+            ("norm1", "layer_norm1"),
+            ("norm2", "layer_norm2"),
+            ("attn.to_q", "self_attn.q_proj"),
+            ("attn.to_k", "self_attn.k_proj"),
+            ("attn.to_v", "self_attn.v_proj"),
+            ("attn.proj", "self_attn.out_proj"),
+            ("mlp.0", "mlp.fc1"),
+            ("mlp.2", "mlp.fc2"),
+        )
+        for p in ("weight", "bias")
+    ),
 )
 _QKV = ("to_q", "to_k", "to_v")
 
 
 # ---------------------------------------------------------------------------------------------
 # key conversion: renames from the table plus three small transforms (qkv, shapes, transpose)
+
 
 def wan_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Wan / open-clip ``visual.*`` -> HF ``vision_model.*`` (+ ``visual_projection``)."""
@@ -68,8 +78,8 @@ def wan_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = rename(split, WAN_TO_HF, what="open-clip visual tower")
     cls = "vision_model.embeddings.class_embedding"
     pos = "vision_model.embeddings.position_embedding.weight"
-    out[cls] = out[cls].reshape(-1)                       # [1, 1, D] -> [D]
-    out[pos] = out[pos].reshape(-1, out[pos].shape[-1])   # [1, N, D] -> [N, D]
+    out[cls] = out[cls].reshape(-1)  # [1, 1, D] -> [D]
+    out[pos] = out[pos].reshape(-1, out[pos].shape[-1])  # [1, N, D] -> [N, D]
     if "visual_projection.weight" in out:
         out["visual_projection.weight"] = out["visual_projection.weight"].t()  # x @ head = Linear(head.T)
     return out
@@ -77,8 +87,11 @@ def wan_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def hf_to_wan(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF ``vision_model.*`` -> Wan ``visual.*`` (inverse of ``wan_to_hf``)."""
-    state = {k: v for k, v in state.items()
-             if k.startswith(("vision_model.", "visual_projection.")) and not k.endswith("position_ids")}
+    state = {
+        k: v
+        for k, v in state.items()
+        if k.startswith(("vision_model.", "visual_projection.")) and not k.endswith("position_ids")
+    }
     out = rename(state, WAN_TO_HF, reverse=True, what="CLIP vision model (Hugging Face names)")
     for key in [k for k in out if ".attn.to_q." in k]:
         parts = [out.pop(key.replace("to_q", name)) for name in _QKV]
@@ -100,11 +113,11 @@ def detect_layout(keys) -> str:
     raise CheckpointError(
         f"expected a CLIP ViT-H vision encoder (ComfyUI's clip_vision_h.safetensors or Wan's "
         f"models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth), but this file looks like "
-        f"{guess_family(keys)}. Select the CLIP vision file for this input.")
+        f"{guess_family(keys)}. Select the CLIP vision file for this input."
+    )
 
 
-def config_from_hf_state(state: dict[str, torch.Tensor], num_heads: int | None = None,
-                         num_layers: int | None = None):
+def config_from_hf_state(state: dict[str, torch.Tensor], num_heads: int | None = None, num_layers: int | None = None):
     """The ``CLIPVisionConfig`` the weights imply; ``num_layers`` overrides the depth built."""
     from transformers import CLIPVisionConfig
 
@@ -118,14 +131,21 @@ def config_from_hf_state(state: dict[str, torch.Tensor], num_heads: int | None =
         if width not in HEADS_BY_WIDTH:
             raise CheckpointError(
                 f"CLIP tower of width {width}: the head count cannot be read from the weights; "
-                f"pass num_heads (known widths: {sorted(HEADS_BY_WIDTH)}).")
+                f"pass num_heads (known widths: {sorted(HEADS_BY_WIDTH)})."
+            )
         num_heads = HEADS_BY_WIDTH[width]
     depth = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("vision_model.encoder.layers."))
     return CLIPVisionConfig(
-        hidden_size=width, intermediate_size=state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
-        num_hidden_layers=depth if num_layers is None else num_layers, num_attention_heads=num_heads,
-        num_channels=patch.shape[1], image_size=grid * patch_size, patch_size=patch_size,
-        hidden_act="gelu", layer_norm_eps=1e-5)
+        hidden_size=width,
+        intermediate_size=state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        num_hidden_layers=depth if num_layers is None else num_layers,
+        num_attention_heads=num_heads,
+        num_channels=patch.shape[1],
+        image_size=grid * patch_size,
+        patch_size=patch_size,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+    )
 
 
 def tower(model):
@@ -133,8 +153,7 @@ def tower(model):
     return getattr(model, "vision_model", model)
 
 
-def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype, device,
-                num_heads: int | None = None):
+def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype, device, num_heads: int | None = None):
     """``CLIPVisionModel`` with every block but the last, built on meta and given the tensors."""
     from transformers import CLIPVisionModel
 
@@ -147,12 +166,14 @@ def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype, device,
     dropped = f"vision_model.encoder.layers.{config.num_hidden_layers}."
     # transformers 5 puts the tower at the top of CLIPVisionModel, 4.x under ``vision_model.``
     own = "vision_model." if hasattr(model, "vision_model") else ""
-    weights = {own + k[len("vision_model."):]: v.to(device=device, dtype=dtype)
-               for k, v in state_hf.items()
-               if k.startswith("vision_model.") and not k.startswith(dropped)
-               and not k.endswith("position_ids")}
-    assign_weights(model, weights, "CLIP vision weights",
-                   "The file is incomplete or not a CLIP vision tower (clip_vision_h).")
+    weights = {
+        own + k[len("vision_model.") :]: v.to(device=device, dtype=dtype)
+        for k, v in state_hf.items()
+        if k.startswith("vision_model.") and not k.startswith(dropped) and not k.endswith("position_ids")
+    }
+    assign_weights(
+        model, weights, "CLIP vision weights", "The file is incomplete or not a CLIP vision tower (clip_vision_h)."
+    )
     embeddings = tower(model).embeddings
     # a non-persistent buffer: not in the file, so it is still on meta after assign
     embeddings.position_ids = torch.arange(embeddings.num_positions, device=device).expand(1, -1)
@@ -162,15 +183,20 @@ def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype, device,
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """HF-layout vision weights from any supported file."""
     raw = strip_prefix(load_state_dict(path), ("clip_vision.", "model.", "module."))
-    return wan_to_hf(raw) if detect_layout(raw) == "wan" else \
-        {k: v for k, v in raw.items() if k.startswith(("vision_model.", "visual_projection."))}
+    return (
+        wan_to_hf(raw)
+        if detect_layout(raw) == "wan"
+        else {k: v for k, v in raw.items() if k.startswith(("vision_model.", "visual_projection."))}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # the encoder
 
-def clip_preprocess(images: torch.Tensor, image_size: int, mean: torch.Tensor, std: torch.Tensor,
-                    dtype: torch.dtype, device) -> torch.Tensor:
+
+def clip_preprocess(
+    images: torch.Tensor, image_size: int, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype, device
+) -> torch.Tensor:
     """[B, 3, H, W] in [-1, 1] -> normalised [B, 3, S, S], as upstream: the WHOLE image
     bicubic-resized to S x S (no crop, no antialias) in the model dtype, then [-1, 1] -> [0, 1] and
     CLIP mean/std ([1, 3, 1, 1] each). Shared by every CLIP tower we run (ours and ComfyUI's)."""
@@ -204,8 +230,9 @@ class ImageEncoder:
         return self.model.config.hidden_size
 
     @classmethod
-    def load(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device="cpu",
-             num_heads: int | None = None) -> ImageEncoder:
+    def load(
+        cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device="cpu", num_heads: int | None = None
+    ) -> ImageEncoder:
         return cls(build_model(read_checkpoint(path), dtype, device, num_heads))
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -230,6 +257,7 @@ class ImageEncoder:
 # ---------------------------------------------------------------------------------------------
 # parity fixture
 
+
 def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
     """clip_vision_* fixtures: Wan weights through each supported route vs the upstream tokens."""
     from safetensors.torch import load_file
@@ -237,16 +265,19 @@ def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
     from ..verify_reference import relative_error
 
     data = load_file(str(path))
-    wan = {k[len("weight."):]: v for k, v in data.items() if k.startswith("weight.")}
+    wan = {k[len("weight.") :]: v for k, v in data.items() if k.startswith("weight.")}
     heads = meta["clip_vision_tiny_config"]["num_heads"]
     video, ref = data["input.image"], data["output"]
     images = video[:, :, 0]  # [B, 3, 1, H, W] -> [B, 3, H, W]: upstream feeds one frame
     hf = wan_to_hf(wan)
     errors = {}
     with tempfile.TemporaryDirectory() as tmp:
-        routes = (("wan->hf", None, hf), ("wan->hf->wan->hf", None, wan_to_hf(hf_to_wan(hf))),
-                  ("comfy_file->load", "clip_vision_h.safetensors", hf),
-                  ("wan_file->load", "open_clip.safetensors", wan))
+        routes = (
+            ("wan->hf", None, hf),
+            ("wan->hf->wan->hf", None, wan_to_hf(hf_to_wan(hf))),
+            ("comfy_file->load", "clip_vision_h.safetensors", hf),
+            ("wan_file->load", "open_clip.safetensors", wan),
+        )
         for name, file, weights in routes:
             if file is None:
                 encoder = ImageEncoder(build_model(weights, torch.float32, "cpu", heads))

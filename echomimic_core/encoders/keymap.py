@@ -2,6 +2,7 @@
 
 Their key tables (Wan <-> Hugging Face names) use :mod:`echomimic_core.checkpoints.keytables`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,10 @@ _FAMILY_SIGNS = (
     ("an open-clip visual tower (Wan layout)", ("visual.transformer.0.attn.to_qkv.weight",)),
     ("a umT5 text encoder (Hugging Face layout)", ("encoder.block.0.layer.0.SelfAttention.q.weight",)),
     ("a umT5 text encoder (Wan layout)", ("blocks.0.ffn.gate.0.weight",)),
-    ("a wav2vec2 audio encoder", ("feature_projection.projection.weight",
-                                  "wav2vec2.feature_projection.projection.weight")),
+    (
+        "a wav2vec2 audio encoder",
+        ("feature_projection.projection.weight", "wav2vec2.feature_projection.projection.weight"),
+    ),
     ("a Whisper model", ("encoder.embed_positions.weight",)),
 )
 
@@ -32,8 +35,9 @@ def guess_family(keys) -> str:
     return f"an unrecognised model (keys such as {sample})"
 
 
-def assign_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, hint: str,
-                   optional: tuple[str, ...] = ()) -> None:
+def assign_weights(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, hint: str, optional: tuple[str, ...] = ()
+) -> None:
     """Load ``state`` into ``model`` (built on the meta device) by assignment, exactly.
 
     Every key, name and shape, must match, else one :class:`CheckpointError` lists the missing,
@@ -44,12 +48,16 @@ def assign_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], what:
     own = model.state_dict()
     missing = sorted(set(own) - set(state) - set(optional))
     unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(state) & set(own)) if state[k].shape != own[k].shape]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(state) & set(own))
+        if state[k].shape != own[k].shape
+    ]
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"{what} do not fit the model built for them: missing {len(missing)} {missing[:5]}, "
-            f"unexpected {len(unexpected)} {unexpected[:5]}, wrong shapes {mismatched[:3]}. {hint}")
+            f"unexpected {len(unexpected)} {unexpected[:5]}, wrong shapes {mismatched[:3]}. {hint}"
+        )
     state = dict(state)
     for key in set(own) - set(state):
         state[key] = torch.zeros(own[key].shape, dtype=own[key].dtype)

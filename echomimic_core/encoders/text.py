@@ -18,6 +18,7 @@ release into a float32 model, so the encoder computes in float32; infer_flash.py
 ``low_cpu_mem_usage=True, torch_dtype=bf16`` and computes in bfloat16. ``compute_dtype`` picks
 either; weights can stay stored in bf16 either way (cast one block at a time).
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoints.files import CheckpointError, load_state_dict, save_state_dict, strip_prefix
-from ..checkpoints.quant import FP8_DTYPES, dequantize_scaled_fp8, is_scaled_fp8
 from ..checkpoints.keytables import KeyTable, rename
+from ..checkpoints.quant import FP8_DTYPES, dequantize_scaled_fp8, is_scaled_fp8
 from .keymap import assign_weights, guess_family
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ WAN_TO_HF: KeyTable = (
     ("blocks.{i}.attn.k.weight", "encoder.block.{i}.layer.0.SelfAttention.k.weight"),
     ("blocks.{i}.attn.v.weight", "encoder.block.{i}.layer.0.SelfAttention.v.weight"),
     ("blocks.{i}.attn.o.weight", "encoder.block.{i}.layer.0.SelfAttention.o.weight"),
-    ("blocks.{i}.pos_embedding.embedding.weight",
-     "encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight"),
+    (
+        "blocks.{i}.pos_embedding.embedding.weight",
+        "encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight",
+    ),
     ("blocks.{i}.norm2.weight", "encoder.block.{i}.layer.1.layer_norm.weight"),
     ("blocks.{i}.ffn.gate.0.weight", "encoder.block.{i}.layer.1.DenseReluDense.wi_0.weight"),
     ("blocks.{i}.ffn.fc1.weight", "encoder.block.{i}.layer.1.DenseReluDense.wi_1.weight"),
@@ -59,12 +62,14 @@ _TIED = "encoder.embed_tokens.weight"
 # ---------------------------------------------------------------------------------------------
 # key conversion
 
+
 def wan_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Wan layout -> HF ``UMT5EncoderModel`` names (``shared.weight`` only; the tie is implied)."""
     if "pos_embedding.embedding.weight" in state:
         raise CheckpointError(
             "this Wan T5 checkpoint uses one shared relative position bias (shared_pos=True); "
-            "Wan2.1's umT5-XXL has one per block. Use models_t5_umt5-xxl-enc-bf16.pth.")
+            "Wan2.1's umT5-XXL has one per block. Use models_t5_umt5-xxl-enc-bf16.pth."
+        )
     return rename(state, WAN_TO_HF, what="Wan umT5 checkpoint")
 
 
@@ -82,19 +87,22 @@ def detect_layout(keys) -> str:
     keys = set(keys)
     if "token_embedding.weight" in keys and "blocks.0.ffn.gate.0.weight" in keys:
         return "wan"
-    if ("shared.weight" in keys or _TIED in keys) and \
-            "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in keys:
-        if "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in keys and \
-                "encoder.block.1.layer.0.SelfAttention.q.weight" in keys:
+    if ("shared.weight" in keys or _TIED in keys) and "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in keys:
+        if (
+            "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in keys
+            and "encoder.block.1.layer.0.SelfAttention.q.weight" in keys
+        ):
             raise CheckpointError(
                 "this is a T5 v1.1 encoder (one position bias in block 0, e.g. t5xxl_fp16 for "
                 "Flux/SD3), not umT5-XXL. Select umt5_xxl_fp16 / umt5_xxl_fp8_e4m3fn_scaled or "
-                "Wan's models_t5_umt5-xxl-enc-bf16.pth.")
+                "Wan's models_t5_umt5-xxl-enc-bf16.pth."
+            )
         return "hf"
     raise CheckpointError(
         f"expected a umT5-XXL text encoder (Wan's models_t5_umt5-xxl-enc-bf16.pth or ComfyUI's "
         f"umt5_xxl_*.safetensors), but this file looks like {guess_family(keys)}. "
-        "Select the umT5 text-encoder file for this input.")
+        "Select the umT5 text-encoder file for this input."
+    )
 
 
 def config_from_hf_state(state: dict[str, torch.Tensor]):
@@ -107,19 +115,32 @@ def config_from_hf_state(state: dict[str, torch.Tensor]):
     num_buckets, num_heads = bias.shape
     num_layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.block."))
     return UMT5Config(
-        vocab_size=emb.shape[0], d_model=emb.shape[1], d_kv=q.shape[0] // num_heads,
+        vocab_size=emb.shape[0],
+        d_model=emb.shape[1],
+        d_kv=q.shape[0] // num_heads,
         d_ff=state["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0],
-        num_layers=num_layers, num_heads=num_heads, relative_attention_num_buckets=num_buckets,
-        relative_attention_max_distance=128, dropout_rate=0.0, layer_norm_epsilon=1e-6,
-        feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
-        pad_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+        num_layers=num_layers,
+        num_heads=num_heads,
+        relative_attention_num_buckets=num_buckets,
+        relative_attention_max_distance=128,
+        dropout_rate=0.0,
+        layer_norm_epsilon=1e-6,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+        use_cache=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        tie_word_embeddings=False,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # attention exactly as Wan computes it
 
-def wan_t5_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                     position_bias=None, **kwargs):
+
+def wan_t5_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **kwargs
+):
     """query/key/value: [B, heads, L, head_dim]; returns ([B, L, heads, head_dim], None).
 
     Wan: bias = pos_bias with masked keys set to finfo.min; scores = q.k (no scaling) + bias;
@@ -156,13 +177,15 @@ def _register_attention() -> str:
 
 def _is_matrix(key: str) -> bool:
     """The big tensors (projections, token table) that may be stored below the compute dtype."""
-    return key == "shared.weight" or key.endswith((".q.weight", ".k.weight", ".v.weight", ".o.weight",
-                                                   ".wi_0.weight", ".wi_1.weight", ".wo.weight"))
+    return key == "shared.weight" or key.endswith(
+        (".q.weight", ".k.weight", ".v.weight", ".o.weight", ".wi_0.weight", ".wi_1.weight", ".wo.weight")
+    )
 
 
 def upcast_during_forward(module: torch.nn.Module, compute_dtype: torch.dtype) -> None:
     """Parameters stored in another dtype are cast to ``compute_dtype`` for this module's forward
     only and restored after, so a block at a time exists at full precision."""
+
     def before(mod, args):
         after(mod, args, None)  # a forward that raised never ran ``after``: restore first
         for p in mod.parameters():
@@ -180,8 +203,9 @@ def upcast_during_forward(module: torch.nn.Module, compute_dtype: torch.dtype) -
     module.register_forward_hook(after)
 
 
-def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype | None, device,
-                compute_dtype: torch.dtype = torch.float32):
+def build_model(
+    state_hf: dict[str, torch.Tensor], dtype: torch.dtype | None, device, compute_dtype: torch.dtype = torch.float32
+):
     """A ``UMT5EncoderModel`` built on the meta device and given the tensors (no 2x RAM peak).
 
     ``dtype``: storage of the projection matrices and token table (None: as in the file);
@@ -197,8 +221,9 @@ def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype | None, de
     emb = state_hf.get("shared.weight", state_hf.get(_TIED))
     weights = {k: v for k, v in state_hf.items() if k != _TIED}
     weights["shared.weight"] = emb
-    weights = {k: v.to(device=device, dtype=(dtype or v.dtype) if _is_matrix(k) else compute_dtype)
-               for k, v in weights.items()}
+    weights = {
+        k: v.to(device=device, dtype=(dtype or v.dtype) if _is_matrix(k) else compute_dtype) for k, v in weights.items()
+    }
     weights[_TIED] = weights["shared.weight"]
     assign_weights(model, weights, "umT5 weights", "The file is incomplete or not a umT5-XXL encoder.")
     if weights["shared.weight"].dtype != compute_dtype:
@@ -212,6 +237,7 @@ def build_model(state_hf: dict[str, torch.Tensor], dtype: torch.dtype | None, de
 
 # ---------------------------------------------------------------------------------------------
 # tokenizer
+
 
 def tokenizer_from_spiece(proto: bytes):
     """The HF umT5 tokenizer (``</s>`` appended, pad 0) built from a sentencepiece model."""
@@ -246,6 +272,7 @@ def _find_tokenizer_near(path: Path) -> Path | None:
 
 # ---------------------------------------------------------------------------------------------
 # the encoder
+
 
 def read_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
     """(HF-layout state dict, embedded sentencepiece bytes or None) from any supported file."""
@@ -286,9 +313,15 @@ class TextEncoder:
         return self.model.config.d_model
 
     @classmethod
-    def load(cls, path: str | Path, tokenizer_path: str | Path | None = None,
-             dtype: torch.dtype | None = None, device="cpu", text_len: int = TEXT_LEN,
-             compute_dtype: torch.dtype = torch.float32) -> TextEncoder:
+    def load(
+        cls,
+        path: str | Path,
+        tokenizer_path: str | Path | None = None,
+        dtype: torch.dtype | None = None,
+        device="cpu",
+        text_len: int = TEXT_LEN,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> TextEncoder:
         """Any supported umT5 checkpoint; the tokenizer from ``tokenizer_path``, the file's
         embedded ``spiece_model``, or a tokenizer folder beside the weights (in that order).
 
@@ -313,9 +346,16 @@ class TextEncoder:
         if self.tokenizer is None:
             raise RuntimeError(
                 "this text encoder has no tokenizer: its file embeds none. Load it with "
-                "tokenizer_path=<google/umt5-xxl tokenizer folder or spiece.model>.")
-        out = self.tokenizer(list(prompts), padding="max_length", max_length=self.text_len,
-                             truncation=True, add_special_tokens=True, return_tensors="pt")
+                "tokenizer_path=<google/umt5-xxl tokenizer folder or spiece.model>."
+            )
+        out = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.text_len,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
         full = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         for prompt, ids in zip(prompts, full):
             if len(ids) > self.text_len:
@@ -350,8 +390,7 @@ class TextEncoder:
         return self
 
 
-def save_comfy_file(state_hf: dict[str, torch.Tensor], path: str | Path,
-                    spiece_proto: bytes | None = None) -> None:
+def save_comfy_file(state_hf: dict[str, torch.Tensor], path: str | Path, spiece_proto: bytes | None = None) -> None:
     """Write HF-named weights (+ embedded tokenizer) the way ComfyUI's umt5 files are laid out."""
     out = {k: v for k, v in state_hf.items() if k != _TIED}
     if spiece_proto is not None:
@@ -362,6 +401,7 @@ def save_comfy_file(state_hf: dict[str, torch.Tensor], path: str | Path,
 # ---------------------------------------------------------------------------------------------
 # parity fixture
 
+
 def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
     """umt5_* fixtures: Wan-layout weights through every supported route vs the upstream output."""
     from safetensors.torch import load_file
@@ -369,14 +409,14 @@ def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
     from ..verify_reference import relative_error
 
     data = load_file(str(path))
-    wan = {k[len("weight."):]: v for k, v in data.items() if k.startswith("weight.")}
+    wan = {k[len("weight.") :]: v for k, v in data.items() if k.startswith("weight.")}
     ids, mask, ref = data["input.ids"], data["input.mask"], data["output"]
     hf = wan_to_hf(wan)
-    errors = {"wan->hf": relative_error(TextEncoder(build_model(hf, torch.float32, "cpu"))
-                                        .forward_ids(ids, mask), ref)}
+    errors = {"wan->hf": relative_error(TextEncoder(build_model(hf, torch.float32, "cpu")).forward_ids(ids, mask), ref)}
     back = wan_to_hf(hf_to_wan(hf))
     errors["wan->hf->wan->hf"] = relative_error(
-        TextEncoder(build_model(back, torch.float32, "cpu")).forward_ids(ids, mask), ref)
+        TextEncoder(build_model(back, torch.float32, "cpu")).forward_ids(ids, mask), ref
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name, weights in (("comfy_file", hf), ("wan_file", wan)):
             file = Path(tmp) / f"{name}.safetensors"

@@ -3,10 +3,11 @@
 ``attention(q, k, v, backend)`` takes and returns ``[B, L, heads, head_dim]`` (Wan's layout).
 No key masks are needed: upstream EchoMimicV3 attends over every key (padded text included).
 """
+
 from __future__ import annotations
 
 import importlib.util
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,18 +27,21 @@ def _as_half(*tensors):
 
 def _flash_attn(q, k, v):
     from flash_attn import flash_attn_func
+
     dtype = q.dtype
     return flash_attn_func(*_as_half(q, k, v)).to(dtype)
 
 
 def _sageattention(q, k, v):
     from sageattention import sageattn
+
     dtype = q.dtype
     return sageattn(*_as_half(q, k, v), tensor_layout="NHD", is_causal=False).to(dtype)
 
 
 def _xformers(q, k, v):
     from xformers.ops import memory_efficient_attention
+
     return memory_efficient_attention(q, k, v)
 
 
@@ -53,8 +57,11 @@ _BACKENDS: dict[str, tuple[Callable, str | None, bool]] = {
 def available_backends() -> list[str]:
     """Backends whose package is installed (CUDA-only ones only when CUDA is available)."""
     cuda = torch.cuda.is_available()
-    return [name for name, (_, pkg, needs_cuda) in _BACKENDS.items()
-            if (pkg is None or importlib.util.find_spec(pkg) is not None) and (cuda or not needs_cuda)]
+    return [
+        name
+        for name, (_, pkg, needs_cuda) in _BACKENDS.items()
+        if (pkg is None or importlib.util.find_spec(pkg) is not None) and (cuda or not needs_cuda)
+    ]
 
 
 def check_backend(backend: str) -> None:
@@ -63,11 +70,14 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"unknown attention backend {backend!r}; known: {sorted(_BACKENDS)}.")
     _, pkg, needs_cuda = _BACKENDS[backend]
     if pkg is not None and importlib.util.find_spec(pkg) is None:
-        raise RuntimeError(f"attention backend {backend!r} needs the Python package {pkg!r}, which is "
-                           f"not installed. Install it, or use one of: {available_backends()}.")
+        raise RuntimeError(
+            f"attention backend {backend!r} needs the Python package {pkg!r}, which is "
+            f"not installed. Install it, or use one of: {available_backends()}."
+        )
     if needs_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"attention backend {backend!r} runs on CUDA only and no CUDA device is "
-                           f"available; use 'sdpa' instead.")
+        raise RuntimeError(
+            f"attention backend {backend!r} runs on CUDA only and no CUDA device is available; use 'sdpa' instead."
+        )
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:

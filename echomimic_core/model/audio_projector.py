@@ -13,6 +13,7 @@ Windows are not materialised here: the cross-attention projects each unique toke
 and gathers the windows afterwards (``AudioTokens.windows``), which is exact because K/V are
 per-token maps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class AudioTokens:
         (padding) token; None when ``tokens`` is already ``[B, T*W, C]`` frame-major.
     frames: T, the number of latent frames.
     """
+
     tokens: torch.Tensor
     window_index: torch.Tensor | None
     frames: int
@@ -49,15 +51,18 @@ class AudioTokens:
         return padded[:, self.window_index.to(per_token.device)].flatten(0, 1)
 
 
-def preview_window_ranges(num_tokens: int, tokens_per_frame: int = 2, expand: int = 4,
-                          stride: int = 4) -> list[tuple[int, int]]:
+def preview_window_ranges(
+    num_tokens: int, tokens_per_frame: int = 2, expand: int = 4, stride: int = 4
+) -> list[tuple[int, int]]:
     """Inclusive [start, end] token ranges, one per latent frame, exactly as upstream computes them
     (float token rate, centre of each 4-frame group, first range ending where the second starts,
     then widened by ``expand`` on both sides)."""
     num_frames = num_tokens // tokens_per_frame
     if num_frames < 1:
-        raise ValueError(f"audio has {num_tokens} tokens, fewer than one video frame "
-                         f"({tokens_per_frame} tokens); pass audio features covering the video.")
+        raise ValueError(
+            f"audio has {num_tokens} tokens, fewer than one video frame "
+            f"({tokens_per_frame} tokens); pass audio features covering the video."
+        )
     rate = num_tokens / num_frames  # tokens per video frame, a float as upstream
     half = int(rate * stride / 2)
     latent = int((num_frames - 1) / stride) + 1
@@ -75,8 +80,7 @@ def preview_window_ranges(num_tokens: int, tokens_per_frame: int = 2, expand: in
     return [(s - expand, e + expand) for s, e in ranges]
 
 
-def preview_window_index(num_tokens: int, tokens_per_frame: int = 2, expand: int = 4,
-                         stride: int = 4) -> torch.Tensor:
+def preview_window_index(num_tokens: int, tokens_per_frame: int = 2, expand: int = 4, stride: int = 4) -> torch.Tensor:
     """[T, W] indices for ``preview_window_ranges``; out-of-clip positions point at ``num_tokens``."""
     ranges = preview_window_ranges(num_tokens, tokens_per_frame, expand, stride)
     width = ranges[0][1] - ranges[0][0] + 1
@@ -96,11 +100,14 @@ class PreviewAudioProjector(nn.Module):
     def forward(self, audio: torch.Tensor) -> AudioTokens:
         c = self.config
         if audio.ndim != 3 or audio.shape[-1] != c.audio_in_dim:
-            raise ValueError(f"preview audio must be [B, tokens, {c.audio_in_dim}], got {tuple(audio.shape)}; "
-                             f"check the audio encoder matches the model (preset audio_in_dim).")
+            raise ValueError(
+                f"preview audio must be [B, tokens, {c.audio_in_dim}], got {tuple(audio.shape)}; "
+                f"check the audio encoder matches the model (preset audio_in_dim)."
+            )
         # built once per forward on the tokens' device: every block gathers with it twice
-        index = preview_window_index(audio.shape[1], c.audio_tokens_per_frame, c.audio_window_expand,
-                                     c.vae_temporal_stride).to(audio.device)
+        index = preview_window_index(
+            audio.shape[1], c.audio_tokens_per_frame, c.audio_window_expand, c.vae_temporal_stride
+        ).to(audio.device)
         return AudioTokens(self.norm(self.proj(audio)), index, index.shape[0])
 
 
@@ -130,14 +137,16 @@ class FlashAudioProjector(nn.Module):
         stride, mid = c.vae_temporal_stride, c.audio_window // 2
         expected = (c.audio_window, c.audio_blocks, c.audio_channels)
         if audio.ndim != 5 or tuple(audio.shape[2:]) != expected or (frames - 1) % stride:
-            raise ValueError(f"flash audio must be [B, 1 + {stride}k, {', '.join(map(str, expected))}] "
-                             f"(a window per video frame over stacked encoder layers), got "
-                             f"{tuple(audio.shape)}.")
+            raise ValueError(
+                f"flash audio must be [B, 1 + {stride}k, {', '.join(map(str, expected))}] "
+                f"(a window per video frame over stacked encoder layers), got "
+                f"{tuple(audio.shape)}."
+            )
         first = audio[:, :1].flatten(2)
         groups = audio[:, 1:].unflatten(1, (-1, stride))  # [B, T-1, 4, w, blocks, ch]
-        later = torch.cat([groups[:, :, 0, :mid + 1],
-                           groups[:, :, 1:-1, mid],
-                           groups[:, :, -1, mid:]], dim=2)  # [B, T-1, w_vf, blocks, ch]
+        later = torch.cat(
+            [groups[:, :, 0, : mid + 1], groups[:, :, 1:-1, mid], groups[:, :, -1, mid:]], dim=2
+        )  # [B, T-1, w_vf, blocks, ch]
         return first, later.flatten(2)
 
     def forward(self, audio: torch.Tensor) -> AudioTokens:

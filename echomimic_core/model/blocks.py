@@ -1,4 +1,5 @@
 """Wan2.1 DiT blocks with EchoMimicV3's decoupled (text / image / audio) cross-attention."""
+
 from __future__ import annotations
 
 import math
@@ -28,6 +29,7 @@ class BlockContext:
     (face-region gate on the audio output); audio_scale: float or [B] tensor;
     rope: (cos, sin) [L, 1, head_dim/2]; backend: attention backend name.
     """
+
     text: torch.Tensor
     image: torch.Tensor
     audio: AudioTokens
@@ -69,8 +71,15 @@ class DecoupledCrossAttention(SelfAttention):
     that upstream computes and never uses (kept for strict loading, not computed).
     """
 
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6,
-                 audio_variant: str = "preview", ops=Operations):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qk_norm: bool = True,
+        eps: float = 1e-6,
+        audio_variant: str = "preview",
+        ops=Operations,
+    ):
         super().__init__(dim, num_heads, qk_norm, eps, ops)
         flash = audio_variant == "flash"
         self.k_img = ops.Linear(dim, dim)
@@ -119,18 +128,17 @@ class WanAttentionBlock(nn.Module):
         dim = c.dim
         self.norm1 = ops.LayerNorm(dim, eps=c.eps, elementwise_affine=False)
         self.self_attn = SelfAttention(dim, c.num_heads, c.qk_norm, c.eps, ops)
-        self.norm3 = (ops.LayerNorm(dim, eps=c.eps, elementwise_affine=True)
-                      if c.cross_attn_norm else nn.Identity())
+        self.norm3 = ops.LayerNorm(dim, eps=c.eps, elementwise_affine=True) if c.cross_attn_norm else nn.Identity()
         self.cross_attn = DecoupledCrossAttention(dim, c.num_heads, c.qk_norm, c.eps, c.audio_variant, ops)
         self.norm2 = ops.LayerNorm(dim, eps=c.eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(ops.Linear(dim, c.ffn_dim), nn.GELU(approximate="tanh"),
-                                 ops.Linear(c.ffn_dim, dim))
-        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+        self.ffn = nn.Sequential(ops.Linear(dim, c.ffn_dim), nn.GELU(approximate="tanh"), ops.Linear(c.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         """x: [B, L, C]; e0: [B, 6, C] time modulation -> [B, L, C]"""
-        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = \
-            (self.modulation.to(e0.dtype) + e0).chunk(6, dim=1)  # each [B, 1, C]
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.to(e0.dtype) + e0).chunk(
+            6, dim=1
+        )  # each [B, 1, C]
         # addcmul: one pass for "a + b * c" where Wan writes two
         x = torch.addcmul(x, self.self_attn(torch.addcmul(shift_sa, self.norm1(x), 1 + scale_sa), ctx), gate_sa)
         x = x + self.cross_attn(self.norm3(x), ctx)
@@ -156,7 +164,7 @@ class Head(nn.Module):
         c = config
         self.norm = ops.LayerNorm(c.dim, eps=c.eps, elementwise_affine=False)
         self.head = ops.Linear(c.dim, math.prod(c.patch_size) * c.out_dim)
-        self.modulation = nn.Parameter(torch.randn(1, 2, c.dim) / c.dim ** 0.5)
+        self.modulation = nn.Parameter(torch.randn(1, 2, c.dim) / c.dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x: [B, L, C]; e: [B, C] time embedding -> [B, L, prod(patch) * out_dim]"""
@@ -169,8 +177,13 @@ class MLPProj(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, ops=Operations):
         super().__init__()
-        self.proj = nn.Sequential(ops.LayerNorm(in_dim), ops.Linear(in_dim, in_dim), nn.GELU(),
-                                  ops.Linear(in_dim, out_dim), ops.LayerNorm(out_dim))
+        self.proj = nn.Sequential(
+            ops.LayerNorm(in_dim),
+            ops.Linear(in_dim, in_dim),
+            nn.GELU(),
+            ops.Linear(in_dim, out_dim),
+            ops.LayerNorm(out_dim),
+        )
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         return self.proj(image_embeds)

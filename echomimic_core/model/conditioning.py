@@ -1,4 +1,5 @@
 """Conditioning: everything the transformer is conditioned on, travelling as one object."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,7 @@ class Conditioning:
         a gate given to a flash model is applied, as an explicit user choice).
     audio_scale: multiplier of the audio attention output, a float or a [B] tensor.
     """
+
     context: list[torch.Tensor] | torch.Tensor
     clip_fea: torch.Tensor
     y: torch.Tensor
@@ -43,7 +45,7 @@ class Conditioning:
         return s.expand(self.batch_size).clone() if s.ndim == 0 else s.float()
 
     @classmethod
-    def cat(cls, conds: list["Conditioning"]) -> "Conditioning":
+    def cat(cls, conds: list[Conditioning]) -> Conditioning:
         """Batch-concatenate (e.g. cond / uncond guidance passes run as one forward)."""
         if not conds:
             raise ValueError("Conditioning.cat needs at least one Conditioning.")
@@ -53,33 +55,45 @@ class Conditioning:
         if any(c.ip_mask is not None for c in conds):
             like = next(c.ip_mask for c in conds if c.ip_mask is not None)
             # a sample without a gate attends to audio everywhere: an all-ones gate
-            masks = torch.cat([c.ip_mask if c.ip_mask is not None
-                               else like.new_ones((c.batch_size, like.shape[1])) for c in conds])
+            masks = torch.cat(
+                [c.ip_mask if c.ip_mask is not None else like.new_ones((c.batch_size, like.shape[1])) for c in conds]
+            )
         scales = [c.audio_scale for c in conds]
         if all(not isinstance(s, torch.Tensor) for s in scales) and len(set(scales)) == 1:
             scale = scales[0]
         else:
             scale = torch.cat([c.scale_per_sample() for c in conds])
-        return cls(context=[t for c in conds for t in c.text_list()],
-                   clip_fea=torch.cat([c.clip_fea for c in conds]),
-                   y=torch.cat([c.y for c in conds]),
-                   audio=torch.cat([c.audio for c in conds]),
-                   ip_mask=masks, audio_scale=scale)
+        return cls(
+            context=[t for c in conds for t in c.text_list()],
+            clip_fea=torch.cat([c.clip_fea for c in conds]),
+            y=torch.cat([c.y for c in conds]),
+            audio=torch.cat([c.audio for c in conds]),
+            ip_mask=masks,
+            audio_scale=scale,
+        )
 
-    def to(self, device=None, dtype=None) -> "Conditioning":
+    def to(self, device=None, dtype=None) -> Conditioning:
         """Move tensors; ``dtype`` applies to floating-point features (not to the gate's meaning)."""
+
         def move(t):
             if not isinstance(t, torch.Tensor):
                 return t
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
-        context = move(self.context) if isinstance(self.context, torch.Tensor) else [move(t) for t in self.context]
-        return dataclasses.replace(self, context=context, clip_fea=move(self.clip_fea), y=move(self.y),
-                                   audio=move(self.audio), ip_mask=move(self.ip_mask),
-                                   audio_scale=move(self.audio_scale))
 
-    def with_audio(self, audio: torch.Tensor) -> "Conditioning":
+        context = move(self.context) if isinstance(self.context, torch.Tensor) else [move(t) for t in self.context]
+        return dataclasses.replace(
+            self,
+            context=context,
+            clip_fea=move(self.clip_fea),
+            y=move(self.y),
+            audio=move(self.audio),
+            ip_mask=move(self.ip_mask),
+            audio_scale=move(self.audio_scale),
+        )
+
+    def with_audio(self, audio: torch.Tensor) -> Conditioning:
         return dataclasses.replace(self, audio=audio)
 
-    def without_audio(self) -> "Conditioning":
+    def without_audio(self) -> Conditioning:
         """The audio-dropped branch of guidance: zero features, as upstream's unconditional audio."""
         return self.with_audio(torch.zeros_like(self.audio))

@@ -5,6 +5,7 @@ each layer casts them on the fly to the activation's dtype and device. A checkpo
 therefore keep fp8 weights resident and the forward still runs in bf16/fp32. Norms compute in
 float32 as Wan does (``x.float()`` then back to the activation dtype).
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,14 +24,16 @@ class Linear(nn.Linear):
     """nn.Linear with on-the-fly weight casting. The loader registers a float32 ``scale_weight``
     buffer on layers kept from a scaled-fp8 file: the weight used is then
     ``(weight.float() * scale_weight).to(x.dtype)``, rounded once, exactly the de-quantised weight."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = getattr(self, "scale_weight", None)
         if scale is None:
             weight = cast_to(self.weight, x)
         else:
             # the product in float32: a bf16 scale would bias every weight of the layer alike
-            weight = (self.weight.to(device=x.device, dtype=torch.float32)
-                      * scale.to(device=x.device, dtype=torch.float32)).to(x.dtype)
+            weight = (
+                self.weight.to(device=x.device, dtype=torch.float32) * scale.to(device=x.device, dtype=torch.float32)
+            ).to(x.dtype)
         return F.linear(x, weight, cast_to(self.bias, x))
 
 
@@ -44,8 +47,9 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        return F.layer_norm(xf, self.normalized_shape, cast_to(self.weight, xf),
-                            cast_to(self.bias, xf), self.eps).to(x.dtype)
+        return F.layer_norm(xf, self.normalized_shape, cast_to(self.weight, xf), cast_to(self.bias, xf), self.eps).to(
+            x.dtype
+        )
 
 
 class RMSNorm(nn.Module):
@@ -68,6 +72,7 @@ class Operations:
     Pass another class with the same four attributes to ``EchoMimicTransformer(ops=...)`` to
     change how layers store or compute (e.g. scaled fp8 matmuls).
     """
+
     Linear = Linear
     Conv3d = Conv3d
     LayerNorm = LayerNorm

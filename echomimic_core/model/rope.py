@@ -5,6 +5,7 @@ Wan splits each head's ``head_dim / 2`` rotation pairs into ``c - 2(c//3)`` fram
 in the real formulation in float32: ``(a, b) -> (a cos - b sin, a sin + b cos)`` on adjacent
 pairs, which equals Wan's complex multiply up to float32 rounding.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,13 +64,18 @@ class RotaryEmbedding3D:
         key = (tuple(grid), str(device))
         if key not in self._cache:
             f, h, w = grid
-            angles = [torch.outer(torch.arange(n, dtype=torch.float64, device="cpu"), fr)
-                      for n, fr in zip((f, h, w), self.freqs)]
-            full = torch.cat([
-                angles[0].view(f, 1, 1, -1).expand(f, h, w, -1),
-                angles[1].view(1, h, 1, -1).expand(f, h, w, -1),
-                angles[2].view(1, 1, w, -1).expand(f, h, w, -1),
-            ], dim=-1).reshape(f * h * w, 1, -1)
+            angles = [
+                torch.outer(torch.arange(n, dtype=torch.float64, device="cpu"), fr)
+                for n, fr in zip((f, h, w), self.freqs)
+            ]
+            full = torch.cat(
+                [
+                    angles[0].view(f, 1, 1, -1).expand(f, h, w, -1),
+                    angles[1].view(1, h, 1, -1).expand(f, h, w, -1),
+                    angles[2].view(1, 1, w, -1).expand(f, h, w, -1),
+                ],
+                dim=-1,
+            ).reshape(f * h * w, 1, -1)
             # keep only the latest grid: a sampler reuses one grid for every step
             self._cache = {key: (full.cos().float().to(device), full.sin().float().to(device))}
         return self._cache[key]

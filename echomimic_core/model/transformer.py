@@ -7,6 +7,7 @@ checkpoints' names, so their files load with ``strict=True``.
 The block loop is written once; gradient checkpointing, a step cache (TeaCache) and block swap
 are hooks around it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -101,8 +102,10 @@ class _BlockSwap:
 
     def before(self, i: int) -> None:
         if torch.is_grad_enabled():
-            raise RuntimeError("block swap is for inference: gradients would need the offloaded blocks "
-                               "on the device again; disable block swap (or use torch.no_grad()).")
+            raise RuntimeError(
+                "block swap is for inference: gradients would need the offloaded blocks "
+                "on the device again; disable block swap (or use torch.no_grad())."
+            )
         self._load(i)
         self._wait(i)
         self._load(i + 1)  # queued on the upload stream while this block computes
@@ -140,8 +143,9 @@ class EchoMimicTransformer(nn.Module):
         self._swap: _BlockSwap | None = None
 
         self.patch_embedding = ops.Conv3d(c.in_dim, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
-        self.text_embedding = nn.Sequential(ops.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"),
-                                            ops.Linear(c.dim, c.dim))
+        self.text_embedding = nn.Sequential(
+            ops.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), ops.Linear(c.dim, c.dim)
+        )
         self.time_embedding = nn.Sequential(ops.Linear(c.freq_dim, c.dim), nn.SiLU(), ops.Linear(c.dim, c.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), ops.Linear(c.dim, c.dim * 6))
         self.blocks = nn.ModuleList([WanAttentionBlock(c, ops) for _ in range(c.num_layers)])
@@ -189,8 +193,9 @@ class EchoMimicTransformer(nn.Module):
         e0 = self.time_projection(e).unflatten(1, (6, self.config.dim))
         return e.to(dtype), e0.to(dtype)
 
-    def block_context(self, cond: Conditioning, grid: tuple[int, int, int], dtype: torch.dtype,
-                      device: torch.device) -> BlockContext:
+    def block_context(
+        self, cond: Conditioning, grid: tuple[int, int, int], dtype: torch.dtype, device: torch.device
+    ) -> BlockContext:
         """Embed the conditioning once per forward for every block: text zero-padded to
         [B, text_len, text_dim] then embedded to [B, text_len, C]; CLIP [B, clip_tokens, clip_dim]
         -> [B, clip_tokens, C]; audio projected to tokens + per-latent-frame windows; the face gate
@@ -199,32 +204,52 @@ class EchoMimicTransformer(nn.Module):
         texts = [u.to(device=device, dtype=dtype) for u in cond.text_list()]
         too_long = [u.shape[0] for u in texts if u.shape[0] > c.text_len]
         if too_long or any(u.ndim != 2 or u.shape[1] != c.text_dim for u in texts):
-            raise ValueError(f"text embeddings must be [<= {c.text_len}, {c.text_dim}] per sample, got "
-                             f"{[tuple(u.shape) for u in texts]}; truncate the prompt or check the text encoder.")
+            raise ValueError(
+                f"text embeddings must be [<= {c.text_len}, {c.text_dim}] per sample, got "
+                f"{[tuple(u.shape) for u in texts]}; truncate the prompt or check the text encoder."
+            )
         text = torch.stack([torch.cat([u, u.new_zeros(c.text_len - u.shape[0], u.shape[1])]) for u in texts])
         clip = cond.clip_fea.to(device=device, dtype=dtype)
         if clip.shape[1:] != (c.clip_tokens, c.clip_dim):
-            raise ValueError(f"clip_fea must be [B, {c.clip_tokens}, {c.clip_dim}] (CLIP penultimate tokens), "
-                             f"got {tuple(clip.shape)}.")
+            raise ValueError(
+                f"clip_fea must be [B, {c.clip_tokens}, {c.clip_dim}] (CLIP penultimate tokens), "
+                f"got {tuple(clip.shape)}."
+            )
         audio = self.audio_projector(cond.audio.to(device=device, dtype=dtype))
         if audio.frames != grid[0]:
-            raise ValueError(f"audio covers {audio.frames} latent frames but the latents have {grid[0]}; "
-                             f"the audio features must match the video length ({c.audio_variant} layout).")
+            raise ValueError(
+                f"audio covers {audio.frames} latent frames but the latents have {grid[0]}; "
+                f"the audio features must match the video length ({c.audio_variant} layout)."
+            )
         gate = cond.ip_mask
         if gate is not None:
             gate = gate.to(device)
             if gate.shape != (len(texts), grid[1] * grid[2]):
-                raise ValueError(f"ip_mask must be [B, {grid[1] * grid[2]}] (one gate per token of a latent "
-                                 f"frame), got {tuple(gate.shape)}.")
+                raise ValueError(
+                    f"ip_mask must be [B, {grid[1] * grid[2]}] (one gate per token of a latent "
+                    f"frame), got {tuple(gate.shape)}."
+                )
         scale = cond.audio_scale
         if isinstance(scale, torch.Tensor):
             scale = scale.to(device) if scale.ndim else float(scale)
-        return BlockContext(text=self.text_embedding(text), image=self.img_emb(clip), audio=audio,
-                            audio_gate=gate, audio_scale=scale, rope=self.rope.cos_sin(grid, device),
-                            backend=self.attention_backend)
+        return BlockContext(
+            text=self.text_embedding(text),
+            image=self.img_emb(clip),
+            audio=audio,
+            audio_gate=gate,
+            audio_scale=scale,
+            rope=self.rope.cos_sin(grid, device),
+            backend=self.attention_backend,
+        )
 
-    def run_blocks(self, x: torch.Tensor, e0: torch.Tensor, ctx: BlockContext, cache: StepCache | None = None,
-                   cache_branch: str = "all") -> torch.Tensor:
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        ctx: BlockContext,
+        cache: StepCache | None = None,
+        cache_branch: str = "all",
+    ) -> torch.Tensor:
         """The one block loop. x: [B, L, C]; e0: [B, 6, C]."""
         if cache is not None:
             cached = cache.before_blocks(cache_branch, e0, x)
@@ -252,8 +277,14 @@ class EchoMimicTransformer(nn.Module):
         x = x.reshape(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], -1, f * pt, h * ph, w * pw)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, cache: StepCache | None = None,
-                cache_branch: str = "all") -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning,
+        cache: StepCache | None = None,
+        cache_branch: str = "all",
+    ) -> torch.Tensor:
         """x: [B, 16, F, H, W] noisy latents; t: [B] (or scalar) timesteps on 0..1000.
         Returns [B, out_dim, F, H, W] in x's dtype."""
         c = self.config
@@ -261,8 +292,10 @@ class EchoMimicTransformer(nn.Module):
         dtype = self.compute_dtype or x.dtype
         b = x.shape[0]
         if cond.batch_size != b or cond.y.shape[2:] != x.shape[2:]:
-            raise ValueError(f"cond.y {tuple(cond.y.shape)} must match the latents {tuple(x.shape)} in batch "
-                             f"and F, H, W; build one Conditioning per batch (Conditioning.cat).")
+            raise ValueError(
+                f"cond.y {tuple(cond.y.shape)} must match the latents {tuple(x.shape)} in batch "
+                f"and F, H, W; build one Conditioning per batch (Conditioning.cat)."
+            )
         if x.shape[1] + cond.y.shape[1] != c.in_dim:
             raise ValueError(f"latents ({x.shape[1]} ch) + y ({cond.y.shape[1]} ch) must give in_dim {c.in_dim}.")
         t = torch.as_tensor(t, device=device).reshape(-1).expand(b)
@@ -286,11 +319,16 @@ def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
     variant = "flash" if path.name.startswith("flash") else "preview"
     data = load_file(str(path))
     model = EchoMimicTransformer(TransformerConfig.from_reference_meta(meta, variant)).eval()
-    model.load_state_dict({k[len("weight."):]: v for k, v in data.items() if k.startswith("weight.")}, strict=True)
+    model.load_state_dict({k[len("weight.") :]: v for k, v in data.items() if k.startswith("weight.")}, strict=True)
     texts = sorted((k for k in data if k.startswith("input.text_")), key=lambda k: int(k.rsplit("_", 1)[1]))
-    cond = Conditioning(context=[data[k] for k in texts], clip_fea=data["input.clip_fea"], y=data["input.y"],
-                        audio=data["input.audio"], ip_mask=data.get("input.ip_mask"),
-                        audio_scale=float(data["input.audio_scale"]) if "input.audio_scale" in data else 1.0)
+    cond = Conditioning(
+        context=[data[k] for k in texts],
+        clip_fea=data["input.clip_fea"],
+        y=data["input.y"],
+        audio=data["input.audio"],
+        ip_mask=data.get("input.ip_mask"),
+        audio_scale=float(data["input.audio_scale"]) if "input.audio_scale" in data else 1.0,
+    )
     with torch.no_grad():
         out = model(data["input.x"], data["input.t"], cond)
     return {"output": relative_error(out, data["output"])}

@@ -18,6 +18,7 @@ so they compound to ``neg_scale ** (neg_steps + 1)`` and stay there for the rest
 ORIGINAL embeddings (``neg_scale`` on those steps, 1 afterwards) unless ``compound_neg_scale=True``
 asks for upstream's numbers.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,8 +74,15 @@ class GuidanceConfig:
     @classmethod
     def flash(cls, **overrides) -> GuidanceConfig:
         """infer_flash.py: audio-only CFG with ags 3.0 (gs 6.0 only enables CFG), no dynamic schedules."""
-        settings = dict(mode="audio_only", guidance_scale=6.0, audio_guidance_scale=3.0, use_dynamic_cfg=False,
-                        use_dynamic_acfg=False, neg_scale=1.0, neg_steps=0)
+        settings = dict(
+            mode="audio_only",
+            guidance_scale=6.0,
+            audio_guidance_scale=3.0,
+            use_dynamic_cfg=False,
+            use_dynamic_acfg=False,
+            neg_scale=1.0,
+            neg_steps=0,
+        )
         return cls(**{**settings, **overrides})
 
     @property

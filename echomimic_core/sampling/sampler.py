@@ -5,11 +5,13 @@ of it blended, see ``long_video``) is integrated by a flow-matching scheduler. P
 cancellation reach the loop through :class:`StepHooks`, so ComfyUI's progress bar / interrupt and
 the CLI's terminal bar plug in without the core knowing about either.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -29,6 +31,7 @@ class StepHooks:
     before every step (and before every model call of a long video); returning True raises
     :class:`Cancelled`. Hosts whose interrupt raises its own exception can simply raise there.
     """
+
     on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None
     should_stop: Callable[[], bool] | None = None
 
@@ -41,8 +44,15 @@ class VelocityFn(Protocol):
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor: ...
 
 
-def run_branches(model, latents: torch.Tensor, t: torch.Tensor, conds: list[Conditioning],
-                 batched: bool, cache=None, names: list[str] | None = None) -> list[torch.Tensor]:
+def run_branches(
+    model,
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    conds: list[Conditioning],
+    batched: bool,
+    cache=None,
+    names: list[str] | None = None,
+) -> list[torch.Tensor]:
     """Model predictions for each conditioning, in one batched forward or one forward each.
 
     latents: [1, 16, F, h, w]; returns one [1, 16, F, h, w] prediction per conditioning.
@@ -52,18 +62,24 @@ def run_branches(model, latents: torch.Tensor, t: torch.Tensor, conds: list[Cond
     names = names or [str(i) for i in range(len(conds))]
     # the model's compute dtype, not its first parameter's: weights may be stored in another dtype
     dtype = getattr(model, "compute_dtype", None) or (
-        next(model.parameters()).dtype if hasattr(model, "parameters") else latents.dtype)
+        next(model.parameters()).dtype if hasattr(model, "parameters") else latents.dtype
+    )
     if batched and len(conds) > 1:
         x = latents.expand(len(conds), *latents.shape[1:]).to(dtype)
-        out = model(x, t.expand(len(conds)), Conditioning.cat(conds), cache=cache,
-                    cache_branch="+".join(names))
+        out = model(x, t.expand(len(conds)), Conditioning.cat(conds), cache=cache, cache_branch="+".join(names))
         return list(out.float().split(1))
-    return [model(latents.to(dtype), t.expand(1), c, cache=cache, cache_branch=n).float()
-            for c, n in zip(conds, names)]
+    return [model(latents.to(dtype), t.expand(1), c, cache=cache, cache_branch=n).float() for c, n in zip(conds, names)]
 
 
-def guided_velocity(model, branches: dict[str, Conditioning], guidance, *, batched: bool = True,
-                    cache=None, hooks: StepHooks | None = None) -> VelocityFn:
+def guided_velocity(
+    model,
+    branches: dict[str, Conditioning],
+    guidance,
+    *,
+    batched: bool = True,
+    cache=None,
+    hooks: StepHooks | None = None,
+) -> VelocityFn:
     """A velocity function applying ``guidance`` over the named conditioning ``branches``.
 
     ``branches`` holds "cond", "drop_audio" and "uncond" as the variant needs them (see
@@ -71,6 +87,7 @@ def guided_velocity(model, branches: dict[str, Conditioning], guidance, *, batch
     negative embeddings at each step it is active, so it never compounds (upstream multiplied
     the already-scaled embeddings again every step).
     """
+
     def velocity(latents: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
         if hooks is not None:
             hooks.check_stop()
@@ -84,6 +101,7 @@ def guided_velocity(model, branches: dict[str, Conditioning], guidance, *, batch
             conds.append(cond)
         preds = run_branches(model, latents, t, conds, batched, cache, names)
         return guidance.combine(step, dict(zip(names, preds)))
+
     return velocity
 
 
@@ -93,9 +111,16 @@ def _scale_context(context, scale: float):
     return [c * scale for c in context]
 
 
-def denoise(velocity: VelocityFn, latents: torch.Tensor, scheduler, *,
-            hooks: StepHooks | None = None, cache=None, step_offset: int = 0,
-            total_steps: int | None = None) -> torch.Tensor:
+def denoise(
+    velocity: VelocityFn,
+    latents: torch.Tensor,
+    scheduler,
+    *,
+    hooks: StepHooks | None = None,
+    cache=None,
+    step_offset: int = 0,
+    total_steps: int | None = None,
+) -> torch.Tensor:
     """Integrate ``velocity`` from pure noise ``latents`` [B, 16, F, h, w] with ``scheduler``.
 
     ``step_offset``/``total_steps`` let a long video report one continuous progress count over

@@ -19,6 +19,7 @@ UniPC and DPM++ are written out here because diffusers' flow-sigma variants buil
 grid (they cannot express the config-shifted ``sigma_max`` or the double shift): on the samplers
 fixture they are off by ~1e-3 (flash) to ~0.3 (preview DPM++), where these match bit for bit. Timesteps of those two are truncated to integers, as upstream.
 """
+
 from __future__ import annotations
 
 import logging
@@ -85,8 +86,9 @@ class _MultistepFlowScheduler:
 
     def _check_step(self) -> int:
         if self.step_index >= self.num_steps:
-            raise RuntimeError(f"scheduler already ran all {self.num_steps} steps; call reset() before "
-                               "starting another generation.")
+            raise RuntimeError(
+                f"scheduler already ran all {self.num_steps} steps; call reset() before starting another generation."
+            )
         return self.step_index
 
 
@@ -141,8 +143,9 @@ class FlowUniPC(_MultistepFlowScheduler):
             x_t = x_t - (1 - sigma_t) * b_h * torch.einsum("k,bkc...->bc...", rhos, torch.stack(d1s, dim=1))
         return x_t.to(sample.dtype)
 
-    def _correct(self, x0_pred: torch.Tensor, last_sample: torch.Tensor, sample: torch.Tensor,
-                 order: int) -> torch.Tensor:
+    def _correct(
+        self, x0_pred: torch.Tensor, last_sample: torch.Tensor, sample: torch.Tensor, order: int
+    ) -> torch.Tensor:
         """UniC: refine `sample` (at sigmas[i]) with the fresh prediction `x0_pred` made there."""
         i = self.step_index
         m0 = self.model_outputs[-1]
@@ -204,8 +207,11 @@ class FlowDPMSolverPP(_MultistepFlowScheduler):
         else:
             r0 = (_log_snr(sigma_s0) - _log_snr(self.sigmas[i - 1])) / h
             d1 = (1.0 / r0) * (m0 - self.model_outputs[-2])
-            prev = ((sigma_t / sigma_s0) * x - (alpha_t * (torch.exp(-h) - 1.0)) * m0
-                    - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * d1)
+            prev = (
+                (sigma_t / sigma_s0) * x
+                - (alpha_t * (torch.exp(-h) - 1.0)) * m0
+                - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * d1
+            )
         self.lower_order_nums = min(self.lower_order_nums + 1, self.order)
         self.step_index += 1
         return prev.to(velocity.dtype)
@@ -218,8 +224,14 @@ class FlowEuler:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         self._scheduler = FlowMatchEulerDiscreteScheduler(
-            num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift, use_dynamic_shifting=False,
-            base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+            num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+            shift=shift,
+            use_dynamic_shifting=False,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        )
         self._steps = steps
         self.reset()
 
@@ -234,13 +246,21 @@ class FlowEuler:
     def step(self, velocity: torch.Tensor, t, sample: torch.Tensor) -> torch.Tensor:
         """One Euler step x + (sigma_next - sigma) * v. velocity, sample: [B, C, F, H, W]."""
         if self._scheduler.step_index is not None and self._scheduler.step_index >= self.num_steps:
-            raise RuntimeError(f"scheduler already ran all {self.num_steps} steps; call reset() before "
-                               "starting another generation.")
+            raise RuntimeError(
+                f"scheduler already ran all {self.num_steps} steps; call reset() before starting another generation."
+            )
         return self._scheduler.step(velocity, t, sample, return_dict=False)[0]
 
 
-def make_scheduler(name: str, steps: int, shift: float = 5.0, setup: str = "preview", *,
-                   config_shift: float | None = None, dpm_reapply_config_shift: bool = True):
+def make_scheduler(
+    name: str,
+    steps: int,
+    shift: float = 5.0,
+    setup: str = "preview",
+    *,
+    config_shift: float | None = None,
+    dpm_reapply_config_shift: bool = True,
+):
     """Build a fresh scheduler for one generation.
 
     name: "Flow" | "Flow_Unipc" | "Flow_DPM++"; steps: number of denoising steps; shift: the sampling
@@ -281,12 +301,12 @@ def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
     errors = {}
     for run in meta["runs"]:
         key = run["key"]
-        scheduler = make_scheduler(run["sampler"], run["steps"], run["sampling_shift"], run["setup"],
-                                   config_shift=run["config_shift"])
+        scheduler = make_scheduler(
+            run["sampler"], run["steps"], run["sampling_shift"], run["setup"], config_shift=run["config_shift"]
+        )
         x = x_init.clone()
         for t in scheduler.timesteps:
             x = scheduler.step(toy_velocity(x, c, t), t, x)
         errors[f"{key}.timesteps"] = relative_error(scheduler.timesteps, tensors[f"{key}.timesteps"])
         errors[f"{key}.final"] = relative_error(x, tensors[f"{key}.final"])
     return errors
-

@@ -17,6 +17,7 @@ Differences from upstream's ``cache_utils.TeaCache`` + transformer code, on purp
   could still skip.)
 * a branch that has no stored residual yet (or whose shape changed) is computed rather than crashing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # Polynomial (highest power first) mapping the raw relative L1 change of t_mod to an estimate of the
 # output change; fitted by the TeaCache authors for Wan2.1 1.3B (T2V and Fun, which EchoMimicV3 is).
-WAN21_1_3B_COEFFICIENTS = (-5.21862437e+04, 9.23041404e+03, -5.28275948e+02, 1.36987616e+01, -4.99875664e-02)
+WAN21_1_3B_COEFFICIENTS = (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02)
 
 
 class TeaCache:
@@ -44,8 +45,13 @@ class TeaCache:
     windows) need distinct branch names, since their inputs differ.
     """
 
-    def __init__(self, threshold: float = 0.1, num_skip_start_steps: int = 5,
-                 coefficients=WAN21_1_3B_COEFFICIENTS, offload: bool = False):
+    def __init__(
+        self,
+        threshold: float = 0.1,
+        num_skip_start_steps: int = 5,
+        coefficients=WAN21_1_3B_COEFFICIENTS,
+        offload: bool = False,
+    ):
         if threshold < 0:
             raise ValueError(f"TeaCache threshold must be >= 0 (0 = never skip), got {threshold}.")
         if num_skip_start_steps < 0:

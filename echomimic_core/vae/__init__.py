@@ -2,22 +2,52 @@
 
 ``wan`` holds the ``WanVAE`` interface and loaders, ``keys`` the original <-> diffusers key map.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from echomimic_core.vae.keys import (config_from_original, diffusers_key_to_original,
-                                     diffusers_to_original, original_key_to_diffusers,
-                                     original_to_diffusers)
-from echomimic_core.vae.wan import (SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, WAN21_LATENTS_MEAN,
-                                    WAN21_LATENTS_STD, Progress, Tiling, VideoVAE, WanVAE,
-                                    denormalize_latents, from_state_dict, load_vae, normalize_latents)
+from echomimic_core.vae.keys import (
+    config_from_original,
+    diffusers_key_to_original,
+    diffusers_to_original,
+    original_key_to_diffusers,
+    original_to_diffusers,
+)
+from echomimic_core.vae.wan import (
+    SPATIAL_COMPRESSION,
+    TEMPORAL_COMPRESSION,
+    WAN21_LATENTS_MEAN,
+    WAN21_LATENTS_STD,
+    Progress,
+    Tiling,
+    VideoVAE,
+    WanVAE,
+    denormalize_latents,
+    from_state_dict,
+    load_vae,
+    normalize_latents,
+)
 
 __all__ = [
-    "SPATIAL_COMPRESSION", "TEMPORAL_COMPRESSION", "WAN21_LATENTS_MEAN", "WAN21_LATENTS_STD",
-    "Progress", "Tiling", "VideoVAE", "WanVAE", "config_from_original", "denormalize_latents",
-    "diffusers_key_to_original", "diffusers_to_original", "from_state_dict", "load_vae",
-    "normalize_latents", "original_key_to_diffusers", "original_to_diffusers", "verify_fixture",
+    "SPATIAL_COMPRESSION",
+    "TEMPORAL_COMPRESSION",
+    "WAN21_LATENTS_MEAN",
+    "WAN21_LATENTS_STD",
+    "Progress",
+    "Tiling",
+    "VideoVAE",
+    "WanVAE",
+    "config_from_original",
+    "denormalize_latents",
+    "diffusers_key_to_original",
+    "diffusers_to_original",
+    "from_state_dict",
+    "load_vae",
+    "normalize_latents",
+    "original_key_to_diffusers",
+    "original_to_diffusers",
+    "verify_fixture",
 ]
 
 
@@ -33,9 +63,8 @@ def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
     from echomimic_core.verify_reference import relative_error
 
     data = load_file(str(path))
-    weights = {k[len("weight."):]: v for k, v in data.items() if k.startswith("weight.")}
-    vae = from_state_dict(weights, latents_mean=data["latents_mean"], latents_std=data["latents_std"],
-                          source=str(path))
+    weights = {k[len("weight.") :]: v for k, v in data.items() if k.startswith("weight.")}
+    vae = from_state_dict(weights, latents_mean=data["latents_mean"], latents_std=data["latents_std"], source=str(path))
     latent, log_var = vae.encode_distribution(data["input.video"])
     decoded = vae.decode(data["output.latent"])
     return {

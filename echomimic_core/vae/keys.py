@@ -10,6 +10,7 @@ list holds, per resolution level, ``num_res_blocks + 1`` residual blocks followe
 The architecture config (widths, levels, temporal flags) is read from tensor shapes, so no config
 file is needed for single-file checkpoints.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,13 @@ DIFFUSERS_MARKER = "decoder.mid_block.resnets.0.norm1.gamma"
 
 # Inside a residual block: original nn.Sequential index -> diffusers attribute.
 # (0: RMS norm, 1: SiLU, 2: conv, 3: RMS norm, 4: SiLU, 5: dropout, 6: conv)
-_RESIDUAL: KeyTable = (("residual.0", "norm1"), ("residual.2", "conv1"), ("residual.3", "norm2"),
-                       ("residual.6", "conv2"), ("shortcut", "conv_shortcut"))
+_RESIDUAL: KeyTable = (
+    ("residual.0", "norm1"),
+    ("residual.2", "conv1"),
+    ("residual.3", "norm2"),
+    ("residual.6", "conv2"),
+    ("shortcut", "conv_shortcut"),
+)
 # Residual blocks outside the decoder's regrouped up blocks. The middle is [resblock, attention, resblock].
 _RESIDUAL_BLOCKS: KeyTable = (
     ("encoder.downsamples.{i}", "encoder.down_blocks.{i}"),
@@ -38,10 +44,14 @@ _RESIDUAL_BLOCKS: KeyTable = (
 )
 # Every original -> diffusers name but the decoder's up blocks (an index regrouping, below).
 ORIGINAL_TO_DIFFUSERS: KeyTable = (
-    ("conv1", "quant_conv"), ("conv2", "post_quant_conv"),
-    ("encoder.conv1", "encoder.conv_in"), ("decoder.conv1", "decoder.conv_in"),
-    ("encoder.head.0", "encoder.norm_out"), ("encoder.head.2", "encoder.conv_out"),
-    ("decoder.head.0", "decoder.norm_out"), ("decoder.head.2", "decoder.conv_out"),
+    ("conv1", "quant_conv"),
+    ("conv2", "post_quant_conv"),
+    ("encoder.conv1", "encoder.conv_in"),
+    ("decoder.conv1", "decoder.conv_in"),
+    ("encoder.head.0", "encoder.norm_out"),
+    ("encoder.head.2", "encoder.conv_out"),
+    ("decoder.head.0", "decoder.norm_out"),
+    ("decoder.head.2", "decoder.conv_out"),
     ("encoder.middle.1", "encoder.mid_block.attentions.0"),
     ("decoder.middle.1", "decoder.mid_block.attentions.0"),
     *_RESIDUAL_BLOCKS,
@@ -53,11 +63,15 @@ _UP_BLOCKS = re.compile(r"^decoder\.up_blocks\.(\d+)\.(resnets\.(\d+)|upsamplers
 
 def decoder_res_blocks(state: dict[str, torch.Tensor]) -> int:
     """Residual blocks per encoder level (the decoder has one more), read from original keys."""
-    first_resample = min((int(k.split(".")[2]) for k in state
-                          if k.startswith("encoder.downsamples.") and ".resample." in k), default=None)
+    first_resample = min(
+        (int(k.split(".")[2]) for k in state if k.startswith("encoder.downsamples.") and ".resample." in k),
+        default=None,
+    )
     if first_resample is None:
-        raise CheckpointError("Wan VAE state dict has no encoder.downsamples.*.resample.* tensors; "
-                              "expected a Wan2.1 VAE (Wan2.1_VAE.pth / wan_2.1_vae.safetensors).")
+        raise CheckpointError(
+            "Wan VAE state dict has no encoder.downsamples.*.resample.* tensors; "
+            "expected a Wan2.1 VAE (Wan2.1_VAE.pth / wan_2.1_vae.safetensors)."
+        )
     return first_resample
 
 
@@ -104,8 +118,9 @@ def diffusers_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     """Rename an ``AutoencoderKLWan`` state dict to the original layout (e.g. to save for ComfyUI)."""
     resnets = {int(m.group(3)) for k in state if (m := _UP_BLOCKS.match(k)) and m.group(3) is not None}
     if not resnets:
-        raise CheckpointError("state dict has no decoder.up_blocks.*.resnets.* tensors; "
-                              "expected a diffusers AutoencoderKLWan.")
+        raise CheckpointError(
+            "state dict has no decoder.up_blocks.*.resnets.* tensors; expected a diffusers AutoencoderKLWan."
+        )
     blocks = max(resnets)  # the decoder has num_res_blocks + 1 resnets per level
     return {diffusers_key_to_original(k, blocks): v for k, v in state.items()}
 
@@ -119,16 +134,22 @@ def config_from_original(state: dict[str, torch.Tensor]) -> dict:
             parts = k.split(".")
             levels[int(parts[2])].add(parts[3])
     if any(kinds & {"norm", "to_qkv", "proj"} for kinds in levels.values()):
-        raise CheckpointError("this Wan VAE has attention inside its down blocks (attn_scales); "
-                              "only the Wan2.1 VAE layout (attention in the middle only) is supported.")
+        raise CheckpointError(
+            "this Wan VAE has attention inside its down blocks (attn_scales); "
+            "only the Wan2.1 VAE layout (attention in the middle only) is supported."
+        )
     blocks = decoder_res_blocks(state)
     resamples = sorted(i for i, kinds in levels.items() if "resample" in kinds)
     expected = [(level + 1) * (blocks + 1) - 1 for level in range(len(resamples))]
     if resamples != expected:
-        raise CheckpointError(f"encoder.downsamples: resample layers at {resamples}, expected {expected} "
-                              f"for {blocks} residual blocks per level; not a Wan2.1 VAE.")
-    dim_mult = [state[f"encoder.downsamples.{level * (blocks + 1)}.residual.6.weight"].shape[0] // base_dim
-                for level in range(len(resamples) + 1)]
+        raise CheckpointError(
+            f"encoder.downsamples: resample layers at {resamples}, expected {expected} "
+            f"for {blocks} residual blocks per level; not a Wan2.1 VAE."
+        )
+    dim_mult = [
+        state[f"encoder.downsamples.{level * (blocks + 1)}.residual.6.weight"].shape[0] // base_dim
+        for level in range(len(resamples) + 1)
+    ]
     config = {
         "base_dim": base_dim,
         "z_dim": state["conv2.weight"].shape[0],

@@ -8,31 +8,70 @@ transformer: ``(mu - latents_mean) * (1 / latents_std)`` per channel.
 Shapes: video ``[B, 3, T, H, W]`` in [-1, 1] with ``T = 4k + 1`` and ``H, W`` multiples of 8
 <-> latents ``[B, 16, 1 + (T - 1) / 4, H / 8, W / 8]``.
 """
+
 from __future__ import annotations
 
 import inspect
 import json
 import logging
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from echomimic_core.checkpoints.files import CheckpointError, load_state_dict, strip_prefix
-from echomimic_core.vae.keys import (DIFFUSERS_MARKER, ORIGINAL_MARKER, config_from_original,
-                                     diffusers_key_to_original, diffusers_to_original,
-                                     original_to_diffusers)
+from echomimic_core.vae.keys import (
+    DIFFUSERS_MARKER,
+    ORIGINAL_MARKER,
+    config_from_original,
+    diffusers_key_to_original,
+    diffusers_to_original,
+    original_to_diffusers,
+)
 
 log = logging.getLogger(__name__)
 
 # Per-channel statistics of Wan2.1 VAE latents (Wan's ``vae.py``; also diffusers' and ComfyUI's
 # ``latent_formats.Wan21``). Normalised latents are what the DiT was trained on.
-WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
-WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+WAN21_LATENTS_MEAN = (
+    -0.7571,
+    -0.7089,
+    -0.9113,
+    0.1075,
+    -0.1745,
+    0.9653,
+    -0.1517,
+    1.5508,
+    0.4134,
+    -0.0715,
+    0.5517,
+    -0.3632,
+    -0.1922,
+    -0.9497,
+    0.2503,
+    -0.2921,
+)
+WAN21_LATENTS_STD = (
+    2.8184,
+    1.4541,
+    2.3275,
+    2.6558,
+    1.2196,
+    1.7708,
+    2.6052,
+    2.0743,
+    3.2687,
+    2.1526,
+    2.8652,
+    1.5579,
+    1.6382,
+    1.1253,
+    2.8251,
+    1.9160,
+)
 TEMPORAL_COMPRESSION = 4
 SPATIAL_COMPRESSION = 8
 # Constructor arguments newer diffusers added (Wan2.2); at these values older releases build the same model.
@@ -70,16 +109,20 @@ class Tiling:
     Activation memory is then bounded by one tile (latent frames still go through the decoder one
     at a time); the assembled output is the only whole-frame tensor.
     """
+
     tile_size: int = 256
     overlap: int = 64
 
     def __post_init__(self):
         if self.tile_size % SPATIAL_COMPRESSION or self.overlap % SPATIAL_COMPRESSION:
-            raise ValueError(f"tile_size and overlap must be multiples of {SPATIAL_COMPRESSION} pixels, "
-                             f"got {self.tile_size} and {self.overlap}.")
+            raise ValueError(
+                f"tile_size and overlap must be multiples of {SPATIAL_COMPRESSION} pixels, "
+                f"got {self.tile_size} and {self.overlap}."
+            )
         if not 0 <= self.overlap < self.tile_size:
-            raise ValueError(f"overlap must be in [0, tile_size), got overlap {self.overlap} "
-                             f"with tile_size {self.tile_size}.")
+            raise ValueError(
+                f"overlap must be in [0, tile_size), got overlap {self.overlap} with tile_size {self.tile_size}."
+            )
 
 
 @runtime_checkable
@@ -93,13 +136,15 @@ class VideoVAE(Protocol):
     @property
     def device(self) -> torch.device: ...
 
-    def to(self, device=None, dtype=None) -> "VideoVAE": ...
+    def to(self, device=None, dtype=None) -> VideoVAE: ...
 
-    def encode(self, video: torch.Tensor, tiling: Tiling | None = None,
-               progress: Progress | None = None) -> torch.Tensor: ...
+    def encode(
+        self, video: torch.Tensor, tiling: Tiling | None = None, progress: Progress | None = None
+    ) -> torch.Tensor: ...
 
-    def decode(self, latents: torch.Tensor, tiling: Tiling | None = None,
-               progress: Progress | None = None) -> torch.Tensor: ...
+    def decode(
+        self, latents: torch.Tensor, tiling: Tiling | None = None, progress: Progress | None = None
+    ) -> torch.Tensor: ...
 
 
 class WanVAE:
@@ -116,8 +161,10 @@ class WanVAE:
         self.latents_mean = torch.as_tensor(latents_mean, dtype=torch.float32)
         self.latents_std = torch.as_tensor(latents_std, dtype=torch.float32)
         if self.latents_mean.shape != (self.latent_channels,) or self.latents_std.shape != (self.latent_channels,):
-            raise ValueError(f"latents_mean/std must have {self.latent_channels} entries (z_dim), got "
-                             f"{tuple(self.latents_mean.shape)} and {tuple(self.latents_std.shape)}.")
+            raise ValueError(
+                f"latents_mean/std must have {self.latent_channels} entries (z_dim), got "
+                f"{tuple(self.latents_mean.shape)} and {tuple(self.latents_std.shape)}."
+            )
 
     # -- placement ----------------------------------------------------------------------------
     @property
@@ -136,7 +183,7 @@ class WanVAE:
     def in_channels(self) -> int:
         return getattr(self.model.config, "in_channels", 3)  # diffusers < 0.35 has only RGB
 
-    def to(self, device=None, dtype=None) -> "WanVAE":
+    def to(self, device=None, dtype=None) -> WanVAE:
         # nn.Module.to, not diffusers' override: that one warns on every dtype cast about modules
         # to keep in float32, of which the Wan VAE has none.
         torch.nn.Module.to(self.model, device=device, dtype=dtype)
@@ -149,32 +196,46 @@ class WanVAE:
             raise ValueError(f"expected a video [B, 3, T, H, W], got shape {tuple(video_shape)}.")
         b, c, t, h, w = video_shape
         if c != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} colour channels on dim 1, got {c} "
-                             f"(shape {tuple(video_shape)}); the layout is [B, C, T, H, W].")
+            raise ValueError(
+                f"expected {self.in_channels} colour channels on dim 1, got {c} "
+                f"(shape {tuple(video_shape)}); the layout is [B, C, T, H, W]."
+            )
         if t < 1 or (t - 1) % TEMPORAL_COMPRESSION:
             raise ValueError(f"the VAE encodes 4k+1 frames (1, 5, 9, ..., 81), got {t}; trim or pad the clip.")
         if h % SPATIAL_COMPRESSION or w % SPATIAL_COMPRESSION:
-            raise ValueError(f"height and width must be multiples of {SPATIAL_COMPRESSION}, got {h}x{w}; "
-                             "resize or crop the frames.")
-        return (b, self.latent_channels, 1 + (t - 1) // TEMPORAL_COMPRESSION,
-                h // SPATIAL_COMPRESSION, w // SPATIAL_COMPRESSION)
+            raise ValueError(
+                f"height and width must be multiples of {SPATIAL_COMPRESSION}, got {h}x{w}; resize or crop the frames."
+            )
+        return (
+            b,
+            self.latent_channels,
+            1 + (t - 1) // TEMPORAL_COMPRESSION,
+            h // SPATIAL_COMPRESSION,
+            w // SPATIAL_COMPRESSION,
+        )
 
     def video_shape(self, latent_shape) -> tuple[int, ...]:
         """``[B, z_dim, F, h, w]`` -> ``[B, 3, 4(F-1)+1, 8h, 8w]``."""
         if len(latent_shape) != 5:
-            raise ValueError(f"expected latents [B, {self.latent_channels}, F, h, w], got shape "
-                             f"{tuple(latent_shape)}.")
+            raise ValueError(f"expected latents [B, {self.latent_channels}, F, h, w], got shape {tuple(latent_shape)}.")
         b, c, f, h, w = latent_shape
         if c != self.latent_channels:
-            raise ValueError(f"expected {self.latent_channels} latent channels on dim 1, got shape "
-                             f"{tuple(latent_shape)}.")
-        return (b, getattr(self.model.config, "out_channels", 3), 1 + (f - 1) * TEMPORAL_COMPRESSION,
-                h * SPATIAL_COMPRESSION, w * SPATIAL_COMPRESSION)
+            raise ValueError(
+                f"expected {self.latent_channels} latent channels on dim 1, got shape {tuple(latent_shape)}."
+            )
+        return (
+            b,
+            getattr(self.model.config, "out_channels", 3),
+            1 + (f - 1) * TEMPORAL_COMPRESSION,
+            h * SPATIAL_COMPRESSION,
+            w * SPATIAL_COMPRESSION,
+        )
 
     # -- encode / decode ----------------------------------------------------------------------
     @torch.no_grad()
-    def encode_distribution(self, video: torch.Tensor, tiling: Tiling | None = None,
-                            progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_distribution(
+        self, video: torch.Tensor, tiling: Tiling | None = None, progress: Progress | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised posterior mean and raw ``log_var``, both ``[B, z_dim, F, H/8, W/8]`` float32."""
         self.latent_shape(video.shape)
         b, _, t, h, w = video.shape
@@ -184,14 +245,16 @@ class WanVAE:
         mu, log_var = params.chunk(2, dim=1)
         return normalize_latents(mu, self.latents_mean, self.latents_std), log_var.float()
 
-    def encode(self, video: torch.Tensor, tiling: Tiling | None = None,
-               progress: Progress | None = None) -> torch.Tensor:
+    def encode(
+        self, video: torch.Tensor, tiling: Tiling | None = None, progress: Progress | None = None
+    ) -> torch.Tensor:
         """Video ``[B, 3, T, H, W]`` in [-1, 1] -> normalised latents (posterior mean), float32."""
         return self.encode_distribution(video, tiling, progress)[0]
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, tiling: Tiling | None = None,
-               progress: Progress | None = None) -> torch.Tensor:
+    def decode(
+        self, latents: torch.Tensor, tiling: Tiling | None = None, progress: Progress | None = None
+    ) -> torch.Tensor:
         """Normalised latents ``[B, z_dim, F, h, w]`` -> video ``[B, 3, 4(F-1)+1, 8h, 8w]`` in [-1, 1], float32."""
         self.video_shape(latents.shape)
         b, _, f, h, w = latents.shape
@@ -208,8 +271,13 @@ class WanVAE:
         return diffusers_to_original(self.model.state_dict())
 
 
-_TILING_ATTRS = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width",
-                 "tile_sample_stride_height", "tile_sample_stride_width")
+_TILING_ATTRS = (
+    "use_tiling",
+    "tile_sample_min_height",
+    "tile_sample_min_width",
+    "tile_sample_stride_height",
+    "tile_sample_stride_width",
+)
 
 
 def _tile_count(height: int, width: int, tiling: Tiling | None, scale: int) -> int:
@@ -276,7 +344,8 @@ def _build(config: dict, state: dict[str, torch.Tensor], dtype, device, source: 
         raise CheckpointError(
             f"{source}: does not match a Wan2.1 VAE with config {config}: "
             f"{len(missing)} missing tensors (e.g. {missing[:5]}), {len(unexpected)} unexpected "
-            f"(e.g. {unexpected[:5]}). Use the Wan2.1 VAE file (Wan2.1_VAE.pth or wan_2.1_vae.safetensors).")
+            f"(e.g. {unexpected[:5]}). Use the Wan2.1 VAE file (Wan2.1_VAE.pth or wan_2.1_vae.safetensors)."
+        )
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True, assign=True)
@@ -292,15 +361,21 @@ def _supported_config(cls, config: dict, source: str) -> dict:
     """``config`` for the installed diffusers: arguments it predates are dropped at their defaults."""
     if not hasattr(cls, "tiled_decode"):
         import diffusers
-        raise ImportError(f"diffusers {diffusers.__version__} has no tiled Wan VAE; this node pack needs "
-                          "diffusers >= 0.34: pip install -U diffusers")
+
+        raise ImportError(
+            f"diffusers {diffusers.__version__} has no tiled Wan VAE; this node pack needs "
+            "diffusers >= 0.34: pip install -U diffusers"
+        )
     accepted = set(inspect.signature(cls.__init__).parameters)
     dropped = {k: v for k, v in config.items() if k not in accepted}
     unsupported = {k: v for k, v in dropped.items() if _WAN21_DEFAULTS.get(k) != v}
     if unsupported:
         import diffusers
-        raise CheckpointError(f"{source}: needs AutoencoderKLWan arguments {unsupported} that diffusers "
-                              f"{diffusers.__version__} lacks; pip install -U diffusers.")
+
+        raise CheckpointError(
+            f"{source}: needs AutoencoderKLWan arguments {unsupported} that diffusers "
+            f"{diffusers.__version__} lacks; pip install -U diffusers."
+        )
     return {k: v for k, v in config.items() if k in accepted}
 
 
@@ -327,19 +402,26 @@ def _layout(state: dict[str, torch.Tensor], source: str) -> str:
         what = "not a Wan VAE"
     raise CheckpointError(
         f"{source}: this is {what} (keys such as {sample}), expected the Wan2.1 VAE with keys like "
-        f"'{ORIGINAL_MARKER}'. Pick Wan2.1_VAE.pth / wan_2.1_vae.safetensors in the VAE slot.")
+        f"'{ORIGINAL_MARKER}'. Pick Wan2.1_VAE.pth / wan_2.1_vae.safetensors in the VAE slot."
+    )
 
 
 def _check_latent_channels(z_dim: int, source: str) -> None:
     if z_dim != len(WAN21_LATENTS_MEAN):
         raise CheckpointError(
             f"{source}: a Wan VAE with {z_dim} latent channels; EchoMimicV3 uses the Wan2.1 VAE "
-            "(16 channels). A 48-channel file is the Wan2.2 VAE: use Wan2.1_VAE.pth instead.")
+            "(16 channels). A 48-channel file is the Wan2.2 VAE: use Wan2.1_VAE.pth instead."
+        )
 
 
-def from_state_dict(state: dict[str, torch.Tensor], dtype=torch.float32, device="cpu",
-                    latents_mean=WAN21_LATENTS_MEAN, latents_std=WAN21_LATENTS_STD,
-                    source: str = "state dict") -> WanVAE:
+def from_state_dict(
+    state: dict[str, torch.Tensor],
+    dtype=torch.float32,
+    device="cpu",
+    latents_mean=WAN21_LATENTS_MEAN,
+    latents_std=WAN21_LATENTS_STD,
+    source: str = "state dict",
+) -> WanVAE:
     """A ``WanVAE`` from an original- or diffusers-layout state dict; config read from the shapes.
 
     Tensors already in ``dtype`` on ``device`` become the parameters without a copy, so the model
@@ -351,8 +433,10 @@ def from_state_dict(state: dict[str, torch.Tensor], dtype=torch.float32, device=
             state = diffusers_to_original(state)
         config = config_from_original(state)
     except KeyError as e:  # a tensor the layout needs is absent, or one no Wan2.1 VAE has
-        raise CheckpointError(f"{source}: not a complete Wan2.1 VAE ({e}). The file may be truncated or "
-                              "belong to another model; use Wan2.1_VAE.pth / wan_2.1_vae.safetensors.") from e
+        raise CheckpointError(
+            f"{source}: not a complete Wan2.1 VAE ({e}). The file may be truncated or "
+            "belong to another model; use Wan2.1_VAE.pth / wan_2.1_vae.safetensors."
+        ) from e
     _check_latent_channels(config["z_dim"], source)
     model = _build(config, original_to_diffusers(state), dtype, device, source)
     return WanVAE(model, latents_mean, latents_std)
@@ -361,12 +445,13 @@ def from_state_dict(state: dict[str, torch.Tensor], dtype=torch.float32, device=
 def _from_diffusers_folder(folder: Path, dtype, device) -> WanVAE:
     config = json.loads((folder / "config.json").read_text())
     if config.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":
-        raise CheckpointError(f"{folder}: config.json describes a {config['_class_name']}, expected an "
-                              "AutoencoderKLWan (the Wan2.1 VAE). Point at the vae/ folder of a Wan2.1 model.")
+        raise CheckpointError(
+            f"{folder}: config.json describes a {config['_class_name']}, expected an "
+            "AutoencoderKLWan (the Wan2.1 VAE). Point at the vae/ folder of a Wan2.1 model."
+        )
     _check_latent_channels(config.get("z_dim", 16), str(folder))
     if config.get("is_residual"):
-        raise CheckpointError(f"{folder}: a Wan2.2-style residual VAE (is_residual); EchoMimicV3 needs "
-                              "the Wan2.1 VAE.")
+        raise CheckpointError(f"{folder}: a Wan2.2-style residual VAE (is_residual); EchoMimicV3 needs the Wan2.1 VAE.")
     from diffusers import AutoencoderKLWan
 
     init_keys = set(inspect.signature(AutoencoderKLWan.__init__).parameters) - {"self"}

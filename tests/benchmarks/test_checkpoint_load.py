@@ -1,4 +1,5 @@
 """benchmarks/checkpoint_load.py: a misspelt --runs dtype is a usage error before any file is written."""
+
 import importlib.util
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Variant detection, config inference and wrong-file errors, on header-like shape maps only."""
+
 import json
 
 import pytest
@@ -52,8 +53,13 @@ def test_infers_released_config(reference_dir, name):
     if name == "preview":
         assert inferred["audio_in_dim"] == 768
     else:
-        assert (inferred["audio_window"], inferred["audio_blocks"], inferred["audio_channels"],
-                inferred["audio_intermediate_dim"], inferred["audio_context_tokens"]) == (5, 12, 768, 512, 32)
+        assert (
+            inferred["audio_window"],
+            inferred["audio_blocks"],
+            inferred["audio_channels"],
+            inferred["audio_intermediate_dim"],
+            inferred["audio_context_tokens"],
+        ) == (5, 12, 768, 512, 32)
 
 
 def test_infers_tiny_fixture_config(reference_dir):
@@ -63,8 +69,9 @@ def test_infers_tiny_fixture_config(reference_dir):
     meta = json.loads((reference_dir / "tiny_meta.json").read_text())
     for name in ("preview", "flash"):
         with safe_open(str(reference_dir / f"{name}_tiny.safetensors"), "pt") as f:
-            shapes = {k[len("weight."):]: tuple(f.get_slice(k).get_shape()) for k in f.keys()
-                      if k.startswith("weight.")}
+            shapes = {
+                k[len("weight.") :]: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith("weight.")
+            }
         tiny = meta["tiny_config"]
         config = infer_config(shapes, num_heads=tiny["num_heads"], text_len=tiny["text_len"])
         for key in ("dim", "ffn_dim", "freq_dim", "text_dim", "in_dim", "out_dim", "num_layers", "clip_dim"):
@@ -76,7 +83,9 @@ def test_infers_tiny_fixture_config(reference_dir):
             assert config.audio_window == f["audio_window"]
             assert config.audio_blocks * config.audio_channels == f["blocks"] * f["channels"]
             assert (config.audio_intermediate_dim, config.audio_context_tokens) == (
-                f["intermediate_dim"], f["context_tokens"])
+                f["intermediate_dim"],
+                f["context_tokens"],
+            )
 
 
 def test_base_defaults_to_preview_audio_path(preview):
@@ -86,9 +95,11 @@ def test_base_defaults_to_preview_audio_path(preview):
 
 
 def test_sd_checkpoint_is_named(tmp_path):
-    shapes = {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
-              "first_stage_model.decoder.conv_in.weight": (512, 4, 3, 3),
-              "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768)}
+    shapes = {
+        "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+        "first_stage_model.decoder.conv_in.weight": (512, 4, 3, 3),
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+    }
     with pytest.raises(CheckpointError, match="expected an EchoMimicV3 / Wan2.1 transformer.*Stable Diffusion"):
         detect_variant(shapes)
 
@@ -105,12 +116,15 @@ def test_wan_vae_is_named(reference_dir):
     assert len(str(e.value)) < 600
 
 
-@pytest.mark.parametrize("keys,what", [
-    ({"encoder.block.0.layer.0.SelfAttention.q.weight": (4096, 4096), "shared.weight": (256384, 4096)}, "T5"),
-    ({"vision_model.encoder.layers.0.layer_norm1.weight": (1280,)}, "CLIP"),
-    ({"blocks.0.cross_attn.q.lora_A.weight": (8, 1536)}, "LoRA"),
-    ({"foo.bar": (1,)}, "unrecognised model"),
-])
+@pytest.mark.parametrize(
+    "keys,what",
+    [
+        ({"encoder.block.0.layer.0.SelfAttention.q.weight": (4096, 4096), "shared.weight": (256384, 4096)}, "T5"),
+        ({"vision_model.encoder.layers.0.layer_norm1.weight": (1280,)}, "CLIP"),
+        ({"blocks.0.cross_attn.q.lora_A.weight": (8, 1536)}, "LoRA"),
+        ({"foo.bar": (1,)}, "unrecognised model"),
+    ],
+)
 def test_other_wrong_files(keys, what):
     with pytest.raises(CheckpointError, match=what):
         detect_variant(keys)
@@ -124,7 +138,9 @@ def test_text_to_video_wan_is_refused(preview):
 
 def test_audio_layers_without_projector(preview):
     partial = {k: v for k, v in preview[0].items() if not k.startswith("audio2token")}
-    with pytest.raises(CheckpointError, match="30 keys under blocks.\\*.cross_attn.k_audio \\(blocks 0-29\\).*no audio projector"):
+    with pytest.raises(
+        CheckpointError, match="30 keys under blocks.\\*.cross_attn.k_audio \\(blocks 0-29\\).*no audio projector"
+    ):
         detect_variant(partial)
 
 
@@ -143,7 +159,9 @@ def test_grouped_error_for_a_truncated_state_dict(preview):
 def test_group_keys_collapses_blocks():
     keys = [f"blocks.{i}.cross_attn.k_audio.{p}" for i in (0, 1, 2, 5) for p in ("weight", "bias")]
     assert group_keys(keys + ["audio2token.proj.weight"]) == [
-        "8 keys under blocks.*.cross_attn.k_audio (blocks 0-2, 5)", "1 key under audio2token.proj"]
+        "8 keys under blocks.*.cross_attn.k_audio (blocks 0-2, 5)",
+        "1 key under audio2token.proj",
+    ]
 
 
 @pytest.mark.parametrize("name", ["preview", "flash"])

@@ -1,18 +1,28 @@
 """Every on-disk layout a transformer checkpoint arrives in reads back to the same tensors."""
+
 import json
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from echomimic_core.checkpoints.files import (CheckpointError, load_state_dict, read_metadata,
-                                              read_shapes, save_state_dict, weight_files)
+from echomimic_core.checkpoints.files import (
+    CheckpointError,
+    load_state_dict,
+    read_metadata,
+    read_shapes,
+    save_state_dict,
+    weight_files,
+)
 
 
 @pytest.fixture
 def state():
-    return {"a.weight": torch.randn(4, 3), "b.bias": torch.arange(5, dtype=torch.float16),
-            "c": torch.randn(2, 2).to(torch.bfloat16)}
+    return {
+        "a.weight": torch.randn(4, 3),
+        "b.bias": torch.arange(5, dtype=torch.float16),
+        "c": torch.randn(2, 2).to(torch.bfloat16),
+    }
 
 
 def _assert_same(loaded, state):
@@ -44,10 +54,14 @@ def test_nested_wrapper(tmp_path, state):
 def test_sharded_folder_with_index(tmp_path, state):
     save_file({"a.weight": state["a.weight"]}, tmp_path / "model-00001-of-00002.safetensors")
     save_file({"b.bias": state["b.bias"], "c": state["c"]}, tmp_path / "model-00002-of-00002.safetensors")
-    weight_map = {"a.weight": "model-00001-of-00002.safetensors",
-                  "b.bias": "model-00002-of-00002.safetensors", "c": "model-00002-of-00002.safetensors"}
+    weight_map = {
+        "a.weight": "model-00001-of-00002.safetensors",
+        "b.bias": "model-00002-of-00002.safetensors",
+        "c": "model-00002-of-00002.safetensors",
+    }
     (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map}))
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     _assert_same(load_state_dict(tmp_path), state)
     assert set(read_shapes(tmp_path)) == set(state)
 
@@ -55,7 +69,8 @@ def test_sharded_folder_with_index(tmp_path, state):
 def test_sharded_folder_missing_shard(tmp_path, state):
     save_file({"a.weight": state["a.weight"]}, tmp_path / "s1.safetensors")
     (tmp_path / "x.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {"a.weight": "s1.safetensors", "b.bias": "s2.safetensors"}}))
+        json.dumps({"weight_map": {"a.weight": "s1.safetensors", "b.bias": "s2.safetensors"}})
+    )
     with pytest.raises(CheckpointError, match="missing.*s2.safetensors"):
         load_state_dict(tmp_path)
 

@@ -1,11 +1,16 @@
 """Wrapper prefixes and the diffusers Wan layout map onto the released checkpoints' names."""
+
 import json
 
 import pytest
 import torch
 
-from echomimic_core.checkpoints.keymaps import (diffusers_to_original, find_prefix,
-                                                original_to_diffusers, to_original_keys)
+from echomimic_core.checkpoints.keymaps import (
+    diffusers_to_original,
+    find_prefix,
+    original_to_diffusers,
+    to_original_keys,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +49,26 @@ def test_real_diffusers_model_keys_convert_to_original_names(reference_dir):
     """A tiny diffusers WanTransformer3DModel (i2v) converts to exactly the Wan names and shapes."""
     from diffusers import WanTransformer3DModel
 
-    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
-                                  in_channels=36, out_channels=16, text_dim=12, freq_dim=8, ffn_dim=24,
-                                  num_layers=2, image_dim=20, added_kv_proj_dim=16, cross_attn_norm=True, qk_norm="rms_norm_across_heads")
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=36,
+        out_channels=16,
+        text_dim=12,
+        freq_dim=8,
+        ffn_dim=24,
+        num_layers=2,
+        image_dim=20,
+        added_kv_proj_dim=16,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+    )
     converted = to_original_keys({k: tuple(v.shape) for k, v in model.state_dict().items()})
     manifest = json.loads((reference_dir / "preview_1.3B_keys.json").read_text())["tensors"]
-    expected = {k for k in manifest if "audio" not in k and not (k.startswith("blocks.") and k.split(".")[1] not in "01")}
+    expected = {
+        k for k in manifest if "audio" not in k and not (k.startswith("blocks.") and k.split(".")[1] not in "01")
+    }
     assert set(converted) == expected
     assert converted["blocks.1.norm3.weight"] == (16,)
     assert converted["head.modulation"] == (1, 2, 16)
@@ -62,8 +81,10 @@ def test_audio_keys_pass_through():
     assert diffusers_to_original("audio2token.proj.weight") == "audio2token.proj.weight"
 
 
-@pytest.mark.parametrize("prefix", ["", "model.diffusion_model.", "diffusion_model.", "model.",
-                                    "module.", "module._orig_mod.", "transformer."])
+@pytest.mark.parametrize(
+    "prefix",
+    ["", "model.diffusion_model.", "diffusion_model.", "model.", "module.", "module._orig_mod.", "transformer."],
+)
 def test_prefixes_are_stripped(prefix):
     state = {prefix + "patch_embedding.weight": 1, prefix + "blocks.0.ffn.0.bias": 2}
     if prefix == "model.diffusion_model.":  # a full ComfyUI checkpoint also carries other models
@@ -80,7 +101,15 @@ def test_foreign_prefix_is_not_stripped():
 
 
 def test_prefixed_diffusers_layout():
-    state = {"transformer.patch_embedding.weight": 0, "transformer.blocks.0.attn1.to_out.0.weight": 1,
-             "transformer.blocks.0.norm2.bias": 2, "transformer.scale_shift_table": 3}
-    assert to_original_keys(state) == {"patch_embedding.weight": 0, "blocks.0.self_attn.o.weight": 1,
-                                       "blocks.0.norm3.bias": 2, "head.modulation": 3}
+    state = {
+        "transformer.patch_embedding.weight": 0,
+        "transformer.blocks.0.attn1.to_out.0.weight": 1,
+        "transformer.blocks.0.norm2.bias": 2,
+        "transformer.scale_shift_table": 3,
+    }
+    assert to_original_keys(state) == {
+        "patch_embedding.weight": 0,
+        "blocks.0.self_attn.o.weight": 1,
+        "blocks.0.norm3.bias": 2,
+        "head.modulation": 3,
+    }

@@ -1,4 +1,5 @@
 """The one table-driven renaming every checkpoint converter uses."""
+
 import pytest
 
 from echomimic_core.checkpoints.files import CheckpointError

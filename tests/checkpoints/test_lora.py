@@ -17,17 +17,24 @@ def test_kohya_spelling_file_merges_the_expected_delta(model, tmp_path):
     w = model.blocks[1].self_attn.q.weight
     a, b = torch.randn(4, w.shape[1]), torch.randn(w.shape[0], 4)
     path = tmp_path / "style.safetensors"
-    save_state_dict({"diffusion_model.blocks.1.self_attn.q.lora_down.weight": a,
-                     "diffusion_model.blocks.1.self_attn.q.lora_up.weight": b,
-                     "diffusion_model.blocks.1.self_attn.q.alpha": torch.tensor(2.0)}, path)
+    save_state_dict(
+        {
+            "diffusion_model.blocks.1.self_attn.q.lora_down.weight": a,
+            "diffusion_model.blocks.1.self_attn.q.lora_up.weight": b,
+            "diffusion_model.blocks.1.self_attn.q.alpha": torch.tensor(2.0),
+        },
+        path,
+    )
     before = w.detach().clone()
     assert apply_lora(model, path, strength=0.5) == 1
     torch.testing.assert_close(w.detach(), before + 0.5 * 2.0 / 4 * (b @ a))
 
 
 def test_lora_for_another_model_is_a_clear_error(model):
-    lora = {"blocks.99.self_attn.q.lora_A.weight": torch.zeros(2, 3),
-            "blocks.99.self_attn.q.lora_B.weight": torch.zeros(3, 2)}
+    lora = {
+        "blocks.99.self_attn.q.lora_A.weight": torch.zeros(2, 3),
+        "blocks.99.self_attn.q.lora_B.weight": torch.zeros(3, 2),
+    }
     with pytest.raises(CheckpointError, match="does not have"):
         merge_lora(dict(model.named_parameters()), lora)
     with pytest.raises(CheckpointError, match="is this a LoRA file"):
@@ -45,8 +52,10 @@ def test_merge_into_fp8_weights_saturates_instead_of_nan():
 def test_with_lora_copies_only_the_changed_layers(model):
     w = model.blocks[0].cross_attn.k.weight
     a, b = torch.randn(2, w.shape[1]), torch.randn(w.shape[0], 2)
-    lora = {"diffusion_model.blocks.0.cross_attn.k.lora_A.weight": a,
-            "diffusion_model.blocks.0.cross_attn.k.lora_B.weight": b}
+    lora = {
+        "diffusion_model.blocks.0.cross_attn.k.lora_A.weight": a,
+        "diffusion_model.blocks.0.cross_attn.k.lora_B.weight": b,
+    }
     before = w.detach().clone()
     merged = with_lora(model, lora, 0.5)
     torch.testing.assert_close(merged.blocks[0].cross_attn.k.weight.detach(), before + 0.5 * (b @ a))
@@ -59,9 +68,11 @@ def test_with_lora_copies_only_the_changed_layers(model):
 def test_kohya_flattened_module_names(model):
     w = model.blocks[1].cross_attn.k_img.weight
     a, b = torch.randn(2, w.shape[1]), torch.randn(w.shape[0], 2)
-    lora = {"lora_unet_blocks_1_cross_attn_k_img.lora_down.weight": a,
-            "lora_unet_blocks_1_cross_attn_k_img.lora_up.weight": b,
-            "lora_unet_blocks_1_cross_attn_k_img.alpha": torch.tensor(2.0)}
+    lora = {
+        "lora_unet_blocks_1_cross_attn_k_img.lora_down.weight": a,
+        "lora_unet_blocks_1_cross_attn_k_img.lora_up.weight": b,
+        "lora_unet_blocks_1_cross_attn_k_img.alpha": torch.tensor(2.0),
+    }
     before = w.detach().clone()
     merged = with_lora(model, lora)
     torch.testing.assert_close(merged.blocks[1].cross_attn.k_img.weight.detach(), before + (b @ a))

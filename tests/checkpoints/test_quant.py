@@ -1,16 +1,19 @@
 """Scaled-fp8 files de-quantise to the weights they encode; fp8 casts saturate, never NaN."""
+
 import json
 
 import pytest
 import torch
 
-from echomimic_core.checkpoints.quant import (dequantize_scaled_fp8, is_scaled_fp8,
-                                              quantize_scaled_fp8, to_fp8)
+from echomimic_core.checkpoints.quant import dequantize_scaled_fp8, is_scaled_fp8, quantize_scaled_fp8, to_fp8
 
 
 def _state():
-    return {"blocks.0.q.weight": torch.randn(16, 8) * 3, "blocks.0.q.bias": torch.randn(16),
-            "norm.weight": torch.ones(8)}
+    return {
+        "blocks.0.q.weight": torch.randn(16, 8) * 3,
+        "blocks.0.q.bias": torch.randn(16),
+        "norm.weight": torch.ones(8),
+    }
 
 
 def test_round_trip_is_close_and_drops_bookkeeping():
@@ -28,8 +31,12 @@ def test_round_trip_is_close_and_drops_bookkeeping():
 
 def test_dequant_is_exact_weight_times_scale():
     weight = torch.tensor([[1.0, -2.0], [0.5, 448.0]]).to(torch.float8_e4m3fn)
-    state = {"l.weight": weight, "l.scale_weight": torch.tensor(0.25), "l.scale_input": torch.tensor(1.0),
-             "model.diffusion_model.scaled_fp8": torch.empty(2, dtype=torch.float8_e4m3fn)}
+    state = {
+        "l.weight": weight,
+        "l.scale_weight": torch.tensor(0.25),
+        "l.scale_input": torch.tensor(1.0),
+        "model.diffusion_model.scaled_fp8": torch.empty(2, dtype=torch.float8_e4m3fn),
+    }
     out = dequantize_scaled_fp8(state, dtype=torch.float32)
     assert list(out) == ["l.weight"]
     assert torch.equal(out["l.weight"], torch.tensor([[0.25, -0.5], [0.125, 112.0]]))
@@ -38,8 +45,10 @@ def test_dequant_is_exact_weight_times_scale():
 def test_comfy_08_layout_per_channel_scale():
     weight = torch.ones(3, 2).to(torch.float8_e4m3fn)
     meta = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
-    out = dequantize_scaled_fp8({"l.weight": weight, "l.weight_scale": torch.tensor([1.0, 2.0, 4.0]),
-                                 "l.comfy_quant": meta}, dtype=torch.bfloat16)
+    out = dequantize_scaled_fp8(
+        {"l.weight": weight, "l.weight_scale": torch.tensor([1.0, 2.0, 4.0]), "l.comfy_quant": meta},
+        dtype=torch.bfloat16,
+    )
     assert out["l.weight"].dtype == torch.bfloat16
     assert out["l.weight"][:, 0].tolist() == [1.0, 2.0, 4.0]
 

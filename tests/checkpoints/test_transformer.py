@@ -1,4 +1,5 @@
 """load_transformer / save_transformer on tiny models: every file layout loads the same model."""
+
 import json
 import logging
 
@@ -20,8 +21,14 @@ from echomimic_core.model.transformer import EchoMimicTransformer
 SMALL = dict(dim=256, num_heads=2, ffn_dim=96, freq_dim=32, text_dim=24, num_layers=2, clip_dim=16)
 CONFIGS = {
     "preview": TransformerConfig(audio_variant="preview", audio_in_dim=20, **SMALL),
-    "flash": TransformerConfig(audio_variant="flash", audio_blocks=1, audio_channels=768,
-                               audio_intermediate_dim=12, audio_context_tokens=2, **SMALL),
+    "flash": TransformerConfig(
+        audio_variant="flash",
+        audio_blocks=1,
+        audio_channels=768,
+        audio_intermediate_dim=12,
+        audio_context_tokens=2,
+        **SMALL,
+    ),
 }
 
 
@@ -40,9 +47,12 @@ def _inputs(config, seed=1, audio_zero=False):
         audio = torch.randn(1, 2 * frames, config.audio_in_dim, generator=g)
     else:
         audio = torch.randn(1, frames, config.audio_window, config.audio_blocks, config.audio_channels, generator=g)
-    cond = Conditioning(context=[torch.randn(7, config.text_dim, generator=g)],
-                        clip_fea=torch.randn(1, config.clip_tokens, config.clip_dim, generator=g),
-                        y=torch.randn(1, 20, f, h, w, generator=g), audio=audio * (0 if audio_zero else 1))
+    cond = Conditioning(
+        context=[torch.randn(7, config.text_dim, generator=g)],
+        clip_fea=torch.randn(1, config.clip_tokens, config.clip_dim, generator=g),
+        y=torch.randn(1, 20, f, h, w, generator=g),
+        audio=audio * (0 if audio_zero else 1),
+    )
     return torch.randn(1, 16, f, h, w, generator=g), torch.tensor([700.0]), cond
 
 
@@ -107,11 +117,12 @@ def test_sharded_diffusers_folder(tmp_path, reference):
     variant, config, model, out = reference
     sd = {original_to_diffusers(k): v.clone() for k, v in model.state_dict().items()}
     names = sorted(sd)
-    shards = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2:]}
+    shards = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2 :]}
     for file, keys in shards.items():
         save_file({k: sd[k] for k in keys}, tmp_path / file)
     (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {k: f for f, keys in shards.items() for k in keys}}))
+        json.dumps({"weight_map": {k: f for f, keys in shards.items() for k in keys}})
+    )
     (tmp_path / "config.json").write_text("{}")
     assert inspect_checkpoint(tmp_path).layout == "diffusers"
     _assert_same_model(load_transformer(tmp_path, dtype=torch.float32), model, out, config)
@@ -133,7 +144,9 @@ def test_fp8_storage_runs_close_to_fp32(tmp_path, reference):
     dtypes = {k: v.dtype for k, v in loaded.state_dict().items()}
     assert dtypes["blocks.0.self_attn.q.weight"] == torch.float8_e4m3fn
     assert dtypes["blocks.0.ffn.0.weight"] == torch.float8_e4m3fn
-    assert dtypes["blocks.0.modulation"] == dtypes["head.head.weight"] == dtypes["patch_embedding.weight"] == torch.float32
+    assert (
+        dtypes["blocks.0.modulation"] == dtypes["head.head.weight"] == dtypes["patch_embedding.weight"] == torch.float32
+    )
     got = _run(loaded, config)
     assert torch.isfinite(got).all()
     assert 0 < _rel_err(got, out) < 0.1
@@ -156,8 +169,9 @@ def test_comfy_scaled_fp8_file(tmp_path, reference):
     got = _run(loaded, config)
     assert _rel_err(got, out) < 0.1
     # fp8 storage keeps the file's own fp8 matrices and scales: the de-quantised model's numbers
-    kept = load_transformer(tmp_path / "m_fp8_scaled.safetensors", dtype=torch.float32,
-                            storage_dtype=torch.float8_e4m3fn)
+    kept = load_transformer(
+        tmp_path / "m_fp8_scaled.safetensors", dtype=torch.float32, storage_dtype=torch.float8_e4m3fn
+    )
     layer = kept.blocks[1].ffn[2]
     assert layer.weight.dtype == torch.float8_e4m3fn and layer.scale_weight.dtype == torch.float32
     assert torch.equal(layer.weight.float() * layer.scale_weight, loaded.blocks[1].ffn[2].weight)
@@ -175,8 +189,9 @@ def test_lora_on_a_scaled_fp8_model_adds_to_the_real_weights(tmp_path, reference
     sd = model.state_dict()
     big = [k for k in sd if k.startswith("blocks.") and k.endswith(".weight") and sd[k].ndim == 2]
     save_file(quantize_scaled_fp8(sd, keys=big), tmp_path / "m_fp8_scaled.safetensors")
-    kept = load_transformer(tmp_path / "m_fp8_scaled.safetensors", dtype=torch.float32,
-                            storage_dtype=torch.float8_e4m3fn)
+    kept = load_transformer(
+        tmp_path / "m_fp8_scaled.safetensors", dtype=torch.float32, storage_dtype=torch.float8_e4m3fn
+    )
     layer = kept.blocks[0].self_attn.q
     before = layer.weight.float() * layer.scale_weight
     g = torch.Generator().manual_seed(3)
@@ -261,8 +276,13 @@ def test_wrong_files_on_disk(tmp_path, reference_dir):
     save_file({k: torch.zeros(1) for k in vae}, tmp_path / "wan_2.1_vae.safetensors")
     with pytest.raises(CheckpointError, match="found the Wan2.1 VAE"):
         load_transformer(tmp_path / "wan_2.1_vae.safetensors")
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
-               "model.diffusion_model.out.2.weight": torch.zeros(1)}, tmp_path / "sdxl.safetensors")
+    save_file(
+        {
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+            "model.diffusion_model.out.2.weight": torch.zeros(1),
+        },
+        tmp_path / "sdxl.safetensors",
+    )
     with pytest.raises(CheckpointError, match="Stable Diffusion"):
         inspect_checkpoint(tmp_path / "sdxl.safetensors")
 
@@ -280,12 +300,18 @@ def test_tiny_parity_fixture_through_the_loader(tmp_path, reference_dir):
     """The upstream fixture's weights, saved as a user file, load and reproduce upstream's output."""
     meta = json.loads((reference_dir / "tiny_meta.json").read_text())
     data = load_file(str(reference_dir / "flash_tiny.safetensors"))
-    save_file({"diffusion_model." + k[7:]: v for k, v in data.items() if k.startswith("weight.")},
-              tmp_path / "flash.safetensors")
+    save_file(
+        {"diffusion_model." + k[7:]: v for k, v in data.items() if k.startswith("weight.")},
+        tmp_path / "flash.safetensors",
+    )
     config = TransformerConfig.from_reference_meta(meta, "flash")
     model = load_transformer(tmp_path / "flash.safetensors", dtype=torch.float32, config=config)
-    cond = Conditioning(context=[data["input.text_0"], data["input.text_1"]], clip_fea=data["input.clip_fea"],
-                        y=data["input.y"], audio=data["input.audio"])
+    cond = Conditioning(
+        context=[data["input.text_0"], data["input.text_1"]],
+        clip_fea=data["input.clip_fea"],
+        y=data["input.y"],
+        audio=data["input.audio"],
+    )
     with torch.no_grad():
         got = model(data["input.x"], data["input.t"], cond)
     assert _rel_err(got, data["output"]) < 1e-5
@@ -293,8 +319,18 @@ def test_tiny_parity_fixture_through_the_loader(tmp_path, reference_dir):
 
 def test_folder_config_json_gives_heads_and_text_len(tmp_path):
     """Upstream's transformer/ folder: diffusion_pytorch_model.safetensors + Wan-style config.json."""
-    config = TransformerConfig(audio_variant="preview", audio_in_dim=8, dim=64, num_heads=4, ffn_dim=32,
-                               freq_dim=16, text_dim=8, num_layers=1, clip_dim=8, text_len=16)
+    config = TransformerConfig(
+        audio_variant="preview",
+        audio_in_dim=8,
+        dim=64,
+        num_heads=4,
+        ffn_dim=32,
+        freq_dim=16,
+        text_dim=8,
+        num_layers=1,
+        clip_dim=8,
+        text_len=16,
+    )
     model = _random_model(config)
     save_file(model.state_dict(), tmp_path / "diffusion_pytorch_model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"num_heads": 4, "text_len": 16, "dim": 64}))

@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import (Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Model,
-                          WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration)
+from transformers import (
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Model,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+)
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from echomimic_core import audio_alignment as al
@@ -17,18 +24,34 @@ SR = al.SAMPLE_RATE
 
 def tiny_wav2vec2_config(**overrides):
     # 64-wide heads like every released wav2vec2 (a single file's head count is inferred that way)
-    args = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48,
-                conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-                vocab_size=12, mask_time_prob=0.0)
+    args = dict(
+        hidden_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=48,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        vocab_size=12,
+        mask_time_prob=0.0,
+    )
     args.update(overrides)
     return Wav2Vec2Config(**args)
 
 
 def tiny_whisper_config():
-    return WhisperConfig(d_model=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=40,
-                         decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=16,
-                         num_mel_bins=16, max_source_positions=150,  # 3 s windows
-                         max_target_positions=8)
+    return WhisperConfig(
+        d_model=128,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=40,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=16,
+        num_mel_bins=16,
+        max_source_positions=150,  # 3 s windows
+        max_target_positions=8,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +69,10 @@ def whisper():
 def speech_like(seconds, seed=0):
     g = torch.Generator().manual_seed(seed)
     t = torch.arange(int(seconds * SR)) / SR
-    return (0.3 * torch.sin(2 * torch.pi * 180 * t) * (1 + torch.sin(2 * torch.pi * 3 * t))
-            + 0.05 * torch.randn(t.shape, generator=g)).float()
+    return (
+        0.3 * torch.sin(2 * torch.pi * 180 * t) * (1 + torch.sin(2 * torch.pi * 3 * t))
+        + 0.05 * torch.randn(t.shape, generator=g)
+    ).float()
 
 
 def reference_layers(model, cnn):
@@ -114,8 +139,9 @@ def test_flash_interpolates_cnn_features_before_transformer(wav2vec2):
     trimmed = wav[: al.samples_for_frames(frames, 25)]  # upstream: int(F / 25 * 16000) samples
     with torch.no_grad():
         cnn = wav2vec2.feature_extractor(trimmed[None]).transpose(1, 2)
-        cnn = torch.nn.functional.interpolate(cnn.transpose(1, 2), size=frames, mode="linear",
-                                              align_corners=True).transpose(1, 2)
+        cnn = torch.nn.functional.interpolate(
+            cnn.transpose(1, 2), size=frames, mode="linear", align_corners=True
+        ).transpose(1, 2)
         per_frame = reference_layers(wav2vec2, cnn)
     idx = (torch.arange(frames)[:, None] + torch.arange(-2, 3)[None]).clamp(0, frames - 1)
     assert torch.allclose(out[0], per_frame[idx], atol=1e-5, rtol=1e-5)
@@ -162,8 +188,8 @@ def test_whisper_chunks_long_audio(whisper):
     assert feats.shape == (1, 150 + 50, 128)  # 3 s chunk + 1 s chunk at 50 Hz
     fe = WhisperFeatureExtractor(feature_size=16, chunk_length=3)
     with torch.no_grad():
-        first = whisper(fe(wav[:3 * SR].numpy(), sampling_rate=SR, return_tensors="pt").input_features)
-        second = whisper(fe(wav[3 * SR:].numpy(), sampling_rate=SR, return_tensors="pt").input_features)
+        first = whisper(fe(wav[: 3 * SR].numpy(), sampling_rate=SR, return_tensors="pt").input_features)
+        second = whisper(fe(wav[3 * SR :].numpy(), sampling_rate=SR, return_tensors="pt").input_features)
     assert torch.allclose(feats[0, :150], first.last_hidden_state[0], atol=1e-5)
     assert torch.allclose(feats[0, 150:], second.last_hidden_state[0, :50], atol=1e-5)
     assert torch.equal(out, feats[:, :20])
@@ -173,8 +199,9 @@ def test_zeros_and_resampled_input(wav2vec2):
     enc = AudioEncoder(wav2vec2, "flash", loudness_norm=False)
     z = enc.zeros_for_video(9)
     assert z.shape == (1, 9, 5, 3, 128) and not z.any()
-    wav44 = torch.from_numpy(np.interp(np.arange(44100) / 44100, np.arange(SR) / SR,
-                                       speech_like(1.0).numpy()).astype(np.float32))
+    wav44 = torch.from_numpy(
+        np.interp(np.arange(44100) / 44100, np.arange(SR) / SR, speech_like(1.0).numpy()).astype(np.float32)
+    )
     stereo = torch.stack([wav44, wav44])
     out = enc.features_for_video(stereo, 9, 25, sample_rate=44100)
     assert out.shape == (1, 9, 5, 3, 128)
@@ -185,9 +212,11 @@ def test_zeros_and_resampled_input(wav2vec2):
 # ---------------------------------------------------------------------------------------------
 # loading every layout
 
+
 def rounded_fp16(model):
     """A float32 copy of ``model`` whose weights went through fp16 (what an fp16 file stores)."""
     import copy
+
     clone = copy.deepcopy(model)
     clone.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
     return clone
@@ -220,9 +249,11 @@ def test_load_comfy_single_file_fp16_infers_config(tmp_path, wav2vec2):
     state = {k: v.half() for k, v in wav2vec2.state_dict().items()}
     # older exports spell the positional conv's weight norm as weight_g / weight_v
     state["encoder.pos_conv_embed.conv.weight_g"] = state.pop(
-        "encoder.pos_conv_embed.conv.parametrizations.weight.original0")
+        "encoder.pos_conv_embed.conv.parametrizations.weight.original0"
+    )
     state["encoder.pos_conv_embed.conv.weight_v"] = state.pop(
-        "encoder.pos_conv_embed.conv.parametrizations.weight.original1")
+        "encoder.pos_conv_embed.conv.parametrizations.weight.original1"
+    )
     path = tmp_path / "wav2vec2-chinese-base_fp16.safetensors"
     save_file(state, str(path))
     enc = AudioEncoder.load(path, loudness_norm=False)
@@ -267,12 +298,14 @@ def test_load_whisper_layouts(tmp_path, whisper):
     assert torch.equal(_features(enc), _features(ref))
     # single file, decoder included, "model." prefix, no config: shapes give the config
     single = tmp_path / "whisper_tiny_fp16.safetensors"
-    save_file({k: v.half().contiguous() for k, v in full.state_dict().items()
-               if not k.startswith("proj_out")}, str(single))
+    save_file(
+        {k: v.half().contiguous() for k, v in full.state_dict().items() if not k.startswith("proj_out")}, str(single)
+    )
     enc2 = AudioEncoder.load(single, kind="whisper_tiny")
     assert enc2.model.config.num_mel_bins == 16 and enc2.num_layers == 2
-    assert torch.allclose(_features(enc2), _features(AudioEncoder(rounded_fp16(whisper), "whisper")),
-                          atol=1e-5, rtol=1e-5)
+    assert torch.allclose(
+        _features(enc2), _features(AudioEncoder(rounded_fp16(whisper), "whisper")), atol=1e-5, rtol=1e-5
+    )
     with pytest.raises(CheckpointError, match="Whisper encoder, but kind='flash'"):
         AudioEncoder.load(single, kind="flash")
 

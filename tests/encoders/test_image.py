@@ -1,4 +1,5 @@
 """CLIP vision encoder: key maps, every checkpoint route vs the upstream fixture, preprocessing."""
+
 import json
 
 import pytest
@@ -18,7 +19,7 @@ def meta(reference_dir):
 @pytest.fixture(scope="module")
 def fixture(reference_dir, meta):
     data = load_file(str(reference_dir / "clip_vision_tiny.safetensors"))
-    wan = {k[len("weight."):]: v for k, v in data.items() if k.startswith("weight.")}
+    wan = {k[len("weight.") :]: v for k, v in data.items() if k.startswith("weight.")}
     heads = meta["clip_vision_tiny_config"]["num_heads"]
     return wan, data["input.image"][:, :, 0], data["output"], heads
 
@@ -45,12 +46,19 @@ def test_full_size_manifest_gives_vit_h_with_31_blocks(reference_dir):
     wan = {k: torch.empty(s, device="meta") for k, s in shapes.items() if k.startswith("visual.")}
     hf = image.wan_to_hf(wan)
     cfg = image.config_from_hf_state(hf)
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.image_size,
-            cfg.patch_size, cfg.intermediate_size) == (1280, 32, 16, 224, 14, 5120)
+    assert (
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+        cfg.num_attention_heads,
+        cfg.image_size,
+        cfg.patch_size,
+        cfg.intermediate_size,
+    ) == (1280, 32, 16, 224, 14, 5120)
     model = image.build_model(hf, torch.float16, "meta")
     assert model.config.num_hidden_layers == 31  # Wan's use_31_block: the last block is never built
-    assert {k: tuple(v.shape) for k, v in image.hf_to_wan(hf).items()} == \
-        {k: tuple(s) for k, s in shapes.items() if k.startswith("visual.")}
+    assert {k: tuple(v.shape) for k, v in image.hf_to_wan(hf).items()} == {
+        k: tuple(s) for k, s in shapes.items() if k.startswith("visual.")
+    }
 
 
 def test_output_is_hf_penultimate_hidden_state(fixture):
@@ -62,8 +70,7 @@ def test_output_is_hf_penultimate_hidden_state(fixture):
     encoder = image.ImageEncoder(image.build_model(hf, torch.float32, "cpu", heads))
     full = CLIPVisionModel(image.config_from_hf_state(hf, heads)).eval()
     own = "vision_model." if hasattr(full, "vision_model") else ""
-    full.load_state_dict({own + k[len("vision_model."):]: v for k, v in hf.items()
-                          if k.startswith("vision_model.")})
+    full.load_state_dict({own + k[len("vision_model.") :]: v for k, v in hf.items() if k.startswith("vision_model.")})
     pixels = encoder.preprocess(images)
     with torch.no_grad():
         hidden = full(pixel_values=pixels, output_hidden_states=True).hidden_states
@@ -117,8 +124,10 @@ def test_bf16_load_casts_every_weight(fixture, tmp_path):
 
 
 def test_wrong_file_says_what_it_is(tmp_path):
-    save_state_dict({"encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(2, 2),
-                     "shared.weight": torch.zeros(3, 2)}, tmp_path / "umt5.safetensors")
+    save_state_dict(
+        {"encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(2, 2), "shared.weight": torch.zeros(3, 2)},
+        tmp_path / "umt5.safetensors",
+    )
     with pytest.raises(CheckpointError, match="umT5"):
         image.ImageEncoder.load(tmp_path / "umt5.safetensors")
 
@@ -144,8 +153,7 @@ def _wan_clip_reference(wan, images, heads, dtype):
     x = torch.cat([cls, x], dim=1) + w["visual.pos_embedding"]
 
     def norm(x, p):  # Wan's LayerNorm: float32 inside, cast back
-        return F.layer_norm(x.float(), x.shape[-1:], w[p + ".weight"].float(), w[p + ".bias"].float(),
-                            1e-5).type_as(x)
+        return F.layer_norm(x.float(), x.shape[-1:], w[p + ".weight"].float(), w[p + ".bias"].float(), 1e-5).type_as(x)
 
     x = norm(x, "visual.pre_norm")
     depth = 1 + max(int(k.split(".")[2]) for k in w if k.startswith("visual.transformer."))

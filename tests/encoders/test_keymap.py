@@ -1,4 +1,5 @@
 """Exact weight assignment shared by the encoder loaders."""
+
 import pytest
 import torch
 from torch import nn
@@ -26,6 +27,10 @@ def test_one_error_names_missing_unexpected_and_misshaped_keys_and_the_remedy():
     with pytest.raises(CheckpointError) as info:
         assign_weights(meta_model(), state, "test weights", "Pick the right file.")
     message = str(info.value)
-    for part in ("missing 2 ['0.bias', '1.bias']", "unexpected 1 ['extra']",
-                 "0.weight: file (2, 4) vs model (2, 3)", "Pick the right file."):
+    for part in (
+        "missing 2 ['0.bias', '1.bias']",
+        "unexpected 1 ['extra']",
+        "0.weight: file (2, 4) vs model (2, 3)",
+        "Pick the right file.",
+    ):
         assert part in message

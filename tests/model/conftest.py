@@ -1,4 +1,5 @@
 """Tiny EchoMimic transformers and matching random conditioning for the model tests."""
+
 import pytest
 import torch
 
@@ -11,8 +12,10 @@ LATENT = (3, 4, 4)  # F, H, W: 3 latent frames = 9 video frames, 4 tokens per la
 
 def tiny_config(variant: str, **overrides) -> TransformerConfig:
     cfg = TransformerConfig.preset(f"tiny_{variant}").to_dict()
-    cfg.update(dict(dim=32, ffn_dim=48, num_heads=2, freq_dim=16, text_len=8, text_dim=12, clip_dim=10,
-                    clip_tokens=5), **overrides)
+    cfg.update(
+        dict(dim=32, ffn_dim=48, num_heads=2, freq_dim=16, text_len=8, text_dim=12, clip_dim=10, clip_tokens=5),
+        **overrides,
+    )
     return TransformerConfig.from_dict(cfg)
 
 
@@ -31,8 +34,9 @@ def random_inputs(config: TransformerConfig, batch: int = 2, text_lens=(5, 7), s
     if config.audio_variant == "preview":
         audio = torch.randn(batch, config.audio_tokens_per_frame * video_frames, config.audio_in_dim, generator=g)
     else:
-        audio = torch.randn(batch, video_frames, config.audio_window, config.audio_blocks,
-                            config.audio_channels, generator=g)
+        audio = torch.randn(
+            batch, video_frames, config.audio_window, config.audio_blocks, config.audio_channels, generator=g
+        )
     tokens_per_frame = (h // 2) * (w // 2)
     cond = Conditioning(
         context=[torch.randn(text_lens[i % len(text_lens)], config.text_dim, generator=g) for i in range(batch)],

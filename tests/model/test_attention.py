@@ -9,7 +9,7 @@ from echomimic_core.model.attention import attention, available_backends, check_
 
 def test_sdpa_matches_explicit_softmax_attention():
     q, k, v = torch.randn(2, 7, 3, 8), torch.randn(2, 5, 3, 8), torch.randn(2, 5, 3, 8)
-    scores = torch.einsum("blhd,bmhd->bhlm", q, k) / 8 ** 0.5
+    scores = torch.einsum("blhd,bmhd->bhlm", q, k) / 8**0.5
     expected = torch.einsum("bhlm,bmhd->blhd", scores.softmax(-1), v)
     out = attention(q, k, v, "sdpa")
     assert out.shape == (2, 7, 3, 8)

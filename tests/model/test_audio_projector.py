@@ -2,8 +2,13 @@ import pytest
 import torch
 
 from echomimic_core.config import TransformerConfig
-from echomimic_core.model.audio_projector import (AudioTokens, FlashAudioProjector, PreviewAudioProjector,
-                                                  preview_window_index, preview_window_ranges)
+from echomimic_core.model.audio_projector import (
+    AudioTokens,
+    FlashAudioProjector,
+    PreviewAudioProjector,
+    preview_window_index,
+    preview_window_ranges,
+)
 
 
 def test_preview_windows_for_81_frames_at_2_tokens_per_frame():
@@ -31,7 +36,7 @@ def test_gathered_window_attention_equals_right_padded_window():
     gathered = AudioTokens(tokens, index, index.shape[0]).windows(tokens)  # [T, W, C]
     q = torch.randn(index.shape[0], 5, 6)
     for frame, (s, e) in enumerate(preview_window_ranges(n, 2, 4)):
-        valid = tokens[0, max(s, 0):min(e, n - 1) + 1]
+        valid = tokens[0, max(s, 0) : min(e, n - 1) + 1]
         upstream = torch.cat([valid, valid.new_zeros(width - valid.shape[0], 6)])
         expected = torch.softmax(q[frame] @ upstream.T, -1) @ upstream
         ours = torch.softmax(q[frame] @ gathered[frame].T, -1) @ gathered[frame]

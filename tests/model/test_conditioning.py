@@ -4,9 +4,14 @@ from echomimic_core.model.conditioning import Conditioning
 
 
 def _cond(batch, text_len, scale=1.0, mask=True):
-    return Conditioning(context=torch.randn(batch, text_len, 4), clip_fea=torch.randn(batch, 3, 2),
-                        y=torch.randn(batch, 20, 1, 2, 2), audio=torch.randn(batch, 2, 5),
-                        ip_mask=torch.ones(batch, 1) * 0 if mask else None, audio_scale=scale)
+    return Conditioning(
+        context=torch.randn(batch, text_len, 4),
+        clip_fea=torch.randn(batch, 3, 2),
+        y=torch.randn(batch, 20, 1, 2, 2),
+        audio=torch.randn(batch, 2, 5),
+        ip_mask=torch.ones(batch, 1) * 0 if mask else None,
+        audio_scale=scale,
+    )
 
 
 def test_cat_concatenates_and_fills_missing_gates_with_ones():

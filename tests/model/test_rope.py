@@ -9,10 +9,14 @@ def _complex_rope(x, grid, freqs):
     """Wan's formulation, independently: complex pairs times e^{i angle}, in complex128."""
     f, h, w = grid
     pos = [torch.arange(n, dtype=torch.float64) for n in grid]
-    ang = torch.cat([
-        torch.outer(pos[0], freqs[0]).view(f, 1, 1, -1).expand(f, h, w, -1),
-        torch.outer(pos[1], freqs[1]).view(1, h, 1, -1).expand(f, h, w, -1),
-        torch.outer(pos[2], freqs[2]).view(1, 1, w, -1).expand(f, h, w, -1)], -1).reshape(f * h * w, 1, -1)
+    ang = torch.cat(
+        [
+            torch.outer(pos[0], freqs[0]).view(f, 1, 1, -1).expand(f, h, w, -1),
+            torch.outer(pos[1], freqs[1]).view(1, h, 1, -1).expand(f, h, w, -1),
+            torch.outer(pos[2], freqs[2]).view(1, 1, w, -1).expand(f, h, w, -1),
+        ],
+        -1,
+    ).reshape(f * h * w, 1, -1)
     xc = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2).contiguous())
     return torch.view_as_real(xc * torch.polar(torch.ones_like(ang), ang)).flatten(-2)
 

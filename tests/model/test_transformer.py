@@ -41,10 +41,22 @@ def test_batched_conditioning_equals_separate_forwards(variant, tiny_config_fn, 
     config = tiny_config_fn(variant)
     model = random_model_fn(config)
     x, t, cond = random_inputs_fn(config, batch=2, text_lens=(5, 7))
-    first = Conditioning(context=cond.context[:1], clip_fea=cond.clip_fea[:1], y=cond.y[:1],
-                         audio=cond.audio[:1], ip_mask=None, audio_scale=1.0)
-    second = Conditioning(context=cond.context[1:], clip_fea=cond.clip_fea[1:], y=cond.y[1:],
-                          audio=cond.audio[1:], ip_mask=cond.ip_mask[1:], audio_scale=0.5)
+    first = Conditioning(
+        context=cond.context[:1],
+        clip_fea=cond.clip_fea[:1],
+        y=cond.y[:1],
+        audio=cond.audio[:1],
+        ip_mask=None,
+        audio_scale=1.0,
+    )
+    second = Conditioning(
+        context=cond.context[1:],
+        clip_fea=cond.clip_fea[1:],
+        y=cond.y[1:],
+        audio=cond.audio[1:],
+        ip_mask=cond.ip_mask[1:],
+        audio_scale=0.5,
+    )
     with torch.no_grad():
         batched = model(x, t, Conditioning.cat([first, second]))
         separate = torch.cat([model(x[:1], t[:1], first), model(x[1:], t[1:], second)])
@@ -141,7 +153,7 @@ def test_weights_stored_in_fp8_compute_in_activation_dtype(tiny_config_fn, rando
     model = random_model_fn(config)
     reference = random_model_fn(config)
     with torch.no_grad():
-        for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        for p, q in zip(model.parameters(), reference.parameters()):
             if p.ndim == 2:  # Linear weights stored as fp8, reference holds the same values in fp32
                 p.data = p.data.to(torch.float8_e4m3fn)
                 q.copy_(p.data.float())

@@ -1,4 +1,5 @@
 """Node tests run without ComfyUI: model/output folders point at a temporary directory."""
+
 import pytest
 
 from nodes import comfy_services as cs

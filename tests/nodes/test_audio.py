@@ -1,4 +1,5 @@
 """Audio nodes: frame counts from an AUDIO and the encoder's features for exactly those frames."""
+
 import math
 
 import pytest
@@ -28,9 +29,16 @@ def test_audio_frames():
 
 def test_audio_encode_flash_windows():
     torch.manual_seed(0)
-    config = Wav2Vec2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                            conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-                            vocab_size=12)
+    config = Wav2Vec2Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        vocab_size=12,
+    )
     encoder = AudioEncoder(Wav2Vec2Model(config).eval(), "flash", loudness_norm=False)
     clip = _audio(1.0)
     embeds, frames = audio_nodes.EchoMimicAudioEncode().encode(encoder, clip, 25.0, 0)

@@ -1,4 +1,5 @@
 """comfy_services: ComfyUI services when present (stand-in modules), clean fallbacks when absent."""
+
 import sys
 import types
 
@@ -76,8 +77,13 @@ def fake_comfy(monkeypatch, tmp_path):
     preview.get_previewer = lambda device, latent_format: Previewer() if latent_format == "wan21" else None
     formats = types.ModuleType("comfy.latent_formats")
     formats.Wan21 = lambda: "wan21"
-    for name, mod in (("folder_paths", fp), ("comfy.utils", utils), ("comfy.model_management", mm),
-                      ("latent_preview", preview), ("comfy.latent_formats", formats)):
+    for name, mod in (
+        ("folder_paths", fp),
+        ("comfy.utils", utils),
+        ("comfy.model_management", mm),
+        ("latent_preview", preview),
+        ("comfy.latent_formats", formats),
+    ):
         monkeypatch.setitem(sys.modules, name, mod)
     return types.SimpleNamespace(fp=fp, mm=mm, calls=calls, user_path=user_path)
 

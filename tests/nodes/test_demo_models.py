@@ -1,5 +1,5 @@
 """nodes.demo_models finds the ComfyUI it is installed in, also through a symlinked pack folder."""
-import os
+
 from pathlib import Path
 
 import pytest

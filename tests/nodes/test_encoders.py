@@ -1,4 +1,5 @@
 """Encode nodes: native ComfyUI outputs carrying exactly the core encoders' tokens."""
+
 import json
 
 import pytest
@@ -13,7 +14,7 @@ from nodes import encoders
 def test_clip_vision_encode_matches_upstream_tokens(reference_dir):
     data = load_file(str(reference_dir / "clip_vision_tiny.safetensors"))
     heads = json.loads((reference_dir / "encoders_tiny_meta.json").read_text())["clip_vision_tiny_config"]["num_heads"]
-    wan = {k[len("weight."):]: v for k, v in data.items() if k.startswith("weight.")}
+    wan = {k[len("weight.") :]: v for k, v in data.items() if k.startswith("weight.")}
     encoder = ImageEncoder(build_model(wan_to_hf(wan), torch.float32, "cpu", heads))
     image = data["input.image"][:, :, 0].permute(0, 2, 3, 1).add(1).div(2)  # [-1,1] NCHW -> IMAGE
     (output,) = encoders.EchoMimicCLIPVisionEncode().encode(encoder, image)
@@ -73,11 +74,17 @@ def test_clip_vision_encode_runs_comfy_load_clip_vision_with_upstream_preprocess
 
     data = load_file(str(reference_dir / "clip_vision_tiny.safetensors"))
     heads = json.loads((reference_dir / "encoders_tiny_meta.json").read_text())["clip_vision_tiny_config"]["num_heads"]
-    state = wan_to_hf({k[len("weight."):]: v for k, v in data.items() if k.startswith("weight.")})
+    state = wan_to_hf({k[len("weight.") :]: v for k, v in data.items() if k.startswith("weight.")})
     full = CLIPVisionModel(config_from_hf_state(state, heads)).eval()
     own = "vision_model." if hasattr(full, "vision_model") else ""
-    full.load_state_dict({own + k[len("vision_model."):]: v for k, v in state.items()
-                          if k.startswith("vision_model.") and not k.endswith("position_ids")}, strict=False)
+    full.load_state_dict(
+        {
+            own + k[len("vision_model.") :]: v
+            for k, v in state.items()
+            if k.startswith("vision_model.") and not k.endswith("position_ids")
+        },
+        strict=False,
+    )
     comfy_model = _ComfyClipVision(full)
     comfy_model.image_size = full.config.image_size
     loaded = []

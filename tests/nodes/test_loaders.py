@@ -1,4 +1,5 @@
 """Loader nodes: files listed from the model folders, checked before loading, loaded by the core."""
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -46,8 +47,10 @@ def test_model_loader_also_reads_diffusion_models_and_names_both_folders(folders
 def test_vae_loader_reproduces_the_upstream_latents(folders, reference_dir):
     data = load_file(str(reference_dir / "vae_tiny.safetensors"))
     (folders / "models" / "vae").mkdir(parents=True)
-    save_file({k[len("weight."):]: v for k, v in data.items() if k.startswith("weight.")},
-              str(folders / "models" / "vae" / "wan_tiny.safetensors"))
+    save_file(
+        {k[len("weight.") :]: v for k, v in data.items() if k.startswith("weight.")},
+        str(folders / "models" / "vae" / "wan_tiny.safetensors"),
+    )
     assert loaders.EchoMimicVAELoader.INPUT_TYPES()["required"]["vae"][0] == ["wan_tiny.safetensors"]
     (vae,) = loaders.EchoMimicVAELoader().load("wan_tiny.safetensors", "fp32")
     # the encoder is causal: the first 5 frames give the first 2 latent frames of the whole clip
@@ -58,9 +61,16 @@ def test_audio_encoder_loader(folders):
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     torch.manual_seed(0)
-    config = Wav2Vec2Config(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
-                            conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-                            vocab_size=12)
+    config = Wav2Vec2Config(
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        vocab_size=12,
+    )
     (folders / "models" / "audio_encoders").mkdir(parents=True)
     save_file(Wav2Vec2Model(config).state_dict(), str(folders / "models" / "audio_encoders" / "w2v.safetensors"))
     (encoder,) = loaders.EchoMimicAudioEncoderLoader().load("w2v.safetensors", "flash", "fp32")
@@ -69,9 +79,14 @@ def test_audio_encoder_loader(folders):
     assert quiet.loudness_norm is False
 
 
-@pytest.mark.parametrize("cls,folder", [(loaders.EchoMimicTextEncoderLoader, "text_encoders"),
-                                        (loaders.EchoMimicCLIPVisionLoader, "clip_vision"),
-                                        (loaders.EchoMimicAudioEncoderLoader, "audio_encoders")])
+@pytest.mark.parametrize(
+    "cls,folder",
+    [
+        (loaders.EchoMimicTextEncoderLoader, "text_encoders"),
+        (loaders.EchoMimicCLIPVisionLoader, "clip_vision"),
+        (loaders.EchoMimicAudioEncoderLoader, "audio_encoders"),
+    ],
+)
 def test_missing_files_are_reported_before_loading(folders, cls, folder):
     assert next(iter(cls.INPUT_TYPES()["required"].values()))[0] == []
     message = cls.VALIDATE_INPUTS("nothing.safetensors")

@@ -1,4 +1,5 @@
 """LoRA node: merges into a copy, so the cached loader output never accumulates LoRAs."""
+
 import torch
 
 from echomimic_core.checkpoints.files import save_state_dict
@@ -13,8 +14,13 @@ def test_lora_node_merges_into_a_copy(folders):
     w = model.blocks[0].cross_attn.k.weight
     a, b = torch.randn(2, w.shape[1]), torch.randn(w.shape[0], 2)
     (folders / "models" / "loras").mkdir(parents=True)
-    save_state_dict({"diffusion_model.blocks.0.cross_attn.k.lora_A.weight": a,
-                     "diffusion_model.blocks.0.cross_attn.k.lora_B.weight": b}, folders / "models" / "loras" / "s.safetensors")
+    save_state_dict(
+        {
+            "diffusion_model.blocks.0.cross_attn.k.lora_A.weight": a,
+            "diffusion_model.blocks.0.cross_attn.k.lora_B.weight": b,
+        },
+        folders / "models" / "loras" / "s.safetensors",
+    )
     assert EchoMimicLoRA.INPUT_TYPES()["required"]["lora"][0] == ["s.safetensors"]
     assert "not found" in EchoMimicLoRA.VALIDATE_INPUTS("other.safetensors")
     before = w.detach().clone()

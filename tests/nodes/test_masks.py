@@ -1,4 +1,5 @@
 """Face mask node: typed box, painted mask, detector fallback, and the preview it shows."""
+
 import pytest
 import torch
 
@@ -31,7 +32,7 @@ def test_no_face_covers_everything(folders):
 
 
 def test_bad_boxes_are_rejected():
-    assert masks.EchoMimicFaceMask.VALIDATE_INPUTS("1, 2, 3") .startswith("face box '1, 2, 3'")
+    assert masks.EchoMimicFaceMask.VALIDATE_INPUTS("1, 2, 3").startswith("face box '1, 2, 3'")
     assert masks.EchoMimicFaceMask.VALIDATE_INPUTS("") is True
     with pytest.raises(ValueError, match="does not lie inside"):
         masks.EchoMimicFaceMask().run(torch.rand(1, 40, 60, 3), box="10, 50, 0, 10")

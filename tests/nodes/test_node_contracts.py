@@ -1,4 +1,5 @@
 """Every node's methods fit the way ComfyUI calls them (by input name), checked for the whole pack."""
+
 import inspect
 
 import pytest
@@ -31,8 +32,7 @@ def test_validate_inputs_names_real_inputs_and_accepts_the_defaults(name, folder
     inputs = _inputs(cls)
     parameters = [p for p in inspect.signature(cls.VALIDATE_INPUTS).parameters if p != "input_types"]
     assert set(parameters) <= set(inputs), set(parameters) - set(inputs)
-    defaults = {p: inputs[p][1]["default"] for p in parameters
-                if len(inputs[p]) > 1 and "default" in inputs[p][1]}
+    defaults = {p: inputs[p][1]["default"] for p in parameters if len(inputs[p]) > 1 and "default" in inputs[p][1]}
     defaults.update({p: inputs[p][0][0] for p in parameters if isinstance(inputs[p][0], list) and inputs[p][0]})
     if len(defaults) == len(parameters):  # file combos are empty here: those need a file, tested per loader
         assert cls.VALIDATE_INPUTS(**defaults) is True

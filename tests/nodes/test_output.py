@@ -1,4 +1,5 @@
 """Output nodes: mp4 with synced audio in the output folder; colour match to the first frame."""
+
 import torch
 
 from echomimic_core.media import load_video

@@ -1,4 +1,5 @@
 """The pack's __init__.py loads the way ComfyUI loads a custom node folder."""
+
 import importlib.util
 import sys
 import types
@@ -18,8 +19,9 @@ def test_comfyui_style_import_registers_nodes_and_model_folder(monkeypatch, tmp_
     for name in [m for m in sys.modules if m.startswith("echomimic_pack")]:
         monkeypatch.delitem(sys.modules, name)
 
-    spec = importlib.util.spec_from_file_location("echomimic_pack", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
+    spec = importlib.util.spec_from_file_location(
+        "echomimic_pack", REPO / "__init__.py", submodule_search_locations=[str(REPO)]
+    )
     pack = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "echomimic_pack", pack)
     spec.loader.exec_module(pack)

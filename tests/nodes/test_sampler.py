@@ -7,7 +7,8 @@ from echomimic_core import pipeline
 from echomimic_core.demo import demo_inputs
 from echomimic_core.settings import GenerationSettings
 from echomimic_core.verify_reference import relative_error
-from nodes import adapters, comfy_services as cs
+from nodes import adapters
+from nodes import comfy_services as cs
 from nodes.audio import EchoMimicAudioEncode
 from nodes.encoders import EchoMimicCLIPVisionEncode, EchoMimicTextEncode
 from nodes.sampler import EchoMimicSampler, resolve_settings
@@ -19,8 +20,12 @@ QUICK = dict(steps=2, partial_video_length=9, overlap_video_length=4, color_matc
 def _widgets(**overrides):
     """The sampler's widget values as ComfyUI sends them (defaults), plus overrides."""
     inputs = EchoMimicSampler.INPUT_TYPES()
-    values = {name: spec[1]["default"] for section in ("required", "optional")
-              for name, spec in inputs[section].items() if len(spec) > 1 and "default" in spec[1]}
+    values = {
+        name: spec[1]["default"]
+        for section in ("required", "optional")
+        for name, spec in inputs[section].items()
+        if len(spec) > 1 and "default" in spec[1]
+    }
     return {**values, **overrides}
 
 
@@ -30,8 +35,9 @@ def test_auto_widgets_resolve_to_each_variants_upstream_defaults():
     flash = resolve_settings("flash", _widgets())
     assert (flash.sampler, flash.steps, flash.teacache_threshold) == ("Flow_Unipc", 8, 0.1)
     # a value the user sets wins over the variant's default; 0 means "off"/"from the image"
-    mine = resolve_settings("flash", _widgets(steps=12, guidance_scale=4.5, use_dynamic_cfg="on", width=0,
-                                              vae_tile_size=256), fps=30.0)
+    mine = resolve_settings(
+        "flash", _widgets(steps=12, guidance_scale=4.5, use_dynamic_cfg="on", width=0, vae_tile_size=256), fps=30.0
+    )
     assert (mine.steps, mine.guidance_scale, mine.use_dynamic_cfg, mine.width, mine.fps) == (12, 4.5, True, None, 30.0)
     assert mine.vae_tile_size == 256 and mine.sampler == "Flow_Unipc"
 
@@ -43,8 +49,9 @@ def test_validate_inputs_without_tensors():
     assert "overlap_video_length" in EchoMimicSampler.VALIDATE_INPUTS(partial_video_length=9, overlap_video_length=9)
     assert "at least 5" in EchoMimicSampler.VALIDATE_INPUTS(partial_video_length=3)
     # ComfyUI skips min/max for inputs VALIDATE_INPUTS names, so the node checks them itself
-    assert "vae_tile_overlap must be in [0, 1024]" in EchoMimicSampler.VALIDATE_INPUTS(vae_tile_size=64,
-                                                                                      vae_tile_overlap=-8)
+    assert "vae_tile_overlap must be in [0, 1024]" in EchoMimicSampler.VALIDATE_INPUTS(
+        vae_tile_size=64, vae_tile_overlap=-8
+    )
     # auto chunks: 90 overlapping frames fit preview's 113-frame chunks, so the model decides at run time
     assert EchoMimicSampler.VALIDATE_INPUTS(overlap_video_length=90) is True
     assert "overlap_video_length" in EchoMimicSampler.VALIDATE_INPUTS(overlap_video_length=120)
@@ -63,8 +70,11 @@ def test_text_embedding_drops_comfyui_zero_padding():
 
 
 def test_comfyui_audio_encoder_output_is_refused_with_the_node_to_use():
-    output = {"encoded_audio": torch.zeros(1, 50, 768), "encoded_audio_all_layers": [torch.zeros(1, 50, 768)],
-              "audio_samples": 16000}
+    output = {
+        "encoded_audio": torch.zeros(1, 50, 768),
+        "encoded_audio_all_layers": [torch.zeros(1, 50, 768)],
+        "audio_samples": 16000,
+    }
     with pytest.raises(ValueError, match="EchoMimicV3 Audio Encode"):
         adapters.audio_features(output)
 
@@ -78,12 +88,14 @@ class FakeComfyVAE:
 
     def encode(self, pixels):
         from echomimic_core.vae import denormalize_latents
+
         self.calls.append("encode")
         video = pixels.movedim(-1, 0)[None] * 2 - 1  # [T, H, W, 3] -> [1, 3, T, H, W]
         return denormalize_latents(self.wan.encode(video), self.wan.latents_mean, self.wan.latents_std)
 
     def decode(self, raw):
         from echomimic_core.vae import normalize_latents
+
         self.calls.append("decode")
         video = self.wan.decode(normalize_latents(raw, self.wan.latents_mean, self.wan.latents_std))
         return ((video + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
@@ -107,12 +119,23 @@ def chain(demo_models):
     image, audio, sr = demo_inputs(seconds=0.52, size=64)
     image_t = torch.from_numpy(image.copy()).float()[None] / 255
     audio_in = {"waveform": audio[None].repeat(1, 2, 1), "sample_rate": sr}
-    positive, negative = EchoMimicTextEncode().encode(demo_models.text_encoder, "a person talks",
-                                                      GenerationSettings().negative_prompt)
+    positive, negative = EchoMimicTextEncode().encode(
+        demo_models.text_encoder, "a person talks", GenerationSettings().negative_prompt
+    )
     (clip,) = EchoMimicCLIPVisionEncode().encode(demo_models.image_encoder, image_t)
     embeds, frames = EchoMimicAudioEncode().encode(demo_models.audio_encoder, audio_in, 25.0, 0)
-    return dict(image=image, image_t=image_t, audio=audio, sr=sr, audio_in=audio_in, positive=positive,
-                negative=negative, clip=clip, embeds=embeds, frames=frames)
+    return dict(
+        image=image,
+        image_t=image_t,
+        audio=audio,
+        sr=sr,
+        audio_in=audio_in,
+        positive=positive,
+        negative=negative,
+        clip=clip,
+        embeds=embeds,
+        frames=frames,
+    )
 
 
 def test_sampler_node_reproduces_pipeline_generate(demo_models, chain, folders, monkeypatch):
@@ -123,15 +146,23 @@ def test_sampler_node_reproduces_pipeline_generate(demo_models, chain, folders, 
         def update_absolute(self, value, total=None, preview=None, latents=None):
             steps.append((value, total, None if latents is None else tuple(latents.shape)))
             super().update_absolute(value, total, preview, latents)
+
     monkeypatch.setattr(cs, "Progress", Recording)
 
-    out = EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"],
-                                    chain["embeds"], negative=chain["negative"], image=chain["image_t"],
-                                    **_widgets(**QUICK))
+    out = EchoMimicSampler().sample(
+        demo_models.transformer,
+        demo_models.vae,
+        chain["positive"],
+        chain["clip"],
+        chain["embeds"],
+        negative=chain["negative"],
+        image=chain["image_t"],
+        **_widgets(**QUICK),
+    )
     frames, audio, fps = out["result"]
     settings = GenerationSettings.for_variant("preview", **QUICK)
     expected = pipeline.generate(demo_models, chain["image"], chain["audio"], chain["sr"], "a person talks", settings)
-    assert frames.shape == expected.frames.shape == (13, 64, 64, 3)   # floor(0.52 s * 25 fps)
+    assert frames.shape == expected.frames.shape == (13, 64, 64, 3)  # floor(0.52 s * 25 fps)
     assert relative_error(frames, expected.frames) < 1e-3
     assert fps == 25.0 and audio["sample_rate"] == chain["sr"]
     assert audio["waveform"].shape == (1, 2, int(13 / 25 * chain["sr"]))  # stereo kept, trimmed to the video
@@ -146,17 +177,32 @@ ONE_CHUNK = {**QUICK, "steps": 1, "partial_video_length": 13}
 @pytest.fixture(scope="module")
 def one_chunk(demo_models, chain):
     """Frames of a one-chunk, one-step run with the pack's own VAE and encoders (the baseline)."""
-    out = EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"],
-                                    chain["embeds"], negative=chain["negative"], image=chain["image_t"],
-                                    **_widgets(**ONE_CHUNK))
+    out = EchoMimicSampler().sample(
+        demo_models.transformer,
+        demo_models.vae,
+        chain["positive"],
+        chain["clip"],
+        chain["embeds"],
+        negative=chain["negative"],
+        image=chain["image_t"],
+        **_widgets(**ONE_CHUNK),
+    )
     return out["result"][0]
 
 
 def test_sampler_with_comfyui_native_vae_and_padded_conditioning(demo_models, chain, one_chunk, folders):
     padded = [[torch.cat([chain["positive"][0][0], torch.zeros(1, 500, chain["positive"][0][0].shape[-1])], 1), {}]]
     fake = FakeComfyVAE(demo_models.vae)
-    native = EchoMimicSampler().sample(demo_models.transformer, fake, padded, chain["clip"], chain["embeds"],
-                                       negative=chain["negative"], image=chain["image_t"], **_widgets(**ONE_CHUNK))
+    native = EchoMimicSampler().sample(
+        demo_models.transformer,
+        fake,
+        padded,
+        chain["clip"],
+        chain["embeds"],
+        negative=chain["negative"],
+        image=chain["image_t"],
+        **_widgets(**ONE_CHUNK),
+    )
     assert "encode" in fake.calls and "decode" in fake.calls
     assert relative_error(native["result"][0], one_chunk) < 1e-3
 
@@ -164,40 +210,79 @@ def test_sampler_with_comfyui_native_vae_and_padded_conditioning(demo_models, ch
 def test_sampler_task_and_errors(demo_models, chain, folders):
     source = torch.rand(9, 96, 96, 3)
     spec, _ = EchoMimicTask().build("lipsync", source_video=source, mouth_box="48, 80, 24, 72")
-    frames, audio, _ = EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"],
-                                                 chain["clip"], chain["embeds"], negative=chain["negative"],
-                                                 task=spec, **_widgets(**{**QUICK, "steps": 1}))["result"]
+    frames, audio, _ = EchoMimicSampler().sample(
+        demo_models.transformer,
+        demo_models.vae,
+        chain["positive"],
+        chain["clip"],
+        chain["embeds"],
+        negative=chain["negative"],
+        task=spec,
+        **_widgets(**{**QUICK, "steps": 1}),
+    )["result"]
     assert frames.shape == (9, 64, 64, 3)  # lip-sync stops with the 9-frame source video
     assert audio["waveform"].shape[-1] == int(9 / 25 * chain["sr"])
 
     sampler = EchoMimicSampler()
     with pytest.raises(ValueError, match="negative prompt"):
-        sampler.sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"], chain["embeds"],
-                       image=chain["image_t"], **_widgets(**QUICK))
+        sampler.sample(
+            demo_models.transformer,
+            demo_models.vae,
+            chain["positive"],
+            chain["clip"],
+            chain["embeds"],
+            image=chain["image_t"],
+            **_widgets(**QUICK),
+        )
     short = dict(chain["embeds"], num_frames=chain["embeds"]["num_frames"] + 8)
     with pytest.raises(ValueError, match="cover 13 frames"):
-        sampler.sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"], short,
-                       negative=chain["negative"], image=chain["image_t"], **_widgets(**QUICK))
+        sampler.sample(
+            demo_models.transformer,
+            demo_models.vae,
+            chain["positive"],
+            chain["clip"],
+            short,
+            negative=chain["negative"],
+            image=chain["image_t"],
+            **_widgets(**QUICK),
+        )
     flash_like = dict(chain["embeds"], kind="flash")
     with pytest.raises(ValueError, match="'flash' features but the model is preview"):
-        sampler.sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"], flash_like,
-                       negative=chain["negative"], image=chain["image_t"], **_widgets(**QUICK))
+        sampler.sample(
+            demo_models.transformer,
+            demo_models.vae,
+            chain["positive"],
+            chain["clip"],
+            flash_like,
+            negative=chain["negative"],
+            image=chain["image_t"],
+            **_widgets(**QUICK),
+        )
 
 
 def test_cancel_stops_the_sampler_between_steps(demo_models, chain, folders, monkeypatch):
     class Interrupted(Exception):
         pass
+
     calls = []
 
     def check():
         calls.append(1)
         if len(calls) > 1:
             raise Interrupted
+
     monkeypatch.setattr(cs, "check_interrupted", check)
     with pytest.raises(Interrupted):
-        EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"],
-                                  chain["embeds"], negative=chain["negative"], image=chain["image_t"],
-                                  **_widgets(**QUICK))
+        EchoMimicSampler().sample(
+            demo_models.transformer,
+            demo_models.vae,
+            chain["positive"],
+            chain["clip"],
+            chain["embeds"],
+            negative=chain["negative"],
+            image=chain["image_t"],
+            **_widgets(**QUICK),
+        )
     assert next(demo_models.transformer.parameters()).device == torch.device("cpu")
 
 
@@ -206,8 +291,16 @@ def test_block_swap_and_memory_request_keep_the_result(demo_models, chain, one_c
     requests = []
     monkeypatch.setattr(cs, "free_memory", lambda nbytes, device: requests.append(nbytes))
     monkeypatch.setattr(model, "echomimic_block_swap", 1, raising=False)
-    swapped = EchoMimicSampler().sample(model, demo_models.vae, chain["positive"], chain["clip"], chain["embeds"],
-                                        negative=chain["negative"], image=chain["image_t"], **_widgets(**ONE_CHUNK))
+    swapped = EchoMimicSampler().sample(
+        model,
+        demo_models.vae,
+        chain["positive"],
+        chain["clip"],
+        chain["embeds"],
+        negative=chain["negative"],
+        image=chain["image_t"],
+        **_widgets(**ONE_CHUNK),
+    )
     assert torch.equal(swapped["result"][0], one_chunk)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     block = sum(p.numel() * p.element_size() for p in model.blocks[0].parameters())
@@ -226,8 +319,18 @@ def test_face_gate_from_the_task_box_or_a_face_mask_node(demo_models, chain, fol
 
     def encode(spec):
         models = pipeline.Models(demo_models.transformer, demo_models.vae)
-        return pipeline.encoded_from_embeddings(models, plan, context, context, chain["clip"].penultimate_hidden_states,
-                                                chain["embeds"]["features"], "preview", spec.face_box, spec.face_mask)
+        return pipeline.encoded_from_embeddings(
+            models,
+            plan,
+            context,
+            context,
+            chain["clip"].penultimate_hidden_states,
+            chain["embeds"]["features"],
+            "preview",
+            spec.face_box,
+            spec.face_mask,
+        )
+
     box = (8.0, 40.0, 16.0, 48.0)
     expected = ip_mask_from_box(box, (64, 64), (64, 64))
     assert 0 < expected.sum() < expected.numel()
@@ -253,11 +356,19 @@ def test_reference_node_makes_the_chain_match_upstreams_clip_input(demo_models, 
     assert torch.equal(half, EchoMimicReferenceImage().resize(big.bfloat16().float(), 0, 0, 64 * 64)[0])
     (clip,) = EchoMimicCLIPVisionEncode().encode(demo_models.image_encoder, resized)
     widgets = _widgets(**{**ONE_CHUNK, "width": 0, "height": 0, "sample_area": 64 * 64})
-    frames = EchoMimicSampler().sample(demo_models.transformer, demo_models.vae, chain["positive"], clip,
-                                       chain["embeds"], negative=chain["negative"], image=resized,
-                                       **widgets)["result"][0]
-    settings = GenerationSettings.for_variant("preview", **{**ONE_CHUNK, "width": None, "height": None,
-                                                            "sample_area": 64 * 64})
+    frames = EchoMimicSampler().sample(
+        demo_models.transformer,
+        demo_models.vae,
+        chain["positive"],
+        clip,
+        chain["embeds"],
+        negative=chain["negative"],
+        image=resized,
+        **widgets,
+    )["result"][0]
+    settings = GenerationSettings.for_variant(
+        "preview", **{**ONE_CHUNK, "width": None, "height": None, "sample_area": 64 * 64}
+    )
     image = (big[0] * 255).round().byte().numpy()
     expected = pipeline.generate(demo_models, image, chain["audio"], chain["sr"], "a person talks", settings)
     assert frames.shape == expected.frames.shape == (13, 64, 48, 3)

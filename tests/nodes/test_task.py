@@ -1,4 +1,5 @@
 """Task node: checks before tensors, the core Task it builds, the preview, and mouth regions at sample size."""
+
 import pytest
 import torch
 
@@ -59,8 +60,9 @@ def test_lipsync_preview_marks_the_mouth_and_box_scales_to_sample_size():
     assert changed[64:96, 32:96].all() and changed.sum() == 32 * 64
     # the box is in the video's pixels; generation at 64x64 halves it
     plan = pipeline.plan_generation(None, 5, pipeline.GenerationSettings(width=64, height=64), spec.task)
-    inputs = tasks.chunk_task_inputs(plan.task, plan.reference, Chunk(0, 5, 0), None, 5, (64, 64),
-                                        plan.task.source_video)
+    inputs = tasks.chunk_task_inputs(
+        plan.task, plan.reference, Chunk(0, 5, 0), None, 5, (64, 64), plan.task.source_video
+    )
     regenerated = inputs.input_video_mask[0, 0, 0] > 0
     assert regenerated[32:48, 16:48].all() and regenerated.sum() == 16 * 32
 
@@ -71,8 +73,9 @@ def test_lipsync_mouth_mask_from_the_mask_editor_is_resized():
     mask[0, 64:96, 32:96] = 1
     spec, _ = EchoMimicTask().build("lipsync", source_video=video, mouth_mask=mask)
     plan = pipeline.plan_generation(None, 5, pipeline.GenerationSettings(width=64, height=64), spec.task)
-    inputs = tasks.chunk_task_inputs(plan.task, plan.reference, Chunk(0, 5, 0), None, 5, (64, 64),
-                                        plan.task.source_video)
+    inputs = tasks.chunk_task_inputs(
+        plan.task, plan.reference, Chunk(0, 5, 0), None, 5, (64, 64), plan.task.source_video
+    )
     regenerated = inputs.input_video_mask[0, 0] > 0
     assert regenerated[:, 32:48, 16:48].all() and regenerated.sum() == 5 * 16 * 32
     with pytest.raises(ValueError, match="mouth_mask is"):

@@ -1,4 +1,5 @@
 """plan_video: the shared case table (also run by web/tests) and the invariants users rely on."""
+
 import json
 from pathlib import Path
 
@@ -9,11 +10,17 @@ from nodes.video_plan import plan_video
 CASES = json.loads((Path(__file__).resolve().parents[2] / "web" / "tests" / "video_plan_cases.json").read_text())
 
 
-@pytest.mark.parametrize("case", CASES["cases"], ids=lambda c: f"{c['duration_s']}s-{c['fps']}fps-{c['partial']}-{c['overlap']}")
+@pytest.mark.parametrize(
+    "case", CASES["cases"], ids=lambda c: f"{c['duration_s']}s-{c['fps']}fps-{c['partial']}-{c['overlap']}"
+)
 def test_table(case):
     plan = plan_video(case["duration_s"], case["fps"], case["partial"], case["overlap"], case.get("max_frames"))
     expect = case["expect"]
-    assert (plan.frames, plan.latent_frames, plan.partial) == (expect["frames"], expect["latent_frames"], expect["partial"])
+    assert (plan.frames, plan.latent_frames, plan.partial) == (
+        expect["frames"],
+        expect["latent_frames"],
+        expect["partial"],
+    )
     assert [list(c) for c in plan.chunks] == expect["chunks"]
     assert plan.seconds == pytest.approx(plan.frames / case["fps"])
 

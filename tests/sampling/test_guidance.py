@@ -12,8 +12,7 @@ def outputs():
 
 
 def test_three_way_combination_by_hand():
-    cfg = GuidanceConfig(guidance_scale=4.0, audio_guidance_scale=2.5, use_dynamic_cfg=False,
-                         use_dynamic_acfg=False)
+    cfg = GuidanceConfig(guidance_scale=4.0, audio_guidance_scale=2.5, use_dynamic_cfg=False, use_dynamic_acfg=False)
     o = outputs()
     expected = o["uncond"] + 4.0 * (o["drop_audio"] - o["uncond"]) + 2.5 * (o["cond"] - o["drop_audio"])
     torch.testing.assert_close(cfg.combine(o, 0, 10), expected)
@@ -28,7 +27,7 @@ def test_flash_audio_only_combination():
 
 
 def test_dynamic_schedule_values():
-    assert dynamic_scale(4.0, 0, 25) == pytest.approx(4.0)          # cos(pi) -> full scale at step 0
+    assert dynamic_scale(4.0, 0, 25) == pytest.approx(4.0)  # cos(pi) -> full scale at step 0
     # hand evaluation of upstream's formula at step 20 of 25
     x = (5 / 25) ** 5
     assert dynamic_scale(4.0, 20, 25) == pytest.approx(2 + 2 * (1 - math.cos(math.pi * x)) / 2)
@@ -46,7 +45,7 @@ def test_neg_scale_is_not_compounding_by_default():
     assert torch.equal(scaled[1], torch.full((5, 2), 3.0)) and torch.equal(neg[1], torch.full((5, 2), 2.0))
     assert cfg.negative_embeddings(neg, 3) is neg
     upstream = GuidanceConfig.preview(neg_scale=1.5, neg_steps=2, compound_neg_scale=True)
-    assert [upstream.negative_factor(i) for i in range(5)] == [1.5, 1.5 ** 2, 1.5 ** 3, 1.5 ** 3, 1.5 ** 3]
+    assert [upstream.negative_factor(i) for i in range(5)] == [1.5, 1.5**2, 1.5**3, 1.5**3, 1.5**3]
 
 
 def test_cfg_off_when_scale_at_most_one_and_skip_ratio():

@@ -1,4 +1,5 @@
 """The denoising loop: branches, guidance passes, integration, progress and cancellation."""
+
 import pytest
 import torch
 from torch import nn
@@ -28,8 +29,12 @@ class ContextModel(nn.Module):
 
 
 def cond(text: float, audio: float) -> Conditioning:
-    return Conditioning(context=[torch.full((3, 4), text)], clip_fea=torch.zeros(1, 2, 4),
-                        y=torch.zeros(1, 4, *SHAPE[2:]), audio=torch.full((1, 5, 4), audio))
+    return Conditioning(
+        context=[torch.full((3, 4), text)],
+        clip_fea=torch.zeros(1, 2, 4),
+        y=torch.zeros(1, 4, *SHAPE[2:]),
+        audio=torch.full((1, 5, 4), audio),
+    )
 
 
 def test_batched_and_sequential_branches_agree_in_the_compute_dtype():
@@ -49,8 +54,14 @@ def test_batched_and_sequential_branches_agree_in_the_compute_dtype():
 def test_negative_prompt_boost_scales_the_original_embeddings_without_compounding():
     model = ContextModel()
     branches = {"cond": cond(0.1, 0.5), "drop_audio": cond(0.1, 0.0), "uncond": cond(0.2, 0.0)}
-    guidance = GuidanceConfig(guidance_scale=2.0, audio_guidance_scale=3.0, use_dynamic_cfg=False,
-                              use_dynamic_acfg=False, neg_scale=1.5, neg_steps=1).bind(4)
+    guidance = GuidanceConfig(
+        guidance_scale=2.0,
+        audio_guidance_scale=3.0,
+        use_dynamic_cfg=False,
+        use_dynamic_acfg=False,
+        neg_scale=1.5,
+        neg_steps=1,
+    ).bind(4)
     velocity = guided_velocity(model, branches, guidance)
     x = torch.ones(SHAPE)
     for step, neg in [(0, 0.3), (1, 0.3), (2, 0.2), (3, 0.2)]:

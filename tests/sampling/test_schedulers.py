@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from echomimic_core.sampling.schedulers import (SAMPLERS, make_scheduler, shift_sigmas, toy_velocity,
-                                                verify_fixture)
+from echomimic_core.sampling.schedulers import SAMPLERS, make_scheduler, shift_sigmas, toy_velocity, verify_fixture
 
 
 def test_fixture_matches_upstream(reference_dir):
@@ -21,8 +20,9 @@ def test_dpm_double_shift_flag():
     once = make_scheduler("Flow_DPM++", 8, 5.0, "preview", dpm_reapply_config_shift=False)
     base = np.linspace(1, 0, 9)[:8]
     np.testing.assert_array_equal(once.timesteps.numpy(), (shift_sigmas(base, 5.0) * 1000).astype(np.int64))
-    np.testing.assert_array_equal(twice.timesteps.numpy(),
-                                  (shift_sigmas(shift_sigmas(base, 5.0), 5.0) * 1000).astype(np.int64))
+    np.testing.assert_array_equal(
+        twice.timesteps.numpy(), (shift_sigmas(shift_sigmas(base, 5.0), 5.0) * 1000).astype(np.int64)
+    )
     # flash forces the config shift to 1, so the flag changes nothing there
     flash = make_scheduler("Flow_DPM++", 8, 5.0, "flash")
     assert torch.equal(flash.timesteps, once.timesteps)

@@ -97,8 +97,10 @@ def test_skipped_steps_reuse_each_branch_residual():
 
 
 def test_offload_keeps_residuals_on_cpu_and_same_results():
-    a, b = TeaCache(threshold=0.3, num_skip_start_steps=2), TeaCache(threshold=0.3, num_skip_start_steps=2,
-                                                                     offload=True)
+    a, b = (
+        TeaCache(threshold=0.3, num_skip_start_steps=2),
+        TeaCache(threshold=0.3, num_skip_start_steps=2, offload=True),
+    )
     for x, y in zip(run(a), run(b)):
         torch.testing.assert_close(x["cond"], y["cond"])
     assert all(r.device.type == "cpu" for r in b._residuals.values())
@@ -109,11 +111,11 @@ def test_reset_and_implicit_steps_without_sampler():
     run(cache)
     first = list(cache.skipped_steps)
     run(cache)
-    assert cache.skipped_steps == first                 # reset() makes runs independent
+    assert cache.skipped_steps == first  # reset() makes runs independent
     implicit = TeaCache(threshold=0.3, num_skip_start_steps=2)
     x = torch.zeros(1, 5, 16)
     for m in t_mods():
-        toy_forward(x, m, "cond", implicit)            # no start_step: each repeated call is a step
+        toy_forward(x, m, "cond", implicit)  # no start_step: each repeated call is a step
     assert implicit.skipped_steps == first
 
 
@@ -138,11 +140,14 @@ def _tiny_model_and_inputs():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     f, h, w = 2, 4, 4
-    cond = Conditioning(context=[torch.randn(5, config.text_dim, generator=g)],
-                        clip_fea=torch.randn(1, config.clip_tokens, config.clip_dim, generator=g),
-                        y=torch.randn(1, config.in_dim - 16, f, h, w, generator=g),
-                        audio=torch.randn(1, 4 * (f - 1) + 1, config.audio_window, config.audio_blocks,
-                                          config.audio_channels, generator=g))
+    cond = Conditioning(
+        context=[torch.randn(5, config.text_dim, generator=g)],
+        clip_fea=torch.randn(1, config.clip_tokens, config.clip_dim, generator=g),
+        y=torch.randn(1, config.in_dim - 16, f, h, w, generator=g),
+        audio=torch.randn(
+            1, 4 * (f - 1) + 1, config.audio_window, config.audio_blocks, config.audio_channels, generator=g
+        ),
+    )
     return model, cond, torch.randn(1, 16, f, h, w, generator=g)
 
 

@@ -1,4 +1,5 @@
 """tools.batch_run against a stand-in ComfyUI server (aiohttp, 127.0.0.1, random port, in-process)."""
+
 import asyncio
 import csv
 import json
@@ -18,8 +19,10 @@ WORKFLOW = {
     "3": {"class_type": "PrimitiveInt", "inputs": {"value": 0}, "_meta": {"title": "Seed"}},
     "4": {"class_type": "PrimitiveString", "inputs": {"value": ""}, "_meta": {"title": "Prompt"}},
     "5": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 25.0, "audio": ["2", 0]}},
-    "6": {"class_type": "SaveVideo", "inputs": {"video": ["5", 0], "filename_prefix": "video/echo",
-                                                "format": "mp4", "codec": "h264"}},
+    "6": {
+        "class_type": "SaveVideo",
+        "inputs": {"video": ["5", 0], "filename_prefix": "video/echo", "format": "mp4", "codec": "h264"},
+    },
 }
 
 
@@ -39,9 +42,16 @@ class StandIn:
 
     def app(self):
         app = web.Application()
-        app.add_routes([web.get("/object_info", self.object_info), web.post("/upload/image", self.upload),
-                        web.post("/prompt", self.prompt), web.get("/history/{id}", self.get_history),
-                        web.get("/view", self.view), web.get("/ws", self.ws)])
+        app.add_routes(
+            [
+                web.get("/object_info", self.object_info),
+                web.post("/upload/image", self.upload),
+                web.post("/prompt", self.prompt),
+                web.get("/history/{id}", self.get_history),
+                web.get("/view", self.view),
+                web.get("/ws", self.ws),
+            ]
+        )
         return app
 
     async def object_info(self, request):
@@ -61,19 +71,35 @@ class StandIn:
         prompt = body["prompt"]
         node_errors = {}
         for issue in validate_api(prompt, self.schemas):
-            node_errors.setdefault(issue.node, {"errors": [], "dependent_outputs": [],
-                                                "class_type": prompt[issue.node]["class_type"]})
+            node_errors.setdefault(
+                issue.node, {"errors": [], "dependent_outputs": [], "class_type": prompt[issue.node]["class_type"]}
+            )
             node_errors[issue.node]["errors"].append({"type": "invalid", "message": issue.message, "details": ""})
         for node_id, node in prompt.items():  # like ComfyUI: a file combo must name an input file
             name = node["inputs"].get("image") or node["inputs"].get("audio")
             if node["class_type"] in ("LoadImage", "LoadAudio") and name not in self.uploads:
-                node_errors[node_id] = {"errors": [{"type": "value_not_in_list", "message": "Value not in list",
-                                                    "details": f"{name} not in input files"}],
-                                        "dependent_outputs": [], "class_type": node["class_type"]}
+                node_errors[node_id] = {
+                    "errors": [
+                        {
+                            "type": "value_not_in_list",
+                            "message": "Value not in list",
+                            "details": f"{name} not in input files",
+                        }
+                    ],
+                    "dependent_outputs": [],
+                    "class_type": node["class_type"],
+                }
         if node_errors:
-            return web.json_response({"error": {"type": "prompt_outputs_failed_validation",
-                                                "message": "Prompt outputs failed validation"},
-                                      "node_errors": node_errors}, status=400)
+            return web.json_response(
+                {
+                    "error": {
+                        "type": "prompt_outputs_failed_validation",
+                        "message": "Prompt outputs failed validation",
+                    },
+                    "node_errors": node_errors,
+                },
+                status=400,
+            )
         prompt_id = str(uuid.uuid4())
         self.queued.append((prompt_id, prompt))
         asyncio.get_running_loop().create_task(self.execute(prompt_id, prompt, body.get("client_id")))
@@ -97,22 +123,35 @@ class StandIn:
             await send("progress", value=step, max=2, node="5")
         image = prompt["1"]["inputs"]["image"]
         if image.startswith("bad"):
-            error = {"node_id": "5", "node_type": "CreateVideo", "exception_type": "RuntimeError",
-                     "exception_message": "CUDA out of memory", "executed": []}
+            error = {
+                "node_id": "5",
+                "node_type": "CreateVideo",
+                "exception_type": "RuntimeError",
+                "exception_message": "CUDA out of memory",
+                "executed": [],
+            }
             await send("execution_error", **error)
-            self.history[prompt_id] = {"prompt": [], "outputs": {},
-                                       "status": {"status_str": "error", "completed": False,
-                                                  "messages": [["execution_error", error]]}}
+            self.history[prompt_id] = {
+                "prompt": [],
+                "outputs": {},
+                "status": {"status_str": "error", "completed": False, "messages": [["execution_error", error]]},
+            }
         else:
             name = f"echo_{sum(k[0] == 'video' for k in self.files) + 1:05}_.mp4"
             self.files[("video", name)] = json.dumps(
-                [image, prompt["2"]["inputs"]["audio"], prompt["3"]["inputs"]["value"], prompt["4"]["inputs"]["value"]]).encode()
+                [image, prompt["2"]["inputs"]["audio"], prompt["3"]["inputs"]["value"], prompt["4"]["inputs"]["value"]]
+            ).encode()
             self.files[("", "preview.png")] = b"png"
-            outputs = {"6": {"images": [{"filename": name, "subfolder": "video", "type": "output"}], "animated": [True]},
-                       "7": {"images": [{"filename": "preview.png", "subfolder": "", "type": "temp"}]}}
+            outputs = {
+                "6": {"images": [{"filename": name, "subfolder": "video", "type": "output"}], "animated": [True]},
+                "7": {"images": [{"filename": "preview.png", "subfolder": "", "type": "temp"}]},
+            }
             await send("executed", node="6", display_node="6", output=outputs["6"])
-            self.history[prompt_id] = {"prompt": [], "outputs": outputs,
-                                       "status": {"status_str": "success", "completed": True, "messages": []}}
+            self.history[prompt_id] = {
+                "prompt": [],
+                "outputs": outputs,
+                "status": {"status_str": "success", "completed": True, "messages": []},
+            }
             await send("execution_success", timestamp=1)
         await send("executing", node=None)
 
@@ -148,7 +187,7 @@ def server(object_info_path):
         asyncio.set_event_loop(loop)
         loop.run_until_complete(runner.setup())
         loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-        standin.url = "http://127.0.0.1:%d" % runner.addresses[0][1]
+        standin.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
         ready.set()
         loop.run_forever()
 
@@ -167,9 +206,11 @@ def batch(tmp_path):
     for name in ("a.png", "b.png", "bad.png", "a.wav", "b.wav"):
         (tmp_path / name).write_bytes(name.encode())
     (tmp_path / "wf.json").write_text(json.dumps(WORKFLOW))
-    rows = [{"name": "alice", "image": "a.png", "audio": "a.wav", "Seed.value": "1", "Prompt.value": "hi"},
-            {"name": "bob", "image": "b.png", "audio": "b.wav", "Seed.value": "2", "Prompt.value": ""},
-            {"name": "broken", "image": "bad.png", "audio": "a.wav", "Seed.value": "3", "Prompt.value": "x"}]
+    rows = [
+        {"name": "alice", "image": "a.png", "audio": "a.wav", "Seed.value": "1", "Prompt.value": "hi"},
+        {"name": "bob", "image": "b.png", "audio": "b.wav", "Seed.value": "2", "Prompt.value": ""},
+        {"name": "broken", "image": "bad.png", "audio": "a.wav", "Seed.value": "3", "Prompt.value": "x"},
+    ]
     with open(tmp_path / "rows.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -178,8 +219,20 @@ def batch(tmp_path):
 
 
 def _run(batch, server, *extra):
-    return br.main([str(batch / "wf.json"), "--inputs", str(batch / "rows.csv"), "--server", server.url,
-                    "--out", str(batch / "out"), "--retry-delay", "0", *extra])
+    return br.main(
+        [
+            str(batch / "wf.json"),
+            "--inputs",
+            str(batch / "rows.csv"),
+            "--server",
+            server.url,
+            "--out",
+            str(batch / "out"),
+            "--retry-delay",
+            "0",
+            *extra,
+        ]
+    )
 
 
 def test_rows_run_outputs_download_failures_retry_and_resume(batch, server, capsys):
@@ -221,15 +274,21 @@ def test_rejected_prompt_is_reported_without_retry(batch, server):
     assert state["attempts"] == 1 and "Value not in list" in state["error"] and server.queued == []
 
 
-@pytest.mark.parametrize("workflow,table,expected", [
-    ({**WORKFLOW, "5": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 25.0, "frames": 3}}},
-     "image\na.png\n", "CreateVideo has no input 'frames'"),
-    ({"nodes": [], "links": []}, "image\na.png\n", "Export (API)"),
-    (WORKFLOW, "Nobody.value\n1\n", "no node with id, title or type 'Nobody'"),
-    (WORKFLOW, "value\n1\n", "nodes 3, 4 all have an input 'value'"),
-    (WORKFLOW, "5.images\na.png\n", "is linked to node 1"),
-    (WORKFLOW, "Seed.value\nseven\n", "'seven' is not a valid int"),
-])
+@pytest.mark.parametrize(
+    "workflow,table,expected",
+    [
+        (
+            {**WORKFLOW, "5": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 25.0, "frames": 3}}},
+            "image\na.png\n",
+            "CreateVideo has no input 'frames'",
+        ),
+        ({"nodes": [], "links": []}, "image\na.png\n", "Export (API)"),
+        (WORKFLOW, "Nobody.value\n1\n", "no node with id, title or type 'Nobody'"),
+        (WORKFLOW, "value\n1\n", "nodes 3, 4 all have an input 'value'"),
+        (WORKFLOW, "5.images\na.png\n", "is linked to node 1"),
+        (WORKFLOW, "Seed.value\nseven\n", "'seven' is not a valid int"),
+    ],
+)
 def test_bad_workflow_or_table_stops_before_any_upload(batch, server, capsys, workflow, table, expected):
     (batch / "wf.json").write_text(json.dumps(workflow))
     (batch / "rows.csv").write_text(table)
@@ -247,7 +306,8 @@ def test_uploaded_file_names_keep_spaces_and_non_ascii(batch, server):
     assert _run(batch, server) == 0
     assert sorted(server.uploads) == ["face b.png", "说话 1.wav"]
     assert [(p["1"]["inputs"]["image"], p["2"]["inputs"]["audio"]) for _, p in server.queued] == [
-        ("face b.png", "说话 1.wav")]
+        ("face b.png", "说话 1.wav")
+    ]
 
 
 def test_lost_websocket_falls_back_to_history(batch, server):
@@ -266,7 +326,9 @@ def test_folder_inputs(tmp_path):
     (tmp_path / "x.txt").write_text("a person talking\n")
     rows = br.load_rows(tmp_path)
     assert [(r.name, r.values) for r in rows] == [
-        ("x", {"image": "x.png", "audio": "x.wav", "prompt": "a person talking"}), ("y", {"image": "y.jpg"})]
+        ("x", {"image": "x.png", "audio": "x.wav", "prompt": "a person talking"}),
+        ("y", {"image": "y.jpg"}),
+    ]
     bindings = br.resolve_columns(WORKFLOW, ["image", "prompt"], {"prompt": "Prompt.value"})
     assert bindings == {"image": ("1", "image"), "prompt": ("4", "value")}
     (tmp_path / "empty").mkdir()

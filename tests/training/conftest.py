@@ -1,4 +1,5 @@
 """Tiny encoders, synthetic clips and preprocessed caches shaped for the ``tiny_preview`` model."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,18 +23,29 @@ def encoders(tiny_config) -> Encoders:
 @pytest.fixture(scope="session")
 def sft_cache(tmp_path_factory, encoders):
     out = tmp_path_factory.mktemp("sft_cache")
-    preprocess(sft_rows(), out, encoders, frames=FRAMES, size=(HEIGHT, WIDTH), loader=synthetic_clip,
-               shard_size=4, progress=False)
+    preprocess(
+        sft_rows(),
+        out,
+        encoders,
+        frames=FRAMES,
+        size=(HEIGHT, WIDTH),
+        loader=synthetic_clip,
+        shard_size=4,
+        progress=False,
+    )
     return out
 
 
 @pytest.fixture(scope="session")
 def dpo_cache(tmp_path_factory, encoders):
     out = tmp_path_factory.mktemp("dpo_cache")
-    rows = [{"id": f"pair{i}", "chosen": f"good{i}.mp4", "rejected": f"bad{i}.mp4",
-             "caption": "a person talking"} for i in range(4)]
-    preprocess(rows, out, encoders, kind="dpo", frames=FRAMES, size=(HEIGHT, WIDTH),
-               loader=synthetic_clip, progress=False)
+    rows = [
+        {"id": f"pair{i}", "chosen": f"good{i}.mp4", "rejected": f"bad{i}.mp4", "caption": "a person talking"}
+        for i in range(4)
+    ]
+    preprocess(
+        rows, out, encoders, kind="dpo", frames=FRAMES, size=(HEIGHT, WIDTH), loader=synthetic_clip, progress=False
+    )
     return out
 
 

@@ -1,4 +1,5 @@
 """The shipped accelerate configs, read the way ``accelerate launch`` reads them (no GPU needed)."""
+
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,11 @@ from echomimic_core.model.transformer import EchoMimicTransformer
 from training.trainer import fsdp_plugin
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "training" / "accelerate"
-EXPECTED = {"single_gpu.yaml": DistributedType.NO, "multi_gpu_ddp.yaml": DistributedType.MULTI_GPU,
-            "fsdp.yaml": DistributedType.FSDP}
+EXPECTED = {
+    "single_gpu.yaml": DistributedType.NO,
+    "multi_gpu_ddp.yaml": DistributedType.MULTI_GPU,
+    "fsdp.yaml": DistributedType.FSDP,
+}
 
 
 def launch_args(path: Path, *extra: str):

@@ -11,12 +11,15 @@ def test_yaml_overrides_only_what_it_names(tmp_path):
     assert cfg.flow.phase_boundaries == (300, 700)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("dpo:\n  betta: 1\n", "unknown keys"),
-    ("flow:\n  phase_boundaries: [700, 300]\n", "phase_boundaries"),
-    ("drop:\n  cfg_text: 1.5\n", "probability"),
-    ("data:\n  batch_size: 0\n", "at least 1"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("dpo:\n  betta: 1\n", "unknown keys"),
+        ("flow:\n  phase_boundaries: [700, 300]\n", "phase_boundaries"),
+        ("drop:\n  cfg_text: 1.5\n", "probability"),
+        ("data:\n  batch_size: 0\n", "at least 1"),
+    ],
+)
 def test_bad_configs_say_what_is_wrong(tmp_path, text, message):
     path = tmp_path / "cfg.yaml"
     path.write_text(text)

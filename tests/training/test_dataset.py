@@ -13,7 +13,7 @@ def _take(sampler, n):
 
 def test_stream_is_a_reshuffled_epoch_after_epoch_and_resumes_anywhere():
     stream = _take(StreamSampler(5, seed=3), 15)
-    assert all(sorted(stream[i:i + 5]) == list(range(5)) for i in (0, 5, 10))
+    assert all(sorted(stream[i : i + 5]) == list(range(5)) for i in (0, 5, 10))
     assert stream[:5] != stream[5:10]
     assert _take(StreamSampler(5, seed=3, start=7), 8) == stream[7:]
 
@@ -42,9 +42,15 @@ def test_a_cache_with_two_resolutions_trains_in_shape_batches(tmp_path, encoders
     from training.model_init import build_model
     from training.trainer import Trainer
 
-    cfg = config_from_dict({"output_dir": str(tmp_path / "run"), "mixed_precision": "no",
-                            "model": {"preset": "tiny_preview", "gradient_checkpointing": False},
-                            "data": {"batch_size": 2, "num_workers": 0}, "dpo": {"every_n_steps": 0},
-                            "optim": {"warmup_steps": 0}})
+    cfg = config_from_dict(
+        {
+            "output_dir": str(tmp_path / "run"),
+            "mixed_precision": "no",
+            "model": {"preset": "tiny_preview", "gradient_checkpointing": False},
+            "data": {"batch_size": 2, "num_workers": 0},
+            "dpo": {"every_n_steps": 0},
+            "optim": {"warmup_steps": 0},
+        }
+    )
     history = Trainer(cfg, build_model(cfg.model), data, data.null_text).train(4)
     assert len(history) == 4

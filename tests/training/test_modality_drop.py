@@ -17,8 +17,11 @@ def test_plan_per_phase():
     counts = late.sum(1)
     assert set(counts.tolist()) == {1, 2}
     assert late.any(0).all()  # every modality gets dropped sometimes in the late phase
-    assert set(drop_plan(phases, g, DropConfig(late_two_prob=0.0, cfg_text=0, cfg_audio=0, cfg_all=0))
-               [phases == 2].sum(1).tolist()) == {1}
+    assert set(
+        drop_plan(phases, g, DropConfig(late_two_prob=0.0, cfg_text=0, cfg_audio=0, cfg_all=0))[phases == 2]
+        .sum(1)
+        .tolist()
+    ) == {1}
 
 
 def test_classifier_free_dropout_rates():
@@ -32,9 +35,12 @@ def test_classifier_free_dropout_rates():
 
 def _cond(b=3, context_as_list=True):
     text = [torch.randn(5 + i, 8) for i in range(b)]
-    return Conditioning(context=text if context_as_list else torch.randn(b, 7, 8),
-                        clip_fea=torch.randn(b, 257, 4), y=torch.randn(b, 20, 3, 4, 6),
-                        audio=torch.randn(b, 18, 4))
+    return Conditioning(
+        context=text if context_as_list else torch.randn(b, 7, 8),
+        clip_fea=torch.randn(b, 257, 4),
+        y=torch.randn(b, 20, 3, 4, 6),
+        audio=torch.randn(b, 18, 4),
+    )
 
 
 def test_apply_drop_replaces_only_the_marked_rows():

@@ -3,7 +3,6 @@ import torch
 
 from training.dataset import CachedDataset, collate, read_index
 from training.preprocess import preprocess
-
 from training.synthetic import FRAMES, HEIGHT, WIDTH, sft_rows, synthetic_clip
 
 
@@ -51,8 +50,16 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, encoders):
 
 def test_filters_sync_score_and_length(tmp_path, encoders):
     rows = sft_rows(4) + [{"id": "short", "video": "x_len5.mp4", "caption": "c", "sync_score": 9}]
-    stats = preprocess(rows, tmp_path, encoders, frames=FRAMES, size=(HEIGHT, WIDTH),
-                       loader=synthetic_clip, min_sync_score=7.0, progress=False)
+    stats = preprocess(
+        rows,
+        tmp_path,
+        encoders,
+        frames=FRAMES,
+        size=(HEIGHT, WIDTH),
+        loader=synthetic_clip,
+        min_sync_score=7.0,
+        progress=False,
+    )
     assert stats == {"done": 2, "skipped_filter": 3, "failed": 0, "cached": 0}
     assert sorted(i["id"] for i in read_index(tmp_path)["items"]) == ["clip2", "clip3"]
 
@@ -79,9 +86,26 @@ def test_cli_decodes_real_video_files(tmp_path, encoders, monkeypatch):
     rows = [{"id": "a", "video": "real.mp4", "caption": "hello"}, {"id": "b", "video": "short.mp4"}]
     (tmp_path / "clips.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     monkeypatch.setattr(pre, "build_encoders", lambda args: encoders)
-    args = ["--manifest", str(tmp_path / "clips.jsonl"), "--out", str(tmp_path / "cache"),
-            "--frames", str(FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH),
-            "--vae", "v", "--text-encoder", "t", "--clip", "c", "--audio-encoder", "a"]
+    args = [
+        "--manifest",
+        str(tmp_path / "clips.jsonl"),
+        "--out",
+        str(tmp_path / "cache"),
+        "--frames",
+        str(FRAMES),
+        "--height",
+        str(HEIGHT),
+        "--width",
+        str(WIDTH),
+        "--vae",
+        "v",
+        "--text-encoder",
+        "t",
+        "--clip",
+        "c",
+        "--audio-encoder",
+        "a",
+    ]
     assert pre.main(args) == 0
     data = CachedDataset(tmp_path / "cache")
     assert [item["id"] for item in data.items] == ["a"]  # the 5-frame clip is filtered as too short

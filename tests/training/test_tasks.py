@@ -36,8 +36,10 @@ def test_first_last_keeps_the_last_pixel_frame_only():
 def test_masks_are_the_cores_own():
     size, n = (16, 24), 9
     start = torch.rand(3, 16, 24)
-    core = {"first_frame": task_masks.first_frame_inputs(start, n, size),
-            "first_last": task_masks.first_last_inputs(start, start, n, size)}
+    core = {
+        "first_frame": task_masks.first_frame_inputs(start, n, size),
+        "first_last": task_masks.first_last_inputs(start, start, n, size),
+    }
     for task, inputs in core.items():
         assert torch.equal(task_inputs(task, n, size).input_video_mask, inputs.input_video_mask)
     box = [0.25, 0.5, 0.75, 1.0]  # x0, y0, x1, y1 fractions -> pixels y 8..16, x 6..18
@@ -53,8 +55,8 @@ def test_lipsync_region_generates_only_the_box():
     box = [0.5, 0.5, 1.0, 1.0]  # bottom-right quarter
     y, _ = _y("lipsync", box)
     mask = y[0, :4]
-    assert (mask[:, :, :2, :3] == 1).all()      # outside the box: kept in every frame
-    assert (mask[:, :, 2:, 3:] == 0).all()      # inside: generated
+    assert (mask[:, :, :2, :3] == 1).all()  # outside the box: kept in every frame
+    assert (mask[:, :, 2:, 3:] == 0).all()  # inside: generated
     with pytest.raises(ValueError, match="needs a mouth box"):
         task_inputs("lipsync", 5, (8, 8))
 
@@ -97,12 +99,15 @@ def test_face_gate_is_the_cores_gate_of_the_pixel_box():
     assert torch.equal(face_gates([box], (8, 12)), expected)
 
 
-@pytest.mark.parametrize("value, message", [
-    ([10, 20, 200, 220], "fractions in \\[0, 1\\]"),
-    ([0.6, 0.2, 0.4, 0.9], "x0 < x1"),
-    ([0.1, 0.2, 0.3], "expected \\[x0, y0, x1, y1\\]"),
-    ({"x0": 0.1, "y0": 0.2, "x1": 0.3}, "missing \\['y1'\\]"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([10, 20, 200, 220], "fractions in \\[0, 1\\]"),
+        ([0.6, 0.2, 0.4, 0.9], "x0 < x1"),
+        ([0.1, 0.2, 0.3], "expected \\[x0, y0, x1, y1\\]"),
+        ({"x0": 0.1, "y0": 0.2, "x1": 0.3}, "missing \\['y1'\\]"),
+    ],
+)
 def test_bad_boxes_say_what_order_is_expected(value, message):
     with pytest.raises(ValueError, match=message):
         parse_frac_box(value, "clip7: face_box")

@@ -19,10 +19,15 @@ def test_shipped_configs_load():
 
 
 def test_train_from_a_yaml_config_and_resume(tmp_path, sft_cache):
-    cfg = {"output_dir": str(tmp_path / "run"), "mixed_precision": "no", "checkpoint_every": 2,
-           "model": {"preset": "tiny_preview", "gradient_checkpointing": False},
-           "data": {"sft_dir": str(sft_cache), "num_workers": 0},
-           "dpo": {"every_n_steps": 0}, "optim": {"max_steps": 3, "warmup_steps": 0}}
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "mixed_precision": "no",
+        "checkpoint_every": 2,
+        "model": {"preset": "tiny_preview", "gradient_checkpointing": False},
+        "data": {"sft_dir": str(sft_cache), "num_workers": 0},
+        "dpo": {"every_n_steps": 0},
+        "optim": {"max_steps": 3, "warmup_steps": 0},
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     trainer = run(path)

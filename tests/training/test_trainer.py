@@ -1,6 +1,7 @@
 """End-to-end training behaviour on the tiny preview model (CPU, float32)."""
-import torch
+
 import pytest
+import torch
 
 from echomimic_core.checkpoints.files import load_state_dict
 from echomimic_core.checkpoints.transformer import load_transformer
@@ -14,10 +15,16 @@ from training.trainer import LORA_FILE, MODEL_FILE, Trainer
 
 
 def make_trainer(out, sft_cache, dpo_cache=None, **over):
-    raw = {"output_dir": str(out), "mixed_precision": "no", "log_every": 1, "checkpoint_every": 1000,
-           "model": {"preset": "tiny_preview", "gradient_checkpointing": False},
-           "data": {"batch_size": 3, "num_workers": 0},
-           "dpo": {"every_n_steps": 0}, "optim": {"lr": 1e-3, "warmup_steps": 0, "max_steps": 100}}
+    raw = {
+        "output_dir": str(out),
+        "mixed_precision": "no",
+        "log_every": 1,
+        "checkpoint_every": 1000,
+        "model": {"preset": "tiny_preview", "gradient_checkpointing": False},
+        "data": {"batch_size": 3, "num_workers": 0},
+        "dpo": {"every_n_steps": 0},
+        "optim": {"lr": 1e-3, "warmup_steps": 0, "max_steps": 100},
+    }
     for key, value in over.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     cfg = config_from_dict(raw)
@@ -88,8 +95,13 @@ def test_phase_drop_reaches_the_model(tmp_path, sft_cache):
 
 
 def test_dpo_raises_the_implicit_reward_margin(tmp_path, sft_cache, dpo_cache):
-    trainer = make_trainer(tmp_path, sft_cache, dpo_cache, dpo={"every_n_steps": 1, "beta": 2000.0},
-                           optim={"lr": 2e-4, "warmup_steps": 0, "max_steps": 100})
+    trainer = make_trainer(
+        tmp_path,
+        sft_cache,
+        dpo_cache,
+        dpo={"every_n_steps": 1, "beta": 2000.0},
+        optim={"lr": 2e-4, "warmup_steps": 0, "max_steps": 100},
+    )
     batch = collate([trainer.dpo_data[i] for i in range(len(trainer.dpo_data))])
 
     def margin():
@@ -108,8 +120,11 @@ def _losses(history):
 
 
 def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, sft_cache, dpo_cache):
-    over = dict(checkpoint_every=3, dpo={"every_n_steps": 2, "beta": 500.0},
-                model={"preset": "tiny_preview", "gradient_checkpointing": True})
+    over = dict(
+        checkpoint_every=3,
+        dpo={"every_n_steps": 2, "beta": 500.0},
+        model={"preset": "tiny_preview", "gradient_checkpointing": True},
+    )
     full = _losses(make_trainer(tmp_path / "a", sft_cache, dpo_cache, **over).train(6))
 
     class Killed(Exception):
@@ -144,8 +159,7 @@ def test_lora_trains_adapters_only_and_merges_into_the_base(tmp_path, sft_cache)
     pytest.importorskip("peft", reason="LoRA training needs peft (requirements-train.txt)")
     trainer = make_trainer(tmp_path, sft_cache, lora={"enabled": True, "rank": 4, "alpha": 8.0})
     model = trainer.acc.unwrap_model(trainer.model)
-    base = {k.replace(".base_layer", ""): v.clone()
-            for k, v in model.state_dict().items() if "lora_" not in k}
+    base = {k.replace(".base_layer", ""): v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
     trainer.train(3)
     folder = trainer.save_checkpoint()
     assert not (folder / MODEL_FILE).exists()
@@ -184,9 +198,14 @@ def test_base_wan_checkpoint_gets_upstream_audio_init(tmp_path, tiny_config):
 
 
 def test_bf16_autocast_keeps_fp32_master_weights(tmp_path, sft_cache, dpo_cache):
-    trainer = make_trainer(tmp_path, sft_cache, dpo_cache, mixed_precision="bf16",
-                           model={"preset": "tiny_preview", "gradient_checkpointing": True},
-                           dpo={"every_n_steps": 2})
+    trainer = make_trainer(
+        tmp_path,
+        sft_cache,
+        dpo_cache,
+        mixed_precision="bf16",
+        model={"preset": "tiny_preview", "gradient_checkpointing": True},
+        dpo={"every_n_steps": 2},
+    )
     before = {k: v.clone() for k, v in trainer.acc.unwrap_model(trainer.model).state_dict().items()}
     history = trainer.train(2)
     assert all(torch.isfinite(torch.tensor(_losses(history))))
@@ -198,29 +217,36 @@ def test_bf16_autocast_keeps_fp32_master_weights(tmp_path, sft_cache, dpo_cache)
 def test_every_step_is_stratified_over_phases_with_batch_one(tmp_path, sft_cache):
     from training.flow_matching import phase_of
 
-    trainer = make_trainer(tmp_path, sft_cache, data={"batch_size": 1, "num_workers": 0},
-                           optim={"gradient_accumulation_steps": 3, "warmup_steps": 0, "max_steps": 100})
+    trainer = make_trainer(
+        tmp_path,
+        sft_cache,
+        data={"batch_size": 1, "num_workers": 0},
+        optim={"gradient_accumulation_steps": 3, "warmup_steps": 0, "max_steps": 100},
+    )
     recorder = Recorder(trainer.model)
     trainer.model = recorder
     trainer.train(3)
     phases = [int(phase_of(t, trainer.config.flow.phase_boundaries)) for t, _ in recorder.seen]
     assert len(phases) == 9
-    assert all(sorted(phases[i:i + 3]) == [0, 1, 2] for i in range(0, 9, 3))
+    assert all(sorted(phases[i : i + 3]) == [0, 1, 2] for i in range(0, 9, 3))
 
 
 def test_flash_variant_trains_sft_and_dpo(tmp_path):
+    from echomimic_core.config import TransformerConfig
     from training.preprocess import preprocess
     from training.synthetic import FRAMES, HEIGHT, WIDTH, sft_rows, synthetic_clip, tiny_encoders
-    from echomimic_core.config import TransformerConfig
 
     encoders = tiny_encoders(TransformerConfig.preset("tiny_flash"))
     kw = dict(frames=FRAMES, size=(HEIGHT, WIDTH), loader=synthetic_clip, progress=False)
     preprocess(sft_rows(3), tmp_path / "sft", encoders, **kw)
-    preprocess([{"id": "p", "chosen": "a.mp4", "rejected": "b.mp4"}], tmp_path / "dpo", encoders,
-               kind="dpo", **kw)
-    trainer = make_trainer(tmp_path / "run", tmp_path / "sft", tmp_path / "dpo",
-                           model={"preset": "tiny_flash", "gradient_checkpointing": False},
-                           dpo={"every_n_steps": 2, "batch_size": 1})
+    preprocess([{"id": "p", "chosen": "a.mp4", "rejected": "b.mp4"}], tmp_path / "dpo", encoders, kind="dpo", **kw)
+    trainer = make_trainer(
+        tmp_path / "run",
+        tmp_path / "sft",
+        tmp_path / "dpo",
+        model={"preset": "tiny_flash", "gradient_checkpointing": False},
+        dpo={"every_n_steps": 2, "batch_size": 1},
+    )
     model = trainer.acc.unwrap_model(trainer.model)
     assert not model.blocks[0].cross_attn.q_audio.weight.requires_grad  # unused by the forward
     recorder = Recorder(trainer.model)

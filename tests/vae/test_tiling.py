@@ -1,4 +1,5 @@
 """Tiled encode/decode: the tile geometry asked for is the one used, and tiles blend back seamlessly."""
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,7 +13,7 @@ VIDEO = (1, 3, 5, 32, 64)
 @pytest.fixture(scope="module")
 def weights(reference_dir):
     data = load_file(str(reference_dir / "vae_tiny.safetensors"))
-    return {k[len("weight."):]: v for k, v in data.items() if k.startswith("weight.")}
+    return {k[len("weight.") :]: v for k, v in data.items() if k.startswith("weight.")}
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,14 @@ def test_tiled_equals_untiled_for_a_local_vae(local_vae, video, tiling):
     torch.testing.assert_close(local_vae.decode(latent, tiling), decoded, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("tiling, tiles", [
-    (Tiling(32, 8), 2 * 3),   # latent tile 4, stride 3 over a 4 x 8 latent
-    (Tiling(32, 0), 1 * 2),
-    (Tiling(64, 32), 1 * 1),  # the frame fits one tile: no tiling at all
-])
+@pytest.mark.parametrize(
+    "tiling, tiles",
+    [
+        (Tiling(32, 8), 2 * 3),  # latent tile 4, stride 3 over a 4 x 8 latent
+        (Tiling(32, 0), 1 * 2),
+        (Tiling(64, 32), 1 * 1),  # the frame fits one tile: no tiling at all
+    ],
+)
 def test_decoder_runs_once_per_tile_and_latent_frame(local_vae, video, tiling, tiles):
     latent = torch.zeros(1, 16, 1, VIDEO[3] // 8, VIDEO[4] // 8)
     calls = []

@@ -1,4 +1,5 @@
 """WanVAE: parity with upstream, loading every layout, tiling, input and file errors."""
+
 import json
 
 import pytest
@@ -6,8 +7,16 @@ import torch
 from safetensors.torch import load_file
 
 from echomimic_core.checkpoints.files import CheckpointError, save_state_dict
-from echomimic_core.vae import (Tiling, VideoVAE, WanVAE, denormalize_latents, from_state_dict, load_vae,
-                                normalize_latents, verify_fixture)
+from echomimic_core.vae import (
+    Tiling,
+    VideoVAE,
+    WanVAE,
+    denormalize_latents,
+    from_state_dict,
+    load_vae,
+    normalize_latents,
+    verify_fixture,
+)
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +27,7 @@ def fixture_data(reference_dir):
 @pytest.fixture(scope="module")
 def weights(fixture_data):
     """Tiny random Wan2.1 VAE weights in the original layout."""
-    return {k[len("weight."):]: v for k, v in fixture_data.items() if k.startswith("weight.")}
+    return {k[len("weight.") :]: v for k, v in fixture_data.items() if k.startswith("weight.")}
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +117,23 @@ def test_load_diffusers_folder(tmp_path, vae, weights, fixture_data):
 
 
 # -- bad files ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("state, message", [
-    ({"patch_embedding.weight": torch.zeros(2, 36, 1, 2, 2), "blocks.0.self_attn.q.weight": torch.zeros(2, 2)},
-     "diffusion transformer"),
-    ({"encoder.conv_in.weight": torch.zeros(2, 3, 3, 3), "encoder.down.0.block.0.conv1.weight": torch.zeros(2, 2, 3, 3)},
-     "Stable Diffusion"),
-    ({"text_model.embeddings.token_embedding.weight": torch.zeros(2, 2)}, "not a Wan VAE"),
-])
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        (
+            {"patch_embedding.weight": torch.zeros(2, 36, 1, 2, 2), "blocks.0.self_attn.q.weight": torch.zeros(2, 2)},
+            "diffusion transformer",
+        ),
+        (
+            {
+                "encoder.conv_in.weight": torch.zeros(2, 3, 3, 3),
+                "encoder.down.0.block.0.conv1.weight": torch.zeros(2, 2, 3, 3),
+            },
+            "Stable Diffusion",
+        ),
+        ({"text_model.embeddings.token_embedding.weight": torch.zeros(2, 2)}, "not a Wan VAE"),
+    ],
+)
 def test_wrong_model_file_is_named(tmp_path, state, message):
     path = tmp_path / "model.safetensors"
     save_state_dict(state, path)
@@ -147,8 +166,9 @@ def test_vae_without_its_first_layer(weights):
 
 
 def test_wan22_diffusers_folder_is_rejected(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan", "z_dim": 48,
-                                                      "is_residual": True}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"_class_name": "AutoencoderKLWan", "z_dim": 48, "is_residual": True})
+    )
     with pytest.raises(CheckpointError, match="48 latent channels.*Wan2.2"):
         load_vae(tmp_path)
 
@@ -166,12 +186,15 @@ def test_empty_file(tmp_path):
 
 
 # -- inputs -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape, message", [
-    ((1, 3, 4, 16, 16), "4k\\+1"),
-    ((1, 3, 5, 20, 16), "multiples of 8"),
-    ((1, 4, 5, 16, 16), "colour channels"),
-    ((3, 5, 16, 16), "\\[B, 3, T, H, W\\]"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((1, 3, 4, 16, 16), "4k\\+1"),
+        ((1, 3, 5, 20, 16), "multiples of 8"),
+        ((1, 4, 5, 16, 16), "colour channels"),
+        ((3, 5, 16, 16), "\\[B, 3, T, H, W\\]"),
+    ],
+)
 def test_bad_video_shapes(vae, shape, message):
     with pytest.raises(ValueError, match=message):
         vae.encode(torch.zeros(shape))

@@ -1,5 +1,6 @@
 """The shipped workflows: current with the nodes, valid against ComfyUI's schemas, readable, and the
 demo API workflow executes end to end on the tiny demo models."""
+
 import inspect
 import json
 from pathlib import Path
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from nodes import NODE_CLASS_MAPPINGS, comfy_services as cs
+from nodes import NODE_CLASS_MAPPINGS
+from nodes import comfy_services as cs
 from nodes.demo_models import main as demo_models_main
 from workflows import build
 from workflows import validate as v
@@ -40,7 +42,7 @@ def test_ui_workflows_are_readable(name):
     ui = json.loads((HERE / f"{name}.json").read_text(encoding="utf-8"))
     boxes = [(n["pos"][0], n["pos"][1], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]) for n in ui["nodes"]]
     for i, a in enumerate(boxes):
-        for b in boxes[i + 1:]:
+        for b in boxes[i + 1 :]:
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], f"nodes overlap: {a} {b}"
     notes = [n for n in ui["nodes"] if n["type"] == "MarkdownNote"]
     assert notes and (".safetensors" in notes[0]["widgets_values"][0] or "demo_models" in notes[0]["widgets_values"][0])
@@ -65,6 +67,7 @@ def test_native_files_and_settings_users_have(schemas):
     flash = json.loads((HERE / "echomimic_flash_8step_api.json").read_text(encoding="utf-8"))
     sampler = next(n["inputs"] for n in flash.values() if n["class_type"] == "EchoMimicSampler")
     from nodes.sampler import resolve_settings
+
     settings = resolve_settings("flash", sampler)
     assert (settings.sampler, settings.steps) == ("Flow_Unipc", 8)
 
@@ -77,6 +80,7 @@ class LoadImage:
 
     def load(self, image):
         from PIL import Image
+
         array = np.asarray(Image.open(cs.input_dir() / image).convert("RGB"), dtype=np.float32) / 255
         return torch.from_numpy(array)[None], torch.zeros(1, *array.shape[:2])
 
@@ -86,6 +90,7 @@ class LoadAudio:
 
     def load(self, audio):
         from echomimic_core.media import load_audio
+
         waveform, rate = load_audio(cs.input_dir() / audio)
         return ({"waveform": waveform[None], "sample_rate": rate},)
 
@@ -130,7 +135,7 @@ def test_demo_workflow_executes_on_the_demo_files(monkeypatch, tmp_path, capsys)
     run = run_prompt(prompt, {**NODE_CLASS_MAPPINGS, "LoadImage": LoadImage, "LoadAudio": LoadAudio})
     sampler_id = next(k for k, n in prompt.items() if n["class_type"] == "EchoMimicSampler")
     frames, audio, fps = run["results"][sampler_id]
-    assert frames.shape == (60, 96, 96, 3) and fps == 25.0          # 2.4 s of speech at 25 fps
+    assert frames.shape == (60, 96, 96, 3) and fps == 25.0  # 2.4 s of speech at 25 fps
     assert audio["waveform"].shape[-1] == round(60 / 25 * 16000) and audio["sample_rate"] == 16000
     save_id = next(k for k, n in prompt.items() if n["class_type"] == "EchoMimicSaveVideo")
     (path,) = run["results"][save_id]
@@ -138,15 +143,22 @@ def test_demo_workflow_executes_on_the_demo_files(monkeypatch, tmp_path, capsys)
     assert Path(path).is_file() and Path(path).parent == comfy / "output" / item["subfolder"]
 
     from echomimic_core.media import load_video
+
     video = load_video(path)
     assert len(video.frames) == 60 and video.audio is not None
 
 
 def test_batch_run_columns_documented_in_docs_resolve_on_the_example_workflows():
     from tools.batch_run import resolve_columns
+
     api = json.loads((HERE / "echomimic_preview_talking_head_api.json").read_text(encoding="utf-8"))
     bindings = resolve_columns(api, ["image", "audio", "seed", "Prompt.text", "prompt"], {"prompt": "Prompt.text"})
     types = {column: api[node]["class_type"] for column, (node, _) in bindings.items()}
-    assert types == {"image": "LoadImage", "audio": "LoadAudio", "seed": "EchoMimicSampler",
-                     "Prompt.text": "CLIPTextEncode", "prompt": "CLIPTextEncode"}
+    assert types == {
+        "image": "LoadImage",
+        "audio": "LoadAudio",
+        "seed": "EchoMimicSampler",
+        "Prompt.text": "CLIPTextEncode",
+        "prompt": "CLIPTextEncode",
+    }
     assert api[bindings["prompt"][0]]["_meta"]["title"] == "Prompt"
