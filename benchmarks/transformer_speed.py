@@ -83,7 +83,7 @@ def make_inputs(config: TransformerConfig, frames: int, height: int, width: int,
     g = torch.Generator().manual_seed(seed)
     lat = ((frames - 1) // 4 + 1, height // 8, width // 8)
     video_frames = 4 * (lat[0] - 1) + 1
-    if config.audio_variant == "preview":
+    if config.variant == "preview":
         audio = torch.randn(1, config.audio_tokens_per_frame * video_frames, config.audio_in_dim, generator=g)
     else:
         audio = torch.randn(
@@ -96,8 +96,8 @@ def make_inputs(config: TransformerConfig, frames: int, height: int, width: int,
         y=torch.randn(1, config.in_dim - 16, *lat, generator=g),
         audio=audio,
         # upstream flash has no face gate: give it none so both compute the same
-        ip_mask=(
-            (torch.rand(1, tokens_per_frame, generator=g) > 0.5).float() if config.audio_variant == "preview" else None
+        face_gate=(
+            (torch.rand(1, tokens_per_frame, generator=g) > 0.5).float() if config.variant == "preview" else None
         ),
         audio_scale=1.0,
     )
@@ -108,10 +108,10 @@ def make_inputs(config: TransformerConfig, frames: int, height: int, width: int,
 def load_upstream(path: Path, config: TransformerConfig, state_dict: dict, device, dtype):
     """Upstream's transformer with our weights (shared storage) and a call adapter."""
     sys.path.insert(0, str(path))
-    if importlib.util.find_spec("einops") is None and config.audio_variant == "preview":
+    if importlib.util.find_spec("einops") is None and config.variant == "preview":
         # preview imports einops but never calls it
         sys.modules["einops"] = types.SimpleNamespace(rearrange=None)
-    name = "src.wan_transformer3d_audio_2512" if config.audio_variant == "flash" else "src.wan_transformer3d_audio"
+    name = "src.wan_transformer3d_audio_2512" if config.variant == "flash" else "src.wan_transformer3d_audio"
     module = importlib.import_module(name)
     c = config
     model = module.WanTransformerAudioMask3DModel(
@@ -136,10 +136,10 @@ def load_upstream(path: Path, config: TransformerConfig, state_dict: dict, devic
     def run(x, t, cond):
         latent_t = x.shape[2]
         seq_len = latent_t * (x.shape[3] // c.patch_size[1]) * (x.shape[4] // c.patch_size[2])
-        if c.audio_variant == "flash":
-            context = (cond.context, cond.audio, latent_t, cond.ip_mask)
+        if c.variant == "flash":
+            context = (cond.context, cond.audio, latent_t, cond.face_gate)
         else:
-            context = (cond.context, cond.audio, latent_t, cond.ip_mask, cond.audio_scale)
+            context = (cond.context, cond.audio, latent_t, cond.face_gate, cond.audio_scale)
         return model(x=x, t=t, context=context, seq_len=seq_len, clip_fea=cond.clip_fea, y=cond.y)
 
     return run

@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from .settings import LONG_VIDEO_MODES, SAMPLERS, GenerationSettings
+from .settings import LONG_VIDEO_MODES, SAMPLERS, TASKS, GenerationSettings
 
 log = logging.getLogger("echomimic_core")
 DEMO_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "echomimic-comfy" / "demo-models"
-TASK_CHOICES = ("first_frame", "first_last", "keyframes", "lipsync", "continue")
 
 
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--models", type=Path, help="folder with upstream's release layout or ComfyUI's models/")
     for slot in ("transformer", "vae", "text-encoder", "tokenizer", "image-encoder", "audio-encoder"):
         gen.add_argument(f"--{slot}", type=Path, help=f"explicit {slot.replace('-', ' ')} file/folder")
-    gen.add_argument("--task", choices=TASK_CHOICES, default="first_frame")
+    gen.add_argument("--task", choices=TASKS, default="first_frame")
     gen.add_argument("--end-image", type=Path, help="first_last: the last frame")
     gen.add_argument(
         "--keyframe",
@@ -242,7 +241,7 @@ def generate_command(args) -> int:
     if files.transformer is not None:  # check the settings before loading gigabytes
         from .checkpoints.transformer import inspect_checkpoint
 
-        _settings_from(args, inspect_checkpoint(files.transformer).config.audio_variant).validate()
+        _settings_from(args, inspect_checkpoint(files.transformer).config.variant).validate()
     models = load_models(
         files,
         dtype=dtype,

@@ -26,12 +26,11 @@ from fractions import Fraction
 
 import torch
 
-from .vae.wan import TEMPORAL_COMPRESSION as VAE_TEMPORAL_STRIDE
+from .config import AUDIO_TOKENS_PER_FRAME, AUDIO_WINDOW
+from .vae_frames import round_down_4k1
 
 SAMPLE_RATE = 16000
 FEATURE_RATE = 50
-TOKENS_PER_FRAME = 2
-FLASH_WINDOW = 5
 TOKEN_KINDS = ("preview", "whisper")
 WINDOW_KINDS = ("flash",)
 
@@ -50,22 +49,15 @@ def as_fraction(fps: float | Fraction) -> Fraction:
     return frac
 
 
-def round_to_vae_frames(num_frames: int, stride: int = VAE_TEMPORAL_STRIDE) -> int:
-    """Largest ``stride * n + 1`` not above ``num_frames`` (the lengths the Wan VAE accepts); 0 if none."""
-    if num_frames < 1:
-        return 0
-    return (num_frames - 1) // stride * stride + 1
-
-
 def frames_for_samples(
     num_samples: int,
     fps: float | Fraction,
     sample_rate: int = SAMPLE_RATE,
     max_frames: int | None = None,
-    stride: int | None = VAE_TEMPORAL_STRIDE,
+    round_to_4k1: bool = True,
 ) -> int:
     """Video frames an audio clip of ``num_samples`` supports: ``floor(duration * fps)``, capped at
-    ``max_frames``, then rounded down to ``4n + 1`` (skip with ``stride=None``).
+    ``max_frames``, then rounded down to ``4n + 1`` (skip with ``round_to_4k1=False``).
 
     Computed in exact integer arithmetic (upstream uses a float duration, which can land one frame
     low when ``duration * fps`` is an integer that floats miss).
@@ -74,7 +66,7 @@ def frames_for_samples(
     frames = num_samples * fps.numerator // (sample_rate * fps.denominator)
     if max_frames is not None:
         frames = min(frames, max_frames)
-    return round_to_vae_frames(frames, stride) if stride else frames
+    return round_down_4k1(frames) if round_to_4k1 else frames
 
 
 def upstream_frames_for_samples(
@@ -82,7 +74,6 @@ def upstream_frames_for_samples(
     fps: float,
     sample_rate: int = SAMPLE_RATE,
     max_frames: int | None = None,
-    stride: int = VAE_TEMPORAL_STRIDE,
 ) -> int:
     """The frame count upstream's scripts arrive at, for parity runs.
 
@@ -103,7 +94,7 @@ def upstream_frames_for_samples(
     frames = int(duration * fps)
     if max_frames is not None:
         frames = min(frames, max_frames)
-    return round_to_vae_frames(frames, stride)
+    return round_down_4k1(frames)
 
 
 def frame_to_sample(frame: int, fps: float | Fraction, sample_rate: int = SAMPLE_RATE) -> int:
@@ -177,7 +168,7 @@ def tokens_for_frames(
     num_frames: int,
     fps: float | Fraction,
     feature_rate: float = FEATURE_RATE,
-    tokens_per_frame: int = TOKENS_PER_FRAME,
+    tokens_per_frame: int = AUDIO_TOKENS_PER_FRAME,
 ) -> torch.Tensor:
     """preview / whisper layout: ``[B, T50, D]`` -> ``[B, tokens_per_frame * num_frames, D]``.
 
@@ -205,7 +196,7 @@ def interpolate_to_length(features: torch.Tensor, length: int) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-def window_indices(num_frames: int, window: int = FLASH_WINDOW, length: int | None = None) -> torch.Tensor:
+def window_indices(num_frames: int, window: int = AUDIO_WINDOW, length: int | None = None) -> torch.Tensor:
     """``[num_frames, window]`` indices ``k - window//2 .. k + window//2`` clamped to ``[0, length - 1]``
     (``length`` defaults to ``num_frames``): frames at the clip edges repeat the edge frame."""
     length = num_frames if length is None else length
@@ -214,7 +205,7 @@ def window_indices(num_frames: int, window: int = FLASH_WINDOW, length: int | No
     return (torch.arange(num_frames).unsqueeze(1) + offsets.unsqueeze(0)).clamp(0, length - 1)
 
 
-def flash_windows(per_frame: torch.Tensor, window: int = FLASH_WINDOW) -> torch.Tensor:
+def flash_windows(per_frame: torch.Tensor, window: int = AUDIO_WINDOW) -> torch.Tensor:
     """flash layout: per-frame stacked layers ``[F, L, D]`` (or ``[B, F, L, D]``) -> ``[B, F, window, L, D]``."""
     if per_frame.dim() == 3:
         per_frame = per_frame.unsqueeze(0)
@@ -237,7 +228,7 @@ def kind_layout(kind: str) -> str:
 def frames_in_features(features: torch.Tensor, kind: str) -> int:
     """How many video frames a feature tensor in ``kind``'s layout covers."""
     if kind_layout(kind) == "tokens":
-        return features.shape[1] // TOKENS_PER_FRAME
+        return features.shape[1] // AUDIO_TOKENS_PER_FRAME
     return features.shape[1]
 
 
@@ -251,7 +242,7 @@ def feature_slice(features: torch.Tensor, start_frame: int, num_frames: int, kin
     """
     if start_frame < 0 or num_frames < 0:
         raise ValueError(f"start_frame and num_frames must be >= 0, got {start_frame}, {num_frames}.")
-    per = TOKENS_PER_FRAME if kind_layout(kind) == "tokens" else 1
+    per = AUDIO_TOKENS_PER_FRAME if kind_layout(kind) == "tokens" else 1
     begin, end = start_frame * per, (start_frame + num_frames) * per
     part = features[:, begin:end]
     missing = (end - begin) - part.shape[1]

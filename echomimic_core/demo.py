@@ -54,7 +54,7 @@ def demo_transformer_config() -> TransformerConfig:
         text_len=512,
         clip_dim=CLIP_DIM,
         clip_tokens=5,
-        audio_variant="preview",
+        variant="preview",
         audio_in_dim=AUDIO_DIM,
     )
 

@@ -1,10 +1,10 @@
-"""Face-region gate (``ip_mask``) of the preview model: audio attention acts only on face tokens.
+"""Face-region gate (``face_gate``) of the preview model: audio attention acts only on face tokens.
 
 Upstream takes a face box ``[y1, y2, x1, x2]`` in pixels of the reference image (h0 x w0) — from a
 stored ``.npy`` or RetinaFace — and rasterises it on the token grid of one latent frame
 (``H/16 x W/16`` for a sample of H x W): with ``r = sqrt(H * W / (h0 * w0))`` the box becomes
 ``floor(y1 * r / 16) <= row < floor(y2 * r / 16)`` and likewise for columns, flattened row-major to
-``[1, tokens]``. ``ip_mask_from_box`` reproduces that exactly.
+``[1, tokens]``. ``face_gate_from_box`` reproduces that exactly.
 
 Other sources: a user mask image (its bounding box is rasterised the same way, or its shape pooled
 onto the grid), or a built-in detector: OpenCV's Haar cascade, whose weights ship inside
@@ -25,9 +25,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .config import PATCH_SIZE
+from .vae_frames import VAE_SPATIAL_STRIDE
+
 log = logging.getLogger(__name__)
 
-TOKEN_STRIDE = 16  # VAE 8x spatial compression x patch size 2
+TOKEN_STRIDE = VAE_SPATIAL_STRIDE * PATCH_SIZE[1]  # pixels per token side: 8 x 2 = 16 (TransformerConfig.token_stride)
 Box = tuple[float, float, float, float]  # y1, y2, x1, x2 in pixels, end-exclusive
 
 
@@ -41,7 +44,7 @@ def token_grid(sample_size: Sequence[int]) -> tuple[int, int]:
     return height // TOKEN_STRIDE, width // TOKEN_STRIDE
 
 
-def ip_mask_from_box(box: Sequence[float], image_size: Sequence[int], sample_size: Sequence[int]) -> torch.Tensor:
+def face_gate_from_box(box: Sequence[float], image_size: Sequence[int], sample_size: Sequence[int]) -> torch.Tensor:
     """[1, rows * cols] float 0/1 gate from a face box [y1, y2, x1, x2] in pixels of an image of
     image_size (h0, w0), for a sample of sample_size (H, W). Exactly upstream's get_ip_mask."""
     if len(box) != 4:
@@ -88,7 +91,7 @@ def box_from_mask(mask) -> Box | None:
     return float(rows.min()), float(rows.max() + 1), float(cols.min()), float(cols.max() + 1)
 
 
-def ip_mask_from_mask(mask, image_size: Sequence[int], sample_size: Sequence[int], mode: str = "box") -> torch.Tensor:
+def face_gate_from_mask(mask, image_size: Sequence[int], sample_size: Sequence[int], mode: str = "box") -> torch.Tensor:
     """[1, tokens] gate from a mask image of the reference image's size (h0, w0); nonzero = face.
 
     mode "box": the mask's bounding box, rasterised exactly like a face box (upstream's behaviour);
@@ -105,7 +108,7 @@ def ip_mask_from_mask(mask, image_size: Sequence[int], sample_size: Sequence[int
         if box is None:
             log.warning("face mask is empty; the audio will act on the whole frame")
             return torch.ones(1, math.prod(token_grid(sample_size)))
-        return ip_mask_from_box(box, image_size, sample_size)
+        return face_gate_from_box(box, image_size, sample_size)
     if mode == "shape":
         rows, cols = token_grid(sample_size)
         on = torch.from_numpy(_binary(array).astype(np.float32))[None, None]
@@ -146,20 +149,20 @@ def _haar_to_reference_box(x: float, y: float, w: float, h: float, image_hw) -> 
     return y1, y2, x1, x2
 
 
-def face_ip_mask(
+def face_gate_for_image(
     image, sample_size: Sequence[int], box: Sequence[float] | None = None, mask=None, mask_mode: str = "box"
 ) -> tuple[torch.Tensor, str]:
-    """The preview model's ip_mask [1, tokens] for a reference image (PIL or uint8 [H, W, 3]).
+    """The preview model's face_gate [1, tokens] for a reference image (PIL or uint8 [H, W, 3]).
 
     Priority: an explicit `box` [y1, y2, x1, x2] in the image's pixels, then a `mask` of the image's
-    size, then the built-in detector. Returns (ip_mask, source) with source one of "box", "mask",
+    size, then the built-in detector. Returns (face_gate, source) with source one of "box", "mask",
     "detected", "whole_frame" (no face found: all ones, with a warning).
     """
     image_size = (image.height, image.width) if isinstance(image, Image.Image) else np.asarray(image).shape[:2]
     if box is not None:
-        return ip_mask_from_box(box, image_size, sample_size), "box"
+        return face_gate_from_box(box, image_size, sample_size), "box"
     if mask is not None:
-        return ip_mask_from_mask(mask, image_size, sample_size, mask_mode), "mask"
+        return face_gate_from_mask(mask, image_size, sample_size, mask_mode), "mask"
     found = detect_face_box(image)
     if found is None:
         log.warning(
@@ -167,4 +170,4 @@ def face_ip_mask(
             "Give a face box or mask to restrict it."
         )
         return torch.ones(1, math.prod(token_grid(sample_size))), "whole_frame"
-    return ip_mask_from_box(found, image_size, sample_size), "detected"
+    return face_gate_from_box(found, image_size, sample_size), "detected"

@@ -22,22 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .vae.wan import TEMPORAL_COMPRESSION as TEMPORAL_STRIDE  # 4 pixel frames per latent frame after the first
-
-
-def round_up_4k1(frames: int) -> int:
-    """Smallest 4k+1 >= frames (frames >= 1)."""
-    return ((max(frames, 1) - 1 + TEMPORAL_STRIDE - 1) // TEMPORAL_STRIDE) * TEMPORAL_STRIDE + 1
-
-
-def round_down_4k1(frames: int) -> int:
-    """Largest 4k+1 <= frames (frames >= 1)."""
-    return ((max(frames, 1) - 1) // TEMPORAL_STRIDE) * TEMPORAL_STRIDE + 1
-
-
-def latent_frames(frames: int) -> int:
-    """Latent frames of a 4k+1-frame pixel video."""
-    return (frames - 1) // TEMPORAL_STRIDE + 1
+from .vae_frames import round_down_4k1, round_up_4k1
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ def load_models(
             apply_lora(transformer, lora_path, strength)
     if block_swap:
         transformer.enable_block_swap(block_swap, device)
-    kind = None if "whisper" in files.audio_encoder.name.lower() else transformer.config.audio_variant
+    kind = None if "whisper" in files.audio_encoder.name.lower() else transformer.config.variant
     # encoders run in float32 on the CPU (bf16 matmuls are slow there); on an accelerator in dtype
     enc_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
     return Models(

@@ -21,16 +21,8 @@ import torch
 from . import audio_alignment as align
 from . import task_masks
 from .color_match import match_to_first_frame
-from .face_region import face_ip_mask
-from .long_video import (
-    Chunk,
-    generate_chunked,
-    latent_frames,
-    plan_chunks,
-    round_down_4k1,
-    round_up_4k1,
-    sliding_velocity,
-)
+from .face_region import face_gate_for_image
+from .long_video import Chunk, generate_chunked, plan_chunks, sliding_velocity
 from .media import prepare_audio
 from .model.conditioning import Conditioning
 from .sampling.guidance import GuidanceConfig
@@ -39,6 +31,7 @@ from .sampling.schedulers import make_scheduler
 from .sampling.teacache import TeaCache
 from .settings import GenerationSettings
 from .tasks import Task, chunk_task_inputs, task_at_sample_size, to_uint8_image
+from .vae_frames import VAE_TEMPORAL_STRIDE, latent_frames, pixel_frames, round_down_4k1, round_up_4k1
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +48,7 @@ class Models:
 
     @property
     def variant(self) -> str:
-        return self.transformer.config.audio_variant
+        return self.transformer.config.variant
 
     @property
     def audio_kind(self) -> str:
@@ -82,7 +75,7 @@ class Encoded:
     negative_context: torch.Tensor  # [L', text_dim]
     clip_fea: torch.Tensor  # [1, 257, clip_dim]
     audio: torch.Tensor  # features for every output frame (+ padding), model layout
-    ip_mask: torch.Tensor | None  # [1, tokens per latent frame] or None
+    face_gate: torch.Tensor | None  # [1, tokens per latent frame] or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +108,7 @@ def sample_size_for(image_hw: tuple[int, int], settings: GenerationSettings) -> 
 def output_frame_count(num_samples_16k: int, settings: GenerationSettings) -> int:
     """Frames the audio supports: floor(duration * fps), capped by ``max_frames``. Unlike upstream
     no 4k+1 rounding here: chunks are rounded up and trimmed, so the video covers all the audio."""
-    frames = align.frames_for_samples(num_samples_16k, settings.fps, max_frames=settings.max_frames, stride=None)
+    frames = align.frames_for_samples(num_samples_16k, settings.fps, max_frames=settings.max_frames, round_to_4k1=False)
     if frames < 1:
         raise ValueError(
             f"the audio lasts {num_samples_16k / align.SAMPLE_RATE:.3f} s, shorter than one "
@@ -158,17 +151,17 @@ def encode_inputs(
             .float()
             .cpu()
         )
-    ip_mask = face_gate(models, reference, sample_size, settings.face_box, face_mask)
-    return Encoded(context.float().cpu(), negative.float().cpu(), clip_fea, audio, ip_mask)
+    face_gate = model_face_gate(models, reference, sample_size, settings.face_box, face_mask)
+    return Encoded(context.float().cpu(), negative.float().cpu(), clip_fea, audio, face_gate)
 
 
-def face_gate(models: Models, reference: np.ndarray, sample_size: tuple[int, int], box=None, mask=None):
-    """The preview model's audio gate ``ip_mask`` [1, tokens] (box, else mask, else detector); None for flash."""
+def model_face_gate(models: Models, reference: np.ndarray, sample_size: tuple[int, int], box=None, mask=None):
+    """The preview model's audio gate ``face_gate`` [1, tokens] (box, else mask, else detector); None for flash."""
     if models.variant != "preview":
         return None
-    ip_mask, source = face_ip_mask(reference, sample_size, box=box, mask=mask)
+    face_gate, source = face_gate_for_image(reference, sample_size, box=box, mask=mask)
     log.info("face gate from %s", source)
-    return ip_mask
+    return face_gate
 
 
 def encoded_from_embeddings(
@@ -212,9 +205,9 @@ def encoded_from_embeddings(
                 f"the {name} embedding has width {tensor.shape[-1]}, the model expects {dim}; "
                 "use the encoder that belongs to this model (umT5-XXL / CLIP ViT-H)."
             )
-    ip_mask = face_gate(models, plan.reference, plan.sample_size, face_box, face_mask)
+    face_gate = model_face_gate(models, plan.reference, plan.sample_size, face_box, face_mask)
     return Encoded(
-        context.float().cpu(), negative_context.float().cpu(), clip_fea.float().cpu(), audio.float().cpu(), ip_mask
+        context.float().cpu(), negative_context.float().cpu(), clip_fea.float().cpu(), audio.float().cpu(), face_gate
     )
 
 
@@ -231,7 +224,7 @@ def branches_for(encoded: Encoded, y: torch.Tensor, audio: torch.Tensor, audio_s
         clip_fea=encoded.clip_fea,
         y=y,
         audio=audio,
-        ip_mask=encoded.ip_mask,
+        face_gate=encoded.face_gate,
         audio_scale=audio_scale,
     )
     drop = cond.without_audio()
@@ -411,7 +404,6 @@ class Denoiser:
             if settings.teacache_threshold > 0
             else None
         )
-        self.setup = "flash" if models.variant == "flash" else "preview"
         self.tiling = None
         if settings.vae_tile_size:
             from .vae import Tiling
@@ -440,7 +432,7 @@ class Denoiser:
 
     def _scheduler(self):
         s = self.settings
-        return make_scheduler(s.sampler, s.steps, s.shift, setup=self.setup)
+        return make_scheduler(s.sampler, s.steps, s.shift, variant=self.models.variant)
 
     def _riflex(self, latent_count: int) -> None:
         # the transformer outlives one generation (ComfyUI caches it): a run without RIFLEx must
@@ -494,7 +486,8 @@ class Denoiser:
         self._riflex(min(window, total_latents))
 
         def window_velocity(w, lat, t, step):
-            audio = align.feature_slice(self.encoded.audio, 4 * w.start, 4 * (w.length - 1) + 1, self.models.audio_kind)
+            start, frames = VAE_TEMPORAL_STRIDE * w.start, pixel_frames(w.length)
+            audio = align.feature_slice(self.encoded.audio, start, frames, self.models.audio_kind)
             branches = {
                 k: v.to(self.device)
                 for k, v in branches_for(self.encoded, y[:, :, : w.length], audio, s.audio_scale).items()

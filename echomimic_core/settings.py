@@ -12,6 +12,13 @@ DEFAULT_NEGATIVE_PROMPT = (
 
 SAMPLERS = ("Flow", "Flow_Unipc", "Flow_DPM++")
 LONG_VIDEO_MODES = ("chunks", "sliding")
+# What to keep and what to generate (echomimic_core.tasks.Task); the CLI's --task, the Task node's
+# choices and training read this tuple.
+TASKS = ("first_frame", "first_last", "keyframes", "lipsync", "continue")
+# The paper's multi-task recipe (first frame, first + last frame, mouth-region inpainting): the tasks
+# training samples, in the order its sampler draws them (resumed runs repeat their draws, so the
+# order must not change).
+PAPER_TASKS = ("first_frame", "first_last", "lipsync")
 
 
 @dataclass

@@ -29,13 +29,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .vae.wan import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
+from .vae_frames import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, latent_frames
 
 log = logging.getLogger(__name__)
 
 KEEP, GENERATE = 0.0, 255.0
-VAE_TEMPORAL_COMPRESSION = TEMPORAL_COMPRESSION
-VAE_SPATIAL_COMPRESSION = SPATIAL_COMPRESSION
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 
@@ -226,10 +224,10 @@ def mask_latents(input_video_mask: torch.Tensor, latent_hw: Sequence[int] | None
     """
     mask = binary_mask(input_video_mask)
     batch, _, frames, height, width = mask.shape
-    if (frames - 1) % VAE_TEMPORAL_COMPRESSION:
+    if (frames - 1) % VAE_TEMPORAL_STRIDE:
         raise ValueError(f"the video has {frames} frames; the VAE needs 4k + 1 frames (e.g. 81, 113).")
-    h, w = latent_hw or (height // VAE_SPATIAL_COMPRESSION, width // VAE_SPATIAL_COMPRESSION)
-    mask = torch.cat([mask[:, :, :1].repeat_interleave(VAE_TEMPORAL_COMPRESSION, dim=2), mask[:, :, 1:]], dim=2)
+    h, w = latent_hw or (height // VAE_SPATIAL_STRIDE, width // VAE_SPATIAL_STRIDE)
+    mask = torch.cat([mask[:, :, :1].repeat_interleave(VAE_TEMPORAL_STRIDE, dim=2), mask[:, :, 1:]], dim=2)
     # [B, 1, F + 3, H, W] -> [B, F_lat, 4, H, W] -> [B, 4, F_lat, H, W]
     mask = (1 - mask).view(batch, mask.shape[2] // 4, 4, height, width).transpose(1, 2)
     latent_frames = mask.shape[2]
@@ -256,9 +254,9 @@ def conditioning_y(
         shape = (
             1,
             16,
-            (frames - 1) // VAE_TEMPORAL_COMPRESSION + 1,
-            height // VAE_SPATIAL_COMPRESSION,
-            width // VAE_SPATIAL_COMPRESSION,
+            latent_frames(frames),
+            height // VAE_SPATIAL_STRIDE,
+            width // VAE_SPATIAL_STRIDE,
         )
         like = masked_latents if masked_latents is not None else torch.empty(0)
         return torch.zeros(shape[0], 4 + shape[1], *shape[2:], dtype=like.dtype, device=like.device)

@@ -19,8 +19,7 @@ import torch
 
 from . import task_masks
 from .long_video import Chunk
-
-TASKS = ("first_frame", "first_last", "keyframes", "lipsync", "continue")
+from .settings import TASKS
 
 
 @dataclass

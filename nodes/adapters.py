@@ -77,13 +77,14 @@ class ComfyVideoVAE:
 
     def decode(self, latents: torch.Tensor, tiling=None, progress=None) -> torch.Tensor:
         """Normalised latents ``[B, 16, t, h, w]`` -> video ``[B, 3, T, H, W]`` in [-1, 1] float32."""
-        from echomimic_core.vae import SPATIAL_COMPRESSION, denormalize_latents
+        from echomimic_core.vae import denormalize_latents
+        from echomimic_core.vae_frames import VAE_SPATIAL_STRIDE
 
         raw = denormalize_latents(latents.float().cpu(), self.latents_mean, self.latents_std)
         if tiling is None:
             images = self.vae.decode(raw)
         else:
-            step = SPATIAL_COMPRESSION  # ComfyUI's decode_tiled counts tiles in latent pixels
+            step = VAE_SPATIAL_STRIDE  # ComfyUI's decode_tiled counts tiles in latent pixels
             images = self.vae.decode_tiled(
                 raw, tile_x=tiling.tile_size // step, tile_y=tiling.tile_size // step, overlap=tiling.overlap // step
             )

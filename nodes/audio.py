@@ -15,7 +15,7 @@ def _frames(waveform, rate: int, fps: float, max_frames: int) -> tuple[object, i
     from echomimic_core.media import prepare_audio
 
     wav16 = prepare_audio(waveform, rate)
-    frames = frames_for_samples(wav16.shape[-1], fps, max_frames=max_frames or None, stride=None)
+    frames = frames_for_samples(wav16.shape[-1], fps, max_frames=max_frames or None, round_to_4k1=False)
     if frames < 1:
         raise ValueError(
             f"the audio lasts {wav16.shape[-1] / 16000:.3f} s, less than one frame at {fps} fps; use a longer clip."

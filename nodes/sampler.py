@@ -400,7 +400,7 @@ class EchoMimicSampler:
         from .task import TaskSpec
 
         embeds = audio_features(audio_embeds)
-        settings = resolve_settings(model.config.audio_variant, widgets, fps=embeds["fps"])
+        settings = resolve_settings(model.config.variant, widgets, fps=embeds["fps"])
         spec = task if task is not None else TaskSpec(pipeline.Task())
         reference = image_batch(image, "image")[0].cpu() if image is not None else None
         plan = pipeline.plan_generation(reference, int(embeds["num_frames"]), settings, spec.task)

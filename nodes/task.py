@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
+from echomimic_core.settings import TASKS
+
 from .common import CATEGORY, image_batch, linked_type_mismatch
 from .masks import parse_box
 
-TASKS = ("first_frame", "first_last", "keyframes", "lipsync", "continue")
 # inputs each task needs connected (checked before any tensor exists when ComfyUI tells us the links)
 NEEDS = {
     "first_last": "end_image",

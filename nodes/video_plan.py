@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from echomimic_core.audio_alignment import SAMPLE_RATE, frames_for_samples
-from echomimic_core.long_video import latent_frames, plan_chunks, round_down_4k1, round_up_4k1
+from echomimic_core.long_video import plan_chunks
+from echomimic_core.vae_frames import latent_frames, round_down_4k1, round_up_4k1
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class VideoPlan:
 
 def plan_video(duration_s: float, fps: float, partial: int, overlap: int, max_frames: int | None = None) -> VideoPlan:
     """Frames, latent frames and chunks for ``duration_s`` seconds of audio."""
-    frames = frames_for_samples(round(duration_s * SAMPLE_RATE), fps, max_frames=max_frames, stride=None)
+    frames = frames_for_samples(round(duration_s * SAMPLE_RATE), fps, max_frames=max_frames, round_to_4k1=False)
     if frames < 1:
         raise ValueError(f"{duration_s:.3f} s of audio at {fps} fps is less than one frame; use a longer audio clip.")
     chunks = plan_chunks(frames, partial, overlap)

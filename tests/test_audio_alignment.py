@@ -19,7 +19,7 @@ from echomimic_core import audio_alignment as al
 )
 def test_frames_for_samples_floor_then_4k_plus_1(fps, seconds, raw_frames):
     samples = round(seconds * al.SAMPLE_RATE)
-    assert al.frames_for_samples(samples, fps, stride=None) == raw_frames
+    assert al.frames_for_samples(samples, fps, round_to_4k1=False) == raw_frames
     expected = (raw_frames - 1) // 4 * 4 + 1
     assert al.frames_for_samples(samples, fps) == expected
     assert (expected - 1) % 4 == 0 and expected <= raw_frames
@@ -29,15 +29,12 @@ def test_frames_exact_where_float_duration_would_miss():
     # 4.1 s at 30 fps: 4.1 * 30 = 122.99999999999999 in floating point; exactly 123 frames.
     samples = 4.1 * al.SAMPLE_RATE
     assert int(samples / al.SAMPLE_RATE * 30) == 122
-    assert al.frames_for_samples(65600, 30, stride=None) == 123
+    assert al.frames_for_samples(65600, 30, round_to_4k1=False) == 123
 
 
 def test_frames_cap_and_degenerate_lengths():
     assert al.frames_for_samples(10 * al.SAMPLE_RATE, 25, max_frames=81) == 81
     assert al.frames_for_samples(10 * al.SAMPLE_RATE, 25, max_frames=83) == 81
-    assert al.round_to_vae_frames(1) == 1
-    assert al.round_to_vae_frames(4) == 1
-    assert al.round_to_vae_frames(0) == 0
     assert al.frames_for_samples(100, 25) == 0  # 6 ms of audio: not one frame
 
 
@@ -124,7 +121,7 @@ def test_feature_slice_per_layout_and_zero_tail():
 def test_upstream_frame_count_rounds_duration_to_centiseconds():
     # 3.236 s: FFmpeg reports 3.24 s, so upstream makes int(3.24 * 25) = 81 frames; exact floor is 80
     samples = 51776
-    assert al.frames_for_samples(samples, 25, stride=None) == 80
+    assert al.frames_for_samples(samples, 25, round_to_4k1=False) == 80
     assert al.upstream_frames_for_samples(samples, 25) == 81
     assert al.frames_for_samples(samples, 25) == 77
     # away from a boundary both agree, with or without the flash cap

@@ -13,9 +13,9 @@ def test_presets_round_trip_through_dict(name):
 
 
 def test_preset_variants():
-    assert TransformerConfig.preset("preview").audio_variant == "preview"
+    assert TransformerConfig.preset("preview").variant == "preview"
     flash = TransformerConfig.preset("flash")
-    assert flash.audio_variant == "flash" and flash.audio_window_vf == 8
+    assert flash.variant == "flash" and flash.audio_window_vf == 8
     assert TransformerConfig.preset("whisper_tiny").audio_in_dim == 384
     with pytest.raises(ValueError, match="unknown transformer preset 'huge'"):
         TransformerConfig.preset("huge")
@@ -44,5 +44,22 @@ def test_from_dict_ignores_upstream_only_keys_and_validates():
     assert TransformerConfig.from_dict(upstream).patch_size == (1, 2, 2)
     with pytest.raises(ValueError, match="model_type must be 'i2v'"):
         TransformerConfig(model_type="t2v")
-    with pytest.raises(ValueError, match="audio_variant"):
-        TransformerConfig(audio_variant="loud")
+    with pytest.raises(ValueError, match="variant"):
+        TransformerConfig(variant="loud")
+
+
+def test_files_written_before_the_variant_rename_still_load():
+    # checkpoint metadata of earlier releases: "audio_variant" and the VAE stride as a field
+    old = {**TransformerConfig.preset("flash").to_dict(), "vae_temporal_stride": 4}
+    old["audio_variant"] = old.pop("variant")
+    assert TransformerConfig.from_dict(old) == TransformerConfig.preset("flash")
+    assert "audio_variant" not in TransformerConfig().to_dict()
+
+
+def test_token_constants_are_the_configs():
+    from echomimic_core import audio_alignment, face_region
+
+    config = TransformerConfig()
+    assert face_region.TOKEN_STRIDE == config.token_stride == 16
+    assert audio_alignment.AUDIO_TOKENS_PER_FRAME == config.audio_tokens_per_frame
+    assert audio_alignment.AUDIO_WINDOW == config.audio_window

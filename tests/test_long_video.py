@@ -8,16 +8,9 @@ from echomimic_core.long_video import (
     generate_chunked,
     plan_chunks,
     plan_windows,
-    round_down_4k1,
-    round_up_4k1,
     sliding_velocity,
     window_weights,
 )
-
-
-def test_4k1_rounding():
-    assert [round_up_4k1(n) for n in (1, 2, 5, 6, 9, 113)] == [1, 5, 5, 9, 9, 113]
-    assert [round_down_4k1(n) for n in (1, 4, 5, 8, 115, 116, 117)] == [1, 1, 5, 5, 113, 113, 117]
 
 
 def test_single_chunk_rounds_up_and_is_trimmed_later():

@@ -2,7 +2,7 @@
 
 Manifests and the cache index store a box as ``[x0, y0, x1, y1]`` fractions of the frame
 (:class:`FracBox`): independent of the resolution a clip is preprocessed at. The core
-(``task_masks.box_region``, ``face_region.ip_mask_from_box``) takes upstream's pixel boxes
+(``task_masks.box_region``, ``face_region.face_gate_from_box``) takes upstream's pixel boxes
 ``(y1, y2, x1, x2)``. :func:`to_pixel_box` is the one conversion between the two.
 """
 

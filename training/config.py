@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from echomimic_core.settings import PAPER_TASKS
+
 PHASES = ("early", "middle", "late")
-# The core's task names (echomimic_core.tasks.TASKS) that training samples; the order is the one
-# task sampling draws in, so it must not change (resumed runs repeat their draws).
-TASKS = ("first_frame", "first_last", "lipsync")
 # Names configs used before training took the core's names.
 LEGACY_TASK_NAMES = {"mouth": "lipsync"}
 MODALITIES = ("text", "image", "audio")
@@ -135,9 +134,11 @@ class TrainConfig:
                 f"flow.phase_boundaries must satisfy 0 < b0 < b1 < "
                 f"{self.flow.num_train_timesteps}, got {self.flow.phase_boundaries}."
             )
-        unknown = set(self.tasks.ratios) - set(TASKS)
+        unknown = set(self.tasks.ratios) - set(PAPER_TASKS)
         if unknown or not any(v > 0 for v in self.tasks.ratios.values()):
-            raise ValueError(f"tasks.ratios: expected positive weights for some of {TASKS}, got {self.tasks.ratios}.")
+            raise ValueError(
+                f"tasks.ratios: expected positive weights for some of {PAPER_TASKS}, got {self.tasks.ratios}."
+            )
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no/bf16/fp16, got {self.mixed_precision!r}.")
         positive = {

@@ -44,7 +44,7 @@ def reset_audio_projector(model: EchoMimicTransformer, seed: int = 0) -> None:
 
 
 AUDIO_FIELDS = (
-    "audio_variant",
+    "variant",
     "audio_in_dim",
     "audio_tokens_per_frame",
     "audio_window_expand",
@@ -85,7 +85,7 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> EchoMimicTransformer:
         log.info("built a randomly initialised %r transformer (no checkpoint given)", cfg.preset)
     else:
         variant = detect_variant(read_shapes(cfg.checkpoint))
-        wanted = TransformerConfig.preset(cfg.preset).audio_variant
+        wanted = TransformerConfig.preset(cfg.preset).variant
         model = load_transformer(cfg.checkpoint, dtype=torch.float32, variant=wanted if variant == "base" else None)
         model.compute_dtype = None  # accelerate's autocast decides the compute dtype
         if variant != "base" and variant != wanted:
@@ -102,7 +102,7 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> EchoMimicTransformer:
             zero_audio_attention(model)
             log.info(
                 "initialised the %s audio layers of base checkpoint %s as upstream",
-                model.config.audio_variant,
+                model.config.variant,
                 cfg.checkpoint,
             )
     model.requires_grad_(True)

@@ -39,7 +39,7 @@ def tiny_encoders(config: TransformerConfig) -> Encoders:
         """preview: [2 * num_frames, audio_in_dim]; flash: [num_frames, window, blocks, channels]."""
         chunks = waveform[: len(waveform) // (2 * num_frames) * 2 * num_frames].view(2 * num_frames, -1)
         stats = chunks.unflatten(1, (8, -1)).abs().mean(2)
-        if config.audio_variant == "flash":
+        if config.variant == "flash":
             per_frame = stats.view(num_frames, 16) @ w_flash  # [F, blocks * channels]
             padded = torch.cat([per_frame[:1].repeat(2, 1), per_frame, per_frame[-1:].repeat(2, 1)])
             windows = padded.unfold(0, config.audio_window, 1).transpose(1, 2)  # [F, window, B*C]

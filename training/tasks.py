@@ -16,10 +16,10 @@ import torch
 
 from echomimic_core import task_masks
 from echomimic_core import tasks as core_tasks
+from echomimic_core.settings import PAPER_TASKS
+from echomimic_core.vae_frames import VAE_SPATIAL_STRIDE, pixel_frames
 from training.boxes import is_empty, to_pixel_box
-from training.config import TASKS
 
-VAE_STRIDE = task_masks.VAE_SPATIAL_COMPRESSION
 # global_keyframes only needs an image to name first_last's last frame; which frames are kept is all
 # we take from it.
 _PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)
@@ -27,9 +27,9 @@ _PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)
 
 def sample_tasks(has_mouth: list[bool], generator: torch.Generator, ratios: dict[str, float]) -> list[str]:
     """One task per sample; ``lipsync`` falls back to ``first_frame`` without a mouth box."""
-    weights = torch.tensor([float(ratios.get(t, 0.0)) for t in TASKS])
+    weights = torch.tensor([float(ratios.get(t, 0.0)) for t in PAPER_TASKS])
     picks = torch.multinomial(weights, len(has_mouth), replacement=True, generator=generator)
-    tasks = [TASKS[int(i)] for i in picks]
+    tasks = [PAPER_TASKS[int(i)] for i in picks]
     return [("first_frame" if t == "lipsync" and not m else t) for t, m in zip(tasks, has_mouth)]
 
 
@@ -41,8 +41,8 @@ def task_inputs(
     ``mouth_box``: ``[x0, y0, x1, y1]`` fractions (lipsync only). ``video``: [1, 3, N, H, W] in
     [0, 1]; without it a zero view stands in (enough for the mask, allocates nothing).
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}.")
+    if task not in PAPER_TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {PAPER_TASKS}.")
     height, width = size
     if video is None:
         video = torch.zeros(()).expand(1, 3, num_frames, height, width)
@@ -74,8 +74,8 @@ def build_y(tasks: list[str], cond_latents: dict[str, torch.Tensor], mouth_boxes
             f"no cached masked-video latents for tasks {missing}; re-run "
             "`python -m training.preprocess` or set their ratio to 0."
         )
-    n_pixel = task_masks.VAE_TEMPORAL_COMPRESSION * (frames - 1) + 1
-    size = (h * VAE_STRIDE, w * VAE_STRIDE)
+    n_pixel = pixel_frames(frames)
+    size = (h * VAE_SPATIAL_STRIDE, w * VAE_SPATIAL_STRIDE)
     # [1, 1, N, H, W] per sample -> [B, 1, N, H, W]
     pixel_masks = torch.cat([task_inputs(t, n_pixel, size, box).input_video_mask for t, box in zip(tasks, mouth_boxes)])
     mask = task_masks.mask_latents(pixel_masks, (h, w)).to(any_latent)
@@ -84,15 +84,15 @@ def build_y(tasks: list[str], cond_latents: dict[str, torch.Tensor], mouth_boxes
 
 
 def face_gates(face_boxes: list, latent_hw: tuple[int, int]) -> torch.Tensor | None:
-    """Preview's ``ip_mask`` [B, tokens per latent frame] from face boxes ``[x0, y0, x1, y1]``
-    (fractions), rasterised by the core (``face_region.ip_mask_from_box``) on the sample's own pixel
+    """Preview's ``face_gate`` [B, tokens per latent frame] from face boxes ``[x0, y0, x1, y1]``
+    (fractions), rasterised by the core (``face_region.face_gate_from_box``) on the sample's own pixel
     grid; samples without a box get an all-ones gate (audio acts everywhere). None when no sample
     has a box."""
     if all(box is None for box in face_boxes):
         return None
     from echomimic_core import face_region
 
-    size = (latent_hw[0] * VAE_STRIDE, latent_hw[1] * VAE_STRIDE)
+    size = (latent_hw[0] * VAE_SPATIAL_STRIDE, latent_hw[1] * VAE_SPATIAL_STRIDE)
     rows, cols = face_region.token_grid(size)
     gates = []
     for box in face_boxes:
@@ -101,5 +101,5 @@ def face_gates(face_boxes: list, latent_hw: tuple[int, int]) -> torch.Tensor | N
             # caches from before preprocessing dropped boxes the crop cut away can hold empty ones
             gates.append(torch.ones(1, rows * cols))
         else:
-            gates.append(face_region.ip_mask_from_box(pixel_box, size, size))
+            gates.append(face_region.face_gate_from_box(pixel_box, size, size))
     return torch.cat(gates)

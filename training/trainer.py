@@ -23,8 +23,9 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
 from echomimic_core.model.conditioning import Conditioning
+from echomimic_core.settings import PAPER_TASKS
 from training import flow_matching as fm
-from training.config import PHASES, TASKS, TrainConfig, config_to_dict
+from training.config import PHASES, TrainConfig, config_to_dict
 from training.dataset import StreamSampler, collate
 from training.lora import adapters_disabled, add_lora, save_lora
 from training.modality_drop import apply_drop, drop_plan
@@ -133,7 +134,7 @@ class Trainer:
 
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing = True
-        self.face_gate = model.config.audio_variant == "preview"  # flash has no face-region gate
+        self.face_gate = model.config.variant == "preview"  # flash has no face-region gate
         if config.lora.enabled:
             model = add_lora(model, config.lora)
         # The frozen DPO reference: with LoRA the same weights with adapters switched off, else a
@@ -241,7 +242,7 @@ class Trainer:
             clip_fea=batch["clip"],
             y=y,
             audio=batch["audio"],
-            ip_mask=None if gate is None else gate.to(y.device),
+            face_gate=None if gate is None else gate.to(y.device),
         )
 
     def _draw(self, x0: torch.Tensor, g: torch.Generator, phase_offset: int | None):
@@ -266,7 +267,7 @@ class Trainer:
         with self.acc.autocast():
             pred = self.model(x_t, t, cond)
         per = fm.per_sample_mse(pred, target)
-        task_ids = torch.tensor([TASKS.index(x) for x in tasks])
+        task_ids = torch.tensor([PAPER_TASKS.index(x) for x in tasks])
         return per.mean(), per.detach(), phases, task_ids
 
     def dpo_loss(self, batch: dict, g: torch.Generator, phase_offset: int | None = None):
@@ -310,7 +311,7 @@ class Trainer:
         for i, name in enumerate(PHASES):
             if (phases == i).any():
                 logs[f"loss/sft_phase_{name}"] = per[phases == i].mean().item()
-        for i, name in enumerate(TASKS):
+        for i, name in enumerate(PAPER_TASKS):
             if (task_ids == i).any():
                 logs[f"loss/sft_task_{name}"] = per[task_ids == i].mean().item()
         return logs
@@ -378,6 +379,6 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, model: torch.nn.Mod
     metadata = {
         CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()),
         "format": "pt",
-        "echomimic_variant": model.config.audio_variant,
+        "echomimic_variant": model.config.variant,
     }
     save_state_dict({k: v.detach().cpu() for k, v in state.items()}, path, metadata=metadata)

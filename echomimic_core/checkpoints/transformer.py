@@ -193,7 +193,7 @@ def infer_config(
     """
     sd = {k: _shape(v) for k, v in to_original_keys(dict(shapes)).items()}
     detected = detect_variant(sd)
-    audio_variant = variant if variant not in (None, "base") else (detected if detected != "base" else "preview")
+    variant = variant if variant not in (None, "base") else (detected if detected != "base" else "preview")
     try:
         dim, in_dim, *patch = sd["patch_embedding.weight"]
         fields = dict(
@@ -209,7 +209,7 @@ def infer_config(
             qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
             cross_attn_norm="blocks.0.norm3.weight" in sd,
             clip_dim=sd["img_emb.proj.0.weight"][0],
-            audio_variant=audio_variant,
+            variant=variant,
         )
         if detected == "preview":
             fields["audio_in_dim"] = sd["audio2token.proj.weight"][1]
@@ -332,15 +332,15 @@ def _inspect(
     original = to_original_keys(shapes)
     wanted = variant or (detected if detected != "base" else "preview")
     if config is not None:
-        if config.audio_variant != wanted and not (variant is None and detected == "base"):
+        if config.variant != wanted and not (variant is None and detected == "base"):
             raise CheckpointError(
-                f"{path}: the given config is a {config.audio_variant} model but the "
+                f"{path}: the given config is a {config.variant} model but the "
                 f"file holds a {detected} one; pass a matching config or none."
             )
-        wanted = config.audio_variant
+        wanted = config.variant
     else:
         config = _config_from_metadata(metadata)
-    if config is None or config.audio_variant != wanted:
+    if config is None or config.variant != wanted:
         known = (
             {"num_heads": config.num_heads, "text_len": config.text_len, "eps": config.eps}
             if config
@@ -550,7 +550,7 @@ def save_transformer(
     meta = {
         CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()),
         "format": "pt",
-        "echomimic_variant": model.config.audio_variant,
+        "echomimic_variant": model.config.variant,
         **(metadata or {}),
     }
     state = {

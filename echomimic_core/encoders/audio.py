@@ -366,8 +366,8 @@ class AudioEncoder:
     def output_shape(self, num_frames: int) -> tuple[int, ...]:
         """Shape of :meth:`features_for_video` for ``num_frames`` video frames."""
         if self.kind == "flash":
-            return (1, num_frames, align.FLASH_WINDOW, self.num_layers, self.dim)
-        return (1, align.TOKENS_PER_FRAME * num_frames, self.dim)
+            return (1, num_frames, align.AUDIO_WINDOW, self.num_layers, self.dim)
+        return (1, align.AUDIO_TOKENS_PER_FRAME * num_frames, self.dim)
 
     def zeros_for_video(self, num_frames: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The "no audio" input of the unconditional branch (upstream: ``zeros_like``)."""
@@ -476,9 +476,9 @@ class AudioEncoder:
         the waveform normalisation of a clip upstream could encode as is.
         """
         last = (
-            Fraction(align.TOKENS_PER_FRAME * num_frames - 1)
+            Fraction(align.AUDIO_TOKENS_PER_FRAME * num_frames - 1)
             * align.FEATURE_RATE
-            / (align.TOKENS_PER_FRAME * align.as_fraction(fps))
+            / (align.AUDIO_TOKENS_PER_FRAME * align.as_fraction(fps))
         )
         states = -(-last.numerator // last.denominator) + 1  # ceil(last) + 1 features
         if self.kind == "whisper":  # a chunk of n samples keeps ceil(n / 320) states

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..config import TransformerConfig
+from ..vae_frames import VAE_TEMPORAL_STRIDE
 from .ops import Operations
 
 # upstream's overlap constants in split_audio_sequence (tokens, independent of the VAE stride)
@@ -51,9 +52,7 @@ class AudioTokens:
         return padded[:, self.window_index.to(per_token.device)].flatten(0, 1)
 
 
-def preview_window_ranges(
-    num_tokens: int, tokens_per_frame: int = 2, expand: int = 4, stride: int = 4
-) -> list[tuple[int, int]]:
+def preview_window_ranges(num_tokens: int, tokens_per_frame: int, expand: int) -> list[tuple[int, int]]:
     """Inclusive [start, end] token ranges, one per latent frame, exactly as upstream computes them
     (float token rate, centre of each 4-frame group, first range ending where the second starts,
     then widened by ``expand`` on both sides)."""
@@ -64,6 +63,7 @@ def preview_window_ranges(
             f"({tokens_per_frame} tokens); pass audio features covering the video."
         )
     rate = num_tokens / num_frames  # tokens per video frame, a float as upstream
+    stride = VAE_TEMPORAL_STRIDE  # video frames per latent frame after the first
     half = int(rate * stride / 2)
     latent = int((num_frames - 1) / stride) + 1
 
@@ -80,9 +80,9 @@ def preview_window_ranges(
     return [(s - expand, e + expand) for s, e in ranges]
 
 
-def preview_window_index(num_tokens: int, tokens_per_frame: int = 2, expand: int = 4, stride: int = 4) -> torch.Tensor:
+def preview_window_index(num_tokens: int, tokens_per_frame: int, expand: int) -> torch.Tensor:
     """[T, W] indices for ``preview_window_ranges``; out-of-clip positions point at ``num_tokens``."""
-    ranges = preview_window_ranges(num_tokens, tokens_per_frame, expand, stride)
+    ranges = preview_window_ranges(num_tokens, tokens_per_frame, expand)
     width = ranges[0][1] - ranges[0][0] + 1
     index = torch.tensor([s for s, _ in ranges]).unsqueeze(1) + torch.arange(width)
     return index.masked_fill((index < 0) | (index >= num_tokens), num_tokens)
@@ -105,9 +105,8 @@ class PreviewAudioProjector(nn.Module):
                 f"check the audio encoder matches the model (preset audio_in_dim)."
             )
         # built once per forward on the tokens' device: every block gathers with it twice
-        index = preview_window_index(
-            audio.shape[1], c.audio_tokens_per_frame, c.audio_window_expand, c.vae_temporal_stride
-        ).to(audio.device)
+        windows = preview_window_index(audio.shape[1], c.audio_tokens_per_frame, c.audio_window_expand)
+        index = windows.to(audio.device)
         return AudioTokens(self.norm(self.proj(audio)), index, index.shape[0])
 
 
@@ -134,7 +133,7 @@ class FlashAudioProjector(nn.Module):
         """[B, 1+4(T-1), w, blocks, ch] -> first [B, 1, w*blocks*ch], later [B, T-1, w_vf*blocks*ch]."""
         c = self.config
         b, frames = audio.shape[:2]
-        stride, mid = c.vae_temporal_stride, c.audio_window // 2
+        stride, mid = VAE_TEMPORAL_STRIDE, c.audio_window // 2
         expected = (c.audio_window, c.audio_blocks, c.audio_channels)
         if audio.ndim != 5 or tuple(audio.shape[2:]) != expected or (frames - 1) % stride:
             raise ValueError(
@@ -160,4 +159,4 @@ class FlashAudioProjector(nn.Module):
 
 
 def build_audio_projector(config: TransformerConfig, ops=Operations) -> nn.Module:
-    return (FlashAudioProjector if config.audio_variant == "flash" else PreviewAudioProjector)(config, ops)
+    return (FlashAudioProjector if config.variant == "flash" else PreviewAudioProjector)(config, ops)

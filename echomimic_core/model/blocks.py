@@ -25,7 +25,7 @@ class BlockContext:
     """Everything a block needs besides the hidden states; the same for every block.
 
     text: [B, text_len, C] embedded text; image: [B, clip_tokens, C] embedded CLIP tokens;
-    audio: projected audio tokens and windows; audio_gate: [B, tokens_per_latent_frame] or None
+    audio: projected audio tokens and windows; face_gate: [B, tokens_per_latent_frame] or None
     (face-region gate on the audio output); audio_scale: float or [B] tensor;
     rope: (cos, sin) [L, 1, head_dim/2]; backend: attention backend name.
     """
@@ -33,7 +33,7 @@ class BlockContext:
     text: torch.Tensor
     image: torch.Tensor
     audio: AudioTokens
-    audio_gate: torch.Tensor | None
+    face_gate: torch.Tensor | None
     audio_scale: float | torch.Tensor
     rope: tuple[torch.Tensor, torch.Tensor]
     backend: str = "sdpa"
@@ -77,11 +77,11 @@ class DecoupledCrossAttention(SelfAttention):
         num_heads: int,
         qk_norm: bool = True,
         eps: float = 1e-6,
-        audio_variant: str = "preview",
+        variant: str = "preview",
         ops=Operations,
     ):
         super().__init__(dim, num_heads, qk_norm, eps, ops)
-        flash = audio_variant == "flash"
+        flash = variant == "flash"
         self.k_img = ops.Linear(dim, dim)
         self.v_img = ops.Linear(dim, dim)
         self.norm_k_img = ops.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
@@ -108,8 +108,8 @@ class DecoupledCrossAttention(SelfAttention):
         v_audio = self.heads(audio.windows(self.v_audio(audio.tokens)))
         q_frames = q.reshape(b * t, length // t, self.num_heads, self.head_dim)
         audio_out = attention(q_frames, k_audio, v_audio, ctx.backend).reshape(b, t, length // t, dim)
-        if ctx.audio_gate is not None:
-            audio_out = audio_out * ctx.audio_gate.to(audio_out.dtype)[:, None, :, None]
+        if ctx.face_gate is not None:
+            audio_out = audio_out * ctx.face_gate.to(audio_out.dtype)[:, None, :, None]
         scale = ctx.audio_scale
         if isinstance(scale, torch.Tensor):
             audio_out = audio_out * scale.to(audio_out.dtype).view(-1, 1, 1, 1)
@@ -129,7 +129,7 @@ class WanAttentionBlock(nn.Module):
         self.norm1 = ops.LayerNorm(dim, eps=c.eps, elementwise_affine=False)
         self.self_attn = SelfAttention(dim, c.num_heads, c.qk_norm, c.eps, ops)
         self.norm3 = ops.LayerNorm(dim, eps=c.eps, elementwise_affine=True) if c.cross_attn_norm else nn.Identity()
-        self.cross_attn = DecoupledCrossAttention(dim, c.num_heads, c.qk_norm, c.eps, c.audio_variant, ops)
+        self.cross_attn = DecoupledCrossAttention(dim, c.num_heads, c.qk_norm, c.eps, c.variant, ops)
         self.norm2 = ops.LayerNorm(dim, eps=c.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(ops.Linear(dim, c.ffn_dim), nn.GELU(approximate="tanh"), ops.Linear(c.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)

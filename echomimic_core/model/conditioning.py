@@ -18,7 +18,7 @@ class Conditioning:
     y: [B, 20, F, H, W] = 4 mask channels + 16 masked-video latent channels.
     audio: preview [B, tokens_per_frame * video_frames, audio_in_dim];
         flash [B, video_frames, window, blocks, channels].
-    ip_mask: [B, tokens_per_latent_frame] 0/1 gate on the audio attention output (face region), or None.
+    face_gate: [B, tokens_per_latent_frame] 0/1 gate on the audio attention output (face region), or None.
         preview always has one upstream; upstream flash has none (pass None for its exact output;
         a gate given to a flash model is applied, as an explicit user choice).
     audio_scale: multiplier of the audio attention output, a float or a [B] tensor.
@@ -28,7 +28,7 @@ class Conditioning:
     clip_fea: torch.Tensor
     y: torch.Tensor
     audio: torch.Tensor
-    ip_mask: torch.Tensor | None = None
+    face_gate: torch.Tensor | None = None
     audio_scale: float | torch.Tensor = 1.0
 
     @property
@@ -52,11 +52,14 @@ class Conditioning:
         if len(conds) == 1:
             return conds[0]
         masks = None
-        if any(c.ip_mask is not None for c in conds):
-            like = next(c.ip_mask for c in conds if c.ip_mask is not None)
+        if any(c.face_gate is not None for c in conds):
+            like = next(c.face_gate for c in conds if c.face_gate is not None)
             # a sample without a gate attends to audio everywhere: an all-ones gate
             masks = torch.cat(
-                [c.ip_mask if c.ip_mask is not None else like.new_ones((c.batch_size, like.shape[1])) for c in conds]
+                [
+                    c.face_gate if c.face_gate is not None else like.new_ones((c.batch_size, like.shape[1]))
+                    for c in conds
+                ]
             )
         scales = [c.audio_scale for c in conds]
         if all(not isinstance(s, torch.Tensor) for s in scales) and len(set(scales)) == 1:
@@ -68,7 +71,7 @@ class Conditioning:
             clip_fea=torch.cat([c.clip_fea for c in conds]),
             y=torch.cat([c.y for c in conds]),
             audio=torch.cat([c.audio for c in conds]),
-            ip_mask=masks,
+            face_gate=masks,
             audio_scale=scale,
         )
 
@@ -87,7 +90,7 @@ class Conditioning:
             clip_fea=move(self.clip_fea),
             y=move(self.y),
             audio=move(self.audio),
-            ip_mask=move(self.ip_mask),
+            face_gate=move(self.face_gate),
             audio_scale=move(self.audio_scale),
         )
 

@@ -152,7 +152,7 @@ class EchoMimicTransformer(nn.Module):
         self.head = Head(c, ops)
         self.img_emb = MLPProj(c.clip_dim, c.dim, ops)
         # released names: "audio2token" (preview) / "audio_injection" (flash)
-        self.audio_key = "audio_injection" if c.audio_variant == "flash" else "audio2token"
+        self.audio_key = "audio_injection" if c.variant == "flash" else "audio2token"
         self.add_module(self.audio_key, build_audio_projector(c, ops))
         self.rope = RotaryEmbedding3D(c.head_dim, c.rope_theta)
 
@@ -219,14 +219,14 @@ class EchoMimicTransformer(nn.Module):
         if audio.frames != grid[0]:
             raise ValueError(
                 f"audio covers {audio.frames} latent frames but the latents have {grid[0]}; "
-                f"the audio features must match the video length ({c.audio_variant} layout)."
+                f"the audio features must match the video length ({c.variant} layout)."
             )
-        gate = cond.ip_mask
+        gate = cond.face_gate
         if gate is not None:
             gate = gate.to(device)
             if gate.shape != (len(texts), grid[1] * grid[2]):
                 raise ValueError(
-                    f"ip_mask must be [B, {grid[1] * grid[2]}] (one gate per token of a latent "
+                    f"face_gate must be [B, {grid[1] * grid[2]}] (one gate per token of a latent "
                     f"frame), got {tuple(gate.shape)}."
                 )
         scale = cond.audio_scale
@@ -236,7 +236,7 @@ class EchoMimicTransformer(nn.Module):
             text=self.text_embedding(text),
             image=self.img_emb(clip),
             audio=audio,
-            audio_gate=gate,
+            face_gate=gate,
             audio_scale=scale,
             rope=self.rope.cos_sin(grid, device),
             backend=self.attention_backend,
@@ -326,7 +326,7 @@ def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
         clip_fea=data["input.clip_fea"],
         y=data["input.y"],
         audio=data["input.audio"],
-        ip_mask=data.get("input.ip_mask"),
+        face_gate=data.get("input.ip_mask"),
         audio_scale=float(data["input.audio_scale"]) if "input.audio_scale" in data else 1.0,
     )
     with torch.no_grad():

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import VARIANTS
 from ..settings import SAMPLERS
 
 log = logging.getLogger(__name__)
 
-SETUPS = ("preview", "flash")
 NUM_TRAIN_TIMESTEPS = 1000
 
 
@@ -41,15 +41,15 @@ def shift_sigmas(sigmas, shift: float):
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def default_config_shift(name: str, shift: float, setup: str) -> float:
+def default_config_shift(name: str, shift: float, variant: str) -> float:
     """The scheduler-config shift each upstream script uses.
 
     preview: the config file's shift (equal to the sampling shift, 5, in every released script);
     flash: forced to 1 for UniPC and DPM++ (``infer_flash.py``), kept for Euler.
     """
-    if setup not in SETUPS:
-        raise ValueError(f"setup must be one of {SETUPS}, got {setup!r}.")
-    return 1.0 if setup == "flash" and name != "Flow" else shift
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+    return 1.0 if variant == "flash" and name != "Flow" else shift
 
 
 def _training_sigma_range(config_shift: float) -> tuple[float, float]:
@@ -256,7 +256,7 @@ def make_scheduler(
     name: str,
     steps: int,
     shift: float = 5.0,
-    setup: str = "preview",
+    variant: str = "preview",
     *,
     config_shift: float | None = None,
     dpm_reapply_config_shift: bool = True,
@@ -264,7 +264,7 @@ def make_scheduler(
     """Build a fresh scheduler for one generation.
 
     name: "Flow" | "Flow_Unipc" | "Flow_DPM++"; steps: number of denoising steps; shift: the sampling
-    shift (upstream ``--shift``, 5); setup: "preview" or "flash" picks the config shift each upstream
+    shift (upstream ``--shift``, 5); variant: "preview" or "flash" picks the config shift each upstream
     script uses (see ``default_config_shift``), or pass ``config_shift`` explicitly.
     ``dpm_reapply_config_shift``: DPM++ applies the config shift a second time inside set_timesteps, as
     upstream does (matters for preview, whose config shift is 5; set False to shift once).
@@ -277,7 +277,7 @@ def make_scheduler(
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
     if config_shift is None:
-        config_shift = default_config_shift(name, shift, setup)
+        config_shift = default_config_shift(name, shift, variant)
     if name == "Flow":
         return FlowEuler(steps, config_shift)
     if name == "Flow_Unipc":

@@ -15,8 +15,6 @@ from echomimic_core.vae.keys import (
     original_to_diffusers,
 )
 from echomimic_core.vae.wan import (
-    SPATIAL_COMPRESSION,
-    TEMPORAL_COMPRESSION,
     WAN21_LATENTS_MEAN,
     WAN21_LATENTS_STD,
     Progress,
@@ -30,8 +28,6 @@ from echomimic_core.vae.wan import (
 )
 
 __all__ = [
-    "SPATIAL_COMPRESSION",
-    "TEMPORAL_COMPRESSION",
     "WAN21_LATENTS_MEAN",
     "WAN21_LATENTS_STD",
     "Progress",

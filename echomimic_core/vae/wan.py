@@ -31,6 +31,7 @@ from echomimic_core.vae.keys import (
     diffusers_to_original,
     original_to_diffusers,
 )
+from echomimic_core.vae_frames import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ WAN21_LATENTS_STD = (
     2.8251,
     1.9160,
 )
-TEMPORAL_COMPRESSION = 4
-SPATIAL_COMPRESSION = 8
 # Constructor arguments newer diffusers added (Wan2.2); at these values older releases build the same model.
 _WAN21_DEFAULTS = {"in_channels": 3, "out_channels": 3, "is_residual": False}
 # Prefixes seen on VAE weights saved inside bigger bundles.
@@ -114,9 +113,9 @@ class Tiling:
     overlap: int = 64
 
     def __post_init__(self):
-        if self.tile_size % SPATIAL_COMPRESSION or self.overlap % SPATIAL_COMPRESSION:
+        if self.tile_size % VAE_SPATIAL_STRIDE or self.overlap % VAE_SPATIAL_STRIDE:
             raise ValueError(
-                f"tile_size and overlap must be multiples of {SPATIAL_COMPRESSION} pixels, "
+                f"tile_size and overlap must be multiples of {VAE_SPATIAL_STRIDE} pixels, "
                 f"got {self.tile_size} and {self.overlap}."
             )
         if not 0 <= self.overlap < self.tile_size:
@@ -200,18 +199,18 @@ class WanVAE:
                 f"expected {self.in_channels} colour channels on dim 1, got {c} "
                 f"(shape {tuple(video_shape)}); the layout is [B, C, T, H, W]."
             )
-        if t < 1 or (t - 1) % TEMPORAL_COMPRESSION:
+        if t < 1 or (t - 1) % VAE_TEMPORAL_STRIDE:
             raise ValueError(f"the VAE encodes 4k+1 frames (1, 5, 9, ..., 81), got {t}; trim or pad the clip.")
-        if h % SPATIAL_COMPRESSION or w % SPATIAL_COMPRESSION:
+        if h % VAE_SPATIAL_STRIDE or w % VAE_SPATIAL_STRIDE:
             raise ValueError(
-                f"height and width must be multiples of {SPATIAL_COMPRESSION}, got {h}x{w}; resize or crop the frames."
+                f"height and width must be multiples of {VAE_SPATIAL_STRIDE}, got {h}x{w}; resize or crop the frames."
             )
         return (
             b,
             self.latent_channels,
-            1 + (t - 1) // TEMPORAL_COMPRESSION,
-            h // SPATIAL_COMPRESSION,
-            w // SPATIAL_COMPRESSION,
+            1 + (t - 1) // VAE_TEMPORAL_STRIDE,
+            h // VAE_SPATIAL_STRIDE,
+            w // VAE_SPATIAL_STRIDE,
         )
 
     def video_shape(self, latent_shape) -> tuple[int, ...]:
@@ -226,9 +225,9 @@ class WanVAE:
         return (
             b,
             getattr(self.model.config, "out_channels", 3),
-            1 + (f - 1) * TEMPORAL_COMPRESSION,
-            h * SPATIAL_COMPRESSION,
-            w * SPATIAL_COMPRESSION,
+            1 + (f - 1) * VAE_TEMPORAL_STRIDE,
+            h * VAE_SPATIAL_STRIDE,
+            w * VAE_SPATIAL_STRIDE,
         )
 
     # -- encode / decode ----------------------------------------------------------------------
@@ -239,7 +238,7 @@ class WanVAE:
         """Normalised posterior mean and raw ``log_var``, both ``[B, z_dim, F, H/8, W/8]`` float32."""
         self.latent_shape(video.shape)
         b, _, t, h, w = video.shape
-        steps = b * _tile_count(h, w, tiling, 1) * (1 + (t - 1) // TEMPORAL_COMPRESSION)
+        steps = b * _tile_count(h, w, tiling, 1) * (1 + (t - 1) // VAE_TEMPORAL_STRIDE)
         with _tiling_scope(self.model, tiling), _progress_scope(self.model.encoder, steps, progress):
             params = self.model.encode(video.to(self.device, self.dtype)).latent_dist.parameters
         mu, log_var = params.chunk(2, dim=1)
@@ -258,7 +257,7 @@ class WanVAE:
         """Normalised latents ``[B, z_dim, F, h, w]`` -> video ``[B, 3, 4(F-1)+1, 8h, 8w]`` in [-1, 1], float32."""
         self.video_shape(latents.shape)
         b, _, f, h, w = latents.shape
-        steps = b * _tile_count(h, w, tiling, SPATIAL_COMPRESSION) * f
+        steps = b * _tile_count(h, w, tiling, VAE_SPATIAL_STRIDE) * f
         raw = denormalize_latents(latents, self.latents_mean, self.latents_std)
         with _tiling_scope(self.model, tiling), _progress_scope(self.model.decoder, steps, progress):
             video = self.model.decode(raw.to(self.device, self.dtype)).sample

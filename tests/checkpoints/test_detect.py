@@ -48,7 +48,7 @@ def test_infers_released_config(reference_dir, name):
     inferred = infer_config(shapes).to_dict()
     for key, value in config.items():
         assert inferred[key] == value, key
-    assert inferred["audio_variant"] == name
+    assert inferred["variant"] == name
     assert inferred["clip_dim"] == 1280
     if name == "preview":
         assert inferred["audio_in_dim"] == 768
@@ -90,8 +90,8 @@ def test_infers_tiny_fixture_config(reference_dir):
 
 def test_base_defaults_to_preview_audio_path(preview):
     config = infer_config(_base(preview[0]))
-    assert config.audio_variant == "preview" and config.audio_in_dim == 768
-    assert infer_config(_base(preview[0]), "flash").audio_variant == "flash"
+    assert config.variant == "preview" and config.audio_in_dim == 768
+    assert infer_config(_base(preview[0]), "flash").variant == "flash"
 
 
 def test_sd_checkpoint_is_named(tmp_path):

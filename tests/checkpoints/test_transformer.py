@@ -20,9 +20,9 @@ from echomimic_core.model.transformer import EchoMimicTransformer
 # (pickles, diffusers folders) infer exactly this config from their shapes.
 SMALL = dict(dim=256, num_heads=2, ffn_dim=96, freq_dim=32, text_dim=24, num_layers=2, clip_dim=16)
 CONFIGS = {
-    "preview": TransformerConfig(audio_variant="preview", audio_in_dim=20, **SMALL),
+    "preview": TransformerConfig(variant="preview", audio_in_dim=20, **SMALL),
     "flash": TransformerConfig(
-        audio_variant="flash",
+        variant="flash",
         audio_blocks=1,
         audio_channels=768,
         audio_intermediate_dim=12,
@@ -43,7 +43,7 @@ def _random_model(config):
 def _inputs(config, seed=1, audio_zero=False):
     g = torch.Generator().manual_seed(seed)
     frames, (f, h, w) = 9, (3, 4, 4)
-    if config.audio_variant == "preview":
+    if config.variant == "preview":
         audio = torch.randn(1, 2 * frames, config.audio_in_dim, generator=g)
     else:
         audio = torch.randn(1, frames, config.audio_window, config.audio_blocks, config.audio_channels, generator=g)
@@ -88,7 +88,7 @@ def test_save_and_load_round_trip(tmp_path, reference):
     variant, config, model, out = reference
     save_transformer(model, tmp_path / "m.safetensors")
     meta = json.loads(ckpt.read_metadata(tmp_path / "m.safetensors")[ckpt.CONFIG_METADATA_KEY])
-    assert meta["audio_variant"] == variant
+    assert meta["variant"] == variant
     loaded = load_transformer(tmp_path / "m.safetensors", dtype=torch.float32)
     assert not loaded.training and loaded.compute_dtype == torch.float32
     _assert_same_model(loaded, model, out, config)
@@ -227,7 +227,7 @@ def test_base_wan_file_gets_silent_audio_layers(tmp_path, reference, caplog):
 def test_base_defaults_to_preview():
     # (no file needed) the audio path given to a base file when no variant is asked for
     sd = {k: v.shape for k, v in _random_model(CONFIGS["flash"]).state_dict().items() if "audio" not in k}
-    assert ckpt.infer_config(sd).audio_variant == "preview"
+    assert ckpt.infer_config(sd).variant == "preview"
 
 
 def test_asking_for_the_other_variant_fails(tmp_path, reference):
@@ -320,7 +320,7 @@ def test_tiny_parity_fixture_through_the_loader(tmp_path, reference_dir):
 def test_folder_config_json_gives_heads_and_text_len(tmp_path):
     """Upstream's transformer/ folder: diffusion_pytorch_model.safetensors + Wan-style config.json."""
     config = TransformerConfig(
-        audio_variant="preview",
+        variant="preview",
         audio_in_dim=8,
         dim=64,
         num_heads=4,

@@ -31,7 +31,7 @@ def random_inputs(config: TransformerConfig, batch: int = 2, text_lens=(5, 7), s
     g = torch.Generator().manual_seed(seed)
     f, h, w = LATENT
     video_frames = 4 * (f - 1) + 1
-    if config.audio_variant == "preview":
+    if config.variant == "preview":
         audio = torch.randn(batch, config.audio_tokens_per_frame * video_frames, config.audio_in_dim, generator=g)
     else:
         audio = torch.randn(
@@ -43,7 +43,7 @@ def random_inputs(config: TransformerConfig, batch: int = 2, text_lens=(5, 7), s
         clip_fea=torch.randn(batch, config.clip_tokens, config.clip_dim, generator=g),
         y=torch.randn(batch, config.in_dim - 16, f, h, w, generator=g),
         audio=audio,
-        ip_mask=(torch.rand(batch, tokens_per_frame, generator=g) > 0.4).float(),
+        face_gate=(torch.rand(batch, tokens_per_frame, generator=g) > 0.4).float(),
         audio_scale=0.7,
     )
     x = torch.randn(batch, 16, f, h, w, generator=g)

@@ -9,7 +9,7 @@ def _cond(batch, text_len, scale=1.0, mask=True):
         clip_fea=torch.randn(batch, 3, 2),
         y=torch.randn(batch, 20, 1, 2, 2),
         audio=torch.randn(batch, 2, 5),
-        ip_mask=torch.ones(batch, 1) * 0 if mask else None,
+        face_gate=torch.ones(batch, 1) * 0 if mask else None,
         audio_scale=scale,
     )
 
@@ -19,14 +19,14 @@ def test_cat_concatenates_and_fills_missing_gates_with_ones():
     both = Conditioning.cat([a, b])
     assert both.batch_size == 3
     assert [u.shape[0] for u in both.context] == [3, 5, 5]
-    assert both.ip_mask.tolist() == [[0.0], [1.0], [1.0]]
+    assert both.face_gate.tolist() == [[0.0], [1.0], [1.0]]
     assert both.audio_scale.tolist() == [0.5, 1.0, 1.0]
     assert torch.equal(both.audio[1:], b.audio)
 
 
 def test_cat_keeps_a_shared_float_scale():
     both = Conditioning.cat([_cond(1, 3, 0.8, mask=False), _cond(1, 3, 0.8, mask=False)])
-    assert both.audio_scale == 0.8 and both.ip_mask is None
+    assert both.audio_scale == 0.8 and both.face_gate is None
 
 
 def test_to_casts_features_and_without_audio_zeroes_audio_only():

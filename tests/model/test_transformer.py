@@ -46,7 +46,7 @@ def test_batched_conditioning_equals_separate_forwards(variant, tiny_config_fn, 
         clip_fea=cond.clip_fea[:1],
         y=cond.y[:1],
         audio=cond.audio[:1],
-        ip_mask=None,
+        face_gate=None,
         audio_scale=1.0,
     )
     second = Conditioning(
@@ -54,7 +54,7 @@ def test_batched_conditioning_equals_separate_forwards(variant, tiny_config_fn, 
         clip_fea=cond.clip_fea[1:],
         y=cond.y[1:],
         audio=cond.audio[1:],
-        ip_mask=cond.ip_mask[1:],
+        face_gate=cond.face_gate[1:],
         audio_scale=0.5,
     )
     with torch.no_grad():
@@ -70,7 +70,7 @@ def test_audio_changes_output_and_gate_silences_it(tiny_config_fn, random_model_
     with torch.no_grad():
         base = model(x, t, cond)
         assert (model(x, t, cond.without_audio()) - base).abs().max() > 1e-3
-        closed = Conditioning(**{**cond.__dict__, "ip_mask": torch.zeros_like(cond.ip_mask)})
+        closed = Conditioning(**{**cond.__dict__, "face_gate": torch.zeros_like(cond.face_gate)})
         silent = Conditioning(**{**cond.__dict__, "audio_scale": 0.0})
         torch.testing.assert_close(model(x, t, closed), model(x, t, silent))
 

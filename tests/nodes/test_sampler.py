@@ -310,7 +310,7 @@ def test_block_swap_and_memory_request_keep_the_result(demo_models, chain, one_c
 
 
 def test_face_gate_from_the_task_box_or_a_face_mask_node(demo_models, chain, folders):
-    from echomimic_core.face_region import ip_mask_from_box
+    from echomimic_core.face_region import face_gate_from_box
     from nodes.masks import EchoMimicFaceMask
 
     image = chain["image_t"][0]
@@ -332,14 +332,14 @@ def test_face_gate_from_the_task_box_or_a_face_mask_node(demo_models, chain, fol
         )
 
     box = (8.0, 40.0, 16.0, 48.0)
-    expected = ip_mask_from_box(box, (64, 64), (64, 64))
+    expected = face_gate_from_box(box, (64, 64), (64, 64))
     assert 0 < expected.sum() < expected.numel()
     spec, _ = EchoMimicTask().build("first_frame", face_box="8, 40, 16, 48")
-    assert torch.equal(encode(spec).ip_mask, expected)
+    assert torch.equal(encode(spec).face_gate, expected)
     # the Face Mask node's MASK output (a painted or typed box) gives the same gate
     mask = EchoMimicFaceMask().run(chain["image_t"], box="8, 40, 16, 48")["result"][0]
     spec, _ = EchoMimicTask().build("first_frame", face_mask=mask)
-    assert torch.equal(encode(spec).ip_mask, expected)
+    assert torch.equal(encode(spec).face_gate, expected)
 
 
 def test_reference_node_makes_the_chain_match_upstreams_clip_input(demo_models, chain, folders):

@@ -84,5 +84,5 @@ def test_reset_makes_runs_repeatable_and_overrun_errors(name):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown sampler"):
         make_scheduler("Euler", 5)
-    with pytest.raises(ValueError, match="setup"):
-        make_scheduler("Flow_Unipc", 5, setup="turbo")
+    with pytest.raises(ValueError, match="variant"):
+        make_scheduler("Flow_Unipc", 5, variant="turbo")

@@ -77,8 +77,8 @@ def test_phase_drop_reaches_the_model(tmp_path, sft_cache):
     for seed in range(8):
         _, _, phases, _ = trainer.sft_loss(batch, torch.Generator().manual_seed(seed))
         t, cond = recorder.seen[-1]
-        assert cond.ip_mask is not None and cond.ip_mask[1].all()  # item 0 has a face box, 1 none
-        assert 0 < cond.ip_mask[0].sum() < cond.ip_mask.shape[1]
+        assert cond.face_gate is not None and cond.face_gate[1].all()  # item 0 has a face box, 1 none
+        assert 0 < cond.face_gate[0].sum() < cond.face_gate.shape[1]
         for b, phase in enumerate(phases.tolist()):
             text_dropped = torch.equal(cond.context[b], null)
             image_dropped = not cond.clip_fea[b].any() and not cond.y[b].any()
@@ -253,7 +253,7 @@ def test_flash_variant_trains_sft_and_dpo(tmp_path):
     trainer.model = recorder
     history = trainer.train(2)
     assert "loss/sft" in history[0] and "loss/dpo" in history[1]
-    assert all(cond.ip_mask is None for _, cond in recorder.seen)  # flash has no face gate
+    assert all(cond.face_gate is None for _, cond in recorder.seen)  # flash has no face gate
     assert model.blocks[0].cross_attn.v_audio.weight.abs().sum() > 0  # audio path learns from zero
 
 
@@ -266,7 +266,7 @@ def test_base_checkpoint_takes_the_presets_audio_widths(tmp_path):
     save_state_dict(base, tmp_path / "wan_fun_inp.safetensors")
     path = str(tmp_path / "wan_fun_inp.safetensors")
     model = build_model(ModelConfig(preset="tiny_flash", checkpoint=path))
-    assert model.config.audio_variant == "flash" and model.config.audio_channels == 16
+    assert model.config.variant == "flash" and model.config.audio_channels == 16
     sd = model.state_dict()
     assert all(torch.equal(sd[k], v) for k, v in base.items())
     assert not sd["blocks.1.cross_attn.v_audio.weight"].any()
