@@ -1,7 +1,8 @@
 """Run a saved API-format workflow once per row of a table against a ComfyUI server.
 
     python -m tools.batch_run WORKFLOW_API.json --inputs table.csv|table.json|folder/ \\
-        [--server http://127.0.0.1:8188] [--out DIR] [--retries N] [--resume] [--map COL=NODE.INPUT]
+        [--server http://127.0.0.1:8188 [--server URL ...]] [--depth N] [--out DIR] [--retries N]
+        [--resume] [--map COL=NODE.INPUT]
 
 The workflow is ComfyUI's "Export (API)" file. Each row sets node inputs, uploads the local files it
 names, queues the prompt, follows it on the websocket and downloads its outputs to ``OUT/<row>/``.
@@ -27,6 +28,16 @@ stem ``.txt``), named after the stem; these plain names follow the mapping rules
 Resuming: ``OUT/batch_state.json`` records each row's outcome; with ``--resume`` rows already done
 (with the same values) are skipped. Rows failing at run time are retried ``--retries`` times; a
 prompt the server rejects (HTTP 400, node_errors) is reported at once, without retries.
+
+A pool of servers
+-----------------
+``--server`` may be given several times (e.g. one ComfyUI per GPU). Every server keeps ``--depth``
+rows in flight (default 1: a row is queued when the server's previous one finished, so no server
+holds a backlog another could have run). A row that fails is retried on another server when there
+is one; a server that stops answering is dropped, its rows move to the others without using up
+their retries, and it is asked again every ``--server-recheck`` seconds. When no server answers,
+the remaining rows are recorded as failed and ``--resume`` picks them up later. One state file
+records which server ran each row.
 """
 
 from __future__ import annotations
@@ -41,7 +52,8 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +65,7 @@ log = logging.getLogger("tools.batch_run")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg")
 STATE_FILE = "batch_state.json"
+DEFAULT_SERVER = "http://127.0.0.1:8188"
 RESERVED_COLUMNS = ("name",)
 
 
@@ -237,12 +250,13 @@ def local_file(value: Any, base_dir: Path) -> Path | None:
 class ComfyClient:
     """The slice of ComfyUI's HTTP + websocket protocol a batch needs."""
 
-    def __init__(self, server: str, session: aiohttp.ClientSession):
+    def __init__(self, server: str, session: aiohttp.ClientSession, uploads: dict[Path, str] | None = None):
         self.server = server.rstrip("/")
         self.session = session
         self.client_id = uuid.uuid4().hex
         self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self.uploads: dict[Path, str] = {}
+        # shared by the clients of one server: a file is uploaded to each server once
+        self.uploads: dict[Path, str] = {} if uploads is None else uploads
 
     async def connect(self) -> None:
         url = self.server.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
@@ -251,6 +265,18 @@ class ComfyClient:
     async def object_info(self) -> dict | None:
         async with self.session.get(f"{self.server}/object_info") as response:
             return await response.json() if response.status == 200 else None
+
+    async def answers(self, timeout: float = 10.0) -> bool:
+        """Whether the server is up (it answers an HTTP request within ``timeout`` seconds)."""
+        try:
+            async with self.session.get(f"{self.server}/object_info", timeout=aiohttp.ClientTimeout(total=timeout)):
+                return True
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
 
     async def upload(self, path: Path) -> str:
         """Put ``path`` in the server's input folder; returns the name a combo widget uses."""
@@ -408,6 +434,7 @@ class RowResult:
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
     digest: str = ""
+    server: str | None = None  # the server of the last attempt
 
 
 def _read_state(out: Path) -> dict[str, RowResult]:
@@ -455,33 +482,200 @@ async def _run_row(
     return prompt_id, [str(f.relative_to(out)) for f in files]
 
 
-async def _attempt_row(row: Row, run, retries: int, retry_delay: float) -> RowResult:
-    """``run()`` until it succeeds, at most ``retries`` extra times; a rejected prompt is not retried
-    (the server refuses the same prompt again), run-time and connection failures are."""
-    result = RowResult(row.name, digest=row.digest())
-    started = time.monotonic()
-    for attempt in range(1, retries + 2):
-        result.attempts = attempt
-        try:
-            result.prompt_id, result.outputs = await run()
-            result.status, result.error = "done", None
-            break
-        except PromptRejected as e:
-            result.status, result.error = "failed", f"rejected: {e}"
-            break
-        except (ExecutionFailed, aiohttp.ClientError, asyncio.TimeoutError) as e:
-            result.status, result.error = "failed", str(e) or type(e).__name__
-            log.warning("%s: attempt %d failed: %s", row.name, attempt, result.error)
-            if attempt <= retries:
-                await asyncio.sleep(retry_delay)
-    result.seconds = round(time.monotonic() - started, 2)
-    return result
+# run-time failures that say nothing about the row: the server may be gone (asked before moving on)
+CONNECTION_ERRORS = (aiohttp.ClientConnectionError, ConnectionError)
+RUN_TIME_ERRORS = (ExecutionFailed, aiohttp.ClientError, asyncio.TimeoutError)
+
+
+@dataclass(eq=False)
+class _Server:
+    """One server of the pool; ``down`` says why it was dropped (None while it answers)."""
+
+    url: str
+    uploads: dict[Path, str] = field(default_factory=dict)
+    down: str | None = None
+
+
+@dataclass(eq=False)
+class _Job:
+    """A row on its way through the pool."""
+
+    row: Row
+    result: RowResult
+    started: float
+    failures: int = 0  # run-time failures, bounded by --retries
+    lost: int = 0  # attempts cut short by a server that disappeared (they use up no retry)
+    failed_on: str | None = None  # server of the last failed attempt: the retry prefers another
+
+
+class _Pool:
+    """Hands rows to the servers' slots (``depth`` slots per server, one row each).
+
+    A row that failed on a server is handed to a slot of another answering server if there is one
+    (after ``retry_delay``); a row whose server disappeared is handed out again at once. When no
+    server answers, the rows not yet done fail. ``on_done(result)`` is called once per row.
+    """
+
+    def __init__(
+        self,
+        jobs: list[_Job],
+        servers: list[_Server],
+        retries: int,
+        retry_delay: float,
+        on_done: Callable[[RowResult], None],
+    ):
+        self.pending: deque[_Job] = deque(jobs)
+        self.servers = servers
+        self.retries, self.retry_delay, self.on_done = retries, retry_delay, on_done
+        self.busy = 0  # rows held by a slot or waiting out their retry delay
+        self.changed = asyncio.Condition()
+        self._timers: set[asyncio.Task] = set()
+
+    @property
+    def finished(self) -> bool:
+        return not self.pending and self.busy == 0
+
+    def _others_answer(self, server: _Server) -> bool:
+        return any(s.down is None and s is not server for s in self.servers)
+
+    async def take(self, server: _Server) -> _Job | None:
+        """The next row for a slot of ``server``; None when the batch is over or the server is down."""
+        async with self.changed:
+            while not self.finished and server.down is None:
+                others = self._others_answer(server)
+                job = next((j for j in self.pending if j.failed_on != server.url or not others), None)
+                if job is not None:
+                    self.pending.remove(job)
+                    self.busy += 1
+                    return job
+                await self.changed.wait()
+            return None
+
+    async def wait_while_down(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` (less if the batch ends); False once the batch is over."""
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait_for(lambda: self.finished), seconds)
+            except asyncio.TimeoutError:
+                pass
+            return not self.finished
+
+    async def back(self, server: _Server) -> None:
+        log.info("%s answers again; it takes rows again", server.url)
+        async with self.changed:
+            server.down = None
+            self.changed.notify_all()
+
+    def _finish(self, job: _Job, status: str, error: str | None = None) -> None:
+        job.result.status, job.result.error = status, error
+        job.result.seconds = round(time.monotonic() - job.started, 2)
+        self.busy -= 1
+        self.on_done(job.result)
+
+    def _no_server_left(self) -> str | None:
+        if any(s.down is None for s in self.servers):
+            return None
+        return "no server answers: " + "; ".join(f"{s.url} ({s.down})" for s in self.servers)
+
+    async def done(self, job: _Job, status: str = "done", error: str | None = None) -> None:
+        async with self.changed:
+            self._finish(job, status, error)
+            self.changed.notify_all()
+
+    async def failed(self, job: _Job, server: _Server, error: str) -> None:
+        """A run-time failure: retried (preferably elsewhere) while retries are left."""
+        log.warning("%s: attempt %d on %s failed: %s", job.row.name, job.result.attempts, server.url, error)
+        async with self.changed:
+            job.failures += 1
+            job.failed_on = server.url
+            if job.failures > self.retries:
+                self._finish(job, "failed", error)
+            else:
+                timer = asyncio.get_running_loop().create_task(self._requeue_later(job, error))
+                self._timers.add(timer)
+                timer.add_done_callback(self._timers.discard)
+            self.changed.notify_all()
+
+    async def _requeue_later(self, job: _Job, error: str) -> None:
+        await asyncio.sleep(self.retry_delay)
+        async with self.changed:
+            gone = self._no_server_left()
+            if gone:
+                self._finish(job, "failed", f"{error}; {gone}")
+            else:
+                self.busy -= 1
+                self.pending.append(job)
+            self.changed.notify_all()
+
+    async def lost(self, job: _Job, server: _Server, error: str) -> None:
+        """``server`` stopped answering during ``job``: drop the server, hand the row to another."""
+        async with self.changed:
+            if server.down is None:
+                log.warning("%s stopped answering (%s); its rows move to the other servers", server.url, error)
+                server.down = error
+            job.lost += 1
+            if job.lost > len(self.servers):  # servers that keep vanishing: count it as the row's failure
+                job.failed_on = server.url
+                job.failures += 1
+            gone = self._no_server_left()
+            if gone or job.failures > self.retries:
+                self._finish(job, "failed", f"{error}; {gone}" if gone else error)
+            else:
+                self.busy -= 1
+                self.pending.appendleft(job)  # it was started first: it goes first
+            if gone:
+                while self.pending:
+                    left = self.pending.popleft()
+                    self.busy += 1
+                    self._finish(left, "failed", gone)
+            self.changed.notify_all()
+
+
+async def _slot(
+    pool: _Pool,
+    server: _Server,
+    client: ComfyClient,
+    run: Callable[[ComfyClient, Row], Awaitable[tuple[str, list[str]]]],
+    recheck: float,
+) -> None:
+    """One row at a time on ``server`` until the batch is over; while it is down, ask every ``recheck`` s."""
+    try:
+        while True:
+            if server.down is not None:
+                if not await pool.wait_while_down(recheck):
+                    return
+                if server.down is not None and await client.answers():
+                    await pool.back(server)
+                continue
+            job = await pool.take(server)
+            if job is None:
+                if pool.finished:
+                    return
+                continue
+            job.result.attempts += 1
+            job.result.server = server.url
+            try:
+                job.result.prompt_id, job.result.outputs = await run(client, job.row)
+            except PromptRejected as e:
+                await pool.done(job, "failed", f"rejected: {e}")
+            except CONNECTION_ERRORS as e:
+                error = str(e) or type(e).__name__
+                if await client.answers():
+                    await pool.failed(job, server, error)
+                else:
+                    await pool.lost(job, server, error)
+            except RUN_TIME_ERRORS as e:
+                await pool.failed(job, server, str(e) or type(e).__name__)
+            else:
+                await pool.done(job)
+    finally:
+        await client.close()
 
 
 async def run_batch(
     workflow: dict,
     rows: list[Row],
-    server: str,
+    servers: str | Sequence[str],
     out: Path,
     renames: dict[str, str] | None = None,
     retries: int = 1,
@@ -491,8 +685,18 @@ async def run_batch(
     include_temp: bool = False,
     check_schemas: bool = True,
     poll: float = 5.0,
+    depth: int = 1,
+    recheck: float = 30.0,
 ) -> list[RowResult]:
-    """Run every row; returns one result per row (also recorded in ``out/batch_state.json``)."""
+    """Run every row over the ``servers`` (one URL or several); returns one result per row, in row
+    order (also recorded in ``out/batch_state.json``). ``depth``: rows in flight per server;
+    ``recheck``: seconds between checks of a server that stopped answering."""
+    if depth < 1:
+        raise BatchError(f"depth (rows in flight per server) must be at least 1, got {depth}.")
+    urls = [servers] if isinstance(servers, str) else list(servers)
+    if not urls:
+        raise BatchError("no server given; pass at least one --server URL.")
+    pool_servers = [_Server(url.rstrip("/")) for url in dict.fromkeys(u.rstrip("/") for u in urls)]
     columns = sorted({c for row in rows for c in row.values})
     bindings = resolve_columns(workflow, columns, renames or {})
     # type errors surface now, before anything is uploaded or queued; the caller's rows stay as given
@@ -513,47 +717,83 @@ async def run_batch(
     workflow_digest = hashlib.sha256(json.dumps(workflow, sort_keys=True).encode()).hexdigest()[:16]
     previous = _read_state(out) if resume else {}
     results: dict[str, RowResult] = {}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)) as session:
-        client = ComfyClient(server, session)
-        try:
-            schemas = await client.object_info() if check_schemas else None
-            await client.connect()
-        except aiohttp.ClientError as e:
-            raise BatchError(
-                f"cannot reach the ComfyUI server at {server} ({e}); is it running? Pass its address with --server."
-            ) from e
-        if schemas:
-            from workflows.validate import validate_api
 
-            errors = [str(i) for i in validate_api(workflow, schemas) if i.error]
-            if errors:
-                raise BatchError("the workflow does not fit the server's nodes:\n  " + "\n  ".join(errors))
+    def record(result: RowResult) -> None:
+        results[result.name] = result
+        _write_state(out, workflow_digest, {**previous, **results})
+
+    async def run(client: ComfyClient, row: Row) -> tuple[str, list[str]]:
+        return await _run_row(client, workflow, bindings, row, out, timeout, include_temp, poll)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)) as session:
+        clients = {s.url: [ComfyClient(s.url, session, s.uploads) for _ in range(depth)] for s in pool_servers}
+        for server in pool_servers:
+            await _check_server(server, clients[server.url], workflow, check_schemas, len(pool_servers) > 1)
+        if all(s.down is not None for s in pool_servers):
+            if len(pool_servers) == 1:
+                raise BatchError(
+                    f"cannot reach the ComfyUI server at {pool_servers[0].url} ({pool_servers[0].down}); "
+                    "is it running? Pass its address with --server."
+                )
+            raise BatchError(
+                "cannot reach any ComfyUI server: "
+                + "; ".join(f"{s.url} ({s.down})" for s in pool_servers)
+                + ". Are they running? Check the --server addresses."
+            )
+        jobs = []
         for row in rows:
             done = previous.get(row.name)
             if done is not None and done.status == "done" and done.digest == row.digest():
                 results[row.name] = RowResult(**{**asdict(done), "status": "skipped"})
                 log.info("%s: already done, skipped", row.name)
                 continue
-            results[row.name] = await _attempt_row(
-                row,
-                lambda row=row: _run_row(client, workflow, bindings, row, out, timeout, include_temp, poll),
-                retries,
-                retry_delay,
-            )
-            _write_state(out, workflow_digest, {**previous, **results})
-        if client.ws is not None:
-            await client.ws.close()
+            jobs.append(_Job(row, RowResult(row.name, digest=row.digest()), time.monotonic()))
+        pool = _Pool(jobs, pool_servers, retries, retry_delay, record)
+        await asyncio.gather(
+            *(_slot(pool, s, c, run, recheck) for s in pool_servers for c in clients[s.url]),
+        )
     _write_state(out, workflow_digest, {**previous, **results})
-    return list(results.values())
+    return [results[row.name] for row in rows]
+
+
+async def _check_server(
+    server: _Server, clients: list[ComfyClient], workflow: dict, check_schemas: bool, pooled: bool
+) -> None:
+    """Connect ``server``'s clients and check the workflow against its nodes. A server that does not
+    answer is marked down (the pool asks again later); one whose nodes do not fit stops the batch."""
+    try:
+        schemas = await clients[0].object_info() if check_schemas else None
+        for client in clients:
+            await client.connect()
+    except (aiohttp.ClientError, OSError) as e:
+        server.down = str(e) or type(e).__name__
+        if pooled:
+            log.warning("cannot reach %s (%s); continuing with the other servers", server.url, server.down)
+        return
+    if schemas:
+        from workflows.validate import validate_api
+
+        errors = [str(i) for i in validate_api(workflow, schemas) if i.error]
+        if errors:
+            where = f" on {server.url}" if pooled else ""
+            raise BatchError(f"the workflow does not fit the server's nodes{where}:\n  " + "\n  ".join(errors))
 
 
 def summary_table(results: list[RowResult]) -> str:
-    header = ("row", "status", "tries", "secs", "outputs / error")
+    pooled = len({r.server for r in results if r.server}) > 1  # name the server only when there were several
+    header = ("row", "status", "tries", "secs", *(("server",) if pooled else ()), "outputs / error")
     lines = [
-        (r.name, r.status, str(r.attempts), f"{r.seconds:.1f}", r.error if r.error else ", ".join(r.outputs) or "-")
+        (
+            r.name,
+            r.status,
+            str(r.attempts),
+            f"{r.seconds:.1f}",
+            *((r.server or "-",) if pooled else ()),
+            r.error if r.error else ", ".join(r.outputs) or "-",
+        )
         for r in results
     ]
-    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(4)]
+    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header) - 1)]
     fmt = "  ".join(f"{{:{w}}}" for w in widths) + "  {}"
     done = sum(r.status in ("done", "skipped") for r in results)
     return "\n".join([fmt.format(*header), *(fmt.format(*line) for line in lines), f"{done}/{len(results)} rows done"])
@@ -567,7 +807,20 @@ def main(argv: Iterable[str] | None = None) -> int:
     )
     parser.add_argument("workflow", type=Path, help="workflow saved with Export (API)")
     parser.add_argument("--inputs", type=Path, required=True, help="CSV, JSON list of objects, or a folder of images")
-    parser.add_argument("--server", default="http://127.0.0.1:8188")
+    parser.add_argument(
+        "--server",
+        action="append",
+        metavar="URL",
+        help=f"ComfyUI server; repeat for a pool, e.g. one server per GPU (default {DEFAULT_SERVER})",
+    )
+    parser.add_argument("--depth", type=int, default=1, help="rows in flight per server")
+    parser.add_argument(
+        "--server-recheck",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often a server that stopped answering is asked again",
+    )
     parser.add_argument("--out", type=Path, default=Path("batch_output"))
     parser.add_argument("--retries", type=int, default=1, help="extra attempts for a row that fails at run time")
     parser.add_argument("--resume", action="store_true", help="skip rows recorded as done in OUT/batch_state.json")
@@ -591,7 +844,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             run_batch(
                 workflow,
                 rows,
-                args.server,
+                args.server or [DEFAULT_SERVER],
                 args.out,
                 renames,
                 args.retries,
@@ -600,6 +853,8 @@ def main(argv: Iterable[str] | None = None) -> int:
                 args.retry_delay,
                 args.include_temp,
                 not args.no_schema_check,
+                depth=args.depth,
+                recheck=args.server_recheck,
             )
         )
     except BatchError as e:

@@ -39,6 +39,11 @@ class StandIn:
         self.queued = []  # (prompt_id, prompt)
         self.html_errors = 0  # answer this many POST /prompt with an HTML error page
         self.url = None
+        self.seconds = 0.0  # how long a prompt runs
+        self.fail_images = set()  # images whose prompts fail on this server only
+        self.die_on_prompt = None  # the server goes away while running its n-th prompt (1-based)
+        self.running = self.most_running = 0
+        self.runner = None
 
     def app(self):
         app = web.Application()
@@ -106,6 +111,20 @@ class StandIn:
         return web.json_response({"prompt_id": prompt_id, "number": len(self.queued), "node_errors": {}})
 
     async def execute(self, prompt_id, prompt, client_id):
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await self._execute(prompt_id, prompt, client_id)
+        finally:
+            self.running -= 1
+
+    async def die(self):
+        """Go away as a crashed server does: sockets closed, the port refusing connections."""
+        for socket in list(self.sockets.values()):
+            await socket.close()
+        await self.runner.cleanup()
+
+    async def _execute(self, prompt_id, prompt, client_id):
         ws = self.sockets.get(client_id)
 
         async def send(kind, **data):
@@ -121,8 +140,12 @@ class StandIn:
         await send("executing", node="5", display_node="5")
         for step in (1, 2):
             await send("progress", value=step, max=2, node="5")
+        if len(self.queued) == self.die_on_prompt and self.queued[-1][0] == prompt_id:
+            await self.die()
+            return
+        await asyncio.sleep(self.seconds)
         image = prompt["1"]["inputs"]["image"]
-        if image.startswith("bad"):
+        if image.startswith("bad") or image in self.fail_images:
             error = {
                 "node_id": "5",
                 "node_type": "CreateVideo",
@@ -176,28 +199,41 @@ class StandIn:
 
 
 @pytest.fixture
-def server(object_info_path):
+def start_server(object_info_path):
+    """Starts stand-in servers (each on its own thread and port); all stop at the end of the test."""
     info = json.loads(object_info_path.read_text())
-    standin = StandIn({name: info[name] for name in NODES})
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(standin.app())
-    ready = threading.Event()
+    running = []
 
-    def serve():
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-        standin.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        ready.set()
-        loop.run_forever()
+    def start():
+        standin = StandIn({name: info[name] for name in NODES})
+        loop = asyncio.new_event_loop()
+        standin.runner = runner = web.AppRunner(standin.app())
+        ready = threading.Event()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(10), "stand-in server did not start"
-    yield standin
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+        def serve():
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+            standin.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            ready.set()
+            loop.run_forever()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        assert ready.wait(10), "stand-in server did not start"
+        running.append((runner, loop, thread))
+        return standin
+
+    yield start
+    for runner, loop, thread in running:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.fixture
+def server(start_server):
+    return start_server()
 
 
 @pytest.fixture
@@ -342,3 +378,85 @@ def test_html_error_page_from_the_server_is_retried(batch, server):
     assert _run(batch, server, "--retries", "1") == 0
     state = json.loads((batch / "out" / "batch_state.json").read_text())["rows"]["x"]
     assert state["attempts"] == 2 and state["status"] == "done" and len(server.queued) == 1
+
+
+def _pool_table(batch, rows):
+    (batch / "rows.csv").write_text(
+        "name,image,audio,Seed.value\n" + "".join(f"{n},{img},a.wav,{i}\n" for i, (n, img) in enumerate(rows))
+    )
+
+
+def _ran(standin):
+    return [p["3"]["inputs"]["value"] for _, p in standin.queued]
+
+
+def test_pool_spreads_rows_and_finishes_a_dead_servers_row_elsewhere(batch, start_server, capsys):
+    servers = [start_server() for _ in range(3)]
+    for standin in servers:
+        standin.seconds = 0.2  # rows overlap, so every server gets some
+    dying = servers[2]
+    dying.die_on_prompt = 2  # finishes one row, then goes away in the middle of the next
+    _pool_table(batch, [(f"r{i}", "ab"[i % 2] + ".png") for i in range(8)])
+    urls = [arg for s in servers for arg in ("--server", s.url)]
+    # no retries: a row whose server disappeared moves on without using one up
+    assert _run(batch, servers[0], *urls[2:], "--retries", "0", "--server-recheck", "0.2") == 0
+    state = json.loads((batch / "out" / "batch_state.json").read_text())["rows"]
+    assert all(row["status"] == "done" for row in state.values())
+    ran_on = {name: row["server"] for name, row in state.items()}
+    assert {s.url for s in servers[:2]} <= set(ran_on.values())
+    assert sum(url == dying.url for url in ran_on.values()) == 1  # the row it finished before dying
+    lost_seed = _ran(dying)[1]
+    lost = state[f"r{lost_seed}"]
+    assert lost["attempts"] == 2 and lost["server"] in (servers[0].url, servers[1].url)
+    assert lost_seed in _ran(servers[0]) + _ran(servers[1])
+    # every row ran to completion exactly once
+    finished = sorted(seed for s in servers for seed in _ran(s))
+    assert finished == sorted([*range(8), lost_seed])
+    for name, row in state.items():
+        assert json.loads((batch / "out" / name / row["outputs"][0].split("/")[1]).read_bytes())[2] == int(name[1:])
+    table = capsys.readouterr().out
+    assert "server" in table.splitlines()[0] and "8/8 rows done" in table
+
+
+def test_a_failed_row_is_retried_on_another_server(batch, start_server):
+    first, second = start_server(), start_server()
+    first.fail_images = {"a.png"}
+    _pool_table(batch, [("x", "a.png")])
+    assert _run(batch, first, "--server", second.url, "--retries", "1") == 0
+    state = json.loads((batch / "out" / "batch_state.json").read_text())["rows"]["x"]
+    assert (state["status"], state["attempts"], state["server"]) == ("done", 2, second.url)
+    assert (_ran(first), _ran(second)) == ([0], [0])
+
+
+def test_depth_keeps_several_rows_in_flight_per_server(batch, server):
+    server.seconds = 0.2
+    _pool_table(batch, [(f"r{i}", "a.png") for i in range(4)])
+    assert _run(batch, server, "--depth", "2") == 0
+    assert server.most_running == 2 and sorted(_ran(server)) == [0, 1, 2, 3]
+
+
+def test_when_no_server_answers_the_rows_left_fail_and_resume_later(batch, start_server, capsys):
+    dying = start_server()
+    dying.die_on_prompt = 1
+    _pool_table(batch, [("x", "a.png"), ("y", "b.png")])
+    assert _run(batch, dying, "--retries", "3") == 1
+    state = json.loads((batch / "out" / "batch_state.json").read_text())["rows"]
+    assert [state[n]["status"] for n in "xy"] == ["failed", "failed"]
+    assert all("no server answers" in state[n]["error"] for n in "xy") and len(dying.queued) == 1
+    capsys.readouterr()
+    revived = start_server()
+    assert _run(batch, revived, "--resume") == 0
+    assert sorted(_ran(revived)) == [0, 1]
+
+
+def test_unreachable_servers_are_reported_before_anything_runs(batch, server, capsys):
+    dead = "http://127.0.0.1:9"  # discard port: nothing listens there
+    assert _run(batch, server, "--server", dead) == 1  # the reachable one runs the batch (one row fails)
+    assert {row["server"] for row in _state(batch).values()} == {server.url}
+    out = batch / "other"
+    code = br.main([str(batch / "wf.json"), "--inputs", str(batch / "rows.csv"), "--server", dead, "--out", str(out)])
+    assert code == 2 and "cannot reach the ComfyUI server at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def _state(batch):
+    return json.loads((batch / "out" / "batch_state.json").read_text())["rows"]
