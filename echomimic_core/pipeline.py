@@ -26,7 +26,7 @@ from .long_video import Chunk, generate_chunked, plan_chunks, sliding_velocity
 from .media import prepare_audio
 from .model.conditioning import Conditioning
 from .sampling.guidance import GuidanceConfig
-from .sampling.sampler import StepHooks, denoise, guided_velocity
+from .sampling.sampler import StepHooks, denoise, guided_velocity, run_branches
 from .sampling.schedulers import make_scheduler
 from .sampling.teacache import TeaCache
 from .settings import GenerationSettings
@@ -296,16 +296,19 @@ def render(
     hooks: StepHooks | None = None,
     device=None,
     offload_device="cpu",
+    parallel=None,
 ) -> torch.Tensor:
     """Denoise and decode every chunk (or the sliding windows) -> frames [num_frames, H, W, 3] 0..1.
 
     ``encoded.audio`` holds features for the ``plan.num_frames`` output frames; frames past its end
     (the rounded-up tail of the last chunk) get zero audio, as do continuation's kept frames.
+    ``parallel``: this rank's ``parallel.Parallel`` when the transformer's forwards are shared
+    between processes (every rank calls ``render`` with the same arguments).
     """
     if plan.lead:
         silent = align.feature_slice(encoded.audio[:, :0], 0, plan.lead, models.audio_kind)
         encoded = dataclasses.replace(encoded, audio=torch.cat([silent, encoded.audio], dim=1))
-    denoiser = Denoiser(models, encoded, settings, device, offload_device, hooks)
+    denoiser = Denoiser(models, encoded, settings, device, offload_device, hooks, parallel)
     task, total = plan.task, plan.total_frames
     source = task.source_video if task.kind == "lipsync" else None
     if plan.chunks is not None:
@@ -339,13 +342,14 @@ def generate(
     hooks: StepHooks | None = None,
     device=None,
     offload_device="cpu",
+    parallel=None,
 ) -> Result:
     """Generate a talking video.
 
     image: the reference [H, W, 3] float 0..1 or uint8 (None for lipsync/continue, which use the
     source video's frames). audio: waveform [T], [C, T] or [B, C, T] at ``sample_rate``.
     Returns exactly ``floor(duration * fps)`` frames (capped by ``settings.max_frames``; for lip-sync
-    by the source video's length) and the input audio trimmed to them.
+    by the source video's length) and the input audio trimmed to them. ``parallel``: see ``render``.
     """
     settings = settings or GenerationSettings.for_variant(models.variant)
     wav16k = prepare_audio(audio, sample_rate)
@@ -362,7 +366,7 @@ def generate(
         device,
         offload_device,
     )
-    frames = render(models, encoded, plan, settings, hooks, device, offload_device)
+    frames = render(models, encoded, plan, settings, hooks, device, offload_device, parallel)
     info = {
         "frames": plan.num_frames,
         "size": plan.sample_size,
@@ -394,8 +398,10 @@ class Denoiser:
         device,
         offload_device,
         hooks: StepHooks | None,
+        parallel=None,
     ):
         self.models, self.encoded, self.settings = models, encoded, settings
+        self.run_branches = parallel.run_branches if parallel is not None else run_branches
         self.device = torch.device(device) if device is not None else next(models.transformer.parameters()).device
         self.offload_device, self.hooks = offload_device, hooks
         self.generator = torch.Generator("cpu").manual_seed(settings.seed)
@@ -458,6 +464,7 @@ class Denoiser:
             batched=self.settings.batch_guidance,
             cache=self.cache,
             hooks=self.hooks,
+            run=self.run_branches,
         )
         latents = denoise(
             velocity,
@@ -493,7 +500,13 @@ class Denoiser:
                 for k, v in branches_for(self.encoded, y[:, :, : w.length], audio, s.audio_scale).items()
             }
             velocity = guided_velocity(
-                self.models.transformer, branches, guidance, batched=s.batch_guidance, cache=None, hooks=self.hooks
+                self.models.transformer,
+                branches,
+                guidance,
+                batched=s.batch_guidance,
+                cache=None,
+                hooks=self.hooks,
+                run=self.run_branches,
             )
             return velocity(lat, t, step)
 

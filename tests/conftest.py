@@ -1,6 +1,8 @@
 """Shared fixtures: where the upstream reference data lives, and deterministic torch."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,22 @@ def demo_models(demo_model_files):
     from echomimic_core.model_files import load_models
 
     return load_models(demo_model_files, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """Runs a script under ``torchrun --standalone`` with N processes (gloo on the CPU, a free port);
+    fails the test with the workers' output if any of them fails."""
+
+    def run(script: Path, nprocs: int, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}"]
+        # one thread per worker: the workers share the machine's cores
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
+        done = subprocess.run(
+            [*command, str(script), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+        )
+        if done.returncode != 0:
+            pytest.fail(f"torchrun {script.name} x{nprocs} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}")
+        return done
+
+    return run

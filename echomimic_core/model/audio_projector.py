@@ -43,6 +43,13 @@ class AudioTokens:
     window_index: torch.Tensor | None
     frames: int
 
+    def frame_range(self, start: int, stop: int) -> AudioTokens:
+        """The audio context of latent frames ``start:stop`` only (a sequence-parallel rank's frames)."""
+        if self.window_index is not None:
+            return AudioTokens(self.tokens, self.window_index[start:stop], stop - start)
+        per_frame = self.tokens.shape[1] // self.frames
+        return AudioTokens(self.tokens[:, start * per_frame : stop * per_frame], None, stop - start)
+
     def windows(self, per_token: torch.Tensor) -> torch.Tensor:
         """[B, N, C] (a per-token map of ``tokens``, zero at zero input) -> [B*T, W, C]."""
         b, n, c = per_token.shape

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,9 @@ class BlockContext:
     text: [B, text_len, C] embedded text; image: [B, clip_tokens, C] embedded CLIP tokens;
     audio: projected audio tokens and windows; face_gate: [B, tokens_per_latent_frame] or None
     (face-region gate on the audio output); audio_scale: float or [B] tensor;
-    rope: (cos, sin) [L, 1, head_dim/2]; backend: attention backend name.
+    rope: (cos, sin) [L, 1, head_dim/2]; backend: attention backend name;
+    self_attention: the self-attention kernel ``(q, k, v, backend)``: ``attention``, or the
+    sequence-parallel all-to-all around it when the tokens are split over ranks.
     """
 
     text: torch.Tensor
@@ -37,6 +40,7 @@ class BlockContext:
     audio_scale: float | torch.Tensor
     rope: tuple[torch.Tensor, torch.Tensor]
     backend: str = "sdpa"
+    self_attention: Callable[..., torch.Tensor] = attention
 
 
 class SelfAttention(nn.Module):
@@ -59,7 +63,7 @@ class SelfAttention(nn.Module):
         cos, sin = ctx.rope
         q = apply_rope(self.heads(self.norm_q(self.q(x))), cos, sin)
         k = apply_rope(self.heads(self.norm_k(self.k(x))), cos, sin)
-        out = attention(q, k, self.heads(self.v(x)), ctx.backend)
+        out = ctx.self_attention(q, k, self.heads(self.v(x)), ctx.backend)
         return self.o(out.flatten(2))
 
 

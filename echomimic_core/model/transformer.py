@@ -24,6 +24,7 @@ from .blocks import BlockContext, Head, MLPProj, WanAttentionBlock
 from .conditioning import Conditioning
 from .ops import Operations
 from .rope import RotaryEmbedding3D
+from .sequence_parallel import SequenceShard
 
 
 class StepCache(Protocol):
@@ -284,9 +285,13 @@ class EchoMimicTransformer(nn.Module):
         cond: Conditioning,
         cache: StepCache | None = None,
         cache_branch: str = "all",
+        sequence: SequenceShard | None = None,
     ) -> torch.Tensor:
         """x: [B, 16, F, H, W] noisy latents; t: [B] (or scalar) timesteps on 0..1000.
-        Returns [B, out_dim, F, H, W] in x's dtype."""
+        Returns [B, out_dim, F, H, W] in x's dtype.
+
+        sequence: this rank's share of the tokens when the forward is split over a process group
+        (every rank passes the same inputs and gets the whole output); None = all tokens here."""
         c = self.config
         out_dtype, device = x.dtype, x.device
         dtype = self.compute_dtype or x.dtype
@@ -300,13 +305,20 @@ class EchoMimicTransformer(nn.Module):
             raise ValueError(f"latents ({x.shape[1]} ch) + y ({cond.y.shape[1]} ch) must give in_dim {c.in_dim}.")
         t = torch.as_tensor(t, device=device).reshape(-1).expand(b)
 
-        h = self.patch_embedding(torch.cat([x, cond.y.to(device)], dim=1).to(dtype))  # [B, C, F, H', W']
-        grid = tuple(h.shape[2:])
-        h = h.flatten(2).transpose(1, 2).contiguous()  # [B, L, C], token-major for the matmuls
+        grid = tuple(n // p for n, p in zip(x.shape[2:], c.patch_size))  # (F, H', W') tokens
+        inputs = torch.cat([x, cond.y.to(device)], dim=1)
+        if sequence is not None:  # embed only this rank's frames: the patch kernel never spans two
+            inputs = sequence.local_input(inputs, grid, c.patch_size[0])
+        h = self.patch_embedding(inputs.to(dtype))  # [B, C, F_r, H', W']
+        h = h.flatten(2).transpose(1, 2).contiguous()  # [B, L_r, C], token-major for the matmuls
         e, e0 = self.time_embed(t, dtype)
         ctx = self.block_context(cond, grid, dtype, device)
-        h = self.run_blocks(h, e0, ctx, cache, cache_branch)
-        return self.unpatchify(self.head(h, e), grid).to(out_dtype)
+        if sequence is not None:
+            ctx = sequence.local_context(ctx, grid)
+        h = self.head(self.run_blocks(h, e0, ctx, cache, cache_branch), e)
+        if sequence is not None:
+            h = sequence.gather(h, grid)
+        return self.unpatchify(h, grid).to(out_dtype)
 
 
 def verify_fixture(path: Path, meta: dict) -> dict[str, float]:

@@ -52,23 +52,38 @@ def run_branches(
     batched: bool,
     cache=None,
     names: list[str] | None = None,
+    sequence=None,
 ) -> list[torch.Tensor]:
     """Model predictions for each conditioning, in one batched forward or one forward each.
 
     latents: [1, 16, F, h, w]; returns one [1, 16, F, h, w] prediction per conditioning.
     Batched is faster; sequential needs 1/len(conds) of the activation memory. The TeaCache
     branch key is the joined branch names when batched, so residuals never mix across passes.
+    sequence: the model's ``SequenceShard`` when each forward's tokens are split over ranks.
     """
     names = names or [str(i) for i in range(len(conds))]
+    # only a sequence-parallel run passes it: other models (host wrappers) need not know the argument
+    extra = {"sequence": sequence} if sequence is not None else {}
     # the model's compute dtype, not its first parameter's: weights may be stored in another dtype
     dtype = getattr(model, "compute_dtype", None) or (
         next(model.parameters()).dtype if hasattr(model, "parameters") else latents.dtype
     )
     if batched and len(conds) > 1:
         x = latents.expand(len(conds), *latents.shape[1:]).to(dtype)
-        out = model(x, t.expand(len(conds)), Conditioning.cat(conds), cache=cache, cache_branch="+".join(names))
+        out = model(
+            x, t.expand(len(conds)), Conditioning.cat(conds), cache=cache, cache_branch="+".join(names), **extra
+        )
         return list(out.float().split(1))
-    return [model(latents.to(dtype), t.expand(1), c, cache=cache, cache_branch=n).float() for c, n in zip(conds, names)]
+    return [
+        model(latents.to(dtype), t.expand(1), c, cache=cache, cache_branch=n, **extra).float()
+        for c, n in zip(conds, names)
+    ]
+
+
+class BranchRunner(Protocol):
+    """What runs a step's branches: ``run_branches`` itself, or a multi-process one (``parallel``)."""
+
+    def __call__(self, model, latents, t, conds, batched, cache=None, names=None) -> list[torch.Tensor]: ...
 
 
 def guided_velocity(
@@ -79,13 +94,15 @@ def guided_velocity(
     batched: bool = True,
     cache=None,
     hooks: StepHooks | None = None,
+    run: BranchRunner = run_branches,
 ) -> VelocityFn:
     """A velocity function applying ``guidance`` over the named conditioning ``branches``.
 
     ``branches`` holds "cond", "drop_audio" and "uncond" as the variant needs them (see
     ``sampling.guidance``). The negative prompt's ``neg_scale`` is applied to the *original*
     negative embeddings at each step it is active, so it never compounds (upstream multiplied
-    the already-scaled embeddings again every step).
+    the already-scaled embeddings again every step). ``run`` evaluates a step's branches
+    (``Parallel.run_branches`` spreads them over processes).
     """
 
     def velocity(latents: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
@@ -99,7 +116,7 @@ def guided_velocity(
             if scale != 1.0:
                 cond = dataclasses.replace(cond, context=_scale_context(cond.context, scale))
             conds.append(cond)
-        preds = run_branches(model, latents, t, conds, batched, cache, names)
+        preds = run(model, latents, t, conds, batched, cache, names)
         return guidance.combine(step, dict(zip(names, preds)))
 
     return velocity
