@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--face-mask", type=Path, help="preview: image whose white pixels mark the face")
     gen.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     gen.add_argument(
+        "--parallel",
+        metavar="MODES",
+        help="under torchrun: share each step over the processes: 'cfg' (guidance branches on different "
+        "ranks), 'sequence' (tokens split, all-to-all attention) or 'cfg,sequence' (optionally cfg=K, "
+        "sequence=M); see docs/PARALLEL.md",
+    )
+    gen.add_argument(
         "--dtype",
         default=None,
         choices=("bfloat16", "float16", "float32"),
@@ -198,6 +205,36 @@ def _progress_hooks():
 
 
 def generate_command(args) -> int:
+    if not args.parallel:
+        return _generate(args, args.device or None, rank=0)
+    import torch.distributed as dist
+
+    from .parallel import init_process_group
+
+    device = init_process_group(args.device)
+    try:
+        if dist.get_rank() != 0:  # rank 0 speaks for all
+            logging.getLogger().setLevel(logging.WARNING)
+        return _generate(args, str(device), rank=dist.get_rank())
+    finally:
+        dist.destroy_process_group()
+
+
+def _start_parallel(spec: str, config, settings):
+    """This rank's ``Parallel`` for ``--parallel spec``, checked against the model before it loads."""
+    import torch.distributed as dist
+
+    from .parallel import Parallel, ParallelSpec
+    from .pipeline import guidance_for_variant
+
+    branches = len(guidance_for_variant(config.variant, settings).branches_for_step(0))
+    parallel = Parallel(ParallelSpec.parse(spec, dist.get_world_size(), branches))
+    parallel.check_model(config.num_heads)
+    log.info("parallel generation: %d cfg x %d sequence ranks", parallel.spec.cfg, parallel.spec.sequence)
+    return parallel
+
+
+def _generate(args, device: str | None, rank: int) -> int:
     import torch
 
     from .media import load_audio, load_image, write_video
@@ -207,6 +244,12 @@ def generate_command(args) -> int:
     if args.demo:
         from .demo import DEMO_VERSION, demo_inputs, write_demo_models
 
+        if args.parallel:  # rank 0 writes the demo files, the others read them
+            import torch.distributed as dist
+
+            if rank == 0:
+                write_demo_models(DEMO_CACHE / f"v{DEMO_VERSION}")
+            dist.barrier()
         files = write_demo_models(DEMO_CACHE / f"v{DEMO_VERSION}")
         image, audio, sr = demo_inputs()
         image = load_image(args.image) if args.image else image
@@ -235,13 +278,18 @@ def generate_command(args) -> int:
         check_backend(args.attention)
     except RuntimeError as e:
         raise ValueError(str(e)) from e
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if torch.device(device).type == "cuda" else "float32")
     started = time.time()
+    parallel = None
     if files.transformer is not None:  # check the settings before loading gigabytes
         from .checkpoints.transformer import inspect_checkpoint
 
-        _settings_from(args, inspect_checkpoint(files.transformer).config.variant).validate()
+        config = inspect_checkpoint(files.transformer).config
+        settings = _settings_from(args, config.variant)
+        settings.validate()
+        if args.parallel:
+            parallel = _start_parallel(args.parallel, config, settings)
     models = load_models(
         files,
         dtype=dtype,
@@ -252,14 +300,26 @@ def generate_command(args) -> int:
         loras=[_lora_spec(spec) for spec in args.lora],
     )
     settings = _settings_from(args, models.variant)
-    hooks, bar = _progress_hooks()
+    hooks, bar = _progress_hooks() if rank == 0 else (None, {})
     if args.demo:
         log.warning("demo model: random tiny weights, the video will be noise (the path it runs is the real one)")
     result = generate(
-        models, image, audio, sr, args.prompt, settings, task=task, face_mask=face_mask, hooks=hooks, device=device
+        models,
+        image,
+        audio,
+        sr,
+        args.prompt,
+        settings,
+        task=task,
+        face_mask=face_mask,
+        hooks=hooks,
+        device=device,
+        parallel=parallel,
     )
     if "bar" in bar:
         bar["bar"].close()
+    if rank != 0:  # every rank holds the same frames; rank 0 writes them
+        return 0
     out = write_video(args.out, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
     seconds = len(result.frames) / result.fps
     # sliding mode denoises overlapping latent windows of one video, not pixel chunks

@@ -232,7 +232,12 @@ def branches_for(encoded: Encoded, y: torch.Tensor, audio: torch.Tensor, audio_s
 
 
 def guidance_for(models: Models, settings: GenerationSettings):
-    mode = "audio_only" if models.variant == "flash" else "three_way"
+    return guidance_for_variant(models.variant, settings)
+
+
+def guidance_for_variant(variant: str, settings: GenerationSettings):
+    """The guidance of a ``variant`` model under ``settings``, bound to its step count."""
+    mode = "audio_only" if variant == "flash" else "three_way"
     return GuidanceConfig(
         mode=mode,
         guidance_scale=settings.guidance_scale,

@@ -55,18 +55,24 @@ def demo_models(demo_model_files):
 
 @pytest.fixture(scope="session")
 def torchrun():
-    """Runs a script under ``torchrun --standalone`` with N processes (gloo on the CPU, a free port);
-    fails the test with the workers' output if any of them fails."""
+    """Runs ``torchrun --standalone --nproc_per_node N ARGS`` (a script and its arguments, or ``-m``
+    and a module's); gloo on the CPU, a free port. Fails the test with the workers' output if the
+    launch fails."""
 
-    def run(script: Path, nprocs: int, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(nprocs: int, *args, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}"]
-        # one thread per worker: the workers share the machine's cores
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
+        # one thread per worker: the workers share the machine's cores (and runs compare bit for bit)
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path]),
+            **(env or {}),
+        }
         done = subprocess.run(
-            [*command, str(script), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+            [*command, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
         )
         if done.returncode != 0:
-            pytest.fail(f"torchrun {script.name} x{nprocs} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}")
+            pytest.fail(f"torchrun x{nprocs} {args} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}")
         return done
 
     return run

@@ -39,7 +39,7 @@ def test_split_tokens_equal_one_process(torchrun, tmp_path, ranks):
     """Uneven split (3 frames over 2 ranks) and one frame per rank (3 ranks); preview with and
     without the face gate, with RIFLEx, and flash."""
     out = tmp_path / "errors.json"
-    torchrun(WORKER, ranks, out)
+    torchrun(ranks, WORKER, out)
     errors = json.loads(out.read_text())
     assert set(errors) == {"preview", "flash", "riflex", "no_gate"}
     assert max(errors.values()) < 1e-5, errors
