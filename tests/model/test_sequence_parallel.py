@@ -24,7 +24,7 @@ def test_frame_split_is_contiguous_and_balanced():
 def test_audio_context_of_a_frame_range_is_those_frames_windows(windowed):
     frames, per_frame = 5, 3
     if windowed:  # preview: windows gathered from the clip's tokens
-        index = preview_window_index(2 * (4 * (frames - 1) + 1))
+        index = preview_window_index(2 * (4 * (frames - 1) + 1), tokens_per_frame=2, expand=4)
         audio = AudioTokens(torch.randn(2, 2 * (4 * (frames - 1) + 1), 6), index, frames)
     else:  # flash: per_frame tokens per latent frame, frame-major
         audio = AudioTokens(torch.randn(2, frames * per_frame, 6), None, frames)
