@@ -227,7 +227,7 @@ def _start_parallel(spec: str, config, settings):
     from .parallel import Parallel, ParallelSpec
     from .pipeline import guidance_for_variant
 
-    branches = len(guidance_for_variant(config.variant, settings).branches_for_step(0))
+    branches = len(guidance_for_variant(config.variant, settings).passes_for_step(0, settings.steps))
     parallel = Parallel(ParallelSpec.parse(spec, dist.get_world_size(), branches))
     parallel.check_model(config.num_heads)
     log.info("parallel generation: %d cfg x %d sequence ranks", parallel.spec.cfg, parallel.spec.sequence)

@@ -231,12 +231,12 @@ def branches_for(encoded: Encoded, y: torch.Tensor, audio: torch.Tensor, audio_s
     return {"cond": cond, "drop_audio": drop, "uncond": dataclasses.replace(drop, context=[encoded.negative_context])}
 
 
-def guidance_for(models: Models, settings: GenerationSettings):
+def guidance_for(models: Models, settings: GenerationSettings) -> GuidanceConfig:
     return guidance_for_variant(models.variant, settings)
 
 
-def guidance_for_variant(variant: str, settings: GenerationSettings):
-    """The guidance of a ``variant`` model under ``settings``, bound to its step count."""
+def guidance_for_variant(variant: str, settings: GenerationSettings) -> GuidanceConfig:
+    """The guidance of a ``variant`` model under ``settings``."""
     mode = "audio_only" if variant == "flash" else "three_way"
     return GuidanceConfig(
         mode=mode,
@@ -247,7 +247,7 @@ def guidance_for_variant(variant: str, settings: GenerationSettings):
         neg_scale=settings.neg_scale,
         neg_steps=settings.neg_steps,
         cfg_skip_ratio=settings.cfg_skip_ratio,
-    ).bind(settings.steps)
+    )
 
 
 @dataclass
@@ -466,6 +466,7 @@ class Denoiser:
             self.models.transformer,
             branches,
             guidance_for(self.models, self.settings),
+            self.settings.steps,
             batched=self.settings.batch_guidance,
             cache=self.cache,
             hooks=self.hooks,
@@ -508,6 +509,7 @@ class Denoiser:
                 self.models.transformer,
                 branches,
                 guidance,
+                s.steps,
                 batched=s.batch_guidance,
                 cache=None,
                 hooks=self.hooks,

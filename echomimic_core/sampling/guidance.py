@@ -22,16 +22,13 @@ asks for upstream's numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 UNCOND, DROP_AUDIO, COND = "uncond", "drop_audio", "cond"
 MODES = ("three_way", "audio_only")
-
-# branch -> (which text embeddings, whether the audio features are used; False = zero audio)
-BRANCH_INPUTS = {UNCOND: ("negative", False), DROP_AUDIO: ("positive", False), COND: ("positive", True)}
 
 
 def dynamic_scale(scale: float, step: int, num_steps: int) -> float:
@@ -66,25 +63,6 @@ class GuidanceConfig:
         if not 0.0 <= self.cfg_skip_ratio <= 1.0:
             raise ValueError(f"cfg_skip_ratio must be in [0, 1], got {self.cfg_skip_ratio}.")
 
-    @classmethod
-    def preview(cls, **overrides) -> GuidanceConfig:
-        """infer_preview.py: gs 4.0, ags 2.9, both dynamic, neg_scale 1.5 for neg_steps 2."""
-        return cls(**overrides)
-
-    @classmethod
-    def flash(cls, **overrides) -> GuidanceConfig:
-        """infer_flash.py: audio-only CFG with ags 3.0 (gs 6.0 only enables CFG), no dynamic schedules."""
-        settings = dict(
-            mode="audio_only",
-            guidance_scale=6.0,
-            audio_guidance_scale=3.0,
-            use_dynamic_cfg=False,
-            use_dynamic_acfg=False,
-            neg_scale=1.0,
-            neg_steps=0,
-        )
-        return cls(**{**settings, **overrides})
-
     @property
     def cfg_enabled(self) -> bool:
         return self.guidance_scale > 1.0
@@ -114,15 +92,6 @@ class GuidanceConfig:
             return self.neg_scale ** (min(step, self.neg_steps) + 1)
         return self.neg_scale if step <= self.neg_steps else 1.0
 
-    def negative_embeddings(self, embeddings: torch.Tensor | Sequence[torch.Tensor], step: int):
-        """Scaled negative embeddings for this step (a tensor or a list of per-sample [L, C] tensors)."""
-        factor = self.negative_factor(step)
-        if factor == 1.0:
-            return embeddings
-        if isinstance(embeddings, torch.Tensor):
-            return embeddings * factor
-        return [e * factor for e in embeddings]
-
     def combine(self, outputs: Mapping[str, torch.Tensor], step: int, num_steps: int) -> torch.Tensor:
         """Guided velocity from the branch outputs of this step (keys as returned by passes_for_step)."""
         needed = self.passes_for_step(step, num_steps)
@@ -137,35 +106,3 @@ class GuidanceConfig:
             return drop + ags * (cond - drop)
         uncond = outputs[UNCOND]
         return uncond + gs * (drop - uncond) + ags * (cond - drop)
-
-    def bind(self, num_steps: int) -> Guidance:
-        """This config for a run of `num_steps` steps (the per-step API the sampler calls)."""
-        return Guidance(self, num_steps)
-
-
-@dataclass
-class Guidance:
-    """GuidanceConfig bound to one run's step count; what ``sampler.guided_velocity`` uses."""
-
-    config: GuidanceConfig
-    num_steps: int
-
-    def __post_init__(self):
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be at least 1, got {self.num_steps}.")
-
-    def branches_for_step(self, step: int) -> tuple[str, ...]:
-        """Branch names ("uncond", "drop_audio", "cond") to run at `step`, in upstream's order."""
-        return self.config.passes_for_step(step, self.num_steps)
-
-    def negative_scale(self, step: int) -> float:
-        """Factor for the ORIGINAL negative prompt embeddings at `step`."""
-        return self.config.negative_factor(step)
-
-    def scales(self, step: int) -> tuple[float, float]:
-        """(text scale, audio scale) at `step`."""
-        return self.config.scales_for_step(step, self.num_steps)
-
-    def combine(self, step: int, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Guided velocity from {branch: model output [B, 16, F, h, w]} at `step`."""
-        return self.config.combine(outputs, step, self.num_steps)

@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from ..model.conditioning import Conditioning
+from .guidance import UNCOND, GuidanceConfig
 
 
 class Cancelled(RuntimeError):
@@ -89,14 +90,16 @@ class BranchRunner(Protocol):
 def guided_velocity(
     model,
     branches: dict[str, Conditioning],
-    guidance,
+    guidance: GuidanceConfig,
+    num_steps: int,
     *,
     batched: bool = True,
     cache=None,
     hooks: StepHooks | None = None,
     run: BranchRunner = run_branches,
 ) -> VelocityFn:
-    """A velocity function applying ``guidance`` over the named conditioning ``branches``.
+    """A velocity function applying ``guidance`` over the named conditioning ``branches`` for a
+    run of ``num_steps`` steps (the dynamic scales and CFG skipping depend on it).
 
     ``branches`` holds "cond", "drop_audio" and "uncond" as the variant needs them (see
     ``sampling.guidance``). The negative prompt's ``neg_scale`` is applied to the *original*
@@ -104,20 +107,22 @@ def guided_velocity(
     the already-scaled embeddings again every step). ``run`` evaluates a step's branches
     (``Parallel.run_branches`` spreads them over processes).
     """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be at least 1, got {num_steps}.")
 
     def velocity(latents: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
         if hooks is not None:
             hooks.check_stop()
-        names = guidance.branches_for_step(step)
+        names = guidance.passes_for_step(step, num_steps)
         conds = []
         for name in names:
             cond = branches[name]
-            scale = guidance.negative_scale(step) if name == "uncond" else 1.0
+            scale = guidance.negative_factor(step) if name == UNCOND else 1.0
             if scale != 1.0:
                 cond = dataclasses.replace(cond, context=_scale_context(cond.context, scale))
             conds.append(cond)
         preds = run(model, latents, t, conds, batched, cache, names)
-        return guidance.combine(step, dict(zip(names, preds)))
+        return guidance.combine(dict(zip(names, preds)), step, num_steps)
 
     return velocity
 

@@ -61,14 +61,29 @@ def test_negative_prompt_boost_scales_the_original_embeddings_without_compoundin
         use_dynamic_acfg=False,
         neg_scale=1.5,
         neg_steps=1,
-    ).bind(4)
-    velocity = guided_velocity(model, branches, guidance)
+    )
+    velocity = guided_velocity(model, branches, guidance, 4)
     x = torch.ones(SHAPE)
     for step, neg in [(0, 0.3), (1, 0.3), (2, 0.2), (3, 0.2)]:
         v = velocity(x, torch.tensor([500.0]), step)
         uncond, drop, full = 1 + neg, 1.1, 1.6
         torch.testing.assert_close(v, x * (uncond + 2.0 * (drop - uncond) + 3.0 * (full - drop)))
     assert branches["uncond"].context[0].mean().item() == pytest.approx(0.2)  # caller's tensors untouched
+
+
+def test_guided_velocity_runs_the_passes_of_each_step():
+    """cfg_skip_ratio 0.5 over 4 steps: three guided passes on steps 0-1, the cond pass alone on 2-3."""
+    model = ContextModel()
+    branches = {"cond": cond(0.1, 0.5), "drop_audio": cond(0.1, 0.0), "uncond": cond(0.2, 0.0)}
+    guidance = GuidanceConfig(cfg_skip_ratio=0.5)
+    velocity = guided_velocity(model, branches, guidance, 4, batched=False)
+    x = torch.ones(SHAPE)
+    for step in range(4):
+        v = velocity(x, torch.tensor([500.0]), step)
+    torch.testing.assert_close(v, x * 1.6)  # unguided: the cond prediction itself
+    assert [s[2] for s in model.seen] == ["uncond", "drop_audio", "cond"] * 2 + ["cond"] * 2
+    with pytest.raises(ValueError, match="num_steps must be at least 1"):
+        guided_velocity(model, branches, guidance, 0)
 
 
 def test_denoise_reaches_the_target_and_reports_every_step():
