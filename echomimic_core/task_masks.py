@@ -152,16 +152,6 @@ def _image_list(images) -> list:
     return [images]
 
 
-def first_frame_inputs(image: ImageLike, num_frames: int, sample_size: Sequence[int]) -> TaskInputs:
-    """Image -> video: keep frame 0, generate the others."""
-    return start_frames_inputs([image], num_frames, sample_size)
-
-
-def first_last_inputs(start: ImageLike, end: ImageLike, num_frames: int, sample_size: Sequence[int]) -> TaskInputs:
-    """Keep the first and the last frame, generate the frames between."""
-    return start_frames_inputs([start], num_frames, sample_size, end=[end])
-
-
 def generate_everything_inputs(num_frames: int, sample_size: Sequence[int]) -> TaskInputs:
     """Nothing kept (no reference frame): y becomes all zeros, as upstream."""
     height, width = sample_size

@@ -8,8 +8,6 @@ from PIL import Image
 from echomimic_core.task_masks import (
     box_region,
     conditioning_y,
-    first_frame_inputs,
-    first_last_inputs,
     generate_everything_inputs,
     keyframe_inputs,
     mask_latents,
@@ -45,7 +43,7 @@ def test_pick_sample_size():
 
 
 def test_first_frame_task():
-    inputs = first_frame_inputs(image(0), 9, SIZE)
+    inputs = start_frames_inputs([image(0)], 9, SIZE)
     assert inputs.input_video.shape == (1, 3, 9, *SIZE) and inputs.input_video_mask.shape == (1, 1, 9, *SIZE)
     expected = torch.from_numpy(np.array(Image.fromarray(image(0)).resize(SIZE[::-1], Image.Resampling.LANCZOS)))
     torch.testing.assert_close(inputs.input_video[0, :, 0], expected.permute(2, 0, 1) / 255)
@@ -57,7 +55,7 @@ def test_first_frame_task():
 
 
 def test_first_last_and_multi_start_keep_the_right_frames():
-    fl = first_last_inputs(image(0), image(1), 9, SIZE)
+    fl = start_frames_inputs([image(0)], 9, SIZE, end=[image(1)])
     kept = (fl.input_video_mask[0, 0, :, 0, 0] == 0).tolist()
     assert kept == [True] + [False] * 7 + [True]
     ms = start_frames_inputs([image(0), image(1), image(2)], 9, SIZE)
@@ -78,13 +76,13 @@ def test_keyframes_at_any_index():
 
 
 def test_mask_latents_fold_first_frame_four_times():
-    inputs = first_frame_inputs(image(0), 9, SIZE)
+    inputs = start_frames_inputs([image(0)], 9, SIZE)
     m = mask_latents(inputs.input_video_mask)
     assert m.shape == (1, 4, 3, SIZE[0] // 8, SIZE[1] // 8)
     assert (m[:, :, 0] == 1).all()  # latent frame 0 = pixel frame 0 four times, kept
     assert (m[:, :, 1:] == 0).all()
     # first + last: the last latent frame's 4th channel is pixel frame 8
-    m = mask_latents(first_last_inputs(image(0), image(1), 9, SIZE).input_video_mask)
+    m = mask_latents(start_frames_inputs([image(0)], 9, SIZE, end=[image(1)]).input_video_mask)
     assert (m[:, 3, 2] == 1).all() and (m[:, :3, 2] == 0).all() and (m[:, :, 1] == 0).all()
 
 
@@ -105,7 +103,7 @@ def test_mouth_region_task():
 
 
 def test_conditioning_y_with_encoder_and_with_nothing_kept():
-    inputs = first_frame_inputs(image(0), 9, SIZE)
+    inputs = start_frames_inputs([image(0)], 9, SIZE)
     seen = {}
 
     def encode(pixels):

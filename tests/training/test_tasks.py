@@ -31,8 +31,8 @@ def test_masks_are_the_cores_own():
     size, n = (16, 24), 9
     start = torch.rand(3, 16, 24)
     core = {
-        "first_frame": task_masks.first_frame_inputs(start, n, size),
-        "first_last": task_masks.first_last_inputs(start, start, n, size),
+        "first_frame": task_masks.start_frames_inputs([start], n, size),
+        "first_last": task_masks.start_frames_inputs([start], n, size, end=[start]),
     }
     for task, inputs in core.items():
         assert torch.equal(task_inputs(task, n, size).input_video_mask, inputs.input_video_mask)
