@@ -21,6 +21,9 @@ from . import task_masks
 from .long_video import Chunk
 from .settings import TASKS
 
+# preview colours: the region lip-sync regenerates, and where the preview model's audio acts
+MOUTH_TINT, FACE_TINT = (1.0, 0.2, 0.2), (0.2, 1.0, 0.2)
+
 
 @dataclass
 class Task:
@@ -182,3 +185,47 @@ def resize_video(frames: torch.Tensor, sample_size: tuple[int, int]) -> torch.Te
         ).float()
         / 255
     )
+
+
+def preview_frames(
+    task: Task,
+    reference: torch.Tensor | None = None,
+    face_box: tuple[float, float, float, float] | None = None,
+    face_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """What ``task`` keeps, as images [N, H, W, 3] 0..1 for a user to check before generating.
+
+    The kept images in frame order (keyframes counted from the end last), continuation's kept
+    source frames, or lip-sync's first source frame with the regenerated mouth region tinted red.
+    The first image also shows the face region (the preview model's audio gate: ``face_box``
+    y1, y2, x1, x2, else ``face_mask`` [H, W], in that image's pixels) tinted green. Images of
+    another size than the first are left out (one batch, one size); nothing to show gives one
+    black 64x64 image. reference: [H, W, 3] 0..1, what first_frame / first_last open with.
+    """
+    if task.kind == "lipsync":
+        first = task.source_video[:1]
+        region = lipsync_region(task, first, tuple(first.shape[1:3]))[0]
+        frames = [_tint(first[0], region, MOUTH_TINT)]
+    elif task.kind == "continue":
+        frames = list(task.source_video[-task.continue_frames :])
+    elif task.kind == "keyframes":
+        frames = [image for _, image in sorted(task.keyframes.items(), key=lambda kv: (kv[0] < 0, kv[0]))]
+    else:
+        frames = [reference] if reference is not None else []
+        if task.kind == "first_last":
+            frames.append(task.end_image)
+    if not frames:
+        return torch.zeros(1, 64, 64, 3)
+    size = tuple(frames[0].shape[:2])
+    face = face_mask
+    if face is None and face_box is not None:
+        face = task_masks.box_region(face_box, 1, size)[0]
+    if face is not None and tuple(face.shape) == size:
+        frames[0] = _tint(frames[0], face, FACE_TINT)
+    return torch.stack([f.float() for f in frames if tuple(f.shape[:2]) == size])
+
+
+def _tint(frame: torch.Tensor, region: torch.Tensor, color) -> torch.Tensor:
+    """[H, W, 3] with ``region`` [H, W] (bool or 0..1) blended half-way towards ``color``."""
+    tint = torch.tensor(color, dtype=frame.dtype)
+    return torch.where(region[..., None].float() > 0.5, 0.5 * frame + 0.5 * tint, frame)

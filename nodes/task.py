@@ -1,8 +1,8 @@
 """Task builder: which frames (or pixels) are kept and which the model generates.
 
 Outputs ``ECHOMIMIC_TASK`` (:class:`TaskSpec`: the core's ``pipeline.Task`` plus the face region
-for the preview model's audio gate) and an ``IMAGE`` preview of what is kept: the kept images, the
-lip-sync mouth region tinted red, the face region tinted green.
+for the preview model's audio gate) and an ``IMAGE`` preview of what is kept, composed by the core's
+``tasks.preview_frames``: the kept images, the lip-sync mouth region tinted red, the face region green.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ NEEDS = {
     "lipsync": "source_video",
     "continue": "source_video",
 }
-MOUTH_TINT, FACE_TINT = (1.0, 0.2, 0.2), (0.2, 1.0, 0.2)
 
 
 @dataclass
@@ -60,12 +59,6 @@ def _single_mask(mask, what: str) -> torch.Tensor | None:
     if mask.ndim != 2:
         raise ValueError(f"{what}: expected a MASK [H, W] or [B, H, W], got {tuple(mask.shape)}.")
     return mask
-
-
-def _tint(frame: torch.Tensor, region: torch.Tensor, color) -> torch.Tensor:
-    """[H, W, 3] with ``region`` [H, W] blended half-way towards ``color``."""
-    tint = torch.tensor(color, dtype=frame.dtype)
-    return torch.where(region[..., None] > 0.5, 0.5 * frame + 0.5 * tint, frame)
 
 
 class EchoMimicTask:
@@ -173,7 +166,7 @@ class EchoMimicTask:
         face_mask=None,
         face_box="",
     ):
-        from echomimic_core.pipeline import Task
+        from echomimic_core.tasks import Task, preview_frames
 
         problem = self.VALIDATE_INPUTS(task, keyframe_indices, mouth_box, face_box, continue_frames)
         if problem is not True:
@@ -207,39 +200,7 @@ class EchoMimicTask:
         core.validate()
         spec = TaskSpec(core, parse_box(face_box or ""), _single_mask(face_mask, "face_mask"))
         reference = image_batch(image, "image")[0].cpu() if image is not None else None
-        return (spec, self.preview(spec, reference))
-
-    @staticmethod
-    def preview(spec: TaskSpec, reference: torch.Tensor | None) -> torch.Tensor:
-        """IMAGE [N, H, W, 3] of what the task keeps, regions tinted (mouth red, face green)."""
-        from echomimic_core.tasks import lipsync_region
-
-        task = spec.task
-        if task.kind == "lipsync":
-            first = task.source_video[:1]
-            region = lipsync_region(task, first, tuple(first.shape[1:3]))[0].float()
-            frames = [_tint(first[0], region, MOUTH_TINT)]
-        elif task.kind == "continue":
-            frames = list(task.source_video[-task.continue_frames :])
-        elif task.kind == "keyframes":
-            frames = [image for _, image in sorted(task.keyframes.items(), key=lambda kv: (kv[0] < 0, kv[0]))]
-        else:
-            frames = [reference] if reference is not None else []
-            if task.kind == "first_last":
-                frames.append(task.end_image)
-        if not frames:
-            return torch.zeros(1, 64, 64, 3)
-        face = spec.face_mask
-        if face is None and spec.face_box is not None:
-            y1, y2, x1, x2 = spec.face_box
-            height, width = frames[0].shape[:2]
-            ys, xs = torch.arange(height)[:, None], torch.arange(width)[None, :]
-            face = ((ys >= y1) & (ys < y2) & (xs >= x1) & (xs < x2)).float()
-        if face is not None and tuple(face.shape) == tuple(frames[0].shape[:2]):
-            frames[0] = _tint(frames[0], face, FACE_TINT)
-        size = frames[0].shape[:2]
-        frames = [f for f in frames if tuple(f.shape[:2]) == tuple(size)]  # a batch needs one size
-        return torch.stack(frames).float()
+        return (spec, preview_frames(core, reference, spec.face_box, spec.face_mask))
 
 
 NODE_CLASS_MAPPINGS = {"EchoMimicTask": EchoMimicTask}
