@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .rope import Riflex
+
 
 @dataclass
 class Conditioning:
@@ -22,6 +24,7 @@ class Conditioning:
         preview always has one upstream; upstream flash has none (pass None for its exact output;
         a gate given to a flash model is applied, as an explicit user choice).
     audio_scale: multiplier of the audio attention output, a float or a [B] tensor.
+    riflex: RIFLEx for this forward's frame positions (one for the whole batch), or None.
     """
 
     context: list[torch.Tensor] | torch.Tensor
@@ -30,6 +33,7 @@ class Conditioning:
     audio: torch.Tensor
     face_gate: torch.Tensor | None = None
     audio_scale: float | torch.Tensor = 1.0
+    riflex: Riflex | None = None
 
     @property
     def batch_size(self) -> int:
@@ -61,6 +65,12 @@ class Conditioning:
                     for c in conds
                 ]
             )
+        riflex = {c.riflex for c in conds}
+        if len(riflex) > 1:
+            raise ValueError(
+                f"cannot batch conditionings with different RIFLEx settings {riflex}: positions are "
+                "encoded once per forward; give every branch the same riflex."
+            )
         scales = [c.audio_scale for c in conds]
         if all(not isinstance(s, torch.Tensor) for s in scales) and len(set(scales)) == 1:
             scale = scales[0]
@@ -73,6 +83,7 @@ class Conditioning:
             audio=torch.cat([c.audio for c in conds]),
             face_gate=masks,
             audio_scale=scale,
+            riflex=conds[0].riflex,
         )
 
     def to(self, device=None, dtype=None) -> Conditioning:

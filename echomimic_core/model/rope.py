@@ -9,6 +9,7 @@ pairs, which equals Wan's complex multiply up to float32 rounding.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -29,8 +30,35 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.flatten(-2).to(x.dtype)
 
 
+@dataclass(frozen=True)
+class Riflex:
+    """RIFLEx (Zhao et al. 2025) as upstream applies it, an option of one forward: the k-th frame
+    frequency (1-based) is set so ``L_test`` latent frames stay within 0.9 of one period, then
+    divided by ``L_test_scale``. Passed per call (``Conditioning.riflex``), never stored in the
+    model, so a model cached between runs (ComfyUI) carries nothing from one run into the next."""
+
+    k: int = 6
+    L_test: int = 66
+    L_test_scale: float | None = 4.886
+
+    def frame_frequencies(self, base: torch.Tensor) -> torch.Tensor:
+        """The frame axis' inverse frequencies [n] float64 with RIFLEx applied (``base`` unchanged)."""
+        if not 1 <= self.k <= len(base):
+            raise ValueError(f"RIFLEx k must be in 1..{len(base)} (frame frequencies of this model), got {self.k}.")
+        if self.L_test < 1:
+            raise ValueError(f"RIFLEx L_test (latent frames generated) must be >= 1, got {self.L_test}.")
+        freqs = base.clone()
+        freqs[self.k - 1] = 0.9 * 2 * math.pi / self.L_test
+        if self.L_test_scale is not None:
+            freqs[self.k - 1] = freqs[self.k - 1] / self.L_test_scale
+        return freqs
+
+
 class RotaryEmbedding3D:
-    """Per-grid cos/sin tables for the (F, H, W) token grid; not an nn.Module (no state dict)."""
+    """Per-grid cos/sin tables for the (F, H, W) token grid; not an nn.Module (no state dict).
+
+    The frequencies are fixed at construction; per-call options (RIFLEx) are arguments of
+    ``cos_sin`` and part of its memo key, so no call changes what a later call computes."""
 
     def __init__(self, head_dim: int, theta: float = 10000.0):
         if head_dim % 2:
@@ -39,34 +67,19 @@ class RotaryEmbedding3D:
         d = head_dim
         # real channels per axis, as Wan: frame gets the remainder
         self.axis_dims = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
-        self.freqs = [axis_frequencies(n, theta) for n in self.axis_dims]
-        self._base_frame = self.freqs[0].clone()
+        self.freqs = tuple(axis_frequencies(n, theta) for n in self.axis_dims)
         self._cache: dict = {}
 
-    def enable_riflex(self, k: int = 6, L_test: int = 66, L_test_scale: float | None = 4.886) -> None:
-        """RIFLEx (Zhao et al. 2025) as upstream applies it: set the k-th frame frequency to keep
-        ``L_test`` latent frames within 0.9 of one period, then divide it by ``L_test_scale``."""
-        if not 1 <= k <= len(self._base_frame):
-            raise ValueError(f"RIFLEx k must be in 1..{len(self._base_frame)}, got {k}.")
-        freqs = self._base_frame.clone()
-        freqs[k - 1] = 0.9 * 2 * math.pi / L_test
-        if L_test_scale is not None:
-            freqs[k - 1] = freqs[k - 1] / L_test_scale
-        self.freqs[0] = freqs
-        self._cache.clear()
-
-    def disable_riflex(self) -> None:
-        self.freqs[0] = self._base_frame.clone()
-        self._cache.clear()
-
-    def cos_sin(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(
+        self, grid: tuple[int, int, int], device: torch.device, riflex: Riflex | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin: [F*H*W, 1, head_dim/2] float32 on ``device`` for a (F, H, W) grid."""
-        key = (tuple(grid), str(device))
+        key = (tuple(grid), str(device), riflex)
         if key not in self._cache:
             f, h, w = grid
+            freqs = self.freqs if riflex is None else (riflex.frame_frequencies(self.freqs[0]), *self.freqs[1:])
             angles = [
-                torch.outer(torch.arange(n, dtype=torch.float64, device="cpu"), fr)
-                for n, fr in zip((f, h, w), self.freqs)
+                torch.outer(torch.arange(n, dtype=torch.float64, device="cpu"), fr) for n, fr in zip((f, h, w), freqs)
             ]
             full = torch.cat(
                 [
@@ -76,6 +89,6 @@ class RotaryEmbedding3D:
                 ],
                 dim=-1,
             ).reshape(f * h * w, 1, -1)
-            # keep only the latest grid: a sampler reuses one grid for every step
+            # keep only the latest table: a sampler reuses one grid (and one RIFLEx) for every step
             self._cache = {key: (full.cos().float().to(device), full.sin().float().to(device))}
         return self._cache[key]

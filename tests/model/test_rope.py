@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from echomimic_core.model.rope import RotaryEmbedding3D, apply_rope
+from echomimic_core.model.rope import Riflex, RotaryEmbedding3D, apply_rope
 
 
 def _complex_rope(x, grid, freqs):
@@ -40,10 +41,28 @@ def test_axis_split_of_real_head_dim():
 def test_riflex_sets_kth_frame_frequency_only():
     rope = RotaryEmbedding3D(128)
     base = [f.clone() for f in rope.freqs]
-    rope.enable_riflex(k=6, L_test=21)
-    changed = (rope.freqs[0] != base[0]).nonzero().flatten().tolist()
-    assert changed == [5]
-    assert math.isclose(rope.freqs[0][5].item(), 0.9 * 2 * math.pi / 21 / 4.886)
-    assert torch.equal(rope.freqs[1], base[1]) and torch.equal(rope.freqs[2], base[2])
-    rope.disable_riflex()
-    assert torch.equal(rope.freqs[0], base[0])
+    freqs = Riflex(k=6, L_test=21).frame_frequencies(rope.freqs[0])
+    assert (freqs != base[0]).nonzero().flatten().tolist() == [5]
+    assert math.isclose(freqs[5].item(), 0.9 * 2 * math.pi / 21 / 4.886)
+    assert all(torch.equal(f, b) for f, b in zip(rope.freqs, base))  # the table itself is never changed
+    with pytest.raises(ValueError, match=r"RIFLEx k must be in 1\.\.22"):
+        Riflex(k=23).frame_frequencies(rope.freqs[0])
+
+
+def test_riflex_tables_are_per_call():
+    """A RIFLEx table changes only the frame channels, and a plain call after it is a fresh model's."""
+    grid, cpu = (5, 2, 3), torch.device("cpu")
+    rope = RotaryEmbedding3D(24)
+    plain = rope.cos_sin(grid, cpu)
+    riflex = Riflex(k=1, L_test=5)
+    cos, sin = rope.cos_sin(grid, cpu, riflex)
+    frame = rope.axis_dims[0] // 2
+    assert not torch.equal(cos[:, :, :1], plain[0][:, :, :1])  # pair 0 of the frame axis: RIFLEx's k=1
+    assert torch.equal(cos[:, :, 1:], plain[0][:, :, 1:]) and torch.equal(sin[:, :, frame:], plain[1][:, :, frame:])
+    again = rope.cos_sin(grid, cpu)
+    fresh = RotaryEmbedding3D(24).cos_sin(grid, cpu)
+    assert torch.equal(again[0], fresh[0]) and torch.equal(again[1], fresh[1])
+    # the table matches the independent complex formulation with the RIFLEx frequencies
+    x = torch.randn(1, math.prod(grid), 2, 24)
+    freqs = (riflex.frame_frequencies(rope.freqs[0]), *rope.freqs[1:])
+    torch.testing.assert_close(apply_rope(x, cos, sin).double(), _complex_rope(x, grid, freqs), rtol=1e-6, atol=1e-6)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -5,7 +6,8 @@ import torch
 
 from echomimic_core.config import TransformerConfig
 from echomimic_core.model.conditioning import Conditioning
-from echomimic_core.model.transformer import EchoMimicTransformer, verify_fixture
+from echomimic_core.model.rope import Riflex
+from echomimic_core.model.transformer import EchoMimicTransformer, sinusoidal_embedding, verify_fixture
 
 
 @pytest.mark.parametrize("name", ["preview_tiny", "flash_tiny"])
@@ -177,16 +179,50 @@ def test_bf16_compute_dtype_close_to_fp32(tiny_config_fn, random_model_fn, rando
     assert (out - ref).abs().max() / ref.abs().max() < 0.05
 
 
-def test_riflex_changes_output_and_disable_restores(tiny_config_fn, random_model_fn, random_inputs_fn):
+def test_time_embedding_stays_float32_under_bf16_autocast(tiny_config_fn, random_model_fn):
+    """Training runs the model under bf16 autocast; the time MLPs must still compute in float32 (as Wan)."""
+    model = random_model_fn(tiny_config_fn("preview", freq_dim=256, dim=64))
+    t = torch.tensor([999.0, 731.5, 20.25])
+    with torch.no_grad():
+        ref_e, ref_e0 = model.time_embed(t, torch.float32)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            e, e0 = model.time_embed(t, torch.float32)
+            # what the autocast rounding would give: the bf16 time MLP is visibly off
+            bf16 = model.time_projection(model.time_embedding(sinusoidal_embedding(256, t).float()))
+    assert e.dtype == e0.dtype == torch.float32
+    torch.testing.assert_close(e, ref_e, rtol=0, atol=0)
+    torch.testing.assert_close(e0, ref_e0, rtol=0, atol=0)
+    assert ((bf16.float() - ref_e0.flatten(1)).norm() / ref_e0.norm()).item() > 1e-3
+
+
+def test_riflex_is_a_per_call_input_and_leaves_the_model_unchanged(tiny_config_fn, random_model_fn, random_inputs_fn):
+    """ComfyUI caches the model across runs: a RIFLEx call must leave nothing behind in it."""
     config = tiny_config_fn("preview")
     model = random_model_fn(config)
     x, t, cond = random_inputs_fn(config)
+    with_riflex = dataclasses.replace(cond, riflex=Riflex(k=1, L_test=3))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    freqs = [f.clone() for f in model.rope.freqs]
+
+    def fresh():
+        m = EchoMimicTransformer(config).eval()
+        m.load_state_dict(state)
+        return m
+
     with torch.no_grad():
-        base = model(x, t, cond)
-        model.enable_riflex(k=1, L_test=3)
-        assert (model(x, t, cond) - base).abs().max() > 1e-4
-        model.disable_riflex()
-        torch.testing.assert_close(model(x, t, cond), base, rtol=0, atol=0)
+        riflex_out = model(x, t, with_riflex)
+        plain_out = model(x, t, cond)
+        assert torch.equal(riflex_out, fresh()(x, t, with_riflex))
+        assert torch.equal(plain_out, fresh()(x, t, cond))
+        assert (riflex_out - plain_out).abs().max() > 1e-4  # RIFLEx does reach the attention
+        # batched guidance passes carry the one RIFLEx of the call
+        batched = model(torch.cat([x, x]), torch.cat([t, t]), Conditioning.cat([with_riflex, with_riflex]))
+        torch.testing.assert_close(batched[: len(x)], riflex_out, rtol=1e-5, atol=1e-5)
+    after = model.state_dict()
+    assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
+    assert all(torch.equal(f, g) for f, g in zip(freqs, model.rope.freqs))
+    with pytest.raises(ValueError, match="different RIFLEx settings"):
+        Conditioning.cat([cond, with_riflex])
 
 
 def test_audio_length_must_match_latent_frames(tiny_config_fn, random_model_fn, random_inputs_fn):
