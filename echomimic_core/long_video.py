@@ -129,6 +129,23 @@ def window_weights(windows: list[Window], overlap: int, device=None) -> list[tor
     return weights
 
 
+def window_conditioning(y: torch.Tensor, window: Window) -> torch.Tensor:
+    """The conditioning [B, C, window.length, h, w] one sliding window sees, from the whole video's
+    ``y`` [B, C, F_lat, h, w] (channels 0-3: the keep mask).
+
+    A task that keeps only leading frames (the reference; continuation frames) gives every window
+    those frames at its start, as upstream's long-video CFG slices ``y[:, :, :window]``: each window
+    stays anchored to the reference. A task that keeps frames elsewhere (first_last's end frame,
+    keyframes, lip-sync's source video) gives each window its own frames, so they condition the
+    window that holds them rather than being cut off after the first window.
+    """
+    kept = y[:, :4].flatten(3).amax(dim=(0, 1, 3)) > 0  # [F_lat]: latent frames keeping anything
+    leading = int(kept.sum())
+    if leading < len(kept) and bool(kept[:leading].all()):
+        return y[:, :, : window.length]
+    return y[:, :, window.start : window.start + window.length]
+
+
 def sliding_velocity(
     window_velocity: Callable[[Window, torch.Tensor, torch.Tensor, int], torch.Tensor],
     total_latent_frames: int,

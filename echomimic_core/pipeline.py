@@ -22,9 +22,10 @@ from . import audio_alignment as align
 from . import task_masks
 from .color_match import match_to_first_frame
 from .face_region import face_gate_for_image
-from .long_video import Chunk, generate_chunked, plan_chunks, sliding_velocity
+from .long_video import Chunk, generate_chunked, plan_chunks, plan_windows, sliding_velocity, window_conditioning
 from .media import prepare_audio
 from .model.conditioning import Conditioning
+from .model.rope import Riflex
 from .sampling.guidance import GuidanceConfig
 from .sampling.sampler import StepHooks, denoise, guided_velocity, run_branches
 from .sampling.schedulers import make_scheduler
@@ -216,7 +217,9 @@ def guidance_needs_negative(models: Models) -> bool:
     return models.variant != "flash"
 
 
-def branches_for(encoded: Encoded, y: torch.Tensor, audio: torch.Tensor, audio_scale: float) -> dict[str, Conditioning]:
+def branches_for(
+    encoded: Encoded, y: torch.Tensor, audio: torch.Tensor, audio_scale: float, riflex: Riflex | None = None
+) -> dict[str, Conditioning]:
     """The three guidance branches: cond (prompt, audio), drop_audio (prompt, zero audio) and
     uncond (negative prompt, zero audio)."""
     cond = Conditioning(
@@ -226,6 +229,7 @@ def branches_for(encoded: Encoded, y: torch.Tensor, audio: torch.Tensor, audio_s
         audio=audio,
         face_gate=encoded.face_gate,
         audio_scale=audio_scale,
+        riflex=riflex,
     )
     drop = cond.without_audio()
     return {"cond": cond, "drop_audio": drop, "uncond": dataclasses.replace(drop, context=[encoded.negative_context])}
@@ -445,23 +449,21 @@ class Denoiser:
         s = self.settings
         return make_scheduler(s.sampler, s.steps, s.shift, variant=self.models.variant)
 
-    def _riflex(self, latent_count: int) -> None:
-        # the transformer outlives one generation (ComfyUI caches it): a run without RIFLEx must
-        # undo what an earlier run switched on
-        if self.settings.riflex_k is not None:
-            self.models.transformer.enable_riflex(self.settings.riflex_k, L_test=latent_count)
-        else:
-            self.models.transformer.disable_riflex()
+    def _riflex(self, latent_count: int) -> Riflex | None:
+        """RIFLEx for windows of ``latent_count`` latent frames: an input of each forward, so the
+        transformer (which ComfyUI caches across runs) is never changed by it."""
+        return None if self.settings.riflex_k is None else Riflex(self.settings.riflex_k, L_test=latent_count)
 
     def chunk(self, inputs, start_frame: int, index: int, total_steps: int) -> torch.Tensor:
         """Frames [length, H, W, 3] 0..1 of one chunk."""
         frames = inputs.num_frames
         y = self._y(inputs)
         audio = align.feature_slice(self.encoded.audio, start_frame, frames, self.models.audio_kind)
+        riflex = self._riflex(y.shape[2])
         branches = {
-            k: v.to(self.device) for k, v in branches_for(self.encoded, y, audio, self.settings.audio_scale).items()
+            k: v.to(self.device)
+            for k, v in branches_for(self.encoded, y, audio, self.settings.audio_scale, riflex).items()
         }
-        self._riflex(y.shape[2])
         velocity = guided_velocity(
             self.models.transformer,
             branches,
@@ -485,8 +487,9 @@ class Denoiser:
 
     def sliding(self, inputs) -> torch.Tensor:
         """Upstream's long-video CFG mode: the whole sequence at once, windows blended every step.
-        Each window sees the task's first latent frames as its conditioning (as upstream slices
-        ``y[:, :, :window]``) and the audio of its own frames."""
+        Each window sees the audio of its own frames and the conditioning ``window_conditioning``
+        gives it (the reference at its start, as upstream, or the task's frames inside it). With
+        TeaCache each window keeps its own residuals (``TeaCache.scoped``)."""
         s = self.settings
         y = self._y(inputs)
         total_latents = y.shape[2]
@@ -496,14 +499,16 @@ class Denoiser:
         # 29 pixel frames blended), while chunks mode counts pixel frames
         overlap = min(s.overlap_video_length, window - 1)
         guidance = guidance_for(self.models, s)
-        self._riflex(min(window, total_latents))
+        riflex = self._riflex(min(window, total_latents))
+        if self.cache is not None:
+            self._warn_residual_memory(plan_windows(total_latents, window, overlap), y, guidance)
 
         def window_velocity(w, lat, t, step):
             start, frames = VAE_TEMPORAL_STRIDE * w.start, pixel_frames(w.length)
             audio = align.feature_slice(self.encoded.audio, start, frames, self.models.audio_kind)
             branches = {
                 k: v.to(self.device)
-                for k, v in branches_for(self.encoded, y[:, :, : w.length], audio, s.audio_scale).items()
+                for k, v in branches_for(self.encoded, window_conditioning(y, w), audio, s.audio_scale, riflex).items()
             }
             velocity = guided_velocity(
                 self.models.transformer,
@@ -511,12 +516,35 @@ class Denoiser:
                 guidance,
                 s.steps,
                 batched=s.batch_guidance,
-                cache=None,
+                cache=self.cache.scoped(f"window{w.start}") if self.cache is not None else None,
                 hooks=self.hooks,
                 run=self.run_branches,
             )
             return velocity(lat, t, step)
 
         velocity = sliding_velocity(window_velocity, total_latents, window, overlap)
-        latents = denoise(velocity, self._noise(inputs.num_frames, y), self._scheduler(), hooks=self.hooks)
+        latents = denoise(
+            velocity, self._noise(inputs.num_frames, y), self._scheduler(), hooks=self.hooks, cache=self.cache
+        )
         return self._decode(latents)
+
+    def _warn_residual_memory(self, windows, y: torch.Tensor, guidance: GuidanceConfig) -> None:
+        """TeaCache keeps a residual [branches, tokens, dim] per sliding window: at 768x768 with
+        21-latent-frame windows and three guidance branches ~0.45 GB each in bf16, and a minute of
+        video has ~30 windows. Say so when they would sit on the accelerator, rather than fail later."""
+        if self.settings.teacache_offload or self.device.type == "cpu":
+            return
+        transformer = self.models.transformer
+        dtype = getattr(transformer, "compute_dtype", None) or next(transformer.parameters()).dtype
+        _, ph, pw = transformer.config.patch_size
+        tokens = sum(w.length for w in windows) * (y.shape[3] // ph) * (y.shape[4] // pw)
+        branches = len(guidance.passes_for_step(0, self.settings.steps))
+        gib = tokens * branches * transformer.config.dim * dtype.itemsize / 2**30
+        if gib > 2:
+            log.warning(
+                "TeaCache in sliding mode keeps residuals of %d windows, about %.1f GiB on %s; "
+                "set teacache_offload to keep them on the CPU (or use chunks mode).",
+                len(windows),
+                gib,
+                self.device,
+            )

@@ -9,6 +9,7 @@ from echomimic_core.long_video import (
     plan_chunks,
     plan_windows,
     sliding_velocity,
+    window_conditioning,
     window_weights,
 )
 
@@ -84,3 +85,28 @@ def test_sliding_velocity_of_a_windowed_constant_field_is_that_field():
 
     v = sliding_velocity(window_velocity, 21, 8, 3)(torch.zeros(1, 2, 21, 3, 3), torch.tensor([500.0]), 0)
     torch.testing.assert_close(v, field)
+
+
+def _y(kept_latent_frames, frames=9):
+    """y [1, 20, frames, 2, 2]: mask channels 1 on the kept latent frames, latents = frame index."""
+    y = torch.zeros(1, 20, frames, 2, 2)
+    y[:, 4:] = torch.arange(frames, dtype=torch.float32).view(1, 1, -1, 1, 1)
+    for f in kept_latent_frames:
+        y[:, :4, f] = 1
+    return y
+
+
+def test_window_conditioning_anchors_leading_frames_and_keeps_later_ones_in_place():
+    windows = plan_windows(9, 5, 1)  # [0, 5), [4, 9)
+    # the reference (or continuation frames) only: every window opens with them, as upstream
+    for kept in ([0], [0, 1]):
+        y = _y(kept)
+        assert all(torch.equal(window_conditioning(y, w), y[:, :, :5]) for w in windows)
+    # an end frame, keyframes, a source video throughout: each window its own frames
+    for kept in ([0, 8], [3, 6], range(9)):
+        y = _y(kept)
+        last = window_conditioning(y, windows[1])
+        assert torch.equal(last, y[:, :, 4:9])
+    assert (window_conditioning(_y([0, 8]), windows[1])[:, :4, -1] == 1).all()  # first_last's end is seen
+    nothing = _y([])
+    assert torch.equal(window_conditioning(nothing, windows[1]), nothing[:, :, :5])

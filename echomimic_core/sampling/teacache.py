@@ -42,7 +42,7 @@ class TeaCache:
     Sampler: ``reset()`` per run, ``start_step(i, total)`` before each step's model calls.
     Model: ``before_blocks(branch, t_mod, x)`` -> output to use or None; ``after_blocks(branch, x_in,
     x_out)`` after running the blocks. Calls for different windows of one step (sliding long-video
-    windows) need distinct branch names, since their inputs differ.
+    windows) go through ``scoped(window)``, so each window keeps its own residuals.
     """
 
     def __init__(
@@ -115,6 +115,13 @@ class TeaCache:
             return None
         return x + residual.to(x.device)
 
+    def scoped(self, scope: str) -> ScopedCache:
+        """This cache as seen by one sliding long-video window: the window's residuals are its own
+        (branch names prefixed with ``scope``; windows see different latents), while the skip
+        decision stays one per step: it depends only on the timestep's modulation, the same for
+        every window, so per-window decisions would all agree anyway."""
+        return ScopedCache(self, scope)
+
     def after_blocks(self, branch: str, x_in: torch.Tensor, x_out: torch.Tensor) -> None:
         """Store this branch's residual x_out - x_in ([B, L, C]) for later skipped steps."""
         if self.threshold <= 0:  # never skips: keep no residuals (saves a [B, L, C] copy per branch)
@@ -122,3 +129,16 @@ class TeaCache:
         residual = (x_out - x_in).detach()
         # offload: one device-to-host copy of the difference, not two of its operands
         self._residuals[branch] = residual.cpu() if self.offload else residual
+
+
+class ScopedCache:
+    """A TeaCache under a name prefix (see ``TeaCache.scoped``); what the transformer is given."""
+
+    def __init__(self, cache: TeaCache, scope: str):
+        self.cache, self.scope = cache, scope
+
+    def before_blocks(self, branch: str, t_mod: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        return self.cache.before_blocks(f"{self.scope}/{branch}", t_mod, x)
+
+    def after_blocks(self, branch: str, x_in: torch.Tensor, x_out: torch.Tensor) -> None:
+        self.cache.after_blocks(f"{self.scope}/{branch}", x_in, x_out)

@@ -96,6 +96,27 @@ def test_skipped_steps_reuse_each_branch_residual():
     assert not torch.allclose(outs[first]["cond"], outs[first]["uncond"])
 
 
+def test_scoped_windows_keep_their_own_residuals_and_share_the_step_decision():
+    """Sliding long-video windows: same branch name, different latents; each skipped window gets
+    its own residual back, and all windows of a step skip together."""
+    cache = TeaCache(threshold=0.3, num_skip_start_steps=2)
+    mods = t_mods()
+    x0 = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(1))
+    windows = {"w0": x0, "w1": x0 * -3 + 1}
+    outs = []
+    cache.reset()
+    for i, m in enumerate(mods):
+        cache.start_step(i, len(mods))
+        outs.append({w: toy_forward(x + i, m, "cond", cache.scoped(w)) for w, x in windows.items()})
+    assert cache.skipped_steps == upstream_skips(mods, 0.3, 2)  # one decision per step, not per window
+    first = cache.skipped_steps[0]
+    last_computed = max(i for i in range(first) if i not in cache.skipped_steps)
+    for w, x in windows.items():
+        residual = blocks(x + last_computed, mods[last_computed], "cond") - (x + last_computed)
+        torch.testing.assert_close(outs[first][w], x + first + residual)
+    assert not torch.allclose(outs[first]["w0"] - x0, outs[first]["w1"] - windows["w1"])
+
+
 def test_offload_keeps_residuals_on_cpu_and_same_results():
     a, b = (
         TeaCache(threshold=0.3, num_skip_start_steps=2),
