@@ -86,6 +86,7 @@ def test_task_choices_are_the_cores_and_help_needs_no_torch():
     assert out.strip() == "False"
 
 
+@pytest.mark.slow
 def test_negative_keyframe_index_and_sliding_plan_line(demo_cache, tmp_path, capsys):
     # `--keyframe -1:x.png` as the help shows it: argparse alone takes "-1:x.png" for an option
     from PIL import Image
@@ -120,6 +121,7 @@ def test_negative_keyframe_index_and_sliding_plan_line(demo_cache, tmp_path, cap
     assert "12 frames" in line and "sliding windows" in line and "chunk(s)" not in line
 
 
+@pytest.mark.slow
 def test_block_swap_runs_from_the_command_line(demo_cache, tmp_path, capsys):
     # generate() is inference: block swap refuses to run with autograd on, and the CLI calls
     # generate() directly (the sampler node had its own no_grad)

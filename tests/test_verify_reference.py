@@ -2,11 +2,13 @@
 
 import shutil
 
+import pytest
 from safetensors.torch import load_file, save_file
 
 from echomimic_core import verify_reference
 
 
+@pytest.mark.slow
 def test_every_shipped_fixture_passes(reference_dir, capsys):
     assert verify_reference.main([str(reference_dir)]) == 0
     out = capsys.readouterr().out

@@ -138,6 +138,7 @@ def chain(demo_models):
     )
 
 
+@pytest.mark.slow
 def test_sampler_node_reproduces_pipeline_generate(demo_models, chain, folders, monkeypatch):
     steps = []
     real_progress = cs.Progress
@@ -190,6 +191,7 @@ def one_chunk(demo_models, chain):
     return out["result"][0]
 
 
+@pytest.mark.slow
 def test_sampler_with_comfyui_native_vae_and_padded_conditioning(demo_models, chain, one_chunk, folders):
     padded = [[torch.cat([chain["positive"][0][0], torch.zeros(1, 500, chain["positive"][0][0].shape[-1])], 1), {}]]
     fake = FakeComfyVAE(demo_models.vae)
@@ -342,6 +344,7 @@ def test_face_gate_from_the_task_box_or_a_face_mask_node(demo_models, chain, fol
     assert torch.equal(encode(spec).face_gate, expected)
 
 
+@pytest.mark.slow
 def test_reference_node_makes_the_chain_match_upstreams_clip_input(demo_models, chain, folders):
     from nodes.reference import EchoMimicReferenceImage
 

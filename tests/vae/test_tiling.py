@@ -38,6 +38,7 @@ def video():
     return torch.rand(VIDEO, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiling", [Tiling(32, 8), Tiling(48, 16)])
 def test_tiled_equals_untiled_for_a_local_vae(local_vae, video, tiling):
     latent = local_vae.encode(video)

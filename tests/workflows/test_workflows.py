@@ -120,6 +120,7 @@ def run_prompt(prompt: dict, classes: dict) -> dict:
     return {"results": results, "ui": ui}
 
 
+@pytest.mark.slow
 def test_demo_workflow_executes_on_the_demo_files(monkeypatch, tmp_path, capsys):
     for name in ("folder_paths", "comfy.utils", "comfy.model_management"):
         monkeypatch.setattr(cs, "_missing", cs._missing | {name})
