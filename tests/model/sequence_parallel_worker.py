@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from conftest import random_inputs, random_model, tiny_config
 
+from echomimic_core.model.rope import Riflex
 from echomimic_core.model.sequence_parallel import SequenceShard
 
 
@@ -29,9 +30,8 @@ def main(out_path: str) -> None:
             ref = model(x, t, cond)
             errors[variant] = relative_error(model(x, t, cond, sequence=shard), ref)
             if variant == "preview":  # RIFLEx changes the frame frequencies: each rank's rows follow
-                model.enable_riflex(2, L_test=3)
-                errors["riflex"] = relative_error(model(x, t, cond, sequence=shard), model(x, t, cond))
-                model.disable_riflex()
+                riflex = dataclasses.replace(cond, riflex=Riflex(2, L_test=3))
+                errors["riflex"] = relative_error(model(x, t, riflex, sequence=shard), model(x, t, riflex))
                 # no face gate: every token of a frame attends to the audio
                 plain = dataclasses.replace(cond, face_gate=None)
                 errors["no_gate"] = relative_error(model(x, t, plain, sequence=shard), model(x, t, plain))
