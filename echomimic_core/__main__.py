@@ -156,6 +156,14 @@ def _settings_from(args, variant: str) -> GenerationSettings:
     return GenerationSettings.for_variant(variant, **overrides)
 
 
+def _keyframe_spec(spec: str) -> tuple[int, Path]:
+    index, _, path = spec.partition(":")
+    try:
+        return int(index), Path(path)
+    except ValueError:
+        raise ValueError(f"--keyframe {spec!r}: expected INDEX:IMAGE, e.g. 40:pose.png") from None
+
+
 def _task_from(args):
     from .media import load_image, load_video
     from .pipeline import Task
@@ -166,11 +174,10 @@ def _task_from(args):
     if args.keyframe:
         frames = {}
         for spec in args.keyframe:
-            index, _, path = spec.partition(":")
-            try:
-                frames[int(index)] = load_image(path)
-            except ValueError as e:
-                raise SystemExit(f"--keyframe {spec!r}: expected INDEX:IMAGE, e.g. 40:pose.png ({e})") from None
+            index, path = _keyframe_spec(spec)
+            if index in frames:
+                raise ValueError(f"--keyframe {spec!r}: frame {index} is given twice; give each frame once.")
+            frames[index] = load_image(path)
         task.keyframes = frames
     if args.source_video:
         task.source_video = load_video(args.source_video, with_audio=False).frames
@@ -202,6 +209,18 @@ def _progress_hooks():
         bar["bar"].update(step - bar["bar"].n)
 
     return StepHooks(on_step=on_step), bar
+
+
+MODEL_SLOTS = ("transformer", "vae", "text_encoder", "tokenizer", "image_encoder", "audio_encoder")
+
+
+def _input_paths(args) -> list[Path]:
+    """Every file the run reads: the output must be none of them."""
+    paths = [args.image, args.audio, args.end_image, args.source_video, args.face_mask]
+    paths += [getattr(args, slot) for slot in MODEL_SLOTS]
+    paths += [_keyframe_spec(spec)[1] for spec in args.keyframe]
+    paths += [_lora_spec(spec)[0] for spec in args.lora]
+    return [p for p in paths if p is not None]
 
 
 def generate_command(args) -> int:
@@ -239,8 +258,10 @@ def _generate(args, device: str | None, rank: int) -> int:
 
     from .media import load_audio, load_image, write_video
     from .model_files import find_model_files, load_models
-    from .pipeline import generate
+    from .output_files import check_output_path
+    from .pipeline import generate, plan_inputs
 
+    check_output_path(args.out, inputs=_input_paths(args), announce_replace=rank == 0)
     if args.demo:
         from .demo import DEMO_VERSION, demo_inputs, write_demo_models
 
@@ -258,10 +279,7 @@ def _generate(args, device: str | None, rank: int) -> int:
     else:
         if args.models is None and args.transformer is None:
             raise SystemExit("give --models DIR (or the model files one by one), or --demo for the tiny demo model")
-        explicit = {
-            k: getattr(args, k)
-            for k in ("transformer", "vae", "text_encoder", "tokenizer", "image_encoder", "audio_encoder")
-        }
+        explicit = {k: getattr(args, k) for k in MODEL_SLOTS}
         files = find_model_files(args.models, **explicit)
         if args.audio is None:
             raise SystemExit("--audio is required")
@@ -282,12 +300,14 @@ def _generate(args, device: str | None, rank: int) -> int:
     dtype = args.dtype or ("bfloat16" if torch.device(device).type == "cuda" else "float32")
     started = time.time()
     parallel = None
-    if files.transformer is not None:  # check the settings before loading gigabytes
+    if files.transformer is not None:  # check everything that needs no model before loading gigabytes
         from .checkpoints.transformer import inspect_checkpoint
+        from .model.transformer import check_block_swap
 
         config = inspect_checkpoint(files.transformer).config
         settings = _settings_from(args, config.variant)
-        settings.validate()
+        check_block_swap(args.block_swap, config.num_layers)
+        plan_inputs(image, audio, sr, settings, task)
         if args.parallel:
             parallel = _start_parallel(args.parallel, config, settings)
     models = load_models(
@@ -343,12 +363,19 @@ def main(argv=None) -> int:
             if path is not None:
                 print(f"{slot:14s} {path}")
         return 0
+    from .interrupts import exit_code, stop_immediately
+
     try:
-        return generate_command(args)
+        with stop_immediately():  # SIGTERM stops as Ctrl-C does: partial files removed on the way out
+            return generate_command(args)
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
         log.debug("failed", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        log.debug("interrupted", exc_info=True)
+        print(f"{str(e) or 'interrupted'}; nothing was written to {args.out}", file=sys.stderr)
+        return exit_code(e)
 
 
 if __name__ == "__main__":

@@ -44,18 +44,28 @@ def token_grid(sample_size: Sequence[int]) -> tuple[int, int]:
     return height // TOKEN_STRIDE, width // TOKEN_STRIDE
 
 
-def face_gate_from_box(box: Sequence[float], image_size: Sequence[int], sample_size: Sequence[int]) -> torch.Tensor:
-    """[1, rows * cols] float 0/1 gate from a face box [y1, y2, x1, x2] in pixels of an image of
-    image_size (h0, w0), for a sample of sample_size (H, W). Exactly upstream's get_ip_mask."""
+def check_box_inside(box: Sequence[float], image_size: Sequence[int], what: str = "face box") -> Box:
+    """A pixel box [y1, y2, x1, x2] (upstream's order) as floats, or ValueError when it is not four
+    numbers, inverted, empty or reaches outside the (height, width) image: such a box gates or
+    regenerates nothing, silently. The face box and the lip-sync mouth box are checked alike."""
     if len(box) != 4:
-        raise ValueError(f"face box must be [y1, y2, x1, x2]; got {list(box)}.")
+        raise ValueError(f"{what} must be [y1, y2, x1, x2]; got {list(box)}.")
     y1, y2, x1, x2 = (float(v) for v in box)
     image_h, image_w = image_size
     if not (0 <= y1 < y2 <= image_h and 0 <= x1 < x2 <= image_w):
         raise ValueError(
-            f"face box [y1={y1:g}, y2={y2:g}, x1={x1:g}, x2={x2:g}] does not lie inside the "
-            f"{image_h}x{image_w} image it refers to (0 <= y1 < y2 <= height, same for x)."
+            f"{what} [y1={y1:g}, y2={y2:g}, x1={x1:g}, x2={x2:g}] does not lie inside the "
+            f"{image_h}x{image_w} (height x width) image it refers to; give pixel coordinates with "
+            "0 <= y1 < y2 <= height and 0 <= x1 < x2 <= width."
         )
+    return y1, y2, x1, x2
+
+
+def face_gate_from_box(box: Sequence[float], image_size: Sequence[int], sample_size: Sequence[int]) -> torch.Tensor:
+    """[1, rows * cols] float 0/1 gate from a face box [y1, y2, x1, x2] in pixels of an image of
+    image_size (h0, w0), for a sample of sample_size (H, W). Exactly upstream's get_ip_mask."""
+    y1, y2, x1, x2 = check_box_inside(box, image_size)
+    image_h, image_w = image_size
     rows, cols = token_grid(sample_size)
     ratio = math.sqrt(sample_size[0] * sample_size[1] / image_h / image_w)
     ty1, ty2, tx1, tx2 = (v * ratio // TOKEN_STRIDE for v in (y1, y2, x1, x2))

@@ -41,8 +41,11 @@ def _check_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise MediaError(f"{path}: no such file.")
-    if not path.is_file():
+    if path.is_dir():
         raise MediaError(f"{path}: is a folder, expected a media file.")
+    if not path.is_file():
+        # a device (/dev/zero) or a named pipe would be read forever or block
+        raise MediaError(f"{path}: is not a regular file (a device or a named pipe?), expected a media file.")
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: the file is empty.")
     return path
@@ -87,6 +90,7 @@ def _decode_audio_stream(container, stream, path: Path) -> tuple[torch.Tensor, i
     if not chunks or sum(c.shape[-1] for c in chunks) == 0:
         raise MediaError(f"{path}: the audio stream holds no samples (zero-length audio).")
     wav = np.concatenate(chunks, axis=-1).astype(np.float32)
+    check_finite_audio(wav, str(path))
     if stream.duration and stream.time_base:
         # AAC/MP3 decoders return whole codec frames; the container's duration says where the
         # real signal ends (the encoder's tail padding is not audio).
@@ -104,6 +108,18 @@ def load_audio(path: str | Path) -> tuple[torch.Tensor, int]:
         if not container.streams.audio:
             raise MediaError(f"{path}: contains no audio stream.")
         return _decode_audio_stream(container, container.streams.audio[0], path)
+
+
+def check_finite_audio(waveform, what: str = "the audio") -> None:
+    """Raise :class:`MediaError` when ``waveform`` holds NaN or infinite samples: they become NaN
+    features and black frames far downstream, or fail only inside the AAC encoder."""
+    data = torch.as_tensor(waveform)
+    if data.is_floating_point() and not bool(torch.isfinite(data).all()):
+        bad = int((~torch.isfinite(data)).sum())
+        raise MediaError(
+            f"{what}: {bad} of {data.numel()} audio samples are NaN or infinite; the file or the node "
+            "that made the audio is broken. Re-export it (e.g. as 16-bit wav) or clean the samples."
+        )
 
 
 def to_mono(waveform: torch.Tensor) -> torch.Tensor:
@@ -168,6 +184,7 @@ def prepare_audio(waveform: torch.Tensor, sample_rate: int, target_rate: int = S
     mono = to_mono(torch.as_tensor(waveform)).to(torch.float32)
     if mono.numel() == 0:
         raise MediaError("the audio is empty (zero samples).")
+    check_finite_audio(mono)
     return resample(mono, int(sample_rate), target_rate)
 
 
@@ -246,6 +263,8 @@ def load_image(path: str | Path, alpha: str = "white") -> torch.Tensor:
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as e:
+        raise MediaError(f"{path}: {e} Scale the image down first; the video is generated at about 768x768.") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise MediaError(f"{path}: not a readable image ({e}). The file is corrupt or not an image.") from e
     return pil_to_tensor(img, alpha=alpha)
@@ -359,12 +378,17 @@ def write_video(
     H.264 is missing), with ``audio`` (``[T]`` or ``[C, T]``) muxed as AAC, trimmed (or padded
     with silence) to exactly the video's duration.
 
-    Written to a temporary file in the same folder, then renamed into place, so an interrupted
-    write leaves no partial file behind. Odd sizes are padded by one pixel (see :func:`make_even`).
+    The extension picks the container (``output_files.CONTAINERS``: .mp4, .mov, .mkv); a path
+    that cannot take a video is refused before anything is encoded. Written to a partial file in
+    the same folder (``output_files.partial_path``), then renamed into place, so the path never
+    holds half a video; partial files that killed processes left in the folder are removed.
+    Odd sizes are padded by one pixel (see :func:`make_even`).
     """
     import av
 
-    path = Path(path)
+    from .output_files import check_output_path, clean_stale_partials, container_for, partial_path
+
+    path = check_output_path(path, announce_replace=False)
     rate = as_fraction(fps)
     images = make_even(to_uint8_frames(frames))
     wav = None
@@ -372,6 +396,7 @@ def write_video(
         if not sample_rate:
             raise MediaError("write_video: audio was given without its sample_rate.")
         wav = torch.as_tensor(audio).detach().cpu().to(torch.float32)
+        check_finite_audio(wav, f"{path}: the audio to write")
         if wav.dim() == 3:
             wav = wav[0]
         if wav.dim() == 1:
@@ -384,9 +409,10 @@ def write_video(
         if wav.shape[-1] == 0:
             wav = None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{os.getpid()}{path.suffix or '.mp4'}")
+    clean_stale_partials(path.parent)
+    tmp = partial_path(path)
     try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
+        with av.open(str(tmp), mode="w", format=container_for(path)) as container:
             codec = video_codec()
             stream = container.add_stream(codec, rate=rate)
             stream.width, stream.height = images.shape[2], images.shape[1]

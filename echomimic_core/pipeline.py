@@ -21,9 +21,10 @@ import torch
 from . import audio_alignment as align
 from . import task_masks
 from .color_match import match_to_first_frame
-from .face_region import face_gate_for_image
+from .face_region import check_box_inside, face_gate_for_image
 from .long_video import Chunk, generate_chunked, plan_chunks, plan_windows, sliding_velocity, window_conditioning
 from .media import prepare_audio
+from .memory_estimate import check_fits
 from .model.conditioning import Conditioning
 from .model.rope import Riflex
 from .sampling.guidance import GuidanceConfig
@@ -287,7 +288,12 @@ def plan_generation(image, num_frames: int, settings: GenerationSettings, task: 
     if image is None:
         raise ValueError(f"the {task.kind} task needs a reference image")
     reference = to_uint8_image(image)
+    if settings.face_box is not None:
+        check_box_inside(settings.face_box, reference.shape[:2], "face box (in reference image pixels)")
+    if task.kind == "keyframes":
+        task.keyframe_positions(num_frames)
     sample_size = sample_size_for(reference.shape[:2], settings)
+    check_fits(num_frames + (task.continue_frames if task.kind == "continue" else 0), sample_size)
     if task.source_video is not None:
         task = task_at_sample_size(task, sample_size)
     lead = task.continue_frames if task.kind == "continue" else 0
@@ -361,8 +367,7 @@ def generate(
     by the source video's length) and the input audio trimmed to them. ``parallel``: see ``render``.
     """
     settings = settings or GenerationSettings.for_variant(models.variant)
-    wav16k = prepare_audio(audio, sample_rate)
-    plan = plan_generation(image, output_frame_count(wav16k.numel(), settings), settings, task or Task())
+    wav16k, plan = plan_inputs(image, audio, sample_rate, settings, task or Task())
     encoded = encode_inputs(
         models,
         plan.reference,
@@ -386,6 +391,16 @@ def generate(
     return Result(
         frames, trim_audio(audio, sample_rate, plan.num_frames, settings.fps), sample_rate, settings.fps, info
     )
+
+
+def plan_inputs(
+    image, audio: torch.Tensor, sample_rate: int, settings: GenerationSettings, task: Task
+) -> tuple[torch.Tensor, Plan]:
+    """Every check that needs no model, on the inputs of :func:`generate`: the audio (finite, long
+    enough), the settings, the task (keyframe indices, mouth box), the face box, the sizes.
+    Returns (16 kHz mono audio, plan). The command line runs it before loading any model."""
+    wav16k = prepare_audio(audio, sample_rate)
+    return wav16k, plan_generation(image, output_frame_count(wav16k.numel(), settings), settings, task)
 
 
 def trim_audio(audio: torch.Tensor, sample_rate: int, num_frames: int, fps: float) -> torch.Tensor:

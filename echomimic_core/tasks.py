@@ -61,6 +61,32 @@ class Task:
                 f"continue_frames must be in [1, {len(self.source_video)}) for a "
                 f"{len(self.source_video)}-frame source video, got {self.continue_frames}"
             )
+        if self.kind == "lipsync" and self.mouth_box is not None:
+            from .face_region import check_box_inside
+
+            check_box_inside(self.mouth_box, tuple(self.source_video.shape[1:3]), "mouth box (in source video pixels)")
+
+    def keyframe_positions(self, num_frames: int) -> dict[int, int]:
+        """{index as given: frame position} of the keyframes in a ``num_frames``-frame video;
+        ValueError naming the indices as the user gave them when one lies outside the video or two
+        name the same frame (e.g. 11 and -1 of 12 frames)."""
+        positions = {i: i + num_frames if i < 0 else i for i in self.keyframes}
+        bad = [i for i, p in positions.items() if not 0 <= p < num_frames]
+        if bad:
+            raise ValueError(
+                f"keyframe {'indices' if len(bad) > 1 else 'index'} {', '.join(map(str, bad))} "
+                f"{'lie' if len(bad) > 1 else 'lies'} outside the {num_frames}-frame video; use 0..{num_frames - 1}, or -{num_frames}..-1 "
+                "counted from the end."
+            )
+        seen: dict[int, int] = {}
+        for index, position in positions.items():
+            if position in seen:
+                raise ValueError(
+                    f"keyframe indices {seen[position]} and {index} both name frame {position} of the "
+                    f"{num_frames}-frame video; keep one."
+                )
+            seen[position] = index
+        return positions
 
 
 def to_uint8_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -109,11 +135,8 @@ def global_keyframes(task: Task, reference: np.ndarray, num_frames: int) -> dict
     if task.kind == "first_last":
         return {0: reference, num_frames - 1: to_uint8_image(task.end_image)}
     if task.kind == "keyframes":
-        frames = {(i + num_frames if i < 0 else i): to_uint8_image(img) for i, img in task.keyframes.items()}
-        bad = [i for i in frames if not 0 <= i < num_frames]
-        if bad:
-            raise ValueError(f"keyframe indices {bad} are outside the {num_frames}-frame video")
-        return frames
+        positions = task.keyframe_positions(num_frames)
+        return {positions[i]: to_uint8_image(img) for i, img in task.keyframes.items()}
     if task.kind == "continue":
         tail = task.source_video[-task.continue_frames :]
         return {i: to_uint8_image(f) for i, f in enumerate(tail)}

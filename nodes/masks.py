@@ -66,7 +66,7 @@ class EchoMimicFaceMask:
         return True
 
     def run(self, image, mask=None, box=""):
-        from echomimic_core.face_region import box_from_mask, detect_face_box
+        from echomimic_core.face_region import box_from_mask, check_box_inside, detect_face_box
 
         frame = image_batch(image)[0]
         height, width = frame.shape[:2]
@@ -91,12 +91,7 @@ class EchoMimicFaceMask:
             )
             out[:] = 1.0
         else:
-            y1, y2, x1, x2 = face
-            if not (0 <= y1 < y2 <= height and 0 <= x1 < x2 <= width):
-                raise ValueError(
-                    f"face box y1={y1:g}, y2={y2:g}, x1={x1:g}, x2={x2:g} does not lie inside the "
-                    f"{height}x{width} image; give pixel coordinates of this image."
-                )
+            y1, y2, x1, x2 = check_box_inside(face, (height, width))
             out[:, int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = 1.0
             boxes.append({"x1": x1, "y1": y1, "x2": x2, "y2": y2})
         return {"ui": {"images": [self._preview(frame)], "echomimic_face_boxes": boxes}, "result": (out,)}

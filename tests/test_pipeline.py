@@ -271,7 +271,7 @@ def test_bad_inputs_are_clear_errors(demo_models, inputs):
     with pytest.raises(ValueError, match="mouth_mask is"):
         task = pipeline.Task("lipsync", source_video=torch.rand(20, 64, 64, 3), mouth_mask=torch.ones(32, 32))
         pipeline.generate(demo_models, None, audio, sr, "x", quick(), task=task)
-    with pytest.raises(ValueError, match="keyframe indices"):
+    with pytest.raises(ValueError, match="keyframe index 40 lies outside the 13-frame video"):
         task = pipeline.Task("keyframes", keyframes={40: torch.rand(64, 64, 3)})
         pipeline.generate(demo_models, image, audio, sr, "x", quick(), task=task)
 

@@ -1,6 +1,7 @@
 """What each task keeps, chunk by chunk."""
 
 import numpy as np
+import pytest
 import torch
 
 from echomimic_core import tasks
@@ -64,3 +65,22 @@ def test_preview_shows_what_each_task_keeps():
     torch.testing.assert_close(preview[0][:8], tinted(video[2], tasks.FACE_TINT)[:8])
     # nothing to show (first_frame without its image): one black image, still a valid IMAGE batch
     assert torch.equal(tasks.preview_frames(tasks.Task()), torch.zeros(1, 64, 64, 3))
+
+
+def test_keyframe_positions_name_indices_as_given():
+    Task = tasks.Task
+    task = Task("keyframes", keyframes={0: None, -500: None, 3: None})
+    with pytest.raises(ValueError, match="keyframe index -500 lies outside the 12-frame video; use 0..11, or -12..-1"):
+        task.keyframe_positions(12)
+    with pytest.raises(ValueError, match="keyframe indices 11 and -1 both name frame 11"):
+        Task("keyframes", keyframes={11: None, -1: None}).keyframe_positions(12)
+    assert Task("keyframes", keyframes={0: None, -1: None}).keyframe_positions(12) == {0: 0, -1: 11}
+
+
+def test_mouth_box_must_lie_inside_the_source_video():
+    Task = tasks.Task
+    video = torch.zeros(5, 48, 64, 3)
+    for box in ((30, 20, 0, 64), (0, 48, 60, 100), (-1, 10, 0, 10)):
+        with pytest.raises(ValueError, match=r"mouth box \(in source video pixels\) .* 48x64"):
+            Task("lipsync", source_video=video, mouth_box=box).validate()
+    Task("lipsync", source_video=video, mouth_box=(24, 48, 16, 48)).validate()

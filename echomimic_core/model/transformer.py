@@ -46,6 +46,15 @@ def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
+def check_block_swap(n_blocks: int, num_blocks: int) -> None:
+    """ValueError unless 0 <= ``n_blocks`` <= the model's ``num_blocks`` (a larger count used to
+    swap every block without a word)."""
+    if not 0 <= n_blocks <= num_blocks:
+        raise ValueError(
+            f"block swap {n_blocks}: the transformer has {num_blocks} blocks; swap 0 (none) to {num_blocks} (all)."
+        )
+
+
 class _BlockSwap:
     """Keeps the first ``n`` blocks on ``offload_device`` and streams each to ``device`` for its turn.
 
@@ -165,6 +174,7 @@ class EchoMimicTransformer(nn.Module):
     def enable_block_swap(self, n_blocks: int, compute_device, offload_device="cpu") -> None:
         """Keep the first ``n_blocks`` blocks on ``offload_device`` and stream each to
         ``compute_device`` just before it runs; everything else moves to ``compute_device``."""
+        check_block_swap(n_blocks, len(self.blocks))
         compute_device, offload_device = torch.device(compute_device), torch.device(offload_device)
         self.disable_block_swap()
         for i, block in enumerate(self.blocks):
