@@ -49,6 +49,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -151,17 +152,58 @@ def load_rows(source: Path) -> list[Row]:
         if not records:
             raise BatchError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in input folder {source}.")
         return _named_rows(records, source)
-    try:
-        text = source.read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise BatchError(f"cannot read inputs {source}: {e}") from e
+    text = read_table_text(source)
     if source.suffix.lower() == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BatchError(f"{source}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from None
         data = data.get("rows") if isinstance(data, dict) else data
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise BatchError(f'{source}: expected a JSON list of objects (one per row) or {{"rows": [...]}}.')
         return _named_rows(data, source.parent)
-    return _named_rows(list(csv.DictReader(text.splitlines())), source.parent)
+    return _named_rows(csv_records(text, source), source.parent)
+
+
+def read_table_text(source: Path) -> str:
+    """The table as text: UTF-8 (with or without BOM) or UTF-16 with its BOM, as spreadsheet programs
+    save "Unicode text"; anything else that is not text is refused, naming the file."""
+    try:
+        data = source.read_bytes()
+    except OSError as e:
+        raise BatchError(f"cannot read inputs {source}: {e.strerror or e}.") from e
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise BatchError(
+            f"{source}: not a text table (byte {e.start} is not {encoding.upper()} text); "
+            "save it as CSV (UTF-8) or JSON."
+        ) from None
+    if "\x00" in text:
+        raise BatchError(f"{source}: holds binary data (NUL characters); save the table as CSV (UTF-8) or JSON.")
+    return text
+
+
+def csv_records(text: str, source: Path) -> list[dict]:
+    """CSV rows as dicts; a row with more cells than the header (an unquoted comma in a prompt
+    splits it) is used without its extra cells, with a warning naming the line."""
+    reader = csv.DictReader(text.splitlines())
+    records = []
+    for record in reader:
+        extra = record.pop(None, None)
+        if extra:
+            log.warning(
+                "%s line %d: %d cells more than the header's %d columns; ignoring %s. Quote cells that "
+                'contain commas ("a, b").',
+                source,
+                reader.line_num,
+                len(extra),
+                len(reader.fieldnames),
+                extra,
+            )
+        records.append(record)
+    return records
 
 
 def _find_node(workflow: dict, ref: str) -> str:
@@ -693,10 +735,11 @@ async def run_batch(
     ``recheck``: seconds between checks of a server that stopped answering."""
     if depth < 1:
         raise BatchError(f"depth (rows in flight per server) must be at least 1, got {depth}.")
-    urls = [servers] if isinstance(servers, str) else list(servers)
+    check_out_dir(out)
+    urls = [server_url(u) for u in ([servers] if isinstance(servers, str) else servers)]
     if not urls:
         raise BatchError("no server given; pass at least one --server URL.")
-    pool_servers = [_Server(url.rstrip("/")) for url in dict.fromkeys(u.rstrip("/") for u in urls)]
+    pool_servers = [_Server(url) for url in dict.fromkeys(urls)]
     columns = sorted({c for row in rows for c in row.values})
     bindings = resolve_columns(workflow, columns, renames or {})
     # type errors surface now, before anything is uploaded or queued; the caller's rows stay as given
@@ -799,6 +842,27 @@ def summary_table(results: list[RowResult]) -> str:
     return "\n".join([fmt.format(*header), *(fmt.format(*line) for line in lines), f"{done}/{len(results)} rows done"])
 
 
+def server_url(server: str) -> str:
+    """``host:port`` as ``http://host:port``; a scheme other than http(s) is an error."""
+    server = server.strip().rstrip("/")
+    if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", server):
+        return f"http://{server}"
+    if not server.lower().startswith(("http://", "https://")):
+        raise BatchError(f"--server {server}: expected an http:// or https:// address, e.g. http://127.0.0.1:8188.")
+    return server
+
+
+def check_out_dir(out: Path) -> None:
+    """The output folder is a folder (or can be made one): checked before any row runs."""
+    if out.exists() and not out.is_dir():
+        raise BatchError(f"--out {out}: is a file; give a folder for the outputs (it is created if missing).")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BatchError(f"--out {out}: {parent} is a file, so the output folder cannot be made there.")
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.batch_run",
@@ -811,7 +875,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         "--server",
         action="append",
         metavar="URL",
-        help=f"ComfyUI server; repeat for a pool, e.g. one server per GPU (default {DEFAULT_SERVER})",
+        help=f"ComfyUI server (host:port means http://); repeat for a pool, e.g. one server per GPU "
+        f"(default {DEFAULT_SERVER})",
     )
     parser.add_argument("--depth", type=int, default=1, help="rows in flight per server")
     parser.add_argument(
@@ -821,7 +886,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         metavar="SECONDS",
         help="how often a server that stopped answering is asked again",
     )
-    parser.add_argument("--out", type=Path, default=Path("batch_output"))
+    parser.add_argument("--out", type=Path, default=Path("batch_output"), help="output folder (made if missing)")
     parser.add_argument("--retries", type=int, default=1, help="extra attempts for a row that fails at run time")
     parser.add_argument("--resume", action="store_true", help="skip rows recorded as done in OUT/batch_state.json")
     parser.add_argument("--map", action="append", default=[], metavar="COLUMN=NODE.INPUT")
@@ -838,13 +903,15 @@ def main(argv: Iterable[str] | None = None) -> int:
             if not sep or not column or not target:
                 raise BatchError(f"--map {item!r}: expected COLUMN=NODE.INPUT.")
             renames[column.strip()] = target.strip()
+        servers = [server_url(url) for url in args.server or [DEFAULT_SERVER]]
+        check_out_dir(args.out)
         workflow = load_workflow(args.workflow)
         rows = load_rows(args.inputs)
         results = asyncio.run(
             run_batch(
                 workflow,
                 rows,
-                args.server or [DEFAULT_SERVER],
+                servers,
                 args.out,
                 renames,
                 args.retries,

@@ -460,3 +460,11 @@ def test_unreachable_servers_are_reported_before_anything_runs(batch, server, ca
 
 def _state(batch):
     return json.loads((batch / "out" / "batch_state.json").read_text())["rows"]
+
+
+def test_server_address_without_http_is_accepted(batch, server):
+    # "127.0.0.1:8188" used to fail with "is it running?" while it was
+    (batch / "rows.csv").write_text("name,image,audio\nx,a.png,a.wav\n")
+    address = server.url.removeprefix("http://")
+    assert _run(batch, server, "--server", address) == 0
+    assert len(server.queued) == 1
