@@ -9,7 +9,10 @@ error (a typo must not silently train with the default).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,22 +184,64 @@ def rename_legacy_tasks(ratios: dict[str, float], where: str) -> dict[str, float
     return renamed
 
 
+_TYPE_NAMES = {float: "a number", int: "a whole number", bool: "true or false", str: "text"}
+
+
+def _typed(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against the field's type ``hint``; ValueError naming ``key``, the expected
+    type and what was found. A number written as text that YAML 1.1 does not read as one
+    (``lr: 1e-4``; YAML 1.2 and JSON do) is taken as the number."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _typed(value, hint, key)
+    if origin in (tuple, list):
+        items = args[:1] * len(value) if origin is list or args[-1:] == (Ellipsis,) else args
+        if not isinstance(value, (list, tuple)) or len(value) != len(items):
+            size = f"{len(items)} " if origin is tuple else ""
+            raise ValueError(f"{key}: expected a list of {size}values, found {value!r}.")
+        return origin(_typed(v, h, f"{key}[{i}]") for i, (v, h) in enumerate(zip(value, items)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, found {value!r}.")
+        return {k: _typed(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    expected = (float, int) if hint is float else hint
+    if isinstance(value, expected) and not (isinstance(value, bool) and hint is not bool):
+        return value
+    raise ValueError(f"{key}: expected {_TYPE_NAMES.get(hint, hint)}, found {value!r} ({type(value).__name__}).")
+
+
 def _build(cls, data: dict[str, Any], where: str):
     if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, found {type(data).__name__}.")
+        raise ValueError(f"{where or 'config'}: expected a mapping of keys, found {type(data).__name__}.")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{where or 'config'}: unknown keys {unknown}; known keys are {sorted(fields)}.")
+        hints_text = "; ".join(
+            f"{key!r}: did you mean {close[0]!r}?"
+            for key in unknown
+            if (close := difflib.get_close_matches(key, fields, 1))
+        )
+        raise ValueError(
+            f"{where or 'config'}: unknown keys {unknown}{' (' + hints_text + ')' if hints_text else ''}; "
+            f"known keys are {sorted(fields)}."
+        )
     kwargs = {}
     for name, value in data.items():
         default = getattr(cls(), name)
+        key = f"{where}.{name}".lstrip(".")
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}".lstrip("."))
-        elif isinstance(default, tuple):
-            kwargs[name] = tuple(value)
+            kwargs[name] = _build(type(default), value, key)
         else:
-            kwargs[name] = value
+            kwargs[name] = _typed(value, hints[name], key)
     return cls(**kwargs)
 
 
@@ -205,18 +250,33 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a TrainConfig from ``.yaml``/``.yml`` or ``.json``."""
+    """Read a TrainConfig from ``.yaml``/``.yml`` or ``.json``; every problem is a ValueError (or
+    FileNotFoundError) naming the file and, where it has one, the line or the key."""
     path = Path(path)
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
+    if path.suffix not in (".yaml", ".yml", ".json"):
+        raise ValueError(f"{path}: expected a .yaml, .yml or .json config file.")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {e.lineno}, column {e.colno}: {e.msg}.") from None
+    else:
         import yaml
 
-        data = yaml.safe_load(text) or {}
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        raise ValueError(f"{path}: expected a .yaml, .yml or .json config file.")
-    return config_from_dict(data)
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            tabs = " (YAML indents with spaces, not tabs)" if "\t" in text else ""
+            raise ValueError(f"{path}: {where}{getattr(e, 'problem', None) or e}{tabs}.") from None
+    try:
+        return config_from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -37,7 +37,20 @@ def read_index(folder: str | Path) -> dict:
     path = Path(folder) / INDEX
     if not path.is_file():
         return {"kind": None, "items": []}
-    return json.loads(path.read_text())
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{path}: not a readable index ({e}); the cache folder is damaged. Delete {INDEX} and the "
+            "shards and run `python -m training.preprocess` again."
+        ) from None
+    items = index.get("items") if isinstance(index, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, dict) and "id" in i and "shard" in i for i in items):
+        raise ValueError(
+            f'{path}: expected {{"kind": ..., "items": [{{"id", "shard", ...}}]}}; the cache folder is damaged. '
+            "Run `python -m training.preprocess` into a new folder."
+        )
+    return index
 
 
 def write_index(folder: str | Path, index: dict) -> None:
@@ -71,6 +84,7 @@ class CachedDataset(torch.utils.data.Dataset):
         if index.get("kind") != kind:
             raise ValueError(f"{self.folder}: holds {index.get('kind')!r} items, expected {kind!r}.")
         self.items = index["items"]
+        _check_shards(self.folder, self.items, "latents" if kind == "sft" else "chosen.latents")
         # latent shape per item (recorded by preprocess): batches are drawn within one shape
         shapes = [item.get("shape") for item in self.items]
         self.buckets = [tuple(s) for s in shapes] if all(shapes) else None
@@ -92,8 +106,38 @@ class CachedDataset(torch.utils.data.Dataset):
         return {"id": meta["id"], "mouth_box": meta.get("mouth_box"), "face_box": meta.get("face_box"), **tensors}
 
 
+def _open_shard(path: Path):
+    """safe_open, or ValueError naming the file (safetensors checks the header covers the file,
+    so a truncated shard fails here, not in a data worker mid-training)."""
+    from safetensors import SafetensorError
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(
+            f"{path}: not a readable shard ({e}); it is truncated or damaged. Remove it and its items from "
+            f"{INDEX} (or the whole folder) and run `python -m training.preprocess` again."
+        ) from None
+
+
+def _check_shards(folder: Path, items: list[dict], key: str) -> None:
+    """Every shard the index names opens, and holds each of its items' ``key`` tensor."""
+    by_shard: dict[str, list[str]] = {}
+    for item in items:
+        by_shard.setdefault(item["shard"], []).append(item["id"])
+    for shard, ids in by_shard.items():
+        path = folder / shard
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing, though {INDEX} lists {len(ids)} items in it.")
+        with _open_shard(path) as f:
+            names = set(f.keys())
+        missing = [i for i in ids if f"{i}/{key}" not in names]
+        if missing:
+            raise ValueError(f"{path}: lacks the items {missing[:5]} that {INDEX} places in it; the cache is damaged.")
+
+
 def _read_all(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
+    with _open_shard(path) as f:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 

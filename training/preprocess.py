@@ -16,6 +16,7 @@ import argparse
 import functools
 import json
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,15 +182,38 @@ def encode_dpo_item(
 
 
 def read_manifest(path: str | Path) -> list[dict]:
-    rows = []
-    for i, line in enumerate(Path(path).read_text().splitlines()):
+    """The manifest's rows; ValueError naming the line of a row that is not a JSON object with an
+    "id", or whose id an earlier line already used."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such manifest file.")
+    rows, first_line = [], {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        if "id" not in row:
-            raise ValueError(f'{path}:{i + 1}: every row needs an "id" (unique, used to resume).')
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not a JSON object ({e.msg} at column {e.colno}): {line[:80]!r}") from None
+        if not isinstance(row, dict) or "id" not in row:
+            raise ValueError(f'{path}:{i}: every row is a JSON object with an "id" (unique, used to resume).')
+        if row["id"] in first_line:
+            raise ValueError(
+                f"{path}:{i}: id {row['id']!r} is already used on line {first_line[row['id']]}; ids must be unique "
+                "(a repeated id would be counted twice and one row's tensors lost)."
+            )
+        first_line[row["id"]] = i
         rows.append(row)
     return rows
+
+
+def check_unique_ids(rows: list[dict]) -> None:
+    """ValueError naming the first repeated id: two rows with one id share one cache entry."""
+    seen = set()
+    for row in rows:
+        if row["id"] in seen:
+            raise ValueError(f"id {row['id']!r} appears twice among the rows; ids must be unique.")
+        seen.add(row["id"])
 
 
 def _resolve(root: Path, value: str | None) -> str | None:
@@ -230,6 +254,8 @@ def preprocess(
         # the empty prompt's embedding is what dropped text becomes (upstream's negative prompt "")
         save_state_dict({"text": encoders.text("").contiguous()}, out / NULLS)
 
+    rows = list(rows)
+    check_unique_ids(rows)
     stats = {"done": 0, "skipped_filter": 0, "failed": 0, "cached": 0}
     todo = []
     for row in rows:
@@ -363,9 +389,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     root = args.root or str(Path(args.manifest).parent)
+    try:
+        rows = read_manifest(args.manifest)  # before the encoders load: a bad manifest costs seconds
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     with torch.inference_mode():
         stats = preprocess(
-            read_manifest(args.manifest),
+            rows,
             args.out,
             build_encoders(args),
             kind=args.kind,

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,13 +162,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoints(self) -> list[Path]:
-        folder = self.out / "checkpoints"
-        done = [
-            p
-            for p in folder.glob(CHECKPOINT_PREFIX + "*")
-            if (p / STATE_FILE).is_file() and not p.name.endswith(".partial")
-        ]
-        return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+        return complete_checkpoints(self.out)
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Load the given checkpoint folder, or the latest complete one; False if there is none."""
@@ -216,7 +211,12 @@ class Trainer:
             len(data), self.config.seed, start=consumed, batch_size=batch_size, buckets=getattr(data, "buckets", None)
         )
         loader = torch.utils.data.DataLoader(
-            data, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=self.config.data.num_workers
+            data,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.config.data.num_workers,
+            worker_init_fn=_ignore_ctrl_c if self.config.data.num_workers else None,
         )
         return iter(self.acc.prepare_data_loader(loader))
 
@@ -321,9 +321,22 @@ class Trainer:
         return {"loss/dpo": losses.mean().item(), "dpo/reward_margin": margins.mean().item()}
 
     # ---------------------------------------------------------------- loop
-    def train(self, max_steps: int | None = None, on_step_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+    def _any_process(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is True on any (a signal may reach the ranks at
+        different steps; they must stop, and save, at the same one)."""
+        if self.acc.num_processes == 1:
+            return flag
+        return bool(self.acc.reduce(torch.tensor([int(flag)], device=self.acc.device), "sum").item())
+
+    def train(
+        self,
+        max_steps: int | None = None,
+        on_step_end: Callable[[int, dict], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[dict]:
         """Run until ``max_steps`` optimizer steps (default ``optim.max_steps``); returns the logs
-        of every step. ``on_step_end(step, logs)`` runs after each step (and its checkpoint)."""
+        of every step. ``on_step_end(step, logs)`` runs after each step (and its checkpoint);
+        ``should_stop()`` is asked after each step, and True on any process ends the run there."""
         cfg = self.config
         max_steps = cfg.optim.max_steps if max_steps is None else max_steps
         accum, n = cfg.optim.gradient_accumulation_steps, self.acc.num_processes
@@ -363,10 +376,30 @@ class Trainer:
                 self.save_checkpoint()
             if on_step_end is not None:
                 on_step_end(self.state.step, logs)
+            if should_stop is not None and self._any_process(should_stop()):
+                break
         return history
 
     def finish(self) -> None:
         self.acc.end_training()
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """A terminal's Ctrl-C reaches the data workers too; they keep serving batches until the main
+    process has finished its step and saved (it shuts them down itself)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """``checkpoints/checkpoint-<step>`` folders that were completely written, oldest first. Anything
+    else there (``checkpoint-5.bak``, a ``.partial`` save, a user's notes) is not a checkpoint."""
+    folder = Path(output_dir) / "checkpoints"
+    found = []
+    for path in folder.glob(CHECKPOINT_PREFIX + "*"):
+        step = path.name[len(CHECKPOINT_PREFIX) :]
+        if step.isdigit() and (path / STATE_FILE).is_file():
+            found.append((int(step), path))
+    return [path for _, path in sorted(found)]
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path, model: torch.nn.Module) -> None:
