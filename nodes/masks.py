@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from . import comfy_services as services
-from .common import CATEGORY, image_batch
+from .common import CATEGORY, image_batch, mask_batch
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class EchoMimicFaceMask:
         height, width = frame.shape[:2]
         face = parse_box(box or "")
         if face is None and mask is not None:
-            painted = mask[0] if mask.ndim == 3 else mask
+            painted = mask_batch(mask)[0]
             if tuple(painted.shape) != (height, width):
                 # the box is read in the mask's pixels: on another size it would gate the wrong region
                 raise ValueError(

@@ -13,7 +13,7 @@ import torch
 
 from echomimic_core.settings import TASKS
 
-from .common import CATEGORY, image_batch, linked_type_mismatch
+from .common import CATEGORY, image_batch, linked_type_mismatch, mask_batch
 from .masks import parse_box
 
 # inputs each task needs connected (checked before any tensor exists when ComfyUI tells us the links)
@@ -47,18 +47,6 @@ def parse_indices(text: str) -> list[int]:
     if len(set(indices)) != len(indices):
         raise ValueError(f"keyframe_indices {text!r} names a frame twice; give each frame once.")
     return indices
-
-
-def _single_mask(mask, what: str) -> torch.Tensor | None:
-    """A MASK [B, H, W] / [H, W] -> [H, W] (the first one)."""
-    if mask is None:
-        return None
-    mask = torch.as_tensor(mask).float().cpu()
-    if mask.ndim == 3:
-        mask = mask[0]
-    if mask.ndim != 2:
-        raise ValueError(f"{what}: expected a MASK [H, W] or [B, H, W], got {tuple(mask.shape)}.")
-    return mask
 
 
 class EchoMimicTask:
@@ -185,8 +173,8 @@ class EchoMimicTask:
                 )
             keyframes = dict(zip(indices, images))
         end = image_batch(end_image, "end_image")[0].cpu() if end_image is not None else None
-        mouth = torch.as_tensor(mouth_mask).float().cpu() if mouth_mask is not None else None
-        if mouth is not None and mouth.ndim == 3 and len(mouth) == 1:  # one mask for every frame
+        mouth = mask_batch(mouth_mask, "mouth_mask") if mouth_mask is not None else None
+        if mouth is not None and len(mouth) == 1:  # one mask for every frame
             mouth = mouth[0]
         core = Task(
             kind=task,
@@ -198,7 +186,8 @@ class EchoMimicTask:
             continue_frames=int(continue_frames),
         )
         core.validate()
-        spec = TaskSpec(core, parse_box(face_box or ""), _single_mask(face_mask, "face_mask"))
+        face = mask_batch(face_mask, "face_mask")[0] if face_mask is not None else None
+        spec = TaskSpec(core, parse_box(face_box or ""), face)
         reference = image_batch(image, "image")[0].cpu() if image is not None else None
         return (spec, preview_frames(core, reference, spec.face_box, spec.face_mask))
 
