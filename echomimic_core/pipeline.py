@@ -28,7 +28,7 @@ from .memory_estimate import check_fits
 from .model.conditioning import Conditioning
 from .model.rope import Riflex
 from .sampling.guidance import GuidanceConfig
-from .sampling.sampler import StepHooks, denoise, guided_velocity, run_branches
+from .sampling.sampler import NonFiniteError, StepHooks, denoise, guided_velocity, run_branches
 from .sampling.schedulers import make_scheduler
 from .sampling.teacache import TeaCache
 from .settings import GenerationSettings
@@ -458,6 +458,11 @@ class Denoiser:
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         with on_device(self.models.vae, self.device, self.offload_device) as vae:
             video = vae.decode(latents, self.tiling, self._vae_progress)
+        if not bool(torch.isfinite(video).all()):  # clamp would turn NaN into a black video
+            raise NonFiniteError(
+                "the VAE decoded NaN or infinite pixels from finite latents; stopped, nothing written. "
+                "The VAE file is likely damaged (download it again), or it overflowed in float16 (use bfloat16)."
+            )
         return (video[0].float().cpu().permute(1, 2, 3, 0) * 0.5 + 0.5).clamp(0, 1)
 
     def _scheduler(self):

@@ -505,14 +505,23 @@ def load_transformer(
         state.update({k: _new_audio_tensor(k, expected[k], dtype) for k in added})
     check_state_dict(expected, state, what=str(path))
 
+    non_finite = []
     for key in list(state):  # one tensor at a time, so the file copy is released as we go
         tensor = state[key]
+        if not is_finite(tensor):
+            non_finite.append(key)
         target = _storage_dtype_for(key, tensor, dtype, storage_dtype)
         if target in FP8_DTYPES and tensor.dtype != target:
             tensor = tensor.to(device)
             # fp8 -> other fp8 (a kept scaled weight): clamp is not defined on fp8 tensors
             tensor = to_fp8(tensor.float() if tensor.dtype in FP8_DTYPES else tensor, target)
         state[key] = tensor.to(device=device, dtype=target)
+    if non_finite:
+        raise CheckpointError(
+            f"{path}: {len(non_finite)} of {len(state)} weight tensors hold NaN or infinite values "
+            f"({_summary(group_keys(non_finite), 4)}); every video from it would be black. The file is "
+            "damaged or was saved from a diverged training run: download it again or use an earlier checkpoint."
+        )
     model.load_state_dict(state, strict=True, assign=True)
     for layer, scale in scales.items():
         model.get_submodule(layer).register_buffer("scale_weight", scale.to(device))
@@ -529,6 +538,23 @@ def load_transformer(
         dtype,
     )
     return model.eval()
+
+
+# float8 bit patterns that are NaN (e4m3fn has no infinity): exponent and mantissa all ones, either sign
+_FP8_NOT_FINITE = {torch.float8_e4m3fn: (0x7F, 0x7F), torch.float8_e5m2: (0x7C, 0x7C)}
+
+
+def is_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value of a weight is finite, in one reduction over it: NaN propagates through
+    min/max and an infinity is the min or max. (About a fifth of the time of copying the tensor on a
+    CPU, where torch.isfinite(t).all() takes five copies' time; nothing next to reading it from disk.)"""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    if tensor.dtype in _FP8_NOT_FINITE:
+        mask, pattern = _FP8_NOT_FINITE[tensor.dtype]
+        return not bool(((tensor.view(torch.uint8) & mask) == pattern).any())
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def _move_buffers(model: torch.nn.Module, device) -> None:

@@ -23,6 +23,28 @@ class Cancelled(RuntimeError):
     """Raised between steps when the caller asked to stop."""
 
 
+class NonFiniteError(ValueError):
+    """The latents (or decoded frames) turned NaN or infinite: the run stops, nothing is written."""
+
+
+LIKELY_CAUSES = (
+    "likely causes: transformer (or LoRA) weights that are NaN (a damaged file), guidance or audio scales far "
+    "outside their range, or float16 overflow (compute in bfloat16 or float32 instead)"
+)
+
+
+def check_finite_latents(latents: torch.Tensor, step: int, total: int) -> None:
+    """Raise :class:`NonFiniteError` when ``latents`` hold NaN/inf after step ``step`` of ``total``.
+    Latents are small next to one model call, so every step is checked: the run stops at the first
+    bad step instead of decoding a black video."""
+    if not bool(torch.isfinite(latents).all()):
+        bad = int((~torch.isfinite(latents)).sum())
+        raise NonFiniteError(
+            f"denoising step {step}/{total} produced NaN or infinite latents ({bad} of {latents.numel()} values); "
+            f"stopped, nothing written. {LIKELY_CAUSES[0].upper()}{LIKELY_CAUSES[1:]}."
+        )
+
+
 @dataclass
 class StepHooks:
     """Callbacks the loop calls between steps.
@@ -164,6 +186,7 @@ def denoise(
         # the clean-latent estimate is only for previews: computed only when someone listens
         denoised = latents - (t / 1000.0).view(1, 1, 1, 1, 1) * v if reporting else None
         latents = scheduler.step(v, t, latents).float()
+        check_finite_latents(latents, step_offset + i + 1, total)
         if reporting:
             hooks.on_step(step_offset + i + 1, total, latents, denoised)
     return latents
