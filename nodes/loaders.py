@@ -84,21 +84,21 @@ class EchoMimicModelLoader:
         return services.missing_model(model, *TRANSFORMER_FOLDERS)
 
     def load(self, model, precision, weight_storage, attention, variant, block_swap=0):
-        from echomimic_core.checkpoints.transformer import load_transformer
+        from echomimic_core.checkpoints.transformer import inspect_checkpoint, load_transformer
+        from echomimic_core.model.transformer import check_block_swap
 
+        path = services.find_model(model, TRANSFORMER_FOLDERS)
+        variant = None if variant == "auto" else variant
+        # from the file's header: a block count the model does not have is refused before loading it
+        check_block_swap(block_swap, inspect_checkpoint(path, variant).config.num_layers)
         loaded = load_transformer(
-            services.find_model(model, TRANSFORMER_FOLDERS),
+            path,
             dtype=PRECISIONS[precision],
             storage_dtype=STORAGE[weight_storage],
             device=services.offload_device(),
             attention_backend=attention,
-            variant=None if variant == "auto" else variant,
+            variant=variant,
         )
-        if block_swap > len(loaded.blocks):
-            raise ValueError(
-                f"block_swap {block_swap} is more than the model's {len(loaded.blocks)} blocks; "
-                f"use 0..{len(loaded.blocks)}."
-            )
         # placement happens in the sampler (see sampler.transformer_on_device); the loader only records it
         loaded.echomimic_block_swap = int(block_swap)
         return (loaded,)
