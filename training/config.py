@@ -24,6 +24,9 @@ PHASES = ("early", "middle", "late")
 # Names configs used before training took the core's names.
 LEGACY_TASK_NAMES = {"mouth": "lipsync"}
 MODALITIES = ("text", "image", "audio")
+# What a dropped image zeroes: the CLIP tokens of the decoupled cross-attention only (the paper), or
+# also the inpainting input y (reference frame + task mask; the behaviour before the fix).
+IMAGE_DROP_TARGETS = ("clip", "clip_and_y")
 
 
 @dataclass
@@ -63,6 +66,14 @@ class DropConfig:
     phase_drop: bool = True
     # Late phase: probability of dropping two modalities instead of one.
     late_two_prob: float = 0.5
+    # Early phase: probability of dropping the CLIP image tokens, and the audio. Inference feeds the
+    # CLIP image at every step, so the early phase must also see it kept (below 1); audio stays
+    # dropped early (the paper's text-led early phase; audio guidance extrapolates from that).
+    early_image_prob: float = 0.5
+    early_audio_prob: float = 1.0
+    # "clip": a dropped image zeroes the CLIP tokens only and y (reference frame + task mask) is
+    # always kept, as at inference; "clip_and_y": also zero y (the behaviour before this option).
+    image_drop: str = "clip"
     # Classifier-free dropout applied on top, per sample, so inference guidance has an
     # unconditional branch to extrapolate from.
     cfg_text: float = 0.1
@@ -84,6 +95,10 @@ class TaskConfig:
 class DPOConfig:
     # Every N-th optimizer step is a DPO step (0 = SFT only).
     every_n_steps: int = 4
+    # Phase-in ("incrementally introduce" DPO, as the paper does): SFT only before start_step, then
+    # the DPO share grows linearly over ramp_steps to one step in every_n_steps (0 = at once).
+    start_step: int = 0
+    ramp_steps: int = 0
     beta: float = 500.0
     batch_size: int = 1
 
@@ -100,7 +115,7 @@ class LoRAConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-5
+    lr: float = 1e-4  # the paper's learning rate
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 1.0
@@ -159,7 +174,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
         if self.dpo.every_n_steps < 0:
             raise ValueError(f"dpo.every_n_steps must be 0 (no DPO) or more, got {self.dpo.every_n_steps}.")
-        for name in ("cfg_text", "cfg_audio", "cfg_all", "late_two_prob"):
+        for name in ("start_step", "ramp_steps"):
+            if getattr(self.dpo, name) < 0:
+                raise ValueError(f"dpo.{name} must be 0 or more, got {getattr(self.dpo, name)}.")
+        if self.drop.image_drop not in IMAGE_DROP_TARGETS:
+            raise ValueError(f"drop.image_drop must be one of {IMAGE_DROP_TARGETS}, got {self.drop.image_drop!r}.")
+        for name in ("cfg_text", "cfg_audio", "cfg_all", "late_two_prob", "early_image_prob", "early_audio_prob"):
             p = getattr(self.drop, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"drop.{name} is a probability, got {p}.")

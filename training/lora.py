@@ -39,10 +39,11 @@ def require_peft():
     return peft
 
 
-def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
+def add_lora(model: nn.Module, cfg: LoRAConfig, seed: int = 0) -> nn.Module:
     """Inject LoRA adapters into the Linear layers named by ``cfg.target_modules`` (names are
     matched against the end of module paths, e.g. ``"q"`` -> ``blocks.3.self_attn.q``) and
-    freeze everything else."""
+    freeze everything else. peft draws ``lora_A`` from the global RNG; it is drawn here from
+    ``seed`` (without touching the caller's RNG), so two runs with one seed start alike."""
     peft = require_peft()
     targets = "|".join(re.escape(t) for t in cfg.target_modules)
     pattern = rf".*\.({targets})$"
@@ -53,7 +54,9 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
         )
     model.requires_grad_(False)
     peft_cfg = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=pattern, lora_dropout=0.0, bias="none")
-    return peft.inject_adapter_in_model(peft_cfg, model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return peft.inject_adapter_in_model(peft_cfg, model)
 
 
 def lora_state_dict(

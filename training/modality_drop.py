@@ -1,12 +1,17 @@
 """Phase-specific modality drop and classifier-free dropout on a ``Conditioning``.
 
-Phases (see ``flow_matching``): early = text only (image and audio dropped), middle = all three,
-late = one or two of the three dropped at random. Classifier-free dropout is then applied on top
+Phases (see ``flow_matching``): early = text, the CLIP image with probability
+``1 - early_image_prob`` and audio with probability ``1 - early_audio_prob`` (by default the image
+in half the samples, never audio); middle = all three; late = one or two of the three dropped at
+random. Classifier-free dropout is then applied on top
 so the unconditional branches used by inference guidance are trained.
 
-"Dropped" means what upstream's inference feeds for an absent modality, so training and guidance
-agree: text -> the embedding of the empty prompt; image -> zero CLIP tokens and a zero ``y`` (no
-kept frames, no masked-video latents); audio -> zero audio features.
+The drop acts where the paper puts it, on the decoupled cross-attention's inputs (text, CLIP image
+tokens, audio), never on the inpainting input ``y`` (reference frame + task mask): inference feeds
+``y`` at every step, so every training sample sees it too. "Dropped" means what inference feeds
+for an absent modality: text -> the embedding of the empty prompt; image -> zero CLIP tokens;
+audio -> zero audio features. ``DropConfig.image_drop = "clip_and_y"`` restores the former
+behaviour (a dropped image also zeroes ``y``: those samples train as text-to-video).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import dataclasses
 
 import torch
 
-from training.config import MODALITIES, DropConfig
+from training.config import IMAGE_DROP_TARGETS, MODALITIES, DropConfig
 
 TEXT, IMAGE, AUDIO = range(3)
 
@@ -29,7 +34,9 @@ def drop_plan(phases: torch.Tensor, generator: torch.Generator, cfg: DropConfig)
         order = torch.randperm(len(MODALITIES), generator=generator)
         if cfg.phase_drop:
             if int(phases[b]) == 0:
-                dropped[b, IMAGE] = dropped[b, AUDIO] = True
+                # u[0] decides the late phase's count only, so the early phase may reuse it
+                dropped[b, IMAGE] = bool(u[4] < cfg.early_image_prob)
+                dropped[b, AUDIO] = bool(u[0] < cfg.early_audio_prob)
             elif int(phases[b]) == 2:
                 count = 2 if u[0] < cfg.late_two_prob else 1
                 dropped[b, order[:count]] = True
@@ -64,14 +71,20 @@ def _zero_rows(tensor: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor 
     return tensor * keep.to(tensor.dtype)
 
 
-def apply_drop(cond, dropped: torch.Tensor, null_text: torch.Tensor):
-    """A copy of ``cond`` with the modalities marked in ``dropped`` [B, 3] replaced per sample."""
+def apply_drop(cond, dropped: torch.Tensor, null_text: torch.Tensor, image_drop: str = "clip"):
+    """A copy of ``cond`` with the modalities marked in ``dropped`` [B, 3] replaced per sample.
+
+    ``image_drop``: "clip" (the CLIP tokens only; ``y`` is kept) or "clip_and_y" (the former
+    behaviour, which also zeroes the reference frame and task mask)."""
+    if image_drop not in IMAGE_DROP_TARGETS:
+        raise ValueError(f"image_drop must be one of {IMAGE_DROP_TARGETS}, got {image_drop!r}.")
     changes = {}
     if dropped[:, TEXT].any():
         changes["context"] = _drop_text(cond.context, dropped[:, TEXT], null_text)
     if dropped[:, IMAGE].any():
         changes["clip_fea"] = _zero_rows(cond.clip_fea, dropped[:, IMAGE])
-        changes["y"] = _zero_rows(cond.y, dropped[:, IMAGE])
+        if image_drop == "clip_and_y":
+            changes["y"] = _zero_rows(cond.y, dropped[:, IMAGE])
     if dropped[:, AUDIO].any():
         changes["audio"] = _zero_rows(cond.audio, dropped[:, AUDIO])
     return dataclasses.replace(cond, **changes) if changes else cond

@@ -25,11 +25,15 @@ import torch
 
 from echomimic_core import task_masks
 from echomimic_core.checkpoints.files import save_state_dict
+from echomimic_core.settings import GenerationSettings
 from training.boxes import FracBox, is_empty, parse_frac_box, to_pixel_box
 from training.dataset import NULLS, read_index, write_index, write_shard
 from training.tasks import task_inputs
 
 log = logging.getLogger(__name__)
+
+# Clip length the paper trains on: preview's window at inference (partial_video_length, 113 frames).
+DEFAULT_FRAMES = GenerationSettings().partial_video_length
 
 
 @dataclass
@@ -226,7 +230,7 @@ def preprocess(
     encoders: Encoders,
     *,
     kind: str = "sft",
-    frames: int = 81,
+    frames: int = DEFAULT_FRAMES,
     size: tuple[int, int] = (512, 512),
     root: str | Path = ".",
     shard_size: int = 64,
@@ -348,7 +352,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--root", default=None, help="folder the manifest's paths are relative to (default: the manifest's folder)"
     )
-    p.add_argument("--frames", type=int, default=81)
+    p.add_argument(
+        "--frames", type=int, default=DEFAULT_FRAMES, help=f"clip length, 4k+1 (default {DEFAULT_FRAMES}, as the paper)"
+    )
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
     p.add_argument(

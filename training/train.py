@@ -22,7 +22,7 @@ from echomimic_core.interrupts import Interrupted, StopRequest, exit_code, stop_
 from training.config import config_to_dict, load_config
 from training.dataset import CachedDataset
 from training.model_init import build_model
-from training.trainer import Trainer, complete_checkpoints
+from training.trainer import Trainer, complete_checkpoints, make_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def start_fresh(output_dir: str | Path, overwrite: bool) -> None:
 
 def run(config_path: str | Path, resume: bool = True, max_steps: int | None = None, overwrite: bool = False) -> Trainer:
     config = load_config(config_path)
+    accelerator = make_accelerator(config)  # a bad launch fails here, before any data or weights load
     if not resume:
         start_fresh(config.output_dir, overwrite)
     sft = CachedDataset(config.data.sft_dir, kind="sft")
@@ -66,7 +67,9 @@ def run(config_path: str | Path, resume: bool = True, max_steps: int | None = No
             "missing; re-run `python -m training.preprocess` on that folder."
         )
     dpo = CachedDataset(config.data.dpo_dir, kind="dpo") if config.data.dpo_dir else None
-    trainer = Trainer(config, build_model(config.model, config.seed), sft, sft.null_text, dpo_data=dpo)
+    trainer = Trainer(
+        config, build_model(config.model, config.seed), sft, sft.null_text, dpo_data=dpo, accelerator=accelerator
+    )
     if resume:
         trainer.resume()
     try:

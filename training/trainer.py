@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -85,19 +86,56 @@ def fsdp_plugin():
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
+    """The run's Accelerator; refuses a launch whose processes would not form one group."""
     out = Path(config.output_dir)
-    return Accelerator(
+    acc = Accelerator(
         mixed_precision=config.mixed_precision,
         fsdp_plugin=fsdp_plugin(),
         gradient_accumulation_steps=config.optim.gradient_accumulation_steps,
         log_with=resolve_trackers(config.trackers, out / "logs"),
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
+    check_process_group(acc)
+    return acc
 
 
-def is_dpo_step(step: int, every_n_steps: int) -> bool:
-    """Alternating schedule: optimizer step ``step`` (0-based) is DPO when it closes a block of N."""
-    return every_n_steps > 0 and (step + 1) % every_n_steps == 0
+def check_process_group(acc: Accelerator) -> None:
+    """Refuse a launch whose processes did not join one group.
+
+    ``accelerate launch --multi_gpu --num_processes 2`` (or a multi-GPU config) on a machine without
+    GPUs starts two processes, but without ``ACCELERATE_USE_CPU=true`` accelerate sets each up as a
+    single-process run: two independent trainings writing into one output folder.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and acc.num_processes != world:
+        raise RuntimeError(
+            f"launched as {world} processes (WORLD_SIZE={world}) but accelerate set this one up as "
+            f"{acc.num_processes} process(es) ({acc.distributed_type.value}): each would train alone into the "
+            "same output_dir. Without GPUs, launch with ACCELERATE_USE_CPU=true (or `accelerate launch --cpu`); "
+            "with GPUs, check that every process sees one."
+        )
+
+
+def dpo_steps_until(step: int, every_n_steps: int, start_step: int = 0, ramp_steps: int = 0) -> Fraction:
+    """The DPO share summed over optimizer steps 0..``step`` (exact, so the schedule is a function
+    of the step alone and a resumed run repeats it). Step k's share is ``1/N`` times the phase-in
+    ``min(1, (k - start_step + 1) / ramp_steps)`` from ``start_step`` on (0 before)."""
+    if every_n_steps <= 0:
+        return Fraction(0)
+    j = max(0, step - start_step + 1)  # steps past the start, this one included
+    r = ramp_steps
+    if r == 0 or j <= r:
+        total = Fraction(j) if r == 0 else Fraction(j * (j + 1), 2 * r)
+    else:
+        total = Fraction(r + 1, 2) + (j - r)
+    return total / every_n_steps
+
+
+def is_dpo_step(step: int, every_n_steps: int, start_step: int = 0, ramp_steps: int = 0) -> bool:
+    """Optimizer step ``step`` (0-based) is DPO when the running DPO share crosses a whole number:
+    without phase-in, the step closing each block of N; while phasing in, ever more often."""
+    before = dpo_steps_until(step - 1, every_n_steps, start_step, ramp_steps) if step > 0 else Fraction(0)
+    return int(dpo_steps_until(step, every_n_steps, start_step, ramp_steps)) > int(before)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -137,7 +175,7 @@ class Trainer:
             model.gradient_checkpointing = True
         self.face_gate = model.config.variant == "preview"  # flash has no face-region gate
         if config.lora.enabled:
-            model = add_lora(model, config.lora)
+            model = add_lora(model, config.lora, seed=config.seed)
         # The frozen DPO reference: with LoRA the same weights with adapters switched off, else a
         # copy taken before training changes anything.
         self.ref_model = None
@@ -263,7 +301,7 @@ class Trainer:
         tasks = sample_tasks([box is not None for box in batch["mouth_box"]], g, self.config.tasks.ratios)
         conds = {k[len("cond.") :]: v for k, v in batch.items() if k.startswith("cond.")}
         cond = self._conditioning(batch, build_y(tasks, conds, batch["mouth_box"]))
-        cond = apply_drop(cond, drop_plan(phases, g, self.config.drop), self.null_text)
+        cond = apply_drop(cond, drop_plan(phases, g, self.config.drop), self.null_text, self.config.drop.image_drop)
         with self.acc.autocast():
             pred = self.model(x_t, t, cond)
         per = fm.per_sample_mse(pred, target)
@@ -346,7 +384,9 @@ class Trainer:
         history = []
         self.model.train()
         while self.state.step < max_steps:
-            dpo = use_dpo and is_dpo_step(self.state.step, cfg.dpo.every_n_steps)
+            dpo = use_dpo and is_dpo_step(
+                self.state.step, cfg.dpo.every_n_steps, cfg.dpo.start_step, cfg.dpo.ramp_steps
+            )
             g = self._generator()
             parts: list[tuple] = []  # per micro-batch, for one log entry per optimizer step
             for micro in range(accum):

@@ -20,3 +20,19 @@ def test_lora_file_is_read_from_the_given_state_dict():
         expected = value + 1 if "lora_B" in key else value
         assert torch.equal(given[key], expected), key
     assert all(k.startswith(PREFIX) for k in given)
+
+
+def test_lora_init_follows_the_seed_not_the_global_rng():
+    def adapters(seed):
+        model = build_model(ModelConfig(preset="tiny_preview"), seed=0)
+        return lora_state_dict(add_lora(model, LoRAConfig(rank=2, target_modules=["q"]), seed=seed), alpha=2.0)
+
+    torch.manual_seed(1)
+    first = adapters(7)
+    torch.manual_seed(2)  # another global state must not change the adapters
+    state = torch.random.get_rng_state()
+    second = adapters(7)
+    assert torch.equal(torch.random.get_rng_state(), state)  # and the caller's RNG is untouched
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    other = adapters(8)
+    assert any(not torch.equal(first[k], other[k]) for k in first if "lora_A" in k)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from echomimic_core.model.conditioning import Conditioning
@@ -12,7 +13,8 @@ def test_plan_per_phase():
     phases = torch.tensor([0, 1, 2] * 200)
     plan = drop_plan(phases, g, NO_CFG)
     early, middle, late = plan[phases == 0], plan[phases == 1], plan[phases == 2]
-    assert early[:, IMAGE].all() and early[:, AUDIO].all() and not early[:, TEXT].any()
+    assert early[:, AUDIO].all() and not early[:, TEXT].any()
+    assert abs(early[:, IMAGE].float().mean() - NO_CFG.early_image_prob) < 0.1
     assert not middle.any()
     counts = late.sum(1)
     assert set(counts.tolist()) == {1, 2}
@@ -33,6 +35,19 @@ def test_classifier_free_dropout_rates():
     assert not plan[:, IMAGE].any()
 
 
+def test_image_kept_branches_occur_in_every_phase():
+    """Inference feeds the CLIP image at every step: each phase must train with it kept too."""
+    g = torch.Generator().manual_seed(2)
+    phases = torch.tensor([0, 1, 2] * 300)
+    for cfg in (NO_CFG, DropConfig()):
+        plan = drop_plan(phases, g, cfg)
+        for phase in range(3):
+            kept = ~plan[phases == phase, IMAGE]
+            assert kept.float().mean() > 0.25, (phase, kept.float().mean())
+    always = drop_plan(phases, g, DropConfig(early_image_prob=1.0, cfg_text=0, cfg_audio=0, cfg_all=0))
+    assert always[phases == 0, IMAGE].all()  # the old early phase stays available
+
+
 def _cond(b=3, context_as_list=True):
     text = [torch.randn(5 + i, 8) for i in range(b)]
     return Conditioning(
@@ -48,9 +63,19 @@ def test_apply_drop_replaces_only_the_marked_rows():
     dropped = torch.tensor([[True, False, False], [False, True, False], [False, False, True]])
     out = apply_drop(cond, dropped, null)
     assert torch.equal(out.context[0], null) and torch.equal(out.context[1], cond.context[1])
-    assert not out.clip_fea[1].any() and not out.y[1].any()
-    assert torch.equal(out.clip_fea[0], cond.clip_fea[0]) and torch.equal(out.y[2], cond.y[2])
+    assert not out.clip_fea[1].any() and torch.equal(out.clip_fea[0], cond.clip_fea[0])
     assert not out.audio[2].any() and torch.equal(out.audio[:2], cond.audio[:2])
+    assert out.y is cond.y  # the reference frame and task mask are never dropped
+
+
+def test_y_is_never_zeroed_unless_asked():
+    cond, null = _cond(), torch.randn(2, 8)
+    everything = torch.ones(3, 3, dtype=torch.bool)
+    assert torch.equal(apply_drop(cond, everything, null).y, cond.y)
+    legacy = apply_drop(cond, everything, null, image_drop="clip_and_y")
+    assert not legacy.y.any() and not legacy.clip_fea.any()
+    with pytest.raises(ValueError, match="image_drop must be one of"):
+        apply_drop(cond, everything, null, image_drop="y")
 
 
 def test_apply_drop_on_padded_text_tensor():

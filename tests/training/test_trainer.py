@@ -73,18 +73,21 @@ def test_phase_drop_reaches_the_model(tmp_path, sft_cache):
     trainer.model = recorder
     batch = collate([trainer.sft_data[i] for i in range(3)])
     null = trainer.null_text
-    late_counts = set()
-    for seed in range(8):
+    late_counts, early_images = set(), set()
+    for seed in range(12):
         _, _, phases, _ = trainer.sft_loss(batch, torch.Generator().manual_seed(seed))
         t, cond = recorder.seen[-1]
         assert cond.face_gate is not None and cond.face_gate[1].all()  # item 0 has a face box, 1 none
         assert 0 < cond.face_gate[0].sum() < cond.face_gate.shape[1]
         for b, phase in enumerate(phases.tolist()):
             text_dropped = torch.equal(cond.context[b], null)
-            image_dropped = not cond.clip_fea[b].any() and not cond.y[b].any()
+            image_dropped = not cond.clip_fea[b].any()
             audio_dropped = not cond.audio[b].any()
+            # the reference frame and task mask reach the model in every phase, dropped image or not
+            assert cond.y[b, :4].any() and cond.y[b, 4:].any()
             if phase == 0:
-                assert t[b] > 666 and (text_dropped, image_dropped, audio_dropped) == (False, True, True)
+                assert t[b] > 666 and (text_dropped, audio_dropped) == (False, True)
+                early_images.add(image_dropped)
             elif phase == 1:
                 assert 333 < t[b] <= 666 and not (text_dropped or image_dropped or audio_dropped)
                 assert torch.equal(cond.audio[b], batch["audio"][b])
@@ -92,6 +95,7 @@ def test_phase_drop_reaches_the_model(tmp_path, sft_cache):
                 assert t[b] <= 333
                 late_counts.add(text_dropped + image_dropped + audio_dropped)
     assert late_counts == {1, 2}
+    assert early_images == {True, False}  # the early phase trains with and without the CLIP image
 
 
 def test_dpo_raises_the_implicit_reward_margin(tmp_path, sft_cache, dpo_cache):
@@ -271,3 +275,17 @@ def test_base_checkpoint_takes_the_presets_audio_widths(tmp_path):
     assert all(torch.equal(sd[k], v) for k, v in base.items())
     assert not sd["blocks.1.cross_attn.v_audio.weight"].any()
     assert not sd["blocks.1.cross_attn.v_audio.bias"].any()
+
+
+def test_dpo_schedule_alternates_and_phases_in():
+    from training.trainer import is_dpo_step
+
+    plain = [s for s in range(12) if is_dpo_step(s, 4)]
+    assert plain == [3, 7, 11]  # unchanged: the step closing each block of 4
+    phased = [s for s in range(400) if is_dpo_step(s, 4, start_step=100, ramp_steps=200)]
+    assert phased[0] > 100 and not [s for s in phased if s < 100]
+    gaps = [b - a for a, b in zip(phased, phased[1:])]
+    assert gaps[0] > 8 and gaps[-1] == 4  # sparse at first, then one in every 4
+    assert sum(gaps[:5]) > sum(gaps[5:10]) > sum(gaps[10:15])  # ever more often
+    # share over the ramp: half of what the full rate would give
+    assert len([s for s in phased if s < 300]) == pytest.approx(200 / 4 / 2, abs=1)
