@@ -7,10 +7,10 @@ stored ``.npy`` or RetinaFace — and rasterises it on the token grid of one lat
 ``[1, tokens]``. ``face_gate_from_box`` reproduces that exactly.
 
 Other sources: a user mask image (its bounding box is rasterised the same way, or its shape pooled
-onto the grid), or a built-in detector: OpenCV's Haar cascade, whose weights ship inside
-opencv-python-headless (no TensorFlow, no download), its square box reshaped towards upstream's demo
-face boxes (``HAAR_BOX_OFFSETS``); give a box for upstream's exact gate. When no face is found we warn and gate nothing out (all ones: audio
-attends everywhere, the same as running without a face mask), which suits non-human subjects.
+onto the grid), or the built-in detector (``face_detection``: MTCNN when facenet-pytorch is
+installed, else OpenCV's Haar cascades; implausible detections are dropped); give a box for
+upstream's exact gate. When no face is found we warn and gate nothing out (all ones: audio attends
+everywhere, the same as running without a face mask), which suits non-human subjects.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import logging
 import math
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -127,36 +126,13 @@ def face_gate_from_mask(mask, image_size: Sequence[int], sample_size: Sequence[i
     raise ValueError(f"mode must be 'box' or 'shape', got {mode!r}.")
 
 
-def detect_face_box(image) -> Box | None:
-    """Largest frontal (else profile) face in an RGB image (PIL or uint8 [H, W, 3]) with OpenCV's
-    bundled Haar cascades, as [y1, y2, x1, x2] pixels; None when there is none."""
-    rgb = np.array(image.convert("RGB")) if isinstance(image, Image.Image) else np.asarray(image)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"face detection needs an RGB image [H, W, 3]; got shape {rgb.shape}.")
-    gray = cv2.equalizeHist(cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2GRAY))
-    min_side = max(24, min(gray.shape) // 20)
-    for name in ("haarcascade_frontalface_default.xml", "haarcascade_profileface.xml"):
-        detector = cv2.CascadeClassifier(cv2.data.haarcascades + name)
-        if detector.empty():
-            raise RuntimeError(f"OpenCV could not load its bundled {name}; reinstall opencv-python-headless.")
-        faces = detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
-        if len(faces):
-            x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
-            return _haar_to_reference_box(float(x), float(y), float(w), float(h), gray.shape)
-    return None
+def detect_face_box(image, detector: str = "auto") -> Box | None:
+    """The main plausible face in an RGB image (PIL or uint8 [H, W, 3]) as [y1, y2, x1, x2] pixels;
+    None when there is none (``face_detection.detect_faces``)."""
+    from .face_detection import detect_faces, main_face  # face_detection reads this module's Box
 
-
-# Haar boxes are square and sit lower than the face boxes upstream ships with its demos
-# (datasets/echomimicv3_demos/masks). Mean offsets over those 25 images, in units of the Haar box side
-# (top, bottom, left, right), raise the token-grid IoU with upstream's gates from 0.72 to about 0.9.
-HAAR_BOX_OFFSETS = (-0.05, 0.04, 0.11, -0.11)
-
-
-def _haar_to_reference_box(x: float, y: float, w: float, h: float, image_hw) -> Box:
-    top, bottom, left, right = HAAR_BOX_OFFSETS
-    y1, y2 = max(0.0, y + top * h), min(float(image_hw[0]), y + h + bottom * h)
-    x1, x2 = max(0.0, x + left * w), min(float(image_hw[1]), x + w + right * w)
-    return y1, y2, x1, x2
+    face = main_face(detect_faces(image, detector))
+    return None if face is None else face.box
 
 
 def face_gate_for_image(

@@ -162,6 +162,7 @@ def lipsync_region(task: Task, video: torch.Tensor, sample_size: tuple[int, int]
         return mask[index] > 0.5
     box = task.mouth_box
     if box is None:
+        from .face_detection import mouth_region
         from .face_region import detect_face_box
 
         face = detect_face_box(to_uint8_image(video[0]))
@@ -170,8 +171,7 @@ def lipsync_region(task: Task, video: torch.Tensor, sample_size: tuple[int, int]
                 "no face found in the source video to place the mouth region; give mouth_box "
                 "(y1, y2, x1, x2) or a mouth mask."
             )
-        y1, y2, x1, x2 = face
-        box = (y1 + (y2 - y1) / 2, y2, x1, x2)  # the lower half of the face holds mouth and jaw
+        box = mouth_region(face)
     return task_masks.box_region(box, len(video), (height, width))
 
 

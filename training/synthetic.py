@@ -79,3 +79,84 @@ def sft_rows(n: int = 6) -> list[dict]:
         }
         for i in range(n)
     ]
+
+
+def draw_face(
+    size: tuple[int, int] = (384, 320),
+    center: tuple[float, float] = (0.5, 0.42),
+    scale: float = 0.34,
+    skin: tuple[int, int, int] = (224, 172, 140),
+    background: tuple[int, int, int] = (90, 110, 140),
+    yaw: float = 0.0,
+    mouth_open: float = 0.0,
+    hat: bool = False,
+    glasses: bool = False,
+    seed: int = 0,
+):
+    """A drawn portrait: (RGB uint8 [H, W, 3], the face's box (y1, y2, x1, x2) in pixels).
+
+    Shaded skin, eyes with iris and pupil, brows, nose, lips, hair, neck and shoulders, blurred and
+    with sensor noise: enough face structure for the face detectors (MTCNN and Haar both find it,
+    unlike a flat cartoon), drawn rather than photographed so the tests need no photo data set.
+    ``center`` and ``scale`` are fractions of the frame (``scale`` = face height / frame height),
+    ``yaw`` in [-1, 1] turns the features sideways, ``mouth_open`` in [0, 1] opens the mouth.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    h, w = size
+    img = Image.new("RGB", (w, h), background)
+    d = ImageDraw.Draw(img)
+    cx, cy = center[0] * w, center[1] * h
+    fh = scale * h
+    fw = 0.78 * fh
+
+    def tone(factor):
+        return tuple(int(c * factor) for c in skin)
+
+    d.ellipse([cx - 1.6 * fw, cy + 0.9 * fh, cx + 1.6 * fw, cy + 3.0 * fh], fill=(60, 70, 90))  # shoulders
+    d.rectangle([cx - 0.22 * fw, cy + 0.4 * fh, cx + 0.22 * fw, cy + 1.0 * fh], fill=tone(0.85))  # neck
+    d.ellipse([cx - 0.62 * fw, cy - 0.62 * fh, cx + 0.62 * fw, cy + 0.25 * fh], fill=(50, 35, 25))  # hair
+    for i in range(12, 0, -1):  # skin, darker towards the edge
+        f = i / 12
+        ox = yaw * fw * 0.15 * (1 - f)
+        d.ellipse(
+            [cx - 0.5 * fw * f + ox, cy - 0.5 * fh * f, cx + 0.5 * fw * f + ox, cy + 0.5 * fh * f],
+            fill=tone(1 - 0.25 * f),
+        )
+    ex = cx + yaw * fw * 0.2
+    for side in (-1, 1):
+        x = ex + side * 0.2 * fw
+        brow = [x - 0.11 * fw, cy - 0.17 * fh, x + 0.11 * fw, cy - 0.19 * fh]
+        d.line(brow, fill=(60, 40, 30), width=max(2, int(0.025 * fh)))
+        y, rw, rh = cy - 0.08 * fh, 0.09 * fw, 0.035 * fh
+        d.ellipse([x - rw, y - rh, x + rw, y + rh], fill=(240, 240, 235))
+        d.ellipse([x - 1.1 * rh, y - 1.1 * rh, x + 1.1 * rh, y + 1.1 * rh], fill=(70, 50, 35))
+        d.ellipse([x - 0.5 * rh, y - 0.5 * rh, x + 0.5 * rh, y + 0.5 * rh], fill=(10, 10, 10))
+        d.arc([x - rw, y - 1.6 * rh, x + rw, y + 1.4 * rh], 190, 350, fill=(60, 40, 30), width=2)
+        if glasses:
+            d.ellipse([x - 0.14 * fw, y - 0.08 * fh, x + 0.14 * fw, y + 0.08 * fh], outline=(20, 20, 20), width=3)
+    if glasses:
+        d.line([ex - 0.06 * fw, cy - 0.08 * fh, ex + 0.06 * fw, cy - 0.08 * fh], fill=(20, 20, 20), width=3)
+    nx = cx + yaw * fw * 0.28
+    d.polygon(
+        [(nx, cy - 0.05 * fh), (nx - 0.07 * fw, cy + 0.12 * fh), (nx + 0.07 * fw, cy + 0.12 * fh)], fill=tone(0.88)
+    )
+    for side in (-1, 1):
+        d.ellipse(
+            [nx + side * 0.06 * fw - 0.02 * fw, cy + 0.1 * fh, nx + side * 0.06 * fw + 0.02 * fw, cy + 0.13 * fh],
+            fill=(120, 70, 60),
+        )
+    mx, my = cx + yaw * fw * 0.22, cy + 0.25 * fh
+    gap = mouth_open * 0.07 * fh
+    d.chord([mx - 0.15 * fw, my - 0.04 * fh, mx + 0.15 * fw, my + 0.06 * fh + gap], 0, 180, fill=(170, 80, 80))
+    if gap:
+        d.ellipse([mx - 0.11 * fw, my, mx + 0.11 * fw, my + gap + 0.02 * fh], fill=(60, 20, 25))
+    d.line([mx - 0.15 * fw, my + 0.01 * fh, mx + 0.15 * fw, my + 0.01 * fh], fill=(100, 40, 40), width=2)
+    if hat:  # brim shading the brow
+        d.rectangle([cx - 0.9 * fw, cy - 0.33 * fh, cx + 0.9 * fw, cy - 0.26 * fh], fill=(30, 30, 40))
+        d.rectangle([cx - 0.55 * fw, cy - 0.85 * fh, cx + 0.55 * fw, cy - 0.3 * fh], fill=(30, 30, 40))
+    img = img.filter(ImageFilter.GaussianBlur(1.2))
+    noise = np.random.default_rng(seed).normal(0, 4, (h, w, 3))
+    pixels = np.clip(np.asarray(img).astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    return pixels, (cy - 0.5 * fh, cy + 0.5 * fh, cx - 0.5 * fw, cx + 0.5 * fw)
