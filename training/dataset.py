@@ -61,9 +61,16 @@ def write_index(folder: str | Path, index: dict) -> None:
     tmp.replace(path)
 
 
-def write_shard(folder: str | Path, shard_name: str, items: dict[str, dict[str, torch.Tensor]]) -> None:
+CACHE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def write_shard(
+    folder: str | Path, shard_name: str, items: dict[str, dict[str, torch.Tensor]], dtype: str = "bf16"
+) -> None:
+    """Floating tensors are stored as ``dtype`` (bf16 halves the cache; training reads float32)."""
+    store = CACHE_DTYPES[dtype]
     flat = {
-        f"{item_id}/{name}": t.detach().cpu().contiguous()
+        f"{item_id}/{name}": (t.to(store) if t.is_floating_point() else t).detach().cpu().contiguous()
         for item_id, tensors in items.items()
         for name, t in tensors.items()
     }
@@ -99,7 +106,7 @@ class CachedDataset(torch.utils.data.Dataset):
         prefix = meta["id"] + "/"
         with safe_open(str(self.folder / meta["shard"]), framework="pt") as f:
             tensors = {
-                LEGACY_KEYS.get(k[len(prefix) :], k[len(prefix) :]): f.get_tensor(k)
+                LEGACY_KEYS.get(k[len(prefix) :], k[len(prefix) :]): _float32(f.get_tensor(k))
                 for k in f.keys()
                 if k.startswith(prefix)
             }
@@ -136,9 +143,14 @@ def _check_shards(folder: Path, items: list[dict], key: str) -> None:
             raise ValueError(f"{path}: lacks the items {missing[:5]} that {INDEX} places in it; the cache is damaged.")
 
 
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """bf16 caches train in float32 (master weights, losses); integer tensors stay as they are."""
+    return t.float() if t.is_floating_point() else t
+
+
 def _read_all(path: Path) -> dict[str, torch.Tensor]:
     with _open_shard(path) as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+        return {k: _float32(f.get_tensor(k)) for k in f.keys()}
 
 
 def collate(samples: list[dict]) -> dict:

@@ -27,7 +27,7 @@ from echomimic_core import task_masks
 from echomimic_core.checkpoints.files import save_state_dict
 from echomimic_core.settings import GenerationSettings
 from training.boxes import FracBox, is_empty, parse_frac_box, to_pixel_box
-from training.dataset import NULLS, read_index, write_index, write_shard
+from training.dataset import CACHE_DTYPES, NULLS, read_index, write_index, write_shard
 from training.tasks import task_inputs
 
 log = logging.getLogger(__name__)
@@ -62,49 +62,87 @@ class Clip:
     crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
 
-def load_clip(
-    path: str, frames: int, size: tuple[int, int], audio_path: str | None = None, fps: float | None = 25.0
-) -> Clip:
-    """The first ``frames`` frames of a video at ``fps`` (nearest source frame; None keeps the
-    source rate), centre-cropped to the aspect of ``size`` (H, W) and resized to it, with audio."""
-    import math
+@dataclass(frozen=True)
+class Window:
+    """Where a manifest row's clip lies in its video (``training.prepare`` writes these fields):
+    ``start_seconds`` into the video, the audio ``audio_offset_seconds`` later than the video (a
+    measured A/V offset), and ``crop_box`` [x0, y0, x1, y1] fractions of the source frame (None =
+    centre crop to the training aspect)."""
 
-    import torch.nn.functional as F
+    start_seconds: float = 0.0
+    audio_offset_seconds: float = 0.0
+    crop_box: tuple[float, float, float, float] | None = None
 
-    from echomimic_core import media
+    @classmethod
+    def from_row(cls, row: dict) -> Window:
+        crop = parse_frac_box(row.get("crop_box"), f"{row.get('id')}: crop_box")
+        start = float(row.get("start_seconds", 0.0))
+        if start < 0:
+            raise ValueError(f"{row.get('id')}: start_seconds must be >= 0, got {start}.")
+        return cls(start, float(row.get("audio_offset_seconds", 0.0)), None if crop is None else tuple(crop))
 
-    probe = media.load_video(path, max_frames=1, with_audio=False)
-    rate = fps or probe.fps
-    needed = math.floor((frames - 1) * probe.fps / rate) + 1
-    data = media.load_video(path, max_frames=needed)
-    if data.frames.shape[0] < needed:
-        raise TooShort(
-            f"{path}: has {data.frames.shape[0]} frames, fewer than the {needed} that "
-            f"{frames} frames at {rate:g} fps take."
-        )
-    picks = torch.tensor([min(round(i * data.fps / rate), needed - 1) for i in range(frames)])
-    video = data.frames[picks].permute(0, 3, 1, 2)  # [F, H, W, 3] -> [F, 3, H, W]
-    src_h, src_w = video.shape[2:]
+
+def centre_crop(src_hw: tuple[int, int], size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The centred part of a (H, W) frame with the aspect of ``size``, as (x0, y0, x1, y1) fractions."""
+    src_h, src_w = src_hw
     target = size[1] / size[0]
     if src_w / src_h > target:  # too wide: crop the sides
         keep = src_h * target / src_w
-        crop = ((1 - keep) / 2, 0.0, (1 + keep) / 2, 1.0)
-    else:  # too tall: crop top and bottom
-        keep = src_w / target / src_h
-        crop = (0.0, (1 - keep) / 2, 1.0, (1 + keep) / 2)
+        return ((1 - keep) / 2, 0.0, (1 + keep) / 2, 1.0)
+    keep = src_w / target / src_h  # too tall: crop top and bottom
+    return (0.0, (1 - keep) / 2, 1.0, (1 + keep) / 2)
+
+
+def load_clip(
+    path: str,
+    frames: int,
+    size: tuple[int, int],
+    audio_path: str | None = None,
+    fps: float | None = 25.0,
+    window: Window = Window(),
+) -> Clip:
+    """``frames`` frames at ``fps`` (nearest source frame; None keeps the source rate) from
+    ``window.start_seconds`` on, cropped (``window.crop_box``, else centred to the aspect of
+    ``size`` (H, W)) and resized to ``size``, with the audio of the same span."""
+    import torch.nn.functional as F
+
+    from echomimic_core import media
+    from training.footage import probe, read_window
+
+    info = probe(path)
+    rate = fps or info.fps
+    last = window.start_seconds + (frames - 1) / rate  # the last frame's time
+    if last > info.duration - 0.5 / info.fps + 1e-6:
+        raise TooShort(
+            f"{path}: lasts {info.duration:.2f} s; {frames} frames at {rate:g} fps from "
+            f"{window.start_seconds:.2f} s need {last + 1 / info.fps:.2f} s."
+        )
+    try:
+        pixels = read_window(path, window.start_seconds, frames, rate)
+    except media.MediaError as e:
+        if "ends before" in str(e):
+            raise TooShort(str(e)) from e
+        raise
+    video = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255  # [F, 3, H, W]
+    src_h, src_w = video.shape[2:]
+    crop = window.crop_box or centre_crop((src_h, src_w), size)
     x0, y0, x1, y1 = (round(c * n) for c, n in zip(crop, (src_w, src_h, src_w, src_h)))
     video = F.interpolate(
         video[:, :, y0:y1, x0:x1], size=size, mode="bilinear", antialias=True, align_corners=False
     ).permute(1, 0, 2, 3)  # [3, F, H, W]
     if audio_path is not None:
         waveform, sr = media.load_audio(audio_path)
-    elif data.audio is not None:
-        waveform, sr = data.audio, data.sample_rate
     else:
-        raise ValueError(f'{path}: has no soundtrack; give an "audio" file in the manifest row.')
-    return Clip(
-        video=video.clamp(0, 1) * 2 - 1, waveform=media.to_mono(waveform), sample_rate=int(sr), fps=rate, crop=crop
-    )
+        waveform, sr = media.load_audio(path) if info.has_audio else (None, None)
+        if waveform is None:
+            raise ValueError(f'{path}: has no soundtrack; give an "audio" file in the manifest row.')
+    first = round((window.start_seconds + window.audio_offset_seconds) * sr)
+    mono = media.to_mono(waveform)
+    if first > 0:
+        mono = mono[first:]
+    elif first < 0:  # audio starts later than the window: silence before it
+        mono = torch.cat([mono.new_zeros(-first), mono])
+    return Clip(video=video.clamp(0, 1) * 2 - 1, waveform=mono, sample_rate=int(sr), fps=rate, crop=tuple(crop))
 
 
 BOX_FIELDS = ("mouth_box", "face_box")
@@ -239,12 +277,15 @@ def preprocess(
     min_frames: int | None = None,
     loader: Callable[..., Clip] = load_clip,
     progress: bool = True,
+    cache_dtype: str = "bf16",
 ) -> dict[str, int]:
     """Encode every row not already cached; returns counts (done, skipped_filter, failed, cached)."""
     from tqdm.auto import tqdm
 
     if kind not in ("sft", "dpo"):
         raise ValueError(f"kind must be 'sft' or 'dpo', got {kind!r}.")
+    if cache_dtype not in CACHE_DTYPES:
+        raise ValueError(f"cache_dtype must be one of {sorted(CACHE_DTYPES)}, got {cache_dtype!r}.")
     if (frames - 1) % 4:
         raise ValueError(f"frames must be 4k + 1 (e.g. 81), got {frames}: the Wan VAE folds 4 frames.")
     out, root = Path(out_dir), Path(root)
@@ -279,7 +320,7 @@ def preprocess(
         if not pending:
             return
         shard = f"shard-{len({i['shard'] for i in index['items']}):05d}.safetensors"
-        write_shard(out, shard, pending)
+        write_shard(out, shard, pending, cache_dtype)
         index["items"].extend({**meta, "shard": shard} for meta in pending_meta)
         write_index(out, index)
         pending.clear()
@@ -288,7 +329,9 @@ def preprocess(
     for row in tqdm(todo, desc=f"preprocess {kind}", disable=not progress):
         try:
             if kind == "sft":
-                clip = loader(_resolve(root, row["video"]), frames, size, _resolve(root, row.get("audio")))
+                window = Window.from_row(row)
+                extra = {} if window == Window() else {"window": window}
+                clip = loader(_resolve(root, row["video"]), frames, size, _resolve(root, row.get("audio")), **extra)
                 row = clip_boxes(row, clip.crop, size)
                 tensors = encode_sft_item(row, clip, encoders)
             else:
@@ -305,7 +348,11 @@ def preprocess(
             stats["failed"] += 1
             continue
         pending[row["id"]] = tensors
-        meta = {k: row[k] for k in ("id", "mouth_box", "face_box", sync_column, "caption") if k in row}
+        meta = {
+            k: row[k]
+            for k in ("id", "mouth_box", "face_box", sync_column, "caption", "video", "start_seconds")
+            if k in row
+        }
         meta["shape"] = list(tensors["latents" if kind == "sft" else "chosen.latents"].shape)
         pending_meta.append(meta)
         stats["done"] += 1
@@ -365,6 +412,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--shard-size", type=int, default=64)
     p.add_argument(
+        "--cache-dtype",
+        choices=sorted(CACHE_DTYPES),
+        default="bf16",
+        help="storage of the cached tensors (bf16 halves the cache; training reads them as float32)",
+    )
+    p.add_argument(
         "--min-sync-score",
         type=float,
         default=None,
@@ -414,6 +467,7 @@ def main(argv=None) -> int:
             sync_column=args.sync_column,
             min_frames=args.min_frames,
             loader=functools.partial(load_clip, fps=args.fps or None),
+            cache_dtype=args.cache_dtype,
         )
     print(json.dumps(stats))
     return 0 if stats["failed"] == 0 else 1

@@ -37,7 +37,8 @@ def tiny_encoders(config: TransformerConfig) -> Encoders:
 
     def audio(waveform, sample_rate, num_frames, fps):
         """preview: [2 * num_frames, audio_in_dim]; flash: [num_frames, window, blocks, channels]."""
-        chunks = waveform[: len(waveform) // (2 * num_frames) * 2 * num_frames].view(2 * num_frames, -1)
+        span = waveform[: int(num_frames / fps * sample_rate)]  # the clip's own audio
+        chunks = span[: len(span) // (16 * num_frames) * 16 * num_frames].view(2 * num_frames, -1)
         stats = chunks.unflatten(1, (8, -1)).abs().mean(2)
         if config.variant == "flash":
             per_frame = stats.view(num_frames, 16) @ w_flash  # [F, blocks * channels]
@@ -160,3 +161,70 @@ def draw_face(
     noise = np.random.default_rng(seed).normal(0, 4, (h, w, 3))
     pixels = np.clip(np.asarray(img).astype(np.float32) + noise, 0, 255).astype(np.uint8)
     return pixels, (cy - 0.5 * fh, cy + 0.5 * fh, cx - 0.5 * fw, cx + 0.5 * fw)
+
+
+def speech_like(seconds: float, sample_rate: int = 16000, seed: int = 0):
+    """float32 [T]: voiced syllables (a 140 Hz buzz, two formants) at about 4 Hz with pauses."""
+    import numpy as np
+
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    phase = np.random.default_rng(seed).uniform(0, 2 * np.pi)
+    buzz = np.sign(np.sin(2 * np.pi * 140 * t)) * 0.3
+    formants = np.sin(2 * np.pi * 700 * t) * 0.5 + np.sin(2 * np.pi * 1200 * t) * 0.3
+    syllables = (np.sin(2 * np.pi * 4 * t + phase) > -0.2).astype(np.float64)
+    return (buzz * (0.5 + 0.5 * formants) * syllables * 0.5).astype(np.float32)
+
+
+def write_talking_video(
+    path,
+    frames: int,
+    fps: float = 25.0,
+    size: tuple[int, int] = (256, 320),
+    people: int = 1,
+    silent: bool = False,
+    cut_at: int | None = None,
+    face: bool = True,
+    seed: int = 0,
+    **face_kwargs,
+):
+    """An mp4 of a drawn face talking to speech-like audio (the mouth opens with the syllables, the
+    head sways a little): raw footage for ``training.prepare`` tests. ``people=2`` puts two faces
+    side by side, ``cut_at`` switches to another shot (a different background, face elsewhere) at
+    that frame, ``face=False`` films an empty room, ``silent`` leaves the soundtrack quiet.
+    Returns the true face box (y1, y2, x1, x2) of frame 0 in pixels."""
+    import numpy as np
+    import torch
+
+    from echomimic_core import media
+
+    sample_rate = 16000
+    audio = speech_like(frames / fps + 0.2, sample_rate, seed)
+    if silent:
+        audio = audio * 1e-4
+    hop = sample_rate / fps
+    height, width = size
+    video, first_box = [], None
+    for i in range(frames):
+        loud = float(np.abs(audio[int(i * hop) : int((i + 1) * hop)]).mean()) / 0.15
+        shot = 1 if cut_at is not None and i >= cut_at else 0
+        sway = 0.01 * np.sin(i / 6)
+        kwargs = dict(face_kwargs)
+        kwargs.setdefault("center", (0.5 + sway - 0.15 * shot, 0.42))
+        kwargs.setdefault("background", ((90, 110, 140), (200, 190, 150))[shot])
+        kwargs["mouth_open"] = min(loud, 1.0)
+        if not face:
+            frame = np.empty((height, width, 3), np.uint8)
+            frame[:] = kwargs["background"]
+            frame = frame + (np.random.default_rng(i).normal(0, 3, frame.shape)).astype(np.int16).clip(-8, 8)
+            frame, box = frame.clip(0, 255).astype(np.uint8), None
+        elif people == 2:
+            left, box = draw_face((height, width // 2), seed=seed + i, **kwargs)
+            right, _ = draw_face((height, width - width // 2), skin=(190, 140, 110), seed=seed + i + 7, **kwargs)
+            frame = np.concatenate([left, right], axis=1)
+        else:
+            frame, box = draw_face((height, width), seed=seed + i, **kwargs)
+        first_box = first_box or box
+        video.append(frame)
+    frames_01 = torch.from_numpy(np.stack(video)).float() / 255
+    media.write_video(path, frames_01, fps=fps, audio=torch.from_numpy(audio), sample_rate=sample_rate)
+    return first_box

@@ -165,4 +165,21 @@ def test_lipsync_latents_encode_the_video_outside_the_mouth_box(sft_cache, encod
     assert not masked[:, :, y1:y2, x1:x2].any()
     masked[:, :, y1:y2, x1:x2] = clip.video[:, :, y1:y2, x1:x2]
     assert torch.equal(masked, clip.video)
-    assert torch.equal(item["cond.lipsync"], encoders.vae(masked_video(clip.video, "lipsync", item["mouth_box"])))
+    expected = encoders.vae(masked_video(clip.video, "lipsync", item["mouth_box"]))
+    assert torch.equal(item["cond.lipsync"], expected.bfloat16().float())  # cached in bf16, read as float32
+
+
+def test_caches_are_bf16_on_disk_and_float32_in_training(tmp_path, sft_cache, encoders):
+    from safetensors import safe_open
+
+    shard = sorted(sft_cache.glob("shard-*.safetensors"))[0]
+    with safe_open(str(shard), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert CachedDataset(sft_cache)[0]["latents"].dtype == torch.float32
+    kw = dict(frames=FRAMES, size=(HEIGHT, WIDTH), loader=synthetic_clip, progress=False)
+    preprocess(sft_rows(2), tmp_path / "fp32", encoders, cache_dtype="fp32", **kw)
+    exact = CachedDataset(tmp_path / "fp32")[0]["latents"]
+    assert torch.equal(exact, encoders.vae(synthetic_clip("clip0.mp4", FRAMES, (HEIGHT, WIDTH)).video))
+    assert torch.equal(CachedDataset(sft_cache)[0]["latents"], exact.bfloat16().float())
+    with pytest.raises(ValueError, match="cache_dtype must be one of"):
+        preprocess(sft_rows(1), tmp_path / "x", encoders, cache_dtype="fp8", **kw)

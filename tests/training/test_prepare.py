@@ -1,0 +1,86 @@
+"""training.prepare on generated footage: drawn faces talking, a cut, silence, two people, an empty room."""
+
+import json
+
+import pytest
+
+from training.boxes import FracBox
+from training.dataset import CachedDataset
+from training.prepare import PrepareConfig, main, prepare
+from training.preprocess import preprocess, read_manifest
+from training.synthetic import write_talking_video
+
+FPS, WINDOW = 25.0, 9  # 9-frame windows keep the footage short
+SIZE = (256, 320)  # source frames (H, W)
+CFG = dict(frames=WINDOW, fps=FPS, size=(64, 64), detector="haar", detect_every=3)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("raw")
+    (folder / "talk").mkdir()
+    truth = write_talking_video(folder / "talk" / "alice.mp4", 2 * WINDOW + 2, FPS, SIZE)
+    (folder / "talk" / "alice.txt").write_text("a woman talks to the camera")
+    write_talking_video(folder / "cut.mp4", WINDOW + 1, FPS, SIZE, cut_at=4, seed=3)
+    write_talking_video(folder / "quiet.mp4", WINDOW + 1, FPS, SIZE, silent=True, seed=4)
+    write_talking_video(folder / "pair.mp4", WINDOW + 1, FPS, (256, 480), people=2, seed=5)
+    write_talking_video(folder / "empty.mp4", WINDOW + 1, FPS, SIZE, face=False, seed=6)
+    return folder, truth
+
+
+def test_windows_with_a_face_get_sensible_boxes_and_the_rest_a_reason(raw, tmp_path):
+    folder, truth = raw
+    manifest, report = tmp_path / "clips.jsonl", tmp_path / "skipped.jsonl"
+    summary = prepare(folder, manifest, PrepareConfig(**CFG), report=report, progress=False)
+    rows = read_manifest(manifest)
+    assert [r["id"] for r in rows] == ["talk__alice_w0000", "talk__alice_w0001"]
+    assert summary["windows"] == 2 and summary["videos"] == 5
+    reasons = {json.loads(line)["video"]: json.loads(line)["reason"] for line in report.read_text().splitlines()}
+    assert reasons == {"cut.mp4": "cut", "quiet.mp4": "silence", "pair.mp4": "several faces", "empty.mp4": "no face"}
+
+    y1, y2, x1, x2 = truth
+    true_face = FracBox(x1 / SIZE[1], y1 / SIZE[0], x2 / SIZE[1], y2 / SIZE[0])
+    for row in rows:
+        face, mouth, crop = (FracBox(*row[k]) for k in ("face_box", "mouth_box", "crop_box"))
+        assert abs(face.x0 - true_face.x0) < 0.06 and abs(face.y1 - true_face.y1) < 0.08, (face, true_face)
+        mid = (face.y0 + face.y1) / 2
+        assert face.x0 <= mouth.x0 < mouth.x1 <= face.x1 and mid - 1e-4 <= mouth.y0 < mouth.y1 <= face.y1
+        assert crop.x0 <= face.x0 and crop.y0 <= face.y0 and face.x1 <= crop.x1 and face.y1 <= crop.y1
+        # the crop has the training aspect (64 x 64 -> square in source pixels)
+        assert (crop.x1 - crop.x0) * SIZE[1] == pytest.approx((crop.y1 - crop.y0) * SIZE[0], rel=1e-3)
+        assert row["caption"] == "a woman talks to the camera" and row["num_frames"] == WINDOW
+    assert rows[1]["start_seconds"] == pytest.approx(WINDOW / FPS)
+    assert rows[0]["video"] == "../" + folder.name + "/talk/alice.mp4"
+
+
+def test_preprocess_reads_the_windows_of_the_manifest(raw, tmp_path, encoders):
+    folder, _ = raw
+    manifest = tmp_path / "clips.jsonl"
+    prepare(folder / "talk", manifest, PrepareConfig(**CFG), progress=False)
+    stats = preprocess(
+        read_manifest(manifest),
+        tmp_path / "cache",
+        encoders,
+        frames=WINDOW,
+        size=(64, 64),
+        root=tmp_path,
+        progress=False,
+    )
+    assert stats["done"] == 2 and stats["failed"] == 0
+    data = CachedDataset(tmp_path / "cache")
+    first, second = data[0], data[1]
+    assert "cond.lipsync" in first  # a mouth box: the lip-sync task trains
+    # the face box is remapped into the face-centred crop: the face fills a good part of it
+    face = FracBox(*first["face_box"])
+    assert 0.25 < face.x1 - face.x0 < 0.75 and 0.25 < face.y1 - face.y0 < 0.75
+    assert not (first["latents"] == second["latents"]).all()  # two different windows
+
+
+def test_cli_refuses_missing_syncnet_weights_and_bad_lengths(raw, tmp_path, capsys):
+    folder, _ = raw
+    with pytest.raises(SystemExit):
+        main([str(folder), "--out", str(tmp_path / "m.jsonl"), "--syncnet", str(tmp_path / "nope.model")])
+    assert "SyncNet weights" in capsys.readouterr().err and not (tmp_path / "m.jsonl").exists()
+    with pytest.raises(SystemExit):
+        main([str(folder), "--out", str(tmp_path / "m.jsonl"), "--frames", "10"])
+    assert "4k + 1" in capsys.readouterr().err
