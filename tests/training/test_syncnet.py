@@ -6,7 +6,7 @@ import torch
 
 from training.prepare import PrepareConfig, prepare
 from training.syncnet import SyncNet, SyncNetScorer, mfcc, sync_confidence
-from training.synthetic import speech_like, write_talking_video
+from training.synthetic import write_talking_video
 
 
 def test_mfcc_matches_python_speech_features_or_its_definition():
