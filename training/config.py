@@ -101,6 +101,34 @@ class DPOConfig:
     ramp_steps: int = 0
     beta: float = 500.0
     batch_size: int = 1
+    # The frozen reference of full fine-tuning: a copy stored in "bf16" (half the memory; its
+    # predictions still run under the step's autocast) or "fp32". With LoRA the reference is the
+    # model itself with its adapters off (no copy) whatever this says.
+    reference_dtype: str = "bf16"
+
+
+REFERENCE_DTYPES = ("bf16", "fp32")
+
+
+@dataclass
+class EMAConfig:
+    # An exponential moving average of the trainable weights, saved beside every checkpoint
+    # (transformer_ema.safetensors / lora_ema.safetensors) and used by validation when enabled.
+    enabled: bool = False
+    decay: float = 0.999
+
+
+@dataclass
+class ValidationConfig:
+    # Every N optimizer steps (0 = never): sample the held-out clips of cache_dir (a
+    # training.preprocess folder) with the inference pipeline, write videos to
+    # <output_dir>/validation/step-N/ and TensorBoard, and log val/loss.
+    every_n_steps: int = 0
+    cache_dir: str | None = None
+    vae: str | None = None  # VAE file to decode the videos (without it the latents are saved)
+    max_items: int = 2
+    steps: int = 20  # sampling steps
+    fps: float = 25.0
 
 
 @dataclass
@@ -144,6 +172,8 @@ class TrainConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def validate(self) -> TrainConfig:
         b0, b1 = self.flow.phase_boundaries
@@ -174,6 +204,20 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
         if self.dpo.every_n_steps < 0:
             raise ValueError(f"dpo.every_n_steps must be 0 (no DPO) or more, got {self.dpo.every_n_steps}.")
+        if self.dpo.reference_dtype not in REFERENCE_DTYPES:
+            raise ValueError(
+                f"dpo.reference_dtype must be one of {REFERENCE_DTYPES}, got {self.dpo.reference_dtype!r}."
+            )
+        if not 0.0 < self.ema.decay < 1.0:
+            raise ValueError(f"ema.decay must lie in (0, 1), got {self.ema.decay}.")
+        v = self.validation
+        if v.every_n_steps < 0 or v.max_items < 1 or v.steps < 1:
+            raise ValueError(
+                f"validation: every_n_steps >= 0, max_items >= 1 and steps >= 1 expected, got "
+                f"{v.every_n_steps}, {v.max_items}, {v.steps}."
+            )
+        if v.every_n_steps and not v.cache_dir:
+            raise ValueError("validation.every_n_steps is set but validation.cache_dir (held-out clips) is not.")
         for name in ("start_step", "ramp_steps"):
             if getattr(self.dpo, name) < 0:
                 raise ValueError(f"dpo.{name} must be 0 or more, got {getattr(self.dpo, name)}.")

@@ -9,6 +9,7 @@ resumed run repeats exactly what the uninterrupted run would have done; accelera
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -16,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
 MODEL_FILE = "transformer.safetensors"
 LORA_FILE = "lora.safetensors"
+MODEL_EMA_FILE = "transformer_ema.safetensors"
+LORA_EMA_FILE = "lora_ema.safetensors"
+EMA_FILE = "ema_state.safetensors"
 STATE_FILE = "train_state.json"
 
 
@@ -180,7 +185,8 @@ class Trainer:
         # copy taken before training changes anything.
         self.ref_model = None
         if dpo_data is not None and config.dpo.every_n_steps > 0 and not config.lora.enabled:
-            self.ref_model = copy.deepcopy(model).requires_grad_(False).eval().to(self.acc.device)
+            dtype = torch.bfloat16 if config.dpo.reference_dtype == "bf16" else torch.float32
+            self.ref_model = copy.deepcopy(model).requires_grad_(False).eval().to(self.acc.device, dtype)
 
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -195,6 +201,14 @@ class Trainer:
             o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps * n, num_training_steps=o.max_steps * n
         )
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
+        self.ema = EMA(self.acc.unwrap_model(self.model), config.ema.decay) if config.ema.enabled else None
+        self.validator = None
+        v = config.validation
+        if v.every_n_steps and self.acc.is_main_process:
+            from training.validation import Validator
+
+            self.validator = Validator(v.cache_dir, v.vae, v.steps, v.max_items, config.seed, v.fps)
+        self.grad_norm: float | None = None
         if self.acc.is_main_process:
             self.acc.init_trackers("train", config=_flat(config_to_dict(config)))
 
@@ -211,6 +225,8 @@ class Trainer:
             path = found[-1]
         self.acc.load_state(str(Path(path) / "state"))
         self.state.load_state_dict(json.loads((Path(path) / STATE_FILE).read_text()))
+        if self.ema is not None:
+            self.ema.load(Path(path) / EMA_FILE)
         log.info("resumed from %s at step %d", path, self.state.step)
         return True
 
@@ -235,6 +251,13 @@ class Trainer:
                 save_lora(unwrapped, tmp / LORA_FILE, self.config.lora, state_dict=weights)
             else:
                 save_weights(weights, tmp / MODEL_FILE, unwrapped)
+            if self.ema is not None:
+                self.ema.save(tmp / EMA_FILE)
+                averaged = {**weights, **self.ema.state_dict(weights)}
+                if self.config.lora.enabled:
+                    save_lora(unwrapped, tmp / LORA_EMA_FILE, self.config.lora, state_dict=averaged)
+                else:
+                    save_weights(averaged, tmp / MODEL_EMA_FILE, unwrapped)
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -293,8 +316,9 @@ class Trainer:
         noise = torch.randn(x0.shape, generator=g).to(x0)
         return phases, sigma.to(x0.device), t.to(x0.device), noise
 
-    def sft_loss(self, batch: dict, g: torch.Generator, phase_offset: int | None = None):
-        """(loss, per-sample losses [B], phases [B], task ids [B])."""
+    def sft_loss(self, batch: dict, g: torch.Generator, phase_offset: int | None = None, model=None):
+        """(loss, per-sample losses [B], phases [B], task ids [B]); ``model`` defaults to the
+        prepared one (validation passes the unwrapped model: no collective ops on one rank)."""
         x0 = batch["latents"]
         phases, sigma, t, noise = self._draw(x0, g, phase_offset)
         x_t, target = fm.add_noise(x0, noise, sigma)
@@ -303,7 +327,7 @@ class Trainer:
         cond = self._conditioning(batch, build_y(tasks, conds, batch["mouth_box"]))
         cond = apply_drop(cond, drop_plan(phases, g, self.config.drop), self.null_text, self.config.drop.image_drop)
         with self.acc.autocast():
-            pred = self.model(x_t, t, cond)
+            pred = (model or self.model)(x_t, t, cond)
         per = fm.per_sample_mse(pred, target)
         task_ids = torch.tensor([PAPER_TASKS.index(x) for x in tasks])
         return per.mean(), per.detach(), phases, task_ids
@@ -335,8 +359,11 @@ class Trainer:
 
     def _backward(self, loss: torch.Tensor) -> None:
         self.acc.backward(loss)
-        if self.acc.sync_gradients and self.config.optim.max_grad_norm > 0:
-            self.acc.clip_grad_norm_(self.model.parameters(), self.config.optim.max_grad_norm)
+        if self.acc.sync_gradients:
+            # the norm before clipping (inf = measure only), logged as grad_norm
+            limit = self.config.optim.max_grad_norm if self.config.optim.max_grad_norm > 0 else float("inf")
+            norm = self.acc.clip_grad_norm_(self.model.parameters(), limit)
+            self.grad_norm = None if norm is None else float(norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -356,7 +383,13 @@ class Trainer:
 
     def _dpo_logs(self, losses, margins) -> dict:
         losses, margins = self.acc.gather_for_metrics((losses.float(), margins.float()))
-        return {"loss/dpo": losses.mean().item(), "dpo/reward_margin": margins.mean().item()}
+        # implicit accuracy: the share of pairs whose chosen clip the policy fits better than the
+        # reference does, relative to the rejected one (margin > 0)
+        return {
+            "loss/dpo": losses.mean().item(),
+            "dpo/reward_margin": margins.mean().item(),
+            "dpo/implicit_accuracy": (margins > 0).float().mean().item(),
+        }
 
     # ---------------------------------------------------------------- loop
     def _any_process(self, flag: bool) -> bool:
@@ -384,6 +417,7 @@ class Trainer:
         history = []
         self.model.train()
         while self.state.step < max_steps:
+            started = time.perf_counter()
             dpo = use_dpo and is_dpo_step(
                 self.state.step, cfg.dpo.every_n_steps, cfg.dpo.start_step, cfg.dpo.ramp_steps
             )
@@ -403,22 +437,48 @@ class Trainer:
                         parts.append((per, phases, task_ids))
             joined = [torch.cat(column) for column in zip(*parts)]
             logs = self._dpo_logs(*joined) if dpo else self._sft_logs(*joined)
+            samples = (cfg.dpo.batch_size if dpo else cfg.data.batch_size) * accum * n
             if dpo:
-                self.state.dpo_samples += cfg.dpo.batch_size * accum * n
+                self.state.dpo_samples += samples
             else:
-                self.state.sft_samples += cfg.data.batch_size * accum * n
+                self.state.sft_samples += samples
             self.state.step += 1
+            if self.ema is not None:
+                self.ema.update(self.acc.unwrap_model(self.model))
             logs["lr"] = self.scheduler.get_last_lr()[0]
+            if self.grad_norm is not None:
+                logs["grad_norm"] = self.grad_norm
+            seconds = time.perf_counter() - started
+            logs["perf/step_seconds"] = seconds
+            logs["perf/samples_per_second"] = samples / seconds
             history.append({"step": self.state.step, **logs})
             if self.state.step % cfg.log_every == 0 or self.state.step == max_steps:
                 self.acc.log(logs, step=self.state.step)
             if self.state.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
+            if cfg.validation.every_n_steps and self.state.step % cfg.validation.every_n_steps == 0:
+                self.validate()
             if on_step_end is not None:
                 on_step_end(self.state.step, logs)
             if should_stop is not None and self._any_process(should_stop()):
                 break
         return history
+
+    def validate(self) -> dict:
+        """Validation videos and ``val/loss`` on the main process (the EMA weights when enabled);
+        the other processes wait."""
+        result = {}
+        if self.acc.is_main_process and self.validator is not None:
+            model = self.acc.unwrap_model(self.model)
+            with self.ema.swapped_in(model) if self.ema is not None else contextlib.nullcontext():
+                folder = self.out / "validation"
+                trackers = [t for t in self.acc.trackers if getattr(t, "name", "") == "tensorboard"]
+                result = self.validator.run(model, self.state.step, folder, self.acc.device, trackers)
+                loss = self.validator.loss(lambda batch, g: self.sft_loss(batch, g, model=model))
+            self.acc.log({"val/loss": loss}, step=self.state.step)
+            log.info("validation at step %d: loss %.4f, videos %s", self.state.step, loss, list(result.values()))
+        self.acc.wait_for_everyone()
+        return result
 
     def finish(self) -> None:
         self.acc.end_training()
@@ -455,3 +515,55 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, model: torch.nn.Mod
         "echomimic_variant": model.config.variant,
     }
     save_state_dict({k: v.detach().cpu() for k, v in state.items()}, path, metadata=metadata)
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters, in float32 beside the model:
+    ``ema = decay * ema + (1 - decay) * weight`` after every optimizer step. Whole-tensor
+    parameters only (single process or DDP); under FSDP a rank's parameters are shards."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for name, param in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(param.detach().float(), 1 - self.decay)
+
+    def state_dict(self, like: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The averaged weights under the model's state-dict names (cast like ``like``'s tensors)."""
+        if like is None:
+            return {k: v.clone() for k, v in self.shadow.items()}
+        return {k: v.to(like[k].dtype) for k, v in self.shadow.items() if k in like}
+
+    def save(self, path: Path) -> None:
+        from echomimic_core.checkpoints.files import save_state_dict
+
+        save_state_dict({k: v.cpu().contiguous() for k, v in self.shadow.items()}, path)
+
+    def load(self, path: Path) -> None:
+        from echomimic_core.checkpoints.files import load_state_dict
+
+        if not path.is_file():
+            log.warning("%s: no EMA state in this checkpoint; the average restarts from the current weights", path)
+            return
+        for name, value in load_state_dict(path).items():
+            if name in self.shadow:
+                self.shadow[name].copy_(value)
+
+    @contextlib.contextmanager
+    def swapped_in(self, model: torch.nn.Module):
+        """The model with the averaged weights for the duration of the block."""
+        params = dict(model.named_parameters())
+        saved = {n: params[n].detach().clone() for n in self.shadow}
+        with torch.no_grad():
+            for n, v in self.shadow.items():
+                params[n].copy_(v)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for n, v in saved.items():
+                    params[n].copy_(v)
