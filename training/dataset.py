@@ -110,6 +110,13 @@ class CachedDataset(torch.utils.data.Dataset):
                 for k in f.keys()
                 if k.startswith(prefix)
             }
+        # the mask channels of every task the item can train, built here (in the DataLoader's
+        # workers) rather than in the training step
+        from training.tasks import mask_latents
+
+        for key in [k for k in tensors if k.startswith("cond.")]:
+            task = key[len("cond.") :]
+            tensors[f"mask.{task}"] = mask_latents(task, tensors[key].shape[1:], meta.get("mouth_box"))
         return {"id": meta["id"], "mouth_box": meta.get("mouth_box"), "face_box": meta.get("face_box"), **tensors}
 
 
@@ -162,7 +169,7 @@ def collate(samples: list[dict]) -> dict:
         "text": [s["text"] for s in samples],
     }
     for key in samples[0]:
-        if key in out or key.startswith("cond."):
+        if key in out or key.startswith(("cond.", "mask.")):
             continue
         shapes = {tuple(s[key].shape) for s in samples}
         if len(shapes) != 1:
@@ -173,7 +180,7 @@ def collate(samples: list[dict]) -> dict:
         out[key] = torch.stack([s[key] for s in samples])
     # Tasks whose latents a sample lacks (e.g. no mouth box) get zeros so the batch stacks;
     # task sampling never picks them for that sample.
-    task_keys = sorted({k for s in samples for k in s if k.startswith("cond.")})
+    task_keys = sorted({k for s in samples for k in s if k.startswith(("cond.", "mask."))})
     for key in task_keys:
         if key not in out:
             ref = next(s[key] for s in samples if key in s)

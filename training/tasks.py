@@ -11,6 +11,8 @@ from the clip's latents (the Wan VAE is causal and non-linear), so preprocessing
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -59,11 +61,34 @@ def task_inputs(
     return task_masks.region_inputs(video, region)
 
 
-def build_y(tasks: list[str], cond_latents: dict[str, torch.Tensor], mouth_boxes: list | None = None) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _mask_latents(task: str, latent_shape: tuple[int, int, int], mouth_box: tuple | None) -> torch.Tensor:
+    frames, h, w = latent_shape
+    size = (h * VAE_SPATIAL_STRIDE, w * VAE_SPATIAL_STRIDE)
+    pixel = task_inputs(task, pixel_frames(frames), size, mouth_box).input_video_mask  # [1, 1, N, H, W]
+    return task_masks.mask_latents(pixel, (h, w))[0].bool()
+
+
+def mask_latents(task: str, latent_shape, mouth_box=None) -> torch.Tensor:
+    """``[4, F, h, w]`` mask channels of ``task`` for latents of ``latent_shape`` (F, h, w): the
+    full-resolution pixel mask folded by the core (``task_masks.mask_latents``). Building the pixel
+    mask takes seconds at 113 frames x 480p, so results are cached per (task, shape, box) and the
+    dataset computes them in its DataLoader workers (``CachedDataset``), not the training step."""
+    box = None if mouth_box is None else tuple(float(v) for v in mouth_box)
+    return _mask_latents(task, tuple(int(v) for v in latent_shape), box if task == "lipsync" else None).float()
+
+
+def build_y(
+    tasks: list[str],
+    cond_latents: dict[str, torch.Tensor],
+    mouth_boxes: list | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``[B, 20, F, h, w]`` for one task per sample.
 
     ``cond_latents[task]`` is ``[B, 16, F, h, w]`` (rows of samples that did not pick that task may
-    hold anything, e.g. zeros).
+    hold anything, e.g. zeros); ``masks[task]`` ``[B, 4, F, h, w]`` the mask channels when the
+    dataset already built them (else they are built here).
     """
     any_latent = next(iter(cond_latents.values()))
     batch, _, frames, h, w = any_latent.shape
@@ -74,11 +99,13 @@ def build_y(tasks: list[str], cond_latents: dict[str, torch.Tensor], mouth_boxes
             f"no cached masked-video latents for tasks {missing}; re-run "
             "`python -m training.preprocess` or set their ratio to 0."
         )
-    n_pixel = pixel_frames(frames)
-    size = (h * VAE_SPATIAL_STRIDE, w * VAE_SPATIAL_STRIDE)
-    # [1, 1, N, H, W] per sample -> [B, 1, N, H, W]
-    pixel_masks = torch.cat([task_inputs(t, n_pixel, size, box).input_video_mask for t, box in zip(tasks, mouth_boxes)])
-    mask = task_masks.mask_latents(pixel_masks, (h, w)).to(any_latent)
+    masks = masks or {}
+    mask = torch.stack(
+        [
+            masks[t][i] if t in masks else mask_latents(t, (frames, h, w), box)
+            for i, (t, box) in enumerate(zip(tasks, mouth_boxes))
+        ]
+    ).to(any_latent)
     video = torch.stack([cond_latents[t][i] for i, t in enumerate(tasks)])
     return torch.cat([mask, video], dim=1)
 

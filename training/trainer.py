@@ -101,7 +101,32 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     check_process_group(acc)
+    check_deepspeed_settings(config)
     return acc
+
+
+def check_deepspeed_settings(config: TrainConfig) -> None:
+    """Under DeepSpeed the launch config's gradient accumulation and clipping win over the training
+    config's (accelerate reads them from the environment): refuse a run where they differ, since the
+    trainer counts micro-batches by the training config."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return
+    pairs = (
+        (
+            "ACCELERATE_GRADIENT_ACCUMULATION_STEPS",
+            config.optim.gradient_accumulation_steps,
+            "optim.gradient_accumulation_steps",
+            "gradient_accumulation_steps",
+        ),
+        ("ACCELERATE_GRADIENT_CLIPPING", config.optim.max_grad_norm, "optim.max_grad_norm", "gradient_clipping"),
+    )
+    for env, ours, name, key in pairs:
+        theirs = os.environ.get(env, "auto")
+        if theirs != "auto" and float(theirs) != float(ours):
+            raise ValueError(
+                f"the DeepSpeed launch config sets {key}: {theirs} but the training config's {name} is {ours}; "
+                f"set deepspeed_config.{key} to {ours} in the accelerate config (or to auto)."
+            )
 
 
 def check_process_group(acc: Accelerator) -> None:
@@ -200,6 +225,13 @@ class Trainer:
         scheduler = get_scheduler(
             o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps * n, num_training_steps=o.max_steps * n
         )
+        plugin = getattr(self.acc.state, "deepspeed_plugin", None)
+        if plugin is not None:  # our loaders are prepared later, so DeepSpeed learns the batch here
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.data.batch_size
+            if config.ema.enabled and plugin.zero_stage == 3:
+                raise ValueError(
+                    "ema.enabled is not supported under DeepSpeed ZeRO-3 (a rank holds shards); use ZeRO-2."
+                )
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
         self.ema = EMA(self.acc.unwrap_model(self.model), config.ema.decay) if config.ema.enabled else None
         self.validator = None
@@ -324,7 +356,8 @@ class Trainer:
         x_t, target = fm.add_noise(x0, noise, sigma)
         tasks = sample_tasks([box is not None for box in batch["mouth_box"]], g, self.config.tasks.ratios)
         conds = {k[len("cond.") :]: v for k, v in batch.items() if k.startswith("cond.")}
-        cond = self._conditioning(batch, build_y(tasks, conds, batch["mouth_box"]))
+        masks = {k[len("mask.") :]: v for k, v in batch.items() if k.startswith("mask.")}
+        cond = self._conditioning(batch, build_y(tasks, conds, batch["mouth_box"], masks))
         cond = apply_drop(cond, drop_plan(phases, g, self.config.drop), self.null_text, self.config.drop.image_drop)
         with self.acc.autocast():
             pred = (model or self.model)(x_t, t, cond)
@@ -339,7 +372,12 @@ class Trainer:
         x_w, tgt_w = fm.add_noise(win, noise, sigma)
         x_l, tgt_l = fm.add_noise(lose, noise, sigma)
         cond = self._conditioning(
-            batch, build_y(["first_frame"] * win.shape[0], {"first_frame": batch["cond.first_frame"]})
+            batch,
+            build_y(
+                ["first_frame"] * win.shape[0],
+                {"first_frame": batch["cond.first_frame"]},
+                masks={"first_frame": batch["mask.first_frame"]} if "mask.first_frame" in batch else None,
+            ),
         )
         x, tt, target = torch.cat([x_w, x_l]), torch.cat([t, t]), torch.cat([tgt_w, tgt_l])
         both = Conditioning.cat([cond, cond])
@@ -363,6 +401,8 @@ class Trainer:
             # the norm before clipping (inf = measure only), logged as grad_norm
             limit = self.config.optim.max_grad_norm if self.config.optim.max_grad_norm > 0 else float("inf")
             norm = self.acc.clip_grad_norm_(self.model.parameters(), limit)
+            if norm is None and hasattr(self.model, "get_global_grad_norm"):  # DeepSpeed clips itself
+                norm = self.model.get_global_grad_norm()
             self.grad_norm = None if norm is None else float(norm)
         self.optimizer.step()
         self.scheduler.step()

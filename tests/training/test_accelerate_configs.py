@@ -18,6 +18,8 @@ EXPECTED = {
     "single_gpu.yaml": DistributedType.NO,
     "multi_gpu_ddp.yaml": DistributedType.MULTI_GPU,
     "fsdp.yaml": DistributedType.FSDP,
+    "deepspeed_zero2.yaml": DistributedType.DEEPSPEED,
+    "deepspeed_zero3.yaml": DistributedType.DEEPSPEED,
 }
 
 
@@ -43,9 +45,26 @@ def test_config_parses_with_the_installed_accelerate(name):
     assert args.module and args.training_script == "training.train"
     # launch copies fsdp_config keys onto its arguments; a misspelt key would be silently unused
     options = {action.dest for action in parser._actions}
-    unknown = sorted(set(config.fsdp_config) - options)
-    assert not unknown, f"{name}: fsdp_config keys accelerate launch does not know: {unknown}"
-    if config.distributed_type != DistributedType.NO:
+    unknown = sorted((set(config.fsdp_config) | set(config.deepspeed_config)) - options)
+    assert not unknown, f"{name}: fsdp/deepspeed_config keys accelerate launch does not know: {unknown}"
+    if config.distributed_type == DistributedType.DEEPSPEED:
+        from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+        args.deepspeed_fields_from_accelerate_config = ",".join(config.deepspeed_config)  # as launch_command sets it
+        _, env = prepare_deepspeed_cmd_env(args)
+        assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+        assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == name[-6]  # deepspeed_zero2/3.yaml
+        # the trainer refuses launch settings that contradict the training config
+        from training.config import config_from_dict
+        from training.trainer import check_deepspeed_settings
+
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            check_deepspeed_settings(config_from_dict({}))  # defaults: accumulation 1, clipping 1.0
+            with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+                check_deepspeed_settings(config_from_dict({"optim": {"gradient_accumulation_steps": 3}}))
+    elif config.distributed_type != DistributedType.NO:
         env = prepare_multi_gpu_env(args)
         assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
         assert (env.get("ACCELERATE_USE_FSDP") == "true") == (config.distributed_type == DistributedType.FSDP)
