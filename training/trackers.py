@@ -20,8 +20,7 @@ class JSONLTracker(GeneralTracker):
     def __init__(self, run_name: str, logging_dir: str | Path):
         super().__init__()
         self.path = Path(logging_dir) / run_name / "metrics.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = None
+        self._file = None  # the folder is made on the first write (train --overwrite may clear logs/ first)
 
     @property
     def tracker(self):
@@ -29,6 +28,7 @@ class JSONLTracker(GeneralTracker):
 
     def _open(self):
         if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", buffering=1)  # line-buffered: a kill loses no line
         return self._file
 

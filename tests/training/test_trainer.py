@@ -103,7 +103,7 @@ def test_dpo_raises_the_implicit_reward_margin(tmp_path, sft_cache, dpo_cache):
         tmp_path,
         sft_cache,
         dpo_cache,
-        dpo={"every_n_steps": 1, "beta": 2000.0},
+        dpo={"every_n_steps": 1, "beta": 2000.0, "reference_dtype": "fp32"},  # exact reference: margin 0 at start
         optim={"lr": 2e-4, "warmup_steps": 0, "max_steps": 100},
     )
     batch = collate([trainer.dpo_data[i] for i in range(len(trainer.dpo_data))])
