@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .settings import LONG_VIDEO_MODES, SAMPLERS, TASKS, GenerationSettings
+from .settings import LONG_VIDEO_MODES, REFERENCE_ANCHORS, SAMPLERS, TASKS, GenerationSettings
 
 log = logging.getLogger("echomimic_core")
 DEMO_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "echomimic-comfy" / "demo-models"
@@ -63,6 +63,33 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("Y1", "Y2", "X1", "X2"),
         help="face region in the reference image's pixels (preview's audio gate)",
     )
+    g.add_argument(
+        "--audio-context-seconds",
+        type=float,
+        help="audio on each side of a chunk the audio encoder sees (memory flat in the clip's length); "
+        "0 = encode the whole clip at once, as upstream",
+    )
+    g.add_argument(
+        "--seam-search-frames",
+        type=int,
+        help="let each chunk end up to this many frames early, at the quietest moment; 0 = fixed seams",
+    )
+    g.add_argument(
+        "--reference-anchor",
+        choices=REFERENCE_ANCHORS,
+        help="off: chunks see only the previous tail (upstream); colour: that tail colour-matched to the "
+        "reference; keyframe: also the reference kept as every chunk's last frame",
+    )
+    g.add_argument(
+        "--redo-identity-below",
+        type=float,
+        help="render a chunk again (anchored on the reference) when its CLIP identity proxy falls below this; 0 = off",
+    )
+    g.add_argument(
+        "--redo-sharpness-ratio",
+        type=float,
+        help="render a chunk again when its face sharpness falls below this fraction of the first chunk's; 0 = off",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image", type=Path, help="reference image (not needed for --task lipsync/continue)")
     gen.add_argument("--audio", type=Path, help="speech/song: wav, mp3, m4a, flac, ogg, or a video's soundtrack")
     gen.add_argument("--prompt", default="A person is talking.")
-    gen.add_argument("--out", type=Path, required=True, help="output .mp4")
+    gen.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output .mp4; finished chunks wait in OUT.mp4.parts/ until it is complete, so running the "
+        "same command again after an interruption resumes where it stopped",
+    )
+    gen.add_argument(
+        "--restart", action="store_true", help="discard finished chunks of an earlier run and start afresh"
+    )
+    gen.add_argument(
+        "--report",
+        type=Path,
+        metavar="REPORT.json",
+        help="write per-chunk drift metrics (sharpness, colour shift, CLIP identity proxy, face box) "
+        "to this JSON file and a plot of them beside it (.png)",
+    )
     gen.add_argument(
         "--demo",
         action="store_true",
@@ -256,10 +299,11 @@ def _start_parallel(spec: str, config, settings):
 def _generate(args, device: str | None, rank: int) -> int:
     import torch
 
-    from .media import load_audio, load_image, write_video
+    from .media import load_audio, load_image
     from .model_files import find_model_files, load_models
     from .output_files import check_output_path
-    from .pipeline import generate, plan_inputs
+    from .pipeline import plan_inputs
+    from .streaming import generate_to_file
 
     check_output_path(args.out, inputs=_input_paths(args), announce_replace=rank == 0)
     if args.demo:
@@ -307,7 +351,7 @@ def _generate(args, device: str | None, rank: int) -> int:
         config = inspect_checkpoint(files.transformer).config
         settings = _settings_from(args, config.variant)
         check_block_swap(args.block_swap, config.num_layers)
-        plan_inputs(image, audio, sr, settings, task)
+        plan_inputs(image, audio, sr, settings, task, in_memory=False)  # written chunk by chunk
         if args.parallel:
             parallel = _start_parallel(args.parallel, config, settings)
     models = load_models(
@@ -323,31 +367,36 @@ def _generate(args, device: str | None, rank: int) -> int:
     hooks, bar = _progress_hooks() if rank == 0 else (None, {})
     if args.demo:
         log.warning("demo model: random tiny weights, the video will be noise (the path it runs is the real one)")
-    result = generate(
+    result = generate_to_file(
         models,
         image,
         audio,
         sr,
         args.prompt,
+        args.out,
         settings,
         task=task,
         face_mask=face_mask,
         hooks=hooks,
         device=device,
         parallel=parallel,
+        resume=not args.restart,
+        report=args.report,
+        write=rank == 0,
     )
     if "bar" in bar:
         bar["bar"].close()
-    if rank != 0:  # every rank holds the same frames; rank 0 writes them
+    if rank != 0:  # every rank renders the same frames; rank 0 writes them
         return 0
-    out = write_video(args.out, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
-    seconds = len(result.frames) / result.fps
+    seconds = result.frames / result.fps
     # sliding mode denoises overlapping latent windows of one video, not pixel chunks
     plan = "sliding windows" if settings.long_video_mode == "sliding" else f"{result.info['chunks']} chunk(s)"
     print(
-        f"wrote {out}: {len(result.frames)} frames {result.info['size'][1]}x{result.info['size'][0]} "
+        f"wrote {result.path}: {result.frames} frames {result.info['size'][1]}x{result.info['size'][0]} "
         f"at {result.fps:g} fps ({seconds:.2f} s, {plan}) in {time.time() - started:.1f} s"
     )
+    if result.report_paths:
+        print(f"drift report: {result.report_paths[0]} (plot {result.report_paths[1]})")
     return 0
 
 

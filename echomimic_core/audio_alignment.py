@@ -117,6 +117,19 @@ def samples_for_frames(num_frames: int, fps: float | Fraction, sample_rate: int 
     return num_frames * sample_rate * fps.denominator // fps.numerator
 
 
+def frame_energy(waveform: torch.Tensor, num_frames: int, fps: float | Fraction, sample_rate: int = SAMPLE_RATE):
+    """RMS of each video frame's audio samples ``[num_frames]`` (frames past the clip: 0), for
+    placing chunk seams in pauses. ``waveform``: mono ``[T]``."""
+    wav = waveform.reshape(-1).float()
+    bounds = [min(frame_to_sample(k, fps, sample_rate), wav.numel()) for k in range(num_frames + 1)]
+    out = torch.zeros(num_frames)
+    for k in range(num_frames):
+        piece = wav[bounds[k] : bounds[k + 1]]
+        if piece.numel():
+            out[k] = piece.square().mean().sqrt()
+    return out
+
+
 def fit_audio(waveform: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Trim (drop the tail) or pad with trailing silence so that the last axis is ``num_samples``."""
     length = waveform.shape[-1]

@@ -17,12 +17,12 @@ length to 4k+1 (dropping up to 3 frames per chunk and the audio tail), the last 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .vae_frames import round_down_4k1, round_up_4k1
+from .vae_frames import VAE_TEMPORAL_STRIDE, round_down_4k1, round_up_4k1
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,45 @@ def plan_chunks(num_frames: int, partial_video_length: int, overlap_video_length
         start += partial - overlap
 
 
+def plan_chunks_at_pauses(
+    num_frames: int,
+    partial_video_length: int,
+    overlap_video_length: int,
+    energy: Sequence[float],
+    search_frames: int,
+) -> list[Chunk]:
+    """Like :func:`plan_chunks`, but each seam placed where the speech is quietest.
+
+    A seam is the overlap two chunks blend over. Every chunk but the last may end up to
+    ``search_frames`` frames earlier than ``partial`` (in 4-frame steps, keeping 4k+1 lengths and at
+    least 4 new frames per chunk); of those, the end whose overlap frames have the lowest mean
+    ``energy`` (per output frame, e.g. ``audio_alignment.frame_energy``) wins, the longest chunk on
+    ties. Seams in pauses hide the blend where the mouth is at rest. Cost: chunks are at most
+    ``search_frames`` shorter, so up to ``partial / (partial - search_frames)`` times as many.
+    """
+    if search_frames <= 0:
+        return plan_chunks(num_frames, partial_video_length, overlap_video_length)
+    plan_chunks(num_frames, partial_video_length, overlap_video_length)  # the same argument checks
+    partial = round_down_4k1(partial_video_length)
+    energy = [float(e) for e in energy] + [0.0] * max(0, num_frames - len(energy))
+    shortest = max(5, overlap_video_length + 4, partial - search_frames)
+    chunks, start, overlap = [], 0, 0
+    while True:
+        remaining = num_frames - start
+        if remaining <= partial:
+            chunks.append(Chunk(start, round_up_4k1(remaining), overlap))
+            return chunks
+        best, best_cost = partial, None
+        for length in range(partial, shortest - 1, -VAE_TEMPORAL_STRIDE):
+            seam = energy[start + length - overlap_video_length : start + length]
+            cost = sum(seam) / max(1, len(seam))
+            if best_cost is None or cost < best_cost - 1e-12:
+                best, best_cost = length, cost
+        chunks.append(Chunk(start, best, overlap))
+        overlap = overlap_video_length
+        start += best - overlap
+
+
 def blend_into(video: torch.Tensor | None, chunk_frames: torch.Tensor, overlap: int) -> torch.Tensor:
     """Append chunk frames [F, H, W, 3] to the video, cross-fading the ``overlap`` shared frames.
 
@@ -71,6 +110,54 @@ def blend_into(video: torch.Tensor | None, chunk_frames: torch.Tensor, overlap: 
     ramp = torch.linspace(0, 1, overlap, dtype=chunk_frames.dtype, device=chunk_frames.device).view(-1, 1, 1, 1)
     mixed = video[-overlap:] * (1 - ramp) + chunk_frames[:overlap] * ramp
     return torch.cat([video[:-overlap], mixed, chunk_frames[overlap:]])
+
+
+class Stitcher:
+    """Chunk outputs in, final frames out, holding only what the next chunk blends over.
+
+    ``add(index, frames)`` takes chunk ``index``'s frames [length, H, W, 3] and returns the frames
+    that no later chunk touches any more (every frame before the next chunk's start, or up to
+    ``num_frames`` after the last chunk). What stays held is exactly the next chunk's overlap, so
+    memory does not grow with the video's length; ``held`` is also the next chunk's start frames.
+    Concatenating every ``add`` result equals stitching all chunks in memory with ``blend_into``.
+    """
+
+    def __init__(self, chunks: list[Chunk], num_frames: int):
+        self.chunks, self.num_frames = chunks, num_frames
+        self.held: torch.Tensor | None = None  # frames [done, end of the last chunk added)
+        self.done = 0  # frames handed out so far
+        self.next_index = 0
+
+    def start_frames(self, index: int) -> torch.Tensor | None:
+        """The previous chunks' last ``chunks[index].overlap`` frames (None for the first chunk)."""
+        overlap = self.chunks[index].overlap
+        if self.held is None or not overlap:
+            return None
+        return self.held[-overlap:]
+
+    def add(self, index: int, frames: torch.Tensor) -> torch.Tensor:
+        if index != self.next_index:
+            raise ValueError(f"chunks are stitched in order: expected chunk {self.next_index}, got {index}")
+        chunk = self.chunks[index]
+        if len(frames) != chunk.length:
+            raise ValueError(f"chunk {index} must have {chunk.length} frames, got {len(frames)}")
+        # overlap 0 (library callers only; settings require >= 1): independent chunks
+        video = blend_into(self.held if chunk.overlap else None, frames, chunk.overlap)
+        if self.held is not None and not chunk.overlap:
+            video = torch.cat([self.held, video])
+        last = index + 1 == len(self.chunks)
+        final_until = self.num_frames if last else min(self.chunks[index + 1].start, self.num_frames)
+        count = final_until - self.done
+        out, self.held = video[:count], (None if last else video[count:])
+        self.done, self.next_index = final_until, index + 1
+        return out
+
+    def state(self) -> dict:
+        """What a resumed run needs to continue after the last chunk added."""
+        return {"held": self.held, "done": self.done, "next_index": self.next_index}
+
+    def restore(self, state: dict) -> None:
+        self.held, self.done, self.next_index = state["held"], int(state["done"]), int(state["next_index"])
 
 
 def generate_chunked(
@@ -85,13 +172,10 @@ def generate_chunked(
     video so far [overlap, H, W, 3] in 0..1. ``render_chunk`` returns the chunk's frames
     [chunk.length, H, W, 3]. Returns exactly ``num_frames`` frames.
     """
-    video = None
-    for index, chunk in enumerate(plan_chunks(num_frames, partial_video_length, overlap_video_length)):
-        # overlap 0 (library callers only; settings require >= 1): independent chunks
-        start_frames = video[-chunk.overlap :] if video is not None and chunk.overlap else None
-        frames = render_chunk(chunk, start_frames, index)
-        video = blend_into(video, frames, chunk.overlap)
-    return video[:num_frames]
+    chunks = plan_chunks(num_frames, partial_video_length, overlap_video_length)
+    stitcher = Stitcher(chunks, num_frames)
+    parts = [stitcher.add(i, render_chunk(c, stitcher.start_frames(i), i)) for i, c in enumerate(chunks)]
+    return torch.cat(parts)
 
 
 @dataclass(frozen=True)

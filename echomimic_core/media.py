@@ -342,6 +342,19 @@ def make_even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
+def _add_video_stream(container, rate, width: int, height: int, crf: int):
+    """The H.264 (else MPEG-4) yuv420p stream every mp4 we write uses."""
+    codec = video_codec()
+    stream = container.add_stream(codec, rate=rate)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p"
+    if codec == "libx264":
+        stream.options = {"crf": str(crf)}
+    else:
+        stream.bit_rate = 8_000_000
+    return stream
+
+
 def _encode_video_frames(container, stream, frames: np.ndarray) -> None:
     import av
 
@@ -353,17 +366,45 @@ def _encode_video_frames(container, stream, frames: np.ndarray) -> None:
         container.mux(packet)
 
 
-def _encode_audio(container, stream, audio: np.ndarray, sample_rate: int) -> None:
+AUDIO_BLOCK = 1024 * 64  # samples per AudioFrame handed to the AAC encoder (bounded memory for long clips)
+
+
+def _encode_audio(container, stream, audio: np.ndarray, sample_rate: int, pts: int = 0, flush: bool = True) -> None:
+    """Encode ``audio`` [C, T] float32 starting at sample ``pts``, in blocks (a long clip is never one frame)."""
     import av
 
     layout = "mono" if audio.shape[0] == 1 else "stereo"
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, dtype=np.float32), format="fltp", layout=layout)
-    frame.sample_rate = sample_rate
-    frame.pts = 0
-    for packet in stream.encode(frame):
-        container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
+    for start in range(0, audio.shape[-1], AUDIO_BLOCK):
+        block = np.ascontiguousarray(audio[:, start : start + AUDIO_BLOCK], dtype=np.float32)
+        frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
+        frame.sample_rate = sample_rate
+        frame.pts = pts + start
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    if flush:
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _prepare_audio_track(audio, sample_rate: int | None, num_frames: int, rate, what: str) -> np.ndarray | None:
+    """``audio`` ([T], [C, T] or [B, C, T]) as float32 [C<=2, T] trimmed or padded with silence to
+    exactly ``num_frames`` frames at ``rate``; None when there is nothing to write."""
+    if audio is None:
+        return None
+    if not sample_rate:
+        raise MediaError("write_video: audio was given without its sample_rate.")
+    wav = torch.as_tensor(audio).detach().cpu().to(torch.float32)
+    check_finite_audio(wav, what)
+    if wav.dim() == 3:
+        wav = wav[0]
+    if wav.dim() == 1:
+        wav = wav[None]
+    if wav.shape[0] > 2:  # AAC here is written mono or stereo; mix surround down
+        wav = wav.mean(0, keepdim=True)
+    total = samples_for_frames(num_frames, rate, int(sample_rate))
+    wav = torch.nn.functional.pad(wav, (0, max(0, total - wav.shape[-1])))[:, :total]
+    wav = wav.clamp(-1, 1).numpy()
+    return None if wav.shape[-1] == 0 else wav
 
 
 def write_video(
@@ -391,36 +432,13 @@ def write_video(
     path = check_output_path(path, announce_replace=False)
     rate = as_fraction(fps)
     images = make_even(to_uint8_frames(frames))
-    wav = None
-    if audio is not None:
-        if not sample_rate:
-            raise MediaError("write_video: audio was given without its sample_rate.")
-        wav = torch.as_tensor(audio).detach().cpu().to(torch.float32)
-        check_finite_audio(wav, f"{path}: the audio to write")
-        if wav.dim() == 3:
-            wav = wav[0]
-        if wav.dim() == 1:
-            wav = wav[None]
-        if wav.shape[0] > 2:  # AAC here is written mono or stereo; mix surround down
-            wav = wav.mean(0, keepdim=True)
-        total = samples_for_frames(images.shape[0], rate, int(sample_rate))
-        wav = torch.nn.functional.pad(wav, (0, max(0, total - wav.shape[-1])))[:, :total]
-        wav = wav.clamp(-1, 1).numpy()
-        if wav.shape[-1] == 0:
-            wav = None
+    wav = _prepare_audio_track(audio, sample_rate, images.shape[0], rate, f"{path}: the audio to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(path.parent)
     tmp = partial_path(path)
     try:
         with av.open(str(tmp), mode="w", format=container_for(path)) as container:
-            codec = video_codec()
-            stream = container.add_stream(codec, rate=rate)
-            stream.width, stream.height = images.shape[2], images.shape[1]
-            stream.pix_fmt = "yuv420p"
-            if codec == "libx264":
-                stream.options = {"crf": str(crf)}
-            else:
-                stream.bit_rate = 8_000_000
+            stream = _add_video_stream(container, rate, images.shape[2], images.shape[1], crf)
             astream = None
             if wav is not None:
                 astream = container.add_stream("aac", rate=int(sample_rate))
@@ -428,6 +446,92 @@ def write_video(
             _encode_video_frames(container, stream, images)
             if astream is not None:
                 _encode_audio(container, astream, wav, int(sample_rate))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# long videos: one video-only mp4 per chunk, joined without re-encoding
+
+
+def write_video_part(path: str | Path, frames, fps: float, crf: int = 18) -> Path:
+    """One piece of a long video: ``frames`` (uint8 or float 0..1) as a video-only mp4 that
+    :func:`join_video_parts` later joins with others. Written atomically, like :func:`write_video`."""
+    return write_video(path, frames, fps, crf=crf)
+
+
+def _video_frame_count(stream) -> int:
+    if stream.frames:
+        return int(stream.frames)
+    return sum(1 for _ in stream.container.decode(stream))
+
+
+def join_video_parts(
+    path: str | Path,
+    parts: list[Path],
+    fps: float,
+    audio: torch.Tensor | None = None,
+    sample_rate: int | None = None,
+) -> Path:
+    """Concatenate the video-only mp4 ``parts`` (each from :func:`write_video_part`, same size and
+    fps) into one mp4 without re-encoding them, and add ``audio`` as AAC, trimmed or padded to the
+    joined video's length.
+
+    Packets are copied with their timestamps shifted by the frames before them, so each part keeps
+    its own encoding (every part starts on a key frame). Audio is encoded part by part, interleaved
+    with the video, so neither the frames nor the sound of the whole video are held at once. The
+    result is written to a temporary file and renamed into place.
+    """
+    import av
+
+    from .output_files import check_output_path, clean_stale_partials, container_for, partial_path
+
+    path = check_output_path(path, announce_replace=False)
+    if not parts:
+        raise MediaError(f"{path}: no video parts to join.")
+    rate = as_fraction(fps)
+    counts = []
+    for part in parts:
+        with _open(_check_file(part)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{part}: holds no video stream; delete it so its chunk is made again.")
+            counts.append(_video_frame_count(container.streams.video[0]))
+    wav = _prepare_audio_track(audio, sample_rate, sum(counts), rate, f"{path}: the audio to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_partials(path.parent)
+    tmp = partial_path(path)
+    try:
+        with av.open(str(tmp), mode="w", format=container_for(path)) as out:
+            vstream = astream = None
+            frames_before = 0
+            audio_done = 0
+            for part, count in zip(parts, counts):
+                with _open(part) as container:
+                    source = container.streams.video[0]
+                    if vstream is None:
+                        vstream = out.add_stream_from_template(source)
+                        if wav is not None:
+                            astream = out.add_stream("aac", rate=int(sample_rate))
+                            astream.layout = "mono" if wav.shape[0] == 1 else "stereo"
+                    # one frame lasts 1 / rate seconds = this many ticks of the part's time base
+                    shift = int(round(frames_before / rate / source.time_base))
+                    for packet in container.demux(source):
+                        if packet.dts is None:  # the demuxer's end-of-stream marker
+                            continue
+                        packet.pts += shift
+                        packet.dts += shift
+                        packet.stream = vstream
+                        out.mux(packet)
+                frames_before += count
+                if astream is not None:
+                    until = samples_for_frames(frames_before, rate, int(sample_rate))
+                    _encode_audio(out, astream, wav[:, audio_done:until], int(sample_rate), pts=audio_done, flush=False)
+                    audio_done = until
+            if astream is not None:
+                for packet in astream.encode():
+                    out.mux(packet)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

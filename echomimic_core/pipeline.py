@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +21,18 @@ import torch
 
 from . import audio_alignment as align
 from . import task_masks
-from .color_match import match_to_first_frame
+from .audio_windows import FeatureSource, WindowedAudioFeatures, frames_covered, slice_features
+from .drift import DriftMeter, RedoPolicy, anchor_start_frames
 from .face_region import check_box_inside, face_gate_for_image
-from .long_video import Chunk, generate_chunked, plan_chunks, plan_windows, sliding_velocity, window_conditioning
+from .long_video import (
+    Chunk,
+    Stitcher,
+    plan_chunks,
+    plan_chunks_at_pauses,
+    plan_windows,
+    sliding_velocity,
+    window_conditioning,
+)
 from .media import prepare_audio
 from .memory_estimate import check_fits
 from .model.conditioning import Conditioning
@@ -32,6 +42,7 @@ from .sampling.sampler import NonFiniteError, StepHooks, denoise, guided_velocit
 from .sampling.schedulers import make_scheduler
 from .sampling.teacache import TeaCache
 from .settings import GenerationSettings
+from .streaming import ColourMatcher
 from .tasks import Task, chunk_task_inputs, task_at_sample_size, to_uint8_image
 from .vae_frames import VAE_TEMPORAL_STRIDE, latent_frames, pixel_frames, round_down_4k1, round_up_4k1
 
@@ -76,7 +87,7 @@ class Encoded:
     context: torch.Tensor  # [L, text_dim] prompt embedding
     negative_context: torch.Tensor  # [L', text_dim]
     clip_fea: torch.Tensor  # [1, 257, clip_dim]
-    audio: torch.Tensor  # features for every output frame (+ padding), model layout
+    audio: torch.Tensor | FeatureSource  # features of every output frame, model layout (or made per chunk)
     face_gate: torch.Tensor | None  # [1, tokens per latent frame] or None
 
 
@@ -147,14 +158,34 @@ def encode_inputs(
     with on_device(models.image_encoder, device, offload_device) as ie:
         pixels = torch.from_numpy(np.array(reference_pil)).permute(2, 0, 1)[None].float() / 127.5 - 1
         clip_fea = ie.encode(pixels).float().cpu()
-    with on_device(models.audio_encoder, device, offload_device) as ae:
-        audio = (
-            ae.features_for_video(wav16k, feature_frames, settings.fps, loudness_norm=settings.loudness_normalize)
-            .float()
-            .cpu()
-        )
+    audio = encode_audio(models.audio_encoder, wav16k, feature_frames, settings, device, offload_device)
     face_gate = model_face_gate(models, reference, sample_size, settings.face_box, face_mask)
     return Encoded(context.float().cpu(), negative.float().cpu(), clip_fea, audio, face_gate)
+
+
+def encode_audio(
+    encoder, wav16k: torch.Tensor, num_frames: int, settings: GenerationSettings, device=None, offload_device="cpu"
+) -> torch.Tensor | FeatureSource:
+    """The audio features of ``num_frames`` frames: upstream's single whole-clip pass when
+    ``settings.audio_context_seconds`` is 0, else a :class:`WindowedAudioFeatures` that encodes each
+    chunk's window when the chunk asks (memory independent of the clip's length; sliding mode,
+    which needs every frame at every step, gets them all, encoded window by window)."""
+    if not settings.audio_context_seconds:
+        with on_device(encoder, device, offload_device) as ae:
+            features = ae.features_for_video(
+                wav16k, num_frames, settings.fps, loudness_norm=settings.loudness_normalize
+            )
+        return features.float().cpu()
+    source = WindowedAudioFeatures(
+        encoder,
+        wav16k,
+        num_frames,
+        settings.fps,
+        settings.audio_context_seconds,
+        loudness_norm=settings.loudness_normalize,
+        device_scope=lambda: on_device(encoder, device, offload_device),
+    )
+    return source.materialize() if settings.long_video_mode == "sliding" else source
 
 
 def model_face_gate(models: Models, reference: np.ndarray, sample_size: tuple[int, int], box=None, mask=None):
@@ -188,9 +219,9 @@ def encoded_from_embeddings(
             f"the audio features are {audio_kind!r} features but the model is {models.variant}; "
             f"encode the audio with the {models.variant} audio encoder."
         )
-    if align.frames_in_features(audio, audio_kind) < plan.num_frames:
+    if frames_covered(audio, audio_kind) < plan.num_frames:
         raise ValueError(
-            f"the audio features cover {align.frames_in_features(audio, audio_kind)} frames, the "
+            f"the audio features cover {frames_covered(audio, audio_kind)} frames, the "
             f"video needs {plan.num_frames}; encode the whole audio clip."
         )
     if negative_context is None:
@@ -208,9 +239,9 @@ def encoded_from_embeddings(
                 "use the encoder that belongs to this model (umT5-XXL / CLIP ViT-H)."
             )
     face_gate = model_face_gate(models, plan.reference, plan.sample_size, face_box, face_mask)
-    return Encoded(
-        context.float().cpu(), negative_context.float().cpu(), clip_fea.float().cpu(), audio.float().cpu(), face_gate
-    )
+    if isinstance(audio, torch.Tensor):
+        audio = audio.float().cpu()
+    return Encoded(context.float().cpu(), negative_context.float().cpu(), clip_fea.float().cpu(), audio, face_gate)
 
 
 def guidance_needs_negative(models: Models) -> bool:
@@ -271,8 +302,21 @@ class Plan:
         return self.num_frames + self.lead
 
 
-def plan_generation(image, num_frames: int, settings: GenerationSettings, task: Task) -> Plan:
-    """Reference, size, chunking for ``num_frames`` output frames of ``task``."""
+def plan_generation(
+    image,
+    num_frames: int,
+    settings: GenerationSettings,
+    task: Task,
+    speech_energy: torch.Tensor | None = None,
+    in_memory: bool = True,
+) -> Plan:
+    """Reference, size, chunking for ``num_frames`` output frames of ``task``.
+
+    ``speech_energy`` (per output frame, ``audio_alignment.frame_energy``) lets chunk seams move to
+    pauses (``settings.seam_search_frames``); without it seams sit at fixed frame counts.
+    ``in_memory``: the whole decoded video will be held (``render``), so it must fit in RAM; the
+    streaming path (``streaming``) holds one chunk at a time, except in sliding mode.
+    """
     settings.validate()
     task.validate()
     if task.kind in ("lipsync", "continue"):
@@ -293,14 +337,129 @@ def plan_generation(image, num_frames: int, settings: GenerationSettings, task: 
     if task.kind == "keyframes":
         task.keyframe_positions(num_frames)
     sample_size = sample_size_for(reference.shape[:2], settings)
-    check_fits(num_frames + (task.continue_frames if task.kind == "continue" else 0), sample_size)
     if task.source_video is not None:
         task = task_at_sample_size(task, sample_size)
     lead = task.continue_frames if task.kind == "continue" else 0
     chunks = None
     if settings.long_video_mode == "chunks":
-        chunks = plan_chunks(num_frames + lead, settings.partial_video_length, settings.overlap_video_length)
+        if speech_energy is not None and settings.seam_search_frames:
+            energy = [0.0] * lead + [float(e) for e in speech_energy[:num_frames]]  # kept frames: silent
+            chunks = plan_chunks_at_pauses(
+                num_frames + lead,
+                settings.partial_video_length,
+                settings.overlap_video_length,
+                energy,
+                settings.seam_search_frames,
+            )
+        else:
+            chunks = plan_chunks(num_frames + lead, settings.partial_video_length, settings.overlap_video_length)
+    held = num_frames + lead if in_memory or chunks is None else max(c.length for c in chunks)
+    check_fits(held, sample_size)
     return Plan(reference, sample_size, num_frames, task, lead, chunks)
+
+
+@dataclass
+class RenderedChunk:
+    """One chunk's contribution to the video, as :func:`render_chunks` hands it out."""
+
+    index: int  # chunk index (0 in sliding mode, which renders the video as one piece)
+    count: int  # chunks in the plan
+    first_frame: int  # output frame index of frames[0]
+    frames: torch.Tensor  # [n, H, W, 3] 0..1: output frames no later chunk changes (not colour-matched)
+    own_frames: torch.Tensor  # [m, H, W, 3] 0..1: the frames this chunk generated itself (drift metrics)
+    resume: dict  # tensors + counters a resumed run restores to continue after this chunk
+    metrics: dict | None = None  # drift metrics of the chunk, when measured
+
+
+def render_chunks(
+    models: Models,
+    encoded: Encoded,
+    plan: Plan,
+    settings: GenerationSettings,
+    hooks: StepHooks | None = None,
+    device=None,
+    offload_device="cpu",
+    resume_from: dict | None = None,
+    meter: DriftMeter | None = None,
+    parallel=None,
+) -> Iterator[RenderedChunk]:
+    """Denoise and decode chunk after chunk, handing out each chunk's final frames as soon as no
+    later chunk blends over them; memory holds one chunk plus the overlap, whatever the length.
+
+    ``resume_from`` is a :attr:`RenderedChunk.resume` of an earlier run of the same generation:
+    rendering continues with the chunk after it. ``meter`` measures each chunk's drift (needed
+    for ``settings.redo_*``). Sliding mode denoises the whole sequence at once and yields it as a
+    single piece. ``parallel``: see :func:`render`.
+    """
+    denoiser = Denoiser(models, encoded, settings, device, offload_device, hooks, parallel, lead=plan.lead)
+    task, total = plan.task, plan.total_frames
+    source = task.source_video if task.kind == "lipsync" else None
+    if plan.chunks is None:
+        whole = Chunk(0, round_up_4k1(total), 0)
+        inputs = chunk_task_inputs(task, plan.reference, whole, None, total, plan.sample_size, source)
+        frames = denoiser.sliding(inputs)[plan.lead : total]
+        metrics = meter.measure(0, 0, frames) if meter is not None else None
+        yield RenderedChunk(0, 1, 0, frames, frames, {"next_chunk": 1}, metrics)
+        return
+    chunks = plan.chunks
+    stitcher = Stitcher(chunks, total)
+    baseline = None  # the first chunk's sharpness, what redo_sharpness_ratio compares with
+    if resume_from is not None:
+        stitcher.restore(resume_from)
+        denoiser.generator.set_state(resume_from["generator"])
+        baseline = resume_from.get("baseline_sharpness")
+    redo = RedoPolicy(settings.redo_identity_below, settings.redo_sharpness_ratio)
+    anchor = settings.reference_anchor if task.kind != "lipsync" else "off"  # lipsync keeps the source video
+    reference = np.array(task_masks.resize_to_sample(plan.reference, plan.sample_size))
+    total_steps = len(chunks) * settings.steps
+    for index in range(stitcher.next_index, len(chunks)):
+        chunk = chunks[index]
+        before = stitcher.done
+        start_frames = stitcher.start_frames(index)
+        if anchor != "off":
+            start_frames = anchor_start_frames(start_frames, reference)
+        inputs = chunk_task_inputs(task, plan.reference, chunk, start_frames, total, plan.sample_size, source)
+        last = index + 1 == len(chunks)
+        if anchor == "keyframe" and not last:
+            inputs = task_masks.keep_frame(inputs, chunk.length - 1, reference)
+        # the chunk's own new frames that are output frames: what drift is measured on
+        lo, hi = max(chunk.start + chunk.overlap, plan.lead), min(chunk.start + chunk.length, total)
+
+        def own_part(frames, lo=lo, hi=hi, chunk=chunk):
+            return frames[lo - chunk.start : max(lo, hi) - chunk.start]
+
+        frames = denoiser.chunk(inputs, chunk.start, index, total_steps)
+        metrics = meter.measure(index, lo - plan.lead, own_part(frames)) if meter is not None else None
+        reason = redo.reason(metrics, baseline) if metrics is not None and redo.active else None
+        if reason is not None:
+            log.info("chunk %d of %d: %s; rendering it again anchored on the reference", index + 1, len(chunks), reason)
+            again = inputs if last else task_masks.keep_frame(inputs, chunk.length - 1, reference)
+            # fresh noise from its own generator: the main sequence (and a resumed run) is unchanged
+            noise = torch.Generator("cpu").manual_seed(settings.seed + 1_000_003 * (index + 1))
+            retry = denoiser.chunk(again, chunk.start, index, total_steps, generator=noise)
+            retry_metrics = meter.measure(index, lo - plan.lead, own_part(retry))
+            kept = RedoPolicy.better(retry_metrics, metrics)
+            if kept:
+                frames, metrics = retry, retry_metrics
+            metrics = {**metrics, "redone": True, "redo_reason": reason, "redo_kept": kept}
+        if metrics is not None and index == 0:
+            baseline = metrics.get("sharpness")
+        final = stitcher.add(index, frames)
+        drop = max(0, plan.lead - before)  # continuation's kept source frames are not output
+        yield RenderedChunk(
+            index,
+            len(chunks),
+            max(before, plan.lead) - plan.lead,
+            final[drop:],
+            own_part(frames),
+            {
+                **stitcher.state(),
+                "next_chunk": index + 1,
+                "generator": denoiser.generator.get_state(),
+                "baseline_sharpness": baseline,
+            },
+            metrics,
+        )
 
 
 def render(
@@ -313,35 +472,20 @@ def render(
     offload_device="cpu",
     parallel=None,
 ) -> torch.Tensor:
-    """Denoise and decode every chunk (or the sliding windows) -> frames [num_frames, H, W, 3] 0..1.
+    """Denoise and decode every chunk (or the sliding windows) -> frames [num_frames, H, W, 3] 0..1,
+    in memory (for short clips and ComfyUI's IMAGE; ``streaming.generate_to_file`` writes long ones).
 
     ``encoded.audio`` holds features for the ``plan.num_frames`` output frames; frames past its end
     (the rounded-up tail of the last chunk) get zero audio, as do continuation's kept frames.
     ``parallel``: this rank's ``parallel.Parallel`` when the transformer's forwards are shared
     between processes (every rank calls ``render`` with the same arguments).
     """
-    if plan.lead:
-        silent = align.feature_slice(encoded.audio[:, :0], 0, plan.lead, models.audio_kind)
-        encoded = dataclasses.replace(encoded, audio=torch.cat([silent, encoded.audio], dim=1))
-    denoiser = Denoiser(models, encoded, settings, device, offload_device, hooks, parallel)
-    task, total = plan.task, plan.total_frames
-    source = task.source_video if task.kind == "lipsync" else None
-    if plan.chunks is not None:
-        total_steps = len(plan.chunks) * settings.steps
-
-        def render_chunk(chunk: Chunk, start_frames, index):
-            inputs = chunk_task_inputs(task, plan.reference, chunk, start_frames, total, plan.sample_size, source)
-            return denoiser.chunk(inputs, chunk.start, index, total_steps)
-
-        frames = generate_chunked(total, settings.partial_video_length, settings.overlap_video_length, render_chunk)
-    else:
-        whole = Chunk(0, round_up_4k1(total), 0)
-        inputs = chunk_task_inputs(task, plan.reference, whole, None, total, plan.sample_size, source)
-        frames = denoiser.sliding(inputs)[:total]
-    frames = frames[plan.lead : plan.lead + plan.num_frames]
-    if settings.color_match:
-        frames = torch.from_numpy(match_to_first_frame(frames.numpy())).float() / 255
-    return frames
+    colour = ColourMatcher(settings.color_match)
+    blocks = [
+        colour.to_float(piece.frames)
+        for piece in render_chunks(models, encoded, plan, settings, hooks, device, offload_device, parallel=parallel)
+    ]
+    return torch.cat(blocks)
 
 
 @torch.no_grad()  # inference only; block swap refuses to run where autograd might need its blocks
@@ -394,13 +538,16 @@ def generate(
 
 
 def plan_inputs(
-    image, audio: torch.Tensor, sample_rate: int, settings: GenerationSettings, task: Task
+    image, audio: torch.Tensor, sample_rate: int, settings: GenerationSettings, task: Task, in_memory: bool = True
 ) -> tuple[torch.Tensor, Plan]:
     """Every check that needs no model, on the inputs of :func:`generate`: the audio (finite, long
     enough), the settings, the task (keyframe indices, mouth box), the face box, the sizes.
-    Returns (16 kHz mono audio, plan). The command line runs it before loading any model."""
+    Returns (16 kHz mono audio, plan, with chunk seams at the audio's pauses). The command line
+    runs it before loading any model. ``in_memory``: see :func:`plan_generation`."""
     wav16k = prepare_audio(audio, sample_rate)
-    return wav16k, plan_generation(image, output_frame_count(wav16k.numel(), settings), settings, task)
+    num_frames = output_frame_count(wav16k.numel(), settings)
+    energy = align.frame_energy(wav16k, num_frames, settings.fps) if settings.seam_search_frames else None
+    return wav16k, plan_generation(image, num_frames, settings, task, energy, in_memory)
 
 
 def trim_audio(audio: torch.Tensor, sample_rate: int, num_frames: int, fps: float) -> torch.Tensor:
@@ -423,9 +570,11 @@ class Denoiser:
         offload_device,
         hooks: StepHooks | None,
         parallel=None,
+        lead: int = 0,
     ):
         self.models, self.encoded, self.settings = models, encoded, settings
         self.run_branches = parallel.run_branches if parallel is not None else run_branches
+        self.lead = lead  # continuation's kept frames before the output: silent
         self.device = torch.device(device) if device is not None else next(models.transformer.parameters()).device
         self.offload_device, self.hooks = offload_device, hooks
         self.generator = torch.Generator("cpu").manual_seed(settings.seed)
@@ -451,9 +600,9 @@ class Denoiser:
                 inputs, encode=lambda px: vae.encode(px.to(self.device), self.tiling, self._vae_progress).cpu()
             )
 
-    def _noise(self, frames: int, y: torch.Tensor) -> torch.Tensor:
+    def _noise(self, frames: int, y: torch.Tensor, generator=None) -> torch.Tensor:
         shape = (1, 16, latent_frames(frames), *y.shape[3:])
-        return torch.randn(shape, generator=self.generator, dtype=torch.float32).to(self.device)
+        return torch.randn(shape, generator=generator or self.generator, dtype=torch.float32).to(self.device)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         with on_device(self.models.vae, self.device, self.offload_device) as vae:
@@ -474,11 +623,15 @@ class Denoiser:
         transformer (which ComfyUI caches across runs) is never changed by it."""
         return None if self.settings.riflex_k is None else Riflex(self.settings.riflex_k, L_test=latent_count)
 
-    def chunk(self, inputs, start_frame: int, index: int, total_steps: int) -> torch.Tensor:
-        """Frames [length, H, W, 3] 0..1 of one chunk."""
+    def _audio(self, start_frame: int, frames: int) -> torch.Tensor:
+        """Audio features of frames ``start_frame ..`` counted with the lead (whose frames are silent)."""
+        return slice_features(self.encoded.audio, start_frame - self.lead, frames, self.models.audio_kind)
+
+    def chunk(self, inputs, start_frame: int, index: int, total_steps: int, generator=None) -> torch.Tensor:
+        """Frames [length, H, W, 3] 0..1 of one chunk (noise from ``generator``, default the run's)."""
         frames = inputs.num_frames
         y = self._y(inputs)
-        audio = align.feature_slice(self.encoded.audio, start_frame, frames, self.models.audio_kind)
+        audio = self._audio(start_frame, frames)
         riflex = self._riflex(y.shape[2])
         branches = {
             k: v.to(self.device)
@@ -496,7 +649,7 @@ class Denoiser:
         )
         latents = denoise(
             velocity,
-            self._noise(frames, y),
+            self._noise(frames, y, generator),
             self._scheduler(),
             hooks=self.hooks,
             cache=self.cache,
@@ -524,8 +677,7 @@ class Denoiser:
             self._warn_residual_memory(plan_windows(total_latents, window, overlap), y, guidance)
 
         def window_velocity(w, lat, t, step):
-            start, frames = VAE_TEMPORAL_STRIDE * w.start, pixel_frames(w.length)
-            audio = align.feature_slice(self.encoded.audio, start, frames, self.models.audio_kind)
+            audio = self._audio(VAE_TEMPORAL_STRIDE * w.start, pixel_frames(w.length))
             branches = {
                 k: v.to(self.device)
                 for k, v in branches_for(self.encoded, window_conditioning(y, w), audio, s.audio_scale, riflex).items()

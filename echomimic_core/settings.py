@@ -19,6 +19,7 @@ TASKS = ("first_frame", "first_last", "keyframes", "lipsync", "continue")
 # training samples, in the order its sampler draws them (resumed runs repeat their draws, so the
 # order must not change).
 PAPER_TASKS = ("first_frame", "first_last", "lipsync")
+REFERENCE_ANCHORS = ("off", "colour", "keyframe")  # see drift.py
 
 
 @dataclass
@@ -56,6 +57,12 @@ class GenerationSettings:
     vae_tile_overlap: int = 64
     loudness_normalize: bool | None = None  # None: the variant's default (flash: -23 LUFS)
     face_box: tuple[int, int, int, int] | None = field(default=None)  # y1, y2, x1, x2 in image pixels
+    # long videos (chunks mode; see README "Long videos" and drift.py / audio_windows.py)
+    audio_context_seconds: float = 10.0  # audio each side of a chunk the encoder sees; 0 = whole clip at once
+    seam_search_frames: int = 12  # chunk ends may move this many frames earlier to a pause; 0 = fixed
+    reference_anchor: str = "colour"  # off (upstream) / colour / keyframe: how later chunks see the reference
+    redo_identity_below: float = 0.0  # redo a chunk whose CLIP identity proxy falls below this; 0 = off
+    redo_sharpness_ratio: float = 0.0  # redo a chunk sharper than this fraction of the first; 0 = off
 
     @classmethod
     def for_variant(cls, variant: str, **overrides) -> GenerationSettings:
@@ -117,6 +124,26 @@ class GenerationSettings:
                 f"{self.vae_tile_size}/{self.vae_tile_overlap}",
             ),
             (self.max_frames is None or self.max_frames >= 1, f"max_frames must be >= 1, got {self.max_frames}"),
+            (
+                self.audio_context_seconds >= 0,
+                f"audio_context_seconds must be >= 0 (0 = the whole clip at once), got {self.audio_context_seconds}",
+            ),
+            (
+                self.seam_search_frames >= 0,
+                f"seam_search_frames must be >= 0 (0 = fixed seams), got {self.seam_search_frames}",
+            ),
+            (
+                self.reference_anchor in REFERENCE_ANCHORS,
+                f"reference_anchor must be one of {REFERENCE_ANCHORS}, got {self.reference_anchor!r}",
+            ),
+            (
+                0 <= self.redo_identity_below <= 1,
+                f"redo_identity_below must be in [0, 1] (0 = off), got {self.redo_identity_below}",
+            ),
+            (
+                0 <= self.redo_sharpness_ratio <= 1,
+                f"redo_sharpness_ratio must be in [0, 1] (0 = off), got {self.redo_sharpness_ratio}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -127,6 +127,17 @@ def keyframe_inputs(keyframes: Mapping[int, ImageLike], num_frames: int, sample_
     return TaskInputs(video[None] / 255, mask[None], first)
 
 
+def keep_frame(inputs: TaskInputs, position: int, image: ImageLike) -> TaskInputs:
+    """``inputs`` with frame ``position`` also kept, as ``image`` (resized to the sample size);
+    a frame the inputs already keep stays as it is."""
+    if inputs.input_video_mask[0, 0, position].eq(KEEP).all():
+        return inputs
+    video, mask = inputs.input_video.clone(), inputs.input_video_mask.clone()
+    video[0, :, position] = _frame(resize_to_sample(image, video.shape[-2:])).float() / 255
+    mask[0, :, position] = KEEP
+    return TaskInputs(video, mask, inputs.reference_image)
+
+
 def start_frames_inputs(
     images: Sequence[ImageLike] | ImageLike,
     num_frames: int,

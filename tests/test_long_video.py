@@ -1,12 +1,15 @@
 import pytest
 import torch
 
+from echomimic_core.audio_alignment import frame_energy
 from echomimic_core.long_video import (
     Chunk,
+    Stitcher,
     Window,
     blend_into,
     generate_chunked,
     plan_chunks,
+    plan_chunks_at_pauses,
     plan_windows,
     sliding_velocity,
     window_conditioning,
@@ -110,3 +113,66 @@ def test_window_conditioning_anchors_leading_frames_and_keeps_later_ones_in_plac
     assert (window_conditioning(_y([0, 8]), windows[1])[:, :4, -1] == 1).all()  # first_last's end is seen
     nothing = _y([])
     assert torch.equal(window_conditioning(nothing, windows[1]), nothing[:, :, :5])
+
+
+def _blend_all(chunks, outputs, num_frames):
+    """The in-memory stitching the Stitcher replaces: grow the whole video chunk by chunk."""
+    video = None
+    for chunk, frames in zip(chunks, outputs):
+        video = blend_into(video, frames, chunk.overlap)
+    return video[:num_frames]
+
+
+@pytest.mark.parametrize("frames,partial,overlap", [(130, 65, 5), (30, 9, 4), (9, 9, 4), (200, 33, 8)])
+def test_stitcher_hands_out_the_in_memory_video_holding_only_the_overlap(frames, partial, overlap):
+    chunks = plan_chunks(frames, partial, overlap)
+    g = torch.Generator().manual_seed(0)
+    outputs = [torch.rand(c.length, 2, 2, 3, generator=g) for c in chunks]
+    stitcher = Stitcher(chunks, frames)
+    pieces = []
+    for i, out in enumerate(outputs):
+        if i:  # each chunk is conditioned on the frames it will blend over
+            assert torch.equal(stitcher.start_frames(i), _blend_all(chunks[:i], outputs[:i], 10**6)[-overlap:])
+        pieces.append(stitcher.add(i, out))
+        assert stitcher.held is None if i + 1 == len(chunks) else len(stitcher.held) == chunks[i + 1].overlap
+    assert torch.equal(torch.cat(pieces), _blend_all(chunks, outputs, frames))
+    with pytest.raises(ValueError, match="in order"):
+        stitcher.add(0, outputs[0])
+
+
+def test_stitcher_state_restores_a_run_midway():
+    chunks = plan_chunks(60, 17, 4)
+    outputs = [torch.rand(c.length, 1, 1, 3) for c in chunks]
+    first = Stitcher(chunks, 60)
+    pieces = [first.add(0, outputs[0]), first.add(1, outputs[1])]
+    second = Stitcher(chunks, 60)
+    second.restore(first.state())
+    pieces += [second.add(i, outputs[i]) for i in range(2, len(chunks))]
+    assert torch.equal(torch.cat(pieces), _blend_all(chunks, outputs, 60))
+
+
+def test_seams_move_into_pauses_within_the_search_window():
+    fps, num_frames = 25, 400
+    t = torch.arange(num_frames * 640) / 16000
+    speech = 0.5 * torch.sin(2 * torch.pi * 200 * t)
+    pauses = [(95, 107), (190, 203), (290, 302)]  # frames where the speaker is silent
+    for a, b in pauses:
+        speech[a * 640 : b * 640] = 0
+    energy = frame_energy(speech, num_frames, fps)
+    assert energy[100] == 0 and energy[50] > 0.3
+    fixed = plan_chunks(num_frames, 113, 8)
+    moved = plan_chunks_at_pauses(num_frames, 113, 8, energy, search_frames=16)
+    for prev, nxt in zip(moved, moved[1:]):
+        assert nxt.start == prev.start + prev.length - 8 and (prev.length - 1) % 4 == 0
+        assert 113 - 16 <= prev.length <= 113
+        seam = range(nxt.start, nxt.start + 8)  # the frames two chunks blend over
+        assert any(a <= seam[0] and seam[-1] < b for a, b in pauses), (prev, nxt)
+    # fixed seams would have cut through speech
+    assert any(energy[c.start : c.start + 8].mean() > 0.1 for c in fixed[1:])
+    assert moved[-1].start + moved[-1].length >= num_frames
+
+
+def test_seams_in_speech_without_pauses_stay_at_the_longest_chunk():
+    energy = torch.ones(300)
+    assert plan_chunks_at_pauses(300, 113, 8, energy, search_frames=16) == plan_chunks(300, 113, 8)
+    assert plan_chunks_at_pauses(300, 113, 8, energy, search_frames=0) == plan_chunks(300, 113, 8)

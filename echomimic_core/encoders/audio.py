@@ -501,17 +501,128 @@ class AudioEncoder:
         for the pad / trim rules and ``audio_alignment.tokens_for_frames`` for other fps).
         ``loudness_norm``: flash's -23 LUFS normalisation for this call (None: the encoder's setting).
         """
+        wav = self.prepared_waveform(waveform, num_frames, fps, sample_rate, loudness_norm)
+        if self.kind == "flash":
+            return align.flash_windows(self.flash_per_frame(wav, num_frames))
+        feats = self.whisper_50hz(wav) if self.kind == "whisper" else self.wav2vec2_50hz(wav)
+        return align.tokens_for_frames(feats, num_frames, fps)
+
+    def prepared_waveform(
+        self,
+        waveform: torch.Tensor,
+        num_frames: int,
+        fps: float,
+        sample_rate: int = align.SAMPLE_RATE,
+        loudness_norm: bool | None = None,
+    ) -> torch.Tensor:
+        """The mono 16 kHz ``[T]`` clip :meth:`features_for_video` encodes for ``num_frames``
+        frames: flash loudness-normalised and cut / padded to the video's span, preview and
+        whisper padded with silence when too short (see the module docstring)."""
         if num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {num_frames}.")
         wav = prepare_audio(waveform, sample_rate).cpu()
         if self.kind == "flash":
             if self.loudness_norm if loudness_norm is None else loudness_norm:
                 wav = self.loudness_normalize(wav)
-            wav = align.fit_audio(wav, align.samples_for_frames(num_frames, fps))
-            return align.flash_windows(self.flash_per_frame(wav, num_frames))
-        wav = align.pad_audio_to(wav, self._samples_for_tokens(num_frames, fps))
-        feats = self.whisper_50hz(wav) if self.kind == "whisper" else self.wav2vec2_50hz(wav)
-        return align.tokens_for_frames(feats, num_frames, fps)
+            return align.fit_audio(wav, align.samples_for_frames(num_frames, fps))
+        return align.pad_audio_to(wav, self._samples_for_tokens(num_frames, fps))
+
+    # -- pieces of the wav2vec2 / Whisper passes, for encoding in windows (audio_windows) ------
+
+    def model_values(self, waveform: torch.Tensor) -> torch.Tensor:
+        """wav2vec2: ``[T]`` -> the model input ``[T]`` (the feature extractor's whole-clip
+        normalisation, when it has one); Whisper takes the waveform as it is."""
+        if self.kind == "whisper":
+            return waveform
+        return self._preprocess_wav2vec2(waveform)[0]
+
+    def cnn_geometry(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(kernels, strides) of the wav2vec2 feature extractor's convolutions."""
+        layers = self.model.feature_extractor.conv_layers
+        return tuple(layer.conv.kernel_size[0] for layer in layers), tuple(layer.conv.stride[0] for layer in layers)
+
+    def cnn_length(self, samples: int) -> int:
+        """50 Hz features the CNN makes from ``samples`` input samples (0 if too short)."""
+        length = samples
+        for kernel, stride in zip(*self.cnn_geometry()):
+            length = (length - kernel) // stride + 1 if length >= kernel else 0
+        return max(length, 0)
+
+    def cnn_span(self, start: int, stop: int) -> tuple[int, int]:
+        """Input samples [a, b) that exactly produce CNN features [start, stop)."""
+        kernels, strides = self.cnn_geometry()
+        hop, field = 1, 1
+        for kernel, stride in zip(kernels, strides):
+            field += (kernel - 1) * hop
+            hop *= stride
+        return start * hop, (stop - 1) * hop + field
+
+    def _group_norm(self):
+        """The first convolution's GroupNorm (base-size wav2vec2: per channel over the whole
+        clip's time axis), or None for layer-normed CNNs, whose features are local."""
+        norm = getattr(self.model.feature_extractor.conv_layers[0], "layer_norm", None)
+        return norm if isinstance(norm, torch.nn.GroupNorm) else None
+
+    @torch.inference_mode()
+    def cnn_norm_stats(self, values: torch.Tensor, block: int = 16000 * 30) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-channel mean and (biased) variance of the first convolution's output over the whole
+        clip, computed ``block`` samples at a time: what its GroupNorm would compute in one pass.
+        None when the CNN has no GroupNorm."""
+        norm = self._group_norm()
+        if norm is None:
+            return None
+        conv = self.model.feature_extractor.conv_layers[0].conv
+        kernel, stride = conv.kernel_size[0], conv.stride[0]
+        outputs = (values.shape[-1] - kernel) // stride + 1
+        step = max(1, block // stride)
+        total = torch.zeros(conv.out_channels, dtype=torch.float64)
+        squares = torch.zeros(conv.out_channels, dtype=torch.float64)
+        for u0 in range(0, outputs, step):
+            u1 = min(outputs, u0 + step)
+            piece = values[u0 * stride : (u1 - 1) * stride + kernel].to(self.device, self.dtype)
+            out = conv(piece.reshape(1, 1, -1))[0].double().cpu()  # [C, u1 - u0]
+            total += out.sum(-1)
+            squares += out.square().sum(-1)
+        mean = total / outputs
+        return mean, (squares / outputs - mean.square()).clamp_min(0)
+
+    @torch.inference_mode()
+    def cnn_features(self, values: torch.Tensor, start: int, stop: int, stats=None) -> torch.Tensor:
+        """CNN features ``[1, stop - start, C]`` of the whole clip's model input ``values``, from
+        only the samples they depend on. ``stats`` (:meth:`cnn_norm_stats` of the whole clip)
+        replace the GroupNorm's statistics of this piece, so the features equal the whole-clip
+        pass's."""
+        a, b = self.cnn_span(start, stop)
+        x = values[a:b].to(self.device, self.dtype).reshape(1, 1, -1)
+        layers = self.model.feature_extractor.conv_layers
+        norm = self._group_norm()
+        for i, layer in enumerate(layers):
+            if i == 0 and norm is not None:
+                if stats is None:
+                    raise ValueError("this wav2vec2's CNN normalises over the whole clip: pass cnn_norm_stats(values).")
+                mean, var = (t.to(x.device, torch.float32).view(1, -1, 1) for t in stats)
+                h = layer.conv(x).float()
+                h = (h - mean) / torch.sqrt(var + norm.eps) * norm.weight.float().view(1, -1, 1)
+                x = layer.activation((h + norm.bias.float().view(1, -1, 1)).to(self.dtype))
+            else:
+                x = layer(x)
+        return x.transpose(1, 2)
+
+    @torch.inference_mode()
+    def encoder_states(self, cnn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CNN features ``[1, T, C]`` -> (last hidden state ``[1, T, D]``, every layer ``[T, layers, D]``)."""
+        last, layers = self._run_encoder_layers(cnn)
+        return last.float(), torch.stack(layers, dim=2)[0].float()
+
+    @torch.inference_mode()
+    def whisper_piece(self, waveform: torch.Tensor, index: int) -> torch.Tensor:
+        """50 Hz states ``[n, D]`` of the ``index``-th 30 s piece of the clip, as :meth:`whisper_50hz`
+        makes them (the pieces are encoded independently, so this is exact)."""
+        chunk = self.feature_extractor.n_samples
+        piece = waveform[index * chunk : (index + 1) * chunk]
+        if index and piece.numel() == 0:
+            raise ValueError(f"the clip has no Whisper piece {index}.")
+        return self.whisper_50hz(piece)[0]
 
 
 def verify_fixture(path: Path, meta: dict) -> dict[str, float]:
