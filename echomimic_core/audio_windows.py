@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from . import audio_alignment as align
+from .config import AUDIO_TOKENS_PER_FRAME, AUDIO_WINDOW
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class WindowedAudioFeatures:
         before = min(num_frames, max(0, -start_frame))
         after = num_frames - before - max(0, hi - lo)
         if before or after:
-            per = align.TOKENS_PER_FRAME if align.kind_layout(self.kind) == "tokens" else 1
+            per = AUDIO_TOKENS_PER_FRAME if align.kind_layout(self.kind) == "tokens" else 1
             zeros = part.new_zeros
             part = torch.cat([zeros(1, before * per, *part.shape[2:]), part, zeros(1, after * per, *part.shape[2:])], 1)
         return part
@@ -146,7 +147,7 @@ class WindowedAudioFeatures:
 
     def _empty(self) -> torch.Tensor:
         if self.kind == "flash":
-            return torch.zeros(1, 0, align.FLASH_WINDOW, self.encoder.num_layers, self.encoder.dim)
+            return torch.zeros(1, 0, AUDIO_WINDOW, self.encoder.num_layers, self.encoder.dim)
         return torch.zeros(1, 0, self.encoder.dim)
 
     def _context(self, rate: Fraction) -> int:
@@ -165,8 +166,8 @@ class WindowedAudioFeatures:
 
     def _tokens(self, lo: int, hi: int) -> torch.Tensor:
         """preview / whisper: two tokens per frame interpolated from 50 Hz states."""
-        ratio = Fraction(align.FEATURE_RATE) / (self.fps * align.TOKENS_PER_FRAME)
-        index = torch.arange(align.TOKENS_PER_FRAME * lo, align.TOKENS_PER_FRAME * hi, dtype=torch.float64)
+        ratio = Fraction(align.FEATURE_RATE) / (self.fps * AUDIO_TOKENS_PER_FRAME)
+        index = torch.arange(AUDIO_TOKENS_PER_FRAME * lo, AUDIO_TOKENS_PER_FRAME * hi, dtype=torch.float64)
         positions = index * ratio.numerator / ratio.denominator
         total = self._states_total()
         first = int(positions[0].clamp(0, total - 1).floor())
@@ -208,7 +209,7 @@ class WindowedAudioFeatures:
 
     def _flash(self, lo: int, hi: int) -> torch.Tensor:
         """flash: per-frame states of every layer, 5-frame windows clamped to the clip."""
-        half = align.FLASH_WINDOW // 2
+        half = AUDIO_WINDOW // 2
         a, b = max(0, lo - half), min(self.num_frames, hi + half)
         context = self._context(self.fps)
         t0, t1 = max(0, a - context), min(self.num_frames, b + context)
@@ -226,6 +227,6 @@ class WindowedAudioFeatures:
                 cnn = self.encoder.cnn_features(self.values, first, last, self._cnn_stats()).float()
                 _, layers = self.encoder.encoder_states(_interpolate_range(cnn, first, positions, self.cnn_total))
             per_frame = layers[a - t0 : b - t0].cpu()
-        offsets = torch.arange(align.FLASH_WINDOW) - half
+        offsets = torch.arange(AUDIO_WINDOW) - half
         index = (torch.arange(lo, hi)[:, None] + offsets[None]).clamp(0, self.num_frames - 1) - a
         return per_frame[index][None]

@@ -471,20 +471,27 @@ def render(
     device=None,
     offload_device="cpu",
     parallel=None,
+    meter: DriftMeter | None = None,
+    report: list | None = None,
 ) -> torch.Tensor:
     """Denoise and decode every chunk (or the sliding windows) -> frames [num_frames, H, W, 3] 0..1,
     in memory (for short clips and ComfyUI's IMAGE; ``streaming.generate_to_file`` writes long ones).
 
     ``encoded.audio`` holds features for the ``plan.num_frames`` output frames; frames past its end
-    (the rounded-up tail of the last chunk) get zero audio, as do continuation's kept frames.
-    ``parallel``: this rank's ``parallel.Parallel`` when the transformer's forwards are shared
-    between processes (every rank calls ``render`` with the same arguments).
+    (the rounded-up tail of the last chunk) get zero audio, as do continuation's kept frames. With a
+    ``meter`` each chunk's drift metrics are appended to ``report``. ``parallel``: this rank's
+    ``parallel.Parallel`` when the transformer's forwards are shared between processes (every rank
+    calls ``render`` with the same arguments).
     """
     colour = ColourMatcher(settings.color_match)
-    blocks = [
-        colour.to_float(piece.frames)
-        for piece in render_chunks(models, encoded, plan, settings, hooks, device, offload_device, parallel=parallel)
-    ]
+    blocks = []
+    pieces = render_chunks(
+        models, encoded, plan, settings, hooks, device, offload_device, meter=meter, parallel=parallel
+    )
+    for piece in pieces:
+        blocks.append(colour.to_float(piece.frames))
+        if report is not None and piece.metrics is not None:
+            report.append(piece.metrics)
     return torch.cat(blocks)
 
 
@@ -535,6 +542,14 @@ def generate(
     return Result(
         frames, trim_audio(audio, sample_rate, plan.num_frames, settings.fps), sample_rate, settings.fps, info
     )
+
+
+def generate_to_file(*args, **kwargs):
+    """:func:`generate` written straight to an mp4 chunk by chunk: memory flat in the duration,
+    resumable, optional drift report. See ``streaming.generate_to_file`` for the arguments."""
+    from .streaming import generate_to_file as stream
+
+    return stream(*args, **kwargs)
 
 
 def plan_inputs(

@@ -97,15 +97,7 @@ def stream_to_file(
 
     out = Path(out)
     chunks = plan.chunks or [None]
-    description = {
-        "settings": resuming.settings_summary(settings),
-        "inputs": run_inputs,
-        "plan": {
-            "frames": plan.num_frames,
-            "size": list(plan.sample_size),
-            "chunks": [[c.start, c.length, c.overlap] for c in plan.chunks] if plan.chunks else "sliding",
-        },
-    }
+    description = run_description(plan, settings, run_inputs)
     store = resuming.PartStore(out, resuming.fingerprint(description), len(chunks), description)
     point = store.open(resume)
     entries: list[dict] = list(point.values.get("report", []))
@@ -158,6 +150,45 @@ def stream_to_file(
             result.report_paths = write_report(report, entries, report_meta(meter, plan, settings))
     store.discard()
     return result
+
+
+def run_description(plan, settings, run_inputs: dict[str, Any]) -> dict[str, Any]:
+    """What a run's frames depend on, JSON-able (recorded in OUT.mp4.parts/run.json)."""
+    return {
+        "settings": resuming.settings_summary(settings),
+        "inputs": run_inputs,
+        "plan": {
+            "frames": plan.num_frames,
+            "size": list(plan.sample_size),
+            "chunks": [[c.start, c.length, c.overlap] for c in plan.chunks] if plan.chunks else "sliding",
+        },
+    }
+
+
+def run_key(plan, settings, run_inputs: dict[str, Any]) -> str:
+    """The fingerprint a resumed run must match (see ``resume``)."""
+    return resuming.fingerprint(run_description(plan, settings, run_inputs))
+
+
+def run_inputs_for(models, encoded, plan) -> dict[str, Any]:
+    """Digests of everything besides the settings that shapes a run's frames: the conditioning
+    (prompt and CLIP embeddings, audio, face gate), the reference and task, and the weights."""
+    audio = encoded.audio
+    if not isinstance(audio, torch.Tensor):  # a WindowedAudioFeatures: its model input + window
+        audio = getattr(audio, "values", None)
+    return {
+        "context": resuming.tensor_digest(encoded.context),
+        "negative_context": resuming.tensor_digest(encoded.negative_context),
+        "clip": resuming.tensor_digest(encoded.clip_fea),
+        "audio": resuming.tensor_digest(audio),
+        "face_gate": resuming.tensor_digest(encoded.face_gate),
+        "reference": resuming.tensor_digest(plan.reference),
+        "task": task_digest(plan.task),
+        "models": {
+            slot: resuming.module_digest(getattr(models, slot, None))
+            for slot in ("transformer", "vae", "text_encoder", "image_encoder", "audio_encoder")
+        },
+    }
 
 
 def report_meta(meter, plan, settings) -> dict[str, Any]:
@@ -227,14 +258,8 @@ def generate_to_file(
     )
     run_inputs = {
         "prompt": prompt,
-        "reference": resuming.tensor_digest(plan.reference),
-        "audio": resuming.tensor_digest(wav16k),
-        "task": task_digest(plan.task),
         "face_mask": resuming.tensor_digest(face_mask),
-        "models": {
-            slot: resuming.module_digest(getattr(models, slot))
-            for slot in ("transformer", "vae", "text_encoder", "image_encoder", "audio_encoder")
-        },
+        **run_inputs_for(models, encoded, plan),
     }
     meter = None
     if report is not None or settings.redo_identity_below or settings.redo_sharpness_ratio:

@@ -28,6 +28,8 @@ class EchoMimicAudioEncode:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from echomimic_core.settings import GenerationSettings
+
         return {
             "required": {
                 "audio_encoder": ("ECHOMIMIC_AUDIO_ENCODER",),
@@ -52,6 +54,19 @@ class EchoMimicAudioEncode:
                         "flash script stopped at 81 frames; here long audio is rendered in chunks.",
                     },
                 ),
+                "context_seconds": (
+                    "FLOAT",
+                    {
+                        "default": GenerationSettings().audio_context_seconds,
+                        "min": 0.0,
+                        "max": 600.0,
+                        "step": 0.5,
+                        "tooltip": "Long audio: the encoder runs on each chunk's audio plus this many seconds on "
+                        "each side, when the sampler asks for it (memory independent of the clip's length; "
+                        "identical to the whole-clip pass for clips up to a chunk + twice this). 0 = encode "
+                        "the whole clip at once, as upstream.",
+                    },
+                ),
             }
         }
 
@@ -60,11 +75,23 @@ class EchoMimicAudioEncode:
     FUNCTION = "encode"
     CATEGORY = CATEGORY
 
-    def encode(self, audio_encoder, audio, fps, max_frames):
+    def encode(self, audio_encoder, audio, fps, max_frames, context_seconds=0.0):
+        from echomimic_core.audio_windows import WindowedAudioFeatures
+
         waveform, rate = audio_input(audio)
         wav16, frames = _frames(waveform, rate, fps, max_frames)
-        with on_compute_device(audio_encoder):
-            features = audio_encoder.features_for_video(wav16, frames, fps).float().cpu()
+        if context_seconds > 0:  # encoded window by window when the sampler's chunks ask
+            features = WindowedAudioFeatures(
+                audio_encoder,
+                wav16,
+                frames,
+                fps,
+                context_seconds,
+                device_scope=lambda: on_compute_device(audio_encoder),
+            )
+        else:
+            with on_compute_device(audio_encoder):
+                features = audio_encoder.features_for_video(wav16, frames, fps).float().cpu()
         # the source audio (its own rate and channels) rides along so the sampler can hand back the
         # clip trimmed to the video
         embeds = {

@@ -17,6 +17,8 @@ devices                ``get_torch_device`` / ``unet_offload_device``  cuda if a
                        / ``intermediate_device``
 cache release          ``soft_empty_cache``                            ``torch.cuda.empty_cache``
 output / temp / input  ``folder_paths.get_*_directory``                ``ECHOMIMIC_OUTPUT_DIR`` ...
+VIDEO                  ``comfy_api.input_impl.VideoFromFile`` /        ``FileVideo`` (an mp4 path)
+                       ``VideoFromComponents``
 =====================  ==============================================  ============================
 """
 
@@ -198,6 +200,86 @@ def next_output_file(prefix: str, extension: str, temp: bool = False) -> tuple[P
         counter, subfolder = max(counters, default=0) + 1, sub
     filename = f"{name}_{counter:05}_.{extension.lstrip('.')}"
     return folder / filename, subfolder, filename
+
+
+def run_output_file(prefix: str, run_key: str, extension: str) -> tuple[Path, str, str]:
+    """The output file of one run: ``{prefix}_{run_key}.{ext}`` (not a counter), so the same
+    generation queued again finds the parts a killed run left beside it and resumes."""
+    path, subfolder, filename = next_output_file(prefix, extension)
+    name = re.sub(r"_\d+_\.[^.]+$", "", filename)
+    filename = f"{name}_{run_key}.{extension.lstrip('.')}"
+    return path.with_name(filename), subfolder, filename
+
+
+# ------------------------------------------------------------------------------------------------
+# VIDEO (ComfyUI's native video type, comfy_api's VideoInput)
+# ------------------------------------------------------------------------------------------------
+class FileVideo:
+    """Outside ComfyUI, a stand-in for ``comfy_api``'s ``VideoFromFile``: an mp4 on disk."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def get_stream_source(self) -> str:
+        return str(self.path)
+
+    def get_dimensions(self) -> tuple[int, int]:
+        import av
+
+        with av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            return stream.width, stream.height
+
+    def get_components(self):
+        from echomimic_core.media import load_video
+
+        data = load_video(self.path)
+        audio = None if data.audio is None else {"waveform": data.audio[None], "sample_rate": data.sample_rate}
+        return {"images": data.frames, "audio": audio, "frame_rate": data.fps}
+
+    def save_to(self, path, format=None, codec=None, metadata=None) -> None:
+        import shutil
+
+        shutil.copyfile(self.path, path)
+
+
+def video_from_file(path: str | Path):
+    """VIDEO for an mp4 on disk: ComfyUI's ``VideoFromFile`` (Save Video copies its streams
+    without re-encoding or loading the frames), else :class:`FileVideo`."""
+    api = _module("comfy_api.input_impl")
+    if api is not None and hasattr(api, "VideoFromFile"):
+        return api.VideoFromFile(str(path))
+    return FileVideo(path)
+
+
+class FramesVideo:
+    """Outside ComfyUI, a stand-in for ``comfy_api``'s ``VideoFromComponents``: frames in memory."""
+
+    def __init__(self, images, audio: dict | None, fps: float):
+        self.images, self.audio, self.fps = images, audio, fps
+
+    def get_dimensions(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[1])
+
+    def get_components(self):
+        return {"images": self.images, "audio": self.audio, "frame_rate": self.fps}
+
+    def save_to(self, path, format=None, codec=None, metadata=None) -> None:
+        from echomimic_core.media import write_video
+
+        waveform, rate = (self.audio["waveform"][0], self.audio["sample_rate"]) if self.audio else (None, None)
+        write_video(path, self.images, self.fps, audio=waveform, sample_rate=rate)
+
+
+def video_from_frames(images, audio: dict | None, fps: float):
+    """VIDEO for frames in memory: ComfyUI's ``VideoFromComponents``, else :class:`FramesVideo`."""
+    api, util = _module("comfy_api.input_impl"), _module("comfy_api.util")
+    if api is not None and util is not None and hasattr(api, "VideoFromComponents"):
+        from fractions import Fraction
+
+        rate = Fraction(fps).limit_denominator(1001)
+        return api.VideoFromComponents(util.VideoComponents(images=images, audio=audio, frame_rate=rate))
+    return FramesVideo(images, audio, fps)
 
 
 # ------------------------------------------------------------------------------------------------

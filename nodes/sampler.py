@@ -1,7 +1,10 @@
 """The sampler node: conditioning + task -> video frames, the audio trimmed to them, and the fps.
 
-It builds the core's ``Plan`` and ``Encoded`` from the node inputs and calls ``pipeline.render``;
-progress (with latent previews), Cancel and devices go through ``comfy_services``.
+It builds the core's ``Plan`` and ``Encoded`` from the node inputs and calls ``pipeline.render``
+(``output`` images: every frame in memory) or ``streaming.stream_to_file`` (``output`` video_file:
+chunk by chunk into an mp4 in the output folder, returned as ComfyUI's VIDEO for Save Video,
+resumable when queued again); both also give a drift report. Progress (with latent previews),
+Cancel and devices go through ``comfy_services``.
 
 Settings: every ``GenerationSettings`` field is a widget, except those fixed upstream in the graph
 (fps and max_frames shape the audio features: EchoMimicV3 Audio Encode; the negative prompt is the
@@ -14,8 +17,10 @@ audio-only CFG 3.0 and TeaCache 0.1 without retyping, a preview model 25-step Fl
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 
+import numpy as np
 import torch
 
 from . import comfy_services as services
@@ -26,11 +31,14 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 SWITCH = {"on": True, "off": False}
+OUTPUTS = ("images", "video_file")
 
 
 def _widgets() -> dict[str, tuple[tuple, object, bool]]:
     """name -> (ComfyUI input spec, the value meaning "the variant's default" or None, advanced)."""
-    from echomimic_core.settings import LONG_VIDEO_MODES, SAMPLERS
+    from echomimic_core.settings import LONG_VIDEO_MODES, REFERENCE_ANCHORS, SAMPLERS, GenerationSettings
+
+    defaults = GenerationSettings()
 
     def auto_float(tip, top=30.0):
         return (
@@ -299,6 +307,68 @@ def _widgets() -> dict[str, tuple[tuple, object, bool]]:
             True,
         ),
         "vae_tile_overlap": (("INT", {"default": 64, "min": 0, "max": 1024, "step": 8, "advanced": True}), None, True),
+        "seam_search_frames": (
+            (
+                "INT",
+                {
+                    "default": defaults.seam_search_frames,
+                    "min": 0,
+                    "max": 64,
+                    "advanced": True,
+                    "tooltip": "Long videos: each chunk may end up to this many frames early, at the quietest "
+                    "moment of the audio, so seams fall in pauses; 0 = fixed seams (upstream). Costs up to "
+                    "this many frames of extra chunks.",
+                },
+            ),
+            None,
+            True,
+        ),
+        "reference_anchor": (
+            (
+                list(REFERENCE_ANCHORS),
+                {
+                    "default": defaults.reference_anchor,
+                    "advanced": True,
+                    "tooltip": "How later chunks see the reference: off = only the previous chunk's tail (upstream); "
+                    "colour = that tail colour-matched to the reference (free); keyframe = also the reference "
+                    "kept as every chunk's last frame (identity restored at each seam, pose pulled back too).",
+                },
+            ),
+            None,
+            True,
+        ),
+        "redo_identity_below": (
+            (
+                "FLOAT",
+                {
+                    "default": defaults.redo_identity_below,
+                    "min": 0.0,
+                    "max": 1.0,
+                    "step": 0.01,
+                    "advanced": True,
+                    "tooltip": "Render a chunk again, anchored on the reference, when its CLIP identity proxy "
+                    "falls below this (needs clip_vision); 0 = off. Each redo costs one more chunk.",
+                },
+            ),
+            None,
+            True,
+        ),
+        "redo_sharpness_ratio": (
+            (
+                "FLOAT",
+                {
+                    "default": defaults.redo_sharpness_ratio,
+                    "min": 0.0,
+                    "max": 1.0,
+                    "step": 0.05,
+                    "advanced": True,
+                    "tooltip": "Render a chunk again when its face sharpness falls below this fraction of the "
+                    "first chunk's; 0 = off.",
+                },
+            ),
+            None,
+            True,
+        ),
     }
 
 
@@ -355,12 +425,40 @@ class EchoMimicSampler:
                 "negative": ("CONDITIONING", {"tooltip": "The negative prompt (preview's guidance needs it)."}),
                 "image": ("IMAGE", {"tooltip": "The reference image (lipsync / continue take the video's frame)."}),
                 "task": ("ECHOMIMIC_TASK", {"tooltip": "EchoMimicV3 Task; default: the image opens the video."}),
+                "clip_vision": (
+                    "ECHOMIMIC_CLIP_VISION,CLIP_VISION",
+                    {
+                        "tooltip": "CLIP vision model (clip_vision_h): adds the identity proxy to the report and "
+                        "lets redo_identity_below work."
+                    },
+                ),
+                "output": (
+                    list(OUTPUTS),
+                    {
+                        "default": "images",
+                        "tooltip": "images: every frame in memory as IMAGE (short clips; ~7 MB per 768x768 "
+                        "frame). video_file: each chunk is written to output/<filename_prefix>_<run>.mp4 as "
+                        "it finishes (memory flat in the length; a cancelled or crashed run queued again "
+                        "resumes) - connect the video output to Save Video; images then holds the first "
+                        "frame only.",
+                    },
+                ),
+                "filename_prefix": ("STRING", {"default": "echomimic/long", "tooltip": "video_file: where it goes."}),
                 **{name: spec for name, (spec, _, advanced) in widgets.items() if advanced},
             },
         }
 
-    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
-    RETURN_NAMES = ("images", "audio", "fps")
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT", "VIDEO", "STRING", "IMAGE")
+    RETURN_NAMES = ("images", "audio", "fps", "video", "report", "report_plot")
+    OUTPUT_TOOLTIPS = (
+        "The frames (output images), or the first frame (output video_file).",
+        "The audio, trimmed to the video.",
+        "Frames per second.",
+        "The video with its audio (ComfyUI's VIDEO: Save Video). For long clips use output video_file.",
+        "Drift report (JSON): per chunk index, start_frame, frames, sharpness, colour_shift, identity "
+        "(CLIP proxy, with clip_vision) and the face box found.",
+        "The report's metrics plotted over time.",
+    )
     FUNCTION = "sample"
     CATEGORY = CATEGORY
 
@@ -392,18 +490,39 @@ class EchoMimicSampler:
         return problems[0] if len(problems) == 2 else True
 
     def sample(
-        self, model, vae, positive, clip_vision_output, audio_embeds, negative=None, image=None, task=None, **widgets
+        self,
+        model,
+        vae,
+        positive,
+        clip_vision_output,
+        audio_embeds,
+        negative=None,
+        image=None,
+        task=None,
+        clip_vision=None,
+        output="images",
+        filename_prefix="echomimic/long",
+        **widgets,
     ):
-        from echomimic_core import pipeline
+        from echomimic_core import audio_alignment, drift, media, pipeline, streaming
         from echomimic_core.sampling.sampler import StepHooks
 
         from .task import TaskSpec
 
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         embeds = audio_features(audio_embeds)
         settings = resolve_settings(model.config.variant, widgets, fps=embeds["fps"])
         spec = task if task is not None else TaskSpec(pipeline.Task())
         reference = image_batch(image, "image")[0].cpu() if image is not None else None
-        plan = pipeline.plan_generation(reference, int(embeds["num_frames"]), settings, spec.task)
+        rate = int(embeds["audio"]["sample_rate"])
+        num_frames = int(embeds["num_frames"])
+        energy = None
+        if settings.seam_search_frames:
+            wav16k = media.prepare_audio(embeds["audio"]["waveform"], rate)
+            energy = audio_alignment.frame_energy(wav16k, num_frames, settings.fps)
+        # video_file holds one chunk at a time: only images must fit whole in memory
+        plan = pipeline.plan_generation(reference, num_frames, settings, spec.task, energy, output == "images")
         models = pipeline.Models(transformer=model, vae=video_vae(vae))
         encoded = pipeline.encoded_from_embeddings(
             models,
@@ -416,6 +535,7 @@ class EchoMimicSampler:
             spec.face_box,
             spec.face_mask,
         )
+        meter = drift_meter(plan, spec.face_box, clip_vision)
 
         chunks = len(plan.chunks) if plan.chunks else 1  # sliding mode denoises all windows at once
         progress = services.Progress(chunks * settings.steps)
@@ -434,25 +554,71 @@ class EchoMimicSampler:
             settings.steps,
             chunks,
         )
+        trimmed = pipeline.trim_audio(embeds["audio"]["waveform"], rate, plan.num_frames, settings.fps)
+        audio = {"waveform": trimmed[None], "sample_rate": rate}
+        ui = {}
         # no autograd graph across steps; no_grad rather than inference_mode so the frames stay
         # ordinary tensors that any downstream node may modify in place
         with torch.no_grad(), transformer_on_device(model, device, offload):
-            frames = pipeline.render(models, encoded, plan, settings, hooks, device, offload)
+            if output == "video_file":
+                inputs = streaming.run_inputs_for(models, encoded, plan)
+                key = streaming.run_key(plan, settings, inputs)[:12]
+                path, subfolder, filename = services.run_output_file(filename_prefix, key, "mp4")
+                result = streaming.stream_to_file(
+                    models, encoded, plan, settings, path, trimmed, rate, inputs, hooks, device, offload, meter=meter
+                )
+                report = result.report
+                frames = media.load_video(path, max_frames=1, with_audio=False).frames
+                video = services.video_from_file(path)
+                ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+            else:
+                entries = []
+                frames = pipeline.render(
+                    models, encoded, plan, settings, hooks, device, offload, meter=meter, report=entries
+                )
+                report = streaming.report_meta(meter, plan, settings) | {"chunks": entries}
+                video = services.video_from_frames(frames, audio, settings.fps)
 
-        rate = int(embeds["audio"]["sample_rate"])
-        trimmed = pipeline.trim_audio(embeds["audio"]["waveform"], rate, plan.num_frames, settings.fps)
         text = (
             f"{plan.num_frames} frames ({plan.num_frames / settings.fps:.2f} s) at {plan.sample_size[1]}x"
             f"{plan.sample_size[0]}, {settings.sampler} x {settings.steps}"
         )
+        plot = drift.plot_report(report["chunks"], settings.fps, report.get("reference_sharpness"))
+        plot = torch.from_numpy(np.array(plot)).float()[None] / 255
         return {
-            "ui": {"echomimic_plan": [text]},
+            "ui": {"echomimic_plan": [text], **ui},
             "result": (
                 frames.to(services.intermediate_device()),
-                {"waveform": trimmed[None], "sample_rate": rate},
+                audio,
                 float(settings.fps),
+                video,
+                json.dumps(report, indent=1),
+                plot,
             ),
         }
+
+
+def drift_meter(plan, face_box, clip_vision):
+    """The per-chunk drift measure of one run: against the reference at the output size, in the
+    Task's face box (else the detected one); the identity proxy only with a CLIP vision model."""
+    from echomimic_core import drift, pipeline, streaming
+
+    from .adapters import image_encoder
+    from .common import on_compute_device
+
+    embed = None
+    if clip_vision is not None:
+        encoder = image_encoder(clip_vision)
+        clip = drift.clip_embedder(encoder)
+
+        def embed(images):
+            with on_compute_device(encoder):
+                return clip(images)
+
+    reference = np.array(pipeline.task_masks.resize_to_sample(plan.reference, plan.sample_size))
+    return drift.DriftMeter(
+        reference, streaming.face_box_at(face_box, plan.reference.shape[:2], plan.sample_size), embed
+    )
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from echomimic_core import audio_alignment as al
 from echomimic_core.audio_windows import WindowedAudioFeatures, slice_features
+from echomimic_core.config import AUDIO_TOKENS_PER_FRAME
 from echomimic_core.encoders.audio import AudioEncoder
 
 SR = al.SAMPLE_RATE
@@ -50,7 +51,7 @@ def speech_with_pauses(seconds: float, seed: int = 0) -> torch.Tensor:
 
 def chunked(source, num_frames, length=13, overlap=4):
     """Features of every frame gathered the way chunks ask for them (overlapping slices)."""
-    per = 1 if source.kind == "flash" else al.TOKENS_PER_FRAME
+    per = 1 if source.kind == "flash" else AUDIO_TOKENS_PER_FRAME
     parts, start = [], 0
     while start < num_frames:
         piece = source.features(start, length)

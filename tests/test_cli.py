@@ -153,3 +153,41 @@ def test_unavailable_attention_backend_is_one_line(demo_cache, tmp_path, capsys,
     assert rc == 2
     err = capsys.readouterr().err
     assert "'xformers'" in err and "sdpa" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_killed_cli_run_resumes_where_it_stopped(tmp_path, demo_model_files):
+    """SIGKILL mid-run (no cleanup at all), then the same command: it resumes and finishes."""
+    import json
+    import os
+    import signal
+    import time
+
+    cache = tmp_path / "xdg"
+    shutil.copytree(
+        demo_model_files.transformer.parents[1], cache / "echomimic-comfy" / "demo-models" / f"v{DEMO_VERSION}"
+    )
+    wav = tmp_path / "voice.wav"
+    write_wav(wav, 1.6)  # 40 frames: 4 chunks of 13 overlapping by 4
+    out, report = tmp_path / "clip.mp4", tmp_path / "drift.json"
+    cmd = [sys.executable, "-m", "echomimic_core", "generate", "--demo", "--audio", str(wav), "--out", str(out)]
+    cmd += ["--partial-video-length", "13", "--seam-search-frames", "0", "--width", "32", "--height", "32"]
+    cmd += ["--steps", "1", "--report", str(report)]
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    state = tmp_path / "clip.mp4.parts" / "state.safetensors"
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while not state.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert first.poll() is None, first.communicate()[1].decode()[-2000:]  # still running: kill it mid-run
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not out.exists() and (tmp_path / "clip.mp4.parts" / "chunk_00000.mp4").exists()
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming at chunk" in done.stderr
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].frames == 40
+    assert len(json.loads(report.read_text())["chunks"]) == 4  # chunks of both runs in one report
+    assert not (tmp_path / "clip.mp4.parts").exists()

@@ -287,3 +287,23 @@ def test_load_video_applies_display_rotation(tmp_path):
 def test_to_uint8_frames_rounds_clips_and_takes_bfloat16():
     frames = torch.tensor([[[[0.0, 0.5, 1.2]]]], dtype=torch.bfloat16)  # [1, 1, 1, 3]
     assert media.to_uint8_frames(frames).tolist() == [[[[0, 128, 255]]]]
+
+
+def test_parts_join_into_one_video_without_reencoding(tmp_path):
+    fps, sr = 25, 16000
+    g = torch.Generator().manual_seed(0)
+    pieces = [torch.rand(n, 32, 48, 3, generator=g) for n in (9, 5, 7)]
+    parts = [media.write_video_part(tmp_path / f"p{i}.mp4", p, fps) for i, p in enumerate(pieces)]
+    audio = torch.from_numpy(_sine(sr, 2.0)[0])
+    out = media.join_video_parts(tmp_path / "joined.mp4", parts, fps, audio, sr)
+    video = media.load_video(out)
+    expected = torch.cat([media.load_video(p).frames for p in parts])
+    assert torch.equal(video.frames, expected)  # the parts' own encoded frames, not re-encoded
+    assert abs(video.audio.shape[-1] / sr - 21 / fps) < 1024 / sr  # audio trimmed to the 21 frames
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        pts = [p.pts for p in container.demux(stream) if p.pts is not None]
+        assert len(pts) == 21 and len(set(pts)) == 21  # every frame has its own time
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["joined.mp4", "p0.mp4", "p1.mp4", "p2.mp4"]
+    with pytest.raises(MediaError, match="no video parts"):
+        media.join_video_parts(tmp_path / "none.mp4", [], fps)

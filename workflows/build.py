@@ -189,6 +189,22 @@ def native_output(prefix: str) -> list[Node]:
     ]
 
 
+def streamed_output(prefix: str) -> list[Node]:
+    """The sampler's VIDEO (output video_file: written chunk by chunk) straight into core Save Video,
+    which copies its streams without decoding a frame."""
+    return [
+        Node(
+            "save_video",
+            "SaveVideo",
+            4,
+            0,
+            {"filename_prefix": prefix, "format": "auto", "codec": "auto"},
+            {"video": ("sampler", 3)},
+            group="Output",
+        ),
+    ]
+
+
 def note(text: str, y: int = -1, column: int = 0) -> Node:
     return Node("note", "MarkdownNote", column, y, {"text": text}, title="Read me")
 
@@ -349,15 +365,22 @@ def workflows() -> list[Workflow]:
                         "overlap_video_length": 8,
                         "long_video_mode": "chunks",
                         "vae_tile_size": 256,
+                        "output": "video_file",
+                        "filename_prefix": "echomimic/long_parts",
                     }
                 ),
-                *native_output("echomimic/long"),
+                *streamed_output("echomimic/long"),
                 note(
                     f"# Long audio\n{PREVIEW_FILES}\n\nThe audio is cut into chunks of partial_video_length frames "
                     "that overlap by overlap_video_length frames (blended); each chunk starts from the previous "
-                    "one's last frames. Lower partial_video_length (e.g. 65) when GPU memory runs out; tiled VAE "
-                    f"(vae_tile_size) keeps decoding light. long_video_mode 'sliding' is upstream's long-video CFG. "
-                    f"{SAMPLER_NOTE}"
+                    "one's last frames (colour-matched to the reference: reference_anchor), and seams move to "
+                    "pauses in the speech (seam_search_frames). With output video_file the sampler writes each "
+                    "chunk to output/echomimic/long_parts_<run>.mp4 as it finishes, so memory stays flat for "
+                    "minutes of audio and a cancelled run queued again resumes; its video output goes to Save "
+                    "Video (the images output holds only the first frame). Connect a CLIP vision model to "
+                    "clip_vision for the identity proxy in the drift report. Lower partial_video_length (e.g. "
+                    "65) when GPU memory runs out; tiled VAE (vae_tile_size) keeps decoding light. "
+                    f"long_video_mode 'sliding' is upstream's long-video CFG. {SAMPLER_NOTE}"
                 ),
             ],
         ),

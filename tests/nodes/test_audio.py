@@ -48,3 +48,25 @@ def test_audio_encode_flash_windows():
     assert torch.equal(embeds["features"], direct.float())
     # the sampler hands back the user's own audio (rate, channels), not the 16 kHz mono the encoder read
     assert embeds["audio"]["sample_rate"] == 44100 and torch.equal(embeds["audio"]["waveform"], clip["waveform"])
+
+
+def test_audio_encode_with_context_makes_features_per_chunk():
+    from echomimic_core.audio_windows import WindowedAudioFeatures, slice_features
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=16,
+        conv_dim=(8,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
+    encoder = AudioEncoder(Wav2Vec2Model(config).eval(), "preview")
+    clip = _audio(1.0)
+    embeds, frames = audio_nodes.EchoMimicAudioEncode().encode(encoder, clip, 25.0, 0, context_seconds=10.0)
+    assert isinstance(embeds["features"], WindowedAudioFeatures) and embeds["features"].num_frames == frames == 25
+    # a clip shorter than a chunk plus twice the context is the whole-clip pass, chunk by chunk
+    direct = encoder.features_for_video(prepare_audio(clip["waveform"][0], 44100), 25, 25.0)
+    assert torch.equal(embeds["features"].features(5, 9), slice_features(direct, 5, 9, "preview"))

@@ -1,5 +1,7 @@
 """Sampler node: variant defaults, native-type adapters, and the node chain == pipeline.generate."""
 
+import json
+
 import pytest
 import torch
 
@@ -160,7 +162,7 @@ def test_sampler_node_reproduces_pipeline_generate(demo_models, chain, folders, 
         image=chain["image_t"],
         **_widgets(**QUICK),
     )
-    frames, audio, fps = out["result"]
+    frames, audio, fps, video, report, plot = out["result"]
     settings = GenerationSettings.for_variant("preview", **QUICK)
     expected = pipeline.generate(demo_models, chain["image"], chain["audio"], chain["sr"], "a person talks", settings)
     assert frames.shape == expected.frames.shape == (13, 64, 64, 3)  # floor(0.52 s * 25 fps)
@@ -170,6 +172,32 @@ def test_sampler_node_reproduces_pipeline_generate(demo_models, chain, folders, 
     assert [s[0] for s in steps] == [1, 2, 3, 4] and steps[-1][1] == 4  # 2 chunks x 2 steps
     assert steps[-1][2][1] == 16  # latent previews get [B, 16, T, h, w]
     assert "13 frames" in out["ui"]["echomimic_plan"][0]
+    # the same frames as ComfyUI's VIDEO, and a drift report with one entry per chunk
+    assert torch.equal(video.get_components()["images"], frames) and video.get_dimensions() == (64, 64)
+    assert [c["index"] for c in json.loads(report)["chunks"]] == [0, 1]
+    assert plot.ndim == 4 and plot.shape[-1] == 3
+
+
+def test_sampler_streams_long_videos_to_a_file_that_save_video_takes(demo_models, chain, folders, tmp_path):
+    from nodes.comfy_services import FileVideo
+
+    node = EchoMimicSampler()
+    args = (demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"], chain["embeds"])
+    kwargs = dict(negative=chain["negative"], image=chain["image_t"], clip_vision=demo_models.image_encoder)
+    widgets = _widgets(**QUICK, output="video_file", filename_prefix="echomimic/long")
+    out = node.sample(*args, **kwargs, **widgets)
+    frames, audio, fps, video, report, plot = out["result"]
+    assert isinstance(video, FileVideo) and video.path.is_file() and video.path.parent.name == "echomimic"
+    assert frames.shape == (1, 64, 64, 3)  # the first frame only: the video is on disk
+    assert video.get_components()["images"].shape == (13, 64, 64, 3)
+    entries = json.loads(report)["chunks"]
+    assert len(entries) == 2 and all(-1 <= e["identity"] <= 1 for e in entries)
+    assert out["ui"]["images"][0]["filename"] == video.path.name
+    video.save_to(tmp_path / "saved.mp4")  # what Save Video does with it
+    assert (tmp_path / "saved.mp4").stat().st_size == video.path.stat().st_size
+    # the same run queued again writes the same file name (a killed run's parts would be resumed)
+    again = node.sample(*args, **kwargs, **widgets)
+    assert again["result"][3].path == video.path
 
 
 ONE_CHUNK = {**QUICK, "steps": 1, "partial_video_length": 13}
@@ -212,7 +240,7 @@ def test_sampler_with_comfyui_native_vae_and_padded_conditioning(demo_models, ch
 def test_sampler_task_and_errors(demo_models, chain, folders):
     source = torch.rand(9, 96, 96, 3)
     spec, _ = EchoMimicTask().build("lipsync", source_video=source, mouth_box="48, 80, 24, 72")
-    frames, audio, _ = EchoMimicSampler().sample(
+    frames, audio, *_ = EchoMimicSampler().sample(
         demo_models.transformer,
         demo_models.vae,
         chain["positive"],

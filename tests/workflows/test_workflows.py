@@ -135,7 +135,7 @@ def test_demo_workflow_executes_on_the_demo_files(monkeypatch, tmp_path, capsys)
     prompt = json.loads((HERE / "echomimic_demo_tiny_api.json").read_text(encoding="utf-8"))
     run = run_prompt(prompt, {**NODE_CLASS_MAPPINGS, "LoadImage": LoadImage, "LoadAudio": LoadAudio})
     sampler_id = next(k for k, n in prompt.items() if n["class_type"] == "EchoMimicSampler")
-    frames, audio, fps = run["results"][sampler_id]
+    frames, audio, fps, *_ = run["results"][sampler_id]
     assert frames.shape == (60, 96, 96, 3) and fps == 25.0  # 2.4 s of speech at 25 fps
     assert audio["waveform"].shape[-1] == round(60 / 25 * 16000) and audio["sample_rate"] == 16000
     save_id = next(k for k, n in prompt.items() if n["class_type"] == "EchoMimicSaveVideo")
