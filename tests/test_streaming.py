@@ -14,15 +14,17 @@ from echomimic_core.resume import parts_dir
 from echomimic_core.sampling.sampler import Cancelled, StepHooks
 from echomimic_core.settings import GenerationSettings
 
+SIZE = 32
+
 
 def quick(**overrides) -> GenerationSettings:
-    base = dict(steps=1, partial_video_length=9, overlap_video_length=4, face_box=demo_face_box(64))
+    base = dict(steps=1, partial_video_length=9, overlap_video_length=4, face_box=demo_face_box(SIZE))
     return GenerationSettings.for_variant("preview", **{**base, **overrides})
 
 
 @pytest.fixture(scope="module")
 def inputs():
-    image, audio, sr = demo_inputs(seconds=0.84, size=64)  # 21 frames: 4 chunks of 9 with overlap 4
+    image, audio, sr = demo_inputs(seconds=0.84, size=SIZE)  # 21 frames: 4 chunks of 9 with overlap 4
     return image, audio, sr
 
 
@@ -57,7 +59,7 @@ class Sink:
         return np.concatenate(self.frames)
 
 
-@pytest.mark.parametrize("color_match", [True, False])
+@pytest.mark.parametrize("color_match", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_streamed_frames_are_the_in_memory_frames(demo_models, inputs, tmp_path, monkeypatch, color_match):
     image, audio, sr = inputs
     settings = quick(color_match=color_match)
@@ -67,7 +69,7 @@ def test_streamed_frames_are_the_in_memory_frames(demo_models, inputs, tmp_path,
     assert result.info["chunks"] == 4 and len(sink.frames) == 4  # one part per chunk, none holds it all
     assert np.array_equal(sink.video(), media.to_uint8_frames(memory.frames))
     video = media.load_video(tmp_path / "out.mp4")
-    assert video.frames.shape == (21, 64, 64, 3)
+    assert video.frames.shape == (21, SIZE, SIZE, 3)
     assert abs(video.audio.shape[-1] / video.sample_rate - 21 / 25) < 0.03  # the audio, trimmed to the video
     assert not parts_dir(tmp_path / "out.mp4").exists()  # parts removed once the mp4 is complete
 
@@ -97,6 +99,7 @@ def test_a_killed_run_resumes_at_the_first_missing_chunk_and_ends_identical(
     assert not parts_dir(out).exists()
 
 
+@pytest.mark.slow
 def test_other_settings_start_afresh_and_restart_discards(demo_models, inputs, tmp_path, caplog):
     image, audio, sr = inputs
     out = tmp_path / "run.mp4"
@@ -128,6 +131,7 @@ def test_report_has_one_entry_per_chunk_and_a_plot(demo_models, inputs, tmp_path
         assert plot.size[0] > 300 and plot.size[1] > 300
 
 
+@pytest.mark.slow
 def test_redo_renders_a_drifting_chunk_again_and_keeps_the_better(demo_models, inputs, tmp_path, caplog):
     image, audio, sr = inputs
     steps = []
@@ -152,6 +156,7 @@ def test_redo_renders_a_drifting_chunk_again_and_keeps_the_better(demo_models, i
     assert result.frames == 21
 
 
+@pytest.mark.slow
 def test_keyframe_anchor_ends_every_chunk_but_the_last_on_the_reference(demo_models, inputs, monkeypatch):
     image, audio, sr = inputs
     seen = []
@@ -163,7 +168,7 @@ def test_keyframe_anchor_ends_every_chunk_but_the_last_on_the_reference(demo_mod
 
     monkeypatch.setattr(pipeline.Denoiser, "chunk", spy)
     pipeline.generate(demo_models, image, audio, sr, "x", quick(reference_anchor="keyframe", color_match=False))
-    reference = torch.from_numpy(np.array(pipeline.task_masks.resize_to_sample(image, (64, 64)))).float() / 255
+    reference = torch.from_numpy(np.array(pipeline.task_masks.resize_to_sample(image, (SIZE, SIZE)))).float() / 255
     for index, (video, mask) in enumerate(seen):
         kept_last = bool((mask[0, 0, -1] == 0).all())
         assert kept_last == (index < len(seen) - 1)
@@ -186,7 +191,7 @@ def test_colour_anchor_matches_the_tail_to_the_reference_before_it_conditions(de
     monkeypatch.setattr(pipeline, "anchor_start_frames", spy)
     pipeline.generate(demo_models, image, audio, sr, "x", quick(color_match=False))
     assert tails[0] == (None, None) and len(tails) == 4
-    reference = np.array(pipeline.task_masks.resize_to_sample(image, (64, 64)))
+    reference = np.array(pipeline.task_masks.resize_to_sample(image, (SIZE, SIZE)))
     ref_stats = drift.lab_statistics(reference[None])
     for before, after in tails[1:]:
         shifted = np.linalg.norm(drift.lab_statistics(media.to_uint8_frames(after)) - ref_stats)
@@ -199,6 +204,7 @@ def test_colour_anchor_matches_the_tail_to_the_reference_before_it_conditions(de
     )  # chunk 2 blends in from frame 5 and not torch.equal(off.frames, on.frames)
 
 
+@pytest.mark.slow
 def test_streaming_memory_holds_one_chunk(demo_models, inputs, tmp_path, monkeypatch):
     """The stitcher never holds more than the next chunk's overlap between chunks."""
     from echomimic_core import long_video

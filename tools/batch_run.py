@@ -2,7 +2,7 @@
 
     python -m tools.batch_run WORKFLOW_API.json --inputs table.csv|table.json|folder/ \\
         [--server http://127.0.0.1:8188 [--server URL ...]] [--depth N] [--out DIR] [--retries N]
-        [--resume] [--map COL=NODE.INPUT]
+        [--restart] [--map COL=NODE.INPUT]
 
 The workflow is ComfyUI's "Export (API)" file. Each row sets node inputs, uploads the local files it
 names, queues the prompt, follows it on the websocket and downloads its outputs to ``OUT/<row>/``.
@@ -25,9 +25,13 @@ A folder as ``--inputs`` makes one row per image (``.png/.jpg/.jpeg/.webp``), wi
 ``image`` (the file), ``audio`` (same stem, ``.wav/.mp3/.flac/.m4a/.ogg``) and ``prompt`` (same
 stem ``.txt``), named after the stem; these plain names follow the mapping rules above.
 
-Resuming: ``OUT/batch_state.json`` records each row's outcome; with ``--resume`` rows already done
-(with the same values) are skipped. Rows failing at run time are retried ``--retries`` times; a
-prompt the server rejects (HTTP 400, node_errors) is reported at once, without retries.
+Resuming: ``OUT/batch_state.json`` records each row's outcome and the workflow it ran. Running the
+same command again skips the rows already done with the same values and the same workflow whose
+downloaded outputs are still there, and runs the rest; ``--restart`` runs every row. A row cut off in
+the middle of a long video resumes on the server at its first unfinished chunk when its sampler
+writes a file (``output`` video_file: the file name is the run's fingerprint, and the finished
+chunks wait beside it). Rows failing at run time are retried ``--retries`` times; a prompt the
+server rejects (HTTP 400, node_errors) is reported at once, without retries.
 
 A pool of servers
 -----------------
@@ -36,7 +40,7 @@ rows in flight (default 1: a row is queued when the server's previous one finish
 holds a backlog another could have run). A row that fails is retried on another server when there
 is one; a server that stops answering is dropped, its rows move to the others without using up
 their retries, and it is asked again every ``--server-recheck`` seconds. When no server answers,
-the remaining rows are recorded as failed and ``--resume`` picks them up later. One state file
+the remaining rows are recorded as failed and running the command again picks them up. One state file
 records which server ran each row.
 """
 
@@ -479,17 +483,32 @@ class RowResult:
     server: str | None = None  # the server of the last attempt
 
 
-def _read_state(out: Path) -> dict[str, RowResult]:
+def _read_state(out: Path, workflow_digest: str) -> dict[str, RowResult]:
+    """The rows an earlier run of this workflow recorded (none when the workflow changed since)."""
     path = out / STATE_FILE
     if not path.is_file():
         return {}
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
+        state = json.loads(path.read_text(encoding="utf-8"))
         known = set(RowResult.__dataclass_fields__)
-        return {name: RowResult(**{k: v for k, v in row.items() if k in known}) for name, row in rows.items()}
+        rows = {name: RowResult(**{k: v for k, v in row.items() if k in known}) for name, row in state["rows"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         log.warning("ignoring unreadable state file %s; all rows will run", path)
         return {}
+    if state.get("workflow") != workflow_digest:
+        log.info("the workflow changed since %s was written; every row runs again", path)
+        return {}
+    return rows
+
+
+def _still_done(done: RowResult | None, row: Row, out: Path) -> bool:
+    """Whether ``row`` finished earlier with the same values and its downloads are still there."""
+    if done is None or done.status != "done" or done.digest != row.digest():
+        return False
+    missing = [f for f in done.outputs if not (out / f).is_file()]
+    if missing:
+        log.info("%s: done before, but %s is gone; running it again", row.name, missing[0])
+    return not missing
 
 
 def _write_state(out: Path, workflow_digest: str, results: dict[str, RowResult]) -> None:
@@ -758,7 +777,7 @@ async def run_batch(
         for row in rows
     ]
     workflow_digest = hashlib.sha256(json.dumps(workflow, sort_keys=True).encode()).hexdigest()[:16]
-    previous = _read_state(out) if resume else {}
+    previous = _read_state(out, workflow_digest) if resume else {}
     results: dict[str, RowResult] = {}
 
     def record(result: RowResult) -> None:
@@ -786,7 +805,7 @@ async def run_batch(
         jobs = []
         for row in rows:
             done = previous.get(row.name)
-            if done is not None and done.status == "done" and done.digest == row.digest():
+            if _still_done(done, row, out):
                 results[row.name] = RowResult(**{**asdict(done), "status": "skipped"})
                 log.info("%s: already done, skipped", row.name)
                 continue
@@ -888,7 +907,13 @@ def main(argv: Iterable[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("batch_output"), help="output folder (made if missing)")
     parser.add_argument("--retries", type=int, default=1, help="extra attempts for a row that fails at run time")
-    parser.add_argument("--resume", action="store_true", help="skip rows recorded as done in OUT/batch_state.json")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        default=True,
+        help="skip rows recorded as done in OUT/batch_state.json (the default; kept for old scripts)",
+    )
+    parser.add_argument("--restart", action="store_true", help="run every row again, done or not")
     parser.add_argument("--map", action="append", default=[], metavar="COLUMN=NODE.INPUT")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one row may run")
     parser.add_argument("--retry-delay", type=float, default=2.0)
@@ -915,7 +940,7 @@ def main(argv: Iterable[str] | None = None) -> int:
                 args.out,
                 renames,
                 args.retries,
-                args.resume,
+                args.resume and not args.restart,
                 args.timeout,
                 args.retry_delay,
                 args.include_temp,

@@ -468,3 +468,21 @@ def test_server_address_without_http_is_accepted(batch, server):
     address = server.url.removeprefix("http://")
     assert _run(batch, server, "--server", address) == 0
     assert len(server.queued) == 1
+
+
+def test_running_again_resumes_unless_the_workflow_outputs_or_restart_say_otherwise(batch, server):
+    assert _run(batch, server, "--retries", "0") == 1  # alice, bob done; broken failed
+    assert len(server.queued) == 3
+    assert _run(batch, server, "--retries", "0") == 1  # the same command: only the failed row again
+    assert [p["1"]["inputs"]["image"] for _, p in server.queued][3:] == ["bad.png"]
+    bob = _state(batch)["bob"]["outputs"][0]
+    (batch / "out" / bob).unlink()  # a deleted download: bob runs again
+    assert _run(batch, server, "--retries", "0") == 1
+    assert [p["1"]["inputs"]["image"] for _, p in server.queued][4:] == ["b.png", "bad.png"]
+    assert _run(batch, server, "--retries", "0", "--restart") == 1
+    assert sorted(p["1"]["inputs"]["image"] for _, p in server.queued[6:]) == ["a.png", "b.png", "bad.png"]
+    workflow = json.loads((batch / "wf.json").read_text())
+    workflow["3"]["inputs"]["value"] = 99  # another workflow: every row again
+    (batch / "wf.json").write_text(json.dumps(workflow))
+    assert _run(batch, server, "--retries", "0") == 1
+    assert len(server.queued) == 12
