@@ -140,6 +140,11 @@ class PartStore:
         log.info("resuming at chunk %d of %d (%s)", point.next_chunk + 1, self.num_chunks, self.folder)
         return point
 
+    def peek(self, resume: bool = True) -> ResumePoint:
+        """What :meth:`open` would resume from, without changing the folder (for the other ranks of
+        a parallel run, while rank 0 opens it)."""
+        return (self._load() if resume else None) or ResumePoint()
+
     def _load(self) -> ResumePoint | None:
         run_file = self.folder / RUN_FILE
         if not run_file.is_file():

@@ -87,11 +87,17 @@ def stream_to_file(
     meter=None,
     report: str | Path | None = None,
     crf: int = 18,
+    parallel=None,
+    write: bool = True,
 ) -> StreamResult:
     """Render ``plan`` chunk by chunk into ``out`` (an mp4 with ``audio``, already trimmed to the
     video), resuming a killed run of the same generation (``run_inputs`` names its inputs for the
     fingerprint: digests of the reference, audio, task, models ...). ``meter``: a
     ``drift.DriftMeter``; with ``report`` the per-chunk metrics go to that JSON file and a PNG plot.
+
+    ``parallel`` (see ``pipeline.render``): every rank calls this with the same arguments and renders
+    the same chunks; only the one with ``write`` (rank 0) writes parts, state and the mp4, the others
+    only read a resumed run's state.
     """
     from . import pipeline
 
@@ -99,7 +105,7 @@ def stream_to_file(
     chunks = plan.chunks or [None]
     description = run_description(plan, settings, run_inputs)
     store = resuming.PartStore(out, resuming.fingerprint(description), len(chunks), description)
-    point = store.open(resume)
+    point = store.open(resume) if write else store.peek(resume)
     entries: list[dict] = list(point.values.get("report", []))
     colour_reference = point.tensors.get("colour_reference")
     colour = ColourMatcher(settings.color_match, None if colour_reference is None else colour_reference.numpy())
@@ -113,7 +119,9 @@ def stream_to_file(
             "baseline_sharpness": point.values.get("baseline_sharpness"),
         }
     written = point.values.get("written", 0)
-    pieces = pipeline.render_chunks(models, encoded, plan, settings, hooks, device, offload_device, resume_from, meter)
+    pieces = pipeline.render_chunks(
+        models, encoded, plan, settings, hooks, device, offload_device, resume_from, meter, parallel
+    )
     for piece in pieces:
         images = colour(piece.frames)
         if piece.metrics is not None:
@@ -133,9 +141,11 @@ def stream_to_file(
             if len(images):
                 media.write_video_part(path, images, settings.fps, crf=crf)
 
-        store.save_chunk(piece.index, write_part, resuming.ResumePoint(piece.resume["next_chunk"], tensors, values))
-        log.info("chunk %d of %d done (%d frames so far)", piece.index + 1, piece.count, written)
-    media.join_video_parts(out, store.parts(), settings.fps, audio, sample_rate)
+        if write:
+            store.save_chunk(piece.index, write_part, resuming.ResumePoint(piece.resume["next_chunk"], tensors, values))
+            log.info("chunk %d of %d done (%d frames so far)", piece.index + 1, piece.count, written)
+    if write:
+        media.join_video_parts(out, store.parts(), settings.fps, audio, sample_rate)
     info = {
         "frames": plan.num_frames,
         "size": plan.sample_size,
@@ -146,9 +156,10 @@ def stream_to_file(
     result = StreamResult(out, written, settings.fps, info)
     if meter is not None:
         result.report = report_meta(meter, plan, settings) | {"chunks": entries}
-        if report is not None:
+        if report is not None and write:
             result.report_paths = write_report(report, entries, report_meta(meter, plan, settings))
-    store.discard()
+    if write:
+        store.discard()
     return result
 
 
@@ -233,10 +244,12 @@ def generate_to_file(
     resume: bool = True,
     report: str | Path | None = None,
     crf: int = 18,
+    parallel=None,
+    write: bool = True,
 ) -> StreamResult:
     """``pipeline.generate`` written straight to the mp4 ``out``, with the audio: memory flat in the
     duration, resumable (``resume=False`` starts afresh), and a drift report (JSON + PNG) at
-    ``report`` when given. Same arguments as ``generate``."""
+    ``report`` when given. Same arguments as ``generate``; ``write``: see :func:`stream_to_file`."""
     from . import pipeline
     from .settings import GenerationSettings
     from .tasks import Task
@@ -288,6 +301,8 @@ def generate_to_file(
         meter,
         report,
         crf,
+        parallel,
+        write,
     )
 
 
