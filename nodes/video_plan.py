@@ -16,6 +16,10 @@ The frontend computes the same plan in ``web/lib/video_plan.js``; both are teste
   rounded UP to ``4k+1`` (the surplus is trimmed), so the output has exactly ``frames`` frames.
   ``0 <= overlap < partial``. Upstream instead rounds the last chunk down and loses up to 3 frames
   and the audio under them.
+
+This is the plan at fixed seams. With the sampler's ``seam_search_frames`` (default 12) each chunk
+may end up to that many frames earlier, at a pause in the audio (``long_video.plan_chunks_at_pauses``),
+which the audio's duration alone cannot tell: the sampler may then render a few more chunks.
 """
 
 from __future__ import annotations
