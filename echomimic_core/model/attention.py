@@ -2,17 +2,34 @@
 
 ``attention(q, k, v, backend)`` takes and returns ``[B, L, heads, head_dim]`` (Wan's layout).
 No key masks are needed: upstream EchoMimicV3 attends over every key (padded text included).
+
+SageAttention is used only where it is exact. Its Triton kernels (sageattention 1.0.6, and 2.x on
+RTX 30xx) read keys in blocks of 64 and load the missing keys of the last block as zeros without
+masking them out of the softmax: each such phantom key adds exp(0 - max) to the denominator. The
+error is about the phantom keys' share of the block-rounded key set (measured: 0.64 at 17 keys,
+0.39 at 32, 0.13 at 257; at 512 only its int8 rounding, 0.001). So a key set goes to SageAttention
+only when it is long (self-attention over thousands of tokens) and its phantom share is below that
+rounding; the short cross-attentions (text, CLIP, audio windows) take SDPA, which costs nothing
+noticeable there (their key sets are tiny next to the self-attention's).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger(__name__)
+
 _HALF = (torch.float16, torch.bfloat16)
+
+SAGE_HEAD_DIMS = (64, 96, 128)  # the head widths SageAttention 1.x has kernels for (2.x pads to them)
+SAGE_KEY_BLOCK = 64  # keys per block of SageAttention's Triton kernels
+SAGE_MIN_KEYS = 1024  # shorter key sets (cross-attention) gain nothing from it
+SAGE_MAX_PHANTOM_SHARE = 2**-10  # at most its own int8 rounding error
 
 
 def _sdpa(q, k, v):
@@ -32,7 +49,17 @@ def _flash_attn(q, k, v):
     return flash_attn_func(*_as_half(q, k, v)).to(dtype)
 
 
+def sage_is_exact(key_len: int) -> bool:
+    """Whether SageAttention over ``key_len`` keys is as exact as its int8 rounding allows: enough
+    keys, and the unmasked phantom keys of the last 64-key block a negligible share of them."""
+    phantom = -key_len % SAGE_KEY_BLOCK
+    return key_len >= SAGE_MIN_KEYS and phantom <= key_len * SAGE_MAX_PHANTOM_SHARE
+
+
 def _sageattention(q, k, v):
+    if not sage_is_exact(k.shape[1]):
+        log.debug("SageAttention would be inexact over %d keys: SDPA instead", k.shape[1])
+        return _sdpa(q, k, v)
     from sageattention import sageattn
 
     dtype = q.dtype
@@ -64,10 +91,16 @@ def available_backends() -> list[str]:
     ]
 
 
-def check_backend(backend: str) -> None:
-    """Raise a clear error if ``backend`` is unknown or its package is missing."""
+def check_backend(backend: str, head_dim: int | None = None) -> None:
+    """Raise a clear error if ``backend`` is unknown, its package is missing, or it has no kernel
+    for heads ``head_dim`` wide (when given)."""
     if backend not in _BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; known: {sorted(_BACKENDS)}.")
+    if backend == "sageattention" and head_dim is not None and head_dim not in SAGE_HEAD_DIMS:
+        raise ValueError(
+            f"attention backend 'sageattention' has kernels for head dims {SAGE_HEAD_DIMS}; this model's "
+            f"heads are {head_dim} wide. Use 'sdpa' or 'flash_attn' for it."
+        )
     _, pkg, needs_cuda = _BACKENDS[backend]
     if pkg is not None and importlib.util.find_spec(pkg) is None:
         raise RuntimeError(

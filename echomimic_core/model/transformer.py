@@ -144,7 +144,7 @@ class EchoMimicTransformer(nn.Module):
 
     def __init__(self, config: TransformerConfig, attention_backend: str = "sdpa", ops=Operations):
         super().__init__()
-        check_backend(attention_backend)
+        check_backend(attention_backend, head_dim=config.dim // config.num_heads)
         self.config = c = config
         self.attention_backend = attention_backend
         # when set, inputs are cast to this dtype (weights are cast on the fly by ``ops``)
