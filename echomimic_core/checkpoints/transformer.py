@@ -29,7 +29,7 @@ import torch
 from ..config import TransformerConfig
 from .files import CheckpointError, load_state_dict, read_metadata, read_shapes, save_state_dict
 from .keymaps import find_prefix, is_diffusers_layout, to_original_keys
-from .quant import FP8_DTYPES, is_scaled_fp8, split_scaled_fp8, to_fp8
+from .quant import FP8_DTYPES, check_supported_quantization, is_scaled_fp8, split_scaled_fp8, to_fp8
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +309,10 @@ def _inspect(
 ) -> CheckpointInfo:
     if variant not in (None, *VARIANTS):
         raise ValueError(f"variant must be one of {VARIANTS} or None, got {variant!r}.")
+    try:  # before the scales are taken for fp8 ones (a broadcast error deep in the load)
+        check_supported_quantization(raw, str(path))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
     scaled = is_scaled_fp8(raw)
     shapes = {
         k: _shape(v)
