@@ -199,9 +199,14 @@ def demo_inputs(seconds: float = 2.4, size: int = 96, sample_rate: int = 16000):
     d.ellipse([42 * s, 48 * s, 54 * s, 55 * s], fill=(150, 50, 60))  # mouth
     d.rectangle([22 * s, 66 * s, 74 * s, 96 * s], fill=(200, 60, 60))  # shoulders
 
+    return np.asarray(img), torch.from_numpy(speech_like(seconds, sample_rate))[None], sample_rate
+
+
+def speech_like(seconds: float, sample_rate: int = 16000, phase: float = 0.0) -> np.ndarray:
+    """float32 [T]: voiced syllables (a 140 Hz buzz shaped by two formants) at 4 Hz separated by
+    short pauses, so silent and voiced frames alternate; ``phase`` (radians) shifts the syllables."""
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     buzz = np.sign(np.sin(2 * math.pi * 140 * t)) * 0.3
     formants = np.sin(2 * math.pi * 700 * t) * 0.5 + np.sin(2 * math.pi * 1200 * t) * 0.3
-    syllables = (np.sin(2 * math.pi * 4 * t) > -0.2).astype(np.float64)
-    audio = (buzz * (0.5 + 0.5 * formants) * syllables * 0.5).astype(np.float32)
-    return np.asarray(img), torch.from_numpy(audio)[None], sample_rate
+    syllables = (np.sin(2 * math.pi * 4 * t + phase) > -0.2).astype(np.float64)
+    return (buzz * (0.5 + 0.5 * formants) * syllables * 0.5).astype(np.float32)

@@ -163,18 +163,6 @@ def draw_face(
     return pixels, (cy - 0.5 * fh, cy + 0.5 * fh, cx - 0.5 * fw, cx + 0.5 * fw)
 
 
-def speech_like(seconds: float, sample_rate: int = 16000, seed: int = 0):
-    """float32 [T]: voiced syllables (a 140 Hz buzz, two formants) at about 4 Hz with pauses."""
-    import numpy as np
-
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    phase = np.random.default_rng(seed).uniform(0, 2 * np.pi)
-    buzz = np.sign(np.sin(2 * np.pi * 140 * t)) * 0.3
-    formants = np.sin(2 * np.pi * 700 * t) * 0.5 + np.sin(2 * np.pi * 1200 * t) * 0.3
-    syllables = (np.sin(2 * np.pi * 4 * t + phase) > -0.2).astype(np.float64)
-    return (buzz * (0.5 + 0.5 * formants) * syllables * 0.5).astype(np.float32)
-
-
 def write_talking_video(
     path,
     frames: int,
@@ -196,9 +184,10 @@ def write_talking_video(
     import torch
 
     from echomimic_core import media
+    from echomimic_core.demo import speech_like
 
     sample_rate = 16000
-    audio = speech_like(frames / fps + 0.2, sample_rate, seed)
+    audio = speech_like(frames / fps + 0.2, sample_rate, phase=np.random.default_rng(seed).uniform(0, 2 * np.pi))
     if silent:
         audio = audio * 1e-4
     hop = sample_rate / fps

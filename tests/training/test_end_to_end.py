@@ -13,10 +13,11 @@ from PIL import Image
 from scipy.io import wavfile
 
 from echomimic_core import media
+from echomimic_core.demo import speech_like
 from nodes import comfy_services as cs
 from training import pairs, preprocess
 from training.prepare import PrepareConfig, prepare
-from training.synthetic import draw_face, speech_like, write_talking_video
+from training.synthetic import draw_face, write_talking_video
 from training.train import run
 
 FRAMES, SIZE = 9, 64
