@@ -26,6 +26,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
+from echomimic_core.checkpoints.transformer import save_transformer
 from echomimic_core.model.conditioning import Conditioning
 from echomimic_core.settings import PAPER_TASKS
 from training import flow_matching as fm
@@ -282,14 +283,14 @@ class Trainer:
             if self.config.lora.enabled:
                 save_lora(unwrapped, tmp / LORA_FILE, self.config.lora, state_dict=weights)
             else:
-                save_weights(weights, tmp / MODEL_FILE, unwrapped)
+                save_transformer(unwrapped, tmp / MODEL_FILE, state_dict=weights)
             if self.ema is not None:
                 self.ema.save(tmp / EMA_FILE)
                 averaged = {**weights, **self.ema.state_dict(weights)}
                 if self.config.lora.enabled:
                     save_lora(unwrapped, tmp / LORA_EMA_FILE, self.config.lora, state_dict=averaged)
                 else:
-                    save_weights(averaged, tmp / MODEL_EMA_FILE, unwrapped)
+                    save_transformer(unwrapped, tmp / MODEL_EMA_FILE, state_dict=averaged)
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -540,21 +541,6 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
         if step.isdigit() and (path / STATE_FILE).is_file():
             found.append((int(step), path))
     return [path for _, path in sorted(found)]
-
-
-def save_weights(state: dict[str, torch.Tensor], path: Path, model: torch.nn.Module) -> None:
-    """The transformer weights as the node pack's loader reads them: released key names, the
-    config in the metadata (as ``save_transformer`` writes it). ``state`` comes from
-    ``accelerator.get_state_dict``, which gathers FSDP shards."""
-    from echomimic_core.checkpoints.files import save_state_dict
-    from echomimic_core.checkpoints.transformer import CONFIG_METADATA_KEY
-
-    metadata = {
-        CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()),
-        "format": "pt",
-        "echomimic_variant": model.config.variant,
-    }
-    save_state_dict({k: v.detach().cpu() for k, v in state.items()}, path, metadata=metadata)
 
 
 class EMA:

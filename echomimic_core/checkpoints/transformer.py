@@ -571,12 +571,17 @@ def _move_buffers(model: torch.nn.Module, device) -> None:
 
 
 def save_transformer(
-    model, path: str | Path, metadata: Mapping[str, str] | None = None, dtype: torch.dtype | None = None
+    model,
+    path: str | Path,
+    metadata: Mapping[str, str] | None = None,
+    dtype: torch.dtype | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Write the model's state dict as safetensors (original key names) with its config in the
     metadata, so the file loads on its own. ``dtype`` casts floating tensors on the way out
     (e.g. fp32 training weights saved as bf16); by default each keeps its stored dtype, fp8
-    included. The file appears atomically (written aside, then renamed)."""
+    included. ``state_dict`` writes other weights of this model instead of its own (training's
+    gathered FSDP shards, its EMA average). The file appears atomically (written aside, then renamed)."""
     meta = {
         CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()),
         "format": "pt",
@@ -584,7 +589,7 @@ def save_transformer(
         **(metadata or {}),
     }
     state = {
-        k: v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()
-        for k, v in model.state_dict().items()
+        k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).cpu()
+        for k, v in (model.state_dict() if state_dict is None else state_dict).items()
     }
     save_state_dict(state, path, metadata=meta)
