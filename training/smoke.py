@@ -18,10 +18,11 @@ from pathlib import Path
 from echomimic_core.config import TransformerConfig
 from training.config import config_from_dict
 from training.dataset import CachedDataset
+from training.launch import make_accelerator
 from training.model_init import build_model
 from training.preprocess import preprocess
 from training.synthetic import FRAMES, HEIGHT, WIDTH, sft_rows, synthetic_clip, tiny_encoders
-from training.trainer import Trainer, make_accelerator
+from training.trainer import Trainer
 
 
 def main(argv=None) -> int:

@@ -21,8 +21,9 @@ from pathlib import Path
 from echomimic_core.interrupts import Interrupted, StopRequest, exit_code, stop_immediately
 from training.config import config_to_dict, load_config
 from training.dataset import CachedDataset
+from training.launch import make_accelerator
 from training.model_init import build_model
-from training.trainer import Trainer, complete_checkpoints, make_accelerator
+from training.trainer import Trainer, complete_checkpoints
 
 log = logging.getLogger(__name__)
 

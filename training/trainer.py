@@ -14,7 +14,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import shutil
 import signal
 import time
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
 
 from echomimic_core.checkpoints.transformer import save_transformer
 from echomimic_core.model.conditioning import Conditioning
@@ -32,10 +30,11 @@ from echomimic_core.settings import PAPER_TASKS
 from training import flow_matching as fm
 from training.config import PHASES, TrainConfig, config_to_dict
 from training.dataset import StreamSampler, collate
+from training.ema import EMA
+from training.launch import make_accelerator
 from training.lora import adapters_disabled, add_lora, save_lora
 from training.modality_drop import apply_drop, drop_plan
 from training.tasks import build_y, face_gates, sample_tasks
-from training.trackers import resolve_trackers
 
 log = logging.getLogger(__name__)
 
@@ -73,78 +72,6 @@ def _mix(*parts) -> int:
     """A 63-bit seed from its parts, the same in every process and Python version (unlike hash())."""
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def fsdp_plugin():
-    """The FSDP settings ``accelerate launch`` put in the environment (None without FSDP), with
-    FSDP's own mixed precision kept at float32.
-
-    accelerate's default FSDP policy for bf16 stores the parameters in bf16 and casts the root
-    forward's inputs to bf16, the timesteps ``t`` included (steps of 4 near t = 1000). Keeping FSDP
-    at float32 leaves the bf16 to autocast, as on one GPU and under DDP: float32 master weights,
-    exact timesteps, the same numerics in every setup, for twice the all-gather traffic.
-    """
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
-        return None
-    from accelerate import FullyShardedDataParallelPlugin
-
-    return FullyShardedDataParallelPlugin(mixed_precision_policy="fp32")
-
-
-def make_accelerator(config: TrainConfig) -> Accelerator:
-    """The run's Accelerator; refuses a launch whose processes would not form one group."""
-    out = Path(config.output_dir)
-    acc = Accelerator(
-        mixed_precision=config.mixed_precision,
-        fsdp_plugin=fsdp_plugin(),
-        gradient_accumulation_steps=config.optim.gradient_accumulation_steps,
-        log_with=resolve_trackers(config.trackers, out / "logs"),
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-    )
-    check_process_group(acc)
-    check_deepspeed_settings(config)
-    return acc
-
-
-def check_deepspeed_settings(config: TrainConfig) -> None:
-    """Under DeepSpeed the launch config's gradient accumulation and clipping win over the training
-    config's (accelerate reads them from the environment): refuse a run where they differ, since the
-    trainer counts micro-batches by the training config."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
-        return
-    pairs = (
-        (
-            "ACCELERATE_GRADIENT_ACCUMULATION_STEPS",
-            config.optim.gradient_accumulation_steps,
-            "optim.gradient_accumulation_steps",
-            "gradient_accumulation_steps",
-        ),
-        ("ACCELERATE_GRADIENT_CLIPPING", config.optim.max_grad_norm, "optim.max_grad_norm", "gradient_clipping"),
-    )
-    for env, ours, name, key in pairs:
-        theirs = os.environ.get(env, "auto")
-        if theirs != "auto" and float(theirs) != float(ours):
-            raise ValueError(
-                f"the DeepSpeed launch config sets {key}: {theirs} but the training config's {name} is {ours}; "
-                f"set deepspeed_config.{key} to {ours} in the accelerate config (or to auto)."
-            )
-
-
-def check_process_group(acc: Accelerator) -> None:
-    """Refuse a launch whose processes did not join one group.
-
-    ``accelerate launch --multi_gpu --num_processes 2`` (or a multi-GPU config) on a machine without
-    GPUs starts two processes, but without ``ACCELERATE_USE_CPU=true`` accelerate sets each up as a
-    single-process run: two independent trainings writing into one output folder.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and acc.num_processes != world:
-        raise RuntimeError(
-            f"launched as {world} processes (WORLD_SIZE={world}) but accelerate set this one up as "
-            f"{acc.num_processes} process(es) ({acc.distributed_type.value}): each would train alone into the "
-            "same output_dir. Without GPUs, launch with ACCELERATE_USE_CPU=true (or `accelerate launch --cpu`); "
-            "with GPUs, check that every process sees one."
-        )
 
 
 def dpo_steps_until(step: int, every_n_steps: int, start_step: int = 0, ramp_steps: int = 0) -> Fraction:
@@ -541,55 +468,3 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
         if step.isdigit() and (path / STATE_FILE).is_file():
             found.append((int(step), path))
     return [path for _, path in sorted(found)]
-
-
-class EMA:
-    """Exponential moving average of the trainable parameters, in float32 beside the model:
-    ``ema = decay * ema + (1 - decay) * weight`` after every optimizer step. Whole-tensor
-    parameters only (single process or DDP); under FSDP a rank's parameters are shards."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        for name, param in model.named_parameters():
-            if name in self.shadow:
-                self.shadow[name].lerp_(param.detach().float(), 1 - self.decay)
-
-    def state_dict(self, like: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """The averaged weights under the model's state-dict names (cast like ``like``'s tensors)."""
-        if like is None:
-            return {k: v.clone() for k, v in self.shadow.items()}
-        return {k: v.to(like[k].dtype) for k, v in self.shadow.items() if k in like}
-
-    def save(self, path: Path) -> None:
-        from echomimic_core.checkpoints.files import save_state_dict
-
-        save_state_dict({k: v.cpu().contiguous() for k, v in self.shadow.items()}, path)
-
-    def load(self, path: Path) -> None:
-        from echomimic_core.checkpoints.files import load_state_dict
-
-        if not path.is_file():
-            log.warning("%s: no EMA state in this checkpoint; the average restarts from the current weights", path)
-            return
-        for name, value in load_state_dict(path).items():
-            if name in self.shadow:
-                self.shadow[name].copy_(value)
-
-    @contextlib.contextmanager
-    def swapped_in(self, model: torch.nn.Module):
-        """The model with the averaged weights for the duration of the block."""
-        params = dict(model.named_parameters())
-        saved = {n: params[n].detach().clone() for n in self.shadow}
-        with torch.no_grad():
-            for n, v in self.shadow.items():
-                params[n].copy_(v)
-        try:
-            yield model
-        finally:
-            with torch.no_grad():
-                for n, v in saved.items():
-                    params[n].copy_(v)

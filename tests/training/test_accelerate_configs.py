@@ -11,7 +11,7 @@ from accelerate.utils.launch import prepare_multi_gpu_env
 
 from echomimic_core.model.blocks import WanAttentionBlock
 from echomimic_core.model.transformer import EchoMimicTransformer
-from training.trainer import fsdp_plugin
+from training.launch import fsdp_plugin
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "training" / "accelerate"
 EXPECTED = {
@@ -56,7 +56,7 @@ def test_config_parses_with_the_installed_accelerate(name):
         assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == name[-6]  # deepspeed_zero2/3.yaml
         # the trainer refuses launch settings that contradict the training config
         from training.config import config_from_dict
-        from training.trainer import check_deepspeed_settings
+        from training.launch import check_deepspeed_settings
 
         with pytest.MonkeyPatch.context() as mp:
             for key, value in env.items():

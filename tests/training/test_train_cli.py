@@ -45,7 +45,7 @@ def test_processes_that_form_no_group_are_refused(monkeypatch):
 
     from accelerate.utils import DistributedType
 
-    from training.trainer import check_process_group
+    from training.launch import check_process_group
 
     alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
     monkeypatch.setenv("WORLD_SIZE", "2")
