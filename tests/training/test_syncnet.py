@@ -1,5 +1,7 @@
 """SyncNet scoring: the network's layout, the MFCCs it was trained on, and prepare's sync filter."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -51,10 +53,14 @@ def test_prepare_scores_sync_and_filters_with_user_weights(tmp_path):
     torch.save(SyncNet().state_dict(), weights)
     write_talking_video(tmp_path / "raw" / "a.mp4", 12, 25.0, (256, 320))
     cfg = dict(frames=9, size=(64, 64), detector="haar", detect_every=4)
-    scorer = SyncNetScorer.load(weights)
+    # 9 frames give 4 embeddings: offsets of +-2 frames, so that no offset sees only padding (with
+    # the default +-10 every score would be 0, whatever the crops)
+    scorer = SyncNetScorer(SyncNetScorer.load(weights).net, vshift=2)
     prepare(tmp_path / "raw", tmp_path / "m.jsonl", PrepareConfig(**cfg), sync_scorer=scorer, progress=False)
-    row = __import__("json").loads((tmp_path / "m.jsonl").read_text())
-    assert isinstance(row["sync_score"], float) and abs(row["sync_offset_frames"]) <= 10
+    row = json.loads((tmp_path / "m.jsonl").read_text())
+    # the row holds the score of its own window and face box
+    confidence, offset = scorer(tmp_path / "raw" / "a.mp4", row["start_seconds"], 9, 25.0, row["face_box"])
+    assert row["sync_score"] == round(confidence, 4) and row["sync_offset_frames"] == offset
     summary = prepare(
         tmp_path / "raw", tmp_path / "m2.jsonl", PrepareConfig(**cfg, min_sync=1e9), sync_scorer=scorer, progress=False
     )
