@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from echomimic_core.config import TransformerConfig
+from training.config import config_from_dict
+from training.dataset import CachedDataset
+from training.model_init import build_model
 from training.preprocess import Encoders, preprocess
 from training.synthetic import FRAMES, HEIGHT, WIDTH, sft_rows, synthetic_clip, tiny_encoders
 
@@ -47,6 +50,35 @@ def dpo_cache(tmp_path_factory, encoders):
         rows, out, encoders, kind="dpo", frames=FRAMES, size=(HEIGHT, WIDTH), loader=synthetic_clip, progress=False
     )
     return out
+
+
+def _make_trainer(out, sft_cache, dpo_cache=None, **over):
+    """A Trainer of the tiny preview model on the given caches (float32, no DPO, lr 1e-3, logs
+    every step); each keyword replaces a config key, or is merged into a section given as a dict."""
+    from training.trainer import Trainer
+
+    raw = {
+        "output_dir": str(out),
+        "mixed_precision": "no",
+        "log_every": 1,
+        "checkpoint_every": 1000,
+        "model": {"preset": "tiny_preview", "gradient_checkpointing": False},
+        "data": {"batch_size": 3, "num_workers": 0},
+        "dpo": {"every_n_steps": 0},
+        "optim": {"lr": 1e-3, "warmup_steps": 0, "max_steps": 100},
+    }
+    for key, value in over.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    cfg = config_from_dict(raw)
+    sft = CachedDataset(sft_cache)
+    dpo = CachedDataset(dpo_cache, kind="dpo") if dpo_cache else None
+    return Trainer(cfg, build_model(cfg.model, cfg.seed), sft, sft.null_text, dpo_data=dpo)
+
+
+@pytest.fixture
+def make_trainer():
+    """``make_trainer(out, sft_cache, dpo_cache=None, **config_overrides)`` (see ``_make_trainer``)."""
+    return _make_trainer
 
 
 @pytest.fixture(autouse=True)

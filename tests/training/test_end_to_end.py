@@ -18,6 +18,7 @@ from nodes import comfy_services as cs
 from training import pairs, preprocess
 from training.prepare import PrepareConfig, prepare
 from training.synthetic import draw_face, write_talking_video
+from training.trackers import read_metrics
 from training.train import run
 
 FRAMES, SIZE = 9, 64
@@ -88,9 +89,7 @@ def test_prepare_preprocess_sft_pairs_dpo_validate_and_load(tmp_path, demo_model
     (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(config))
     dpo = run(tmp_path / "dpo.yaml")
     assert dpo.state.step == 4 and dpo.state.dpo_samples == 2
-    rows = [
-        json.loads(line) for line in (tmp_path / "run" / "logs" / "train" / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = read_metrics(tmp_path / "run" / "logs" / "train" / "metrics.jsonl")
     assert any("dpo/implicit_accuracy" in r for r in rows) and any("val/loss" in r for r in rows)
     videos = list((tmp_path / "run" / "validation" / "step-4").glob("*.mp4"))
     assert len(videos) == 1 and media.load_video(videos[0], with_audio=False).frames.shape[0] == FRAMES

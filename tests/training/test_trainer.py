@@ -6,31 +6,11 @@ import torch
 from echomimic_core.checkpoints.files import load_state_dict
 from echomimic_core.checkpoints.transformer import load_transformer
 from echomimic_core.model.conditioning import Conditioning
-from training.config import config_from_dict
-from training.dataset import CachedDataset, collate
+from training.dataset import collate
 from training.lora import merge_lora
 from training.model_init import build_model
 from training.trackers import read_metrics
-from training.trainer import LORA_FILE, MODEL_FILE, Trainer
-
-
-def make_trainer(out, sft_cache, dpo_cache=None, **over):
-    raw = {
-        "output_dir": str(out),
-        "mixed_precision": "no",
-        "log_every": 1,
-        "checkpoint_every": 1000,
-        "model": {"preset": "tiny_preview", "gradient_checkpointing": False},
-        "data": {"batch_size": 3, "num_workers": 0},
-        "dpo": {"every_n_steps": 0},
-        "optim": {"lr": 1e-3, "warmup_steps": 0, "max_steps": 100},
-    }
-    for key, value in over.items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
-    cfg = config_from_dict(raw)
-    sft = CachedDataset(sft_cache)
-    dpo = CachedDataset(dpo_cache, kind="dpo") if dpo_cache else None
-    return Trainer(cfg, build_model(cfg.model, cfg.seed), sft, sft.null_text, dpo_data=dpo)
+from training.trainer import LORA_FILE, MODEL_FILE
 
 
 def held_out_loss(trainer) -> float:
@@ -40,7 +20,7 @@ def held_out_loss(trainer) -> float:
         return sum(trainer.sft_loss(batch, torch.Generator().manual_seed(s))[0].item() for s in range(4)) / 4
 
 
-def test_sft_loss_falls_and_is_logged_per_phase_and_task(tmp_path, sft_cache):
+def test_sft_loss_falls_and_is_logged_per_phase_and_task(tmp_path, sft_cache, make_trainer):
     trainer = make_trainer(tmp_path, sft_cache)
     before = held_out_loss(trainer)
     history = trainer.train(30)
@@ -67,7 +47,7 @@ class Recorder(torch.nn.Module):
         return self.model(x, t, cond)
 
 
-def test_phase_drop_reaches_the_model(tmp_path, sft_cache):
+def test_phase_drop_reaches_the_model(tmp_path, sft_cache, make_trainer):
     trainer = make_trainer(tmp_path, sft_cache, drop={"cfg_text": 0.0, "cfg_audio": 0.0, "cfg_all": 0.0})
     recorder = Recorder(trainer.model)
     trainer.model = recorder
@@ -98,7 +78,7 @@ def test_phase_drop_reaches_the_model(tmp_path, sft_cache):
     assert early_images == {True, False}  # the early phase trains with and without the CLIP image
 
 
-def test_dpo_raises_the_implicit_reward_margin(tmp_path, sft_cache, dpo_cache):
+def test_dpo_raises_the_implicit_reward_margin(tmp_path, sft_cache, dpo_cache, make_trainer):
     trainer = make_trainer(
         tmp_path,
         sft_cache,
@@ -123,7 +103,7 @@ def _losses(history):
     return [h.get("loss/sft", h.get("loss/dpo")) for h in history]
 
 
-def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, sft_cache, dpo_cache):
+def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, sft_cache, dpo_cache, make_trainer):
     over = dict(
         checkpoint_every=3,
         dpo={"every_n_steps": 2, "beta": 500.0},
@@ -148,7 +128,7 @@ def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, sft_cache, dpo_
     assert again == full[3:]
 
 
-def test_checkpoint_loads_in_the_node_loader(tmp_path, sft_cache):
+def test_checkpoint_loads_in_the_node_loader(tmp_path, sft_cache, make_trainer):
     trainer = make_trainer(tmp_path, sft_cache)
     trainer.train(2)
     folder = trainer.save_checkpoint()
@@ -159,7 +139,7 @@ def test_checkpoint_loads_in_the_node_loader(tmp_path, sft_cache):
     assert all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items())
 
 
-def test_lora_trains_adapters_only_and_merges_into_the_base(tmp_path, sft_cache):
+def test_lora_trains_adapters_only_and_merges_into_the_base(tmp_path, sft_cache, make_trainer):
     pytest.importorskip("peft", reason="LoRA training needs peft (requirements-train.txt)")
     trainer = make_trainer(tmp_path, sft_cache, lora={"enabled": True, "rank": 4, "alpha": 8.0})
     model = trainer.acc.unwrap_model(trainer.model)
@@ -201,7 +181,7 @@ def test_base_wan_checkpoint_gets_upstream_audio_init(tmp_path, tiny_config):
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_bf16_autocast_keeps_fp32_master_weights(tmp_path, sft_cache, dpo_cache):
+def test_bf16_autocast_keeps_fp32_master_weights(tmp_path, sft_cache, dpo_cache, make_trainer):
     trainer = make_trainer(
         tmp_path,
         sft_cache,
@@ -218,7 +198,7 @@ def test_bf16_autocast_keeps_fp32_master_weights(tmp_path, sft_cache, dpo_cache)
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_every_step_is_stratified_over_phases_with_batch_one(tmp_path, sft_cache):
+def test_every_step_is_stratified_over_phases_with_batch_one(tmp_path, sft_cache, make_trainer):
     from training.flow_matching import phase_of
 
     trainer = make_trainer(
@@ -235,7 +215,7 @@ def test_every_step_is_stratified_over_phases_with_batch_one(tmp_path, sft_cache
     assert all(sorted(phases[i : i + 3]) == [0, 1, 2] for i in range(0, 9, 3))
 
 
-def test_flash_variant_trains_sft_and_dpo(tmp_path):
+def test_flash_variant_trains_sft_and_dpo(tmp_path, make_trainer):
     from echomimic_core.config import TransformerConfig
     from training.preprocess import preprocess
     from training.synthetic import FRAMES, HEIGHT, WIDTH, sft_rows, synthetic_clip, tiny_encoders

@@ -3,33 +3,11 @@
 import torch
 
 from echomimic_core.checkpoints.transformer import load_transformer
-from training.config import config_from_dict
-from training.dataset import CachedDataset
-from training.model_init import build_model
 from training.trackers import read_metrics
-from training.trainer import EMA_FILE, MODEL_EMA_FILE, MODEL_FILE, Trainer
+from training.trainer import EMA_FILE, MODEL_EMA_FILE, MODEL_FILE
 
 
-def make_trainer(out, sft_cache, dpo_cache=None, **over):
-    raw = {
-        "output_dir": str(out),
-        "mixed_precision": "no",
-        "log_every": 1,
-        "checkpoint_every": 1000,
-        "model": {"preset": "tiny_preview", "gradient_checkpointing": False},
-        "data": {"batch_size": 3, "num_workers": 0},
-        "dpo": {"every_n_steps": 0},
-        "optim": {"lr": 1e-3, "warmup_steps": 0, "max_steps": 100},
-    }
-    for key, value in over.items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
-    cfg = config_from_dict(raw)
-    sft = CachedDataset(sft_cache)
-    dpo = CachedDataset(dpo_cache, kind="dpo") if dpo_cache else None
-    return Trainer(cfg, build_model(cfg.model, cfg.seed), sft, sft.null_text, dpo_data=dpo)
-
-
-def test_metrics_of_every_step(tmp_path, sft_cache, dpo_cache):
+def test_metrics_of_every_step(tmp_path, sft_cache, dpo_cache, make_trainer):
     trainer = make_trainer(tmp_path, sft_cache, dpo_cache, dpo={"every_n_steps": 2, "beta": 2000.0})
     history = trainer.train(4)
     sft, dpo = history[0], history[1]
@@ -41,7 +19,7 @@ def test_metrics_of_every_step(tmp_path, sft_cache, dpo_cache):
     assert {"grad_norm", "perf/samples_per_second", "dpo/implicit_accuracy"} <= set().union(*rows)
 
 
-def test_bf16_reference_halves_the_copy_and_matches_at_the_start(tmp_path, sft_cache, dpo_cache):
+def test_bf16_reference_halves_the_copy_and_matches_at_the_start(tmp_path, sft_cache, dpo_cache, make_trainer):
     trainer = make_trainer(tmp_path, sft_cache, dpo_cache, dpo={"every_n_steps": 1})
     assert next(trainer.ref_model.parameters()).dtype == torch.bfloat16
     exact = make_trainer(tmp_path / "b", sft_cache, dpo_cache, dpo={"every_n_steps": 1, "reference_dtype": "fp32"})
@@ -54,7 +32,7 @@ def test_bf16_reference_halves_the_copy_and_matches_at_the_start(tmp_path, sft_c
     assert exact.dpo_loss(batch, torch.Generator().manual_seed(0))[1].abs().max() < 1e-6
 
 
-def test_ema_is_saved_loadable_and_resumed(tmp_path, sft_cache):
+def test_ema_is_saved_loadable_and_resumed(tmp_path, sft_cache, make_trainer):
     over = {"ema": {"enabled": True, "decay": 0.5}, "checkpoint_every": 2}
     trainer = make_trainer(tmp_path, sft_cache, **over)
     start = {k: v.clone() for k, v in trainer.ema.shadow.items()}
@@ -71,7 +49,7 @@ def test_ema_is_saved_loadable_and_resumed(tmp_path, sft_cache):
     assert torch.equal(resumed.ema.shadow[name], trainer.ema.shadow[name])
 
 
-def test_validation_writes_videos_and_loss(tmp_path, sft_cache, demo_model_files):
+def test_validation_writes_videos_and_loss(tmp_path, sft_cache, demo_model_files, make_trainer):
     from echomimic_core import media
 
     trainer = make_trainer(
