@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from echomimic_core.settings import GenerationSettings
+
 log = logging.getLogger(__name__)
 
 SCORES = ("sharpness", "identity", "sync", "label")
@@ -72,7 +74,7 @@ def generate_candidates(
     out: Path,
     models,
     candidates: int,
-    seed: int = 43,
+    seed: int = GenerationSettings.seed,
     settings_overrides: dict | None = None,
     sync_scorer=None,
     device=None,
@@ -81,7 +83,6 @@ def generate_candidates(
     already there (same id and seed) are kept, so an interrupted run resumes."""
     from echomimic_core import media
     from echomimic_core.pipeline import generate
-    from echomimic_core.settings import GenerationSettings
 
     out.mkdir(parents=True, exist_ok=True)
     listing = out / "candidates.jsonl"
@@ -128,11 +129,12 @@ def generate_candidates(
             }
             if sync_scorer is not None:
                 from echomimic_core.face_region import detect_face_box
+                from echomimic_core.tasks import to_uint8_image
+                from training.prepare import to_frac
 
-                face = detect_face_box((result.frames[0].numpy() * 255).astype(np.uint8))
+                face = detect_face_box(to_uint8_image(result.frames[0]))
                 if face is not None:
-                    h, w = result.frames.shape[1:3]
-                    box = [face[2] / w, face[0] / h, face[3] / w, face[1] / h]
+                    box = to_frac(face, result.frames.shape[1:3])  # the manifest's box, as prepare's scorer takes it
                     row["sync"] = round(sync_scorer(out / video, 0.0, len(result.frames), result.fps, box)[0], 4)
             rows.append(row)
             listing.write_text("".join(json.dumps(r) + "\n" for r in rows))  # progress survives a kill
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
     g.add_argument("--lora", default=None, help="a training LoRA (lora.safetensors) merged at strength 1")
     g.add_argument("--demo", action="store_true", help="the tiny demo models (a check of the path, videos are noise)")
     g.add_argument("--candidates", type=int, default=4)
-    g.add_argument("--seed", type=int, default=43, help="candidate k uses seed + k")
+    g.add_argument("--seed", type=int, default=GenerationSettings.seed, help="candidate k uses seed + k")
     g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the variant's)")
     g.add_argument("--max-frames", type=int, default=None)
     g.add_argument("--syncnet", default=None, help="SyncNet weights for the sync score (see training.prepare)")
