@@ -311,15 +311,18 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=d["frames"].default, help="window length, 4k+1")
     p.add_argument("--stride", type=int, default=None, help="frames between window starts (default: --frames)")
     p.add_argument("--fps", type=float, default=d["fps"].default)
-    p.add_argument("--height", type=int, default=512, help="training height (the crop's aspect)")
-    p.add_argument("--width", type=int, default=512, help="training width (the crop's aspect)")
-    p.add_argument("--detector", choices=face_detection.DETECTORS, default="auto")
+    height, width = d["size"].default
+    p.add_argument("--height", type=int, default=height, help="training height (the crop's aspect)")
+    p.add_argument("--width", type=int, default=width, help="training width (the crop's aspect)")
+    p.add_argument("--detector", choices=face_detection.DETECTORS, default=d["detector"].default)
     p.add_argument("--detect-every", type=int, default=d["detect_every"].default)
     p.add_argument("--face-scale", type=float, default=d["face_scale"].default, help="crop height / face height")
     p.add_argument("--cut-threshold", type=float, default=d["cut_threshold"].default)
     p.add_argument("--silence-db", type=float, default=d["silence_db"].default)
     p.add_argument("--min-voiced", type=float, default=d["min_voiced"].default)
-    p.add_argument("--caption", default="", help="caption for every window (a VIDEO.txt beside a video wins)")
+    p.add_argument(
+        "--caption", default=d["caption"].default, help="caption for every window (a VIDEO.txt beside a video wins)"
+    )
     p.add_argument("--syncnet", default=None, help="SyncNet weights (syncnet_v2.model layout) to score sync")
     p.add_argument("--min-sync", type=float, default=None, help="skip windows whose SyncNet confidence is below")
     args = p.parse_args(argv)
