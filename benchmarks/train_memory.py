@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from echomimic_core.config import TransformerConfig  # noqa: E402
 from echomimic_core.model.transformer import EchoMimicTransformer  # noqa: E402
+from echomimic_core.vae_frames import latent_frames  # noqa: E402
+from training.preprocess import DEFAULT_FRAMES  # noqa: E402
 
 GB = 1e9
 
@@ -35,9 +37,10 @@ def parameter_count(preset: str) -> tuple[int, int]:
     return total, audio
 
 
-def tokens(frames: int, height: int, width: int) -> int:
-    latent_frames = (frames - 1) // 4 + 1
-    return latent_frames * (height // 16) * (width // 16)
+def tokens(config: TransformerConfig, frames: int, height: int, width: int) -> int:
+    """Tokens of one clip: latent frames x the token grid of a frame."""
+    stride = config.token_stride
+    return latent_frames(frames) * (height // stride) * (width // stride)
 
 
 def activation_bytes(config: TransformerConfig, n_tokens: int) -> float:
@@ -49,14 +52,14 @@ def activation_bytes(config: TransformerConfig, n_tokens: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--frames", type=int, default=113)
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--batch", type=int, default=1, help="samples per GPU")
     args = p.parse_args(argv)
     n = args.gpus
-    n_tokens = tokens(args.frames, args.height, args.width)
+    n_tokens = tokens(TransformerConfig.preset("preview"), args.frames, args.height, args.width)
     print(
         f"clip {args.frames} frames {args.height}x{args.width}: {n_tokens} tokens; {n} GPUs; batch {args.batch}/GPU\n"
     )
