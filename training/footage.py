@@ -18,6 +18,10 @@ from echomimic_core.media import MediaError
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 
+class WindowPastEnd(MediaError):
+    """The video ends before the window asked of :func:`read_window` does."""
+
+
 @dataclass
 class VideoInfo:
     fps: float
@@ -102,7 +106,8 @@ def iter_frames(path: str | Path, max_side: int | None = None) -> Iterator[tuple
 
 def read_window(path: str | Path, start: float, count: int, fps: float) -> np.ndarray:
     """``count`` frames sampled at ``fps`` from ``start`` seconds on (nearest source frame), as RGB
-    uint8 [count, H, W, 3]. Seeks to the keyframe before ``start`` instead of decoding from 0."""
+    uint8 [count, H, W, 3]. Seeks to the keyframe before ``start`` instead of decoding from 0.
+    :class:`WindowPastEnd` when the video stops before the window does."""
     import av
 
     wanted = [start + i / fps for i in range(count)]
@@ -134,7 +139,7 @@ def read_window(path: str | Path, start: float, count: int, fps: float) -> np.nd
             out[pending] = previous  # the last frames of the file
             pending += 1
     if pending < count:
-        raise MediaError(
+        raise WindowPastEnd(
             f"{path}: ends before {start + count / fps:.2f} s; a window of {count} frames at {fps:g} fps "
             f"from {start:.2f} s does not fit."
         )

@@ -107,7 +107,7 @@ def load_clip(
     import torch.nn.functional as F
 
     from echomimic_core import media
-    from training.footage import probe, read_window
+    from training.footage import WindowPastEnd, probe, read_window
 
     info = probe(path)
     rate = fps or info.fps
@@ -119,10 +119,8 @@ def load_clip(
         )
     try:
         pixels = read_window(path, window.start_seconds, frames, rate)
-    except media.MediaError as e:
-        if "ends before" in str(e):
-            raise TooShort(str(e)) from e
-        raise
+    except WindowPastEnd as e:
+        raise TooShort(str(e)) from e
     video = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255  # [F, 3, H, W]
     src_h, src_w = video.shape[2:]
     crop = window.crop_box or centre_crop((src_h, src_w), size)
