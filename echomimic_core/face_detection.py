@@ -67,6 +67,15 @@ class Face:
         return mouth_region(self.box)
 
 
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (y1, y2, x1, x2) boxes; 0 for boxes without area."""
+    ay1, ay2, ax1, ax2 = a
+    by1, by2, bx1, bx2 = b
+    inter = max(0.0, min(ay2, by2) - max(ay1, by1)) * max(0.0, min(ax2, bx2) - max(ax1, bx1))
+    union = (ay2 - ay1) * (ax2 - ax1) + (by2 - by1) * (bx2 - bx1) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def mouth_region(face_box: Box) -> Box:
     """The region lip-sync regenerates: the lower half of the face box, which holds mouth and jaw
     (inference's ``lipsync`` task and training.prepare's ``mouth_box`` alike)."""

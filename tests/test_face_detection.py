@@ -23,21 +23,13 @@ PORTRAITS = {
 DETECTORS = ["haar"] + (["mtcnn"] if importlib.util.find_spec("facenet_pytorch") else [])
 
 
-def iou(a, b) -> float:
-    ya, yb = max(a[0], b[0]), min(a[1], b[1])
-    xa, xb = max(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, yb - ya) * max(0.0, xb - xa)
-    area = lambda r: (r[1] - r[0]) * (r[3] - r[2])
-    return inter / (area(a) + area(b) - inter)
-
-
 @pytest.mark.parametrize("detector", DETECTORS)
 @pytest.mark.parametrize("name", sorted(PORTRAITS))
 def test_drawn_portraits_are_found_where_the_face_is(name, detector):
     image, truth = draw_face(**PORTRAITS[name])
     faces = fd.detect_faces(image, detector)
     assert len(faces) == 1, faces
-    assert iou(faces[0].box, truth) > 0.55, (faces[0].box, truth)
+    assert fd.box_iou(faces[0].box, truth) > 0.55, (faces[0].box, truth)
     assert faces[0].plausibility > 0.55 and faces[0].detector == detector
 
 
@@ -49,7 +41,7 @@ def test_a_confident_box_on_clothing_loses_to_a_weak_face(monkeypatch):
     monkeypatch.setattr(fd, "available_detectors", lambda: ["haar"])  # "auto" below is Haar too
     monkeypatch.setattr(fd, "_haar_raw", lambda rgb: [(elbow, 0.99, None), (face_box, 0.2, None)])
     faces = fd.detect_faces(image, "haar")
-    assert len(faces) == 1 and iou(faces[0].box, truth) > 0.7
+    assert len(faces) == 1 and fd.box_iou(faces[0].box, truth) > 0.7
     # with only the elbow found: no face (the gate covers the frame) rather than a wrong one
     monkeypatch.setattr(fd, "_haar_raw", lambda rgb: [(elbow, 0.99, None)])
     assert fd.detect_faces(image, "haar") == []
@@ -79,6 +71,13 @@ def test_two_people_are_several_faces():
     assert len(faces) == 2 and fd.several_faces(faces)
     alone = fd.detect_faces(left, "haar")
     assert not fd.several_faces(alone)
+
+
+def test_box_iou():
+    assert fd.box_iou((0, 10, 0, 10), (5, 15, 0, 10)) == pytest.approx(50 / 150)  # half-way down
+    assert fd.box_iou((0, 10, 0, 10), (0, 10, 0, 10)) == 1.0
+    assert fd.box_iou((0, 10, 0, 10), (10, 20, 0, 10)) == 0.0  # touching edges share nothing
+    assert fd.box_iou((5, 5, 0, 10), (5, 5, 0, 10)) == 0.0  # no area
 
 
 def test_mouth_region_is_the_lower_half_of_the_face():

@@ -118,14 +118,6 @@ def voiced_share(waveform: np.ndarray, sample_rate: int, silence_db: float) -> f
     return float((20 * np.log10(rms) > silence_db).mean())
 
 
-def _iou(a, b) -> float:
-    ya, yb = max(a[0], b[0]), min(a[1], b[1])
-    xa, xb = max(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, yb - ya) * max(0.0, xb - xa)
-    union = (a[1] - a[0]) * (a[3] - a[2]) + (b[1] - b[0]) * (b[3] - b[2]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def crop_for(face: tuple[float, float, float, float], frame_hw, size, face_scale: float):
     """A face-centred crop (y1, y2, x1, x2) in the frame's pixels with the aspect of ``size`` (H, W):
     ``face_scale`` face heights tall, shrunk to fit the frame, shifted to stay inside it."""
@@ -166,7 +158,7 @@ def judge_window(
     if several > cfg.max_several:
         return None, "several faces"
     track = [faces[0].box for faces in dets if faces]
-    if any(_iou(a, b) < cfg.min_track_iou for a, b in zip(track, track[1:])):
+    if any(face_detection.box_iou(a, b) < cfg.min_track_iou for a, b in zip(track, track[1:])):
         return None, "face jump"
     union = (min(b[0] for b in track), max(b[1] for b in track), min(b[2] for b in track), max(b[3] for b in track))
     crop = crop_for(union, analysis.size, cfg.size, cfg.face_scale)
