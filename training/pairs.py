@@ -12,7 +12,8 @@ candidate with its automatic scores:
 
 * ``sharpness``: variance of the Laplacian of the grey frames (higher = sharper), mean over frames;
 * ``identity``: cosine similarity of each frame's CLIP embedding (the model's own image encoder,
-  class token) to the reference's, mean over frames — an identity proxy, not a face-recognition score;
+  class token) to the reference's, mean over frames — an identity proxy, not a face-recognition score.
+  Both are the long-video drift report's measures (``echomimic_core.drift``), on whole frames;
 * ``sync``: SyncNet confidence with ``--syncnet`` weights (25 fps only).
 
 Add a ``label`` column by hand (any number, higher = better) to rank by your own judgement.
@@ -42,20 +43,23 @@ SCORES = ("sharpness", "identity", "sync", "label")
 
 
 def sharpness(frames: torch.Tensor) -> float:
-    """Mean over frames [F, H, W, 3] (0..1) of the variance of the grey image's Laplacian."""
-    import cv2
+    """Mean over frames [F, H, W, 3] (0..1) of the focus measure the long-video drift report uses
+    (``drift.laplacian_variance``: variance of the grey image's Laplacian)."""
+    from echomimic_core.color_match import to_uint8_frames
+    from echomimic_core.drift import laplacian_variance
 
-    grey = (frames.float().mean(-1).clamp(0, 1) * 255).to(torch.uint8).numpy()
-    return float(np.mean([cv2.Laplacian(g, cv2.CV_64F).var() for g in grey]))
+    return float(np.mean([laplacian_variance(frame) for frame in to_uint8_frames(frames)]))
 
 
 @torch.no_grad()
 def identity(frames: torch.Tensor, reference: torch.Tensor, image_encoder, every: int = 4) -> float:
-    """Mean cosine similarity of the CLIP class token of every ``every``-th frame [F, H, W, 3]
-    (0..1) to the reference's [H, W, 3]."""
-    picks = torch.cat([reference[None], frames[::every]]).permute(0, 3, 1, 2).float() * 2 - 1
-    tokens = image_encoder.encode(picks)[:, 0].float()  # [1 + n, C] class tokens
-    tokens = torch.nn.functional.normalize(tokens, dim=-1)
+    """Mean cosine similarity of the CLIP class token (``drift.clip_embedder``, the drift report's
+    identity proxy) of every ``every``-th frame [F, H, W, 3] (0..1) to the reference's [H, W, 3]."""
+    from echomimic_core.color_match import to_uint8_frames
+    from echomimic_core.drift import clip_embedder
+
+    images = to_uint8_frames(torch.cat([reference[None], frames[::every]]))
+    tokens = torch.nn.functional.normalize(clip_embedder(image_encoder)(list(images)), dim=-1)  # [1 + n, C]
     return float((tokens[1:] @ tokens[0]).mean())
 
 

@@ -19,6 +19,8 @@ def test_sharpness_and_identity_rank_what_they_should():
     assert sharpness(sharp) > 4 * sharpness(blurred)
 
     class Encoder:  # class token = the image's mean colour
+        image_size = 8
+
         def encode(self, pixels):
             return pixels.mean((2, 3))[:, None, :] + torch.tensor([0.0, 0.0, 1.0])
 
