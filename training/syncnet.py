@@ -154,6 +154,7 @@ class SyncNetScorer:
 
     def __init__(self, net: SyncNet, vshift: int = 10):
         self.net, self.vshift = net.eval(), vshift
+        self._audio: tuple[Path, np.ndarray] | None = None  # the last video's soundtrack, mono 16 kHz
 
     @classmethod
     def load(cls, path: str | Path) -> SyncNetScorer:
@@ -176,7 +177,6 @@ class SyncNetScorer:
         return cls(net)
 
     def __call__(self, video: Path, start: float, frames: int, fps: float, face_box_frac) -> tuple[float, int]:
-        from echomimic_core import media
         from training.footage import read_window
 
         if abs(fps - VIDEO_FPS) > 1e-6:
@@ -185,7 +185,14 @@ class SyncNetScorer:
         h, w = pixels.shape[1:3]
         x0, y0, x1, y1 = face_box_frac
         crops = face_crops(pixels, (y0 * h, y1 * h, x0 * w, x1 * w))
-        audio = media.load_audio_16k(video).numpy()
-        audio = audio.reshape(-1) if audio.ndim == 1 else audio.mean(0)
-        piece = audio[int(start * AUDIO_RATE) : int((start + frames / fps) * AUDIO_RATE)]
+        piece = self._soundtrack(video)[int(start * AUDIO_RATE) : int((start + frames / fps) * AUDIO_RATE)]
         return sync_confidence(self.net, crops, piece, self.vshift)
+
+    def _soundtrack(self, video: Path) -> np.ndarray:
+        """The video's whole soundtrack, decoded once for all its windows (prepare scores them in a row)."""
+        from echomimic_core import media
+
+        if self._audio is None or self._audio[0] != video:
+            audio = media.load_audio_16k(video).numpy()
+            self._audio = (video, audio.reshape(-1) if audio.ndim == 1 else audio.mean(0))
+        return self._audio[1]

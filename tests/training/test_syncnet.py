@@ -47,7 +47,12 @@ def test_confidence_peaks_at_the_true_offset_for_a_network_that_tracks_loudness(
     assert offset == 2  # the video lags the audio (the audio leads) by two frames
 
 
-def test_prepare_scores_sync_and_filters_with_user_weights(tmp_path):
+def test_prepare_scores_sync_and_filters_with_user_weights(tmp_path, monkeypatch):
+    from echomimic_core import media
+
+    decoded = []
+    load_audio_16k = media.load_audio_16k
+    monkeypatch.setattr(media, "load_audio_16k", lambda path: decoded.append(path) or load_audio_16k(path))
     torch.manual_seed(0)
     weights = tmp_path / "syncnet_v2.model"
     torch.save(SyncNet().state_dict(), weights)
@@ -65,6 +70,7 @@ def test_prepare_scores_sync_and_filters_with_user_weights(tmp_path):
         tmp_path / "raw", tmp_path / "m2.jsonl", PrepareConfig(**cfg, min_sync=1e9), sync_scorer=scorer, progress=False
     )
     assert summary["windows"] == 0 and summary["skipped"] == {"low sync": 1}
+    assert len(decoded) == 1  # the scorer decodes a video's soundtrack once for all its windows
 
 
 def test_weights_that_are_not_syncnet_are_refused(tmp_path):
