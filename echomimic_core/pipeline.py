@@ -604,24 +604,33 @@ class Denoiser:
 
             self.tiling = Tiling(settings.vae_tile_size, settings.vae_tile_overlap)
 
-    def _vae_progress(self, done: int, total: int) -> None:
-        """Cancellation also between the VAE's chunks/tiles: on a CPU a decode takes many seconds."""
-        if self.hooks is not None:
-            self.hooks.check_stop()
+    def _vae_progress(self, phase: str, chunk: int):
+        """The VAE's per-pass callback: Cancel between its chunks/tiles (on a CPU a decode takes many
+        seconds) and ``on_vae`` progress for the host's bar."""
 
-    def _y(self, inputs) -> torch.Tensor:
+        def report(done: int, total: int) -> None:
+            if self.hooks is None:
+                return
+            self.hooks.check_stop()
+            if self.hooks.on_vae is not None:
+                self.hooks.on_vae(phase, chunk, done, total)
+
+        return report
+
+    def _y(self, inputs, chunk: int) -> torch.Tensor:
+        progress = self._vae_progress("encode", chunk)
         with on_device(self.models.vae, self.device, self.offload_device) as vae:
             return task_masks.conditioning_y(
-                inputs, encode=lambda px: vae.encode(px.to(self.device), self.tiling, self._vae_progress).cpu()
+                inputs, encode=lambda px: vae.encode(px.to(self.device), self.tiling, progress).cpu()
             )
 
     def _noise(self, frames: int, y: torch.Tensor, generator=None) -> torch.Tensor:
         shape = (1, 16, latent_frames(frames), *y.shape[3:])
         return torch.randn(shape, generator=generator or self.generator, dtype=torch.float32).to(self.device)
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def _decode(self, latents: torch.Tensor, chunk: int) -> torch.Tensor:
         with on_device(self.models.vae, self.device, self.offload_device) as vae:
-            video = vae.decode(latents, self.tiling, self._vae_progress)
+            video = vae.decode(latents, self.tiling, self._vae_progress("decode", chunk))
         if not bool(torch.isfinite(video).all()):  # clamp would turn NaN into a black video
             raise NonFiniteError(
                 "the VAE decoded NaN or infinite pixels from finite latents; stopped, nothing written. "
@@ -645,7 +654,7 @@ class Denoiser:
     def chunk(self, inputs, start_frame: int, index: int, total_steps: int, generator=None) -> torch.Tensor:
         """Frames [length, H, W, 3] 0..1 of one chunk (noise from ``generator``, default the run's)."""
         frames = inputs.num_frames
-        y = self._y(inputs)
+        y = self._y(inputs, index)
         audio = self._audio(start_frame, frames)
         riflex = self._riflex(y.shape[2])
         branches = {
@@ -671,7 +680,7 @@ class Denoiser:
             step_offset=index * self.settings.steps,
             total_steps=total_steps,
         )
-        return self._decode(latents)
+        return self._decode(latents, index)
 
     def sliding(self, inputs) -> torch.Tensor:
         """Upstream's long-video CFG mode: the whole sequence at once, windows blended every step.
@@ -679,7 +688,7 @@ class Denoiser:
         gives it (the reference at its start, as upstream, or the task's frames inside it). With
         TeaCache each window keeps its own residuals (``TeaCache.scoped``)."""
         s = self.settings
-        y = self._y(inputs)
+        y = self._y(inputs, 0)
         total_latents = y.shape[2]
         # as chunks mode and upstream: a partial length that is not 4k+1 rounds down
         window = latent_frames(round_down_4k1(s.partial_video_length))
@@ -713,7 +722,7 @@ class Denoiser:
         latents = denoise(
             velocity, self._noise(inputs.num_frames, y), self._scheduler(), hooks=self.hooks, cache=self.cache
         )
-        return self._decode(latents)
+        return self._decode(latents, 0)
 
     def _warn_residual_memory(self, windows, y: torch.Tensor, guidance: GuidanceConfig) -> None:
         """TeaCache keeps a residual [branches, tokens, dim] per sliding window: at 768x768 with

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -57,22 +58,36 @@ class ComfyVideoVAE:
     def to(self, device=None, dtype=None) -> ComfyVideoVAE:
         return self
 
+    def _passes(self, part: str, total: int, progress):
+        """Report ``progress`` per pass of ComfyUI's Wan VAE ``encoder`` / ``decoder`` (when reachable)."""
+        from echomimic_core.vae import progress_scope
+
+        module = getattr(getattr(self.vae, "first_stage_model", None), part, None)
+        if progress is None or not isinstance(module, torch.nn.Module):
+            return contextlib.nullcontext()
+        return progress_scope(module, total, progress)
+
     def encode(self, video: torch.Tensor, tiling=None, progress=None) -> torch.Tensor:
         """Video ``[B, 3, T, H, W]`` in [-1, 1] -> normalised latents ``[B, 16, t, h, w]`` float32."""
         from echomimic_core.vae import normalize_latents
+        from echomimic_core.vae_frames import latent_frames
 
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"expected a video [B, 3, T, H, W], got {tuple(video.shape)}")
         latents = []
-        for clip in video:
-            frames = clip.float().permute(1, 2, 3, 0).add(1.0).mul(0.5).cpu()  # [T, H, W, 3] 0..1
-            if tiling is None:
-                raw = self.vae.encode(frames)
-            else:
-                raw = self.vae.encode_tiled(
-                    frames, tile_x=tiling.tile_size, tile_y=tiling.tile_size, overlap=tiling.overlap
-                )
-            latents.append(normalize_latents(raw.float(), self.latents_mean, self.latents_std))
+        b, _, t = video.shape[:3]
+        passes = b * latent_frames(t)  # one encoder pass per causal chunk (1, 4, 4, ... frames)
+        # ComfyUI's tiled encode drives the node's progress bar itself
+        with self._passes("encoder", passes, progress) if tiling is None else contextlib.nullcontext():
+            for clip in video:
+                frames = clip.float().permute(1, 2, 3, 0).add(1.0).mul(0.5).cpu()  # [T, H, W, 3] 0..1
+                if tiling is None:
+                    raw = self.vae.encode(frames)
+                else:
+                    raw = self.vae.encode_tiled(
+                        frames, tile_x=tiling.tile_size, tile_y=tiling.tile_size, overlap=tiling.overlap
+                    )
+                latents.append(normalize_latents(raw.float(), self.latents_mean, self.latents_std))
         return torch.cat(latents).to(video.device)
 
     def decode(self, latents: torch.Tensor, tiling=None, progress=None) -> torch.Tensor:
@@ -82,7 +97,8 @@ class ComfyVideoVAE:
 
         raw = denormalize_latents(latents.float().cpu(), self.latents_mean, self.latents_std)
         if tiling is None:
-            images = self.vae.decode(raw)
+            with self._passes("decoder", latents.shape[0] * latents.shape[2], progress):  # one per latent frame
+                images = self.vae.decode(raw)
         else:
             step = VAE_SPATIAL_STRIDE  # ComfyUI's decode_tiled counts tiles in latent pixels
             images = self.vae.decode_tiled(

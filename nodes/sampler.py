@@ -26,6 +26,7 @@ import torch
 from . import comfy_services as services
 from .adapters import audio_features, clip_embedding, text_embedding, video_vae
 from .common import CATEGORY, image_batch, out_of_range
+from .video_plan import plan_line
 
 log = logging.getLogger(__name__)
 
@@ -416,8 +417,12 @@ class EchoMimicSampler:
                     },
                 ),
                 "audio_embeds": (
-                    "ECHOMIMIC_AUDIO_EMBEDS,AUDIO_ENCODER_OUTPUT",
-                    {"tooltip": "EchoMimicV3 Audio Encode (its fps and max_frames set the video length)."},
+                    "ECHOMIMIC_AUDIO_EMBEDS",
+                    {
+                        "tooltip": "EchoMimicV3 Audio Encode (its fps and max_frames set the video length). "
+                        "ComfyUI's Audio Encoder Encode does not fit: its wav2vec2 features are not what "
+                        "either model was trained on."
+                    },
                 ),
                 **{name: spec for name, (spec, _, advanced) in widgets.items() if not advanced},
             },
@@ -505,6 +510,7 @@ class EchoMimicSampler:
         **widgets,
     ):
         from echomimic_core import audio_alignment, drift, media, pipeline, streaming
+        from echomimic_core.vae_frames import latent_frames, round_up_4k1
         from echomimic_core.sampling.sampler import StepHooks
 
         from .task import TaskSpec
@@ -538,11 +544,8 @@ class EchoMimicSampler:
         meter = drift_meter(plan, spec.face_box, clip_vision)
 
         chunks = len(plan.chunks) if plan.chunks else 1  # sliding mode denoises all windows at once
-        progress = services.Progress(chunks * settings.steps)
-        hooks = StepHooks(
-            on_step=lambda step, steps, latents, denoised: progress(step, steps, latents=denoised),
-            should_stop=_interrupted,
-        )
+        progress = RunProgress(services.Progress(1), chunks, settings.steps)
+        hooks = StepHooks(on_step=progress.step, on_vae=progress.vae, should_stop=_interrupted)
         device, offload = services.torch_device(), services.offload_device()
         log.info(
             "EchoMimicV3 %s: %d frames at %dx%d, %s %d steps, %d chunk(s)",
@@ -579,10 +582,13 @@ class EchoMimicSampler:
                 report = streaming.report_meta(meter, plan, settings) | {"chunks": entries}
                 video = services.video_from_frames(frames, audio, settings.fps)
 
-        text = (
-            f"{plan.num_frames} frames ({plan.num_frames / settings.fps:.2f} s) at {plan.sample_size[1]}x"
-            f"{plan.sample_size[0]}, {settings.sampler} x {settings.steps}"
-        )
+        # the frontend's plan line, now from the real plan, plus what the run resolved
+        text = plan_line(
+            plan.num_frames,
+            settings.fps,
+            latent_frames(round_up_4k1(plan.num_frames)),
+            len(plan.chunks) if plan.chunks else None,
+        ) + (f" · {plan.sample_size[1]}x{plan.sample_size[0]}, {settings.sampler} × {settings.steps} steps")
         plot = drift.plot_report(report["chunks"], settings.fps, report.get("reference_sharpness"))
         plot = torch.from_numpy(np.array(plot)).float()[None] / 255
         return {
@@ -619,6 +625,32 @@ def drift_meter(plan, face_box, clip_vision):
     return drift.DriftMeter(
         reference, streaming.face_box_at(face_box, plan.reference.shape[:2], plan.sample_size), embed
     )
+
+
+class RunProgress:
+    """One bar over a whole run: each chunk's VAE encode, its denoising steps, its VAE decode.
+
+    A VAE pass weighs as much as one step (on the real models a chunk's encode or decode costs
+    about a step; on a CPU or the demo models far more, which is why the bar must move during it).
+    The bar counts in ``UNITS`` per step so a VAE pass moves it pass by pass.
+    """
+
+    UNITS = 20
+
+    def __init__(self, bar, chunks: int, steps: int):
+        self.bar, self.steps = bar, max(int(steps), 1)
+        self.per_chunk = self.steps + 2  # encode, steps, decode
+        self.total = max(int(chunks), 1) * self.per_chunk * self.UNITS
+
+    def step(self, step: int, total: int, latents=None, denoised=None) -> None:
+        """StepHooks.on_step: ``step`` counts over all chunks (1 .. chunks x steps)."""
+        chunk, within = divmod(step - 1, self.steps)
+        self.bar((chunk * self.per_chunk + 1 + within + 1) * self.UNITS, self.total, latents=denoised)
+
+    def vae(self, phase: str, chunk: int, done: int, total: int) -> None:
+        """StepHooks.on_vae: ``done`` of ``total`` passes of a chunk's encode or decode."""
+        start = chunk * self.per_chunk + (0 if phase == "encode" else 1 + self.steps)
+        self.bar(round((start + done / max(total, 1)) * self.UNITS), self.total)
 
 
 @contextlib.contextmanager

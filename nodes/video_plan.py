@@ -3,7 +3,8 @@
 The numbers come from the core's own rules (``echomimic_core.audio_alignment.frames_for_samples``
 and ``echomimic_core.long_video.plan_chunks``), so what the node shows is what the sampler does.
 The frontend computes the same plan in ``web/lib/video_plan.js``; both are tested against
-``web/tests/video_plan_cases.json``. The rules:
+``web/tests/video_plan_cases.json``, as is the one-line summary both show (:func:`plan_line`,
+JavaScript ``formatPlan``). The rules:
 
 * ``samples = round(duration_s * 16000)`` (the audio as the encoders see it, mono 16 kHz);
   ``fps`` is taken as the nearest fraction with denominator <= 1001 (29.97 -> 30000/1001);
@@ -25,6 +26,7 @@ which the audio's duration alone cannot tell: the sampler may then render a few 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 
 from echomimic_core.audio_alignment import SAMPLE_RATE, frames_for_samples
 from echomimic_core.long_video import plan_chunks
@@ -58,3 +60,18 @@ def plan_video(duration_s: float, fps: float, partial: int, overlap: int, max_fr
         tuple((c.start, c.length, c.overlap) for c in chunks),
         frames / fps,
     )
+
+
+def plan_line(frames: int, fps: float, latent: int, chunks: int | None) -> str:
+    """The sampler's summary, "125 frames · 5.00 s · 32 latent · 2 chunks"; ``chunks`` None = sliding mode.
+
+    The frontend writes the same line before a run (``formatPlan`` in web/lib/video_plan.js); after
+    a run the sampler sends it from the real plan, so the chunk count does not vanish on execution.
+    In sliding mode the windows are cut in latent frames, not these chunks, so no count is shown.
+    """
+    count = "sliding windows" if chunks is None else "1 chunk" if chunks == 1 else f"{chunks} chunks"
+    length = "1 frame" if frames == 1 else f"{frames} frames"
+    # JavaScript's toFixed(2): the exact binary value, ties away from zero (Python's format rounds
+    # ties to even: 135 frames at 24 fps would read 5.62 s here and 5.63 s in the browser)
+    seconds = Decimal(frames / fps).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return f"{length} · {seconds} s · {latent} latent · {count}"

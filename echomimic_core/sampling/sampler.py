@@ -50,13 +50,17 @@ class StepHooks:
     """Callbacks the loop calls between steps.
 
     ``on_step(step, total, latents, denoised)`` gets the latents after the step and the flow
-    model's current estimate of the clean latents (for previews). ``should_stop()`` is polled
-    before every step (and before every model call of a long video); returning True raises
-    :class:`Cancelled`. Hosts whose interrupt raises its own exception can simply raise there.
+    model's current estimate of the clean latents (for previews). ``on_vae(phase, chunk, done,
+    total)`` follows the VAE through ``phase`` "encode" (the chunk's conditioning) or "decode" of
+    long-video chunk ``chunk`` (0 in sliding mode): ``done`` of ``total`` passes; on a CPU or with
+    small models the VAE takes longer than the steps. ``should_stop()`` is polled before every step,
+    every model call of a long video and every VAE pass; returning True raises :class:`Cancelled`.
+    Hosts whose interrupt raises its own exception can simply raise there.
     """
 
     on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None
     should_stop: Callable[[], bool] | None = None
+    on_vae: Callable[[str, int, int, int], None] | None = None
 
     def check_stop(self) -> None:
         if self.should_stop is not None and self.should_stop():

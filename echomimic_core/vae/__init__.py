@@ -25,6 +25,7 @@ from echomimic_core.vae.wan import (
     from_state_dict,
     load_vae,
     normalize_latents,
+    progress_scope,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "normalize_latents",
     "original_key_to_diffusers",
     "original_to_diffusers",
+    "progress_scope",
     "verify_fixture",
 ]
 

@@ -239,7 +239,7 @@ class WanVAE:
         self.latent_shape(video.shape)
         b, _, t, h, w = video.shape
         steps = b * _tile_count(h, w, tiling, 1) * (1 + (t - 1) // VAE_TEMPORAL_STRIDE)
-        with _tiling_scope(self.model, tiling), _progress_scope(self.model.encoder, steps, progress):
+        with _tiling_scope(self.model, tiling), progress_scope(self.model.encoder, steps, progress):
             params = self.model.encode(video.to(self.device, self.dtype)).latent_dist.parameters
         mu, log_var = params.chunk(2, dim=1)
         return normalize_latents(mu, self.latents_mean, self.latents_std), log_var.float()
@@ -259,7 +259,7 @@ class WanVAE:
         b, _, f, h, w = latents.shape
         steps = b * _tile_count(h, w, tiling, VAE_SPATIAL_STRIDE) * f
         raw = denormalize_latents(latents, self.latents_mean, self.latents_std)
-        with _tiling_scope(self.model, tiling), _progress_scope(self.model.decoder, steps, progress):
+        with _tiling_scope(self.model, tiling), progress_scope(self.model.decoder, steps, progress):
             video = self.model.decode(raw.to(self.device, self.dtype)).sample
         # diffusers 0.34/0.35 return tiled decodes unclamped; upstream always clamps.
         return video.float().clamp_(-1.0, 1.0)
@@ -290,10 +290,13 @@ def _tile_count(height: int, width: int, tiling: Tiling | None, scale: int) -> i
 
 
 @contextmanager
-def _progress_scope(module: torch.nn.Module, total: int, progress: Progress | None):
+def progress_scope(module: torch.nn.Module, total: int, progress: Progress | None):
     """Call ``progress(done, total)`` after each pass of ``module`` (one chunk of one tile).
 
-    An exception raised by ``progress`` (e.g. a user's cancel) stops the encode/decode there.
+    Wan VAEs run their encoder once per causal chunk (1, 4, 4, ... frames) and their decoder once
+    per latent frame, ours and ComfyUI's alike, so counting the passes of ``encoder`` / ``decoder``
+    measures progress through any of them. An exception raised by ``progress`` (e.g. a user's
+    cancel) stops the encode/decode there.
     """
     if progress is None:
         yield

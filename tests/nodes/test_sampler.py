@@ -13,7 +13,7 @@ from nodes import adapters
 from nodes import comfy_services as cs
 from nodes.audio import EchoMimicAudioEncode
 from nodes.encoders import EchoMimicCLIPVisionEncode, EchoMimicTextEncode
-from nodes.sampler import EchoMimicSampler, resolve_settings
+from nodes.sampler import EchoMimicSampler, RunProgress, resolve_settings
 from nodes.task import EchoMimicTask
 
 QUICK = dict(steps=2, partial_video_length=9, overlap_video_length=4, color_match=False, width=64, height=64)
@@ -108,11 +108,46 @@ def test_comfy_vae_adapter_matches_the_core_vae(demo_models):
     adapter = adapters.video_vae(FakeComfyVAE(wan))
     assert isinstance(adapter, adapters.ComfyVideoVAE) and adapters.video_vae(wan) is wan
     video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
-    latents = adapter.encode(video)
+    reports = []
+    latents = adapter.encode(video, progress=lambda done, total: reports.append(("encode", done, total)))
     assert relative_error(latents, wan.encode(video)) < 1e-5
-    assert relative_error(adapter.decode(latents), wan.decode(latents)) < 1e-5
+    decoded = adapter.decode(latents, progress=lambda done, total: reports.append(("decode", done, total)))
+    assert relative_error(decoded, wan.decode(latents)) < 1e-5
+    # ComfyUI's VAE reports per encoder chunk (1 + 4 frames) and per latent frame, as ours does
+    assert reports == [("encode", 1, 2), ("encode", 2, 2), ("decode", 1, 2), ("decode", 2, 2)]
     with pytest.raises(ValueError, match="Wan2.1"):
         adapters.video_vae(type("Wan22", (), {"latent_channels": 48, "decode_tiled": None})())
+
+
+def test_run_progress_is_one_bar_over_vae_passes_and_steps():
+    seen = []
+    progress = RunProgress(lambda value, total, latents=None: seen.append((value, total)), chunks=2, steps=3)
+    u = RunProgress.UNITS
+    progress.vae("encode", 0, 1, 2)
+    progress.vae("encode", 0, 2, 2)
+    progress.step(1, 6)
+    progress.step(3, 6)
+    progress.vae("decode", 0, 1, 4)
+    progress.vae("encode", 1, 2, 2)
+    progress.step(4, 6)  # the first step of the second chunk
+    progress.vae("decode", 1, 4, 4)
+    assert seen == [
+        (u // 2, 10 * u),
+        (u, 10 * u),
+        (2 * u, 10 * u),
+        (4 * u, 10 * u),
+        (round(4.25 * u), 10 * u),
+        (6 * u, 10 * u),
+        (7 * u, 10 * u),
+        (10 * u, 10 * u),
+    ]
+
+
+def test_audio_embeds_refuses_comfyuis_audio_encoder_output_at_link_time():
+    # one declared type: the frontend will not draw the link, and ComfyUI's validation names the
+    # mismatch before any node runs (the adapter's run-time refusal stays for other senders)
+    assert EchoMimicSampler.INPUT_TYPES()["required"]["audio_embeds"][0] == "ECHOMIMIC_AUDIO_EMBEDS"
+    assert "Audio Encoder Encode" in EchoMimicSampler.INPUT_TYPES()["required"]["audio_embeds"][1]["tooltip"]
 
 
 @pytest.fixture(scope="module")
@@ -169,9 +204,14 @@ def test_sampler_node_reproduces_pipeline_generate(demo_models, chain, folders, 
     assert relative_error(frames, expected.frames) < 1e-3
     assert fps == 25.0 and audio["sample_rate"] == chain["sr"]
     assert audio["waveform"].shape == (1, 2, int(13 / 25 * chain["sr"]))  # stereo kept, trimmed to the video
-    assert [s[0] for s in steps] == [1, 2, 3, 4] and steps[-1][1] == 4  # 2 chunks x 2 steps
-    assert steps[-1][2][1] == 16  # latent previews get [B, 16, T, h, w]
-    assert "13 frames" in out["ui"]["echomimic_plan"][0]
+    # one bar over 2 chunks x (VAE encode, 2 steps, VAE decode), moving during the VAE passes too
+    values, total = [s[0] for s in steps], steps[-1][1]
+    assert values == sorted(values) and values[-1] == total == 2 * 4 * RunProgress.UNITS
+    previews = [s for s in steps if s[2] is not None]
+    assert len(previews) == 4 and previews[-1][2][1] == 16  # latent previews get [B, 16, T, h, w]
+    assert len(steps) > 12  # the VAE reported its passes: more updates than the 4 steps + 4 phases
+    # the frontend's line from the real plan: the chunk count survives the run
+    assert out["ui"]["echomimic_plan"][0].startswith("13 frames · 0.52 s · 4 latent · 2 chunks · 64x64")
     # the same frames as ComfyUI's VIDEO, and a drift report with one entry per chunk
     assert torch.equal(video.get_components()["images"], frames) and video.get_dimensions() == (64, 64)
     assert [c["index"] for c in json.loads(report)["chunks"]] == [0, 1]

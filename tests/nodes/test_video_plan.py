@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.video_plan import plan_video
+from nodes.video_plan import plan_line, plan_video
 
 CASES = json.loads((Path(__file__).resolve().parents[2] / "web" / "tests" / "video_plan_cases.json").read_text())
 
@@ -23,6 +23,8 @@ def test_table(case):
     )
     assert [list(c) for c in plan.chunks] == expect["chunks"]
     assert plan.seconds == pytest.approx(plan.frames / case["fps"])
+    line = plan_line(plan.frames, case["fps"], plan.latent_frames, len(plan.chunks))
+    assert line == expect["line"]  # web/tests/video_plan.test.mjs holds formatPlan to the same text
 
 
 @pytest.mark.parametrize("case", CASES["errors"], ids=lambda c: c["match"])
@@ -41,3 +43,8 @@ def test_chunks_cover_the_clip(partial, overlap):
         for (s0, n0, _), (s1, _, shared) in zip(plan.chunks, plan.chunks[1:]):
             assert s0 + n0 - s1 == shared == overlap  # consecutive chunks share `overlap` frames
         assert all(n % 4 == 1 for _, n, _ in plan.chunks)
+
+
+def test_plan_line_in_sliding_mode_has_no_chunk_count():
+    assert plan_line(125, 25, 32, None) == "125 frames · 5.00 s · 32 latent · sliding windows"
+    assert plan_line(75, 25, 20, 1) == "75 frames · 3.00 s · 20 latent · 1 chunk"

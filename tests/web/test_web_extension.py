@@ -32,18 +32,19 @@ def test_no_test_file_is_served_as_an_extension():
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed")
 def test_js_plan_matches_python_on_a_sweep():
-    """web/lib/video_plan.js and nodes/video_plan.py (the core's rules) agree beyond the table."""
-    from nodes.video_plan import plan_video
+    """web/lib/video_plan.js and nodes/video_plan.py (the core's rules) agree beyond the table, line included."""
+    from nodes.video_plan import plan_line, plan_video
 
     inputs = [(d / 100, fps, partial, overlap) for d in range(10, 4000, 37)
               for fps in (25, 30, 24, 29.97, 30000 / 1001, 12.5) for partial, overlap in ((113, 8), (81, 12), (49, 0))]
-    script = ("import {planVideo} from " + json.dumps((WEB / "lib" / "video_plan.js").as_uri()) + ";"
+    script = ("import {planVideo, formatPlan} from " + json.dumps((WEB / "lib" / "video_plan.js").as_uri()) + ";"
               "const inputs = JSON.parse(process.argv[1]);"
-              "console.log(JSON.stringify(inputs.map(a => { const p = planVideo(...a); return [p.frames, p.chunks]; })));")
+              "console.log(JSON.stringify(inputs.map(a => { const p = planVideo(...a); return [p.frames, p.chunks, formatPlan(p)]; })));")
     result = subprocess.run([NODE, "--input-type=module", "-e", script, json.dumps(inputs)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     js = json.loads(result.stdout)
-    for args, (frames, chunks) in zip(inputs, js, strict=True):
+    for args, (frames, chunks, line) in zip(inputs, js, strict=True):
         plan = plan_video(*args)
         assert (frames, chunks) == (plan.frames, [list(c) for c in plan.chunks]), args
+        assert line == plan_line(plan.frames, args[1], plan.latent_frames, len(plan.chunks)), args

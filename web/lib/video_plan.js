@@ -72,5 +72,6 @@ export function resolvePartial(partial, variant) {
 export function formatPlan(plan, longVideoMode = "chunks") {
   const chunks = longVideoMode === "sliding" ? "sliding windows"
     : plan.chunks.length === 1 ? "1 chunk" : `${plan.chunks.length} chunks`;
-  return `${plan.frames} frames · ${plan.seconds.toFixed(2)} s · ${plan.latentFrames} latent · ${chunks}`;
+  const length = plan.frames === 1 ? "1 frame" : `${plan.frames} frames`;
+  return `${length} · ${plan.seconds.toFixed(2)} s · ${plan.latentFrames} latent · ${chunks}`;
 }

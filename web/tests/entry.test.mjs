@@ -42,16 +42,30 @@ test("the entry loaded from two web folders registers one extension and throws n
     const { app } = await import(pathToFileURL(join(root, "scripts", "app.js")).href);
     assert.deepEqual(app.extensions.map((e) => e.name), ["EchoMimicV3.ui"]);
 
-    // The registered hooks attach to the sampler (it has the plan widgets) and show the run's plan.
+    // The registered hooks attach to the sampler (it has the plan widgets): it measures its plan
+    // when drawn, keeps a run's plan until an input changes, and follows upstream changes.
     class Sampler {}
     await app.extensions[0].beforeRegisterNodeDef(Sampler, {
       category: "EchoMimicV3",
       input: { required: { partial_video_length: ["INT", {}] }, optional: { overlap_video_length: ["INT", {}] } },
     });
-    const node = new Sampler();
-    node.onExecuted({ echomimic_plan: ["60 frames (2.40 s) at 96x96, Flow x 4"] });
-    assert.equal(node.echomimicPlanText, "60 frames (2.40 s) at 96x96, Flow x 4");
-    assert.equal(typeof Sampler.prototype.onConnectionsChange, "function");
+    const loader = { id: 1, inputs: [], widgets: [{ name: "audio", value: "speech.wav", options: { values: ["a.wav"] } }] };
+    const node = Object.assign(new Sampler(), {
+      id: 2, size: [400, 300], setDirtyCanvas() {},
+      widgets: [{ name: "partial_video_length", value: 0 }, { name: "overlap_video_length", value: 8 }],
+      inputs: [{ name: "audio", type: "AUDIO", link: 5 }],
+    });
+    node.graph = { links: { 5: { origin_id: 1 } }, getNodeById: (id) => (id === 1 ? loader : null) };
+    const drawn = [];
+    const ctx = { save() {}, restore() {}, fillText: (text) => drawn.push(text) };
+    node.onDrawForeground(ctx);
+    assert.equal(node.echomimicPlanText, "speech.wav is not in ComfyUI's input folder");
+    node.onExecuted({ echomimic_plan: ["60 frames · 2.40 s · 16 latent · 3 chunks · 96x96, Flow × 4 steps"] });
+    node.onDrawForeground(ctx);
+    assert.equal(drawn.at(-1), "60 frames · 2.40 s · 16 latent · 3 chunks · 96x96, Flow × 4 steps");
+    loader.widgets[0].value = "other.wav"; // another file picked upstream
+    node.onDrawForeground(ctx);
+    assert.equal(drawn.at(-1), "other.wav is not in ComfyUI's input folder");
 
     class Other {}
     await app.extensions[0].beforeRegisterNodeDef(Other, { category: "loaders", input: {} });

@@ -13,6 +13,7 @@ for (const c of table.cases) {
     assert.equal(plan.partial, c.expect.partial);
     assert.deepEqual(plan.chunks, c.expect.chunks);
     assert.ok(Math.abs(plan.seconds - c.expect.frames / c.fps) < 1e-9);
+    assert.equal(formatPlan(plan), c.expect.line); // tests/nodes/test_video_plan.py holds plan_line to it
   });
 }
 
