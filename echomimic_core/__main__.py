@@ -405,12 +405,14 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(_attach_negative_keyframes(argv))
     if args.command == "demo-models":
+        from .config import VARIANTS
         from .demo import write_demo_models
 
-        files = write_demo_models(args.out, overwrite=True)
-        for slot, path in vars(files).items():
-            if path is not None:
-                print(f"{slot:14s} {path}")
+        write_demo_models(args.out, overwrite=True)
+        for variant in VARIANTS:
+            for slot, path in vars(write_demo_models(args.out, variant=variant)).items():
+                if path is not None:
+                    print(f"{variant:8s} {slot:14s} {path}")
         return 0
     from .interrupts import exit_code, stop_immediately
 

@@ -1,11 +1,17 @@
 """A tiny random EchoMimicV3 installation, for trying the whole path without the real weights.
 
-``write_demo_models(models_dir)`` writes every model file the pipeline needs — transformer, Wan
-VAE, umT5 text encoder with its tokenizer embedded, CLIP vision tower, wav2vec2 audio encoder —
-in ComfyUI's folder layout and file formats, with random weights (seeded, so the files are the
-same every time). The real loaders then read them like any user's files, so the demo exercises
-the real code; its videos are noise. ``demo_inputs()`` makes a reference image and a speech-like
-audio clip.
+``write_demo_models(models_dir)`` writes every model file the pipeline needs — a preview and a
+flash transformer, the Wan VAE, umT5 text encoder with its tokenizer embedded, CLIP vision tower,
+and each variant's wav2vec2 audio encoder — in ComfyUI's folder layout and file formats, with
+random weights (seeded, so the files are the same every time). The real loaders then read them
+like any user's files, so the demo exercises the real code; its videos are noise.
+``demo_inputs()`` makes a reference image and a speech-like audio clip.
+
+The VAE has the released Wan2.1 VAE's block layout (two residual blocks per level, attention only
+in the middle) at a small width, because ComfyUI's Load VAE infers only the width from a file and
+builds that layout: so the demo VAE works in ComfyUI's Load VAE too. ComfyUI's Load CLIP (umT5-XXL)
+and Load CLIP Vision (ViT-H) build fixed full-size models, so the demo's text and image encoders
+load only through this pack's loaders.
 """
 
 from __future__ import annotations
@@ -20,20 +26,31 @@ import torch
 
 from .checkpoints.files import save_state_dict
 from .checkpoints.transformer import save_transformer
-from .config import TransformerConfig
+from .config import VARIANTS, TransformerConfig
 from .model_files import ModelFiles
 
 log = logging.getLogger(__name__)
 
-DEMO_FILES = {
-    "transformer": "diffusion_models/echomimicv3_demo_tiny.safetensors",
+# models/ sub-paths of the demo files: shared by both variants, then each variant's own
+SHARED_FILES = {
     "vae": "vae/wan_2.1_vae_demo_tiny.safetensors",
     "text_encoder": "text_encoders/umt5_demo_tiny.safetensors",
     "image_encoder": "clip_vision/clip_vision_demo_tiny.safetensors",
-    "audio_encoder": "audio_encoders/wav2vec2_base_960h_demo_tiny.safetensors",
 }
-TEXT_DIM, CLIP_DIM, AUDIO_DIM = 32, 768, 64
-DEMO_VERSION = 1  # bump when the files change, so caches keyed on it are rebuilt
+VARIANT_FILES = {
+    "preview": {
+        "transformer": "diffusion_models/echomimicv3_demo_tiny.safetensors",
+        "audio_encoder": "audio_encoders/wav2vec2_base_960h_demo_tiny.safetensors",
+    },
+    # "flash" and "chinese" in the names: how the loaders and the frontend tell the variant
+    "flash": {
+        "transformer": "diffusion_models/echomimicv3_flash_demo_tiny.safetensors",
+        "audio_encoder": "audio_encoders/wav2vec2_chinese_base_demo_tiny.safetensors",
+    },
+}
+TEXT_DIM, CLIP_DIM, AUDIO_DIM, AUDIO_LAYERS = 32, 768, 64, 2
+VAE_DIM = 4  # the released VAE is 96 wide; ComfyUI reads the width from decoder.head.0.gamma
+DEMO_VERSION = 2  # bump when the files change, so caches keyed on it are rebuilt
 _SENTENCES = [
     "a person is talking to the camera",
     "a woman sings a song with a smile",
@@ -43,8 +60,15 @@ _SENTENCES = [
 ]
 
 
-def demo_transformer_config() -> TransformerConfig:
-    return TransformerConfig(
+def demo_files(variant: str = "preview") -> dict[str, str]:
+    """Slot -> path under the models folder of one variant's demo installation."""
+    if variant not in VARIANT_FILES:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+    return {**SHARED_FILES, **VARIANT_FILES[variant]}
+
+
+def demo_transformer_config(variant: str = "preview") -> TransformerConfig:
+    common = dict(
         dim=64,
         ffn_dim=128,
         freq_dim=32,
@@ -54,9 +78,17 @@ def demo_transformer_config() -> TransformerConfig:
         text_len=512,
         clip_dim=CLIP_DIM,
         clip_tokens=5,
-        variant="preview",
-        audio_in_dim=AUDIO_DIM,
     )
+    if variant == "flash":  # every hidden layer of the demo wav2vec2, as flash takes all twelve
+        return TransformerConfig(
+            **common,
+            variant="flash",
+            audio_blocks=AUDIO_LAYERS,
+            audio_channels=AUDIO_DIM,
+            audio_intermediate_dim=32,
+            audio_context_tokens=4,
+        )
+    return TransformerConfig(**common, variant="preview", audio_in_dim=AUDIO_DIM)
 
 
 def _spiece_model() -> bytes:
@@ -84,12 +116,41 @@ def _random_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
 
 
-def write_demo_models(models_dir: str | Path, seed: int = 0, overwrite: bool = False) -> ModelFiles:
-    """Write the tiny demo model files under ``models_dir`` (ComfyUI layout); return their paths.
+def _demo_transformer(variant: str):
+    from .model.transformer import EchoMimicTransformer
+
+    transformer = EchoMimicTransformer(demo_transformer_config(variant))
+    with torch.no_grad():  # random but non-zero audio layers, so the audio visibly matters
+        for name, p in transformer.named_parameters():
+            if "audio" in name and p.ndim >= 2:
+                p.normal_(0, 0.05)
+    return transformer
+
+
+def _demo_vae_state() -> dict[str, torch.Tensor]:
+    """The Wan2.1 VAE's layout (what ComfyUI's Load VAE builds for any width) at ``VAE_DIM``."""
+    from diffusers import AutoencoderKLWan
+
+    from .vae.keys import diffusers_to_original
+
+    vae = AutoencoderKLWan(
+        base_dim=VAE_DIM,
+        z_dim=16,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+    )
+    return diffusers_to_original(_random_state(vae))
+
+
+def write_demo_models(
+    models_dir: str | Path, seed: int = 0, overwrite: bool = False, variant: str = "preview"
+) -> ModelFiles:
+    """Write both variants' tiny demo files under ``models_dir`` (ComfyUI layout); return ``variant``'s.
 
     Existing files are kept unless ``overwrite``: the files are deterministic, so a second call is free.
     """
-    from diffusers import AutoencoderKLWan
     from transformers import (
         CLIPVisionConfig,
         CLIPVisionModel,
@@ -100,34 +161,18 @@ def write_demo_models(models_dir: str | Path, seed: int = 0, overwrite: bool = F
     )
 
     from .encoders.text import save_comfy_file
-    from .model.transformer import EchoMimicTransformer
 
     root = Path(models_dir)
-    paths = {slot: root / rel for slot, rel in DEMO_FILES.items()}
-    if not overwrite and all(p.is_file() for p in paths.values()):
-        return ModelFiles(**paths)
+    wanted = {slot: root / rel for slot, rel in demo_files(variant).items()}
+    every = {rel for v in VARIANT_FILES for rel in demo_files(v).values()}
+    if not overwrite and all((root / rel).is_file() for rel in every):
+        return ModelFiles(**wanted)
     log.info("writing the tiny demo models to %s", root)
     # seeded draws without touching the caller's global RNG (ComfyUI / training seeds)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = EchoMimicTransformer(demo_transformer_config())
-        with torch.no_grad():  # random but non-zero audio layers, so the audio visibly matters
-            for name, p in transformer.named_parameters():
-                if "audio" in name and p.ndim >= 2:
-                    p.normal_(0, 0.05)
-        save_transformer(transformer, paths["transformer"])
-
-        vae = AutoencoderKLWan(
-            base_dim=8,
-            z_dim=16,
-            dim_mult=[1, 2, 4, 4],
-            num_res_blocks=1,
-            attn_scales=[],
-            temperal_downsample=[False, True, True],
-        )
-        from .vae.keys import diffusers_to_original
-
-        save_state_dict(diffusers_to_original(_random_state(vae)), paths["vae"])
+        save_transformer(_demo_transformer("preview"), root / VARIANT_FILES["preview"]["transformer"])
+        save_state_dict(_demo_vae_state(), root / SHARED_FILES["vae"])
 
         proto = _spiece_model()
         t5 = UMT5EncoderModel(
@@ -143,7 +188,7 @@ def write_demo_models(models_dir: str | Path, seed: int = 0, overwrite: bool = F
                 tie_word_embeddings=False,
             )
         )
-        save_comfy_file(_random_state(t5), paths["text_encoder"], spiece_proto=proto)
+        save_comfy_file(_random_state(t5), root / SHARED_FILES["text_encoder"], spiece_proto=proto)
 
         clip = CLIPVisionModel(
             CLIPVisionConfig(
@@ -158,13 +203,13 @@ def write_demo_models(models_dir: str | Path, seed: int = 0, overwrite: bool = F
         clip_state = _random_state(clip)  # ComfyUI's clip_vision files carry the vision_model. prefix
         save_state_dict(
             {k if k.startswith("vision_model.") else "vision_model." + k: v for k, v in clip_state.items()},
-            paths["image_encoder"],
+            root / SHARED_FILES["image_encoder"],
         )
 
         wav2vec2 = Wav2Vec2Model(
             Wav2Vec2Config(
                 hidden_size=AUDIO_DIM,
-                num_hidden_layers=2,
+                num_hidden_layers=AUDIO_LAYERS,
                 num_attention_heads=1,
                 intermediate_size=64,
                 conv_dim=(32,) * 7,
@@ -172,8 +217,11 @@ def write_demo_models(models_dir: str | Path, seed: int = 0, overwrite: bool = F
                 num_conv_pos_embedding_groups=4,
             )
         )
-        save_state_dict(_random_state(wav2vec2), paths["audio_encoder"])
-    return ModelFiles(**paths)
+        # one random wav2vec2 under both names: the file name tells the loader which feature path
+        for v in VARIANT_FILES:
+            save_state_dict(_random_state(wav2vec2), root / VARIANT_FILES[v]["audio_encoder"])
+        save_transformer(_demo_transformer("flash"), root / VARIANT_FILES["flash"]["transformer"])
+    return ModelFiles(**wanted)
 
 
 def demo_face_box(size: int = 96) -> tuple[int, int, int, int]:

@@ -3,9 +3,9 @@
     python -m nodes.demo_models [MODELS_DIR] [--input-dir INPUT_DIR] [--overwrite]
 
 MODELS_DIR is ComfyUI's ``models`` folder; INPUT_DIR its ``input`` folder. Run from the pack's folder
-inside ``ComfyUI/custom_nodes/`` and both default to that ComfyUI's. Then open
-``workflows/echomimic_demo_tiny.json``: it runs on these files in seconds, even on a CPU. The
-weights are random (seeded), so the video is noise, but every step of the real path runs.
+inside ``ComfyUI/custom_nodes/`` and both default to that ComfyUI's. Then open the template
+``echomimic_demo_tiny`` (preview) or ``echomimic_demo_flash_tiny`` (flash): they run on these files
+on a CPU. The weights are random (seeded), so the video is noise, but every step of the real path runs.
 """
 
 from __future__ import annotations
@@ -87,21 +87,17 @@ def main(argv=None) -> int:
     models = Path(args.models_dir) if args.models_dir else root / "models"
     inputs = Path(args.input_dir) if args.input_dir else models.parent / "input"
 
+    from echomimic_core.config import VARIANTS
     from echomimic_core.demo import write_demo_models
 
-    files = write_demo_models(models, overwrite=args.overwrite)
-    image, audio = write_demo_inputs(inputs)
-    for path in (
-        files.transformer,
-        files.vae,
-        files.text_encoder,
-        files.image_encoder,
-        files.audio_encoder,
-        image,
-        audio,
-    ):
+    write_demo_models(models, overwrite=args.overwrite)
+    written = {path for v in VARIANTS for path in vars(write_demo_models(models, variant=v)).values() if path}
+    for path in (*sorted(written), *write_demo_inputs(inputs)):
         print(f"  {path}")
-    print("Open workflows/echomimic_demo_tiny.json in ComfyUI and queue it.")
+    print(
+        "Open the template echomimic_demo_tiny.json (preview) or echomimic_demo_flash_tiny.json (flash) "
+        "in ComfyUI (Templates, or drag it from workflows/) and run it."
+    )
     return 0
 
 

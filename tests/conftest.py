@@ -76,3 +76,32 @@ def torchrun():
         return done
 
     return run
+
+
+class ComfyVAEStandIn:
+    """ComfyUI's VAE contract (comfy.sd.VAE), backed by our WanVAE: IMAGE [T, H, W, 3] 0..1 in, raw
+    latents out; decode -> [1, T, H, W, 3]; the Wan model's encoder/decoder under first_stage_model."""
+
+    def __init__(self, wan):
+        self.wan, self.latent_channels, self.calls = wan, 16, []
+        self.first_stage_model = wan.model
+
+    def encode(self, pixels):
+        from echomimic_core.vae import denormalize_latents
+
+        self.calls.append("encode")
+        video = pixels.movedim(-1, 0)[None] * 2 - 1  # [T, H, W, 3] -> [1, 3, T, H, W]
+        return denormalize_latents(self.wan.encode(video), self.wan.latents_mean, self.wan.latents_std)
+
+    def decode(self, raw):
+        from echomimic_core.vae import normalize_latents
+
+        self.calls.append("decode")
+        video = self.wan.decode(normalize_latents(raw, self.wan.latents_mean, self.wan.latents_std))
+        return ((video + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
+
+
+@pytest.fixture
+def comfy_vae():
+    """Wraps a WanVAE as ComfyUI's Load VAE output (tests run without ComfyUI)."""
+    return ComfyVAEStandIn

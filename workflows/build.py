@@ -1,12 +1,18 @@
-"""Write the example workflows, UI format and API format, from one description each.
+"""Write the example workflows, UI format and API format, and the UI ones' template thumbnails,
+from one description each.
 
-    python -m workflows.build            # (re)write workflows/*.json
+    python -m workflows.build            # (re)write workflows/*.json, *.jpg and workflows/api/*.json
     python -m workflows.build --check    # exit 1 when a file differs from what the code describes
 
 Each workflow is a list of :class:`Node` (type, widget values by name, links by input name, a column
 and a y position) plus a note. Widget order, outputs and link types come from the node schemas
 (ComfyUI's ``object_info.json`` + this pack's nodes), so the files follow the nodes when they change;
 ``tests/workflows`` checks the files are current and valid.
+
+ComfyUI offers every ``custom_nodes/<pack>/workflows/*.json`` (that folder only, not below it) in its
+Templates browser and loads it as a UI workflow; its thumbnail is ``<name>.jpg`` beside it. So only
+UI workflows live there; the API-format twins (for scripts and ``tools.batch_run``) are in
+``workflows/api/``.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from echomimic_core.demo import DEMO_FILES
+from echomimic_core.demo import demo_face_box, demo_files
 from nodes.demo_models import DEMO_AUDIO, DEMO_IMAGE
+from workflows.thumbnail import is_current, thumbnail_jpeg
 from workflows.validate import input_specs, load_schemas
 
 HERE = Path(__file__).resolve().parent
+API_DIR = "api"  # API-format twins: not offered as templates
 COLUMN_X, COLUMN_WIDTH, NODE_WIDTH, TOP, GAP = 40, 420, 360, 100, 70
 GROUP_COLOURS = {
     "Models": "#3f789e",
@@ -32,6 +40,14 @@ GROUP_COLOURS = {
 }
 VIRTUAL = {"Note": ["text"], "MarkdownNote": ["text"]}
 UPLOAD_VALUES = {"LoadImage": ["image"], "LoadAudio": [None, None], "LoadVideo": ["image"]}
+# what the frontend draws below the widgets (image previews, the audio player), in canvas pixels
+PREVIEW_HEIGHT = {
+    "LoadImage": 280,
+    "PreviewImage": 280,
+    "LoadVideo": 280,
+    "EchoMimicFaceMask": 280,
+    "LoadAudio": 50,
+}
 
 
 @dataclass
@@ -51,6 +67,8 @@ class Workflow:
     name: str
     description: str
     nodes: list[Node]
+    title: str = ""  # on the template thumbnail
+    scene: str = "talking_head"  # what the thumbnail draws (workflows.thumbnail.SCENES)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,9 +240,108 @@ def inputs(image: str = "portrait.png", audio: str = "speech.wav", values: dict 
     ]
 
 
-def _demo(slot: str) -> str:
+def _demo(slot: str, variant: str = "preview") -> str:
     """A demo model file's name as the loader's combo lists it (inside its models/ sub-folder)."""
-    return DEMO_FILES[slot].split("/", 1)[1]
+    return demo_files(variant)[slot].split("/", 1)[1]
+
+
+DEMO_NOTE = (
+    "Run `python -m nodes.demo_models` from the pack folder: it writes tiny random model files into "
+    "ComfyUI's models folders and a demo face and speech clip into its input folder. The video is noise "
+    "(the weights are random) but every step of the real path runs, on a CPU too.\n\n"
+    "The demo VAE has the real Wan2.1 VAE's layout, so it loads in ComfyUI's **Load VAE** like the real "
+    "file. ComfyUI's **Load CLIP** (umT5-XXL) and **Load CLIP Vision** (CLIP ViT-H) build fixed full-size "
+    "models, so the tiny text and image encoders load only in the EchoMimicV3 loaders used here; the "
+    "other workflows take ComfyUI's loaders with the real files."
+)
+
+
+def demo_models(variant: str) -> list[Node]:
+    """The pack's loaders for the tiny transformer and encoders; ComfyUI's Load VAE for the VAE."""
+    return [
+        Node(
+            "model",
+            "EchoMimicModelLoader",
+            0,
+            0,
+            {"model": _demo("transformer", variant), "precision": "fp32"},
+            group="Models",
+        ),
+        Node("vae", "VAELoader", 0, 250, {"vae_name": _demo("vae")}, group="Models"),
+        Node(
+            "text_encoder",
+            "EchoMimicTextEncoderLoader",
+            0,
+            380,
+            {"text_encoder": _demo("text_encoder"), "precision": "fp32"},
+            group="Models",
+        ),
+        Node(
+            "clip_vision",
+            "EchoMimicCLIPVisionLoader",
+            0,
+            510,
+            {"clip_vision": _demo("image_encoder"), "precision": "fp32"},
+            group="Models",
+        ),
+        Node(
+            "audio_encoder",
+            "EchoMimicAudioEncoderLoader",
+            0,
+            640,
+            {"audio_encoder": _demo("audio_encoder", variant)},
+            group="Models",
+        ),
+    ]
+
+
+def demo_conditioning() -> list[Node]:
+    return [
+        Node(
+            "text",
+            "EchoMimicTextEncode",
+            2,
+            0,
+            {"prompt": "a person is talking to the camera"},
+            {"text_encoder": ("text_encoder", 0)},
+            group="Conditioning",
+        ),
+        Node(
+            "clip_encode",
+            "EchoMimicCLIPVisionEncode",
+            2,
+            300,
+            {},
+            {"clip_vision": ("clip_vision", 0), "image": ("reference", 0)},
+            group="Conditioning",
+        ),
+        Node(
+            "audio_encode",
+            "EchoMimicAudioEncode",
+            2,
+            440,
+            {"fps": 25.0, "max_frames": 0},
+            {"audio_encoder": ("audio_encoder", 0), "audio": ("audio", 0)},
+            group="Conditioning",
+        ),
+    ]
+
+
+def demo_output() -> Node:
+    return Node(
+        "save",
+        "EchoMimicSaveVideo",
+        4,
+        0,
+        {"filename_prefix": "echomimic/demo"},
+        {"images": ("sampler", 0), "audio": ("sampler", 1), "fps": ("sampler", 2)},
+        group="Output",
+    )
+
+
+def _box_text(box) -> str:
+    """(y1, y2, x1, x2) as the Face Mask / Task box widgets read it."""
+    return ", ".join(str(v) for v in box)
 
 
 PROMPT = "A person is talking to the camera, natural expression, clear lip movements, studio lighting."
@@ -252,6 +369,7 @@ def workflows() -> list[Workflow]:
                     f"in the Load nodes; the video lasts as long as the audio. {SAMPLER_NOTE}"
                 ),
             ],
+            title="Talking head · preview",
         ),
         Workflow(
             "echomimic_flash_8step",
@@ -268,6 +386,8 @@ def workflows() -> list[Workflow]:
                     f"to reproduce it; longer audio is rendered in 81-frame chunks. {SAMPLER_NOTE}"
                 ),
             ],
+            title="Talking head · flash, 8 steps",
+            scene="flash",
         ),
         Workflow(
             "echomimic_first_last_frame",
@@ -303,6 +423,8 @@ def workflows() -> list[Workflow]:
                     f"{SAMPLER_NOTE}"
                 ),
             ],
+            title="First + last frame",
+            scene="first_last",
         ),
         Workflow(
             "echomimic_lipsync_video",
@@ -351,6 +473,8 @@ def workflows() -> list[Workflow]:
                     f"shorter of video and audio. {SAMPLER_NOTE}"
                 ),
             ],
+            title="Lip-sync a video",
+            scene="lipsync",
         ),
         Workflow(
             "echomimic_long_audio",
@@ -383,70 +507,34 @@ def workflows() -> list[Workflow]:
                     f"long_video_mode 'sliding' is upstream's long-video CFG. {SAMPLER_NOTE}"
                 ),
             ],
+            title="Long audio · chunks",
+            scene="long_audio",
         ),
         Workflow(
             "echomimic_demo_tiny",
             "Runs on the tiny random demo models (python -m nodes.demo_models).",
             [
-                Node(
-                    "model",
-                    "EchoMimicModelLoader",
-                    0,
-                    0,
-                    {"model": _demo("transformer"), "precision": "fp32"},
-                    group="Models",
-                ),
-                Node("vae", "EchoMimicVAELoader", 0, 250, {"vae": _demo("vae"), "precision": "fp32"}, group="Models"),
-                Node(
-                    "text_encoder",
-                    "EchoMimicTextEncoderLoader",
-                    0,
-                    380,
-                    {"text_encoder": _demo("text_encoder"), "precision": "fp32"},
-                    group="Models",
-                ),
-                Node(
-                    "clip_vision",
-                    "EchoMimicCLIPVisionLoader",
-                    0,
-                    510,
-                    {"clip_vision": _demo("image_encoder"), "precision": "fp32"},
-                    group="Models",
-                ),
-                Node(
-                    "audio_encoder",
-                    "EchoMimicAudioEncoderLoader",
-                    0,
-                    640,
-                    {"audio_encoder": _demo("audio_encoder")},
-                    group="Models",
-                ),
+                *demo_models("preview"),
                 *inputs(DEMO_IMAGE, DEMO_AUDIO, {"width": 96, "height": 96}),
+                *demo_conditioning(),
+                # the demo face is a cartoon the detector does not find: its box, shown over the image
                 Node(
-                    "text",
-                    "EchoMimicTextEncode",
+                    "face_mask",
+                    "EchoMimicFaceMask",
                     2,
-                    0,
-                    {"prompt": "a person is talking to the camera"},
-                    {"text_encoder": ("text_encoder", 0)},
+                    600,
+                    {"box": _box_text(demo_face_box(96))},
+                    {"image": ("reference", 0)},
+                    title="Face region",
                     group="Conditioning",
                 ),
                 Node(
-                    "clip_encode",
-                    "EchoMimicCLIPVisionEncode",
+                    "task",
+                    "EchoMimicTask",
                     2,
-                    300,
-                    {},
-                    {"clip_vision": ("clip_vision", 0), "image": ("reference", 0)},
-                    group="Conditioning",
-                ),
-                Node(
-                    "audio_encode",
-                    "EchoMimicAudioEncode",
-                    2,
-                    440,
-                    {"fps": 25.0, "max_frames": 0},
-                    {"audio_encoder": ("audio_encoder", 0), "audio": ("audio", 0)},
+                    900,
+                    {"task": "first_frame"},
+                    {"image": ("reference", 0), "face_mask": ("face_mask", 0)},
                     group="Conditioning",
                 ),
                 Node(
@@ -463,25 +551,51 @@ def workflows() -> list[Workflow]:
                         "clip_vision_output": ("clip_encode", 0),
                         "audio_embeds": ("audio_encode", 0),
                         "image": ("reference", 0),
+                        "task": ("task", 0),
                     },
                     group="Generate",
                 ),
-                Node(
-                    "save",
-                    "EchoMimicSaveVideo",
-                    4,
-                    0,
-                    {"filename_prefix": "echomimic/demo"},
-                    {"images": ("sampler", 0), "audio": ("sampler", 1), "fps": ("sampler", 2)},
-                    group="Output",
-                ),
+                demo_output(),
                 note(
-                    "# Demo on tiny random models\nRun `python -m nodes.demo_models` from the pack folder: it "
-                    "writes tiny random model files into ComfyUI's models folders and a demo face and speech clip "
-                    "into its input folder. The video is noise (the weights are random) but every step of the real "
-                    "path runs, in seconds on a CPU."
+                    "# Demo on tiny random models (preview)\n" + DEMO_NOTE + "\n\nThe sampler renders the 2.4 s "
+                    "clip in three 33-frame chunks, so long-video stitching runs too."
                 ),
             ],
+            title="Demo · tiny models",
+            scene="demo",
+        ),
+        Workflow(
+            "echomimic_demo_flash_tiny",
+            "EchoMimicV3-Flash on the tiny random demo models (python -m nodes.demo_models).",
+            [
+                *demo_models("flash"),
+                *inputs(DEMO_IMAGE, DEMO_AUDIO, {"width": 96, "height": 96}),
+                *demo_conditioning(),
+                Node(
+                    "sampler",
+                    "EchoMimicSampler",
+                    3,
+                    0,
+                    {},
+                    {
+                        "model": ("model", 0),
+                        "vae": ("vae", 0),
+                        "positive": ("text", 0),
+                        "clip_vision_output": ("clip_encode", 0),
+                        "audio_embeds": ("audio_encode", 0),
+                        "image": ("reference", 0),
+                    },
+                    group="Generate",
+                ),
+                demo_output(),
+                note(
+                    "# Demo on tiny random models (flash)\n" + DEMO_NOTE + "\n\nThe flash demo model takes the "
+                    "chinese-wav2vec2 demo encoder (all its hidden layers, as flash does) and the sampler's auto "
+                    "settings: 8-step UniPC, audio-only CFG, no negative prompt, no face region."
+                ),
+            ],
+            title="Demo · tiny flash",
+            scene="demo_flash",
         ),
     ]
 
@@ -514,7 +628,7 @@ def _height(node: Node, slots: int, widget_specs: list, outputs: int) -> int:
     """Roughly what the frontend draws: slot rows, widget rows (multiline text boxes taller), previews."""
     if node.type in VIRTUAL:
         return 260
-    extra = 280 if node.type in ("LoadImage", "PreviewImage", "LoadVideo") else 0
+    extra = PREVIEW_HEIGHT.get(node.type, 0)
     rows = sum(110 if s.type == "STRING" and s.options.get("multiline") else 26 for s in widget_specs)
     return 46 + 22 * max(slots, outputs) + rows + extra
 
@@ -610,7 +724,8 @@ def to_ui(workflow: Workflow, schemas: dict) -> dict:
         "links": sorted(links),
         "groups": _groups(workflow, ui_nodes),
         "config": {},
-        "extra": {"ds": {"scale": 0.75, "offset": [20, 60]}, "echomimic": workflow.description},
+        # the offset keeps the first column clear of the frontend's side bar
+        "extra": {"ds": {"scale": 0.75, "offset": [80, 40]}, "echomimic": workflow.description},
         "version": 0.4,
     }
 
@@ -660,13 +775,21 @@ def to_api(workflow: Workflow, schemas: dict) -> dict:
 
 
 def rendered(schemas: dict | None = None) -> dict[str, str]:
-    """File name -> JSON text of every example workflow."""
+    """Path under workflows/ -> JSON text of every example workflow: ``<name>.json`` (UI) and
+    ``api/<name>.json`` (API)."""
     schemas = schemas or load_schemas()
     files = {}
     for workflow in workflows():
         files[f"{workflow.name}.json"] = json.dumps(to_ui(workflow, schemas), indent=1, ensure_ascii=False) + "\n"
-        files[f"{workflow.name}_api.json"] = json.dumps(to_api(workflow, schemas), indent=1, ensure_ascii=False) + "\n"
+        files[f"{API_DIR}/{workflow.name}.json"] = (
+            json.dumps(to_api(workflow, schemas), indent=1, ensure_ascii=False) + "\n"
+        )
     return files
+
+
+def thumbnails() -> dict[str, tuple[str, str]]:
+    """Path under workflows/ -> (scene, title) of each template thumbnail, ``<name>.jpg``."""
+    return {f"{w.name}.jpg": (w.scene, w.title or w.name) for w in workflows()}
 
 
 def main(argv=None) -> int:
@@ -675,13 +798,24 @@ def main(argv=None) -> int:
     parser.add_argument("--object-info", help="ComfyUI GET /object_info answer saved as JSON")
     args = parser.parse_args(argv)
     stale = []
-    for name, text in rendered(load_schemas(args.object_info)).items():
+    files = rendered(load_schemas(args.object_info))
+    for name, text in files.items():
         path = HERE / name
         if path.is_file() and path.read_text(encoding="utf-8") == text:
             continue
         stale.append(name)
         if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
+    # a thumbnail is current when it was drawn from the scene and title as they are now (JPEG bytes
+    # differ between Pillow builds, so they are not compared)
+    for name, (scene, title) in thumbnails().items():
+        path = HERE / name
+        if path.is_file() and is_current(path.read_bytes(), scene, title):
+            continue
+        stale.append(name)
+        if not args.check:
+            path.write_bytes(thumbnail_jpeg(scene, title))
     for name in stale:
         print(f"{'out of date' if args.check else 'wrote'}: workflows/{name}")
     return 1 if args.check and stale else 0

@@ -81,31 +81,9 @@ def test_comfyui_audio_encoder_output_is_refused_with_the_node_to_use():
         adapters.audio_features(output)
 
 
-class FakeComfyVAE:
-    """ComfyUI's VAE contract, backed by our WanVAE: IMAGE 0..1 in, raw latents out; decode -> [1, T, H, W, 3]."""
-
-    def __init__(self, wan):
-        self.wan, self.latent_channels, self.calls = wan, 16, []
-        self.first_stage_model = wan.model
-
-    def encode(self, pixels):
-        from echomimic_core.vae import denormalize_latents
-
-        self.calls.append("encode")
-        video = pixels.movedim(-1, 0)[None] * 2 - 1  # [T, H, W, 3] -> [1, 3, T, H, W]
-        return denormalize_latents(self.wan.encode(video), self.wan.latents_mean, self.wan.latents_std)
-
-    def decode(self, raw):
-        from echomimic_core.vae import normalize_latents
-
-        self.calls.append("decode")
-        video = self.wan.decode(normalize_latents(raw, self.wan.latents_mean, self.wan.latents_std))
-        return ((video + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
-
-
-def test_comfy_vae_adapter_matches_the_core_vae(demo_models):
+def test_comfy_vae_adapter_matches_the_core_vae(demo_models, comfy_vae):
     wan = demo_models.vae
-    adapter = adapters.video_vae(FakeComfyVAE(wan))
+    adapter = adapters.video_vae(comfy_vae(wan))
     assert isinstance(adapter, adapters.ComfyVideoVAE) and adapters.video_vae(wan) is wan
     video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
     reports = []
@@ -260,9 +238,9 @@ def one_chunk(demo_models, chain):
 
 
 @pytest.mark.slow
-def test_sampler_with_comfyui_native_vae_and_padded_conditioning(demo_models, chain, one_chunk, folders):
+def test_sampler_with_comfyui_native_vae_and_padded_conditioning(demo_models, chain, one_chunk, folders, comfy_vae):
     padded = [[torch.cat([chain["positive"][0][0], torch.zeros(1, 500, chain["positive"][0][0].shape[-1])], 1), {}]]
-    fake = FakeComfyVAE(demo_models.vae)
+    fake = comfy_vae(demo_models.vae)
     native = EchoMimicSampler().sample(
         demo_models.transformer,
         fake,

@@ -26,12 +26,38 @@ def schemas(object_info_path):
 
 def test_files_are_current_with_the_nodes(schemas):
     files = build.rendered(schemas)
-    assert len(files) == 2 * len(NAMES) >= 12
+    assert len(files) == 2 * len(NAMES) >= 14
     stale = [name for name, text in files.items() if (HERE / name).read_text(encoding="utf-8") != text]
     assert not stale, f"run `python -m workflows.build`: {stale}"
+    assert build.main(["--check"]) == 0  # thumbnails included
 
 
-@pytest.mark.parametrize("name", [f"{n}{suffix}.json" for n in NAMES for suffix in ("", "_api")])
+def test_templates_folder_holds_ui_workflows_only_each_with_a_thumbnail():
+    # ComfyUI offers every workflows/*.json as a template and opens it as a UI workflow
+    from PIL import Image
+
+    top = sorted(p.stem for p in HERE.glob("*.json"))
+    assert top == sorted(NAMES)
+    for name in top:
+        ui = json.loads((HERE / f"{name}.json").read_text(encoding="utf-8"))
+        assert isinstance(ui.get("nodes"), list) and "version" in ui, name
+        thumb = Image.open(HERE / f"{name}.jpg")
+        assert thumb.format == "JPEG" and thumb.size == (512, 512)
+    assert sorted(p.stem for p in (HERE / build.API_DIR).glob("*.json")) == sorted(NAMES)
+
+
+def test_a_stale_thumbnail_is_reported(tmp_path):
+    from workflows.thumbnail import is_current, thumbnail_jpeg
+
+    jpeg = thumbnail_jpeg("lipsync", "Lip-sync a video")
+    assert is_current(jpeg, "lipsync", "Lip-sync a video")
+    assert not is_current(jpeg, "lipsync", "Lip-sync")  # the title changed
+    assert not is_current(b"not a jpeg", "lipsync", "Lip-sync a video")
+    with pytest.raises(ValueError, match="scene must be one of"):
+        thumbnail_jpeg("dance", "x")
+
+
+@pytest.mark.parametrize("name", [f"{prefix}{n}.json" for n in NAMES for prefix in ("", "api/")])
 def test_every_workflow_validates(schemas, name):
     issues = v.validate_file(HERE / name, schemas)
     assert [str(i) for i in issues if i.error] == []
@@ -47,24 +73,32 @@ def test_ui_workflows_are_readable(name):
     notes = [n for n in ui["nodes"] if n["type"] == "MarkdownNote"]
     assert notes and (".safetensors" in notes[0]["widgets_values"][0] or "demo_models" in notes[0]["widgets_values"][0])
     assert {g["title"] for g in ui["groups"]} >= {"Models", "Generate", "Output"}
-    # every group holds its nodes
+    # every group holds its nodes whole (title bar above pos included)
     for node in ui["nodes"]:
         if node["type"] != "MarkdownNote":
             x, y = node["pos"]
-            assert any(g["bounding"][0] <= x and g["bounding"][1] <= y for g in ui["groups"])
+            w, h = node["size"]
+            assert any(
+                gx <= x and gy <= y - 30 and x + w <= gx + gw and y + h <= gy + gh
+                for gx, gy, gw, gh in (g["bounding"] for g in ui["groups"])
+            ), f"{name}: {node['type']} sticks out of its group"
+    # what the frontend draws below the widgets is in the node's height (1.35 draws Load Audio 136 tall)
+    for node in ui["nodes"]:
+        if node["type"] == "LoadAudio":
+            assert node["size"][1] >= 136
 
 
 def test_native_files_and_settings_users_have(schemas):
-    api = json.loads((HERE / "echomimic_preview_talking_head_api.json").read_text(encoding="utf-8"))
+    api = json.loads((HERE / "api" / "echomimic_preview_talking_head.json").read_text(encoding="utf-8"))
     by_type = {n["class_type"]: n["inputs"] for n in api.values()}
     assert by_type["CLIPLoader"]["type"] == "wan" and "CLIPVisionLoader" in by_type
     # ComfyUI's CLIP Vision Encode resizes with antialiasing + 8-bit rounding (not upstream's CLIP input):
     # every example encodes ComfyUI's CLIP vision model with the pack's node instead.
-    for path in sorted(HERE.glob("*_api.json")):
+    for path in sorted((HERE / "api").glob("*.json")):
         types = {n["class_type"] for n in json.loads(path.read_text(encoding="utf-8")).values()}
         assert "CLIPVisionEncode" not in types and "EchoMimicCLIPVisionEncode" in types, path.name
     assert by_type["VAELoader"]["vae_name"] == "wan_2.1_vae.safetensors"
-    flash = json.loads((HERE / "echomimic_flash_8step_api.json").read_text(encoding="utf-8"))
+    flash = json.loads((HERE / "api" / "echomimic_flash_8step.json").read_text(encoding="utf-8"))
     sampler = next(n["inputs"] for n in flash.values() if n["class_type"] == "EchoMimicSampler")
     from nodes.sampler import resolve_settings
 
@@ -121,9 +155,10 @@ def run_prompt(prompt: dict, classes: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_demo_workflow_executes_on_the_demo_files(monkeypatch, tmp_path, capsys):
-    for name in ("folder_paths", "comfy.utils", "comfy.model_management"):
-        monkeypatch.setattr(cs, "_missing", cs._missing | {name})
+@pytest.mark.parametrize("name,frames", [("echomimic_demo_tiny", 60), ("echomimic_demo_flash_tiny", 60)])
+def test_demo_workflow_executes_on_the_demo_files(name, frames, monkeypatch, tmp_path, capsys, caplog, comfy_vae):
+    for module in ("folder_paths", "comfy.utils", "comfy.model_management"):
+        monkeypatch.setattr(cs, "_missing", cs._missing | {module})
     comfy = tmp_path / "ComfyUI"
     monkeypatch.setenv("ECHOMIMIC_MODELS_DIR", str(comfy / "models" / "echomimic"))
     monkeypatch.setenv("ECHOMIMIC_INPUT_DIR", str(comfy / "input"))
@@ -132,12 +167,23 @@ def test_demo_workflow_executes_on_the_demo_files(monkeypatch, tmp_path, capsys)
     assert demo_models_main([str(comfy / "models")]) == 0
     assert "echomimic_demo_tiny.json" in capsys.readouterr().out
 
-    prompt = json.loads((HERE / "echomimic_demo_tiny_api.json").read_text(encoding="utf-8"))
-    run = run_prompt(prompt, {**NODE_CLASS_MAPPINGS, "LoadImage": LoadImage, "LoadAudio": LoadAudio})
+    class VAELoader:  # ComfyUI's Load VAE on the demo file: the demo VAE has the layout it builds
+        FUNCTION = "load"
+
+        def load(self, vae_name):
+            from echomimic_core.vae import load_vae
+
+            return (comfy_vae(load_vae(comfy / "models" / "vae" / vae_name)),)
+
+    prompt = json.loads((HERE / "api" / f"{name}.json").read_text(encoding="utf-8"))
+    classes = {**NODE_CLASS_MAPPINGS, "LoadImage": LoadImage, "LoadAudio": LoadAudio, "VAELoader": VAELoader}
+    with caplog.at_level("WARNING"):
+        run = run_prompt(prompt, classes)
+    assert "no face found" not in caplog.text  # the preview demo gives its cartoon face's box
     sampler_id = next(k for k, n in prompt.items() if n["class_type"] == "EchoMimicSampler")
-    frames, audio, fps, *_ = run["results"][sampler_id]
-    assert frames.shape == (60, 96, 96, 3) and fps == 25.0  # 2.4 s of speech at 25 fps
-    assert audio["waveform"].shape[-1] == round(60 / 25 * 16000) and audio["sample_rate"] == 16000
+    images, audio, fps, *_ = run["results"][sampler_id]
+    assert images.shape == (frames, 96, 96, 3) and fps == 25.0  # 2.4 s of speech at 25 fps
+    assert audio["waveform"].shape[-1] == round(frames / 25 * 16000) and audio["sample_rate"] == 16000
     save_id = next(k for k, n in prompt.items() if n["class_type"] == "EchoMimicSaveVideo")
     (path,) = run["results"][save_id]
     item = run["ui"][save_id]["images"][0]
@@ -146,13 +192,13 @@ def test_demo_workflow_executes_on_the_demo_files(monkeypatch, tmp_path, capsys)
     from echomimic_core.media import load_video
 
     video = load_video(path)
-    assert len(video.frames) == 60 and video.audio is not None
+    assert len(video.frames) == frames and video.audio is not None
 
 
 def test_batch_run_columns_documented_in_docs_resolve_on_the_example_workflows():
     from tools.batch_run import resolve_columns
 
-    api = json.loads((HERE / "echomimic_preview_talking_head_api.json").read_text(encoding="utf-8"))
+    api = json.loads((HERE / "api" / "echomimic_preview_talking_head.json").read_text(encoding="utf-8"))
     bindings = resolve_columns(api, ["image", "audio", "seed", "Prompt.text", "prompt"], {"prompt": "Prompt.text"})
     types = {column: api[node]["class_type"] for column, (node, _) in bindings.items()}
     assert types == {
