@@ -4,7 +4,7 @@
         [--server http://127.0.0.1:8188 [--server URL ...]] [--depth N] [--out DIR] [--retries N]
         [--restart] [--map COL=NODE.INPUT]
 
-The workflow is ComfyUI's "Export (API)" file. Each row sets node inputs, uploads the local files it
+The workflow is ComfyUI's "Export (API)" file (the pack's examples: ``workflows/api/*.json``). Each row sets node inputs, uploads the local files it
 names, queues the prompt, follows it on the websocket and downloads its outputs to ``OUT/<row>/``.
 
 Mapping a column onto a node input

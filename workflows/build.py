@@ -46,6 +46,8 @@ PREVIEW_HEIGHT = {
     "PreviewImage": 280,
     "LoadVideo": 280,
     "EchoMimicFaceMask": 280,
+    "EchoMimicSaveVideo": 280,  # the video player after a run
+    "SaveVideo": 280,
     "LoadAudio": 50,
 }
 
@@ -542,7 +544,8 @@ def workflows() -> list[Workflow]:
                     "EchoMimicSampler",
                     3,
                     0,
-                    {"steps": 4, "partial_video_length": 33},
+                    # two 33-frame chunks sharing 4 frames, as the CLI demo: long-video stitching runs too
+                    {"steps": 4, "partial_video_length": 33, "overlap_video_length": 4},
                     {
                         "model": ("model", 0),
                         "vae": ("vae", 0),
@@ -558,7 +561,7 @@ def workflows() -> list[Workflow]:
                 demo_output(),
                 note(
                     "# Demo on tiny random models (preview)\n" + DEMO_NOTE + "\n\nThe sampler renders the 2.4 s "
-                    "clip in three 33-frame chunks, so long-video stitching runs too."
+                    "clip in two 33-frame chunks, so long-video stitching runs too."
                 ),
             ],
             title="Demo · tiny models",
