@@ -349,7 +349,10 @@ def _add_video_stream(container, rate, width: int, height: int, crf: int):
     stream.width, stream.height = width, height
     stream.pix_fmt = "yuv420p"
     if codec == "libx264":
-        stream.options = {"crf": str(crf)}
+        # without x264's macroblock-tree rate control: with it, the same frames written from two runs
+        # of the CLI (torch loaded and run first) came out as different videos, the first frame up to
+        # 23 levels apart; the same video every time matters more here
+        stream.options = {"crf": str(crf), "x264-params": "mbtree=0"}
     else:
         stream.bit_rate = 8_000_000
     return stream
