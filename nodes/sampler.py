@@ -510,7 +510,6 @@ class EchoMimicSampler:
         **widgets,
     ):
         from echomimic_core import audio_alignment, drift, media, pipeline, streaming
-        from echomimic_core.vae_frames import latent_frames, round_up_4k1
         from echomimic_core.sampling.sampler import StepHooks
         from echomimic_core.vae_frames import latent_frames, round_up_4k1
 
