@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import re
 import sys
@@ -234,9 +235,12 @@ def _lora_spec(spec: str) -> tuple[Path, float]:
     if not sep or not path:
         return Path(spec), 1.0
     try:
-        return Path(path), float(strength)
+        value = float(strength)
     except ValueError:
         return Path(spec), 1.0  # a ':' inside the path itself
+    if not math.isfinite(value):
+        raise ValueError(f"--lora {spec}: the strength after ':' must be a finite number, got {strength!r}.")
+    return Path(path), value
 
 
 def _progress_hooks():

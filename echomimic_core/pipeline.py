@@ -358,6 +358,12 @@ def plan_generation(
     return Plan(reference, sample_size, num_frames, task, lead, chunks)
 
 
+def redo_seed(seed: int, index: int) -> int:
+    """The seed of chunk ``index``'s redo: its own noise, apart from the main sequence. Wrapped to
+    torch's 64-bit seeds, so any accepted seed (up to 2**64 - 1) works."""
+    return (seed + 1_000_003 * (index + 1)) % 2**64
+
+
 @dataclass
 class RenderedChunk:
     """One chunk's contribution to the video, as :func:`render_chunks` hands it out."""
@@ -435,7 +441,7 @@ def render_chunks(
             log.info("chunk %d of %d: %s; rendering it again anchored on the reference", index + 1, len(chunks), reason)
             again = inputs if last else task_masks.keep_frame(inputs, chunk.length - 1, reference)
             # fresh noise from its own generator: the main sequence (and a resumed run) is unchanged
-            noise = torch.Generator("cpu").manual_seed(settings.seed + 1_000_003 * (index + 1))
+            noise = torch.Generator("cpu").manual_seed(redo_seed(settings.seed, index))
             retry = denoiser.chunk(again, chunk.start, index, total_steps, generator=noise)
             retry_metrics = meter.measure(index, lo - plan.lead, own_part(retry))
             kept = RedoPolicy.better(retry_metrics, metrics)

@@ -92,7 +92,9 @@ def out_of_range(node_class, values: dict) -> str | None:
     for name, value in values.items():
         options = declared[name][1] if len(declared.get(name, ())) > 1 else {}
         low, high = options.get("min"), options.get("max")
-        if (low is not None and value < low) or (high is not None and value > high):
+        # written so that NaN fails: every comparison with NaN is False (ComfyUI's own check,
+        # `value < min`, lets a NaN from an API prompt through)
+        if not ((low is None or value >= low) and (high is None or value <= high)):
             return f"{name} must be in [{low}, {high}], got {value}; change the widget's value."
     return None
 

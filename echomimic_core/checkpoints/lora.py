@@ -9,12 +9,14 @@ musubi-tuner's flattened module names (``lora_unet_blocks_0_self_attn_q``), diff
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
 
 from .files import CheckpointError, load_state_dict
 from .quant import FP8_DTYPES, to_fp8
+from .transformer import is_finite
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "base_model.model.")
 _SPELLINGS = ((".lora_down.", ".lora_A."), (".lora_up.", ".lora_B."))
@@ -40,7 +42,11 @@ def resolve_modules(modules, weight_names) -> dict[str, str]:
     return resolved
 
 
-def normalize_lora(lora: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+class LoraModules(dict):
+    """{module path: (A [rank, in], B [out, rank], alpha)}: a LoRA read and checked (normalize_lora)."""
+
+
+def normalize_lora(lora: dict[str, torch.Tensor]) -> LoraModules:
     """{module path: (A [rank, in], B [out, rank], alpha)} from any supported key layout."""
     renamed = {}
     for key, value in lora.items():
@@ -64,7 +70,33 @@ def normalize_lora(lora: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tenso
             "no LoRA weights found (expected keys like "
             "'diffusion_model.blocks.0.self_attn.q.lora_A.weight'); is this a LoRA file?"
         )
-    return modules
+    # one NaN would turn the merged weights, and so every frame, NaN: name it before merging
+    bad = [m for m, (a, b, alpha) in modules.items() if not (is_finite(a) and is_finite(b) and math.isfinite(alpha))]
+    if bad:
+        raise CheckpointError(
+            f"{len(bad)} of {len(modules)} LoRA modules hold NaN or infinite values (first: {bad[0]}); the file "
+            "is damaged or its training diverged: use an earlier checkpoint."
+        )
+    return LoraModules(modules)
+
+
+def read_lora(lora: LoraModules | dict[str, torch.Tensor] | str | Path) -> LoraModules:
+    """:func:`normalize_lora` of a state dict or a file (a file's problems name it); one already
+    read is returned as it is."""
+    if isinstance(lora, LoraModules):
+        return lora
+    if isinstance(lora, dict):
+        return normalize_lora(lora)
+    try:
+        return normalize_lora(load_state_dict(lora))
+    except CheckpointError as e:
+        raise CheckpointError(f"{lora}: {e}") from e
+
+
+def check_strength(strength: float) -> None:
+    """Refuse a NaN or infinite strength (it would make every merged weight non-finite)."""
+    if not math.isfinite(strength):
+        raise ValueError(f"LoRA strength must be a finite number, got {strength}; e.g. 1.0 (0 = off).")
 
 
 def merge_lora(
@@ -79,7 +111,8 @@ def merge_lora(
     ``weight.float() * scale``): the delta is added to the real weight, which is re-quantised with
     the scale grown where the merged weight outgrows fp8's range; such a layer's (new) scale comes
     back under ``<module>.scale_weight``."""
-    modules = normalize_lora(lora if isinstance(lora, dict) else load_state_dict(lora))
+    check_strength(strength)
+    modules = read_lora(lora)
     names = resolve_modules(modules, state)
     scales = scales or {}
     out = dict(state)
@@ -132,8 +165,9 @@ def with_lora(
     touches, not a second model. A model with block swap enabled is copied whole (its host copies
     of the weights are tied to the parameters).
     """
-    lora = lora if isinstance(lora, dict) else load_state_dict(lora)
-    modules = resolve_modules(normalize_lora(lora), dict(model.named_parameters())).values()
+    check_strength(strength)  # before the copy
+    lora = read_lora(lora)  # read once; apply_lora merges what it read
+    modules = resolve_modules(lora, dict(model.named_parameters())).values()
     changed = {m + suffix for m in modules for suffix in (".weight", ".scale_weight")}
     memo = {}
     if getattr(model, "_swap", None) is None:

@@ -77,3 +77,68 @@ def test_cli_with_weights_turning_nan_writes_nothing(demo_cache, tmp_path, capsy
     err = capsys.readouterr().err
     assert rc == 2 and "denoising step 1/2 produced NaN or infinite latents" in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".clip.partial*"))
+
+
+def _tiny_lora(model, b_value=None):
+    w = model.blocks[0].self_attn.q.weight
+    a, b = torch.randn(2, w.shape[1]), torch.randn(w.shape[0], 2)
+    if b_value is not None:
+        b[0, 0] = b_value
+    return {
+        "diffusion_model.blocks.0.self_attn.q.lora_A.weight": a,
+        "diffusion_model.blocks.0.self_attn.q.lora_B.weight": b,
+    }
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_lora_with_non_finite_values_or_strength_is_refused_before_merging(tmp_path, bad):
+    from echomimic_core.checkpoints.lora import apply_lora, merge_lora, with_lora
+    from echomimic_core.config import TransformerConfig
+    from echomimic_core.model.transformer import EchoMimicTransformer
+
+    model = EchoMimicTransformer(TransformerConfig.preset("tiny_preview"))
+    before = model.blocks[0].self_attn.q.weight.detach().clone()
+    path = tmp_path / "diverged.safetensors"
+    save_state_dict(_tiny_lora(model, bad), path)
+    with pytest.raises(CheckpointError, match=r"diverged.safetensors: 1 of 1 LoRA modules hold NaN or infinite") as e:
+        apply_lora(model, path)
+    assert "blocks.0.self_attn.q" in str(e.value) and "earlier checkpoint" in str(e.value)
+    with pytest.raises(CheckpointError, match="1 of 1 LoRA modules hold NaN or infinite"):
+        with_lora(model, _tiny_lora(model, bad))
+    for merge in (
+        lambda s: merge_lora(dict(model.named_parameters()), _tiny_lora(model), s),
+        lambda s: with_lora(model, _tiny_lora(model), s),
+    ):
+        with pytest.raises(ValueError, match=rf"LoRA strength must be a finite number, got {bad}"):
+            merge(bad)
+    assert torch.equal(model.blocks[0].self_attn.q.weight.detach(), before)
+
+
+def test_cli_lora_strength_nan_is_refused_before_loading(demo_cache, model_loads, tmp_path, capsys):
+    rc = cli.main(
+        ["generate", "--demo", "--lora", f"{tmp_path / 'style.safetensors'}:nan", "--out", str(tmp_path / "o.mp4")]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "style.safetensors:nan" in err and "must be a finite number, got 'nan'" in err
+    assert "Traceback" not in err and not model_loads
+
+
+def test_cli_with_a_vae_decoding_nan_writes_nothing(demo_cache, tmp_path, capsys, monkeypatch, wav):
+    # finite latents, a decoder that yields NaN (damaged file / fp16 overflow): no black video
+    from echomimic_core import model_files
+
+    real = model_files.load_models
+
+    def poisoned(*args, **kwargs):
+        models = real(*args, **kwargs)
+        models.vae.model.decoder.conv_out.bias.data.fill_(float("nan"))
+        return models
+
+    monkeypatch.setattr(model_files, "load_models", poisoned)
+    out = tmp_path / "clip.mp4"
+    rc = cli.main(
+        ["generate", "--demo", "--audio", str(wav(tmp_path / "v.wav", 0.3)), "--steps", "1", "--out", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "the VAE decoded NaN or infinite pixels from finite latents" in err and "Traceback" not in err
+    assert "download it again" in err and not out.exists() and not list(tmp_path.glob(".clip.partial*"))
