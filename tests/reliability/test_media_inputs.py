@@ -34,3 +34,11 @@ def test_device_and_named_pipe_are_not_called_folders(tmp_path):
             assert "folder" not in str(e.value)
     with pytest.raises(media.MediaError, match="is a folder"):
         media.load_audio(tmp_path)
+
+
+@pytest.mark.parametrize("fps", [float("nan"), float("inf"), 0.0, -25.0])
+def test_video_with_unusable_fps_is_refused_before_writing(tmp_path, fps):
+    # the Save Video node's fps (or a linked FLOAT) can carry NaN from an API prompt
+    with pytest.raises(ValueError, match=rf"fps must be .*positive.*got {fps}"):
+        media.write_video(tmp_path / "clip.mp4", torch.zeros(3, 16, 16, 3), fps)
+    assert not list(tmp_path.iterdir())
