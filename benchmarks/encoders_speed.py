@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peak_memory import synchronize  # noqa: E402
 
 from echomimic_core.encoders import image, text  # noqa: E402
 from echomimic_core.verify_reference import relative_error  # noqa: E402
@@ -27,13 +30,11 @@ from echomimic_core.verify_reference import relative_error  # noqa: E402
 
 def _timed(fn, repeats: int, device: torch.device):
     fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return out, (time.perf_counter() - start) / repeats
 
 

@@ -4,7 +4,8 @@
 
 Runs the same generation with each option set (guidance batched vs one pass at a time, TeaCache
 off/on, chunked vs sliding long video) and prints wall time, time per denoising step and peak
-memory (CUDA: max allocated; CPU: peak resident-memory growth during the run).
+memory (CUDA: the requested device's allocator peak; CPU: resident-memory growth; both above the
+level at the start of the run, see peak_memory.py).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import dataclasses
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peak_memory import PeakMemory, return_freed_memory_to_os  # noqa: E402
 
 from echomimic_core.demo import demo_face_box, demo_inputs, write_demo_models  # noqa: E402
 from echomimic_core.model_files import find_model_files, load_models  # noqa: E402
@@ -36,34 +39,6 @@ VARIANTS = {
 }
 
 
-class RssPeak:
-    """Peak resident memory growth of this process while active (Linux /proc sampling every 5 ms)."""
-
-    def __enter__(self):
-        self.start = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096 / 2**20
-
-    @property
-    def growth(self) -> float:
-        return self.peak - self.start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, help="model folder (default: the tiny demo models)")
@@ -75,6 +50,8 @@ def main() -> None:
     parser.add_argument("--dtype", default=None)
     args = parser.parse_args()
 
+    if torch.device(args.device).type == "cpu":
+        return_freed_memory_to_os()
     folder = args.models or Path(tempfile.mkdtemp(prefix="echomimic-bench-"))
     files = find_model_files(folder) if args.models else write_demo_models(folder)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -93,18 +70,16 @@ def main() -> None:
         settings = dataclasses.replace(base, **overrides)
         steps = []
         hooks = StepHooks(on_step=lambda step, total, *_: steps.append(time.perf_counter()))
-        if args.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        with RssPeak() as rss:
+        # RSS on the CPU: tensor tracking would slow the timed run down
+        with PeakMemory(args.device, mode="rss") as memory:
             result = generate(
                 models, image, audio, sr, "a person is talking", settings, hooks=hooks, device=args.device
             )
         wall = time.perf_counter() - start
         # median step interval: chunk boundaries (VAE decode + encode) do not count as a step
         per_step = statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else float("nan")
-        memory = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else rss.growth
-        rows.append((name, wall, per_step, memory, len(result.frames)))
+        rows.append((name, wall, per_step, memory.peak / 2**20, len(result.frames)))
     print(f"{'option':24s} {'wall s':>8s} {'s/step':>8s} {'peak MiB':>9s} {'frames':>7s}")
     for name, wall, per_step, memory, frames in rows:
         print(f"{name:24s} {wall:8.2f} {per_step:8.3f} {memory:9.1f} {frames:7d}")

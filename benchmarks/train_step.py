@@ -6,7 +6,9 @@
 Random weights of the preset's size (``--layers`` shrinks the depth for a quick look), a synthetic
 cache made by ``training.synthetic``'s stand-in encoders at the given clip size, then the real
 ``Trainer`` (accelerate, AdamW, phase drop, DPO every 2nd step). The first two steps (one of each
-kind) are warm-up and not timed. Prints one table row per step kind.
+kind) are warm-up and not timed. Prints one table row per step kind. Peak memory: the trained
+model's weights plus the requested device's peak above them during training (CUDA allocator;
+resident-memory growth on the CPU; see peak_memory.py).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peak_memory import PeakMemory, synchronize  # noqa: E402
 
 from echomimic_core.config import TransformerConfig  # noqa: E402
 from echomimic_core.model.transformer import EchoMimicTransformer  # noqa: E402
@@ -74,23 +77,24 @@ def main(argv=None) -> int:
     sft = CachedDataset(work / "sft")
     dpo = CachedDataset(work / "dpo", kind="dpo")
     trainer = Trainer(train_cfg, model, sft, sft.null_text, dpo_data=dpo)
-    cuda = trainer.acc.device.type == "cuda"
+    device = trainer.acc.device
 
     times: dict[str, list[float]] = {"sft": [], "dpo": []}
     clock = [time.perf_counter()]
 
     def on_step_end(step, logs):
-        if cuda:
-            torch.cuda.synchronize()
+        synchronize(device)
         now = time.perf_counter()
         if step > 2:
             times["dpo" if "loss/dpo" in logs else "sft"].append(now - clock[0])
         clock[0] = now
 
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    trainer.train(args.steps + 2, on_step_end=on_step_end)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    # the weights are on the device before training starts; optimizer state and activations appear
+    # during it (RSS on the CPU: tensor tracking would slow the timed steps down)
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    with PeakMemory(device, mode="rss") as memory:
+        trainer.train(args.steps + 2, on_step_end=on_step_end)
+    peak = (weights + memory.peak) / 2**30
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(
         f"device {trainer.acc.device}, {params:.1f}M params, {config.num_layers} layers, "

@@ -15,10 +15,8 @@ peak on GPU, resident-set size sampled every millisecond on CPU.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib
 import sys
-import threading
 import time
 import types
 from pathlib import Path
@@ -26,57 +24,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peak_memory import PeakMemory, return_freed_memory_to_os, synchronize  # noqa: E402
 
 from echomimic_core.config import TransformerConfig  # noqa: E402
 from echomimic_core.model.conditioning import Conditioning  # noqa: E402
 from echomimic_core.model.transformer import EchoMimicTransformer  # noqa: E402
-
-
-def _return_freed_memory_to_os() -> None:
-    """glibc keeps freed heap memory for reuse, which hides a forward's peak from RSS. Serving every
-    allocation above 64 KiB with its own mmap makes RSS follow live tensor memory."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (fixed, so glibc stops raising it)
-    libc.malloc_trim(0)
-
-
-class PeakMemory:
-    """Peak bytes above the level at entry: CUDA allocator stats, or sampled RSS on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak = device, 0
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss() - self._base)
-            time.sleep(0.001)
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        else:
-            self._base, self._stop = self._rss(), threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self._base
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, self._rss() - self._base)
 
 
 def make_inputs(config: TransformerConfig, frames: int, height: int, width: int, device, dtype, seed=0):
@@ -105,9 +59,10 @@ def make_inputs(config: TransformerConfig, frames: int, height: int, width: int,
     return x.to(device, dtype), torch.tensor([700.0], device=device), cond.to(device, dtype)
 
 
-def load_upstream(path: Path, config: TransformerConfig, state_dict: dict, device, dtype):
-    """Upstream's transformer with our weights (shared storage) and a call adapter."""
-    sys.path.insert(0, str(path))
+def upstream_transformer(path: Path, config: TransformerConfig, state_dict: dict) -> torch.nn.Module:
+    """Upstream's transformer module of ``config``, holding ``state_dict``'s tensors (shared storage)."""
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
     if importlib.util.find_spec("einops") is None and config.variant == "preview":
         # preview imports einops but never calls it
         sys.modules["einops"] = types.SimpleNamespace(rearrange=None)
@@ -131,7 +86,13 @@ def load_upstream(path: Path, config: TransformerConfig, state_dict: dict, devic
         eps=c.eps,
     )
     model.load_state_dict(state_dict, strict=True, assign=True)
-    model = model.to(device).eval()
+    return model.eval()
+
+
+def load_upstream(path: Path, config: TransformerConfig, state_dict: dict, device, dtype):
+    """Upstream's transformer with our weights (shared storage) and a call adapter."""
+    model = upstream_transformer(path, config, state_dict).to(device)
+    c = config
 
     def run(x, t, cond):
         latent_t = x.shape[2]
@@ -155,11 +116,10 @@ def measure(fns: dict, device, repeats: int) -> dict:
         for _ in range(repeats):
             for name, fn in fns.items():
                 walls, cpus, peaks, _ = results[name]
-                with PeakMemory(device) as mem:
+                with PeakMemory(device, mode="rss") as mem:  # RSS: tensor tracking would slow the run
                     wall, cpu = time.perf_counter(), time.process_time()
                     out = fn()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
+                    synchronize(device)
                     walls.append(time.perf_counter() - wall)
                     cpus.append(time.process_time() - cpu)
                 peaks.append(mem.peak)
@@ -184,7 +144,7 @@ def main(argv=None):
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if device.type == "cpu":
-        _return_freed_memory_to_os()
+        return_freed_memory_to_os()
     config = TransformerConfig.preset(args.preset)
     if args.layers:
         config = TransformerConfig.from_dict({**config.to_dict(), "num_layers": args.layers})

@@ -4,7 +4,8 @@
     python benchmarks/vae_memory.py --tiles 256:64 192:32        # tile_size:overlap pairs
 
 Weights are random (speed and memory do not depend on their values; nothing is downloaded); pass
-``--weights`` to time a real file instead. Peak memory is reported on CUDA only. The last column is
+``--weights`` to time a real file instead. Peak memory: the requested device's allocator peak on
+CUDA, resident-memory growth on the CPU, both above the level at entry (see peak_memory.py). The last column is
 the largest difference from the untiled output, to show what a tiling costs in fidelity (with
 random weights it is pessimistic: real weights are far more local).
 """
@@ -19,6 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peak_memory import PeakMemory, synchronize  # noqa: E402
 
 from echomimic_core.vae import Tiling, WanVAE, load_vae  # noqa: E402
 
@@ -34,17 +38,12 @@ def random_vae(dtype, device) -> WanVAE:
 
 
 def measure(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) / 2**30
-    else:
-        peak = float("nan")
-    return out, time.perf_counter() - start, peak
+    with PeakMemory(device, mode="rss") as memory:  # RSS on the CPU: tensor tracking would slow the run
+        start = time.perf_counter()
+        out = fn()
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    return out, seconds, memory.peak / 2**30
 
 
 def main(argv=None) -> int:
