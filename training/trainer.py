@@ -444,7 +444,7 @@ class Trainer:
                 result = self.validator.run(model, self.state.step, folder, self.acc.device, trackers)
                 loss = self.validator.loss(lambda batch, g: self.sft_loss(batch, g, model=model))
             self.acc.log({"val/loss": loss}, step=self.state.step)
-            log.info("validation at step %d: loss %.4f, videos %s", self.state.step, loss, list(result.values()))
+            log.info("validation at step %d: loss %.4f, written %s", self.state.step, loss, list(result.values()))
         self.acc.wait_for_everyone()
         return result
 

@@ -65,23 +65,27 @@ class Validator:
         return denoise(velocity, noise, scheduler)
 
     def run(self, model, step: int, out_dir: Path, device, trackers=()) -> dict:
-        """Sample every held-out clip; write ``out_dir/step-<step>/<id>.mp4`` (with a VAE) and
-        return the paths."""
+        """Sample every held-out clip; write ``out_dir/step-<step>/<id>.mp4`` (with a VAE, else the
+        latents as ``<id>.latents.pt``) and return the paths."""
         from echomimic_core import media
 
         was_training = model.training
         model.eval()
         written = {}
+        folder = out_dir / f"step-{step}"
+        folder.mkdir(parents=True, exist_ok=True)
         try:
             for item in self.items:
                 latents = self.sample(model, item, device)
                 vae = self.vae()
                 if vae is None:
-                    torch.save(latents.cpu(), out_dir / f"step-{step}" / f"{item['id']}.latents.pt")
+                    path = folder / f"{item['id']}.latents.pt"
+                    torch.save(latents.cpu(), path)
+                    written[item["id"]] = str(path)
                     continue
                 video = vae.decode(latents.float().cpu())[0]  # [3, N, H, W] in [-1, 1]
                 frames = (video.permute(1, 2, 3, 0) * 0.5 + 0.5).clamp(0, 1)
-                path = media.write_video(out_dir / f"step-{step}" / f"{item['id']}.mp4", frames, fps=self.fps)
+                path = media.write_video(folder / f"{item['id']}.mp4", frames, fps=self.fps)
                 written[item["id"]] = str(path)
                 for tracker in trackers:
                     writer = getattr(tracker, "writer", None)

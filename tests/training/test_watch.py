@@ -64,3 +64,13 @@ def test_validation_writes_videos_and_loss(tmp_path, sft_cache, demo_model_files
     assert frames.shape[0] == 9 and frames.std() > 0
     rows = read_metrics(tmp_path / "logs" / "train" / "metrics.jsonl")
     assert any("val/loss" in r for r in rows)
+
+
+def test_validation_without_a_vae_saves_the_latents(tmp_path, sft_cache, make_trainer):
+    trainer = make_trainer(
+        tmp_path, sft_cache, validation={"every_n_steps": 2, "cache_dir": str(sft_cache), "steps": 2}
+    )
+    written = trainer.validate()
+    assert sorted(written) == ["clip0", "clip1"]
+    latents = torch.load(written["clip0"], weights_only=True)
+    assert latents.shape == (1, *trainer.validator.items[0]["latents"].shape) and torch.isfinite(latents).all()
