@@ -198,10 +198,29 @@ def load_audio_16k(path: str | Path) -> torch.Tensor:
 # video
 
 
-def _upright(frame) -> np.ndarray:
-    """The frame as displayed: phone videos store a display rotation (counter-clockwise degrees,
-    as av reports it) instead of rotated pixels; players, and FFmpeg's CLI, apply it."""
-    image = frame.to_ndarray(format="rgb24")
+def open_video(path: str | Path):
+    """The av container of a video file that has a video stream (MediaError otherwise)."""
+    path = _check_file(path)
+    container = _open(path)
+    if not container.streams.video:
+        container.close()
+        raise MediaError(f"{path}: contains no video stream.")
+    return container
+
+
+def frame_rate(stream, path: str | Path) -> float:
+    """A video stream's frames per second (MediaError when the file states none)."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate:
+        raise MediaError(f"{path}: the video stream has no frame rate.")
+    return float(rate)
+
+
+def upright_frame(frame, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """The frame as displayed, RGB uint8 (scaled to ``width`` x ``height`` of the stored pixels
+    first, when given): phone videos store a display rotation (counter-clockwise degrees, as av
+    reports it) instead of rotated pixels; players, and FFmpeg's CLI, apply it."""
+    image = frame.to_ndarray(format="rgb24", width=width, height=height)
     try:
         quarter_turns = round((frame.rotation or 0) / 90) % 4
     except AttributeError:  # av < 14 does not expose the display matrix
@@ -215,17 +234,13 @@ def load_video(path: str | Path, max_frames: int | None = None, with_audio: bool
     import av
 
     path = _check_file(path)
-    with _open(path) as container:
-        if not container.streams.video:
-            raise MediaError(f"{path}: contains no video stream.")
+    with open_video(path) as container:
         stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        if not rate:
-            raise MediaError(f"{path}: the video stream has no frame rate.")
+        rate = frame_rate(stream, path)
         frames = []
         try:
             for frame in container.decode(stream):
-                frames.append(_upright(frame))
+                frames.append(upright_frame(frame))
                 if max_frames is not None and len(frames) >= max_frames:
                     break
         except av.FFmpegError as e:
@@ -241,7 +256,7 @@ def load_video(path: str | Path, max_frames: int | None = None, with_audio: bool
                     audio, sr = _decode_audio_stream(container, container.streams.audio[0], path)
                 except MediaError as e:
                     log.warning("%s: ignoring the soundtrack: %s", path, e)
-    return VideoData(frames=video, fps=float(rate), audio=audio, sample_rate=sr)
+    return VideoData(frames=video, fps=rate, audio=audio, sample_rate=sr)
 
 
 # ---------------------------------------------------------------------------------------------

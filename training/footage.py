@@ -1,8 +1,9 @@
 """Raw footage for training: stream a long video's frames, or read one window of it, without
 holding the whole video in memory (minutes of 1080p are many GB as frames).
 
-Frames are turned upright by the container's display rotation, as ``echomimic_core.media`` does, so
-boxes measured here (``training.prepare``) and pixels read for preprocessing agree.
+Files are opened and frames turned upright by the container's display rotation through
+``echomimic_core.media`` (as inference decodes them), so boxes measured here (``training.prepare``)
+and pixels read for preprocessing agree.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from echomimic_core.media import MediaError
+from echomimic_core.media import MediaError, frame_rate, open_video, upright_frame
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
@@ -29,26 +30,6 @@ class VideoInfo:
     has_audio: bool
 
 
-def _open(path):
-    import av
-
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise MediaError(f"{path}: cannot be opened as a video ({e}).") from e
-    if not container.streams.video:
-        container.close()
-        raise MediaError(f"{path}: contains no video stream.")
-    return container
-
-
-def _rate(stream, path) -> float:
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    if not rate:
-        raise MediaError(f"{path}: the video stream has no frame rate.")
-    return float(rate)
-
-
 def _origin(stream) -> float:
     """The stream's first timestamp: times here count from the first frame, as frame indices do."""
     if stream.start_time is None or stream.time_base is None:
@@ -56,16 +37,10 @@ def _origin(stream) -> float:
     return float(stream.start_time * stream.time_base)
 
 
-def _upright(frame, width: int | None = None, height: int | None = None) -> np.ndarray:
-    image = frame.to_ndarray(format="rgb24", width=width, height=height)
-    quarter_turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
-    return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
-
-
 def probe(path: str | Path) -> VideoInfo:
-    with _open(path) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
-        fps = _rate(stream, path)
+        fps = frame_rate(stream, path)
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
@@ -83,9 +58,9 @@ def iter_frames(path: str | Path, max_side: int | None = None) -> Iterator[tuple
     stops early) can deadlock."""
     import av
 
-    with _open(path) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
-        fps = _rate(stream, path)
+        fps = frame_rate(stream, path)
         origin = _origin(stream)
         index = 0
         try:
@@ -95,7 +70,7 @@ def iter_frames(path: str | Path, max_side: int | None = None) -> Iterator[tuple
                     scale = max_side / max(frame.width, frame.height)
                     width, height = max(2, round(frame.width * scale)), max(2, round(frame.height * scale))
                 time = float(frame.time) - origin if frame.time is not None else index / fps
-                image = _upright(frame, width, height)
+                image = upright_frame(frame, width, height)
                 turned = image.shape[0] != (height or frame.height)  # a quarter turn swaps the sides
                 full = (frame.width, frame.height) if turned else (frame.height, frame.width)
                 yield time, image, full
@@ -111,9 +86,9 @@ def read_window(path: str | Path, start: float, count: int, fps: float) -> np.nd
     import av
 
     wanted = [start + i / fps for i in range(count)]
-    with _open(path) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
-        src_fps = _rate(stream, path)
+        src_fps = frame_rate(stream, path)
         half = 0.5 / src_fps
         origin = _origin(stream)
         if start > 0 and stream.time_base is not None:
@@ -132,7 +107,7 @@ def read_window(path: str | Path, start: float, count: int, fps: float) -> np.nd
                     pending += 1
                 if pending == count:
                     break
-                previous = _upright(frame)
+                previous = upright_frame(frame)
         except av.FFmpegError as e:
             raise MediaError(f"{path}: the video stream is corrupt ({e}).") from e
         while pending < count and previous is not None and wanted[pending] <= time + 1.5 / src_fps:
