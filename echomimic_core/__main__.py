@@ -51,6 +51,11 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the guidance passes in one batched forward (faster) or one at a time (less memory)",
     )
     g.add_argument(
+        "--context-cache",
+        action=argparse.BooleanOptionalAction,
+        help="compute the prompt's and image's cross-attention keys once per video (default on; exact)",
+    )
+    g.add_argument(
         "--loudness-normalize",
         action=argparse.BooleanOptionalAction,
         help="flash: normalise the audio to -23 LUFS before encoding (default: on for flash)",

@@ -147,6 +147,8 @@ class Parallel:
         batched: bool,
         cache=None,
         names: list[str] | None = None,
+        *,
+        context_cache=None,
     ) -> list[torch.Tensor]:
         """``sampler.run_branches`` over the ranks: this rank runs its cfg slot's branches (sharing
         each forward's tokens with its sequence group), then every rank receives every output."""
@@ -164,6 +166,7 @@ class Parallel:
                 cache,
                 [names[i] for i in mine],
                 sequence=self.sequence,
+                context_cache=context_cache,
             )
         if self.cfg_group is None:
             return local

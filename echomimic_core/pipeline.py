@@ -36,6 +36,7 @@ from .long_video import (
 from .media import prepare_audio
 from .memory_estimate import check_fits
 from .model.conditioning import Conditioning
+from .model.context_cache import ContextCache
 from .model.rope import Riflex
 from .sampling.guidance import GuidanceConfig
 from .sampling.sampler import NonFiniteError, StepHooks, denoise, guided_velocity, run_branches
@@ -604,6 +605,7 @@ class Denoiser:
             if settings.teacache_threshold > 0
             else None
         )
+        self.context_cache = ContextCache() if settings.context_cache else None
         self.tiling = None
         if settings.vae_tile_size:
             from .vae import Tiling
@@ -676,6 +678,7 @@ class Denoiser:
             cache=self.cache,
             hooks=self.hooks,
             run=self.run_branches,
+            context_cache=self.context_cache,
         )
         latents = denoise(
             velocity,
@@ -721,6 +724,7 @@ class Denoiser:
                 cache=self.cache.scoped(f"window{w.start}") if self.cache is not None else None,
                 hooks=self.hooks,
                 run=self.run_branches,
+                context_cache=self.context_cache,
             )
             return velocity(lat, t, step)
 

@@ -53,6 +53,7 @@ class GenerationSettings:
     riflex_k: int | None = None
     color_match: bool = True
     batch_guidance: bool = True  # False: one guidance pass at a time (less memory)
+    context_cache: bool = True  # text/CLIP keys and values computed once per generation (exact)
     vae_tile_size: int | None = None  # pixels; tiled VAE encode/decode for low memory (None = whole frames)
     vae_tile_overlap: int = 64
     loudness_normalize: bool | None = None  # None: the variant's default (flash: -23 LUFS)

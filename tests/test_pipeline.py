@@ -131,6 +131,29 @@ def test_sliding_mode_blends_overlapping_windows(fast_models, spy):
     assert not torch.allclose(chunks.frames, sliding.frames, atol=1e-3)
 
 
+@pytest.mark.parametrize("mode", ["chunks", "sliding"])
+def test_text_and_clip_keys_computed_once_give_the_same_video(demo_models, inputs, mode, monkeypatch):
+    """The generation's context cache: exactly the frames of recomputing the keys every forward,
+    with each block's text/CLIP projection run once per distinct prompt instead of per forward."""
+    image, audio, sr = inputs
+    calls = []
+    handle = demo_models.transformer.blocks[0].cross_attn.k.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        # 4 steps: the negative prompt boosted on steps 0-2, plain on step 3
+        settings = quick(long_video_mode=mode, steps=4)
+        cached = pipeline.generate(demo_models, image, audio, sr, "x", settings).frames
+        once = len(calls)
+        plain = pipeline.generate(
+            demo_models, image, audio, sr, "x", dataclasses.replace(settings, context_cache=False)
+        )
+    finally:
+        handle.remove()
+    assert torch.equal(cached, plain.frames)
+    # preview: prompt, negative, boosted negative -> 3 projections for the whole video, against
+    # 2-3 per forward (distinct prompts of the batch) x steps x chunks/windows without the cache
+    assert once == 3 and len(calls) - once > 3 * once
+
+
 def test_sliding_mode_uses_teacache_in_every_window(fast_models, demo_models):
     """Flash defaults to TeaCache: sliding mode must skip steps too, with each window's own residuals."""
     image, audio, sr = demo_inputs(seconds=1.0, size=64)

@@ -119,6 +119,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     if entry is None:
         check_backend(backend)
     kernel, _, needs_cuda = entry
+    if q.is_meta:
+        # shape-only execution (memory planning): a fused kernel allocates just its output,
+        # while SDPA's meta path would materialise the [Lq, Lk] scores
+        return q.new_empty(*q.shape[:-1], v.shape[-1])
     if needs_cuda and not q.is_cuda:
         # CPU tensors (tests, CPU offload) fall back to the exact torch kernel
         return _sdpa(q, k, v)

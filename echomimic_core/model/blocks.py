@@ -12,20 +12,23 @@ from torch import nn
 from ..config import TransformerConfig
 from .attention import attention
 from .audio_projector import AudioTokens
+from .context_cache import ContextKV
 from .ops import Operations
 from .rope import apply_rope
 
-# Inference splits the FFN over tokens so its hidden (+ GELU output) stays below the
-# cross-attention's transient peak (~5 x [L, dim]); finer splits only slow the matmuls down.
+# Inference splits the FFN over tokens so that its hidden (+ GELU output), 2 x [L, dim] per
+# part, stays at the attention's transient peak instead of above it (unsplit: 2 x 5.8 x [L, dim]);
+# at real lengths each part still has thousands of rows, which keeps the matmuls efficient.
 FFN_SPLIT_MIN_TOKENS = 1024
-FFN_HIDDEN_WIDTHS = 3  # max hidden chunk width, in multiples of [L, dim]
+FFN_HIDDEN_WIDTHS = 1  # max hidden chunk width, in multiples of [L, dim]
 
 
 @dataclass
 class BlockContext:
     """Everything a block needs besides the hidden states; the same for every block.
 
-    text: [B, text_len, C] embedded text; image: [B, clip_tokens, C] embedded CLIP tokens;
+    context: the batch's embedded text [text_len, C] and CLIP tokens [clip_tokens, C] per sample,
+    with every block's keys/values of them (computed on first use, see ``context_cache``);
     audio: projected audio tokens and windows; face_gate: [B, tokens_per_latent_frame] or None
     (face-region gate on the audio output); audio_scale: float or [B] tensor;
     rope: (cos, sin) [L, 1, head_dim/2]; backend: attention backend name;
@@ -33,8 +36,7 @@ class BlockContext:
     sequence-parallel all-to-all around it when the tokens are split over ranks.
     """
 
-    text: torch.Tensor
-    image: torch.Tensor
+    context: ContextKV
     audio: AudioTokens
     face_gate: torch.Tensor | None
     audio_scale: float | torch.Tensor
@@ -58,12 +60,17 @@ class SelfAttention(nn.Module):
         """[B, L, C] -> [B, L, heads, head_dim]"""
         return x.unflatten(-1, (self.num_heads, self.head_dim))
 
-    def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
-        """x: [B, L, C] -> [B, L, C]"""
+    def forward(self, x: torch.Tensor, ctx: BlockContext, pre=None) -> torch.Tensor:
+        """x: [B, L, C] -> [B, L, C]. ``pre``: applied to x first (the block's modulated norm), here
+        rather than by the caller so that its output dies once q, k and v exist."""
+        h = pre(x) if pre is not None else x
         cos, sin = ctx.rope
-        q = apply_rope(self.heads(self.norm_q(self.q(x))), cos, sin)
-        k = apply_rope(self.heads(self.norm_k(self.k(x))), cos, sin)
-        out = ctx.self_attention(q, k, self.heads(self.v(x)), ctx.backend)
+        q = apply_rope(self.heads(self.norm_q(self.q(h))), cos, sin)
+        k = apply_rope(self.heads(self.norm_k(self.k(h))), cos, sin)
+        v = self.heads(self.v(h))
+        del h
+        out = ctx.self_attention(q, k, v, ctx.backend)
+        del q, k, v
         return self.o(out.flatten(2))
 
 
@@ -95,15 +102,28 @@ class DecoupledCrossAttention(SelfAttention):
         self.v_audio = ops.Linear(dim, dim, bias=flash)
         self.norm_k_audio = ops.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
-        """x: [B, L, C] with L = T * tokens_per_latent_frame -> [B, L, C]"""
-        b, length, dim = x.shape
-        q = self.heads(self.norm_q(self.q(x)))  # [B, L, n, d]
+    def text_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedded text [B, text_len, C] -> k, v [B, text_len, n, d]."""
+        return self.heads(self.norm_k(self.k(text))), self.heads(self.v(text))
 
-        k = self.heads(self.norm_k(self.k(ctx.text)))
-        out = attention(q, k, self.heads(self.v(ctx.text)), ctx.backend).flatten(2)
-        k_img = self.heads(self.norm_k_img(self.k_img(ctx.image)))
-        out = out + attention(q, k_img, self.heads(self.v_img(ctx.image)), ctx.backend).flatten(2)
+    def image_kv(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedded CLIP tokens [B, clip_tokens, C] -> k, v [B, clip_tokens, n, d]."""
+        return self.heads(self.norm_k_img(self.k_img(image))), self.heads(self.v_img(image))
+
+    def forward(self, x: torch.Tensor, ctx: BlockContext, pre=None) -> torch.Tensor:
+        """x: [B, L, C] with L = T * tokens_per_latent_frame -> [B, L, C]. ``pre``: applied to x
+        first (the block's norm3), here so that its output dies once q exists.
+
+        Under no_grad the three outputs are summed in place (two [B, L, C] buffers fewer)."""
+        b, length, dim = x.shape
+        q = self.heads(self.norm_q(self.q(pre(x) if pre is not None else x)))  # [B, L, n, d]
+        inplace = not torch.is_grad_enabled()
+
+        k, v, k_img, v_img = ctx.context.lookup(self)
+        out = attention(q, k, v, ctx.backend).flatten(2)
+        image_out = attention(q, k_img, v_img, ctx.backend).flatten(2)
+        out = out.add_(image_out) if inplace else out + image_out
+        del image_out
 
         # audio: project each unique token once, then gather per-frame windows [B*T, W, n, d]
         audio = ctx.audio
@@ -112,14 +132,20 @@ class DecoupledCrossAttention(SelfAttention):
         v_audio = self.heads(audio.windows(self.v_audio(audio.tokens)))
         q_frames = q.reshape(b * t, length // t, self.num_heads, self.head_dim)
         audio_out = attention(q_frames, k_audio, v_audio, ctx.backend).reshape(b, t, length // t, dim)
+        del q, q_frames
+        # in place or not, the same products in the same order
         if ctx.face_gate is not None:
-            audio_out = audio_out * ctx.face_gate.to(audio_out.dtype)[:, None, :, None]
+            gate = ctx.face_gate.to(audio_out.dtype)[:, None, :, None]
+            audio_out = audio_out.mul_(gate) if inplace else audio_out * gate
         scale = ctx.audio_scale
         if isinstance(scale, torch.Tensor):
-            audio_out = audio_out * scale.to(audio_out.dtype).view(-1, 1, 1, 1)
+            scale = scale.to(audio_out.dtype).view(-1, 1, 1, 1)
+            audio_out = audio_out.mul_(scale) if inplace else audio_out * scale
         elif scale != 1.0:  # x * 1.0 == x: skip the pass
-            audio_out = audio_out * scale
-        out = out + audio_out.reshape(b, length, dim)
+            audio_out = audio_out.mul_(scale) if inplace else audio_out * scale
+        audio_out = audio_out.reshape(b, length, dim)
+        out = out.add_(audio_out) if inplace else out + audio_out
+        del audio_out
         return self.o(out)
 
 
@@ -139,19 +165,28 @@ class WanAttentionBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
-        """x: [B, L, C]; e0: [B, 6, C] time modulation -> [B, L, C]"""
+        """x: [B, L, C]; e0: [B, 6, C] time modulation -> [B, L, C]
+
+        Under ``torch.no_grad`` the residual stream is updated in place: ``x`` itself is returned,
+        changed (the block loop hands each block a tensor nobody else reads). That saves two
+        [B, L, C] buffers at the peak; with autograd on, ``x`` is left untouched."""
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.to(e0.dtype) + e0).chunk(
             6, dim=1
         )  # each [B, 1, C]
         # addcmul: one pass for "a + b * c" where Wan writes two
-        x = torch.addcmul(x, self.self_attn(torch.addcmul(shift_sa, self.norm1(x), 1 + scale_sa), ctx), gate_sa)
-        x = x + self.cross_attn(self.norm3(x), ctx)
+        attn = self.self_attn(x, ctx, pre=lambda x: torch.addcmul(shift_sa, self.norm1(x), 1 + scale_sa))
+        if torch.is_grad_enabled():
+            x = torch.addcmul(x, attn, gate_sa)
+            x = x + self.cross_attn(x, ctx, pre=self.norm3)
+            return torch.addcmul(x, self.ffn(torch.addcmul(shift_ff, self.norm2(x), 1 + scale_ff)), gate_ff)
+        x.addcmul_(attn, gate_sa)
+        del attn
+        x.add_(self.cross_attn(x, ctx, pre=self.norm3))
         h = torch.addcmul(shift_ff, self.norm2(x), 1 + scale_ff)
         length = x.shape[1]
-        if torch.is_grad_enabled() or length < FFN_SPLIT_MIN_TOKENS:
-            return torch.addcmul(x, self.ffn(h), gate_ff)
-        # inference: x is this block's own tensor (made by the additions above), so updating it
-        # in place is safe; FFN rows are independent, so the split does not change the maths
+        if length < FFN_SPLIT_MIN_TOKENS:
+            return x.addcmul_(self.ffn(h), gate_ff)
+        # FFN rows are independent, so the split does not change the maths
         parts = -(-self.ffn[0].out_features // (FFN_HIDDEN_WIDTHS * x.shape[2]))
         step = -(-length // parts)
         for start in range(0, length, step):

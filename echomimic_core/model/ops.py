@@ -12,6 +12,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Inference computes the float32 insides of norms and rotations over slices of at most this many
+# elements, so their float32 temporaries stay small next to the [B, L, C] activations (each token
+# is computed alone either way: the same bits). 4 Mi elements = 16 MiB of float32 per slice.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def by_token_chunks(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x_part, part)`` over token slices ``part`` of ``x`` [B, L, ...], into one output
+    [B, L, ...]. ``fn`` must treat tokens independently. Under autograd, or for a small ``x``, one
+    call ``fn(x, slice(None))``."""
+    if torch.is_grad_enabled() or x.ndim < 2 or x.numel() <= CHUNK_ELEMENTS:
+        return fn(x, slice(None))
+    step = max(1, CHUNK_ELEMENTS // (x.numel() // x.shape[1]))
+    out = None
+    for start in range(0, x.shape[1], step):
+        part = slice(start, start + step)
+        y = fn(x[:, part], part)
+        if out is None:
+            out = y.new_empty(x.shape[0], x.shape[1], *y.shape[2:])
+        out[:, part] = y
+    return out
+
 
 def cast_to(weight: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     """``weight`` in ``like``'s dtype and device (no copy when they already match)."""
@@ -46,10 +68,13 @@ class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 (Wan's ``WanLayerNorm``), result in the input dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return F.layer_norm(xf, self.normalized_shape, cast_to(self.weight, xf), cast_to(self.bias, xf), self.eps).to(
-            x.dtype
-        )
+        def norm(part, _):
+            xf = part.float()
+            return F.layer_norm(
+                xf, self.normalized_shape, cast_to(self.weight, xf), cast_to(self.bias, xf), self.eps
+            ).to(part.dtype)
+
+        return by_token_chunks(norm, x)
 
 
 class RMSNorm(nn.Module):
@@ -62,8 +87,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., C]"""
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        return normed * cast_to(self.weight, normed)
+        normed = by_token_chunks(lambda part, _: F.rms_norm(part.float(), (x.shape[-1],), eps=self.eps).to(x.dtype), x)
+        weight = cast_to(self.weight, normed)
+        # normed is this call's own tensor: scaling it in place saves a buffer (same product)
+        return normed * weight if torch.is_grad_enabled() else normed.mul_(weight)
 
 
 class Operations:

@@ -10,6 +10,7 @@ are hooks around it.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +23,7 @@ from .attention import check_backend
 from .audio_projector import build_audio_projector
 from .blocks import BlockContext, Head, MLPProj, WanAttentionBlock
 from .conditioning import Conditioning
+from .context_cache import ContextCache, ContextKV
 from .ops import Operations
 from .rope import RotaryEmbedding3D
 from .sequence_parallel import SequenceShard
@@ -39,11 +41,16 @@ class StepCache(Protocol):
 
 
 def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
-    """t: [B] -> [B, dim] float64, [cos | sin] as Wan."""
+    """t: [B] -> [B, dim] float32 on t's device, [cos | sin] as Wan: angles in float64, rounded once.
+
+    The float64 work happens on the CPU whatever t's device: Apple's MPS has no float64, and t
+    holds B numbers, so the round trip costs nothing."""
+    if t.is_meta:  # shape-only runs (memory planning) have no values to compute with
+        return t.new_empty(t.shape[0], dim, dtype=torch.float32)
     half = dim // 2
-    t = t.to(torch.float64)
-    angles = torch.outer(t, torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=t.device) / half))
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+    t64 = t.detach().to(device="cpu", dtype=torch.float64)
+    angles = torch.outer(t64, torch.pow(10000, -torch.arange(half, dtype=torch.float64) / half))
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).float().to(t.device)
 
 
 def check_block_swap(n_blocks: int, num_blocks: int) -> None:
@@ -197,19 +204,31 @@ class EchoMimicTransformer(nn.Module):
         Autocast is switched off here, as upstream Wan runs this under ``autocast(float32)``: under
         training's bf16 autocast the two MLPs would otherwise round the modulation of every block
         (0.37 % relative error measured)."""
-        with torch.autocast(t.device.type, enabled=False):
-            e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).float())
+        # (meta, used for shape-only runs, has no autocast to switch off)
+        no_autocast = (
+            torch.autocast(t.device.type, enabled=False)
+            if torch.amp.is_autocast_available(t.device.type)
+            else contextlib.nullcontext()
+        )
+        with no_autocast:
+            e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t))
             e0 = self.time_projection(e).unflatten(1, (6, self.config.dim))
         return e.to(dtype), e0.to(dtype)
 
     def block_context(
-        self, cond: Conditioning, grid: tuple[int, int, int], dtype: torch.dtype, device: torch.device
+        self,
+        cond: Conditioning,
+        grid: tuple[int, int, int],
+        dtype: torch.dtype,
+        device: torch.device,
+        context_cache: ContextCache | None = None,
     ) -> BlockContext:
         """Embed the conditioning once per forward for every block: text zero-padded to
         [B, text_len, text_dim] then embedded to [B, text_len, C]; CLIP [B, clip_tokens, clip_dim]
         -> [B, clip_tokens, C]; audio projected to tokens + per-latent-frame windows; the face gate
         [B, tokens per latent frame]; RoPE tables for the (F, H', W') token ``grid`` (with the
-        call's RIFLEx, if any)."""
+        call's RIFLEx, if any). With a ``context_cache`` (inference only) text and CLIP embeddings
+        and their keys/values are remembered across forwards (see ``model.context_cache``)."""
         c = self.config
         texts = [u.to(device=device, dtype=dtype) for u in cond.text_list()]
         too_long = [u.shape[0] for u in texts if u.shape[0] > c.text_len]
@@ -218,13 +237,26 @@ class EchoMimicTransformer(nn.Module):
                 f"text embeddings must be [<= {c.text_len}, {c.text_dim}] per sample, got "
                 f"{[tuple(u.shape) for u in texts]}; truncate the prompt or check the text encoder."
             )
-        text = torch.stack([torch.cat([u, u.new_zeros(c.text_len - u.shape[0], u.shape[1])]) for u in texts])
         clip = cond.clip_fea.to(device=device, dtype=dtype)
         if clip.shape[1:] != (c.clip_tokens, c.clip_dim):
             raise ValueError(
                 f"clip_fea must be [B, {c.clip_tokens}, {c.clip_dim}] (CLIP penultimate tokens), "
                 f"got {tuple(clip.shape)}."
             )
+
+        def padded(u):  # [L_i, text_dim] -> [text_len, text_dim]
+            return torch.cat([u, u.new_zeros(c.text_len - u.shape[0], u.shape[1])])
+
+        # a cache kept across forwards only without autograd; within one forward samples that share
+        # a prompt (cond / drop_audio) share its keys either way, and each sample is projected alone
+        # (a GEMM's rows can round differently with the batch size): cached == uncached, bit for bit
+        if context_cache is None or torch.is_grad_enabled():
+            context_cache = ContextCache(max_entries=max(1, len(texts)), persistent=False)
+        context_kv = ContextKV(
+            [context_cache.entry("text", u, lambda u: self.text_embedding(padded(u)[None])) for u in texts],
+            [context_cache.entry("image", v, lambda v: self.img_emb(v[None])) for v in clip],
+            remember=context_cache.persistent,
+        )
         audio = self.audio_projector(cond.audio.to(device=device, dtype=dtype))
         if audio.frames != grid[0]:
             raise ValueError(
@@ -243,8 +275,7 @@ class EchoMimicTransformer(nn.Module):
         if isinstance(scale, torch.Tensor):
             scale = scale.to(device) if scale.ndim else float(scale)
         return BlockContext(
-            text=self.text_embedding(text),
-            image=self.img_emb(clip),
+            context=context_kv,
             audio=audio,
             face_gate=gate,
             audio_scale=scale,
@@ -260,12 +291,17 @@ class EchoMimicTransformer(nn.Module):
         cache: StepCache | None = None,
         cache_branch: str = "all",
     ) -> torch.Tensor:
-        """The one block loop. x: [B, L, C]; e0: [B, 6, C]."""
+        """The one block loop. x: [B, L, C]; e0: [B, 6, C].
+
+        Under ``torch.no_grad`` the blocks update ``x`` in place (see ``WanAttentionBlock``): pass
+        a tensor nobody else reads, as ``forward`` does."""
+        x_in = None
         if cache is not None:
             cached = cache.before_blocks(cache_branch, e0, x)
             if cached is not None:
                 return cached
-        x_in = x
+            # the cache needs the input after the blocks ran; blocks may write x in place
+            x_in, x = x, x.clone()
         checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             if self._swap is not None:
@@ -295,12 +331,16 @@ class EchoMimicTransformer(nn.Module):
         cache: StepCache | None = None,
         cache_branch: str = "all",
         sequence: SequenceShard | None = None,
+        context_cache: ContextCache | None = None,
     ) -> torch.Tensor:
         """x: [B, 16, F, H, W] noisy latents; t: [B] (or scalar) timesteps on 0..1000.
         Returns [B, out_dim, F, H, W] in x's dtype.
 
-        sequence: this rank's share of the tokens when the forward is split over a process group
-        (every rank passes the same inputs and gets the whole output); None = all tokens here."""
+        cache: a step cache (TeaCache, MagCache) consulted around the blocks under the name
+        ``cache_branch``. sequence: this rank's share of the tokens when the forward is split over
+        a process group (every rank passes the same inputs and gets the whole output); None = all
+        tokens here. context_cache: text/CLIP keys and values kept across the calls of one
+        generation (``model.context_cache``)."""
         c = self.config
         out_dtype, device = x.dtype, x.device
         dtype = self.compute_dtype or x.dtype
@@ -319,9 +359,11 @@ class EchoMimicTransformer(nn.Module):
         if sequence is not None:  # embed only this rank's frames: the patch kernel never spans two
             inputs = sequence.local_input(inputs, grid, c.patch_size[0])
         h = self.patch_embedding(inputs.to(dtype))  # [B, C, F_r, H', W']
-        h = h.flatten(2).transpose(1, 2).contiguous()  # [B, L_r, C], token-major for the matmuls
+        # [B, L_r, C], token-major for the matmuls; rebinding h frees the convolution's output, and
+        # the blocks update this tensor in place (no second [B, L, C] beside the stream)
+        h = h.flatten(2).transpose(1, 2).contiguous()
         e, e0 = self.time_embed(t, dtype)
-        ctx = self.block_context(cond, grid, dtype, device)
+        ctx = self.block_context(cond, grid, dtype, device, context_cache)
         if sequence is not None:
             ctx = sequence.local_context(ctx, grid)
         h = self.head(self.run_blocks(h, e0, ctx, cache, cache_branch), e)

@@ -80,6 +80,7 @@ def run_branches(
     cache=None,
     names: list[str] | None = None,
     sequence=None,
+    context_cache=None,
 ) -> list[torch.Tensor]:
     """Model predictions for each conditioning, in one batched forward or one forward each.
 
@@ -87,10 +88,13 @@ def run_branches(
     Batched is faster; sequential needs 1/len(conds) of the activation memory. The TeaCache
     branch key is the joined branch names when batched, so residuals never mix across passes.
     sequence: the model's ``SequenceShard`` when each forward's tokens are split over ranks.
+    context_cache: the generation's text/CLIP key-value cache, handed to every forward.
     """
     names = names or [str(i) for i in range(len(conds))]
-    # only a sequence-parallel run passes it: other models (host wrappers) need not know the argument
+    # only passed when set: other models (host wrappers, stand-ins) need not know the arguments
     extra = {"sequence": sequence} if sequence is not None else {}
+    if context_cache is not None:
+        extra["context_cache"] = context_cache
     # the model's compute dtype, not its first parameter's: weights may be stored in another dtype
     dtype = getattr(model, "compute_dtype", None) or (
         next(model.parameters()).dtype if hasattr(model, "parameters") else latents.dtype
@@ -110,7 +114,9 @@ def run_branches(
 class BranchRunner(Protocol):
     """What runs a step's branches: ``run_branches`` itself, or a multi-process one (``parallel``)."""
 
-    def __call__(self, model, latents, t, conds, batched, cache=None, names=None) -> list[torch.Tensor]: ...
+    def __call__(
+        self, model, latents, t, conds, batched, cache=None, names=None, *, context_cache=None
+    ) -> list[torch.Tensor]: ...
 
 
 def guided_velocity(
@@ -123,6 +129,7 @@ def guided_velocity(
     cache=None,
     hooks: StepHooks | None = None,
     run: BranchRunner = run_branches,
+    context_cache=None,
 ) -> VelocityFn:
     """A velocity function applying ``guidance`` over the named conditioning ``branches`` for a
     run of ``num_steps`` steps (the dynamic scales and CFG skipping depend on it).
@@ -131,7 +138,8 @@ def guided_velocity(
     ``sampling.guidance``). The negative prompt's ``neg_scale`` is applied to the *original*
     negative embeddings at each step it is active, so it never compounds (upstream multiplied
     the already-scaled embeddings again every step). ``run`` evaluates a step's branches
-    (``Parallel.run_branches`` spreads them over processes).
+    (``Parallel.run_branches`` spreads them over processes). ``context_cache``: a
+    ``model.context_cache.ContextCache`` shared by every step (text/CLIP keys computed once).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}.")
@@ -147,7 +155,7 @@ def guided_velocity(
             if scale != 1.0:
                 cond = dataclasses.replace(cond, context=_scale_context(cond.context, scale))
             conds.append(cond)
-        preds = run(model, latents, t, conds, batched, cache, names)
+        preds = run(model, latents, t, conds, batched, cache, names, context_cache=context_cache)
         return guidance.combine(dict(zip(names, preds)), step, num_steps)
 
     return velocity

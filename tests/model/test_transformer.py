@@ -250,3 +250,25 @@ def test_model_built_on_meta_device_runs_after_materialising(tiny_config_fn, ran
             p.normal_(0, 0.1)
         x, t, cond = random_inputs_fn(config)
         assert torch.isfinite(model(x, t, cond)).all()
+
+
+def test_time_embedding_never_asks_the_accelerator_for_float64():
+    """Apple's MPS has no float64: the sinusoid's float64 angles are computed on the CPU. Shown here
+    with the meta device standing in for the accelerator (every op's output dtype and device is
+    recorded), and the values are Wan's float64 formula rounded once."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class NoFloat64OffCpu(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.dtype == torch.float64 and out.device.type != "cpu":
+                raise AssertionError(f"{func} made a float64 tensor on {out.device}")
+            return out
+
+    with NoFloat64OffCpu():
+        on_meta = sinusoidal_embedding(256, torch.tensor([999.0, 1.0], device="meta"))
+    assert on_meta.shape == (2, 256) and on_meta.dtype == torch.float32
+    t = torch.tensor([999.0, 517.25, 0.0])
+    angles = t.double()[:, None] * torch.pow(10000, -torch.arange(128, dtype=torch.float64) / 128)
+    expected = torch.cat([angles.cos(), angles.sin()], dim=1).float()
+    assert torch.equal(sinusoidal_embedding(256, t), expected)
