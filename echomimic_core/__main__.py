@@ -170,8 +170,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE[:STRENGTH]",
         help="merge a LoRA (e.g. one trained with training/) into the transformer; repeatable",
     )
-    gen.add_argument("--block-swap", type=int, default=0, help="transformer blocks kept on the CPU and streamed in")
+    gen.add_argument("--block-swap", type=int, help="transformer blocks kept on the CPU and streamed in (default 0)")
+    gen.add_argument(
+        "--vram-budget",
+        metavar="GB|auto",
+        help="fit the run into this much GPU memory ('auto': what the device has free): chunk length, block "
+        "swap, fp8 weights, sequential guidance, VAE tiles and encoders on the CPU are chosen (see the `plan` "
+        "command) unless given explicitly",
+    )
     _settings_arguments(gen)
+
+    plan = sub.add_parser(
+        "plan",
+        help="predicted GPU memory per phase for a generation, and the settings that fit a card",
+        description="Prints the memory plan's candidates and the settings it would choose; exits 0 when one "
+        "fits the budget and 1 (with the smallest requirement) when none does.",
+    )
+    plan.add_argument("--variant", choices=("preview", "flash"), required=True)
+    plan.add_argument("--width", type=int, default=768)
+    plan.add_argument("--height", type=int, default=768)
+    length = plan.add_mutually_exclusive_group(required=True)
+    length.add_argument("--seconds", type=float, help="audio length")
+    length.add_argument("--frames", type=int, help="output frames")
+    plan.add_argument("--fps", type=float, default=25.0)
+    plan.add_argument("--vram", required=True, metavar="GB|auto", help="the GPU's memory budget")
+    plan.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    plan.add_argument("--steps", type=int, help="denoising steps (default: the variant's)")
+    plan.add_argument("--guidance-scale", type=float, help="> 1 runs the guidance passes (default: the variant's)")
+    plan.add_argument("--teacache-threshold", type=float, help="0 = off (default: the variant's)")
+    plan.add_argument("--device", default="cuda", help="the device 'auto' measures")
 
     demo = sub.add_parser("demo-models", help="write the tiny demo model files into a models folder")
     demo.add_argument("out", type=Path, help="e.g. ComfyUI/models")
@@ -363,16 +390,24 @@ def _generate(args, device: str | None, rank: int) -> int:
         plan_inputs(image, audio, sr, settings, task, in_memory=False)  # written chunk by chunk
         if args.parallel:
             parallel = _start_parallel(args.parallel, config, settings)
+    load = {"storage_dtype": args.storage_dtype, "block_swap": args.block_swap or 0}
+    encoder_device = None
+    if args.vram_budget is not None:
+        if files.transformer is None:
+            raise ValueError("--vram-budget needs the transformer file to plan with (--models or --transformer).")
+        settings, load, encoder_device = _fit_to_budget(
+            args, settings, config.variant, config, image, audio, sr, task, device, dtype
+        )
     models = load_models(
         files,
         dtype=dtype,
         device=device,
-        storage_dtype=args.storage_dtype,
         attention_backend=args.attention,
-        block_swap=args.block_swap,
         loras=[_lora_spec(spec) for spec in args.lora],
+        **load,
     )
-    settings = _settings_from(args, models.variant)
+    if args.vram_budget is None:
+        settings = _settings_from(args, models.variant)
     hooks, bar = _progress_hooks() if rank == 0 else (None, {})
     if args.demo:
         log.warning("demo model: random tiny weights, the video will be noise (the path it runs is the real one)")
@@ -392,6 +427,7 @@ def _generate(args, device: str | None, rank: int) -> int:
         resume=not args.restart,
         report=args.report,
         write=rank == 0,
+        encoder_device=encoder_device,
     )
     if "bar" in bar:
         bar["bar"].close()
@@ -409,10 +445,103 @@ def _generate(args, device: str | None, rank: int) -> int:
     return 0
 
 
+def plan_command(args) -> int:
+    from .memory_plan import GIB, device_budget, format_plan, parse_budget, plan, workload_for
+
+    overrides = {
+        k: getattr(args, k) for k in ("steps", "guidance_scale", "teacache_threshold") if getattr(args, k) is not None
+    }
+    settings = GenerationSettings.for_variant(args.variant, fps=args.fps, **overrides)
+    frames = args.frames if args.frames is not None else int(args.seconds * args.fps)
+    if frames < 1:
+        raise ValueError(f"--seconds {args.seconds} at {args.fps:g} fps is less than one frame.")
+    workload = workload_for(args.variant, settings, (args.height, args.width), frames, args.dtype)
+    gb = parse_budget(args.vram)
+    budget = int(gb * GIB) if gb is not None else device_budget(args.device)
+    if budget is None:
+        raise ValueError(f"--vram auto needs a GPU; {args.device} has no device memory to plan for. Give a number.")
+    result = plan(workload, budget)
+    print(format_plan(result))
+    if result.fits:
+        print("flags: " + " ".join(_plan_flags(result.chosen.options)))
+    return 0 if result.fits else 1
+
+
+def _plan_flags(options) -> list[str]:
+    """The ``generate`` flags that set a plan's choices by hand."""
+    flags = [f"--partial-video-length {options.chunk}"]
+    if options.fp8:
+        flags.append("--storage-dtype float8_e4m3fn")
+    if options.block_swap:
+        flags.append(f"--block-swap {options.block_swap}")
+    if not options.batch_guidance:
+        flags.append("--no-batch-guidance")
+    if options.vae_tile:
+        flags.append(f"--vae-tile-size {options.vae_tile}")
+    if not options.context_cache:
+        flags.append("--no-context-cache")
+    return flags
+
+
+def _fit_to_budget(args, settings, variant: str, config, image, audio, sr, task, device: str, dtype: str):
+    """``--vram-budget``: the memory plan's choice for this run, given what the user fixed by hand.
+    Returns (settings, load options, encoder device)."""
+    from .media import prepare_audio
+    from .memory_plan import GIB, device_budget, format_plan, parse_budget, plan, workload_for
+    from .pipeline import output_frame_count, plan_generation
+
+    gb = parse_budget(args.vram_budget)
+    budget = int(gb * GIB) if gb is not None else device_budget(device)
+    if budget is None:
+        log.warning(
+            "--vram-budget auto: %s has no device memory to plan for; running with the settings as given", device
+        )
+        return settings, {"storage_dtype": args.storage_dtype, "block_swap": args.block_swap or 0}, None
+    generation = plan_generation(image, output_frame_count(prepare_audio(audio, sr).numel(), settings), settings, task)
+    workload = workload_for(variant, settings, generation.sample_size, generation.total_frames, dtype, config)
+    fixed = {}
+    if args.partial_video_length is not None:
+        fixed["chunk"] = settings.partial_video_length
+    if args.storage_dtype is not None:
+        fixed["fp8"] = args.storage_dtype == "float8_e4m3fn"
+    if args.block_swap is not None:
+        fixed["block_swap"] = args.block_swap
+    if args.batch_guidance is not None:
+        fixed["batch_guidance"] = args.batch_guidance
+    if args.vae_tile_size is not None:
+        fixed["vae_tile"] = args.vae_tile_size
+    if args.context_cache is not None:
+        fixed["context_cache"] = args.context_cache
+    result = plan(workload, budget, fixed)
+    log.info("memory plan:\n%s", format_plan(result))
+    if not result.fits:
+        raise ValueError(
+            f"nothing fits --vram-budget {budget / GIB:.1f} GiB: the smallest plan needs "
+            f"{result.smallest.required / GIB:.2f} GiB ({result.smallest.options.describe()}); lower the resolution, "
+            "or give a larger budget."
+        )
+    options = result.chosen.options
+    log.info("memory plan chose: %s (%.2f GiB)", options.describe(), result.chosen.required / GIB)
+    settings = dataclasses.replace(settings, **options.settings_overrides())
+    load = {
+        "storage_dtype": "float8_e4m3fn" if options.fp8 else args.storage_dtype,
+        "block_swap": options.block_swap,
+        "place_transformer": False,  # on the device after the encoders ran (pipeline.generate)
+        "encoders_on_cpu": options.encoders_on_cpu,
+    }
+    return settings, load, "cpu" if options.encoders_on_cpu else None
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(_attach_negative_keyframes(argv))
+    if args.command == "plan":
+        try:
+            return plan_command(args)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.command == "demo-models":
         from .config import VARIANTS
         from .demo import write_demo_models

@@ -141,6 +141,8 @@ def load_models(
     encoder_device="cpu",
     block_swap: int = 0,
     loras: list[tuple[str | Path, float]] = (),
+    place_transformer: bool = True,
+    encoders_on_cpu: bool = False,
 ):
     """Load every model of ``files`` into a :class:`~echomimic_core.pipeline.Models`.
 
@@ -148,7 +150,9 @@ def load_models(
     The transformer goes to ``device`` (computing in ``dtype``, storing in ``storage_dtype``, e.g.
     fp8); encoders and the VAE start on ``encoder_device`` and visit the compute device only while
     they run. The audio encoder's feature path follows the transformer's variant unless the file
-    is a Whisper encoder.
+    is a Whisper encoder. ``place_transformer=False`` leaves the transformer on the host with its
+    ``block_swap`` recorded, for ``pipeline.generate`` to place it after encoding (a memory plan's
+    order); ``encoders_on_cpu``: CLIP and the audio encoder in float32, as they will compute there.
     """
     import torch
 
@@ -171,7 +175,7 @@ def load_models(
         files.transformer,
         dtype=dtype,
         storage_dtype=storage,
-        device=device if not block_swap else "cpu",
+        device=device if place_transformer and not block_swap else "cpu",
         attention_backend=attention_backend,
     )
     if loras:
@@ -179,14 +183,18 @@ def load_models(
 
         for lora_path, strength in loras:
             apply_lora(transformer, lora_path, strength)
-    if block_swap:
+    if not place_transformer:
+        transformer.echomimic_block_swap = block_swap
+    elif block_swap:
         transformer.enable_block_swap(block_swap, device)
     kind = None if "whisper" in files.audio_encoder.name.lower() else transformer.config.variant
     # encoders run in float32 on the CPU (bf16 matmuls are slow there); on an accelerator in dtype
-    enc_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
+    enc_dtype = torch.float32 if torch.device(device).type == "cpu" or encoders_on_cpu else dtype
     return Models(
         transformer=transformer,
-        vae=load_vae(files.vae, dtype=enc_dtype, device=encoder_device),
+        vae=load_vae(
+            files.vae, dtype=torch.float32 if torch.device(device).type == "cpu" else dtype, device=encoder_device
+        ),
         # upstream's preview scripts run umT5 in float32, its flash script in bfloat16
         text_encoder=TextEncoder.load(
             files.text_encoder,

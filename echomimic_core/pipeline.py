@@ -113,6 +113,33 @@ def on_device(module, device, offload_device):
             module.to(offload_device)
 
 
+@contextlib.contextmanager
+def transformer_for_render(transformer, device, offload_device):
+    """The transformer on ``device`` while the chunks render, if it waits on the host: a memory plan
+    (``--vram-budget``) loads it there so that the encoders have the device to themselves, and
+    records its block swap as ``echomimic_block_swap``. It is parked again afterwards (swapped
+    blocks are never uploaded on the way out). A transformer already on ``device`` is left alone."""
+    where = next(transformer.parameters()).device
+    if device is None or not hasattr(transformer, "place") or _same_device(where, torch.device(device)):
+        yield transformer
+        return
+    transformer.place(device, offload_device, getattr(transformer, "echomimic_block_swap", 0))
+    try:
+        yield transformer
+    finally:
+        transformer.park(offload_device)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 are one device when 0 is the current one."""
+    if a.type != b.type:
+        return False
+    if a.type == "cuda" and (a.index is None or b.index is None):
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a.index == b.index
+
+
 def sample_size_for(image_hw: tuple[int, int], settings: GenerationSettings) -> tuple[int, int]:
     if settings.width is not None:
         return settings.height, settings.width
@@ -516,6 +543,7 @@ def generate(
     device=None,
     offload_device="cpu",
     parallel=None,
+    encoder_device=None,
 ) -> Result:
     """Generate a talking video.
 
@@ -523,6 +551,9 @@ def generate(
     source video's frames). audio: waveform [T], [C, T] or [B, C, T] at ``sample_rate``.
     Returns exactly ``floor(duration * fps)`` frames (capped by ``settings.max_frames``; for lip-sync
     by the source video's length) and the input audio trimmed to them. ``parallel``: see ``render``.
+    ``encoder_device``: where umT5 / CLIP / the audio encoder run (default ``device``; "cpu" keeps
+    them off a small GPU). A transformer waiting on the host is placed for the render only
+    (``transformer_for_render``).
     """
     settings = settings or GenerationSettings.for_variant(models.variant)
     wav16k, plan = plan_inputs(image, audio, sample_rate, settings, task or Task())
@@ -535,10 +566,11 @@ def generate(
         plan.sample_size,
         plan.num_frames,
         face_mask,
-        device,
+        encoder_device or device,
         offload_device,
     )
-    frames = render(models, encoded, plan, settings, hooks, device, offload_device, parallel)
+    with transformer_for_render(models.transformer, device, offload_device):
+        frames = render(models, encoded, plan, settings, hooks, device, offload_device, parallel)
     info = {
         "frames": plan.num_frames,
         "size": plan.sample_size,

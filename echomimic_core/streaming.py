@@ -246,6 +246,7 @@ def generate_to_file(
     crf: int = 18,
     parallel=None,
     write: bool = True,
+    encoder_device=None,
 ) -> StreamResult:
     """``pipeline.generate`` written straight to the mp4 ``out``, with the audio: memory flat in the
     duration, resumable (``resume=False`` starts afresh), and a drift report (JSON + PNG) at
@@ -266,7 +267,7 @@ def generate_to_file(
         plan.sample_size,
         plan.num_frames,
         face_mask,
-        device,
+        encoder_device or device,
         offload_device,
     )
     run_inputs = {
@@ -285,25 +286,26 @@ def generate_to_file(
             embed,
         )
     trimmed = pipeline.trim_audio(audio, sample_rate, plan.num_frames, settings.fps)
-    return stream_to_file(
-        models,
-        encoded,
-        plan,
-        settings,
-        out,
-        trimmed,
-        sample_rate,
-        run_inputs,
-        hooks,
-        device,
-        offload_device,
-        resume,
-        meter,
-        report,
-        crf,
-        parallel,
-        write,
-    )
+    with pipeline.transformer_for_render(models.transformer, device, offload_device):
+        return stream_to_file(
+            models,
+            encoded,
+            plan,
+            settings,
+            out,
+            trimmed,
+            sample_rate,
+            run_inputs,
+            hooks,
+            device,
+            offload_device,
+            resume,
+            meter,
+            report,
+            crf,
+            parallel,
+            write,
+        )
 
 
 def on_device_embedder(image_encoder, device, offload_device):

@@ -24,12 +24,14 @@ VIDEO                  ``comfy_api.input_impl.VideoFromFile`` /        ``FileVid
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import re
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -394,14 +396,142 @@ def intermediate_device():
 
 
 def free_memory(nbytes: int, device) -> None:
-    """Ask ComfyUI to unload its own models (text encoder, CLIP ...) until ``nbytes`` fit on ``device``.
-
-    Our transformer is not one of ComfyUI's managed models, so ComfyUI would not make room for it
-    on its own. Nothing to do outside ComfyUI.
-    """
+    """Ask ComfyUI to unload models until ``nbytes`` fit on ``device``. Nothing to do outside ComfyUI."""
     mm = _module("comfy.model_management")
     if mm is not None and hasattr(mm, "free_memory"):
         mm.free_memory(int(nbytes), device)
+
+
+def vram_budget_auto(device) -> int | None:
+    """Bytes a run may plan for on ``device`` ("auto"): inside ComfyUI the whole card less what it
+    reserves (its memory manager unloads other models to make room); outside it what is free.
+    None for a CPU."""
+    import torch
+
+    device = torch.device(device)
+    if device.type not in ("cuda", "mps", "xpu"):
+        return None
+    mm = _module("comfy.model_management")
+    if mm is not None and hasattr(mm, "get_total_memory"):
+        return int(mm.get_total_memory(device) - mm.extra_reserved_memory())
+    from echomimic_core.memory_plan import device_budget
+
+    return device_budget(device)
+
+
+class TransformerPatcher:
+    """The EchoMimic transformer as one of ComfyUI's loaded models.
+
+    ComfyUI's memory manager keeps a list of loaded models; before it loads one (ours, its VAE, a
+    text encoder of another node) it unloads the least recently used until the new model and its
+    working memory fit (``load_models_gpu`` -> ``free_memory``). Those functions call a handful of
+    ``ModelPatcher`` methods, which this class answers: loading *places* the transformer (all of it,
+    or all but its swapped blocks, which stream in from pinned host memory), unloading *parks* it
+    (the resident part to the offload device; swapped blocks are already there, so nothing is
+    uploaded on the way out). It never half-loads: our layers are not ComfyUI's lowvram layers, and
+    the memory plan has already chosen how much stays on the host (block swap).
+
+    The patcher lives as long as the model (an attribute of it; it holds the model weakly), which
+    is what ComfyUI's leak check expects.
+    """
+
+    def __init__(self, model, load_device, offload_device, block_swap: int = 0):
+        import torch
+
+        self._model = weakref.ref(model)
+        self.load_device, self.offload_device = torch.device(load_device), torch.device(offload_device)
+        self.block_swap = block_swap
+        self.parent = None
+        self.loaded = False
+
+    @property
+    def model(self):
+        return self._model()
+
+    def model_size(self) -> int:
+        """Bytes on the device when loaded: everything but the swapped blocks, two of which are in
+        flight at any time."""
+        model = self.model
+        swap = min(self.block_swap, len(model.blocks))
+        total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        block = sum(p.numel() * p.element_size() for p in model.blocks[0].parameters()) if swap else 0
+        return total - swap * block + min(swap, 2) * block
+
+    def loaded_size(self) -> int:
+        return self.model_size() if self.loaded else 0
+
+    def current_loaded_device(self):
+        return self.load_device if self.loaded else self.offload_device
+
+    def model_dtype(self):
+        return self.model.compute_dtype
+
+    def model_patches_to(self, device) -> None:  # no patches of ComfyUI's kind
+        pass
+
+    def model_patches_models(self) -> list:
+        return []
+
+    def is_clone(self, other) -> bool:
+        return other is self
+
+    def lowvram_patch_counter(self) -> int:
+        return 0
+
+    def partially_load(self, device, extra_memory=0, force_patch_weights=False) -> int:
+        if not self.loaded:
+            self.model.place(device, self.offload_device, self.block_swap)
+            self.loaded = True
+        return self.model_size()
+
+    def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False) -> int:
+        freed = self.loaded_size()
+        self.detach()
+        return freed
+
+    def detach(self, unpatch_all=True) -> None:
+        if self.loaded and self.model is not None:
+            self.model.park(self.offload_device)
+            log.info("EchoMimicV3 transformer parked on %s to make room", self.offload_device)
+        self.loaded = False
+
+
+@contextlib.contextmanager
+def transformer_loaded(model, device, offload, block_swap: int, working_bytes: int):
+    """The transformer on ``device`` for one run (all but ``block_swap`` blocks), with
+    ``working_bytes`` (the memory plan's activations, caches and VAE) asked for as well.
+
+    Inside ComfyUI it goes through the memory manager: other models are unloaded for the planned
+    peak before ours move, and ours stay loaded after the run until ComfyUI needs the room (if it
+    takes them away in the middle of a run, e.g. for its own VAE, the next forward loads them
+    again). Outside ComfyUI: placed for the run, parked after.
+    """
+    mm = _module("comfy.model_management")
+    if mm is None or not hasattr(mm, "load_models_gpu"):
+        model.place(device, offload, block_swap)
+        try:
+            yield model
+        finally:
+            model.park(offload)
+            soft_empty_cache()
+        return
+    patcher = getattr(model, "echomimic_patcher", None)
+    if patcher is None or patcher.load_device != device or patcher.block_swap != block_swap:
+        if patcher is not None:
+            patcher.detach()
+        patcher = TransformerPatcher(model, device, offload, block_swap)
+        model.echomimic_patcher = patcher
+
+    def ensure_loaded(*_):
+        if not patcher.loaded:
+            mm.load_models_gpu([patcher], memory_required=int(working_bytes))
+
+    ensure_loaded()
+    hook = model.register_forward_pre_hook(ensure_loaded)
+    try:
+        yield model
+    finally:
+        hook.remove()
 
 
 def load_model_gpu(patcher) -> None:

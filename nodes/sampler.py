@@ -16,7 +16,6 @@ audio-only CFG 3.0 and TeaCache 0.1 without retyping, a preview model 25-step Fl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 
@@ -33,6 +32,18 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 SWITCH = {"on": True, "off": False}
 OUTPUTS = ("images", "video_file")
+VRAM_BUDGET_WIDGET = (
+    "FLOAT",
+    {
+        "default": 0.0,
+        "min": -1.0,
+        "max": 1024.0,
+        "step": 0.5,
+        "tooltip": "GPU memory to fit the run into, in GB: chunk length, block swap, guidance passes one at a "
+        "time, VAE tiles and the key cache are chosen to fit (settings you changed from auto are kept). "
+        "0 = auto (the card's memory), -1 = off (the settings as given).",
+    },
+)
 
 
 def _widgets() -> dict[str, tuple[tuple, object, bool]]:
@@ -449,6 +460,7 @@ class EchoMimicSampler:
                     },
                 ),
                 "filename_prefix": ("STRING", {"default": "echomimic/long", "tooltip": "video_file: where it goes."}),
+                "vram_budget": VRAM_BUDGET_WIDGET,
                 **{name: spec for name, (spec, _, advanced) in widgets.items() if advanced},
             },
         }
@@ -507,6 +519,7 @@ class EchoMimicSampler:
         clip_vision=None,
         output="images",
         filename_prefix="echomimic/long",
+        vram_budget=0.0,
         **widgets,
     ):
         from echomimic_core import audio_alignment, drift, media, pipeline, streaming
@@ -542,11 +555,16 @@ class EchoMimicSampler:
             spec.face_mask,
         )
         meter = drift_meter(plan, spec.face_box, clip_vision)
+        device, offload = services.torch_device(), services.offload_device()
+        settings, block_swap, working, chosen = fit_memory(
+            model, models.vae, settings, plan, device, vram_budget, widgets
+        )
+        if chosen and settings.long_video_mode == "chunks":  # the plan may have changed the chunk length
+            plan = pipeline.plan_generation(reference, num_frames, settings, spec.task, energy, output == "images")
 
         chunks = len(plan.chunks) if plan.chunks else 1  # sliding mode denoises all windows at once
         progress = RunProgress(services.Progress(1), chunks, settings.steps)
         hooks = StepHooks(on_step=progress.step, on_vae=progress.vae, should_stop=_interrupted)
-        device, offload = services.torch_device(), services.offload_device()
         log.info(
             "EchoMimicV3 %s: %d frames at %dx%d, %s %d steps, %d chunk(s)",
             models.variant,
@@ -562,7 +580,7 @@ class EchoMimicSampler:
         ui = {}
         # no autograd graph across steps; no_grad rather than inference_mode so the frames stay
         # ordinary tensors that any downstream node may modify in place
-        with torch.no_grad(), transformer_on_device(model, device, offload):
+        with torch.no_grad(), services.transformer_loaded(model, device, offload, block_swap, working):
             if output == "video_file":
                 inputs = streaming.run_inputs_for(models, encoded, plan)
                 key = streaming.run_key(plan, settings, inputs)[:12]
@@ -589,6 +607,8 @@ class EchoMimicSampler:
             latent_frames(round_up_4k1(plan.num_frames)),
             len(plan.chunks) if plan.chunks else None,
         ) + (f" · {plan.sample_size[1]}x{plan.sample_size[0]}, {settings.sampler} × {settings.steps} steps")
+        if chosen:
+            text += f"; memory plan: {chosen}"
         plot = drift.plot_report(report["chunks"], settings.fps, report.get("reference_sharpness"))
         plot = torch.from_numpy(np.array(plot)).float()[None] / 255
         return {
@@ -653,32 +673,74 @@ class RunProgress:
         self.bar(round((start + done / max(total, 1)) * self.UNITS), self.total)
 
 
-@contextlib.contextmanager
-def transformer_on_device(model, device, offload):
-    """The transformer on ``device`` for one run (all of it, or all but the loader's ``block_swap``
-    blocks, which stream in when they run), then parked on ``offload`` and the cache released."""
+def fit_memory(model, vae, settings, plan, device, vram_budget: float, widgets: dict):
+    """(settings, block swap, working bytes, what the plan chose or "") for one run.
+
+    With a budget (``vram_budget`` > 0 GB, or 0 = the card's memory) the memory plan chooses chunk
+    length, block swap, sequential guidance, VAE tiles and the key cache; what the user set by hand
+    (a chunk length or tile size other than auto, guidance passes one at a time, the loader's block
+    swap and fp8 storage) is kept. Working bytes (activations, caches, our VAE: everything but the
+    transformer's resident weights) are what ComfyUI is asked to free besides the weights.
+    """
+    import dataclasses
+
+    from echomimic_core import memory_plan as mp
+    from echomimic_core.checkpoints.quant import FP8_DTYPES
+
     swap = getattr(model, "echomimic_block_swap", 0)
-    resident = sum(
-        p.numel() * p.element_size() for i, block in enumerate(model.blocks) if i >= swap for p in block.parameters()
+    fp8 = any(p.dtype in FP8_DTYPES for p in model.blocks[0].parameters())
+    dtype = str(model.compute_dtype or next(model.parameters()).dtype).removeprefix("torch.")
+    workload = mp.workload_for(
+        model.config.variant, settings, plan.sample_size, plan.total_frames, dtype, model.config, encoders=False
     )
-    resident += sum(
-        p.numel() * p.element_size()
-        for name, child in model.named_children()
-        if name != "blocks"
-        for p in child.parameters()
-    )
-    services.free_memory(resident * 5 // 4, device)  # weights + a margin; activations are freed per step
-    try:
+    budget = None
+    if vram_budget >= 0:
+        budget = int(vram_budget * mp.GIB) if vram_budget > 0 else services.vram_budget_auto(device)
+    chosen = ""
+    if budget is None:
+        estimate = mp.estimate(
+            workload,
+            mp.Options(
+                chunk=settings.partial_video_length,
+                fp8=fp8,
+                block_swap=swap,
+                batch_guidance=settings.batch_guidance,
+                vae_tile=settings.vae_tile_size,
+                context_cache=settings.context_cache,
+                teacache_offload=settings.teacache_offload,
+            ),
+        )
+    else:
+        fixed = {"fp8": fp8}
         if swap:
-            model.enable_block_swap(swap, device, offload)
-        else:
-            model.to(device)
-        yield model
-    finally:
-        if swap:
-            model.disable_block_swap()
-        model.to(offload)
-        services.soft_empty_cache()
+            fixed["block_swap"] = swap
+        if widgets.get("partial_video_length"):
+            fixed["chunk"] = settings.partial_video_length
+        if widgets.get("vae_tile_size"):
+            fixed["vae_tile"] = settings.vae_tile_size
+        if not settings.batch_guidance:
+            fixed["batch_guidance"] = False
+        result = mp.plan(workload, budget, fixed)
+        log.info("EchoMimicV3 memory plan:\n%s", mp.format_plan(result))
+        estimate = result.chosen
+        if estimate is None:
+            estimate = result.smallest
+            log.warning(
+                "EchoMimicV3: nothing fits %.1f GiB; running the smallest plan (%.2f GiB), which may run out of "
+                "memory. Lower the resolution or set weight_storage fp8 on the model loader.",
+                budget / mp.GIB,
+                estimate.required / mp.GIB,
+            )
+        options = estimate.options
+        settings = dataclasses.replace(settings, **options.settings_overrides())
+        swap = options.block_swap
+        chosen = options.describe()
+    # ComfyUI's own VAE asks ComfyUI for its memory when it runs (unloading ours if it must)
+    ours = getattr(vae, "model", None) is not None
+    working = (max(estimate.denoise, estimate.decode) if ours else estimate.denoise) - estimate.phases["denoise"][
+        "transformer weights"
+    ]
+    return settings, swap, working, chosen
 
 
 def _interrupted() -> bool:

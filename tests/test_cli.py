@@ -191,3 +191,22 @@ def test_a_killed_cli_run_resumes_where_it_stopped(tmp_path, demo_model_files):
         assert container.streams.video[0].frames == 40
     assert len(json.loads(report.read_text())["chunks"]) == 4  # chunks of both runs in one report
     assert not (tmp_path / "clip.mp4.parts").exists()
+
+
+def test_vram_budget_plans_the_run_keeping_what_the_user_set(demo_cache, tmp_path, capsys, caplog):
+    """--vram-budget: the plan is logged and applied (the user's own chunk length kept); a budget
+    nothing fits is a one-line error before any model loads."""
+    import logging
+
+    wav = tmp_path / "voice.wav"
+    write_wav(wav, 0.3)
+    base = ["generate", "--demo", "--audio", str(wav), "--steps", "1", "--partial-video-length", "5"]
+    base += ["--overlap-video-length", "2"]
+    with caplog.at_level(logging.INFO, logger="echomimic_core"):
+        rc = cli.main([*base, "--out", str(tmp_path / "fit.mp4"), "--vram-budget", "64"])
+    assert rc == 0 and "7 frames" in capsys.readouterr().out
+    assert "memory plan chose: chunks of 5 frames" in caplog.text
+    rc = cli.main([*base, "--out", str(tmp_path / "no.mp4"), "--vram-budget", "0.2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nothing fits --vram-budget 0.2 GiB: the smallest plan needs" in err
+    assert not (tmp_path / "no.mp4").exists()

@@ -322,3 +322,19 @@ def test_cancellation_reaches_into_the_vae(demo_models, inputs):
     with pytest.raises(Cancelled):
         pipeline.generate(models, image, audio, sr, "x", quick(), hooks=hooks)
     assert seen == [1, 2] and vae.decodes == 0
+
+
+def test_a_transformer_waiting_on_the_host_is_placed_after_the_encoders_and_parked(demo_models, inputs, monkeypatch):
+    """What --vram-budget relies on: the encoders have the device to themselves, then the
+    transformer comes (with its recorded block swap) for the render and leaves after it."""
+    image, audio, sr = inputs
+    events = []
+    model, encoder = demo_models.transformer, demo_models.text_encoder
+    monkeypatch.setattr(pipeline, "_same_device", lambda a, b: False)  # as if it sat on the host
+    monkeypatch.setattr(model, "echomimic_block_swap", 1, raising=False)
+    monkeypatch.setattr(model, "place", lambda device, offload, swap: events.append(("place", swap)))
+    monkeypatch.setattr(model, "park", lambda offload: events.append(("park",)))
+    real_encode = encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda *a, **k: events.append(("encode",)) or real_encode(*a, **k))
+    pipeline.generate(demo_models, image, audio, sr, "x", quick(steps=1), device="cpu")
+    assert events == [("encode",), ("place", 1), ("park",)]

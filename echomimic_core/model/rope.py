@@ -83,6 +83,10 @@ class RotaryEmbedding3D:
         self.freqs = tuple(axis_frequencies(n, theta) for n in self.axis_dims)
         self._cache: dict = {}
 
+    def clear(self) -> None:
+        """Drop the cached tables (they sit on the device the last forward ran on)."""
+        self._cache = {}
+
     def cos_sin(
         self, grid: tuple[int, int, int], device: torch.device, riflex: Riflex | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

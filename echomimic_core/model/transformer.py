@@ -72,7 +72,7 @@ class _BlockSwap:
     """
 
     def __init__(self, blocks: nn.ModuleList, n: int, device: torch.device, offload_device: torch.device):
-        self.device = device
+        self.n, self.device = n, device
         self.loaded: set[int] = set()
         pin = device.type == "cuda" and offload_device.type == "cpu"
         self.stream = torch.cuda.Stream(device) if pin else None
@@ -142,6 +142,12 @@ class _BlockSwap:
         self.host.clear()
         self.loaded.clear()
 
+    def release(self) -> None:
+        """Leave every swapped block in host memory for good (nothing is uploaded)."""
+        for i in list(self.loaded):
+            self.after(i)
+        self.host.clear()
+
 
 class EchoMimicTransformer(nn.Module):
     """Wan2.1-Fun-1.3B-InP DiT + EchoMimicV3 audio.
@@ -183,7 +189,9 @@ class EchoMimicTransformer(nn.Module):
         ``compute_device`` just before it runs; everything else moves to ``compute_device``."""
         check_block_swap(n_blocks, len(self.blocks))
         compute_device, offload_device = torch.device(compute_device), torch.device(offload_device)
-        self.disable_block_swap()
+        if self._swap is not None:  # the old swapped blocks stay on the host: no upload of them here
+            self._swap.release()
+            self._swap = None
         for i, block in enumerate(self.blocks):
             if i >= n_blocks:
                 block.to(compute_device)
@@ -193,9 +201,47 @@ class EchoMimicTransformer(nn.Module):
         self._swap = _BlockSwap(self.blocks, n_blocks, compute_device, offload_device) if n_blocks > 0 else None
 
     def disable_block_swap(self) -> None:
+        """Upload the swapped blocks for good (the whole model then sits on the compute device)."""
         if self._swap is not None:
             self._swap.restore()
         self._swap = None
+
+    @property
+    def block_swap(self) -> int:
+        """Blocks currently kept on the host and streamed in (0 = none)."""
+        return self._swap.n if self._swap is not None else 0
+
+    def place(self, device, offload_device="cpu", block_swap: int = 0) -> None:
+        """Move the model to ``device`` for a run, all of it or all but the first ``block_swap``
+        blocks, which stay in ``offload_device`` memory and stream in as they run. After ``park``
+        the same call moves only the resident part back (the host copies are kept)."""
+        device = torch.device(device)
+        swap = self._swap
+        if block_swap and swap is not None and swap.n == block_swap and swap.device == device:
+            self._move_resident(device)
+        elif block_swap:
+            self.enable_block_swap(block_swap, device, offload_device)
+        else:
+            if swap is not None:
+                swap.release()
+                self._swap = None
+            self.to(device)
+
+    def park(self, offload_device="cpu") -> None:
+        """Off the device after a run: the resident part moves to ``offload_device``; swapped blocks
+        are already there (their host copies), so nothing is uploaded on the way out; the cached
+        RoPE tables are dropped with the rest."""
+        self._move_resident(torch.device(offload_device))
+        self.rope.clear()
+
+    def _move_resident(self, device: torch.device) -> None:
+        swapped = self._swap.swapped if self._swap is not None else set()
+        for i, block in enumerate(self.blocks):
+            if i not in swapped:
+                block.to(device)
+        for name, module in self.named_children():
+            if name != "blocks":
+                module.to(device)
 
     # ---- forward pieces ----
     def time_embed(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

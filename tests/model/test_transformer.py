@@ -272,3 +272,30 @@ def test_time_embedding_never_asks_the_accelerator_for_float64():
     angles = t.double()[:, None] * torch.pow(10000, -torch.arange(128, dtype=torch.float64) / 128)
     expected = torch.cat([angles.cos(), angles.sin()], dim=1).float()
     assert torch.equal(sinusoidal_embedding(256, t), expected)
+
+
+def test_parking_leaves_swapped_blocks_on_the_host_and_drops_the_rope_tables(
+    tiny_config_fn, random_model_fn, random_inputs_fn, monkeypatch
+):
+    """place -> run -> park -> place: the swapped blocks' host copies are reused, never uploaded
+    for good (ComfyUI parks the model after every run); the RoPE tables go with the rest."""
+    from echomimic_core.model import transformer as transformer_module
+
+    model = random_model_fn(tiny_config_fn("preview", num_layers=3))
+    x, t, cond = random_inputs_fn(model.config)
+    with torch.no_grad():
+        reference = model(x, t, cond)
+    monkeypatch.setattr(transformer_module._BlockSwap, "restore", lambda self: pytest.fail("uploaded for good"))
+    model.place("cpu", "cpu", block_swap=2)
+    host = [p.data_ptr() for p in model.blocks[0].parameters()]
+    with torch.no_grad():
+        assert torch.equal(model(x, t, cond), reference)
+    assert model.rope._cache
+    model.park("cpu")
+    assert model.block_swap == 2 and not model.rope._cache
+    model.place("cpu", "cpu", block_swap=2)  # the same swap again: only the resident part moves
+    assert [p.data_ptr() for p in model.blocks[0].parameters()] == host
+    with torch.no_grad():
+        assert torch.equal(model(x, t, cond), reference)
+    model.place("cpu", "cpu", block_swap=0)  # swap off: the blocks stay where they are, now ordinary
+    assert model.block_swap == 0 and [p.data_ptr() for p in model.blocks[0].parameters()] == host

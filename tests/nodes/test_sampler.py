@@ -334,27 +334,78 @@ def test_cancel_stops_the_sampler_between_steps(demo_models, chain, folders, mon
     assert next(demo_models.transformer.parameters()).device == torch.device("cpu")
 
 
-def test_block_swap_and_memory_request_keep_the_result(demo_models, chain, one_chunk, folders, monkeypatch):
+def test_memory_manager_loads_ours_for_the_planned_peak_and_parks_swapped_blocks_in_place(
+    demo_models, chain, one_chunk, folders, monkeypatch
+):
+    """Inside ComfyUI the transformer is one of its loaded models: loaded through load_models_gpu
+    with the plan's working memory (not weights x 1.25), left loaded after the run, and parked when
+    ComfyUI needs the room, without uploading the swapped blocks (their host copies stay put)."""
+    import sys
+    import types
+
+    from echomimic_core.model import transformer as transformer_module
+    from nodes.sampler import fit_memory
+
     model = demo_models.transformer
-    requests = []
-    monkeypatch.setattr(cs, "free_memory", lambda nbytes, device: requests.append(nbytes))
-    monkeypatch.setattr(model, "echomimic_block_swap", 1, raising=False)
-    swapped = EchoMimicSampler().sample(
-        model,
-        demo_models.vae,
-        chain["positive"],
-        chain["clip"],
-        chain["embeds"],
-        negative=chain["negative"],
-        image=chain["image_t"],
-        **_widgets(**ONE_CHUNK),
+    requested = []
+
+    def load_models_gpu(models, memory_required=0):
+        requested.append(memory_required)
+        for m in models:  # what LoadedModel.model_load does: load as much as fits
+            m.partially_load(m.load_device, 1e30)
+
+    mm = types.ModuleType("comfy.model_management")
+    mm.load_models_gpu = load_models_gpu
+    mm.get_torch_device = mm.unet_offload_device = mm.intermediate_device = lambda: torch.device("cpu")
+    mm.soft_empty_cache = lambda force=False: None
+    mm.throw_exception_if_processing_interrupted = lambda: None
+    monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
+    monkeypatch.setattr(
+        transformer_module._BlockSwap, "restore", lambda self: pytest.fail("the swapped blocks were uploaded")
     )
-    assert torch.equal(swapped["result"][0], one_chunk)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    block = sum(p.numel() * p.element_size() for p in model.blocks[0].parameters())
-    # ComfyUI is asked to make room for the resident weights (+25%); the swapped block needs none
-    assert requests == [(weights - block) * 5 // 4]
-    assert model._swap is None
+    monkeypatch.setattr(model, "echomimic_block_swap", 1, raising=False)
+    try:
+        swapped = EchoMimicSampler().sample(
+            model,
+            demo_models.vae,
+            chain["positive"],
+            chain["clip"],
+            chain["embeds"],
+            negative=chain["negative"],
+            image=chain["image_t"],
+            **_widgets(**ONE_CHUNK),
+        )
+        assert torch.equal(swapped["result"][0], one_chunk)
+        settings = resolve_settings("preview", _widgets(**ONE_CHUNK))
+        plan = pipeline.plan_generation(chain["image_t"][0], 13, settings, pipeline.Task())
+        _, swap, working, _ = fit_memory(model, demo_models.vae, settings, plan, "cpu", -1, _widgets(**ONE_CHUNK))
+        assert swap == 1 and requested == [working] and working > 0
+        patcher = model.echomimic_patcher
+        assert patcher.loaded and patcher.loaded_size() == patcher.model_size()  # stays loaded for the next run
+        host = [t.data_ptr() for t in model.blocks[0].parameters()]
+        assert patcher.partially_unload(torch.device("cpu"), 1) == patcher.model_size()  # ComfyUI needs the room
+        assert not patcher.loaded and model.block_swap == 1
+        assert host == [t.data_ptr() for t in model.blocks[0].parameters()]  # the same host copies
+    finally:
+        model.place("cpu", "cpu", 0)
+        del model.echomimic_patcher
+
+
+def test_vram_budget_chooses_settings_and_keeps_what_the_user_set(demo_models, chain, caplog):
+    from nodes.sampler import fit_memory
+
+    model = demo_models.transformer
+    widgets = _widgets(**QUICK)  # partial_video_length 9 set by hand
+    settings = resolve_settings("preview", widgets)
+    plan = pipeline.plan_generation(chain["image_t"][0], 13, settings, pipeline.Task())
+    off = fit_memory(model, demo_models.vae, settings, plan, "cpu", -1.0, widgets)
+    assert off[0] == settings and off[3] == ""  # -1: the settings as given
+    roomy = fit_memory(model, demo_models.vae, settings, plan, "cpu", 80.0, widgets)
+    assert roomy[0] == settings and roomy[1] == 0 and roomy[3] == "chunks of 9 frames"
+    tight = fit_memory(model, demo_models.vae, settings, plan, "cpu", 0.5, widgets)
+    assert "nothing fits 0.5 GiB" in caplog.text  # then the smallest plan runs, with a warning
+    assert tight[0].partial_video_length == 9 and tight[3] != roomy[3]
+    assert tight[2] <= roomy[2]
 
 
 def test_face_gate_from_the_task_box_or_a_face_mask_node(demo_models, chain, folders):

@@ -1,0 +1,133 @@
+"""memory_plan: parameter counts, the activation model against shape-only traces of the real code,
+the choice under a budget, and the `plan` command."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from echomimic_core import memory_plan as mp
+from echomimic_core.config import TransformerConfig
+from echomimic_core.model import ops
+from echomimic_core.model.transformer import EchoMimicTransformer
+
+PEAK = Path(__file__).resolve().parents[1] / "benchmarks" / "peak_memory.py"
+
+
+def _live_tensors(device: str):
+    spec = importlib.util.spec_from_file_location("peak_memory", PEAK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module._LiveTensors(device)
+
+
+@pytest.mark.parametrize("preset", ["preview", "flash", "tiny_preview", "tiny_flash"])
+def test_parameter_counts_match_the_model(preset):
+    config = TransformerConfig.from_dict({**TransformerConfig.preset(preset).to_dict(), "num_layers": 2})
+    with torch.device("meta"):
+        model = EchoMimicTransformer(config)
+    block, matrices = mp.block_params(config)
+    assert block == sum(p.numel() for p in model.blocks[0].parameters())
+    assert matrices == sum(p.numel() for p in model.blocks[0].parameters() if p.ndim == 2)
+    others = sum(p.numel() for name, m in model.named_children() if name != "blocks" for p in m.parameters())
+    assert mp.other_params(config) == others
+
+
+def test_chunk_size_constant_is_the_models():
+    assert mp.CHUNK_ELEMENTS == ops.CHUNK_ELEMENTS
+
+
+@pytest.mark.parametrize(
+    ("variant", "batch", "lat", "dtype"),
+    [
+        ("preview", 3, (29, 96, 96), torch.bfloat16),  # 113 frames at 768x768
+        ("flash", 2, (21, 60, 104), torch.bfloat16),  # 81 frames at 480x832
+        ("flash", 1, (9, 48, 48), torch.float32),
+    ],
+)
+def test_forward_activations_follow_the_code(variant, batch, lat, dtype):
+    """The formula against a shape-only trace of a real-width forward (meta device: no compute):
+    if the model's code changes how much it keeps alive, this fails and the coefficients need a
+    new calibration (benchmarks/memory_plan.py --calibrate)."""
+    config = TransformerConfig.from_dict({**TransformerConfig.preset(variant).to_dict(), "num_layers": 2})
+    with torch.device("meta"):
+        model = EchoMimicTransformer(config).to(dtype).eval()
+    from echomimic_core.model.conditioning import Conditioning
+
+    frames = 4 * (lat[0] - 1) + 1
+    audio = (
+        torch.empty(batch, 2 * frames, config.audio_in_dim)
+        if variant == "preview"
+        else torch.empty(batch, frames, config.audio_window, config.audio_blocks, config.audio_channels)
+    )
+    cond = Conditioning(
+        context=[torch.empty(100 + i, config.text_dim, device="meta") for i in range(batch)],
+        clip_fea=torch.empty(batch, 257, config.clip_dim, device="meta"),
+        y=torch.empty(batch, 20, *lat, device="meta"),
+        audio=audio.to("meta"),
+    ).to(dtype=dtype)
+    tracker = _live_tensors("meta")
+    with torch.no_grad(), tracker:
+        model(
+            torch.empty(batch, 16, *lat, device="meta", dtype=dtype), torch.full((batch,), 500.0, device="meta"), cond
+        )
+    tokens = lat[0] * (lat[1] // 2) * (lat[2] // 2)
+    predicted = mp.forward_activations(config, batch, tokens, dtype.itemsize)
+    assert abs(predicted - tracker.peak) / tracker.peak < 0.05
+
+
+def test_large_budget_keeps_every_default_and_small_ones_trade_in_order():
+    w = mp.Workload("preview", 768, 768, 125)
+    roomy = mp.plan(w, 80 * mp.GIB)
+    assert roomy.chosen.options == mp.Options(chunk=113)
+    tight = mp.plan(w, 8 * mp.GIB)
+    o = tight.chosen.options
+    # the default chunk is kept while anything at that length fits; fp8 only after block swap fails
+    assert o.chunk == 113 and not o.fp8 and o.encoders_on_cpu and tight.chosen.required <= 8 * mp.GIB
+    assert tight.chosen.peak < roomy.chosen.peak
+    # more memory never gives a worse plan: the chunk is at least as long, the estimate at least as high
+    assert mp.plan(w, 12 * mp.GIB).chosen.required >= tight.chosen.required
+
+
+def test_nothing_fits_reports_the_smallest_requirement():
+    w = mp.Workload("flash", 768, 768, 125)
+    result = mp.plan(w, 1 * mp.GIB)
+    assert not result.fits
+    assert result.smallest.required > 1 * mp.GIB
+    assert result.smallest.required == min(mp.estimate(w, o).required for o in mp.candidates(w))
+    assert "nothing fits" in mp.format_plan(result)
+
+
+def test_fixed_options_are_respected():
+    w = mp.Workload("flash", 768, 768, 125)
+    result = mp.plan(w, 6 * mp.GIB, fixed={"fp8": False, "block_swap": 0, "chunk": 49})
+    assert all(e.options.chunk == 49 and not e.options.fp8 and e.options.block_swap == 0 for e in result.rows)
+    with pytest.raises(ValueError, match="unknown plan options"):
+        mp.candidates(w, fixed={"chunks": 49})
+
+
+def test_each_saver_lowers_its_phase():
+    w = mp.Workload("preview", 768, 768, 250)
+    base = mp.estimate(w, mp.Options(chunk=113))
+    assert mp.estimate(w, mp.Options(chunk=49)).denoise < base.denoise
+    assert mp.estimate(w, mp.Options(chunk=113, fp8=True)).denoise < base.denoise
+    assert mp.estimate(w, mp.Options(chunk=113, block_swap=10)).denoise < base.denoise
+    assert mp.estimate(w, mp.Options(chunk=113, batch_guidance=False)).denoise < base.denoise
+    assert mp.estimate(w, mp.Options(chunk=113, vae_tile=256)).decode < base.decode
+    assert mp.estimate(w, mp.Options(chunk=113, encoders_on_cpu=True)).encode == 0 < base.encode
+    assert mp.estimate(w, mp.Options(chunk=113, context_cache=False)).denoise < base.denoise
+
+
+def test_plan_command_exit_codes(capsys):
+    from echomimic_core.__main__ import main
+
+    assert (
+        main(["plan", "--variant", "flash", "--width", "768", "--height", "768", "--seconds", "5", "--vram", "12"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "<- chosen" in out and "chosen: chunks of 81 frames" in out and "flags: --partial-video-length 81" in out
+    assert main(["plan", "--variant", "flash", "--seconds", "5", "--vram", "1"]) == 1
+    assert "the smallest plan needs" in capsys.readouterr().out
+    assert main(["plan", "--variant", "flash", "--seconds", "5", "--vram", "lots"]) == 2
+    assert "a number of GB or 'auto'" in capsys.readouterr().err
