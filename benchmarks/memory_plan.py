@@ -336,6 +336,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="only the two smallest configurations")
     p.add_argument("--calibrate", action="store_true", help="print the plan's coefficients from meta traces")
+    p.add_argument("--cards", action="store_true", help="print the README's table: the plan for 8-80 GB cards")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -343,6 +344,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.calibrate:
         return calibrate()
+    if args.cards:
+        return cards()
     cases = QUICK if args.quick else CASES
     print(f"threads={torch.get_num_threads()}; transformer dim 1536, {LAYERS} blocks; MiB of live tensors")
     print(f"{'configuration':<48} {'phase':<8} {'predicted':>9} {'measured':>9} {'error':>6} {'RSS +':>7} {'s':>5}")
@@ -360,6 +363,29 @@ def main(argv=None) -> int:
                 flush=True,
             )
     print(f"max relative error {worst:.1%}")
+    return 0
+
+
+def cards() -> int:
+    """The plan for 5 s of audio on 8 / 12 / 16 / 24 / 80 GB cards, as a markdown table."""
+    print("| variant | size | card | chosen settings | encode | denoise | decode | needs (GiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for variant in ("flash", "preview"):
+        for height, width in ((768, 768), (832, 480)):
+            settings = GenerationSettings.for_variant(variant)
+            workload = mp.workload_for(variant, settings, (height, width), int(5 * settings.fps), "bfloat16")
+            for gb in (8, 12, 16, 24, 80):
+                result = mp.plan(workload, gb * mp.GIB)
+                e = result.chosen
+                if e is None:
+                    print(
+                        f"| {variant} | {width}x{height} | {gb} GB | nothing fits | | | | {result.smallest.required / mp.GIB:.1f} |"
+                    )
+                    continue
+                print(
+                    f"| {variant} | {width}x{height} | {gb} GB | {e.options.describe()} | {e.encode / mp.GIB:.1f} | "
+                    f"{e.denoise / mp.GIB:.1f} | {e.decode / mp.GIB:.1f} | {e.required / mp.GIB:.1f} |"
+                )
     return 0
 
 

@@ -43,6 +43,12 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--long-video-mode", choices=LONG_VIDEO_MODES)
     g.add_argument("--teacache-threshold", type=float, help="0 = off")
     g.add_argument("--teacache-skip-start-steps", type=int)
+    g.add_argument(
+        "--easycache-threshold",
+        type=float,
+        help="EasyCache instead of TeaCache: skip steps whose measured block transformation barely changes "
+        "the output (0 = off; ~0.05)",
+    )
     g.add_argument("--riflex-k", type=int)
     g.add_argument("--color-match", action=argparse.BooleanOptionalAction)
     g.add_argument(
@@ -171,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="merge a LoRA (e.g. one trained with training/) into the transformer; repeatable",
     )
     gen.add_argument("--block-swap", type=int, help="transformer blocks kept on the CPU and streamed in (default 0)")
+    gen.add_argument(
+        "--compile",
+        dest="compile_blocks",
+        action="store_true",
+        help="torch.compile the transformer blocks (each new chunk shape compiles once: slower start, faster steps)",
+    )
     gen.add_argument(
         "--vram-budget",
         metavar="GB|auto",
@@ -404,6 +416,7 @@ def _generate(args, device: str | None, rank: int) -> int:
         device=device,
         attention_backend=args.attention,
         loras=[_lora_spec(spec) for spec in args.lora],
+        compile_blocks=args.compile_blocks,
         **load,
     )
     if args.vram_budget is None:

@@ -108,7 +108,7 @@ class Workload:
     passes: int | None = None
     overlap: int = 8
     steps: int | None = None
-    teacache: bool | None = None  # None: the variant's default (flash on)
+    step_cache: str = "auto"  # "teacache", "easycache", "off"; auto: the variant's default (flash TeaCache)
     config: TransformerConfig | None = None
     # None: the encoders are not ours to place (ComfyUI's own text / CLIP nodes run them)
     encoders: EncoderSizes | None = field(default_factory=EncoderSizes)
@@ -132,8 +132,16 @@ class Workload:
         return self.passes or GUIDANCE_PASSES[self.variant]
 
     @property
-    def uses_teacache(self) -> bool:
-        return self.variant == "flash" if self.teacache is None else self.teacache
+    def cache_kind(self) -> str | None:
+        """The step cache the run uses: "teacache", "easycache" or None."""
+        if self.step_cache == "auto":
+            return "teacache" if self.variant == "flash" else None
+        return None if self.step_cache == "off" else self.step_cache
+
+    @property
+    def uses_step_cache(self) -> bool:
+        """Any step cache: residuals are kept and the block input is copied."""
+        return self.cache_kind is not None
 
     @property
     def seconds(self) -> float:
@@ -339,10 +347,13 @@ def estimate(w: Workload, o: Options) -> Estimate:
     kv_per_image = c.num_layers * 2 * c.clip_tokens * c.dim * s
     prompts = 3 if w.variant == "preview" else 1  # preview: prompt, negative, boosted negative
     cache = (prompts * kv_per_prompt + kv_per_image) if o.context_cache else 0
-    residuals = passes * unit if w.uses_teacache and not o.teacache_offload else 0
+    # TeaCache keeps each branch's residual; EasyCache also the deciding branch's last and last
+    # computed inputs (the whole batch when the passes run batched)
+    kept = passes if w.cache_kind == "teacache" else (3 * passes if o.batch_guidance else passes + 2)
+    residuals = kept * unit if w.uses_step_cache and not o.teacache_offload else 0
     denoise = {
         **weights,
-        "activations": forward_activations(c, batch, tokens, s) + (batch * unit if w.uses_teacache else 0),
+        "activations": forward_activations(c, batch, tokens, s) + (batch * unit if w.uses_step_cache else 0),
         "latents": _latent_state(c, batch, latent_pixels, s),
         "text/CLIP key cache": cache,
         "step cache residuals": residuals,
@@ -454,7 +465,7 @@ def candidates(w: Workload, fixed: dict | None = None) -> list[Options]:
             values("vae_tile", TILE_SIZES),
             values("encoders_on_cpu", (False, True) if w.encoders is not None else (False,)),
             values("context_cache", (True, False)),
-            values("teacache_offload", (False, True) if w.uses_teacache else (False,)),
+            values("teacache_offload", (False, True) if w.uses_step_cache else (False,)),
         )
     ]
 
@@ -555,7 +566,9 @@ def workload_for(
         passes=GUIDANCE_PASSES[variant] if cfg else 1,
         overlap=settings.overlap_video_length,
         steps=settings.steps,
-        teacache=settings.teacache_threshold > 0,
+        step_cache="easycache"
+        if settings.easycache_threshold > 0
+        else ("teacache" if settings.teacache_threshold > 0 else "off"),
         config=config,
         encoders=text if encoders else None,
     )

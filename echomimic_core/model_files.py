@@ -143,6 +143,7 @@ def load_models(
     loras: list[tuple[str | Path, float]] = (),
     place_transformer: bool = True,
     encoders_on_cpu: bool = False,
+    compile_blocks: bool = False,
 ):
     """Load every model of ``files`` into a :class:`~echomimic_core.pipeline.Models`.
 
@@ -153,6 +154,7 @@ def load_models(
     is a Whisper encoder. ``place_transformer=False`` leaves the transformer on the host with its
     ``block_swap`` recorded, for ``pipeline.generate`` to place it after encoding (a memory plan's
     order); ``encoders_on_cpu``: CLIP and the audio encoder in float32, as they will compute there.
+    ``compile_blocks``: torch.compile the transformer's blocks (``EchoMimicTransformer.compile_blocks``).
     """
     import torch
 
@@ -183,6 +185,8 @@ def load_models(
 
         for lora_path, strength in loras:
             apply_lora(transformer, lora_path, strength)
+    if compile_blocks:
+        transformer.compile_blocks()
     if not place_transformer:
         transformer.echomimic_block_swap = block_swap
     elif block_swap:

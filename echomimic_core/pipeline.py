@@ -38,6 +38,7 @@ from .memory_estimate import check_fits
 from .model.conditioning import Conditioning
 from .model.context_cache import ContextCache
 from .model.rope import Riflex
+from .sampling.easycache import EasyCache
 from .sampling.guidance import GuidanceConfig
 from .sampling.sampler import NonFiniteError, StepHooks, denoise, guided_velocity, run_branches
 from .sampling.schedulers import make_scheduler
@@ -612,6 +613,20 @@ def trim_audio(audio: torch.Tensor, sample_rate: int, num_frames: int, fps: floa
     return wav[:, : align.samples_for_frames(num_frames, fps, sample_rate)]
 
 
+def step_cache(settings: GenerationSettings):
+    """The run's step cache: EasyCache when its threshold is set (it then takes TeaCache's place),
+    else TeaCache when its threshold is set, else none."""
+    if settings.easycache_threshold > 0:
+        if settings.teacache_threshold > 0:
+            log.info("EasyCache (threshold %g) replaces TeaCache for this run", settings.easycache_threshold)
+        return EasyCache(settings.easycache_threshold, offload=settings.teacache_offload)
+    if settings.teacache_threshold > 0:
+        return TeaCache(
+            settings.teacache_threshold, settings.teacache_skip_start_steps, offload=settings.teacache_offload
+        )
+    return None
+
+
 class Denoiser:
     """Runs the transformer over one chunk (or the sliding windows) with guidance and caching."""
 
@@ -632,11 +647,7 @@ class Denoiser:
         self.device = torch.device(device) if device is not None else next(models.transformer.parameters()).device
         self.offload_device, self.hooks = offload_device, hooks
         self.generator = torch.Generator("cpu").manual_seed(settings.seed)
-        self.cache = (
-            TeaCache(settings.teacache_threshold, settings.teacache_skip_start_steps, offload=settings.teacache_offload)
-            if settings.teacache_threshold > 0
-            else None
-        )
+        self.cache = step_cache(settings)
         self.context_cache = ContextCache() if settings.context_cache else None
         self.tiling = None
         if settings.vae_tile_size:

@@ -49,7 +49,8 @@ class GenerationSettings:
     long_video_mode: str = "chunks"
     teacache_threshold: float = 0.0  # 0 = off
     teacache_skip_start_steps: int = 5
-    teacache_offload: bool = False
+    teacache_offload: bool = False  # the step cache's tensors (TeaCache or EasyCache) on the CPU
+    easycache_threshold: float = 0.0  # 0 = off; > 0 replaces TeaCache with EasyCache (~0.05)
     riflex_k: int | None = None
     color_match: bool = True
     batch_guidance: bool = True  # False: one guidance pass at a time (less memory)
@@ -107,6 +108,7 @@ class GenerationSettings:
                 f"(partial_video_length is {self.partial_video_length}), got {self.overlap_video_length}",
             ),
             (self.teacache_threshold >= 0, f"teacache_threshold must be >= 0, got {self.teacache_threshold}"),
+            (self.easycache_threshold >= 0, f"easycache_threshold must be >= 0, got {self.easycache_threshold}"),
             ((self.width is None) == (self.height is None), "width and height go together: give both or neither"),
             (
                 self.width is None

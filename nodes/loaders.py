@@ -71,6 +71,15 @@ class EchoMimicModelLoader:
                         "runs (less GPU memory, slower). 0 = all blocks on the GPU.",
                     },
                 ),
+                "compile": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "advanced": True,
+                        "tooltip": "torch.compile the transformer blocks: the first run of each chunk length "
+                        "compiles (a minute or so), later steps are faster.",
+                    },
+                ),
             },
         }
 
@@ -83,7 +92,7 @@ class EchoMimicModelLoader:
     def VALIDATE_INPUTS(cls, model):
         return services.missing_model(model, *TRANSFORMER_FOLDERS)
 
-    def load(self, model, precision, weight_storage, attention, variant, block_swap=0):
+    def load(self, model, precision, weight_storage, attention, variant, block_swap=0, compile=False):
         from echomimic_core.checkpoints.transformer import inspect_checkpoint, load_transformer
         from echomimic_core.model.transformer import check_block_swap
 
@@ -99,8 +108,10 @@ class EchoMimicModelLoader:
             attention_backend=attention,
             variant=variant,
         )
-        # placement happens in the sampler (see sampler.transformer_on_device); the loader only records it
+        # placement happens in the sampler (comfy_services.transformer_loaded); the loader only records it
         loaded.echomimic_block_swap = int(block_swap)
+        if compile:
+            loaded.compile_blocks()
         return (loaded,)
 
 

@@ -258,6 +258,22 @@ def _widgets() -> dict[str, tuple[tuple, object, bool]]:
             True,
         ),
         "teacache_threshold": (*auto_float("TeaCache: 0 = off; preview 0 (off), flash 0.1.", 1.0), True),
+        "easycache_threshold": (
+            (
+                "FLOAT",
+                {
+                    "default": 0.0,
+                    "min": 0.0,
+                    "max": 1.0,
+                    "step": 0.01,
+                    "advanced": True,
+                    "tooltip": "EasyCache: skip steps whose measured block transformation barely changes the "
+                    "output; 0 = off, ~0.05 typical. When set it replaces TeaCache.",
+                },
+            ),
+            None,
+            True,
+        ),
         "teacache_skip_start_steps": (
             (
                 "INT",

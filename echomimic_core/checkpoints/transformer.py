@@ -532,6 +532,13 @@ def load_transformer(
     _move_buffers(model, device)
     model.compute_dtype = dtype
     model.requires_grad_(False)
+    if dtype == torch.float16:
+        log.warning(
+            "float16 compute: the residual stream stays in float16 (largest value 65504) and is not clamped; "
+            "EchoMimicV3 was trained and released in bfloat16 and upstream never runs float16, and the "
+            "activation ranges of the released weights were not measured here. Prefer bfloat16 (or float32 "
+            "on GPUs without bfloat16, e.g. V100/T4); a forward that overflows stops with an error."
+        )
     log.info(
         "loaded %s transformer from %s (%d layers, dim %d, storage %s, compute %s)",
         info.variant,

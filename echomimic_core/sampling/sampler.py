@@ -9,6 +9,7 @@ the CLI's terminal bar plug in without the core knowing about either.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +18,8 @@ import torch
 
 from ..model.conditioning import Conditioning
 from .guidance import UNCOND, GuidanceConfig
+
+log = logging.getLogger(__name__)
 
 
 class Cancelled(RuntimeError):
@@ -201,4 +204,10 @@ def denoise(
         check_finite_latents(latents, step_offset + i + 1, total)
         if reporting:
             hooks.on_step(step_offset + i + 1, total, latents, denoised)
+    if cache is not None:
+        skipped = getattr(cache, "skipped_steps", [])
+        if skipped:
+            log.info("%s skipped %d of %d steps (%s)", type(cache).__name__, len(skipped), len(timesteps), skipped)
+        if hasattr(cache, "release"):  # its tensors are not needed past the last step: free them before the VAE
+            cache.release()
     return latents

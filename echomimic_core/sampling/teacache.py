@@ -74,6 +74,10 @@ class TeaCache:
         self._residuals: dict[str, torch.Tensor] = {}
         self._branches_this_step: set[str] = set()
 
+    def release(self) -> None:
+        """Drop the residuals after the last step (the skipped steps stay for the caller to read)."""
+        self._residuals = {}
+
     def start_step(self, step: int, total: int) -> None:
         """Mark the start of denoising step `step` (0-based) of `total`."""
         self._explicit_steps = True

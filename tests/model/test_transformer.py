@@ -299,3 +299,35 @@ def test_parking_leaves_swapped_blocks_on_the_host_and_drops_the_rope_tables(
         assert torch.equal(model(x, t, cond), reference)
     model.place("cpu", "cpu", block_swap=0)  # swap off: the blocks stay where they are, now ordinary
     assert model.block_swap == 0 and [p.data_ptr() for p in model.blocks[0].parameters()] == host
+
+
+def test_float16_overflow_is_an_error_not_nan_frames(tiny_config_fn, random_model_fn, random_inputs_fn):
+    """fp16 compute has no headroom (65504) and nothing clamps the residual stream: an overflow
+    stops with an error naming the fix instead of handing NaN latents to the sampler."""
+    model = random_model_fn(tiny_config_fn("flash")).to(torch.float16)
+    model.compute_dtype = torch.float16
+    x, t, cond = random_inputs_fn(model.config)
+    with torch.no_grad():
+        assert torch.isfinite(model(x, t, cond)).all()  # ordinary values run
+        model.blocks[0].ffn[2].weight.mul_(3e4)  # a stream far beyond float16's range
+        with pytest.raises(FloatingPointError, match="overflowed in float16.*bfloat16"):
+            model(x, t, cond)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_equal_eager(tiny_config_fn, random_model_fn, random_inputs_fn):
+    """torch.compile of the blocks (inductor, CPU): the output equals eager mode's to float32
+    rounding (fused kernels), with and without the context cache; names in the state dict stay."""
+    from echomimic_core.model.context_cache import ContextCache
+
+    model = random_model_fn(tiny_config_fn("preview", num_layers=1))
+    x, t, cond = random_inputs_fn(model.config)
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        eager = model(x, t, cond)
+        model.compile_blocks()
+        compiled = model(x, t, cond)
+        cached = model(x, t, cond, context_cache=ContextCache())
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cached, eager, rtol=1e-5, atol=1e-5)
+    assert list(model.state_dict()) == keys
