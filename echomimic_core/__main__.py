@@ -398,7 +398,7 @@ def _generate(args, device: str | None, rank: int) -> int:
 
         config = inspect_checkpoint(files.transformer).config
         settings = _settings_from(args, config.variant)
-        check_block_swap(args.block_swap, config.num_layers)
+        check_block_swap(args.block_swap or 0, config.num_layers)
         plan_inputs(image, audio, sr, settings, task, in_memory=False)  # written chunk by chunk
         if args.parallel:
             parallel = _start_parallel(args.parallel, config, settings)
