@@ -516,8 +516,12 @@ def transformer_loaded(model, device, offload, block_swap: int, working_bytes: i
             soft_empty_cache()
         return
     patcher = getattr(model, "echomimic_patcher", None)
-    if patcher is None or patcher.load_device != device or patcher.block_swap != block_swap:
-        if patcher is not None:
+    # a copy of the model (the LoRA node's) must not drive the original's patcher
+    stale = patcher is not None and (
+        patcher.model is not model or patcher.load_device != device or patcher.block_swap != block_swap
+    )
+    if patcher is None or stale:
+        if patcher is not None and patcher.model is model:
             patcher.detach()
         patcher = TransformerPatcher(model, device, offload, block_swap)
         model.echomimic_patcher = patcher

@@ -169,7 +169,10 @@ def with_lora(
     lora = read_lora(lora)  # read once; apply_lora merges what it read
     modules = resolve_modules(lora, dict(model.named_parameters())).values()
     changed = {m + suffix for m in modules for suffix in (".weight", ".scale_weight")}
-    memo = {}
+    # the copy starts without the original's run state: no block swap (a CUDA stream cannot be
+    # copied; the copy sets up its own when placed) and no host memory-manager handle
+    memo = {id(state): None for state in (getattr(model, "_swap", None), getattr(model, "echomimic_patcher", None))}
+    memo.pop(id(None), None)
     if getattr(model, "_swap", None) is None:
         tensors = [*model.named_parameters(), *model.named_buffers()]
         memo = {id(t): t for name, t in tensors if name not in changed}

@@ -65,6 +65,20 @@ def test_with_lora_copies_only_the_changed_layers(model):
     assert len(shared) == len(list(model.parameters())) - 1  # everything else is the same tensor
 
 
+def test_with_lora_does_not_carry_the_originals_run_state(model):
+    """A model that ran in ComfyUI keeps its parked block swap and its memory-manager handle; the
+    LoRA copy starts without them (it places itself on its first run), and still merges."""
+    model.place("cpu", "cpu", block_swap=1)
+    model.park("cpu")
+    model.echomimic_patcher = object()
+    w = model.blocks[0].cross_attn.k.weight
+    a, b = torch.randn(2, w.shape[1]), torch.randn(w.shape[0], 2)
+    merged = with_lora(model, {"blocks.0.cross_attn.k.lora_A.weight": a, "blocks.0.cross_attn.k.lora_B.weight": b})
+    assert merged.block_swap == 0 and merged.echomimic_patcher is None
+    assert model.block_swap == 1
+    torch.testing.assert_close(merged.blocks[0].cross_attn.k.weight.detach(), w.detach() + b @ a)
+
+
 def test_kohya_flattened_module_names(model):
     w = model.blocks[1].cross_attn.k_img.weight
     a, b = torch.randn(2, w.shape[1]), torch.randn(w.shape[0], 2)
