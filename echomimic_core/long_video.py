@@ -160,24 +160,6 @@ class Stitcher:
         self.held, self.done, self.next_index = state["held"], int(state["done"]), int(state["next_index"])
 
 
-def generate_chunked(
-    num_frames: int,
-    partial_video_length: int,
-    overlap_video_length: int,
-    render_chunk: Callable[[Chunk, torch.Tensor | None, int], torch.Tensor],
-) -> torch.Tensor:
-    """Run ``render_chunk(chunk, start_frames, index)`` for every chunk and stitch the results.
-
-    ``start_frames`` is None for the first chunk, else the last ``chunk.overlap`` frames of the
-    video so far [overlap, H, W, 3] in 0..1. ``render_chunk`` returns the chunk's frames
-    [chunk.length, H, W, 3]. Returns exactly ``num_frames`` frames.
-    """
-    chunks = plan_chunks(num_frames, partial_video_length, overlap_video_length)
-    stitcher = Stitcher(chunks, num_frames)
-    parts = [stitcher.add(i, render_chunk(c, stitcher.start_frames(i), i)) for i, c in enumerate(chunks)]
-    return torch.cat(parts)
-
-
 @dataclass(frozen=True)
 class Window:
     start: int  # first latent frame

@@ -7,7 +7,6 @@ from echomimic_core.long_video import (
     Stitcher,
     Window,
     blend_into,
-    generate_chunked,
     plan_chunks,
     plan_chunks_at_pauses,
     plan_windows,
@@ -49,23 +48,6 @@ def test_blend_is_linear_over_the_overlap():
     assert out.shape[0] == 10 + 7 - 4
     torch.testing.assert_close(out[6:10, 0, 0, 0], torch.tensor([0, 1 / 3, 2 / 3, 1.0]))
     assert out[:6].abs().sum() == 0 and (out[10:] == 1).all()
-
-
-def test_generate_chunked_conditions_on_previous_tail_and_trims():
-    calls = []
-
-    def render(chunk, start_frames, index):
-        calls.append((chunk, None if start_frames is None else start_frames[:, 0, 0, 0].tolist()))
-        # frame value = absolute frame index, so stitching errors show up as wrong values
-        idx = torch.arange(chunk.start, chunk.start + chunk.length, dtype=torch.float32)
-        return idx.view(-1, 1, 1, 1).expand(-1, 2, 2, 3).clone()
-
-    video = generate_chunked(130, 65, 5, render)
-    assert video.shape == (130, 2, 2, 3)
-    torch.testing.assert_close(video[:, 0, 0, 0], torch.arange(130, dtype=torch.float32))
-    assert calls[0][1] is None
-    # the second chunk got the last 5 frames of the first as its start frames
-    assert calls[1][1] == [60.0, 61.0, 62.0, 63.0, 64.0]
 
 
 def test_windows_and_weights_partition_unity():
