@@ -363,16 +363,6 @@ class AudioEncoder:
         self.model.to(device=device, dtype=dtype)
         return self
 
-    def output_shape(self, num_frames: int) -> tuple[int, ...]:
-        """Shape of :meth:`features_for_video` for ``num_frames`` video frames."""
-        if self.kind == "flash":
-            return (1, num_frames, align.AUDIO_WINDOW, self.num_layers, self.dim)
-        return (1, align.AUDIO_TOKENS_PER_FRAME * num_frames, self.dim)
-
-    def zeros_for_video(self, num_frames: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The "no audio" input of the unconditional branch (upstream: ``zeros_like``)."""
-        return torch.zeros(self.output_shape(num_frames), dtype=dtype)
-
     # -- feature paths ------------------------------------------------------------------------
 
     def _preprocess_wav2vec2(self, waveform: torch.Tensor) -> torch.Tensor:
