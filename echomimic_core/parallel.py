@@ -129,11 +129,6 @@ class Parallel:
                     self.cfg_group, self.cfg_ranks = group, ranks
         self.sequence = SequenceShard(self.sequence_group) if spec.sequence > 1 else None
 
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the one that reports progress and writes the result."""
-        return self.rank == 0
-
     def check_model(self, num_heads: int) -> None:
         if self.sequence is not None:
             self.sequence.check_heads(num_heads)
