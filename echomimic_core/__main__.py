@@ -12,96 +12,57 @@ import sys
 import time
 from pathlib import Path
 
-from .settings import LONG_VIDEO_MODES, REFERENCE_ANCHORS, SAMPLERS, TASKS, GenerationSettings
+from .settings import FIELDS, TASKS, Bounds, GenerationSettings, value_type, variant_defaults_text
 
 log = logging.getLogger("echomimic_core")
 DEMO_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "echomimic-comfy" / "demo-models"
 
 
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per GenerationSettings field; unset flags keep the variant's upstream default."""
-    g = parser.add_argument_group("generation settings (default: upstream's for the model's variant)")
-    g.add_argument("--sampler", choices=SAMPLERS)
-    g.add_argument("--steps", type=int)
-    g.add_argument("--shift", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--guidance-scale", type=float, help="text CFG (preview); > 1 switches CFG on")
-    g.add_argument("--audio-guidance-scale", type=float)
-    g.add_argument("--dynamic-cfg", dest="use_dynamic_cfg", action=argparse.BooleanOptionalAction)
-    g.add_argument("--dynamic-acfg", dest="use_dynamic_acfg", action=argparse.BooleanOptionalAction)
-    g.add_argument("--neg-scale", type=float)
-    g.add_argument("--neg-steps", type=int)
-    g.add_argument("--cfg-skip-ratio", type=float)
-    g.add_argument("--audio-scale", type=float)
-    g.add_argument("--negative-prompt")
-    g.add_argument("--fps", type=float)
-    g.add_argument("--width", type=int)
-    g.add_argument("--height", type=int)
-    g.add_argument("--max-frames", type=int)
-    g.add_argument("--partial-video-length", type=int)
-    g.add_argument("--overlap-video-length", type=int)
-    g.add_argument("--long-video-mode", choices=LONG_VIDEO_MODES)
-    g.add_argument("--teacache-threshold", type=float, help="0 = off")
-    g.add_argument("--teacache-skip-start-steps", type=int)
-    g.add_argument(
-        "--easycache-threshold",
-        type=float,
-        help="EasyCache instead of TeaCache: skip steps whose measured block transformation barely changes "
-        "the output (0 = off; ~0.05)",
-    )
-    g.add_argument("--riflex-k", type=int)
-    g.add_argument("--color-match", action=argparse.BooleanOptionalAction)
-    g.add_argument(
-        "--batch-guidance",
-        action=argparse.BooleanOptionalAction,
-        help="run the guidance passes in one batched forward (faster) or one at a time (less memory)",
-    )
-    g.add_argument(
-        "--context-cache",
-        action=argparse.BooleanOptionalAction,
-        help="compute the prompt's and image's cross-attention keys once per video (default on; exact)",
-    )
-    g.add_argument(
-        "--loudness-normalize",
-        action=argparse.BooleanOptionalAction,
-        help="flash: normalise the audio to -23 LUFS before encoding (default: on for flash)",
-    )
-    g.add_argument("--vae-tile-size", type=int, help="tiled VAE (pixels, multiple of 8) to save memory")
-    g.add_argument("--vae-tile-overlap", type=int)
-    g.add_argument(
-        "--face-box",
-        type=int,
-        nargs=4,
-        metavar=("Y1", "Y2", "X1", "X2"),
-        help="face region in the reference image's pixels (preview's audio gate)",
-    )
-    g.add_argument(
-        "--audio-context-seconds",
-        type=float,
-        help="audio on each side of a chunk the audio encoder sees (memory flat in the clip's length); "
-        "0 = encode the whole clip at once, as upstream",
-    )
-    g.add_argument(
-        "--seam-search-frames",
-        type=int,
-        help="let each chunk end up to this many frames early, at the quietest moment; 0 = fixed seams",
-    )
-    g.add_argument(
-        "--reference-anchor",
-        choices=REFERENCE_ANCHORS,
-        help="off: chunks see only the previous tail (upstream); colour: that tail colour-matched to the "
-        "reference; keyframe: also the reference kept as every chunk's last frame",
-    )
-    g.add_argument(
-        "--redo-identity-below",
-        type=float,
-        help="render a chunk again (anchored on the reference) when its CLIP identity proxy falls below this; 0 = off",
-    )
-    g.add_argument(
-        "--redo-sharpness-ratio",
-        type=float,
-        help="render a chunk again when its face sharpness falls below this fraction of the first chunk's; 0 = off",
-    )
+    """One flag per GenerationSettings field, generated from its metadata (type, bounds, help), so
+    the CLI accepts exactly what ``GenerationSettings.validate`` and the nodes accept. Unset flags
+    keep the variant's upstream default."""
+    group = parser.add_argument_group("generation settings (default: upstream's for the model's variant)")
+    for name, spec in FIELDS.items():
+        meta, kind = spec.metadata, value_type(name)
+        flag = meta["flag"] or "--" + name.replace("_", "-")
+        shared = variant_defaults_text(name)
+        if shared:
+            default = f" (default: {shared})" if name != "negative_prompt" else " (default: upstream's, preview only)"
+        elif spec.default is not None and kind is not bool:
+            default = f" (default: {spec.default})"
+        else:
+            default = ""
+        options = {"dest": name, "help": meta["help"] + default}
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+        elif kind is tuple:
+            group.add_argument(flag, type=int, nargs=len(meta["metavar"]), metavar=meta["metavar"], **options)
+        elif meta["choices"]:
+            group.add_argument(flag, choices=meta["choices"], **options)
+        else:
+            bounds = GenerationSettings.bounds(name)
+            hint = f"{kind.__name__.upper()} in {bounds.describe()}" if bounds.min is not None else None
+            group.add_argument(flag, type=_bounded(kind, bounds), metavar=hint, **options)
+
+
+def _bounded(kind: type, bounds: Bounds):
+    """argparse type: parse as ``kind`` and refuse values outside the setting's bounds at once."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        problem = bounds.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .common import CATEGORY, audio_input, on_compute_device
+from .setting_widgets import setting_widget
 
 
 def _frames(waveform, rate: int, fps: float, max_frames: int) -> tuple[object, int]:
@@ -28,45 +29,20 @@ class EchoMimicAudioEncode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from echomimic_core.settings import GenerationSettings
-
         return {
             "required": {
                 "audio_encoder": ("ECHOMIMIC_AUDIO_ENCODER",),
                 "audio": ("AUDIO",),
-                "fps": (
-                    "FLOAT",
-                    {
-                        "default": 25.0,
-                        "min": 1.0,
-                        "max": 120.0,
-                        "step": 0.01,
-                        "tooltip": "Video frame rate; the released models were trained at 25.",
-                    },
-                ),
-                "max_frames": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 100000,
-                        "tooltip": "Cap on the clip length in frames (0 = the whole audio). Upstream's "
-                        "flash script stopped at 81 frames; here long audio is rendered in chunks.",
-                    },
-                ),
-                "context_seconds": (
-                    "FLOAT",
-                    {
-                        "default": GenerationSettings().audio_context_seconds,
-                        "min": 0.0,
-                        "max": 600.0,
-                        "step": 0.5,
-                        "tooltip": "Long audio: the encoder runs on each chunk's audio plus this many seconds on "
-                        "each side, when the sampler asks for it (memory independent of the clip's length; "
-                        "identical to the whole-clip pass for clips up to a chunk + twice this). 0 = encode "
-                        "the whole clip at once, as upstream.",
-                    },
-                ),
+                "fps": setting_widget("fps")[0],
+                "max_frames": setting_widget(
+                    "max_frames",
+                    "Upstream's flash script stopped at 81 frames; here long audio is rendered in chunks.",
+                )[0],
+                "context_seconds": setting_widget(
+                    "audio_context_seconds",
+                    "Used when the sampler renders chunks; identical to the whole-clip pass for clips up to a "
+                    "chunk plus twice this.",
+                )[0],
             }
         }
 
@@ -112,8 +88,8 @@ class EchoMimicAudioFrames:
         return {
             "required": {
                 "audio": ("AUDIO",),
-                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01}),
-                "max_frames": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "0 = no cap"}),
+                "fps": setting_widget("fps")[0],
+                "max_frames": setting_widget("max_frames")[0],
             }
         }
 

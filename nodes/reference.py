@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .common import CATEGORY, image_batch, out_of_range
+from .setting_widgets import setting_widget
 
 
 class EchoMimicReferenceImage:
@@ -23,27 +24,9 @@ class EchoMimicReferenceImage:
         return {
             "required": {
                 "image": ("IMAGE",),
-                "width": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 4096,
-                        "step": 16,
-                        "tooltip": "0 = from the image and sample_area; set both width and height for a fixed size.",
-                    },
-                ),
-                "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16}),
-                "sample_area": (
-                    "INT",
-                    {
-                        "default": 768 * 768,
-                        "min": 32 * 32,
-                        "max": 4096 * 4096,
-                        "step": 1024,
-                        "tooltip": "Pixels per frame when width/height are 0; keep it equal to the sampler's.",
-                    },
-                ),
+                "width": setting_widget("width", "Set both width and height for a fixed size.")[0],
+                "height": setting_widget("height")[0],
+                "sample_area": setting_widget("sample_area", "Keep it equal to the sampler's.")[0],
             }
         }
 

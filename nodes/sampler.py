@@ -8,7 +8,8 @@ Cancel and devices go through ``comfy_services``.
 
 Settings: every ``GenerationSettings`` field is a widget, except those fixed upstream in the graph
 (fps and max_frames shape the audio features: EchoMimicV3 Audio Encode; the negative prompt is the
-``negative`` conditioning; the face box is on EchoMimicV3 Task). Widgets whose upstream default
+``negative`` conditioning; the face box is on EchoMimicV3 Task; loudness normalisation is the audio
+encoder loader's). Defaults, bounds and tooltips come from ``echomimic_core.settings``. Widgets whose upstream default
 differs between preview and flash default to *auto* (``auto`` / 0 / -1, see each tooltip), which
 resolves to ``GenerationSettings.for_variant(model variant)``: a flash model gets 8-step UniPC,
 audio-only CFG 3.0 and TeaCache 0.1 without retyping, a preview model 25-step Flow and 4.0/2.9.
@@ -25,12 +26,11 @@ import torch
 from . import comfy_services as services
 from .adapters import audio_features, clip_embedding, text_embedding, video_vae
 from .common import CATEGORY, image_batch, out_of_range
+from .setting_widgets import SWITCH, setting_widget
 from .video_plan import plan_line
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
-SWITCH = {"on": True, "off": False}
 OUTPUTS = ("images", "video_file")
 VRAM_BUDGET_WIDGET = (
     "FLOAT",
@@ -45,377 +45,69 @@ VRAM_BUDGET_WIDGET = (
     },
 )
 
+# The settings that are widgets, in the order saved workflows store their values (UI workflows keep
+# widgets_values by position: append, never reorder). ADVANCED ones are optional inputs.
+REQUIRED_WIDGETS = (
+    "seed",
+    "sampler",
+    "steps",
+    "shift",
+    "guidance_scale",
+    "audio_guidance_scale",
+    "audio_scale",
+    "width",
+    "height",
+    "sample_area",
+    "partial_video_length",
+    "overlap_video_length",
+    "long_video_mode",
+    "color_match",
+)
+ADVANCED_WIDGETS = (
+    "use_dynamic_cfg",
+    "use_dynamic_acfg",
+    "neg_scale",
+    "neg_steps",
+    "cfg_skip_ratio",
+    "teacache_threshold",
+    "easycache_threshold",
+    "teacache_skip_start_steps",
+    "teacache_offload",
+    "riflex_k",
+    "batch_guidance",
+    "vae_tile_size",
+    "vae_tile_overlap",
+    "seam_search_frames",
+    "reference_anchor",
+    "redo_identity_below",
+    "redo_sharpness_ratio",
+)
+# What a setting means on this node beyond its help text (appended to the tooltip).
+NOTES = {"redo_identity_below": "Needs the clip_vision input."}
+
 
 def _widgets() -> dict[str, tuple[tuple, object, bool]]:
-    """name -> (ComfyUI input spec, the value meaning "the variant's default" or None, advanced)."""
-    from echomimic_core.settings import LONG_VIDEO_MODES, REFERENCE_ANCHORS, SAMPLERS, GenerationSettings
-
-    defaults = GenerationSettings()
-
-    def auto_float(tip, top=30.0):
-        return (
-            "FLOAT",
-            {
-                "default": -1.0,
-                "min": -1.0,
-                "max": top,
-                "step": 0.05,
-                "round": 0.001,
-                "tooltip": tip + " -1 = the model variant's default.",
-            },
-        ), -1.0
-
-    return {
-        "seed": (
-            (
-                "INT",
-                {
-                    "default": 43,
-                    "min": 0,
-                    "max": 0xFFFFFFFFFFFFFFFF,
-                    "tooltip": "Noise seed (upstream's default is 43).",
-                },
-            ),
-            None,
-            False,
-        ),
-        "sampler": (
-            (
-                [AUTO, *SAMPLERS],
-                {"default": AUTO, "tooltip": "auto = the variant's: Flow (preview), Flow_Unipc (flash)."},
-            ),
-            AUTO,
-            False,
-        ),
-        "steps": (
-            (
-                "INT",
-                {"default": 0, "min": 0, "max": 200, "tooltip": "0 = the variant's default: 25 (preview), 8 (flash)."},
-            ),
-            0,
-            False,
-        ),
-        "shift": (
-            (
-                "FLOAT",
-                {"default": 5.0, "min": 0.01, "max": 50.0, "step": 0.1, "tooltip": "Flow-matching timestep shift."},
-            ),
-            None,
-            False,
-        ),
-        "guidance_scale": (*auto_float("Text CFG: preview 4.0; flash 6.0 only switches CFG on."), False),
-        "audio_guidance_scale": (*auto_float("Audio CFG: preview 2.9, flash 3.0."), False),
-        "audio_scale": (
-            (
-                "FLOAT",
-                {
-                    "default": 1.0,
-                    "min": 0.0,
-                    "max": 5.0,
-                    "step": 0.05,
-                    "tooltip": "Strength of the audio cross-attention.",
-                },
-            ),
-            None,
-            False,
-        ),
-        "width": (
-            (
-                "INT",
-                {
-                    "default": 0,
-                    "min": 0,
-                    "max": 4096,
-                    "step": 16,
-                    "tooltip": "0 = from the image and sample_area (aspect kept, multiples of 16).",
-                },
-            ),
-            None,
-            False,
-        ),
-        "height": (
-            (
-                "INT",
-                {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip": "0 = from the image and sample_area."},
-            ),
-            None,
-            False,
-        ),
-        "sample_area": (
-            (
-                "INT",
-                {
-                    "default": 768 * 768,
-                    "min": 32 * 32,
-                    "max": 4096 * 4096,
-                    "step": 1024,
-                    "tooltip": "Pixels per frame when width/height are 0 (768x768 upstream).",
-                },
-            ),
-            None,
-            False,
-        ),
-        "partial_video_length": (
-            (
-                "INT",
-                {
-                    "default": 0,
-                    "min": 0,
-                    "max": 1000,
-                    "tooltip": "Frames per chunk of a long video; 0 = the variant's (preview 113, flash 81). "
-                    "Lower it when memory runs out.",
-                },
-            ),
-            0,
-            False,
-        ),
-        "overlap_video_length": (
-            (
-                "INT",
-                {
-                    "default": 8,
-                    "min": 1,
-                    "max": 999,
-                    "tooltip": "Frames shared (blended) by neighbouring chunks; in sliding mode "
-                    "latent frames, as upstream.",
-                },
-            ),
-            None,
-            False,
-        ),
-        "long_video_mode": (
-            (
-                list(LONG_VIDEO_MODES),
-                {
-                    "default": "chunks",
-                    "tooltip": "chunks: one chunk after another; sliding: upstream's long-video CFG, all "
-                    "windows blended every step.",
-                },
-            ),
-            None,
-            False,
-        ),
-        "color_match": (
-            (
-                "BOOLEAN",
-                {"default": True, "tooltip": "Match every frame's colours to frame 0 (upstream's post-process)."},
-            ),
-            None,
-            False,
-        ),
-        "use_dynamic_cfg": (
-            (
-                [AUTO, "on", "off"],
-                {
-                    "default": AUTO,
-                    "advanced": True,
-                    "tooltip": "Cosine decay of the text CFG: auto = on for preview, off for flash.",
-                },
-            ),
-            AUTO,
-            True,
-        ),
-        "use_dynamic_acfg": (
-            (
-                [AUTO, "on", "off"],
-                {
-                    "default": AUTO,
-                    "advanced": True,
-                    "tooltip": "Cosine decay of the audio CFG: auto = on for preview, off for flash.",
-                },
-            ),
-            AUTO,
-            True,
-        ),
-        "neg_scale": (*auto_float("Negative-prompt boost on the first steps: preview 1.5, flash 1.0.", 10.0), True),
-        "neg_steps": (
-            (
-                "INT",
-                {
-                    "default": -1,
-                    "min": -1,
-                    "max": 200,
-                    "advanced": True,
-                    "tooltip": "Steps the boost lasts; -1 = the variant's (preview 2, flash 0).",
-                },
-            ),
-            -1,
-            True,
-        ),
-        "cfg_skip_ratio": (
-            (
-                "FLOAT",
-                {
-                    "default": 0.0,
-                    "min": 0.0,
-                    "max": 1.0,
-                    "step": 0.05,
-                    "advanced": True,
-                    "tooltip": "Run the last fraction of steps without CFG (faster).",
-                },
-            ),
-            None,
-            True,
-        ),
-        "teacache_threshold": (*auto_float("TeaCache: 0 = off; preview 0 (off), flash 0.1.", 1.0), True),
-        "easycache_threshold": (
-            (
-                "FLOAT",
-                {
-                    "default": 0.0,
-                    "min": 0.0,
-                    "max": 1.0,
-                    "step": 0.01,
-                    "advanced": True,
-                    "tooltip": "EasyCache: skip steps whose measured block transformation barely changes the "
-                    "output; 0 = off, ~0.05 typical. When set it replaces TeaCache.",
-                },
-            ),
-            None,
-            True,
-        ),
-        "teacache_skip_start_steps": (
-            (
-                "INT",
-                {
-                    "default": 5,
-                    "min": 0,
-                    "max": 200,
-                    "advanced": True,
-                    "tooltip": "TeaCache never skips these first steps.",
-                },
-            ),
-            None,
-            True,
-        ),
-        "teacache_offload": (
-            ("BOOLEAN", {"default": False, "advanced": True, "tooltip": "Keep TeaCache residuals on the CPU."}),
-            None,
-            True,
-        ),
-        "riflex_k": (
-            (
-                "INT",
-                {
-                    "default": 0,
-                    "min": 0,
-                    "max": 64,
-                    "advanced": True,
-                    "tooltip": "RIFLEx frequency index for longer windows; 0 = off.",
-                },
-            ),
-            None,
-            True,
-        ),
-        "batch_guidance": (
-            (
-                "BOOLEAN",
-                {
-                    "default": True,
-                    "advanced": True,
-                    "tooltip": "Run the guidance passes as one batch (faster) or one by one (less memory).",
-                },
-            ),
-            None,
-            True,
-        ),
-        "vae_tile_size": (
-            (
-                "INT",
-                {
-                    "default": 0,
-                    "min": 0,
-                    "max": 4096,
-                    "step": 8,
-                    "advanced": True,
-                    "tooltip": "Tiled VAE encode/decode in pixels (low memory); 0 = whole frames.",
-                },
-            ),
-            None,
-            True,
-        ),
-        "vae_tile_overlap": (("INT", {"default": 64, "min": 0, "max": 1024, "step": 8, "advanced": True}), None, True),
-        "seam_search_frames": (
-            (
-                "INT",
-                {
-                    "default": defaults.seam_search_frames,
-                    "min": 0,
-                    "max": 64,
-                    "advanced": True,
-                    "tooltip": "Long videos: each chunk may end up to this many frames early, at the quietest "
-                    "moment of the audio, so seams fall in pauses; 0 = fixed seams (upstream). Costs up to "
-                    "this many frames of extra chunks.",
-                },
-            ),
-            None,
-            True,
-        ),
-        "reference_anchor": (
-            (
-                list(REFERENCE_ANCHORS),
-                {
-                    "default": defaults.reference_anchor,
-                    "advanced": True,
-                    "tooltip": "How later chunks see the reference: off = only the previous chunk's tail (upstream); "
-                    "colour = that tail colour-matched to the reference (free); keyframe = also the reference "
-                    "kept as every chunk's last frame (identity restored at each seam, pose pulled back too).",
-                },
-            ),
-            None,
-            True,
-        ),
-        "redo_identity_below": (
-            (
-                "FLOAT",
-                {
-                    "default": defaults.redo_identity_below,
-                    "min": 0.0,
-                    "max": 1.0,
-                    "step": 0.01,
-                    "advanced": True,
-                    "tooltip": "Render a chunk again, anchored on the reference, when its CLIP identity proxy "
-                    "falls below this (needs clip_vision); 0 = off. Each redo costs one more chunk.",
-                },
-            ),
-            None,
-            True,
-        ),
-        "redo_sharpness_ratio": (
-            (
-                "FLOAT",
-                {
-                    "default": defaults.redo_sharpness_ratio,
-                    "min": 0.0,
-                    "max": 1.0,
-                    "step": 0.05,
-                    "advanced": True,
-                    "tooltip": "Render a chunk again when its face sharpness falls below this fraction of the "
-                    "first chunk's; 0 = off.",
-                },
-            ),
-            None,
-            True,
-        ),
-    }
+    """name -> (ComfyUI input spec, the value meaning "the variant's default" / "not set", advanced)."""
+    widgets = {}
+    for advanced, names in ((False, REQUIRED_WIDGETS), (True, ADVANCED_WIDGETS)):
+        for name in names:
+            spec, unset = setting_widget(name, NOTES.get(name, ""))
+            if advanced:
+                spec = (spec[0], {**spec[1], "advanced": True})
+            widgets[name] = (spec, unset, advanced)
+    return widgets
 
 
 def resolve_settings(variant: str, values: dict, fps: float = 25.0):
-    """Widget values -> ``GenerationSettings``: auto values take ``for_variant(variant)``'s."""
+    """Widget values -> ``GenerationSettings``: an auto value takes ``for_variant(variant)``'s default,
+    0 on an optional setting leaves it unset."""
     from echomimic_core.settings import GenerationSettings
 
     overrides = {}
-    for name, (_, auto, _) in _widgets().items():
-        if name not in values:
-            continue
-        value = values[name]
-        if auto is not None and value == auto:
-            continue
-        if name in ("use_dynamic_cfg", "use_dynamic_acfg"):
-            value = SWITCH[value]
-        elif name in ("width", "height", "riflex_k", "vae_tile_size") and value == 0:
-            value = None
-        overrides[name] = value
+    for name, (_, unset, _) in _widgets().items():
+        if name in values and not (unset is not None and values[name] == unset):
+            value = values[name]
+            overrides[name] = SWITCH[value] if isinstance(value, str) and value in SWITCH else value
     return GenerationSettings.for_variant(variant, fps=float(fps), **overrides)
 
 

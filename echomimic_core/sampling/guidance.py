@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..settings import VARIANT_DEFAULTS
+
 UNCOND, DROP_AUDIO, COND = "uncond", "drop_audio", "cond"
 MODES = ("three_way", "audio_only")
 
@@ -38,7 +40,7 @@ def dynamic_scale(scale: float, step: int, num_steps: int) -> float:
 
 @dataclass
 class GuidanceConfig:
-    """Guidance settings of one generation (defaults: the preview script's).
+    """Guidance settings of one generation (defaults: preview's, from ``settings.VARIANT_DEFAULTS``).
 
     mode: "three_way" (preview) or "audio_only" (flash). guidance_scale: text CFG (also the on-switch:
     CFG runs only if > 1). audio_guidance_scale: audio CFG. use_dynamic_cfg / use_dynamic_acfg: cosine
@@ -48,12 +50,12 @@ class GuidanceConfig:
     """
 
     mode: str = "three_way"
-    guidance_scale: float = 4.0
-    audio_guidance_scale: float = 2.9
-    use_dynamic_cfg: bool = True
-    use_dynamic_acfg: bool = True
-    neg_scale: float = 1.5
-    neg_steps: int = 2
+    guidance_scale: float = VARIANT_DEFAULTS["preview"]["guidance_scale"]
+    audio_guidance_scale: float = VARIANT_DEFAULTS["preview"]["audio_guidance_scale"]
+    use_dynamic_cfg: bool = VARIANT_DEFAULTS["preview"]["use_dynamic_cfg"]
+    use_dynamic_acfg: bool = VARIANT_DEFAULTS["preview"]["use_dynamic_acfg"]
+    neg_scale: float = VARIANT_DEFAULTS["preview"]["neg_scale"]
+    neg_steps: int = VARIANT_DEFAULTS["preview"]["neg_steps"]
     compound_neg_scale: bool = False
     cfg_skip_ratio: float = 0.0
 

@@ -11,10 +11,10 @@
 //   chunks start every partial - overlap frames; the chunk reaching the end is the remaining
 //   frames rounded UP to 4k+1 (surplus trimmed), so the output has exactly `frames` frames.
 
-export const SAMPLE_RATE = 16000;
-export const STRIDE = 4;
+import { AUDIO_SAMPLE_RATE as SAMPLE_RATE, VAE_TEMPORAL_STRIDE as STRIDE, VARIANT_DEFAULTS } from "./facts.js";
 
-export const roundDown4k1 = (n) => Math.floor((Math.max(n, 1) - 1) / STRIDE) * STRIDE + 1;
+// echomimic_core/vae_frames.py's helpers
+export const roundDown4k1 = (n) => (n < 1 ? 0 : Math.floor((n - 1) / STRIDE) * STRIDE + 1);
 export const roundUp4k1 = (n) => Math.ceil((Math.max(n, 1) - 1) / STRIDE) * STRIDE + 1;
 export const latentFrames = (frames) => Math.floor((frames - 1) / STRIDE) + 1;
 
@@ -61,10 +61,10 @@ export function planVideo(durationS, fps, partial, overlap, maxFrames = null) {
   return { frames, latentFrames: latentFrames(roundUp4k1(frames)), partial: part, chunks, seconds: frames / fps };
 }
 
-// The sampler's partial_video_length 0 means the model variant's upstream chunk length.
-export const AUTO_PARTIAL = { preview: 113, flash: 81 };
+// The sampler's partial_video_length 0 means the model variant's upstream chunk length
+// (echomimic_core.settings.VARIANT_DEFAULTS, via the generated facts.js).
 export function resolvePartial(partial, variant) {
-  return partial ? partial : AUTO_PARTIAL[variant] ?? AUTO_PARTIAL.preview;
+  return partial ? partial : (VARIANT_DEFAULTS[variant] ?? VARIANT_DEFAULTS.preview).partial_video_length;
 }
 
 // One line for the node: "125 frames · 5.00 s · 32 latent · 2 chunks". In the sampler's sliding
