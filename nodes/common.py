@@ -7,6 +7,11 @@ import logging
 
 import torch
 
+try:  # inside ComfyUI the pack is a package: its own module, never another pack's "workflows"
+    from ..workflows.comfy_rules import range_problem, types_match
+except ImportError:  # nodes imported as a top-level package (tests, scripts)
+    from workflows.comfy_rules import range_problem, types_match
+
 log = logging.getLogger(__name__)
 
 CATEGORY = "EchoMimicV3"
@@ -66,7 +71,7 @@ def linked_type_mismatch(node_class, input_types: dict | None) -> str | None:
 
     A VALIDATE_INPUTS that asks for ``input_types`` switches off ComfyUI's own link type check for
     the whole node (execution.validate_inputs), so such a node has to make it itself. The rule is
-    ComfyUI's: comma-separated types fit when they share one; "*" fits anything.
+    ComfyUI's (``workflows/comfy_rules.types_match``, shared with the offline workflow checker).
     """
     if not isinstance(input_types, dict):
         return None
@@ -74,9 +79,7 @@ def linked_type_mismatch(node_class, input_types: dict | None) -> str | None:
     declared = {**spec.get("required", {}), **spec.get("optional", {})}
     for name, received in input_types.items():
         expected = declared.get(name, (None,))[0]
-        if not isinstance(expected, str) or not isinstance(received, str) or "*" in (expected, received):
-            continue
-        if not {t.strip() for t in received.split(",")} & {t.strip() for t in expected.split(",")}:
+        if expected is not None and not types_match(received, expected):
             return f"{name}: expected {expected}, but {received} is connected; connect a {expected} output instead."
     return None
 
@@ -85,17 +88,16 @@ def out_of_range(node_class, values: dict) -> str | None:
     """Why one of ``values`` lies outside its widget's min/max in ``node_class``'s INPUT_TYPES, or None.
 
     ComfyUI skips its own min/max check for every input a VALIDATE_INPUTS names, so such a node
-    repeats it for those inputs (an API prompt can carry any number).
+    repeats it for those inputs (an API prompt can carry any number), with ComfyUI's rule
+    (``workflows/comfy_rules.range_problem``, shared with the offline workflow checker).
     """
     spec = node_class.INPUT_TYPES()
     declared = {**spec.get("required", {}), **spec.get("optional", {})}
     for name, value in values.items():
         options = declared[name][1] if len(declared.get(name, ())) > 1 else {}
-        low, high = options.get("min"), options.get("max")
-        # written so that NaN fails: every comparison with NaN is False (ComfyUI's own check,
-        # `value < min`, lets a NaN from an API prompt through)
-        if not ((low is None or value >= low) and (high is None or value <= high)):
-            return f"{name} must be in [{low}, {high}], got {value}; change the widget's value."
+        problem = range_problem(name, value, options)
+        if problem:
+            return f"{problem}; change the widget's value."
     return None
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workflows.comfy_rules import range_problem, types_match
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,21 +152,6 @@ def is_dynamic(schema: dict) -> bool:
     )
 
 
-def types_match(received: Any, expected: Any) -> bool:
-    """ComfyUI's link rule: equal, a wildcard, or overlapping comma-separated unions."""
-    received = "COMBO" if isinstance(received, list) else received
-    expected = "COMBO" if isinstance(expected, list) else expected
-    if received == expected:
-        return True
-    if not isinstance(received, str) or not isinstance(expected, str):
-        return False
-    got = {t.strip() for t in received.split(",")}
-    want = {t.strip() for t in expected.split(",")}
-    if {"*", "COMFY_MATCHTYPE_V3"} & (got | want):
-        return True
-    return bool(got & want)
-
-
 def _is_file_name(value: Any) -> bool:
     return isinstance(value, str) and "." in value.rsplit("/", 1)[-1]
 
@@ -194,11 +181,7 @@ def check_value(spec: InputSpec, value: Any) -> str | None:
             return f"{spec.name}={value!r} should be a number"
         if spec.type == "INT" and isinstance(value, float) and not value.is_integer():
             return f"{spec.name}={value!r} should be a whole number"
-        low, high = spec.options.get("min"), spec.options.get("max")
-        if low is not None and value < low:
-            return f"{spec.name}={value!r} is below its minimum {low}"
-        if high is not None and value > high:
-            return f"{spec.name}={value!r} is above its maximum {high}"
+        return range_problem(spec.name, value, spec.options)
     return None
 
 

@@ -51,7 +51,7 @@ def test_validate_inputs_without_tensors():
     assert "overlap_video_length" in EchoMimicSampler.VALIDATE_INPUTS(partial_video_length=9, overlap_video_length=9)
     assert "at least 5" in EchoMimicSampler.VALIDATE_INPUTS(partial_video_length=3)
     # ComfyUI skips min/max for inputs VALIDATE_INPUTS names, so the node checks them itself
-    assert "vae_tile_overlap must be in [0, 1024]" in EchoMimicSampler.VALIDATE_INPUTS(
+    assert "vae_tile_overlap=-8 is below its minimum 0" in EchoMimicSampler.VALIDATE_INPUTS(
         vae_tile_size=64, vae_tile_overlap=-8
     )
     # auto chunks: 90 overlapping frames fit preview's 113-frame chunks, so the model decides at run time
@@ -450,7 +450,7 @@ def test_reference_node_makes_the_chain_match_upstreams_clip_input(demo_models, 
     resized, width, height = EchoMimicReferenceImage().resize(big, 0, 0, 64 * 64)
     assert (width, height) == (48, 64) and resized.shape == (1, 64, 48, 3)
     assert "go together" in EchoMimicReferenceImage.VALIDATE_INPUTS(width=64)
-    assert "width must be in [0, 4096]" in EchoMimicReferenceImage.VALIDATE_INPUTS(width=8192, height=64)
+    assert "width=8192 is above its maximum 4096" in EchoMimicReferenceImage.VALIDATE_INPUTS(width=8192, height=64)
     # a half-precision IMAGE (numpy has no bf16) gives the float32 one's result
     half = EchoMimicReferenceImage().resize(big.bfloat16(), 0, 0, 64 * 64)[0]
     assert torch.equal(half, EchoMimicReferenceImage().resize(big.bfloat16().float(), 0, 0, 64 * 64)[0])
