@@ -108,7 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keyframes: keep IMAGE at frame INDEX (repeatable; negative counts from the end)",
     )
     gen.add_argument("--source-video", type=Path, help="lipsync / continue: the video to dub or continue")
-    gen.add_argument("--mouth-box", type=int, nargs=4, metavar=("Y1", "Y2", "X1", "X2"))
+    gen.add_argument(
+        "--mouth-box",
+        type=int,
+        nargs=4,
+        metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+        help="lipsync: the region to regenerate, in the source video's pixels (upstream's y1 y2 x1 x2 order)",
+    )
     gen.add_argument("--face-mask", type=Path, help="preview: image whose white pixels mark the face")
     gen.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     gen.add_argument(

@@ -228,7 +228,7 @@ def write_demo_models(
 
 
 def demo_face_box(size: int = 96) -> tuple[int, int, int, int]:
-    """(y1, y2, x1, x2) of the face drawn by :func:`demo_inputs` (cartoons defeat the face detector)."""
+    """(top, bottom, left, right) of the face drawn by :func:`demo_inputs` (cartoons defeat the face detector)."""
     s = size / 96
     return int(14 * s), int(66 * s), int(28 * s), int(68 * s)
 

@@ -14,7 +14,7 @@ Two detectors, both offline, their weights inside a wheel:
 by OpenCV's eye cascade in the box's upper half), the share of skin-coloured pixels and its
 position, and candidates below :data:`MIN_PLAUSIBILITY` are dropped: a confident box on a jacket's
 elbow has no eyes and no skin, and no face is better than a wrong one (the audio gate would point
-at the elbow). Boxes are ``(y1, y2, x1, x2)`` pixels, end-exclusive, as ``face_region``'s.
+at the elbow). Boxes are :class:`echomimic_core.boxes.Box` in pixels.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .face_region import Box
+from .boxes import Box
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ HAAR_BOX_OFFSETS = (-0.05, 0.04, 0.11, -0.11)
 
 @dataclass(frozen=True)
 class Face:
-    box: Box  # (y1, y2, x1, x2) pixels
+    box: Box  # pixels
     confidence: float  # the detector's own score mapped to [0, 1]
     plausibility: float  # [0, 1], see module docstring
     detector: str
@@ -59,8 +59,7 @@ class Face:
 
     @property
     def area(self) -> float:
-        y1, y2, x1, x2 = self.box
-        return (y2 - y1) * (x2 - x1)
+        return self.box.height * self.box.width
 
     def mouth_box(self) -> Box:
         """The lip-sync region of this face (:func:`mouth_region`)."""
@@ -68,19 +67,20 @@ class Face:
 
 
 def box_iou(a: Box, b: Box) -> float:
-    """Intersection over union of two (y1, y2, x1, x2) boxes; 0 for boxes without area."""
-    ay1, ay2, ax1, ax2 = a
-    by1, by2, bx1, bx2 = b
-    inter = max(0.0, min(ay2, by2) - max(ay1, by1)) * max(0.0, min(ax2, bx2) - max(ax1, bx1))
-    union = (ay2 - ay1) * (ax2 - ax1) + (by2 - by1) * (bx2 - bx1) - inter
+    """Intersection over union of two boxes (Box or top, bottom, left, right); 0 for boxes without area."""
+    a, b = Box.of(a), Box.of(b)
+    inter = max(0.0, min(a.bottom, b.bottom) - max(a.top, b.top)) * max(
+        0.0, min(a.right, b.right) - max(a.left, b.left)
+    )
+    union = a.height * a.width + b.height * b.width - inter
     return inter / union if union > 0 else 0.0
 
 
 def mouth_region(face_box: Box) -> Box:
     """The region lip-sync regenerates: the lower half of the face box, which holds mouth and jaw
     (inference's ``lipsync`` task and training.prepare's ``mouth_box`` alike)."""
-    y1, y2, x1, x2 = face_box
-    return y1 + (y2 - y1) / 2, y2, x1, x2
+    face = Box.of(face_box, "face box")
+    return Box(face.top + face.height / 2, face.bottom, face.left, face.right)
 
 
 def available_detectors() -> list[str]:
@@ -134,7 +134,7 @@ def _haar_raw(rgb: np.ndarray) -> list[tuple[Box, float, None]]:
         for (x, y, w, h), weight in zip(boxes, np.ravel(weights)):
             # the last stage's weight: ~0 at the acceptance edge, a few units for clear faces
             out.append(
-                ((float(y), float(y + h), float(x), float(x + w)), 1 - math.exp(-max(float(weight), 0) / 2), None)
+                (Box(float(y), float(y + h), float(x), float(x + w)), 1 - math.exp(-max(float(weight), 0) / 2), None)
             )
         if out:  # profiles only where no frontal face was found (as before)
             break
@@ -158,7 +158,7 @@ def _mtcnn_raw(rgb: np.ndarray) -> list[tuple[Box, float, tuple[Point, ...]]]:
     h, w = rgb.shape[:2]
     out = []
     for (x1, y1, x2, y2), prob, pts in zip(boxes, probs, points):
-        box = (max(0.0, float(y1)), min(float(h), float(y2)), max(0.0, float(x1)), min(float(w), float(x2)))
+        box = Box(max(0.0, float(y1)), min(float(h), float(y2)), max(0.0, float(x1)), min(float(w), float(x2)))
         out.append((box, float(prob), tuple((float(px), float(py)) for px, py in pts)))
     return out
 
@@ -227,7 +227,7 @@ def _haar_reference_box(box: Box, image_hw) -> Box:
     y1, y2, x1, x2 = box
     side_h, side_w = y2 - y1, x2 - x1
     top, bottom, left, right = HAAR_BOX_OFFSETS
-    return (
+    return Box(
         max(0.0, y1 + top * side_h),
         min(float(image_hw[0]), y2 + bottom * side_h),
         max(0.0, x1 + left * side_w),
@@ -242,7 +242,8 @@ def detect_faces(image, detector: str = "auto", min_plausibility: float = MIN_PL
     name = resolve_detector(detector)
     raw = _mtcnn_raw(rgb) if name == "mtcnn" else _haar_raw(rgb)
     faces = []
-    for box, confidence, landmarks in raw:
+    for raw_box, confidence, landmarks in raw:
+        box = Box.of(raw_box)
         score = plausibility(rgb, box, confidence, landmarks)
         if score < min_plausibility:
             log.debug("%s candidate %s rejected: plausibility %.2f", name, box, score)

@@ -1,6 +1,7 @@
 """Face-region gate (``face_gate``) of the preview model: audio attention acts only on face tokens.
 
-Upstream takes a face box ``[y1, y2, x1, x2]`` in pixels of the reference image (h0 x w0) — from a
+Upstream calls this gate ``ip_mask``. It takes a face box ``[y1, y2, x1, x2]`` (our ``Box(top,
+bottom, left, right)``, same order) in pixels of the reference image (h0 x w0) — from a
 stored ``.npy`` or RetinaFace — and rasterises it on the token grid of one latent frame
 (``H/16 x W/16`` for a sample of H x W): with ``r = sqrt(H * W / (h0 * w0))`` the box becomes
 ``floor(y1 * r / 16) <= row < floor(y2 * r / 16)`` and likewise for columns, flattened row-major to
@@ -24,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .boxes import Box, check_box_inside
 from .config import PATCH_SIZE
 from .vae_frames import VAE_SPATIAL_STRIDE
 
 log = logging.getLogger(__name__)
 
 TOKEN_STRIDE = VAE_SPATIAL_STRIDE * PATCH_SIZE[1]  # pixels per token side: 8 x 2 = 16 (TransformerConfig.token_stride)
-Box = tuple[float, float, float, float]  # y1, y2, x1, x2 in pixels, end-exclusive
 
 
 def token_grid(sample_size: Sequence[int]) -> tuple[int, int]:
@@ -43,31 +44,17 @@ def token_grid(sample_size: Sequence[int]) -> tuple[int, int]:
     return height // TOKEN_STRIDE, width // TOKEN_STRIDE
 
 
-def check_box_inside(box: Sequence[float], image_size: Sequence[int], what: str = "face box") -> Box:
-    """A pixel box [y1, y2, x1, x2] (upstream's order) as floats, or ValueError when it is not four
-    numbers, inverted, empty or reaches outside the (height, width) image: such a box gates or
-    regenerates nothing, silently. The face box and the lip-sync mouth box are checked alike."""
-    if len(box) != 4:
-        raise ValueError(f"{what} must be [y1, y2, x1, x2]; got {list(box)}.")
-    y1, y2, x1, x2 = (float(v) for v in box)
-    image_h, image_w = image_size
-    if not (0 <= y1 < y2 <= image_h and 0 <= x1 < x2 <= image_w):
-        raise ValueError(
-            f"{what} [y1={y1:g}, y2={y2:g}, x1={x1:g}, x2={x2:g}] does not lie inside the "
-            f"{image_h}x{image_w} (height x width) image it refers to; give pixel coordinates with "
-            "0 <= y1 < y2 <= height and 0 <= x1 < x2 <= width."
-        )
-    return y1, y2, x1, x2
-
-
-def face_gate_from_box(box: Sequence[float], image_size: Sequence[int], sample_size: Sequence[int]) -> torch.Tensor:
-    """[1, rows * cols] float 0/1 gate from a face box [y1, y2, x1, x2] in pixels of an image of
-    image_size (h0, w0), for a sample of sample_size (H, W). Exactly upstream's get_ip_mask."""
-    y1, y2, x1, x2 = check_box_inside(box, image_size)
+def face_gate_from_box(
+    box: Box | Sequence[float], image_size: Sequence[int], sample_size: Sequence[int]
+) -> torch.Tensor:
+    """[1, rows * cols] float 0/1 gate from a face box (a Box or top, bottom, left, right) in pixels
+    of an image of image_size (h0, w0), for a sample of sample_size (H, W). Exactly upstream's
+    get_ip_mask (its token rasterisation, not the pixel drawing rule of ``Box.region``)."""
+    top, bottom, left, right = check_box_inside(box, image_size, "face box")
     image_h, image_w = image_size
     rows, cols = token_grid(sample_size)
     ratio = math.sqrt(sample_size[0] * sample_size[1] / image_h / image_w)
-    ty1, ty2, tx1, tx2 = (v * ratio // TOKEN_STRIDE for v in (y1, y2, x1, x2))
+    ty1, ty2, tx1, tx2 = (v * ratio // TOKEN_STRIDE for v in (top, bottom, left, right))
     ys, xs = torch.arange(rows)[:, None], torch.arange(cols)[None, :]
     mask = (ys >= ty1) & (ys < ty2) & (xs >= tx1) & (xs < tx2)
     return mask.reshape(1, -1).float()
@@ -93,11 +80,11 @@ def _binary(array: np.ndarray) -> np.ndarray:
 
 
 def box_from_mask(mask) -> Box | None:
-    """Bounding box [y1, y2, x1, x2] (end-exclusive) of the mask's face pixels, or None if empty."""
+    """Bounding box (end-exclusive) of the mask's face pixels, or None if empty."""
     rows, cols = np.nonzero(_binary(_as_2d_mask(mask)))
     if len(rows) == 0:
         return None
-    return float(rows.min()), float(rows.max() + 1), float(cols.min()), float(cols.max() + 1)
+    return Box(float(rows.min()), float(rows.max() + 1), float(cols.min()), float(cols.max() + 1))
 
 
 def face_gate_from_mask(mask, image_size: Sequence[int], sample_size: Sequence[int], mode: str = "box") -> torch.Tensor:
@@ -127,20 +114,20 @@ def face_gate_from_mask(mask, image_size: Sequence[int], sample_size: Sequence[i
 
 
 def detect_face_box(image, detector: str = "auto") -> Box | None:
-    """The main plausible face in an RGB image (PIL or uint8 [H, W, 3]) as [y1, y2, x1, x2] pixels;
-    None when there is none (``face_detection.detect_faces``)."""
-    from .face_detection import detect_faces, main_face  # face_detection reads this module's Box
+    """The main plausible face in an RGB image (PIL or uint8 [H, W, 3]) as a Box in pixels; None
+    when there is none (``face_detection.detect_faces``)."""
+    from .face_detection import detect_faces, main_face
 
     face = main_face(detect_faces(image, detector))
     return None if face is None else face.box
 
 
 def face_gate_for_image(
-    image, sample_size: Sequence[int], box: Sequence[float] | None = None, mask=None, mask_mode: str = "box"
+    image, sample_size: Sequence[int], box: Box | Sequence[float] | None = None, mask=None, mask_mode: str = "box"
 ) -> tuple[torch.Tensor, str]:
     """The preview model's face_gate [1, tokens] for a reference image (PIL or uint8 [H, W, 3]).
 
-    Priority: an explicit `box` [y1, y2, x1, x2] in the image's pixels, then a `mask` of the image's
+    Priority: an explicit `box` (a Box or top, bottom, left, right) in the image's pixels, then a `mask` of the image's
     size, then the built-in detector. Returns (face_gate, source) with source one of "box", "mask",
     "detected", "whole_frame" (no face found: all ones, with a warning).
     """

@@ -22,8 +22,9 @@ import torch
 from . import audio_alignment as align
 from . import task_masks
 from .audio_windows import FeatureSource, WindowedAudioFeatures, frames_covered, slice_features
+from .boxes import check_box_inside
 from .drift import DriftMeter, RedoPolicy, anchor_start_frames
-from .face_region import check_box_inside, face_gate_for_image
+from .face_region import face_gate_for_image
 from .long_video import (
     Chunk,
     Stitcher,

@@ -210,10 +210,10 @@ class GenerationSettings:
     loudness_normalize: bool | None = setting(
         None, help="normalise the audio to -23 LUFS before encoding (default: the variant's: on for flash)"
     )
-    face_box: tuple[int, int, int, int] | None = setting(
+    face_box: tuple[int, int, int, int] | None = setting(  # top, bottom, left, right (echomimic_core.boxes)
         None,
-        help="face region in the reference image's pixels (preview's face gate)",
-        metavar=("Y1", "Y2", "X1", "X2"),
+        help="face region in the reference image's pixels, upstream's y1 y2 x1 x2 order (preview's face gate)",
+        metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
     )
     # long videos (chunks mode; see README "Long videos", drift.py and audio_windows.py)
     audio_context_seconds: float = setting(

@@ -191,19 +191,6 @@ def region_inputs(video: torch.Tensor, region: torch.Tensor) -> TaskInputs:
     return TaskInputs(video.to(torch.float32), mask[None, None], to_pil(video[0, :, 0].float()))
 
 
-def box_region(
-    boxes: Sequence[Sequence[float]] | Sequence[float], num_frames: int, sample_size: Sequence[int]
-) -> torch.Tensor:
-    """[F, H, W] bool region from one [y1, y2, x1, x2] pixel box or one box per frame (end-exclusive)."""
-    height, width = sample_size
-    if len(boxes) == 4 and not isinstance(boxes[0], (list, tuple, np.ndarray, torch.Tensor)):
-        boxes = [boxes] * num_frames
-    if len(boxes) != num_frames:
-        raise ValueError(f"got {len(boxes)} boxes for {num_frames} frames; give one box or one per frame.")
-    ys, xs = torch.arange(height)[:, None], torch.arange(width)[None, :]
-    return torch.stack([(ys >= y1) & (ys < y2) & (xs >= x1) & (xs < x2) for y1, y2, x1, x2 in boxes])
-
-
 def binary_mask(input_video_mask: torch.Tensor) -> torch.Tensor:
     """[1, 1, F, H, W] float32, 1 = generate: upstream's mask processor binarises at 0.5 (0/255 in)."""
     mask = input_video_mask.to(torch.float32)

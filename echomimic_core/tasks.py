@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import task_masks
+from .boxes import Box, box_region, check_box_inside
 from .long_video import Chunk
 from .settings import TASKS
 
@@ -31,8 +32,8 @@ class Task:
 
     first_frame: the reference image opens the video. first_last: ``end_image`` closes it.
     keyframes: ``keyframes`` {frame index: image [H, W, 3] 0..1} kept (negative = from the end).
-    lipsync: ``source_video`` [F, H, W, 3] kept except the mouth region (``mouth_box`` y1, y2, x1,
-      x2 in the video's pixels, or ``mouth_mask`` [H, W] / [F, H, W]; default: the lower half of the
+    lipsync: ``source_video`` [F, H, W, 3] kept except the mouth region (``mouth_box``, a Box or
+      top, bottom, left, right in the video's pixels, or ``mouth_mask`` [H, W] / [F, H, W]; default: the lower half of the
       detected face), which the audio drives. continue: ``source_video``'s last
       ``continue_frames`` frames open the new video (they are not part of the output).
     """
@@ -41,7 +42,7 @@ class Task:
     end_image: torch.Tensor | None = None
     keyframes: Mapping[int, torch.Tensor] = field(default_factory=dict)
     source_video: torch.Tensor | None = None
-    mouth_box: tuple[int, int, int, int] | None = None
+    mouth_box: Box | tuple[float, float, float, float] | None = None
     mouth_mask: torch.Tensor | None = None
     continue_frames: int = 8
 
@@ -62,8 +63,6 @@ class Task:
                 f"{len(self.source_video)}-frame source video, got {self.continue_frames}"
             )
         if self.kind == "lipsync" and self.mouth_box is not None:
-            from .face_region import check_box_inside
-
             check_box_inside(self.mouth_box, tuple(self.source_video.shape[1:3]), "mouth box (in source video pixels)")
 
     def keyframe_positions(self, num_frames: int) -> dict[int, int]:
@@ -169,10 +168,10 @@ def lipsync_region(task: Task, video: torch.Tensor, sample_size: tuple[int, int]
         if face is None:
             raise ValueError(
                 "no face found in the source video to place the mouth region; give mouth_box "
-                "(y1, y2, x1, x2) or a mouth mask."
+                "(top, bottom, left, right) or a mouth mask."
             )
         box = mouth_region(face)
-    return task_masks.box_region(box, len(video), (height, width))
+    return box_region(box, len(video), (height, width))
 
 
 def task_at_sample_size(task: Task, sample_size: tuple[int, int]) -> Task:
@@ -181,8 +180,7 @@ def task_at_sample_size(task: Task, sample_size: tuple[int, int]) -> Task:
     height, width = task.source_video.shape[1:3]
     box, mask = task.mouth_box, task.mouth_mask
     if box is not None:
-        sy, sx = sample_size[0] / height, sample_size[1] / width
-        box = (box[0] * sy, box[1] * sy, box[2] * sx, box[3] * sx)
+        box = Box.of(box, "mouth_box").scaled(sample_size[0] / height, sample_size[1] / width)
     if mask is not None:
         mask = torch.as_tensor(mask).float()
         mask = mask[None] if mask.ndim == 2 else mask
@@ -213,15 +211,15 @@ def resize_video(frames: torch.Tensor, sample_size: tuple[int, int]) -> torch.Te
 def preview_frames(
     task: Task,
     reference: torch.Tensor | None = None,
-    face_box: tuple[float, float, float, float] | None = None,
+    face_box: Box | tuple[float, float, float, float] | None = None,
     face_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """What ``task`` keeps, as images [N, H, W, 3] 0..1 for a user to check before generating.
 
     The kept images in frame order (keyframes counted from the end last), continuation's kept
     source frames, or lip-sync's first source frame with the regenerated mouth region tinted red.
-    The first image also shows the face region (the preview model's audio gate: ``face_box``
-    y1, y2, x1, x2, else ``face_mask`` [H, W], in that image's pixels) tinted green. Images of
+    The first image also shows the face region (the preview model's face gate: ``face_box``, a Box or
+    top, bottom, left, right, else ``face_mask`` [H, W], in that image's pixels) tinted green. Images of
     another size than the first are left out (one batch, one size); nothing to show gives one
     black 64x64 image. reference: [H, W, 3] 0..1, what first_frame / first_last open with.
     """
@@ -242,7 +240,7 @@ def preview_frames(
     size = tuple(frames[0].shape[:2])
     face = face_mask
     if face is None and face_box is not None:
-        face = task_masks.box_region(face_box, 1, size)[0]
+        face = Box.of(face_box, "face_box").region(*size)
     if face is not None and tuple(face.shape) == size:
         frames[0] = _tint(frames[0], face, FACE_TINT)
     return torch.stack([f.float() for f in frames if tuple(f.shape[:2]) == size])

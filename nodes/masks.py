@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
+
+from echomimic_core.boxes import check_box_inside, parse_box
 
 from . import comfy_services as services
 from .common import CATEGORY, image_batch, mask_batch
 
 log = logging.getLogger(__name__)
-
-
-def parse_box(text: str) -> tuple[float, float, float, float] | None:
-    """ "y1, y2, x1, x2" in pixels (upstream's order) -> floats; empty -> None."""
-    text = text.strip()
-    if not text:
-        return None
-    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise ValueError(
-            f"face box {text!r}: expected four pixel numbers 'y1, y2, x1, x2' (upstream's "
-            "order), or leave it empty to detect the face."
-        )
-    return values
 
 
 class EchoMimicFaceMask:
@@ -44,8 +27,8 @@ class EchoMimicFaceMask:
                     "STRING",
                     {
                         "default": "",
-                        "tooltip": "y1, y2, x1, x2 in pixels of the image (upstream's mask .npy order); "
-                        "empty = use the mask, else detect the face.",
+                        "tooltip": "top, bottom, left, right in pixels of the image (upstream's y1, y2, x1, x2 "
+                        ".npy order); empty = use the mask, else detect the face.",
                     },
                 ),
             },
@@ -60,17 +43,17 @@ class EchoMimicFaceMask:
     @classmethod
     def VALIDATE_INPUTS(cls, box=""):
         try:
-            parse_box(box or "")
+            parse_box(box, "face box")
         except ValueError as e:
             return str(e)
         return True
 
     def run(self, image, mask=None, box=""):
-        from echomimic_core.face_region import box_from_mask, check_box_inside, detect_face_box
+        from echomimic_core.face_region import box_from_mask, detect_face_box
 
         frame = image_batch(image)[0]
         height, width = frame.shape[:2]
-        face = parse_box(box or "")
+        face = parse_box(box, "face box")
         if face is None and mask is not None:
             painted = mask_batch(mask)[0]
             if tuple(painted.shape) != (height, width):
@@ -91,9 +74,9 @@ class EchoMimicFaceMask:
             )
             out[:] = 1.0
         else:
-            y1, y2, x1, x2 = check_box_inside(face, (height, width))
-            out[:, int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = 1.0
-            boxes.append({"x1": x1, "y1": y1, "x2": x2, "y2": y2})
+            face = check_box_inside(face, (height, width), "face box")
+            out[:] = face.region(height, width).float()
+            boxes.append(face._asdict())
         return {"ui": {"images": [self._preview(frame)], "echomimic_face_boxes": boxes}, "result": (out,)}
 
     @staticmethod

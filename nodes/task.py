@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from echomimic_core.boxes import Box, parse_box
 from echomimic_core.settings import TASKS
 
 from .common import CATEGORY, image_batch, linked_type_mismatch, mask_batch
-from .masks import parse_box
 
 # inputs each task needs connected (checked before any tensor exists when ComfyUI tells us the links)
 NEEDS = {
@@ -30,7 +30,7 @@ class TaskSpec:
     """ECHOMIMIC_TASK: the core task and where the preview model's audio acts (box, else mask, else detected)."""
 
     task: object  # echomimic_core.pipeline.Task
-    face_box: tuple[float, float, float, float] | None = None  # y1, y2, x1, x2 in the reference's pixels
+    face_box: Box | None = None  # in the reference's pixels
     face_mask: torch.Tensor | None = None  # [H, W] in the reference's pixels
 
 
@@ -86,8 +86,8 @@ class EchoMimicTask:
                     "STRING",
                     {
                         "default": "",
-                        "tooltip": "lipsync: y1, y2, x1, x2 in source_video pixels; empty = the mask, else the "
-                        "lower half of the detected face.",
+                        "tooltip": "lipsync: top, bottom, left, right in source_video pixels; empty = the mask, "
+                        "else the lower half of the detected face.",
                     },
                 ),
                 "continue_frames": (
@@ -110,8 +110,8 @@ class EchoMimicTask:
                     "STRING",
                     {
                         "default": "",
-                        "tooltip": "preview model: y1, y2, x1, x2 in reference pixels; empty = face_mask, "
-                        "else detected.",
+                        "tooltip": "preview model: top, bottom, left, right in reference pixels; empty = "
+                        "face_mask, else detected.",
                     },
                 ),
             },
@@ -127,8 +127,8 @@ class EchoMimicTask:
         if task not in TASKS:
             return f"task must be one of {TASKS}, got {task!r}"
         try:
-            parse_box(mouth_box or "")
-            parse_box(face_box or "")
+            parse_box(mouth_box, "mouth box")
+            parse_box(face_box, "face box")
             indices = parse_indices(keyframe_indices or "")
         except ValueError as e:
             return str(e)
@@ -181,13 +181,13 @@ class EchoMimicTask:
             end_image=end,
             keyframes=keyframes,
             source_video=video,
-            mouth_box=parse_box(mouth_box or ""),
+            mouth_box=parse_box(mouth_box, "mouth box"),
             mouth_mask=mouth,
             continue_frames=int(continue_frames),
         )
         core.validate()
         face = mask_batch(face_mask, "face_mask")[0] if face_mask is not None else None
-        spec = TaskSpec(core, parse_box(face_box or ""), face)
+        spec = TaskSpec(core, parse_box(face_box, "face box"), face)
         reference = image_batch(image, "image")[0].cpu() if image is not None else None
         return (spec, preview_frames(core, reference, spec.face_box, spec.face_mask))
 

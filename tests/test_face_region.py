@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 import echomimic_core.face_region as face_region
+from echomimic_core.boxes import Box
 from echomimic_core.face_region import (
     box_from_mask,
     detect_face_box,
@@ -32,7 +33,7 @@ def test_box_rasterised_on_token_grid_as_upstream():
 def test_mask_image_uses_its_bounding_box_or_shape():
     drawn = np.zeros(IMAGE_HW, np.uint8)
     drawn[200:500, 250:520] = 255
-    assert box_from_mask(drawn) == (200.0, 500.0, 250.0, 520.0)
+    assert box_from_mask(drawn) == Box(200.0, 500.0, 250.0, 520.0)
     assert torch.equal(
         face_gate_from_mask(drawn, IMAGE_HW, SAMPLE_HW), face_gate_from_box([200, 500, 250, 520], IMAGE_HW, SAMPLE_HW)
     )

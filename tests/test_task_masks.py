@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
+from echomimic_core.boxes import box_region
 from echomimic_core.task_masks import (
-    box_region,
     conditioning_y,
     generate_everything_inputs,
     keyframe_inputs,
@@ -88,7 +88,7 @@ def test_mask_latents_fold_first_frame_four_times():
 
 def test_mouth_region_task():
     video = torch.rand(1, 3, 5, *SIZE)
-    region = box_region([8, 16, 16, 32], 5, SIZE)
+    region = box_region([8, 16, 16, 32], 5, SIZE)  # top, bottom, left, right
     inputs = region_inputs(video, region)
     pixels = masked_pixels(inputs)
     assert (pixels[:, :, :, 8:16, 16:32] == 0).all()

@@ -8,8 +8,10 @@ Layout of a cache folder (written by ``training.preprocess``)::
 
 Per SFT item: ``latents`` [16, F, h, w], ``cond.<task>`` [16, F, h, w] (masked-video latents per
 task), ``text`` [L, D], ``clip`` [257, C], ``audio`` (the encoder's per-clip features), plus
-metadata ``mouth_box`` / ``face_box`` as ``[x0, y0, x1, y1]`` fractions of the frame when known.
-Caches written before the task rename hold ``cond.mouth``; it is read as ``cond.lipsync``.
+metadata ``mouth_box`` / ``face_box`` as ``{"top", "bottom", "left", "right"}`` fractions of the frame
+when known (read as :class:`echomimic_core.boxes.Box`; caches written before the one-box convention
+hold ``[x0, y0, x1, y1]`` lists, read the same way). Caches written before the task rename hold
+``cond.mouth``; it is read as ``cond.lipsync``.
 Per DPO item: ``chosen.latents`` and ``rejected.latents`` with the shared ``cond.first_frame``,
 ``text``, ``clip``, ``audio``.
 """
@@ -24,6 +26,7 @@ import torch
 from safetensors import safe_open
 
 from echomimic_core.checkpoints.files import save_state_dict
+from training.boxes import read_box
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ INDEX = "index.json"
 NULLS = "nulls.safetensors"
 # tensor names of caches written before training took the core's task names
 LEGACY_KEYS = {"cond.mouth": "cond.lipsync"}
+BOX_KEYS = ("mouth_box", "face_box")
 
 
 def read_index(folder: str | Path) -> dict:
@@ -110,14 +114,15 @@ class CachedDataset(torch.utils.data.Dataset):
                 for k in f.keys()
                 if k.startswith(prefix)
             }
+        boxes = {key: read_box(meta.get(key), f"{meta['id']}: {key}") for key in BOX_KEYS}
         # the mask channels of every task the item can train, built here (in the DataLoader's
         # workers) rather than in the training step
         from training.tasks import mask_latents
 
         for key in [k for k in tensors if k.startswith("cond.")]:
             task = key[len("cond.") :]
-            tensors[f"mask.{task}"] = mask_latents(task, tensors[key].shape[1:], meta.get("mouth_box"))
-        return {"id": meta["id"], "mouth_box": meta.get("mouth_box"), "face_box": meta.get("face_box"), **tensors}
+            tensors[f"mask.{task}"] = mask_latents(task, tensors[key].shape[1:], boxes["mouth_box"])
+        return {"id": meta["id"], **boxes, **tensors}
 
 
 def _open_shard(path: Path):

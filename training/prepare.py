@@ -8,7 +8,8 @@ detector inference uses) and tracked through the window; per window the manifest
 face-centred crop box of the training aspect, the ``face_box`` (the union of the tracked face
 boxes) and the ``mouth_box`` (the lower half of the face box, the region inference's lip-sync task
 regenerates), the window's start in the video and its audio offset, all as ``training.preprocess``
-reads them. Boxes are ``[x0, y0, x1, y1]`` fractions of the source frame.
+reads them. Boxes are ``{"top", "bottom", "left", "right"}`` fractions of the source frame
+(``training.boxes``).
 
 Windows that cannot train are skipped and reported with the reason (``--report``, and a summary):
 ``no face``, ``several faces``, ``face jump`` (the tracked face leaves its track: another person),
@@ -32,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from echomimic_core import face_detection
+from echomimic_core.boxes import Box
 from echomimic_core.media import MediaError
-from training.boxes import FracBox
+from training.boxes import as_manifest
 from training.footage import VIDEO_SUFFIXES, iter_frames, probe
 from training.preprocess import DEFAULT_FRAMES
 
@@ -118,9 +120,9 @@ def voiced_share(waveform: np.ndarray, sample_rate: int, silence_db: float) -> f
     return float((20 * np.log10(rms) > silence_db).mean())
 
 
-def crop_for(face: tuple[float, float, float, float], frame_hw, size, face_scale: float):
-    """A face-centred crop (y1, y2, x1, x2) in the frame's pixels with the aspect of ``size`` (H, W):
-    ``face_scale`` face heights tall, shrunk to fit the frame, shifted to stay inside it."""
+def crop_for(face: Box, frame_hw, size, face_scale: float) -> Box:
+    """A face-centred crop in the frame's pixels with the aspect of ``size`` (H, W): ``face_scale``
+    face heights tall, shrunk to fit the frame, shifted to stay inside it."""
     fy1, fy2, fx1, fx2 = face
     frame_h, frame_w = frame_hw
     aspect = size[1] / size[0]
@@ -130,14 +132,13 @@ def crop_for(face: tuple[float, float, float, float], frame_hw, size, face_scale
     cy, cx = (fy1 + fy2) / 2, (fx1 + fx2) / 2
     y1 = min(max(cy - height / 2, 0.0), frame_h - height)
     x1 = min(max(cx - width / 2, 0.0), frame_w - width)
-    return y1, y1 + height, x1, x1 + width
+    return Box(y1, y1 + height, x1, x1 + width)
 
 
-def to_frac(box, frame_hw) -> list[float]:
-    """(y1, y2, x1, x2) pixels -> the manifest's [x0, y0, x1, y1] fractions."""
-    y1, y2, x1, x2 = box
+def to_frac(box: Box, frame_hw) -> dict[str, float]:
+    """A box in pixels of a (H, W) frame -> the manifest's fractions (``training.boxes``)."""
     h, w = frame_hw
-    return [round(v, 5) for v in FracBox(x1 / w, y1 / h, x2 / w, y2 / h)]
+    return {edge: round(v, 5) for edge, v in as_manifest(box.scaled(1 / h, 1 / w)).items()}
 
 
 def judge_window(
@@ -160,10 +161,12 @@ def judge_window(
     track = [faces[0].box for faces in dets if faces]
     if any(face_detection.box_iou(a, b) < cfg.min_track_iou for a, b in zip(track, track[1:])):
         return None, "face jump"
-    union = (min(b[0] for b in track), max(b[1] for b in track), min(b[2] for b in track), max(b[3] for b in track))
+    union = Box(
+        min(b.top for b in track), max(b.bottom for b in track), min(b.left for b in track), max(b.right for b in track)
+    )
     crop = crop_for(union, analysis.size, cfg.size, cfg.face_scale)
     scale = analysis.source_size[0] / analysis.size[0]  # analysis pixels -> source pixels
-    if (crop[1] - crop[0]) * scale < cfg.min_crop_scale * cfg.size[0]:
+    if crop.height * scale < cfg.min_crop_scale * cfg.size[0]:
         return None, "low resolution"
     return {
         "crop_box": to_frac(crop, analysis.size),

@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from echomimic_core import task_masks
+from echomimic_core.boxes import Box
 from echomimic_core.checkpoints.files import save_state_dict
 from echomimic_core.settings import GenerationSettings
-from training.boxes import FracBox, is_empty, parse_frac_box, to_pixel_box
+from training.boxes import as_manifest, parse_frac_box, to_pixel_box
 from training.dataset import CACHE_DTYPES, NULLS, read_index, write_index, write_shard
 from training.tasks import task_inputs
 
@@ -58,20 +59,20 @@ class Clip:
     waveform: torch.Tensor  # [T] mono
     sample_rate: int
     fps: float
-    # the part of the source frame kept by the centre crop, (x0, y0, x1, y1) as fractions
-    crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    # the part of the source frame kept by the crop, as fractions
+    crop: Box = Box(0.0, 1.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class Window:
     """Where a manifest row's clip lies in its video (``training.prepare`` writes these fields):
     ``start_seconds`` into the video, the audio ``audio_offset_seconds`` later than the video (a
-    measured A/V offset), and ``crop_box`` [x0, y0, x1, y1] fractions of the source frame (None =
-    centre crop to the training aspect)."""
+    measured A/V offset), and ``crop_box`` as fractions of the source frame (None = centre crop to
+    the training aspect)."""
 
     start_seconds: float = 0.0
     audio_offset_seconds: float = 0.0
-    crop_box: tuple[float, float, float, float] | None = None
+    crop_box: Box | None = None
 
     @classmethod
     def from_row(cls, row: dict) -> Window:
@@ -79,18 +80,18 @@ class Window:
         start = float(row.get("start_seconds", 0.0))
         if start < 0:
             raise ValueError(f"{row.get('id')}: start_seconds must be >= 0, got {start}.")
-        return cls(start, float(row.get("audio_offset_seconds", 0.0)), None if crop is None else tuple(crop))
+        return cls(start, float(row.get("audio_offset_seconds", 0.0)), crop)
 
 
-def centre_crop(src_hw: tuple[int, int], size: tuple[int, int]) -> tuple[float, float, float, float]:
-    """The centred part of a (H, W) frame with the aspect of ``size``, as (x0, y0, x1, y1) fractions."""
+def centre_crop(src_hw: tuple[int, int], size: tuple[int, int]) -> Box:
+    """The centred part of a (H, W) frame with the aspect of ``size``, as fractions."""
     src_h, src_w = src_hw
     target = size[1] / size[0]
     if src_w / src_h > target:  # too wide: crop the sides
         keep = src_h * target / src_w
-        return ((1 - keep) / 2, 0.0, (1 + keep) / 2, 1.0)
+        return Box(0.0, 1.0, (1 - keep) / 2, (1 + keep) / 2)
     keep = src_w / target / src_h  # too tall: crop top and bottom
-    return (0.0, (1 - keep) / 2, 1.0, (1 + keep) / 2)
+    return Box((1 - keep) / 2, (1 + keep) / 2, 0.0, 1.0)
 
 
 def load_clip(
@@ -124,9 +125,9 @@ def load_clip(
     video = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255  # [F, 3, H, W]
     src_h, src_w = video.shape[2:]
     crop = window.crop_box or centre_crop((src_h, src_w), size)
-    x0, y0, x1, y1 = (round(c * n) for c, n in zip(crop, (src_w, src_h, src_w, src_h)))
+    top, bottom, left, right = (int(v) for v in crop.scaled(src_h, src_w).rounded())
     video = F.interpolate(
-        video[:, :, y0:y1, x0:x1], size=size, mode="bilinear", antialias=True, align_corners=False
+        video[:, :, top:bottom, left:right], size=size, mode="bilinear", antialias=True, align_corners=False
     ).permute(1, 0, 2, 3)  # [3, F, H, W]
     if audio_path is not None:
         waveform, sr = media.load_audio(audio_path)
@@ -140,23 +141,28 @@ def load_clip(
         mono = mono[first:]
     elif first < 0:  # audio starts later than the window: silence before it
         mono = torch.cat([mono.new_zeros(-first), mono])
-    return Clip(video=video.clamp(0, 1) * 2 - 1, waveform=mono, sample_rate=int(sr), fps=rate, crop=tuple(crop))
+    return Clip(video=video.clamp(0, 1) * 2 - 1, waveform=mono, sample_rate=int(sr), fps=rate, crop=crop)
 
 
 BOX_FIELDS = ("mouth_box", "face_box")
 
 
-def crop_box(box, crop) -> list[float] | None:
-    """A box [x0, y0, x1, y1] in fractions of the source frame -> fractions of the cropped frame
-    (clamped to it); None when the crop cuts the box away."""
+def crop_box(box: Box | None, crop: Box) -> Box | None:
+    """A box in fractions of the source frame -> fractions of the cropped frame (clamped to it);
+    None when the crop cuts the box away."""
     if box is None:
         return None
-    box, (cx0, cy0, cx1, cy1) = FracBox(*box), crop
-    xs = [min(max((v - cx0) / (cx1 - cx0), 0.0), 1.0) for v in (box.x0, box.x1)]
-    ys = [min(max((v - cy0) / (cy1 - cy0), 0.0), 1.0) for v in (box.y0, box.y1)]
-    if xs[1] <= xs[0] or ys[1] <= ys[0]:
-        return None
-    return [xs[0], ys[0], xs[1], ys[1]]
+
+    def inside(value: float, start: float, length: float) -> float:
+        return min(max((value - start) / length, 0.0), 1.0)
+
+    cropped = Box(
+        inside(box.top, crop.top, crop.height),
+        inside(box.bottom, crop.top, crop.height),
+        inside(box.left, crop.left, crop.width),
+        inside(box.right, crop.left, crop.width),
+    )
+    return None if cropped.is_empty else cropped
 
 
 def clip_boxes(row: dict, crop, size: tuple[int, int]) -> dict:
@@ -166,11 +172,11 @@ def clip_boxes(row: dict, crop, size: tuple[int, int]) -> dict:
     row = dict(row)
     for key in BOX_FIELDS:
         box = crop_box(parse_frac_box(row.get(key), f"{row['id']}: {key}"), crop)
-        if box is None or is_empty(to_pixel_box(box, size)):
+        if box is None or to_pixel_box(box, size).is_empty:
             if row.pop(key, None) is not None:
                 log.warning("%s: %s lies outside the cropped %dx%d frame; ignored", row["id"], key, *size)
         else:
-            row[key] = box
+            row[key] = as_manifest(box)
     return row
 
 

@@ -177,14 +177,14 @@ class SyncNetScorer:
         return cls(net)
 
     def __call__(self, video: Path, start: float, frames: int, fps: float, face_box_frac) -> tuple[float, int]:
+        from training.boxes import read_box
         from training.footage import read_window
 
         if abs(fps - VIDEO_FPS) > 1e-6:
             raise ValueError(f"SyncNet works at {VIDEO_FPS:g} fps; prepare windows at --fps 25 to score sync.")
         pixels = read_window(video, start, frames, fps)
         h, w = pixels.shape[1:3]
-        x0, y0, x1, y1 = face_box_frac
-        crops = face_crops(pixels, (y0 * h, y1 * h, x0 * w, x1 * w))
+        crops = face_crops(pixels, read_box(face_box_frac, "face_box").scaled(h, w))
         piece = self._soundtrack(video)[int(start * AUDIO_RATE) : int((start + frames / fps) * AUDIO_RATE)]
         return sync_confidence(self.net, crops, piece, self.vshift)
 

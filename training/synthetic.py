@@ -75,8 +75,8 @@ def sft_rows(n: int = 6) -> list[dict]:
             "video": f"clip{i}.mp4",
             "caption": f"a person talking number {i}",
             "sync_score": 5.0 + i,
-            **({"mouth_box": [0.3, 0.5, 0.7, 0.8]} if i % 2 else {}),
-            **({"face_box": [0.2, 0.1, 0.8, 0.9]} if i % 3 == 0 else {}),
+            **({"mouth_box": {"top": 0.5, "bottom": 0.8, "left": 0.3, "right": 0.7}} if i % 2 else {}),
+            **({"face_box": {"top": 0.1, "bottom": 0.9, "left": 0.2, "right": 0.8}} if i % 3 == 0 else {}),
         }
         for i in range(n)
     ]

@@ -18,9 +18,10 @@ import torch
 
 from echomimic_core import task_masks
 from echomimic_core import tasks as core_tasks
+from echomimic_core.boxes import Box, box_region
 from echomimic_core.settings import PAPER_TASKS
 from echomimic_core.vae_frames import VAE_SPATIAL_STRIDE, pixel_frames
-from training.boxes import is_empty, to_pixel_box
+from training.boxes import read_box, to_pixel_box
 
 # global_keyframes only needs an image to name first_last's last frame; which frames are kept is all
 # we take from it.
@@ -40,7 +41,7 @@ def task_inputs(
 ) -> task_masks.TaskInputs:
     """The core's pixel-space inputs of ``task`` for a clip of ``num_frames`` x ``size`` (H, W).
 
-    ``mouth_box``: ``[x0, y0, x1, y1]`` fractions (lipsync only). ``video``: [1, 3, N, H, W] in
+    ``mouth_box``: a Box of fractions (or its manifest form; lipsync only). ``video``: [1, 3, N, H, W] in
     [0, 1]; without it a zero view stands in (enough for the mask, allocates nothing).
     """
     if task not in PAPER_TASKS:
@@ -51,7 +52,7 @@ def task_inputs(
     if task == "lipsync":
         if mouth_box is None:
             raise ValueError("task 'lipsync' needs a mouth box; this clip has none.")
-        region = task_masks.box_region(to_pixel_box(mouth_box, size), num_frames, size)
+        region = box_region(to_pixel_box(read_box(mouth_box, "mouth_box"), size), num_frames, size)
     else:
         kept = core_tasks.global_keyframes(
             core_tasks.Task(kind=task, end_image=_PLACEHOLDER_IMAGE), _PLACEHOLDER_IMAGE, num_frames
@@ -62,7 +63,7 @@ def task_inputs(
 
 
 @functools.lru_cache(maxsize=64)
-def _mask_latents(task: str, latent_shape: tuple[int, int, int], mouth_box: tuple | None) -> torch.Tensor:
+def _mask_latents(task: str, latent_shape: tuple[int, int, int], mouth_box: Box | None) -> torch.Tensor:
     frames, h, w = latent_shape
     size = (h * VAE_SPATIAL_STRIDE, w * VAE_SPATIAL_STRIDE)
     pixel = task_inputs(task, pixel_frames(frames), size, mouth_box).input_video_mask  # [1, 1, N, H, W]
@@ -74,7 +75,7 @@ def mask_latents(task: str, latent_shape, mouth_box=None) -> torch.Tensor:
     full-resolution pixel mask folded by the core (``task_masks.mask_latents``). Building the pixel
     mask takes seconds at 113 frames x 480p, so results are cached per (task, shape, box) and the
     dataset computes them in its DataLoader workers (``CachedDataset``), not the training step."""
-    box = None if mouth_box is None else tuple(float(v) for v in mouth_box)
+    box = read_box(mouth_box, "mouth_box")  # a Box: hashable, so the cache can key on it
     return _mask_latents(task, tuple(int(v) for v in latent_shape), box if task == "lipsync" else None).float()
 
 
@@ -111,8 +112,8 @@ def build_y(
 
 
 def face_gates(face_boxes: list, latent_hw: tuple[int, int]) -> torch.Tensor | None:
-    """Preview's ``face_gate`` [B, tokens per latent frame] from face boxes ``[x0, y0, x1, y1]``
-    (fractions), rasterised by the core (``face_region.face_gate_from_box``) on the sample's own pixel
+    """Preview's ``face_gate`` [B, tokens per latent frame] from face boxes (Boxes of fractions),
+    rasterised by the core (``face_region.face_gate_from_box``) on the sample's own pixel
     grid; samples without a box get an all-ones gate (audio acts everywhere). None when no sample
     has a box."""
     if all(box is None for box in face_boxes):
@@ -123,8 +124,8 @@ def face_gates(face_boxes: list, latent_hw: tuple[int, int]) -> torch.Tensor | N
     rows, cols = face_region.token_grid(size)
     gates = []
     for box in face_boxes:
-        pixel_box = None if box is None else to_pixel_box(box, size)
-        if pixel_box is None or is_empty(pixel_box):
+        pixel_box = None if box is None else to_pixel_box(read_box(box, "face_box"), size)
+        if pixel_box is None or pixel_box.is_empty:
             # caches from before preprocessing dropped boxes the crop cut away can hold empty ones
             gates.append(torch.ones(1, rows * cols))
         else:

@@ -11,7 +11,7 @@ def test_typed_box_wins_and_is_drawn(folders):
     result = masks.EchoMimicFaceMask().run(image, mask=torch.ones(1, 40, 60), box="10, 30, 20, 50")
     (mask,) = result["result"]
     assert mask.shape == (1, 40, 60) and mask.sum() == 20 * 30 and mask[0, 10, 20] == 1 and mask[0, 30, 20] == 0
-    assert result["ui"]["echomimic_face_boxes"] == [{"x1": 20.0, "y1": 10.0, "x2": 50.0, "y2": 30.0}]
+    assert result["ui"]["echomimic_face_boxes"] == [{"top": 10.0, "bottom": 30.0, "left": 20.0, "right": 50.0}]
     preview = result["ui"]["images"][0]
     assert preview["type"] == "temp" and (folders / "temp" / preview["subfolder"] / preview["filename"]).is_file()
 
@@ -36,3 +36,21 @@ def test_bad_boxes_are_rejected():
     assert masks.EchoMimicFaceMask.VALIDATE_INPUTS("") is True
     with pytest.raises(ValueError, match="does not lie inside"):
         masks.EchoMimicFaceMask().run(torch.rand(1, 40, 60, 3), box="10, 50, 0, 10")
+
+
+def test_the_nodes_and_the_core_draw_the_same_pixels(folders):
+    from echomimic_core.boxes import Box
+    from echomimic_core.tasks import Task, lipsync_region
+    from nodes.masks import EchoMimicFaceMask
+    from nodes.task import EchoMimicTask
+
+    fractional = Box(top=2.5, bottom=5.5, left=1.2, right=3.0)
+    expected = fractional.region(8, 6)
+    image = torch.rand(1, 8, 6, 3)
+    drawn = EchoMimicFaceMask().run(image, box="2.5, 5.5, 1.2, 3")["result"][0][0]
+    assert torch.equal(drawn > 0.5, expected)
+    preview = EchoMimicTask().build("first_frame", image=image, face_box="2.5, 5.5, 1.2, 3")[1][0]
+    assert torch.equal((preview != image[0]).any(-1), expected)  # the tinted pixels
+    video = torch.rand(2, 8, 6, 3)
+    mouth = lipsync_region(Task(kind="lipsync", source_video=video, mouth_box=fractional), video, (8, 6))
+    assert torch.equal(mouth, expected.expand(2, 8, 6))

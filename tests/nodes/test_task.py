@@ -47,7 +47,7 @@ def test_first_last_needs_end_image_and_face_region_is_kept():
         EchoMimicTask().build("first_last")
     image, end = torch.rand(1, 32, 32, 3), torch.rand(1, 32, 32, 3)
     spec, preview = EchoMimicTask().build("first_last", image=image, end_image=end, face_box="4, 20, 8, 24")
-    assert spec.face_box == (4.0, 20.0, 8.0, 24.0) and torch.equal(spec.task.end_image, end[0])
+    assert tuple(spec.face_box) == (4.0, 20.0, 8.0, 24.0) and torch.equal(spec.task.end_image, end[0])
     assert preview.shape == (2, 32, 32, 3) and torch.equal(preview[1], end[0])
     tinted = (preview[0] != image[0]).any(-1)
     assert tinted[4:20, 8:24].all() and tinted.sum() == 16 * 16  # face box tinted on the reference only

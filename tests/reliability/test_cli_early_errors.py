@@ -80,7 +80,7 @@ def test_face_and_mouth_boxes_outside_the_picture_are_refused_first(demo_cache, 
 
     audio = wav(tmp_path / "v.wav")
     rc, err = run(capsys, "--face-box", 10, 200, 10, 50, "--out", tmp_path / "o.mp4")
-    assert rc == 2 and "face box" in err and "y2=200" in err and "96x96" in err and not model_loads
+    assert rc == 2 and "face box" in err and "bottom=200" in err and "96x96" in err and not model_loads
 
     video = tmp_path / "src.mp4"
     with av.open(str(video), "w") as c:
@@ -92,14 +92,21 @@ def test_face_and_mouth_boxes_outside_the_picture_are_refused_first(demo_cache, 
         for p in s.encode():
             c.mux(p)
     common = ("--audio", audio, "--task", "lipsync", "--source-video", video, "--out", tmp_path / "o.mp4")
-    for box, shown in (((30, 20, 0, 64), "y1=30, y2=20"), ((0, 48, 60, 100), "x2=100")):
+    for box, shown in (((30, 20, 0, 64), "top=30, bottom=20"), ((0, 48, 60, 100), "right=100")):
         rc, err = run(capsys, *common, "--mouth-box", *box)
         assert rc == 2 and "mouth box" in err and shown in err and "48x64" in err and not model_loads
 
 
-def test_huge_size_is_refused_with_a_memory_estimate(demo_cache, model_loads, tmp_path, capsys):
-    rc, err = run(capsys, "--width", 65536, "--height", 65536, "--out", tmp_path / "o.mp4")
-    assert rc == 2 and "65536x65536" in err and "GiB of memory" in err and "this machine has" in err
+def test_huge_size_is_refused_with_a_memory_estimate(demo_cache, model_loads, tmp_path, capsys, monkeypatch):
+    from echomimic_core import memory_estimate
+
+    # beyond the settings' bounds the parser refuses it; within them, the estimate against this machine
+    with pytest.raises(SystemExit) as refused:
+        run(capsys, "--width", 65536, "--height", 65536, "--out", tmp_path / "o.mp4")
+    assert refused.value.code == 2 and "--width: must be in [32, 4096], got 65536" in capsys.readouterr().err
+    monkeypatch.setattr(memory_estimate, "physical_memory", lambda: memory_estimate.GIB)
+    rc, err = run(capsys, "--width", 4096, "--height", 4096, "--out", tmp_path / "o.mp4")
+    assert rc == 2 and "4096x4096" in err and "GiB of memory" in err and "this machine has 1.0 GiB" in err
     assert not model_loads
 
 

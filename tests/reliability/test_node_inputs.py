@@ -85,8 +85,12 @@ def test_masks_in_4d_layouts_are_accepted_others_refused():
 
 def test_mouth_box_outside_the_video_is_refused_like_the_face_box():
     video = torch.rand(4, 48, 64, 3)
-    for box, shown in (("30, 20, 0, 64", "y1=30, y2=20"), ("0, 48, 60, 100", "x2=100"), ("50, 60, 0, 10", "y1=50")):
-        with pytest.raises(ValueError, match=rf"mouth box \(in source video pixels\) \[.*{shown}.*48x64"):
+    for box, shown in (
+        ("30, 20, 0, 64", "top=30, bottom=20"),
+        ("0, 48, 60, 100", "right=100"),
+        ("50, 60, 0, 10", "top=50"),
+    ):
+        with pytest.raises(ValueError, match=rf"mouth box \(in source video pixels\) .*{shown}.*48x64"):
             EchoMimicTask().build("lipsync", source_video=video, mouth_box=box)
-    with pytest.raises(ValueError, match=r"face box \[y1=30, y2=20.*32x32"):
+    with pytest.raises(ValueError, match=r"face box top=30, bottom=20.*32x32"):
         EchoMimicFaceMask().run(torch.rand(1, 32, 32, 3), box="30, 20, 0, 10")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from training.boxes import FracBox
+from echomimic_core.boxes import Box
 from training.dataset import CachedDataset
 from training.prepare import PrepareConfig, main, prepare
 from training.preprocess import preprocess, read_manifest
@@ -38,16 +38,21 @@ def test_windows_with_a_face_get_sensible_boxes_and_the_rest_a_reason(raw, tmp_p
     reasons = {json.loads(line)["video"]: json.loads(line)["reason"] for line in report.read_text().splitlines()}
     assert reasons == {"cut.mp4": "cut", "quiet.mp4": "silence", "pair.mp4": "several faces", "empty.mp4": "no face"}
 
-    y1, y2, x1, x2 = truth
-    true_face = FracBox(x1 / SIZE[1], y1 / SIZE[0], x2 / SIZE[1], y2 / SIZE[0])
+    true_face = Box.of(truth).scaled(1 / SIZE[0], 1 / SIZE[1])
     for row in rows:
-        face, mouth, crop = (FracBox(*row[k]) for k in ("face_box", "mouth_box", "crop_box"))
-        assert abs(face.x0 - true_face.x0) < 0.06 and abs(face.y1 - true_face.y1) < 0.08, (face, true_face)
-        mid = (face.y0 + face.y1) / 2
-        assert face.x0 <= mouth.x0 < mouth.x1 <= face.x1 and mid - 1e-4 <= mouth.y0 < mouth.y1 <= face.y1
-        assert crop.x0 <= face.x0 and crop.y0 <= face.y0 and face.x1 <= crop.x1 and face.y1 <= crop.y1
+        # manifest boxes are mappings of named edges, fractions of the frame
+        face, mouth, crop = (Box.of(row[k]) for k in ("face_box", "mouth_box", "crop_box"))
+        assert abs(face.left - true_face.left) < 0.06 and abs(face.bottom - true_face.bottom) < 0.08, (face, true_face)
+        mid = (face.top + face.bottom) / 2
+        assert (
+            face.left <= mouth.left < mouth.right <= face.right
+            and mid - 1e-4 <= mouth.top < mouth.bottom <= face.bottom
+        )
+        assert (
+            crop.left <= face.left and crop.top <= face.top and face.right <= crop.right and face.bottom <= crop.bottom
+        )
         # the crop has the training aspect (64 x 64 -> square in source pixels)
-        assert (crop.x1 - crop.x0) * SIZE[1] == pytest.approx((crop.y1 - crop.y0) * SIZE[0], rel=1e-3)
+        assert crop.width * SIZE[1] == pytest.approx(crop.height * SIZE[0], rel=1e-3)
         assert row["caption"] == "a woman talks to the camera" and row["num_frames"] == WINDOW
     assert rows[1]["start_seconds"] == pytest.approx(WINDOW / FPS)
     assert rows[0]["video"] == "../" + folder.name + "/talk/alice.mp4"
@@ -71,8 +76,8 @@ def test_preprocess_reads_the_windows_of_the_manifest(raw, tmp_path, encoders):
     first, second = data[0], data[1]
     assert "cond.lipsync" in first  # a mouth box: the lip-sync task trains
     # the face box is remapped into the face-centred crop: the face fills a good part of it
-    face = FracBox(*first["face_box"])
-    assert 0.25 < face.x1 - face.x0 < 0.75 and 0.25 < face.y1 - face.y0 < 0.75
+    face = first["face_box"]  # a Box of fractions
+    assert 0.25 < face.width < 0.75 and 0.25 < face.height < 0.75
     assert not (first["latents"] == second["latents"]).all()  # two different windows
 
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from echomimic_core.boxes import Box
 from training.dataset import CachedDataset, collate, read_index
 from training.preprocess import preprocess
 from training.synthetic import FRAMES, HEIGHT, WIDTH, sft_rows, synthetic_clip
@@ -16,7 +17,7 @@ def test_cache_holds_what_training_needs(sft_cache, tiny_config):
     assert "cond.lipsync" not in data[0]
     assert item["clip"].shape == (257, tiny_config.clip_dim)
     assert item["audio"].shape == (2 * FRAMES, tiny_config.audio_in_dim)
-    assert item["mouth_box"] == [0.3, 0.5, 0.7, 0.8]
+    assert item["mouth_box"] == Box(top=0.5, bottom=0.8, left=0.3, right=0.7)
     batch = collate([data[0], data[1]])  # a sample without mouth latents still stacks
     assert batch["cond.lipsync"].shape[0] == 2 and not batch["cond.lipsync"][0].any()
 
@@ -124,20 +125,25 @@ def test_load_clip_resamples_to_25fps_and_crops_to_the_aspect(tmp_path):
     assert clip.video.shape == (3, 9, 32, 32) and clip.fps == 25.0
     brightness = (clip.video.mean((0, 2, 3)) + 1) / 2
     assert torch.allclose(brightness, ramp[::2], atol=0.03)  # every second source frame
-    assert clip.crop == pytest.approx((1 / 6, 0.0, 5 / 6, 1.0))
-    assert crop_box([0.5, 0.2, 0.75, 0.4], clip.crop) == pytest.approx([0.5, 0.2, 0.875, 0.4])
+    assert tuple(clip.crop) == pytest.approx((0.0, 1.0, 1 / 6, 5 / 6))  # top, bottom, left, right
+    assert tuple(crop_box(Box(0.2, 0.4, 0.5, 0.75), clip.crop)) == pytest.approx((0.2, 0.4, 0.5, 0.875))
 
 
 def test_boxes_are_checked_cropped_and_dropped_when_cut_away(caplog):
     from training.preprocess import clip_boxes
 
-    crop = (0.25, 0.0, 0.75, 1.0)  # the centre half of a wide frame
-    row = {"id": "c", "face_box": [0.3, 0.1, 0.7, 0.5], "mouth_box": {"x0": 0.0, "y0": 0.6, "x1": 0.2, "y1": 0.8}}
+    crop = Box(top=0.0, bottom=1.0, left=0.25, right=0.75)  # the centre half of a wide frame
+    face = {"top": 0.1, "bottom": 0.5, "left": 0.3, "right": 0.7}
+    row = {"id": "c", "face_box": face, "mouth_box": {"top": 0.6, "bottom": 0.8, "left": 0.0, "right": 0.2}}
     out = clip_boxes(row, crop, (32, 32))
-    assert out["face_box"] == pytest.approx([0.1, 0.1, 0.9, 0.5])
+    assert out["face_box"] == pytest.approx({"top": 0.1, "bottom": 0.5, "left": 0.1, "right": 0.9})
     assert "mouth_box" not in out and "mouth_box lies outside" in caplog.text  # left of the crop
-    with pytest.raises(ValueError, match="x0 < x1"):
-        clip_boxes({"id": "d", "face_box": [0.7, 0.1, 0.3, 0.5]}, crop, (32, 32))
+    with pytest.raises(ValueError, match="left < right"):
+        clip_boxes({"id": "d", "face_box": {"top": 0.1, "bottom": 0.5, "left": 0.7, "right": 0.3}}, crop, (32, 32))
+    # an old manifest's [x0, y0, x1, y1] list gives the same box, with a warning
+    with pytest.warns(FutureWarning, match="old manifest format"):
+        old = clip_boxes({"id": "e", "face_box": [0.3, 0.1, 0.7, 0.5]}, crop, (32, 32))
+    assert old["face_box"] == out["face_box"]
 
 
 def test_caches_written_with_the_old_task_name_still_train(tmp_path, sft_cache):

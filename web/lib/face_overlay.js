@@ -1,5 +1,6 @@
 // The detected face boxes drawn over the image they were found in, wherever the frontend draws it.
-// Boxes are {x1, y1, x2, y2} in source-image pixels (EchoMimicV3 Face Mask's ui output).
+// Boxes are {top, bottom, left, right} in source-image pixels (EchoMimicV3 Face Mask's ui output:
+// echomimic_core.boxes.Box, the project's one box convention).
 //
 // The frontend lays node image previews out itself, and that layout changes between versions
 // (frontend 1.35: an appended "$$canvas-image-preview" widget, the image centred in it, never
@@ -31,10 +32,10 @@ export function boxOnDrawnImage(box, rects) {
   const sx = rects.dst.w / rects.src.w;
   const sy = rects.dst.h / rects.src.h;
   return {
-    x: rects.dst.x + (box.x1 - rects.src.x) * sx,
-    y: rects.dst.y + (box.y1 - rects.src.y) * sy,
-    w: (box.x2 - box.x1) * sx,
-    h: (box.y2 - box.y1) * sy,
+    x: rects.dst.x + (box.left - rects.src.x) * sx,
+    y: rects.dst.y + (box.top - rects.src.y) * sy,
+    w: (box.right - box.left) * sx,
+    h: (box.bottom - box.top) * sy,
   };
 }
 

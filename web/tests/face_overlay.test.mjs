@@ -14,10 +14,10 @@ test("the three drawImage forms give the source crop and the destination", () =>
 test("a box lands where the image was drawn, scaled and offset (the issue's 320x200 example)", () => {
   // the block at x 200-280, y 50-120 of a 320x200 image drawn half size at (40, 300)
   const rects = drawImageRects([{}, 40, 300, 160, 100], 320, 200);
-  assert.deepEqual(boxOnDrawnImage({ x1: 200, y1: 50, x2: 280, y2: 120 }, rects), { x: 140, y: 325, w: 40, h: 35 });
+  assert.deepEqual(boxOnDrawnImage({ top: 50, bottom: 120, left: 200, right: 280 }, rects), { x: 140, y: 325, w: 40, h: 35 });
   // a cropped draw shifts by the crop's origin
   const crop = drawImageRects([{}, 100, 0, 200, 200, 0, 0, 100, 100], 320, 200);
-  assert.deepEqual(boxOnDrawnImage({ x1: 200, y1: 50, x2: 280, y2: 120 }, crop), { x: 50, y: 25, w: 40, h: 35 });
+  assert.deepEqual(boxOnDrawnImage({ top: 50, bottom: 120, left: 200, right: 280 }, crop), { x: 50, y: 25, w: 40, h: 35 });
 });
 
 test("the outline keeps its on-screen width at any zoom", () => {
@@ -44,7 +44,7 @@ test("a watched image gets its boxes right after it is drawn, others nothing", (
   const ctx = recordingContext();
   const face = { naturalWidth: 320, naturalHeight: 200 };
   const other = { naturalWidth: 64, naturalHeight: 64 };
-  const boxes = new Map([[face, [{ x1: 200, y1: 50, x2: 280, y2: 120 }]]]);
+  const boxes = new Map([[face, [{ top: 50, bottom: 120, left: 200, right: 280 }]]]);
   watchDrawImage(ctx, (image) => boxes.get(image));
   watchDrawImage(ctx, () => { throw new Error("installed twice"); });
   ctx.drawImage(other, 0, 0, 64, 64);
