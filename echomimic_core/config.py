@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from .vae_frames import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE
 
 VARIANTS = ("preview", "flash")
+# The features an audio encoder emits ("kind"): a variant's wav2vec2 path, or Whisper-Tiny's, which
+# feeds a preview-variant model (the whisper_tiny preset).
+AUDIO_KINDS = (*VARIANTS, "whisper")
 # What the audio encoders emit and the projectors read (the configs' defaults; audio_alignment and
 # the encoders use these names, so a config field and its constant cannot drift apart).
 AUDIO_TOKENS_PER_FRAME = 2  # preview / Whisper: feature tokens per video frame (50 Hz features at 25 fps)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from echomimic_core.config import AUDIO_KINDS, VARIANTS
+
 from . import comfy_services as services
 from .common import CATEGORY, PRECISIONS
 
@@ -52,7 +54,7 @@ class EchoMimicModelLoader:
                 ),
                 "attention": (available_backends(), {"default": "sdpa"}),
                 "variant": (
-                    ["auto", "preview", "flash"],
+                    ["auto", *VARIANTS],
                     {
                         "default": "auto",
                         "tooltip": "auto reads it from the file; a base Wan2.1-Fun-InP file needs preview or flash.",
@@ -219,7 +221,7 @@ class EchoMimicAudioEncoderLoader(_EncoderLoader):
             "required": {
                 cls.FILE_INPUT: required[cls.FILE_INPUT],
                 "kind": (
-                    ["auto", "preview", "flash", "whisper"],
+                    ["auto", *AUDIO_KINDS],
                     {
                         "default": "auto",
                         "tooltip": "Which model's feature path to use; auto reads the file name / config.",

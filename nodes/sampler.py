@@ -23,6 +23,8 @@ import logging
 import numpy as np
 import torch
 
+from echomimic_core.config import VARIANTS
+
 from . import comfy_services as services
 from .adapters import audio_features, clip_embedding, text_embedding, video_vae
 from .common import CATEGORY, image_batch, out_of_range
@@ -207,7 +209,7 @@ class EchoMimicSampler:
         # The variant is not known before the model loads: refuse only what no variant accepts (an
         # overlap of 90 with auto chunks suits preview's 113); sample() validates the resolved settings.
         problems = []
-        for variant in ("preview", "flash"):
+        for variant in VARIANTS:
             try:
                 resolve_settings(variant, values).validate()
             except (ValueError, TypeError) as e:

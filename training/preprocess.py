@@ -26,7 +26,11 @@ import torch
 from echomimic_core import task_masks
 from echomimic_core.boxes import Box
 from echomimic_core.checkpoints.files import save_state_dict
+<<<<<<< HEAD
 from echomimic_core.settings import GenerationSettings
+=======
+from echomimic_core.config import AUDIO_KINDS
+>>>>>>> b3b54b6 (Variant and audio-kind tuples read from config.VARIANTS / AUDIO_KINDS by checkpoint detection, the audio encoder, the loader nodes, the sampler and preprocessing)
 from training.boxes import as_manifest, parse_frac_box, to_pixel_box
 from training.dataset import CACHE_DTYPES, NULLS, read_index, write_index, write_shard
 from training.tasks import task_inputs
@@ -445,7 +449,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--audio-kind",
         default=None,
-        choices=("preview", "flash", "whisper"),
+        choices=AUDIO_KINDS,
         help="audio feature layout; default: guessed from the encoder files",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -26,14 +26,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import TransformerConfig
+from ..config import VARIANTS, TransformerConfig
 from .files import CheckpointError, load_state_dict, read_metadata, read_shapes, save_state_dict
 from .keymaps import find_prefix, is_diffusers_layout, to_original_keys
 from .quant import FP8_DTYPES, check_supported_quantization, is_scaled_fp8, split_scaled_fp8, to_fp8
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("preview", "flash", "base")
+# What a checkpoint can be: a released variant, or a base Wan2.1-Fun-InP file without audio layers.
+FILE_VARIANTS = (*VARIANTS, "base")
 CONFIG_METADATA_KEY = "echomimic_config"
 WAN_HEAD_DIM = 128  # every released Wan2.1 model (1.3B: 12 x 128, 14B: 40 x 128)
 
@@ -307,8 +308,8 @@ def _inspect(
     variant: str | None,
     config: TransformerConfig | None = None,
 ) -> CheckpointInfo:
-    if variant not in (None, *VARIANTS):
-        raise ValueError(f"variant must be one of {VARIANTS} or None, got {variant!r}.")
+    if variant not in (None, *FILE_VARIANTS):
+        raise ValueError(f"variant must be one of {FILE_VARIANTS} or None, got {variant!r}.")
     try:  # before the scales are taken for fp8 ones (a broadcast error deep in the load)
         check_supported_quantization(raw, str(path))
     except ValueError as e:

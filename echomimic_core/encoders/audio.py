@@ -38,12 +38,12 @@ import torch
 
 from .. import audio_alignment as align
 from ..checkpoints.files import CheckpointError, load_state_dict
+from ..config import AUDIO_KINDS
 from ..media import prepare_audio
 from .keymap import assign_weights, guess_family
 
 log = logging.getLogger(__name__)
 
-KINDS = ("preview", "flash", "whisper")
 _KIND_ALIASES = {"whisper_tiny": "whisper"}  # the transformer preset's name for the paper's variant
 LOUDNESS_TARGET_LUFS = -23.0
 WHISPER_HOP = 160  # mel hop; the encoder's two convolutions halve 100 Hz mel to 50 Hz states
@@ -73,8 +73,8 @@ def normalize_kind(kind: str | None) -> str | None:
     if kind is None:
         return None
     kind = _KIND_ALIASES.get(kind, kind)
-    if kind not in KINDS:
-        raise ValueError(f"audio encoder kind must be one of {KINDS} (or None to detect), got {kind!r}.")
+    if kind not in AUDIO_KINDS:
+        raise ValueError(f"audio encoder kind must be one of {AUDIO_KINDS} (or None to detect), got {kind!r}.")
     return kind
 
 
