@@ -29,6 +29,7 @@ from echomimic_core.model.conditioning import Conditioning  # noqa: E402
 from echomimic_core.model.transformer import EchoMimicTransformer  # noqa: E402
 from echomimic_core.parallel import Parallel, ParallelSpec  # noqa: E402
 from echomimic_core.sampling.sampler import run_branches  # noqa: E402
+from echomimic_core.vae_frames import VAE_SPATIAL_STRIDE, latent_frames  # noqa: E402
 
 BRANCHES = ("uncond", "drop_audio", "cond")
 
@@ -40,7 +41,7 @@ def layouts(world: int, heads: int) -> list[ParallelSpec]:
 
 def inputs(config: TransformerConfig, frames: int, height: int, width: int, device, dtype):
     g = torch.Generator().manual_seed(0)
-    latent = (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    latent = (1, 16, latent_frames(frames), height // VAE_SPATIAL_STRIDE, width // VAE_SPATIAL_STRIDE)
     cond = Conditioning(
         context=[torch.randn(min(120, config.text_len), config.text_dim, generator=g)],
         clip_fea=torch.randn(1, config.clip_tokens, config.clip_dim, generator=g),

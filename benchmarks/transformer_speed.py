@@ -31,12 +31,13 @@ from peak_memory import PeakMemory, return_freed_memory_to_os, synchronize  # no
 from echomimic_core.config import TransformerConfig  # noqa: E402
 from echomimic_core.model.conditioning import Conditioning  # noqa: E402
 from echomimic_core.model.transformer import EchoMimicTransformer  # noqa: E402
+from echomimic_core.vae_frames import VAE_SPATIAL_STRIDE, latent_frames, pixel_frames  # noqa: E402
 
 
 def make_inputs(config: TransformerConfig, frames: int, height: int, width: int, device, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    lat = ((frames - 1) // 4 + 1, height // 8, width // 8)
-    video_frames = 4 * (lat[0] - 1) + 1
+    lat = (latent_frames(frames), height // VAE_SPATIAL_STRIDE, width // VAE_SPATIAL_STRIDE)
+    video_frames = pixel_frames(lat[0])
     if config.variant == "preview":
         audio = torch.randn(1, config.audio_tokens_per_frame * video_frames, config.audio_in_dim, generator=g)
     else:

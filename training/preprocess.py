@@ -26,11 +26,9 @@ import torch
 from echomimic_core import task_masks
 from echomimic_core.boxes import Box
 from echomimic_core.checkpoints.files import save_state_dict
-<<<<<<< HEAD
-from echomimic_core.settings import GenerationSettings
-=======
 from echomimic_core.config import AUDIO_KINDS
->>>>>>> b3b54b6 (Variant and audio-kind tuples read from config.VARIANTS / AUDIO_KINDS by checkpoint detection, the audio encoder, the loader nodes, the sampler and preprocessing)
+from echomimic_core.settings import GenerationSettings
+from echomimic_core.vae_frames import round_down_4k1
 from training.boxes import as_manifest, parse_frac_box, to_pixel_box
 from training.dataset import CACHE_DTYPES, NULLS, read_index, write_index, write_shard
 from training.tasks import task_inputs
@@ -294,7 +292,7 @@ def preprocess(
         raise ValueError(f"kind must be 'sft' or 'dpo', got {kind!r}.")
     if cache_dtype not in CACHE_DTYPES:
         raise ValueError(f"cache_dtype must be one of {sorted(CACHE_DTYPES)}, got {cache_dtype!r}.")
-    if (frames - 1) % 4:
+    if round_down_4k1(frames) != frames:
         raise ValueError(f"frames must be 4k + 1 (e.g. 81), got {frames}: the Wan VAE folds 4 frames.")
     out, root = Path(out_dir), Path(root)
     out.mkdir(parents=True, exist_ok=True)
