@@ -219,7 +219,7 @@ def encode_audio(
 
 
 def model_face_gate(models: Models, reference: np.ndarray, sample_size: tuple[int, int], box=None, mask=None):
-    """The preview model's audio gate ``face_gate`` [1, tokens] (box, else mask, else detector); None for flash."""
+    """The preview model's face gate [1, tokens] (box, else mask, else detector); None for flash."""
     if models.variant != "preview":
         return None
     face_gate, source = face_gate_for_image(reference, sample_size, box=box, mask=mask)

@@ -1,7 +1,7 @@
 """Task builder: which frames (or pixels) are kept and which the model generates.
 
 Outputs ``ECHOMIMIC_TASK`` (:class:`TaskSpec`: the core's ``pipeline.Task`` plus the face region
-for the preview model's audio gate) and an ``IMAGE`` preview of what is kept, composed by the core's
+for the preview model's face gate) and an ``IMAGE`` preview of what is kept, composed by the core's
 ``tasks.preview_frames``: the kept images, the lip-sync mouth region tinted red, the face region green.
 """
 
