@@ -168,9 +168,10 @@ def test_sliding_mode_uses_teacache_in_every_window(fast_models, demo_models):
 
         uncached = frames(teacache_threshold=0.0)
         assert len(runs) == 2 * 4  # two windows, four steps, guidance batched
-        # a threshold no step stays under: residuals kept per window, every step computed, exact
-        assert torch.equal(frames(teacache_threshold=1e9, teacache_skip_start_steps=4), uncached)
-        skipping = frames(teacache_threshold=1e9, teacache_skip_start_steps=1)
+        # the highest threshold the settings allow, which every step here stays under; with all four
+        # steps before skipping starts, residuals are kept per window, every step computed, exact
+        assert torch.equal(frames(teacache_threshold=1.0, teacache_skip_start_steps=4), uncached)
+        skipping = frames(teacache_threshold=1.0, teacache_skip_start_steps=1)
         assert len(runs) == 2 * 1  # steps 1-3 reuse each window's residual of step 0
         assert torch.isfinite(skipping).all() and not torch.equal(skipping, uncached)
     finally:
