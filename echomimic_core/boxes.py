@@ -66,6 +66,11 @@ class Box(NamedTuple):
         """The box with rows multiplied by ``sy`` and columns by ``sx`` (resizing, fractions -> pixels)."""
         return Box(self.top * sy, self.bottom * sy, self.left * sx, self.right * sx)
 
+    def grown(self, fraction: float) -> Box:
+        """The box with each edge moved outwards by ``fraction`` of its height (rows) or width (columns)."""
+        dy, dx = self.height * fraction, self.width * fraction
+        return Box(self.top - dy, self.bottom + dy, self.left - dx, self.right + dx)
+
     def rounded(self) -> Box:
         """Edges rounded to whole pixels."""
         return Box(*(float(round(v)) for v in self))

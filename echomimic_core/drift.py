@@ -12,8 +12,9 @@ post-process), a few frames sampled evenly (``DriftMeter.samples``):
   penultimate block, what Wan conditions on) of the chunk's face crop and the reference's face
   crop. A *proxy*: CLIP is not a face-recognition model; it tracks gross identity loss (a different
   face, a smeared one) but not subtle likeness.
-* ``face_box``: the face found by the Haar detector in the chunk's middle sampled frame, [y1, y2,
-  x1, x2] in output pixels; None when none was found (the reference's box is measured instead).
+* ``face_box``: the face found by the Haar detector in the chunk's middle sampled frame, [top,
+  bottom, left, right] in output pixels; None when none was found (the reference's box is measured
+  instead).
 
 Countermeasures (settings, see README "Long videos"):
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +39,15 @@ import cv2
 import numpy as np
 import torch
 
+from .boxes import Box
 from .color_match import color_transfer, to_uint8_frames
 from .face_region import detect_face_box
 
 log = logging.getLogger(__name__)
 
-ANCHORS = ("off", "colour", "keyframe")
 METRICS = ("sharpness", "colour_shift", "identity")
 CLIP_FACE_MARGIN = 0.25  # the face crop CLIP sees: the box grown by this fraction on each side
 REPORT_VERSION = 1
-
-Box = tuple[float, float, float, float]  # y1, y2, x1, x2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,15 +68,12 @@ def lab_statistics(images: np.ndarray) -> np.ndarray:
 
 
 def crop(image: np.ndarray, box: Box, margin: float = 0.0) -> np.ndarray:
-    """The box (grown by ``margin`` of its size on each side, clipped to the image), at least 2x2."""
-    y1, y2, x1, x2 = box
-    dy, dx = (y2 - y1) * margin, (x2 - x1) * margin
-    h, w = image.shape[:2]
-    top, bottom = int(max(0, math.floor(y1 - dy))), int(min(h, math.ceil(y2 + dy)))
-    left, right = int(max(0, math.floor(x1 - dx))), int(min(w, math.ceil(x2 + dx)))
-    if bottom - top < 2 or right - left < 2:
+    """The pixels the box touches (grown by ``margin`` of its size on each side, clipped to the
+    image); the whole image when that leaves less than 2x2."""
+    rows, cols = Box.of(box).grown(margin).pixel_span(*image.shape[:2])
+    if rows.stop - rows.start < 2 or cols.stop - cols.start < 2:
         return image
-    return image[top:bottom, left:right]
+    return image[rows, cols]
 
 
 def clip_embedder(image_encoder) -> Callable[[list[np.ndarray]], torch.Tensor]:
@@ -116,9 +111,9 @@ class DriftMeter:
     ):
         self.reference = to_uint8_frames(reference[None])[0]
         h, w = self.reference.shape[:2]
-        self.face_box = tuple(face_box) if face_box is not None else detect_face_box(self.reference)
+        self.face_box = Box.of(face_box) if face_box is not None else detect_face_box(self.reference)
         if self.face_box is None:
-            self.face_box = (0.0, float(h), 0.0, float(w))
+            self.face_box = Box(0.0, float(h), 0.0, float(w))
         self.embed, self.samples = embed, samples
         self.reference_stats = lab_statistics(self.reference[None])
         self.reference_sharpness = laplacian_variance(crop(self.reference, self.face_box))

@@ -24,6 +24,7 @@ import torch
 
 from . import color_match, media
 from . import resume as resuming
+from .boxes import Box
 from .drift import DriftMeter, clip_embedder, write_report
 
 log = logging.getLogger(__name__)
@@ -321,12 +322,11 @@ def on_device_embedder(image_encoder, device, offload_device):
     return run
 
 
-def face_box_at(box, image_hw, sample_size):
-    """A face box [y1, y2, x1, x2] in the reference image's pixels, in output pixels (None stays None)."""
+def face_box_at(box, image_hw, sample_size) -> Box | None:
+    """A face box (top, bottom, left, right) in the reference image's pixels, in output pixels (None stays None)."""
     if box is None:
         return None
-    sy, sx = sample_size[0] / image_hw[0], sample_size[1] / image_hw[1]
-    return (box[0] * sy, box[1] * sy, box[2] * sx, box[3] * sx)
+    return Box.of(box, "face box").scaled(sample_size[0] / image_hw[0], sample_size[1] / image_hw[1])
 
 
 def task_digest(task) -> dict[str, Any]:

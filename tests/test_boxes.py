@@ -19,6 +19,7 @@ def test_forms_of_a_box_and_its_order():
     assert box.scaled(0.5, 2) == Box(5, 15, 40, 100) and Box(0.26, 0.5, 0.1, 1.0).scaled(10, 10).rounded() == Box(
         3, 5, 1, 10
     )
+    assert box.grown(0.25) == Box(5, 35, 12.5, 57.5)
     assert parse_box("10, 30; 20 50") == box and parse_box("  ") is None
     with pytest.raises(ValueError, match="expected four pixel numbers 'top, bottom, left, right'"):
         parse_box("1, 2, 3", "face box")

@@ -227,8 +227,8 @@ def test_long_video_settings_are_checked():
     settings = GenerationSettings.for_variant("preview")
     for name, value, message in (
         ("reference_anchor", "bogus", "reference_anchor must be one of"),
-        ("audio_context_seconds", -1.0, "audio_context_seconds must be >= 0"),
-        ("seam_search_frames", -4, "seam_search_frames must be >= 0"),
+        ("audio_context_seconds", -1.0, r"audio_context_seconds must be in \[0, 600\], got -1.0"),
+        ("seam_search_frames", -4, r"seam_search_frames must be in \[0, 64\], got -4"),
         ("redo_identity_below", 1.5, "redo_identity_below must be in"),
         ("redo_sharpness_ratio", -0.1, "redo_sharpness_ratio must be in"),
     ):
