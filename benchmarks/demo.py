@@ -3,7 +3,7 @@
     python benchmarks/demo.py [--variant preview|flash] [--threads 2] [--runs 3]
 
 Runs the demo generation (the demo models, image and 2.4 s of speech; the CLI demo's and the
-demo workflows' settings: 4 steps in two 33-frame chunks for preview, flash's auto 8 steps) and
+demo workflows' settings: 4 steps in 33-frame chunks for preview (three, seams in the pauses), flash's auto 8 steps) and
 prints each phase's wall and CPU seconds, best of ``--runs``. CPU seconds are what a quiet machine
 would take per thread; wall seconds on a busy machine are not the demo's cost.
 """

@@ -81,7 +81,6 @@ def plan_chunks_at_pauses(
     plan_chunks(num_frames, partial_video_length, overlap_video_length)  # the same argument checks
     partial = round_down_4k1(partial_video_length)
     energy = [float(e) for e in energy] + [0.0] * max(0, num_frames - len(energy))
-    shortest = max(5, overlap_video_length + 4, partial - search_frames)
     chunks, start, overlap = [], 0, 0
     while True:
         remaining = num_frames - start
@@ -89,7 +88,7 @@ def plan_chunks_at_pauses(
             chunks.append(Chunk(start, round_up_4k1(remaining), overlap))
             return chunks
         best, best_cost = partial, None
-        for length in range(partial, shortest - 1, -VAE_TEMPORAL_STRIDE):
+        for length in _seam_lengths(partial, overlap_video_length, search_frames):
             seam = energy[start + length - overlap_video_length : start + length]
             cost = sum(seam) / max(1, len(seam))
             if best_cost is None or cost < best_cost - 1e-12:
@@ -97,6 +96,32 @@ def plan_chunks_at_pauses(
         chunks.append(Chunk(start, best, overlap))
         overlap = overlap_video_length
         start += best - overlap
+
+
+def _seam_lengths(partial: int, overlap: int, search_frames: int) -> range:
+    """The lengths a chunk that does not reach the end may take under seam search, longest first."""
+    shortest = max(5, overlap + 4, partial - search_frames)
+    return range(partial, shortest - 1, -VAE_TEMPORAL_STRIDE)
+
+
+def most_chunks_at_pauses(
+    num_frames: int, partial_video_length: int, overlap_video_length: int, search_frames: int
+) -> int:
+    """The most chunks :func:`plan_chunks_at_pauses` can return for any audio of ``num_frames``.
+
+    Which seams the search picks depends on the audio's loudness, which a plan made before the
+    audio is encoded (the frontend's plan line) does not have; this bounds its cost. The count is
+    reached when every chunk takes the shortest length (speech louder towards each chunk's end).
+    """
+    if search_frames <= 0:
+        return len(plan_chunks(num_frames, partial_video_length, overlap_video_length))
+    plan_chunks(num_frames, partial_video_length, overlap_video_length)  # the same argument checks
+    partial = round_down_4k1(partial_video_length)
+    step = _seam_lengths(partial, overlap_video_length, search_frames)[-1] - overlap_video_length
+    count, start = 1, 0
+    while num_frames - start > partial:
+        count, start = count + 1, start + step
+    return count
 
 
 def blend_into(video: torch.Tensor | None, chunk_frames: torch.Tensor, overlap: int) -> torch.Tensor:

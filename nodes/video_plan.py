@@ -18,9 +18,10 @@ JavaScript ``formatPlan``). The rules:
   ``0 <= overlap < partial``. Upstream instead rounds the last chunk down and loses up to 3 frames
   and the audio under them.
 
-This is the plan at fixed seams. With the sampler's ``seam_search_frames`` (default 12) each chunk
-may end up to that many frames earlier, at a pause in the audio (``long_video.plan_chunks_at_pauses``),
-which the audio's duration alone cannot tell: the sampler may then render a few more chunks.
+``chunks`` is the plan at fixed seams. With the sampler's ``seam_search_frames`` (default 12) each
+chunk may end up to that many frames earlier, at a pause in the audio
+(``long_video.plan_chunks_at_pauses``), which the audio's duration alone cannot tell: the sampler
+may render up to ``most_chunks`` chunks, and the line shows that range ("2–3 chunks").
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from echomimic_core.audio_alignment import SAMPLE_RATE, frames_for_samples
-from echomimic_core.long_video import plan_chunks
+from echomimic_core.long_video import most_chunks_at_pauses, plan_chunks
 from echomimic_core.vae_frames import latent_frames, round_down_4k1, round_up_4k1
 
 
@@ -40,6 +41,7 @@ class VideoPlan:
     partial: int  # chunk length after rounding
     chunks: tuple[tuple[int, int, int], ...]  # (first frame, frames generated, overlap) per chunk
     seconds: float  # frames / fps
+    most_chunks: int  # chunks the sampler's seam search may render (len(chunks) without it)
 
     @property
     def generated_frames(self) -> int:
@@ -47,7 +49,14 @@ class VideoPlan:
         return sum(length for _, length, _ in self.chunks)
 
 
-def plan_video(duration_s: float, fps: float, partial: int, overlap: int, max_frames: int | None = None) -> VideoPlan:
+def plan_video(
+    duration_s: float,
+    fps: float,
+    partial: int,
+    overlap: int,
+    max_frames: int | None = None,
+    seam_search_frames: int = 0,
+) -> VideoPlan:
     """Frames, latent frames and chunks for ``duration_s`` seconds of audio."""
     frames = frames_for_samples(round(duration_s * SAMPLE_RATE), fps, max_frames=max_frames, round_to_4k1=False)
     if frames < 1:
@@ -59,17 +68,24 @@ def plan_video(duration_s: float, fps: float, partial: int, overlap: int, max_fr
         round_down_4k1(partial),
         tuple((c.start, c.length, c.overlap) for c in chunks),
         frames / fps,
+        most_chunks_at_pauses(frames, partial, overlap, seam_search_frames),
     )
 
 
-def plan_line(frames: int, fps: float, latent: int, chunks: int | None) -> str:
+def plan_line(frames: int, fps: float, latent: int, chunks: int | None, most_chunks: int | None = None) -> str:
     """The sampler's summary, "125 frames · 5.00 s · 32 latent · 2 chunks"; ``chunks`` None = sliding mode.
 
-    The frontend writes the same line before a run (``formatPlan`` in web/lib/video_plan.js); after
-    a run the sampler sends it from the real plan, so the chunk count does not vanish on execution.
+    The frontend writes the same line before a run (``formatPlan`` in web/lib/video_plan.js), with
+    "2–3 chunks" when seam search may add chunks (``most_chunks``); after a run the sampler sends it
+    from the real plan (one count), so the chunk count does not vanish on execution.
     In sliding mode the windows are cut in latent frames, not these chunks, so no count is shown.
     """
-    count = "sliding windows" if chunks is None else "1 chunk" if chunks == 1 else f"{chunks} chunks"
+    if chunks is None:
+        count = "sliding windows"
+    elif most_chunks is not None and most_chunks > chunks:
+        count = f"{chunks}–{most_chunks} chunks"
+    else:
+        count = "1 chunk" if chunks == 1 else f"{chunks} chunks"
     length = "1 frame" if frames == 1 else f"{frames} frames"
     # JavaScript's toFixed(2): the exact binary value, ties away from zero (Python's format rounds
     # ties to even: 135 frames at 24 fps would read 5.62 s here and 5.63 s in the browser)

@@ -7,6 +7,7 @@ from echomimic_core.long_video import (
     Stitcher,
     Window,
     blend_into,
+    most_chunks_at_pauses,
     plan_chunks,
     plan_chunks_at_pauses,
     plan_windows,
@@ -158,3 +159,25 @@ def test_seams_in_speech_without_pauses_stay_at_the_longest_chunk():
     energy = torch.ones(300)
     assert plan_chunks_at_pauses(300, 113, 8, energy, search_frames=16) == plan_chunks(300, 113, 8)
     assert plan_chunks_at_pauses(300, 113, 8, energy, search_frames=0) == plan_chunks(300, 113, 8)
+
+
+@pytest.mark.parametrize("partial,overlap,search", [(33, 4, 12), (113, 8, 16), (81, 8, 12), (49, 16, 40), (33, 4, 0)])
+def test_most_chunks_bounds_the_seam_search_for_any_audio(partial, overlap, search):
+    generator = torch.Generator().manual_seed(0)
+    for frames in range(1, 400, 13):
+        most = most_chunks_at_pauses(frames, partial, overlap, search)
+        assert len(plan_chunks(frames, partial, overlap)) <= most
+        for _ in range(5):
+            energy = torch.rand(frames, generator=generator)
+            assert len(plan_chunks_at_pauses(frames, partial, overlap, energy, search)) <= most
+        # louder towards each chunk's end: every seam takes the shortest chunk, and the bound is reached
+        rising = torch.arange(frames, dtype=torch.float32)
+        assert len(plan_chunks_at_pauses(frames, partial, overlap, rising, search)) == most
+
+
+def test_most_chunks_of_the_demo_clip():
+    # 2.4 s at 25 fps in 33-frame chunks sharing 4: 2 at fixed seams, 3 if every seam moves 12 earlier
+    assert len(plan_chunks(60, 33, 4)) == 2
+    assert most_chunks_at_pauses(60, 33, 4, 12) == 3
+    with pytest.raises(ValueError, match="overlap_video_length must be in"):
+        most_chunks_at_pauses(60, 33, 33, 12)

@@ -544,7 +544,8 @@ def workflows() -> list[Workflow]:
                     "EchoMimicSampler",
                     3,
                     0,
-                    # two 33-frame chunks sharing 4 frames, as the CLI demo: long-video stitching runs too
+                    # 33-frame chunks sharing 4 frames, as the CLI demo: long-video stitching and the seam
+                    # search run too (the 2.4 s clip: 2 chunks at fixed seams, 3 with the seams in its pauses)
                     {"steps": 4, "partial_video_length": 33, "overlap_video_length": 4},
                     {
                         "model": ("model", 0),
@@ -561,7 +562,8 @@ def workflows() -> list[Workflow]:
                 demo_output(),
                 note(
                     "# Demo on tiny random models (preview)\n" + DEMO_NOTE + "\n\nThe sampler renders the 2.4 s "
-                    "clip in two 33-frame chunks, so long-video stitching runs too."
+                    "clip in 33-frame chunks whose seams it moves into the speech's pauses (3 chunks; its line "
+                    "shows 2–3 before the run), so long-video stitching runs too."
                 ),
             ],
             title="Demo · tiny models",

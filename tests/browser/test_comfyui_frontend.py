@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import wave
 from pathlib import Path
 
@@ -166,9 +167,11 @@ def test_plan_follows_upstream_changes_with_one_fetch_per_file(canvas, comfyui, 
     canvas.load(comfyui.template("echomimic_demo_tiny"))
     sampler = canvas.node_id("EchoMimicSampler")
 
-    def expect(seconds, fps):  # the demo sampler: 33-frame chunks overlapping by 4
-        plan = plan_video(seconds, fps, 33, 4)
-        return plan_line(plan.frames, fps, plan.latent_frames, len(plan.chunks))
+    search = canvas.node(sampler, "return node.widgets.find((w) => w.name === 'seam_search_frames').value;")
+
+    def expect(seconds, fps):  # the demo sampler: 33-frame chunks overlapping by 4, seams searched
+        plan = plan_video(seconds, fps, 33, 4, seam_search_frames=search)
+        return plan_line(plan.frames, fps, plan.latent_frames, len(plan.chunks), plan.most_chunks)
 
     def shows(text):
         canvas.page.wait_for_function(
@@ -178,6 +181,7 @@ def test_plan_follows_upstream_changes_with_one_fetch_per_file(canvas, comfyui, 
             timeout=20_000,
         )
 
+    assert expect(2.4, 25) == "60 frames · 2.40 s · 16 latent · 2–3 chunks"
     shows(expect(2.4, 25))
     audio = canvas.node_id("LoadAudio")
     canvas.node(
@@ -204,6 +208,13 @@ def test_demo_runs_from_the_run_button_to_a_video(canvas, comfyui, shots, name):
     page = canvas.page
     canvas.load(comfyui.template(name))
     sampler = canvas.node_id("EchoMimicSampler")
+    page.wait_for_function(
+        "(id) => { window.app.graph.setDirtyCanvas(true, true);"
+        " return /chunk/.test(window.app.graph.getNodeById(id).echomimicPlanText ?? ''); }",
+        arg=sampler,
+        timeout=20_000,
+    )
+    planned = canvas.node(sampler, "return node.echomimicPlanText;")
     page.evaluate(
         "() => { window.__progress = []; window.app.api.addEventListener('progress', (e) => window.__progress.push(e.detail)); }"
     )
@@ -230,3 +241,7 @@ def test_demo_runs_from_the_run_button_to_a_video(canvas, comfyui, shots, name):
     # after the run the line still counts the chunks (from the real plan)
     text = canvas.node(sampler, "return node.echomimicPlanText;")
     assert text.startswith("60 frames · 2.40 s · 16 latent · ") and "chunk" in text, text
+    # ... one count, within the range the line promised before the run (seam search picks it)
+    ran = int(re.search(r"latent · (\d+) chunks?", text).group(1))
+    low, _, high = re.search(r"latent · ([\d–]+) chunk", planned).group(1).partition("–")
+    assert int(low) <= ran <= int(high or low), (planned, text)

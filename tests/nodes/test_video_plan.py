@@ -14,8 +14,16 @@ CASES = json.loads((Path(__file__).resolve().parents[2] / "web" / "tests" / "vid
     "case", CASES["cases"], ids=lambda c: f"{c['duration_s']}s-{c['fps']}fps-{c['partial']}-{c['overlap']}"
 )
 def test_table(case):
-    plan = plan_video(case["duration_s"], case["fps"], case["partial"], case["overlap"], case.get("max_frames"))
+    plan = plan_video(
+        case["duration_s"],
+        case["fps"],
+        case["partial"],
+        case["overlap"],
+        case.get("max_frames"),
+        case.get("seam_search", 0),
+    )
     expect = case["expect"]
+    assert plan.most_chunks == expect.get("most_chunks", len(expect["chunks"]))
     assert (plan.frames, plan.latent_frames, plan.partial) == (
         expect["frames"],
         expect["latent_frames"],
@@ -23,7 +31,7 @@ def test_table(case):
     )
     assert [list(c) for c in plan.chunks] == expect["chunks"]
     assert plan.seconds == pytest.approx(plan.frames / case["fps"])
-    line = plan_line(plan.frames, case["fps"], plan.latent_frames, len(plan.chunks))
+    line = plan_line(plan.frames, case["fps"], plan.latent_frames, len(plan.chunks), plan.most_chunks)
     assert line == expect["line"]  # web/tests/video_plan.test.mjs holds formatPlan to the same text
 
 
@@ -47,4 +55,15 @@ def test_chunks_cover_the_clip(partial, overlap):
 
 def test_plan_line_in_sliding_mode_has_no_chunk_count():
     assert plan_line(125, 25, 32, None) == "125 frames · 5.00 s · 32 latent · sliding windows"
+    assert plan_line(125, 25, 32, None, 3) == "125 frames · 5.00 s · 32 latent · sliding windows"
     assert plan_line(75, 25, 20, 1) == "75 frames · 3.00 s · 20 latent · 1 chunk"
+
+
+def test_plan_line_gives_the_range_seam_search_may_render():
+    # the demo clip: 2 chunks at fixed seams, up to 3 when the seams move into pauses; the run's line
+    # (the sampler's real plan) has one count
+    plan = plan_video(2.4, 25, 33, 4, seam_search_frames=12)
+    assert (len(plan.chunks), plan.most_chunks) == (2, 3)
+    assert plan_line(60, 25, 16, 2, plan.most_chunks) == "60 frames · 2.40 s · 16 latent · 2–3 chunks"
+    assert plan_line(60, 25, 16, 3) == "60 frames · 2.40 s · 16 latent · 3 chunks"
+    assert plan_video(2.4, 25, 33, 4).most_chunks == 2  # no search: the fixed seams

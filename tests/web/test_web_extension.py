@@ -35,16 +35,17 @@ def test_js_plan_matches_python_on_a_sweep():
     """web/lib/video_plan.js and nodes/video_plan.py (the core's rules) agree beyond the table, line included."""
     from nodes.video_plan import plan_line, plan_video
 
-    inputs = [(d / 100, fps, partial, overlap) for d in range(10, 4000, 37)
+    inputs = [(d / 100, fps, partial, overlap, None, (0, 12, 40)[d % 3]) for d in range(10, 4000, 37)
               for fps in (25, 30, 24, 29.97, 30000 / 1001, 12.5) for partial, overlap in ((113, 8), (81, 12), (49, 0))]
     script = ("import {planVideo, formatPlan} from " + json.dumps((WEB / "lib" / "video_plan.js").as_uri()) + ";"
               "const inputs = JSON.parse(process.argv[1]);"
-              "console.log(JSON.stringify(inputs.map(a => { const p = planVideo(...a); return [p.frames, p.chunks, formatPlan(p)]; })));")
+              "console.log(JSON.stringify(inputs.map(a => { const p = planVideo(...a); return [p.frames, p.chunks, p.mostChunks, formatPlan(p)]; })));")
     result = subprocess.run([NODE, "--input-type=module", "-e", script, json.dumps(inputs)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     js = json.loads(result.stdout)
-    for args, (frames, chunks, line) in zip(inputs, js, strict=True):
+    for args, (frames, chunks, most, line) in zip(inputs, js, strict=True):
         plan = plan_video(*args)
-        assert (frames, chunks) == (plan.frames, [list(c) for c in plan.chunks]), args
-        assert line == plan_line(plan.frames, args[1], plan.latent_frames, len(plan.chunks)), args
+        assert (frames, chunks, most) == (plan.frames, [list(c) for c in plan.chunks], plan.most_chunks), args
+        assert line == plan_line(plan.frames, args[1], plan.latent_frames, len(plan.chunks), plan.most_chunks), args
+    assert any("–" in line for *_, line in js)  # the sweep reaches ranges

@@ -29,6 +29,7 @@ export function planInputs(graph, node) {
     partial: widgetValue(node, "partial_video_length"),
     overlap: widgetValue(node, "overlap_video_length"),
     mode: widgetValue(node, "long_video_mode"),
+    seamSearch: widgetValue(node, "seam_search_frames") ?? 0, // absent on older saved samplers
     variant: modelVariant(sourceNode(graph, node, "model")),
   };
 }
@@ -43,7 +44,7 @@ export function planText(inputs, seconds) {
   if (seconds === null || seconds === undefined) return `cannot read the duration of ${inputs.file}`;
   try {
     const partial = resolvePartial(inputs.partial, inputs.variant);
-    return formatPlan(planVideo(seconds, inputs.fps, partial, inputs.overlap, inputs.maxFrames), inputs.mode);
+    return formatPlan(planVideo(seconds, inputs.fps, partial, inputs.overlap, inputs.maxFrames, inputs.seamSearch), inputs.mode);
   } catch (e) {
     return e.message;
   }

@@ -10,6 +10,9 @@
 //   partial = partial_video_length rounded down to 4k+1 (>= 5), 0 <= overlap < partial;
 //   chunks start every partial - overlap frames; the chunk reaching the end is the remaining
 //   frames rounded UP to 4k+1 (surplus trimmed), so the output has exactly `frames` frames.
+//   mostChunks: with the sampler's seam search (seamSearch > 0) a chunk that does not reach the end
+//   may be up to seamSearch frames shorter (4-frame steps, >= max(5, overlap + 4)) to put its seam
+//   in a pause; the most chunks is every such chunk at its shortest (long_video.most_chunks_at_pauses).
 
 import { AUDIO_SAMPLE_RATE as SAMPLE_RATE, VAE_TEMPORAL_STRIDE as STRIDE, VARIANT_DEFAULTS } from "./facts.js";
 
@@ -33,7 +36,7 @@ export function fpsFraction(fps) {
 
 const floorDiv = (a, b) => (a - (a % b)) / b; // exact for non-negative integers below 2^53
 
-export function planVideo(durationS, fps, partial, overlap, maxFrames = null) {
+export function planVideo(durationS, fps, partial, overlap, maxFrames = null, seamSearch = 0) {
   const [num, den] = fpsFraction(fps);
   let frames = floorDiv(Math.round(durationS * SAMPLE_RATE) * num, SAMPLE_RATE * den);
   if (maxFrames !== null && maxFrames !== undefined) frames = Math.min(frames, Math.trunc(maxFrames));
@@ -58,7 +61,15 @@ export function planVideo(durationS, fps, partial, overlap, maxFrames = null) {
     shared = overlap;
     start += part - overlap;
   }
-  return { frames, latentFrames: latentFrames(roundUp4k1(frames)), partial: part, chunks, seconds: frames / fps };
+  let mostChunks = chunks.length;
+  if (seamSearch > 0) {
+    const shortest = Math.max(5, overlap + STRIDE, part - seamSearch);
+    const step = part - Math.floor((part - shortest) / STRIDE) * STRIDE - overlap;
+    for (mostChunks = 1, start = 0; frames - start > part; mostChunks++) start += step;
+  }
+  return {
+    frames, latentFrames: latentFrames(roundUp4k1(frames)), partial: part, chunks, seconds: frames / fps, mostChunks,
+  };
 }
 
 // The sampler's partial_video_length 0 means the model variant's upstream chunk length
@@ -67,11 +78,14 @@ export function resolvePartial(partial, variant) {
   return partial ? partial : (VARIANT_DEFAULTS[variant] ?? VARIANT_DEFAULTS.preview).partial_video_length;
 }
 
-// One line for the node: "125 frames · 5.00 s · 32 latent · 2 chunks". In the sampler's sliding
-// long_video_mode the windows are cut in latent frames, not these pixel chunks, so no count is shown.
+// One line for the node: "125 frames · 5.00 s · 32 latent · 2 chunks", "2–3 chunks" when seam search
+// may add chunks. In the sampler's sliding long_video_mode the windows are cut in latent frames, not
+// these pixel chunks, so no count is shown.
 export function formatPlan(plan, longVideoMode = "chunks") {
+  const n = plan.chunks.length;
   const chunks = longVideoMode === "sliding" ? "sliding windows"
-    : plan.chunks.length === 1 ? "1 chunk" : `${plan.chunks.length} chunks`;
+    : plan.mostChunks > n ? `${n}–${plan.mostChunks} chunks`
+    : n === 1 ? "1 chunk" : `${n} chunks`;
   const length = plan.frames === 1 ? "1 frame" : `${plan.frames} frames`;
   return `${length} · ${plan.seconds.toFixed(2)} s · ${plan.latentFrames} latent · ${chunks}`;
 }

@@ -9,7 +9,8 @@ function demoGraph() {
     inputs: [{ name: "audio", type: "AUDIO", link: 10 }] };
   const model = { id: 4, inputs: [], widgets: [{ name: "model", value: "echomimicv3_flash_demo_tiny.safetensors" }, { name: "variant", value: "auto" }] };
   const sampler = { id: 3,
-    widgets: [{ name: "partial_video_length", value: 0 }, { name: "overlap_video_length", value: 8 }, { name: "long_video_mode", value: "chunks" }],
+    widgets: [{ name: "partial_video_length", value: 0 }, { name: "overlap_video_length", value: 8 }, { name: "long_video_mode", value: "chunks" },
+      { name: "seam_search_frames", value: 12 }],
     inputs: [{ name: "model", type: "ECHOMIMIC_MODEL", link: 12 }, { name: "audio_embeds", type: "ECHOMIMIC_AUDIO_EMBEDS", link: 11 }] };
   const byId = new Map([loader, encode, sampler, model].map((n) => [n.id, n]));
   const graph = { links: { 10: { origin_id: 1 }, 11: { origin_id: 2 }, 12: { origin_id: 4 } }, getNodeById: (id) => byId.get(id) };
@@ -19,7 +20,7 @@ function demoGraph() {
 test("the inputs come from the sampler, the nodes upstream and the model loader", () => {
   const { graph, sampler } = demoGraph();
   assert.deepEqual(planInputs(graph, sampler), {
-    file: "a.wav", listed: true, fps: 25, maxFrames: null, partial: 0, overlap: 8, mode: "chunks", variant: "flash",
+    file: "a.wav", listed: true, fps: 25, maxFrames: null, partial: 0, overlap: 8, mode: "chunks", seamSearch: 12, variant: "flash",
   });
 });
 
@@ -41,6 +42,11 @@ test("the line: the plan, a missing file, no audio, bad settings", () => {
   const inputs = planInputs(graph, sampler);
   // flash: auto chunks of 81 frames
   assert.equal(planText(inputs, 10), "250 frames · 10.00 s · 64 latent · 4 chunks");
+  // a longer seam search may shorten every chunk to 41 frames: the run may render up to 7
+  sampler.widgets[3].value = 40;
+  assert.equal(planText(planInputs(graph, sampler), 10), "250 frames · 10.00 s · 64 latent · 4–7 chunks");
+  sampler.widgets.pop(); // a sampler saved before seam search: fixed seams
+  assert.equal(planText(planInputs(graph, sampler), 10), "250 frames · 10.00 s · 64 latent · 4 chunks");
   assert.equal(planText(inputs, null), "cannot read the duration of a.wav");
   loader.widgets[0].value = "speech.wav";
   assert.equal(planText(planInputs(graph, sampler), 10), "speech.wav is not in ComfyUI's input folder");

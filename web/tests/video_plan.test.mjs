@@ -7,11 +7,12 @@ const table = JSON.parse(readFileSync(new URL("./video_plan_cases.json", import.
 
 for (const c of table.cases) {
   test(`plan ${c.duration_s}s @${c.fps}fps partial ${c.partial} overlap ${c.overlap}`, () => {
-    const plan = planVideo(c.duration_s, c.fps, c.partial, c.overlap, c.max_frames ?? null);
+    const plan = planVideo(c.duration_s, c.fps, c.partial, c.overlap, c.max_frames ?? null, c.seam_search ?? 0);
     assert.equal(plan.frames, c.expect.frames);
     assert.equal(plan.latentFrames, c.expect.latent_frames);
     assert.equal(plan.partial, c.expect.partial);
     assert.deepEqual(plan.chunks, c.expect.chunks);
+    assert.equal(plan.mostChunks, c.expect.most_chunks ?? c.expect.chunks.length);
     assert.ok(Math.abs(plan.seconds - c.expect.frames / c.fps) < 1e-9);
     assert.equal(formatPlan(plan), c.expect.line); // tests/nodes/test_video_plan.py holds plan_line to it
   });
@@ -41,6 +42,9 @@ test("formatted line", () => {
   assert.equal(formatPlan(planVideo(3, 25, 113, 8)), "75 frames · 3.00 s · 20 latent · 1 chunk");
   // sliding mode cuts latent windows, not these chunks: no chunk count that the run would contradict
   assert.equal(formatPlan(planVideo(5, 25, 113, 8), "sliding"), "125 frames · 5.00 s · 32 latent · sliding windows");
+  // seam search may shorten chunks to put seams in pauses: the range of chunks the run may render
+  assert.equal(formatPlan(planVideo(2.4, 25, 33, 4, null, 12)), "60 frames · 2.40 s · 16 latent · 2–3 chunks");
+  assert.equal(formatPlan(planVideo(2.4, 25, 33, 4, null, 12), "sliding"), "60 frames · 2.40 s · 16 latent · sliding windows");
 });
 
 test("partial_video_length 0 is the variant's chunk length", () => {
