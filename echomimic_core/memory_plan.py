@@ -18,6 +18,10 @@ prints them again). ``benchmarks/memory_plan.py`` checks the predictions against
 the real width. What a GPU adds on top (CUDA context, cuBLAS workspace, allocator slack) is
 ``RUNTIME_OVERHEAD`` + ``ALLOCATOR_SLACK`` and is only applied when comparing with a budget.
 
+Host memory is planned too, before any model loads: the decoded video a generation holds
+(``check_video_fits_in_ram``), which refuses 65536 x 65536 or hours at 4K with the figure instead of
+a MemoryError after minutes of loading.
+
 ``plan(workload, budget)`` enumerates the memory savers (chunk length, fp8 block weights, block
 swap, sequential guidance, VAE tiles, encoders on the CPU, the text/CLIP key cache, TeaCache
 residuals on the CPU) and picks the candidate that fits with the least loss: first the longest
@@ -30,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 from dataclasses import dataclass, field
 
 from .config import TransformerConfig
@@ -64,6 +69,11 @@ CLIP_ACT = {2: 26 * MIB, 4: 52 * MIB}
 # ---- what a GPU adds (applied when comparing with a budget, not in the phase figures)
 RUNTIME_OVERHEAD = int(0.6 * GIB)  # CUDA context, cuBLAS / cuDNN workspaces, kernels
 ALLOCATOR_SLACK = 0.07  # caching-allocator fragmentation over the tensor bytes
+
+# ---- host memory: bytes per pixel channel of the decoded video at its peak (the float32 frames
+# render returns, the float32 copy colour matching makes, and the uint8 frames it and the video
+# writer convert through)
+VIDEO_BYTES_PER_CHANNEL = 4 + 4 + 1 + 1
 
 # ---- rough speed model, only to rank candidates that fit (seconds on a reference GPU)
 REFERENCE_FLOPS = 150e12  # bf16 dense, what a 4090 / A100 sustains on large matmuls
@@ -396,6 +406,37 @@ def estimate(w: Workload, o: Options) -> Estimate:
 
 
 # ---------------------------------------------------------------------------------------------
+# host memory: the decoded video
+
+
+def video_bytes(frames: int, sample_size: tuple[int, int]) -> int:
+    """Host bytes ``frames`` decoded frames at (height, width) need at their peak."""
+    height, width = sample_size
+    return frames * height * width * 3 * VIDEO_BYTES_PER_CHANNEL
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_video_fits_in_ram(frames: int, sample_size: tuple[int, int], available: int | None = None) -> None:
+    """ValueError with the figure when ``frames`` decoded frames alone need more than the machine's RAM."""
+    available = physical_memory() if available is None else available
+    needed = video_bytes(frames, sample_size)
+    if available is not None and needed > available:
+        height, width = sample_size
+        raise ValueError(
+            f"{frames} frames at {width}x{height} need about {needed / GIB:,.1f} GiB of memory for the "
+            f"decoded video alone; this machine has {available / GIB:,.1f} GiB. Lower the size "
+            "(--width/--height or sample_area) or the length (--max-frames, a shorter audio clip)."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # speed, only to rank candidates
 
 
@@ -535,6 +576,13 @@ def format_plan(p: Plan) -> str:
             f"nothing fits {p.budget / GIB:.1f} GiB: the smallest plan needs {p.smallest.required / GIB:.2f} GiB "
             f"({p.smallest.options.describe()})"
         )
+    shown = p.chosen or p.smallest
+    held = min(shown.options.chunk + w.overlap, w.frames)
+    lines.append(
+        f"host memory for the decoded video: {video_bytes(held, (w.height, w.width)) / GIB:.2f} GiB streamed to a "
+        f"file chunk by chunk (generate, video_file), {video_bytes(w.frames, (w.height, w.width)) / GIB:.2f} GiB "
+        "with every frame held (the images output)"
+    )
     return "\n".join(lines)
 
 

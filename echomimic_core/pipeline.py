@@ -35,7 +35,7 @@ from .long_video import (
     window_conditioning,
 )
 from .media import prepare_audio
-from .memory_estimate import check_fits
+from .memory_plan import check_video_fits_in_ram
 from .model.conditioning import Conditioning
 from .model.context_cache import ContextCache
 from .model.rope import Riflex
@@ -384,7 +384,7 @@ def plan_generation(
         else:
             chunks = plan_chunks(num_frames + lead, settings.partial_video_length, settings.overlap_video_length)
     held = num_frames + lead if in_memory or chunks is None else max(c.length for c in chunks)
-    check_fits(held, sample_size)
+    check_video_fits_in_ram(held, sample_size)
     return Plan(reference, sample_size, num_frames, task, lead, chunks)
 
 

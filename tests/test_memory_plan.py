@@ -127,7 +127,21 @@ def test_plan_command_exit_codes(capsys):
     )
     out = capsys.readouterr().out
     assert "<- chosen" in out and "chosen: chunks of 81 frames" in out and "flags: --partial-video-length 81" in out
+    # 81 + 8 overlap frames streamed, all 125 held: 10 bytes per pixel channel at 768x768
+    assert "host memory for the decoded video: 1.47 GiB streamed" in out and "2.06 GiB with every frame" in out
     assert main(["plan", "--variant", "flash", "--seconds", "5", "--vram", "1"]) == 1
     assert "the smallest plan needs" in capsys.readouterr().out
     assert main(["plan", "--variant", "flash", "--seconds", "5", "--vram", "lots"]) == 2
     assert "a number of GB or 'auto'" in capsys.readouterr().err
+
+
+def test_video_bytes_count_every_copy_of_the_frames():
+    # float32 frames + the colour-matched float32 copy + two uint8 conversions: 10 bytes a channel
+    assert mp.video_bytes(2, (16, 32)) == 2 * 16 * 32 * 3 * 10
+
+
+def test_a_video_larger_than_the_ram_is_refused_with_the_figure():
+    mp.check_video_fits_in_ram(113, (768, 768), available=16 * mp.GIB)
+    with pytest.raises(ValueError, match=r"17 frames at 65536x65536 need about 2,040.0 GiB") as e:
+        mp.check_video_fits_in_ram(17, (65536, 65536), available=64 * mp.GIB)
+    assert "this machine has 64.0 GiB" in str(e.value) and "--max-frames" in str(e.value)
