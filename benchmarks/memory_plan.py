@@ -306,8 +306,8 @@ def run_case(case: Case) -> dict:
             tracker = PhaseTracker()
             if vae is None:  # transformer cases: a random conditioning y in place of the VAE's
                 lat = (1, config.in_dim - config.out_dim, (case.frames - 1) // 4 + 1, case.height // 8, case.width // 8)
-                denoiser._y = lambda inputs: torch.randn(lat, generator=g)
-                denoiser._decode = lambda latents: torch.zeros(case.frames, case.height, case.width, 3)
+                denoiser._y = lambda inputs, chunk: torch.randn(lat, generator=g)
+                denoiser._decode = lambda latents, chunk: torch.zeros(case.frames, case.height, case.width, 3)
             else:
                 denoiser._y = _in_phase(tracker, "vae", denoiser._y)
                 denoiser._decode = _in_phase(tracker, "vae", denoiser._decode)
