@@ -98,13 +98,13 @@ def test_face_and_mouth_boxes_outside_the_picture_are_refused_first(demo_cache, 
 
 
 def test_huge_size_is_refused_with_a_memory_estimate(demo_cache, model_loads, tmp_path, capsys, monkeypatch):
-    from echomimic_core import memory_estimate
+    from echomimic_core import memory_plan
 
     # beyond the settings' bounds the parser refuses it; within them, the estimate against this machine
     with pytest.raises(SystemExit) as refused:
         run(capsys, "--width", 65536, "--height", 65536, "--out", tmp_path / "o.mp4")
     assert refused.value.code == 2 and "--width: must be in [32, 4096], got 65536" in capsys.readouterr().err
-    monkeypatch.setattr(memory_estimate, "physical_memory", lambda: memory_estimate.GIB)
+    monkeypatch.setattr(memory_plan, "physical_memory", lambda: memory_plan.GIB)
     rc, err = run(capsys, "--width", 4096, "--height", 4096, "--out", tmp_path / "o.mp4")
     assert rc == 2 and "4096x4096" in err and "GiB of memory" in err and "this machine has 1.0 GiB" in err
     assert not model_loads
