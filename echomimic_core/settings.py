@@ -102,11 +102,13 @@ class Bounds:
                 None if value in self.choices else f"must be one of {', '.join(map(str, self.choices))}, got {value!r}"
             )
         low, high = self.min, self.max
+        # written so that NaN fails: every comparison with it is False
         if (low is None or value >= low) and (high is None or value <= high):
             return None
+        got = f"{value} (not a number)" if value != value else f"{value}"
         if low is not None and high is not None:
-            return f"must be in [{_num(low)}, {_num(high)}], got {value}"
-        return f"must be >= {_num(low)}, got {value}" if low is not None else f"must be <= {_num(high)}, got {value}"
+            return f"must be in [{_num(low)}, {_num(high)}], got {got}"
+        return f"must be >= {_num(low)}, got {got}" if low is not None else f"must be <= {_num(high)}, got {got}"
 
     def describe(self) -> str:
         """The accepted values in words, for help texts: "1..200", "one of chunks, sliding"."""

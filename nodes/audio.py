@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import CATEGORY, audio_input, on_compute_device
+from .common import CATEGORY, audio_input, on_compute_device, out_of_range
 from .setting_widgets import setting_widget
 
 
@@ -14,7 +14,12 @@ def _frames(waveform, rate: int, fps: float, max_frames: int) -> tuple[object, i
     """
     from echomimic_core.audio_alignment import frames_for_samples
     from echomimic_core.media import prepare_audio
+    from echomimic_core.settings import GenerationSettings
 
+    # a linked fps skips the widget's bounds: the sampler would refuse it only after the encoding
+    problem = GenerationSettings.bounds("fps").problem(fps)
+    if problem:
+        raise ValueError(f"fps {problem}; the sampler accepts this range.")
     wav16 = prepare_audio(waveform, rate)
     frames = frames_for_samples(wav16.shape[-1], fps, max_frames=max_frames or None, round_to_4k1=False)
     if frames < 1:
@@ -51,9 +56,18 @@ class EchoMimicAudioEncode:
     FUNCTION = "encode"
     CATEGORY = CATEGORY
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, fps=25.0, context_seconds=0.0):
+        # ComfyUI's own check lets a NaN from an API prompt through; refused when queued
+        return out_of_range(cls, {"fps": fps, "context_seconds": context_seconds}) or True
+
     def encode(self, audio_encoder, audio, fps, max_frames, context_seconds=0.0):
         from echomimic_core.audio_windows import WindowedAudioFeatures
+        from echomimic_core.settings import GenerationSettings
 
+        problem = GenerationSettings.bounds("audio_context_seconds").problem(context_seconds)
+        if problem:  # a linked value skips the widget's bounds (NaN would mean "whole clip" silently)
+            raise ValueError(f"context_seconds {problem}")
         waveform, rate = audio_input(audio)
         wav16, frames = _frames(waveform, rate, fps, max_frames)
         if context_seconds > 0:  # encoded window by window when the sampler's chunks ask
@@ -97,6 +111,11 @@ class EchoMimicAudioFrames:
     RETURN_NAMES = ("frames", "seconds")
     FUNCTION = "count"
     CATEGORY = CATEGORY
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, fps=25.0):
+        # ComfyUI's own check lets a NaN fps from an API prompt through; refused when queued
+        return out_of_range(cls, {"fps": fps}) or True
 
     def count(self, audio, fps, max_frames):
         _, frames = _frames(*audio_input(audio), fps, max_frames)

@@ -8,7 +8,7 @@ stacks LoRAs on the cached model, and the copy costs only the layers the LoRA ch
 from __future__ import annotations
 
 from . import comfy_services as services
-from .common import CATEGORY
+from .common import CATEGORY, out_of_range
 
 FOLDER = "loras"
 
@@ -32,8 +32,9 @@ class EchoMimicLoRA:
     CATEGORY = CATEGORY
 
     @classmethod
-    def VALIDATE_INPUTS(cls, lora):
-        return services.missing_model(lora, FOLDER)
+    def VALIDATE_INPUTS(cls, lora, strength=1.0):
+        # named here so a NaN strength from an API prompt is refused (ComfyUI's check lets NaN through)
+        return out_of_range(cls, {"strength": strength}) or services.missing_model(lora, FOLDER)
 
     def apply(self, model, lora, strength):
         from echomimic_core.checkpoints.lora import with_lora

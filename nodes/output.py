@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import comfy_services as services
-from .common import CATEGORY, audio_input, image_batch
+from .common import CATEGORY, audio_input, image_batch, out_of_range
 
 
 class EchoMimicColorMatch:
@@ -59,6 +59,11 @@ class EchoMimicSaveVideo:
     FUNCTION = "save"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, fps=25.0):
+        # ComfyUI's own check lets a NaN fps from an API prompt through; refused when queued
+        return out_of_range(cls, {"fps": fps}) or True
 
     def save(self, images, fps, filename_prefix, crf, audio=None):
         from echomimic_core.media import write_video

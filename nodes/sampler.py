@@ -191,7 +191,25 @@ class EchoMimicSampler:
 
     @classmethod
     def VALIDATE_INPUTS(
-        cls, width=0, height=0, partial_video_length=0, overlap_video_length=8, vae_tile_size=0, vae_tile_overlap=64
+        cls,
+        width=0,
+        height=0,
+        partial_video_length=0,
+        overlap_video_length=8,
+        vae_tile_size=0,
+        vae_tile_overlap=64,
+        # every FLOAT widget: ComfyUI's own `value < min` check lets a NaN from an API prompt
+        # through, so these are checked here (out_of_range refuses NaN) and the prompt is refused
+        # when queued, before the models load; linked values are checked by sample()
+        shift=5.0,
+        guidance_scale=-1.0,
+        audio_guidance_scale=-1.0,
+        audio_scale=1.0,
+        neg_scale=-1.0,
+        cfg_skip_ratio=0.0,
+        teacache_threshold=-1.0,
+        redo_identity_below=0.0,
+        redo_sharpness_ratio=0.0,
     ):
         values = dict(
             width=width,
@@ -200,6 +218,15 @@ class EchoMimicSampler:
             overlap_video_length=overlap_video_length,
             vae_tile_size=vae_tile_size,
             vae_tile_overlap=vae_tile_overlap,
+            shift=shift,
+            guidance_scale=guidance_scale,
+            audio_guidance_scale=audio_guidance_scale,
+            audio_scale=audio_scale,
+            neg_scale=neg_scale,
+            cfg_skip_ratio=cfg_skip_ratio,
+            teacache_threshold=teacache_threshold,
+            redo_identity_below=redo_identity_below,
+            redo_sharpness_ratio=redo_sharpness_ratio,
         )
         problem = out_of_range(cls, values)
         if problem:

@@ -36,8 +36,182 @@ def test_widget_range_check_refuses_nan_and_infinity(value):
         and problem.startswith(f"scale={value!r} is ")
         and problem.endswith("change the widget's value.")
     )
+    if value != value:
+        assert "is not a number; expected one in [0.0, 30.0]" in problem
 
 
 def test_widget_range_check_accepts_the_range():
     assert out_of_range(Widgets, {"scale": 0.0}) is None and out_of_range(Widgets, {"scale": 30.0}) is None
     assert out_of_range(Widgets, {"free": 1e9}) is None  # no bounds declared: nothing to check
+
+
+# --- the settings table (settings.py field metadata): one set of bounds for the CLI and the nodes ---
+
+BAD_FLAGS = [
+    # (flag, value, what the message must show): each gave a black video / no guidance, or failed
+    # after the models loaded ("Overflow when unpacking long long")
+    ("--guidance-scale", "nan", "nan"),
+    ("--guidance-scale", "inf", "inf"),
+    ("--audio-guidance-scale", "nan", "nan"),
+    ("--audio-guidance-scale", "inf", "inf"),
+    ("--audio-scale", "nan", "nan"),
+    ("--audio-scale", "-inf", "-inf"),
+    ("--seed", str(2**64), str(2**64)),
+    ("--seed", "-1", "-1"),
+    ("--fps", "0", "0"),
+    ("--fps", "nan", "nan"),
+    ("--fps", "1e9", "1000000000"),
+    ("--steps", "0", "0"),
+    ("--steps", "201", "201"),
+    ("--shift", "nan", "nan"),
+    ("--cfg-skip-ratio", "nan", "nan"),
+]
+
+
+@pytest.mark.parametrize("flag, value, shown", BAD_FLAGS)
+def test_cli_refuses_out_of_bounds_settings_before_loading(
+    demo_cache, model_loads, tmp_path, capsys, flag, value, shown
+):
+    from echomimic_core import __main__ as cli
+
+    try:
+        rc = cli.main(["generate", "--demo", f"{flag}={value}", "--out", str(tmp_path / "o.mp4")])
+    except SystemExit as e:  # argparse: "argument --steps: must be in [1, 200], got 201"
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and flag in err and f"got {shown}" in err, err
+    assert "Traceback" not in err and "Overflow" not in err and not model_loads
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_the_largest_seed_is_accepted():
+    from echomimic_core.settings import GenerationSettings
+
+    GenerationSettings(seed=UINT64_MAX).validate()
+    torch.Generator("cpu").manual_seed(UINT64_MAX)  # the Denoiser's generator
+
+
+def test_validate_refuses_nan_and_infinity_for_every_number_setting():
+    # a NaN fails every `<` / `>`: the bounds must be written so that it fails the check instead
+    from echomimic_core.settings import FIELDS, GenerationSettings, value_type
+
+    numbers = [n for n in FIELDS if value_type(n) is float]
+    assert {"guidance_scale", "audio_guidance_scale", "audio_scale", "fps", "shift"} <= set(numbers)
+    for name in numbers:
+        for bad in (math.nan, math.inf, -math.inf):
+            with pytest.raises(ValueError, match=rf"^{name} .*got {bad}"):
+                GenerationSettings(**{name: bad}).validate()
+
+
+class _Model:
+    class config:  # noqa: N801  (what the sampler reads of a loaded model before any work)
+        variant = "preview"
+
+
+def _sampler_widgets(**overrides):
+    from nodes.sampler import EchoMimicSampler
+
+    inputs = EchoMimicSampler.INPUT_TYPES()
+    values = {
+        name: spec[1]["default"]
+        for section in ("required", "optional")
+        for name, spec in inputs[section].items()
+        if len(spec) > 1 and "default" in spec[1]
+    }
+    return {**values, **overrides}
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("guidance_scale", math.nan),
+        ("guidance_scale", math.inf),
+        ("audio_guidance_scale", math.nan),
+        ("audio_guidance_scale", math.inf),
+        ("audio_scale", math.nan),
+        ("shift", math.nan),
+        ("cfg_skip_ratio", math.nan),
+        ("steps", 201),
+        ("seed", 2**64),
+    ],
+)
+def test_sampler_node_refuses_nan_and_out_of_bounds_widgets_before_any_work(monkeypatch, name, value):
+    # an API prompt carries any JSON number (Python's json reads NaN and Infinity), and ComfyUI's
+    # own min/max check lets NaN through: the node must refuse it before encoding or denoising
+    from echomimic_core import pipeline, streaming
+    from nodes.sampler import EchoMimicSampler
+
+    def heavy(*args, **kwargs):
+        raise AssertionError("the sampler started working before refusing the settings")
+
+    for module, function in (
+        (pipeline, "encoded_from_embeddings"),
+        (pipeline, "render"),
+        (streaming, "stream_to_file"),
+    ):
+        monkeypatch.setattr(module, function, heavy)
+    embeds = {
+        "features": torch.zeros(1, 12, 5, 768),
+        "kind": "wav2vec2",
+        "num_frames": 12,
+        "fps": 25.0,
+        "audio": {"waveform": torch.zeros(1, 1, 8000), "sample_rate": 16000},
+    }
+    with pytest.raises(ValueError, match=rf"{name}.*got {value}"):
+        EchoMimicSampler().sample(_Model(), None, None, None, embeds, **_sampler_widgets(**{name: value}))
+
+
+@pytest.mark.parametrize("fps", [math.nan, math.inf, 0.0, 500.0])
+def test_audio_nodes_refuse_nan_fps_before_encoding(fps):
+    from nodes.audio import EchoMimicAudioEncode, EchoMimicAudioFrames
+
+    class Encoder:
+        kind = "wav2vec2"
+
+        def features_for_video(self, *args):
+            raise AssertionError("encoded before the fps was checked")
+
+    audio = {"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000}
+    with pytest.raises(ValueError, match="fps"):
+        EchoMimicAudioEncode().encode(Encoder(), audio, fps, 0)
+    with pytest.raises(ValueError, match="context_seconds must be in .*got nan"):
+        EchoMimicAudioEncode().encode(Encoder(), audio, 25.0, 0, context_seconds=math.nan)
+    with pytest.raises(ValueError, match="fps"):
+        EchoMimicAudioFrames().count(audio, fps, 0)
+
+
+def _float_widgets(cls):
+    inputs = cls.INPUT_TYPES()
+    return sorted(
+        name
+        for section in ("required", "optional")
+        for name, spec in inputs.get(section, {}).items()
+        if spec[0] == "FLOAT" and len(spec) > 1 and ("min" in spec[1] or "max" in spec[1])
+    )
+
+
+def _nodes_with_float_widgets():
+    from nodes import NODE_CLASS_MAPPINGS
+
+    return [(name, widget) for name, cls in sorted(NODE_CLASS_MAPPINGS.items()) for widget in _float_widgets(cls)]
+
+
+@pytest.mark.parametrize("node, widget", _nodes_with_float_widgets())
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_every_float_widget_refuses_nan_when_the_prompt_is_queued(node, widget, bad):
+    # ComfyUI checks a widget's min/max with `value < min` (NaN passes) unless the node's
+    # VALIDATE_INPUTS names the input; then the node must check it, and ours refuse NaN: the prompt
+    # is refused when queued, before any model loads
+    import inspect
+
+    from nodes import NODE_CLASS_MAPPINGS
+
+    cls = NODE_CLASS_MAPPINGS[node]
+    assert hasattr(cls, "VALIDATE_INPUTS"), f"{node} has FLOAT widgets but no VALIDATE_INPUTS"
+    parameters = inspect.signature(cls.VALIDATE_INPUTS).parameters
+    assert widget in parameters, f"{node}.VALIDATE_INPUTS does not name {widget}, so ComfyUI lets NaN through"
+    others = {n: "" for n, p in parameters.items() if p.default is inspect.Parameter.empty and n != widget}
+    problem = cls.VALIDATE_INPUTS(**others, **{widget: bad})
+    assert isinstance(problem, str) and problem.startswith(f"{widget}={bad!r} is ")
+    if bad != bad:
+        assert "is not a number" in problem
