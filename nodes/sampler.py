@@ -208,8 +208,10 @@ class EchoMimicSampler:
         neg_scale=-1.0,
         cfg_skip_ratio=0.0,
         teacache_threshold=-1.0,
+        easycache_threshold=0.0,
         redo_identity_below=0.0,
         redo_sharpness_ratio=0.0,
+        vram_budget=0.0,
     ):
         values = dict(
             width=width,
@@ -225,8 +227,10 @@ class EchoMimicSampler:
             neg_scale=neg_scale,
             cfg_skip_ratio=cfg_skip_ratio,
             teacache_threshold=teacache_threshold,
+            easycache_threshold=easycache_threshold,
             redo_identity_below=redo_identity_below,
             redo_sharpness_ratio=redo_sharpness_ratio,
+            vram_budget=vram_budget,
         )
         problem = out_of_range(cls, values)
         if problem:
