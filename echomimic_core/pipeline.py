@@ -297,10 +297,6 @@ def branches_for(
     return {"cond": cond, "drop_audio": drop, "uncond": dataclasses.replace(drop, context=[encoded.negative_context])}
 
 
-def guidance_for(models: Models, settings: GenerationSettings) -> GuidanceConfig:
-    return guidance_for_variant(models.variant, settings)
-
-
 def guidance_for_variant(variant: str, settings: GenerationSettings) -> GuidanceConfig:
     """The guidance of a ``variant`` model under ``settings``."""
     mode = "audio_only" if variant == "flash" else "three_way"
@@ -716,7 +712,7 @@ class Denoiser:
         velocity = guided_velocity(
             self.models.transformer,
             branches,
-            guidance_for(self.models, self.settings),
+            guidance_for_variant(self.models.variant, self.settings),
             self.settings.steps,
             batched=self.settings.batch_guidance,
             cache=self.cache,
@@ -748,7 +744,7 @@ class Denoiser:
         # as upstream's long-video CFG mode, the overlap counts LATENT frames here (its default 8 =
         # 29 pixel frames blended), while chunks mode counts pixel frames
         overlap = min(s.overlap_video_length, window - 1)
-        guidance = guidance_for(self.models, s)
+        guidance = guidance_for_variant(self.models.variant, s)
         riflex = self._riflex(min(window, total_latents))
         if self.cache is not None:
             self._warn_residual_memory(plan_windows(total_latents, window, overlap), y, guidance)

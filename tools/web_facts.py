@@ -1,6 +1,7 @@
 """Write ``web/lib/facts.js``: the facts the frontend shares with the Python side, generated from
-their one definition (the variant defaults of ``echomimic_core.settings``, the VAE stride of
-``echomimic_core.vae_frames``, the audio rate of ``echomimic_core.audio_alignment``).
+their one definition (the variant defaults and every setting's default and bounds of
+``echomimic_core.settings``, the VAE stride of ``echomimic_core.vae_frames``, the audio rate of
+``echomimic_core.audio_alignment``).
 
     python -m tools.web_facts           # rewrite web/lib/facts.js after changing one of those
     python -m tools.web_facts --check   # exit 1 when the committed file is stale (the tests run it)
@@ -19,14 +20,21 @@ FACTS_JS = Path(__file__).resolve().parents[1] / "web" / "lib" / "facts.js"
 def facts() -> dict[str, object]:
     """Name -> JSON-able value of every fact the frontend reads."""
     from echomimic_core.audio_alignment import SAMPLE_RATE
-    from echomimic_core.settings import VARIANT_DEFAULTS, VARIANTS
+    from echomimic_core.settings import FIELDS, VARIANT_DEFAULTS, VARIANTS, GenerationSettings
     from echomimic_core.vae_frames import VAE_TEMPORAL_STRIDE
 
+    settings = {}
+    for name, spec in FIELDS.items():
+        bounds = GenerationSettings.bounds(name)
+        entry = {"default": spec.default, "min": bounds.min, "max": bounds.max, "choices": bounds.choices}
+        settings[name] = {key: value for key, value in entry.items() if value is not None or key == "default"}
     return {
         "VAE_TEMPORAL_STRIDE": VAE_TEMPORAL_STRIDE,
         "AUDIO_SAMPLE_RATE": SAMPLE_RATE,
         "VARIANTS": list(VARIANTS),
         "VARIANT_DEFAULTS": VARIANT_DEFAULTS,
+        # every GenerationSettings field: its default (preview's where the variants differ) and bounds
+        "SETTINGS": settings,
     }
 
 

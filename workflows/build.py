@@ -342,7 +342,7 @@ def demo_output() -> Node:
 
 
 def _box_text(box) -> str:
-    """(y1, y2, x1, x2) as the Face Mask / Task box widgets read it."""
+    """A box (top, bottom, left, right) as the Face Mask / Task box widgets read it."""
     return ", ".join(str(v) for v in box)
 
 
@@ -470,7 +470,7 @@ def workflows() -> list[Workflow]:
                 *native_output("echomimic/lipsync"),
                 note(
                     f"# Lip-sync a video\n{PREVIEW_FILES}\n\nEverything but the mouth region is kept from the source "
-                    "video: the lower half of the detected face, or type a box (y1, y2, x1, x2 in video pixels) or "
+                    "video: the lower half of the detected face, or type a box (top, bottom, left, right in video pixels) or "
                     "connect a mask. The audio is encoded at the video's frame rate; the output stops with the "
                     f"shorter of video and audio. {SAMPLER_NOTE}"
                 ),

@@ -15,3 +15,14 @@ def test_facts_carry_the_variant_defaults_the_python_side_uses():
     for variant in ("preview", "flash"):
         partial = GenerationSettings.for_variant(variant).partial_video_length
         assert f'"partial_video_length": {partial}' in text
+
+
+def test_facts_carry_every_settings_default_and_bounds():
+    from echomimic_core.settings import FIELDS, GenerationSettings
+    from tools.web_facts import facts
+
+    settings = facts()["SETTINGS"]
+    assert list(settings) == list(FIELDS)  # the long-video and step-cache settings too
+    assert settings["partial_video_length"]["min"] == GenerationSettings.bounds("partial_video_length").min == 5
+    assert settings["reference_anchor"] == {"default": "colour", "choices": ("off", "colour", "keyframe")}
+    assert settings["fps"]["default"] == GenerationSettings().fps

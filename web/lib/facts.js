@@ -36,3 +36,185 @@ export const VARIANT_DEFAULTS = {
     "teacache_threshold": 0.1
   }
 };
+export const SETTINGS = {
+  "sampler": {
+    "default": "Flow",
+    "choices": [
+      "Flow",
+      "Flow_Unipc",
+      "Flow_DPM++"
+    ]
+  },
+  "steps": {
+    "default": 25,
+    "min": 1,
+    "max": 200
+  },
+  "shift": {
+    "default": 5.0,
+    "min": 0.01,
+    "max": 50.0
+  },
+  "seed": {
+    "default": 43,
+    "min": 0,
+    "max": 18446744073709551615
+  },
+  "guidance_scale": {
+    "default": 4.0,
+    "min": 0.0,
+    "max": 30.0
+  },
+  "audio_guidance_scale": {
+    "default": 2.9,
+    "min": 0.0,
+    "max": 30.0
+  },
+  "use_dynamic_cfg": {
+    "default": true
+  },
+  "use_dynamic_acfg": {
+    "default": true
+  },
+  "neg_scale": {
+    "default": 1.5,
+    "min": 0.0,
+    "max": 10.0
+  },
+  "neg_steps": {
+    "default": 2,
+    "min": 0,
+    "max": 200
+  },
+  "cfg_skip_ratio": {
+    "default": 0.0,
+    "min": 0.0,
+    "max": 1.0
+  },
+  "audio_scale": {
+    "default": 1.0,
+    "min": 0.0,
+    "max": 5.0
+  },
+  "negative_prompt": {
+    "default": "Gesture is bad. Gesture is unclear. Strange and twisted hands. Bad hands. Bad fingers. Unclear and blurry hands. 手部快速摆动, 手指频繁抽搐, 夸张手势, 重复机械性动作."
+  },
+  "fps": {
+    "default": 25.0,
+    "min": 1.0,
+    "max": 120.0
+  },
+  "width": {
+    "default": null,
+    "min": 32,
+    "max": 4096
+  },
+  "height": {
+    "default": null,
+    "min": 32,
+    "max": 4096
+  },
+  "sample_area": {
+    "default": 589824,
+    "min": 1024,
+    "max": 16777216
+  },
+  "max_frames": {
+    "default": null,
+    "min": 1,
+    "max": 100000
+  },
+  "partial_video_length": {
+    "default": 113,
+    "min": 5,
+    "max": 1000
+  },
+  "overlap_video_length": {
+    "default": 8,
+    "min": 1,
+    "max": 999
+  },
+  "long_video_mode": {
+    "default": "chunks",
+    "choices": [
+      "chunks",
+      "sliding"
+    ]
+  },
+  "teacache_threshold": {
+    "default": 0.0,
+    "min": 0.0,
+    "max": 1.0
+  },
+  "teacache_skip_start_steps": {
+    "default": 5,
+    "min": 0,
+    "max": 200
+  },
+  "teacache_offload": {
+    "default": false
+  },
+  "easycache_threshold": {
+    "default": 0.0,
+    "min": 0.0,
+    "max": 1.0
+  },
+  "riflex_k": {
+    "default": null,
+    "min": 1,
+    "max": 64
+  },
+  "color_match": {
+    "default": true
+  },
+  "batch_guidance": {
+    "default": true
+  },
+  "context_cache": {
+    "default": true
+  },
+  "vae_tile_size": {
+    "default": null,
+    "min": 8,
+    "max": 4096
+  },
+  "vae_tile_overlap": {
+    "default": 64,
+    "min": 0,
+    "max": 1024
+  },
+  "loudness_normalize": {
+    "default": null
+  },
+  "face_box": {
+    "default": null
+  },
+  "audio_context_seconds": {
+    "default": 10.0,
+    "min": 0.0,
+    "max": 600.0
+  },
+  "seam_search_frames": {
+    "default": 12,
+    "min": 0,
+    "max": 64
+  },
+  "reference_anchor": {
+    "default": "colour",
+    "choices": [
+      "off",
+      "colour",
+      "keyframe"
+    ]
+  },
+  "redo_identity_below": {
+    "default": 0.0,
+    "min": 0.0,
+    "max": 1.0
+  },
+  "redo_sharpness_ratio": {
+    "default": 0.0,
+    "min": 0.0,
+    "max": 1.0
+  }
+};

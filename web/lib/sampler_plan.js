@@ -7,6 +7,7 @@
 import { planVideo, formatPlan, resolvePartial } from "./video_plan.js";
 import { widgetValue, firstWidgetValue, findUpstream, sourceNode, modelVariant } from "./graph.js";
 import { comboLists } from "./audio_duration.js";
+import { SETTINGS } from "./facts.js";
 
 // The sampler's audio arrives on one of these inputs; fps and max_frames are read from the
 // sampler, else from the nodes on the way up to Load Audio (EchoMimicV3 Audio Encode).
@@ -24,7 +25,7 @@ export function planInputs(graph, node) {
   return {
     file,
     listed: comboLists(audioWidget(found.node), file),
-    fps: firstWidgetValue(chain, "fps") ?? 25,
+    fps: firstWidgetValue(chain, "fps") ?? SETTINGS.fps.default,
     maxFrames: firstWidgetValue(chain, "max_frames") || null, // 0 = no cap
     partial: widgetValue(node, "partial_video_length"),
     overlap: widgetValue(node, "overlap_video_length"),

@@ -14,7 +14,7 @@
 //   may be up to seamSearch frames shorter (4-frame steps, >= max(5, overlap + 4)) to put its seam
 //   in a pause; the most chunks is every such chunk at its shortest (long_video.most_chunks_at_pauses).
 
-import { AUDIO_SAMPLE_RATE as SAMPLE_RATE, VAE_TEMPORAL_STRIDE as STRIDE, VARIANT_DEFAULTS } from "./facts.js";
+import { AUDIO_SAMPLE_RATE as SAMPLE_RATE, SETTINGS, VAE_TEMPORAL_STRIDE as STRIDE, VARIANT_DEFAULTS } from "./facts.js";
 
 // echomimic_core/vae_frames.py's helpers
 export const roundDown4k1 = (n) => (n < 1 ? 0 : Math.floor((n - 1) / STRIDE) * STRIDE + 1);
@@ -44,7 +44,8 @@ export function planVideo(durationS, fps, partial, overlap, maxFrames = null, se
     throw new RangeError(`${Number(durationS).toFixed(3)} s of audio at ${fps} fps is less than one frame; use a longer audio clip.`);
   }
   const part = roundDown4k1(Math.trunc(partial));
-  if (part < 5) throw new RangeError(`partial_video_length must be at least 5 frames, got ${partial}`);
+  const least = SETTINGS.partial_video_length.min;
+  if (part < least) throw new RangeError(`partial_video_length must be at least ${least} frames, got ${partial}`);
   if (!(overlap >= 0 && overlap < part)) {
     throw new RangeError(`overlap_video_length must be in [0, ${part}) for partial_video_length ${part}, got ${overlap}`);
   }
