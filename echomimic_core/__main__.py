@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from .config import VARIANTS
 from .settings import FIELDS, TASKS, Bounds, GenerationSettings, value_type, variant_defaults_text
 
 log = logging.getLogger("echomimic_core")
@@ -43,7 +44,12 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             bounds = GenerationSettings.bounds(name)
             hint = f"{kind.__name__.upper()} in {bounds.describe()}" if bounds.min is not None else None
-            group.add_argument(flag, type=_bounded(kind, bounds), metavar=hint, **options)
+            group.add_argument(flag, type=_setting_type(name), metavar=hint, **options)
+
+
+def _setting_type(name: str):
+    """argparse type of setting ``name``: its value type, refused outside its bounds."""
+    return _bounded(value_type(name), GenerationSettings.bounds(name))
 
 
 def _bounded(kind: type, bounds: Bounds):
@@ -165,18 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prints the memory plan's candidates and the settings it would choose; exits 0 when one "
         "fits the budget and 1 (with the smallest requirement) when none does.",
     )
-    plan.add_argument("--variant", choices=("preview", "flash"), required=True)
-    plan.add_argument("--width", type=int, default=768)
-    plan.add_argument("--height", type=int, default=768)
+    # the settings' own bounds, so `plan` refuses what `generate` would (the sizes' defaults are plan's)
+    plan.add_argument("--variant", choices=VARIANTS, required=True)
+    plan.add_argument("--width", type=_setting_type("width"), default=768)
+    plan.add_argument("--height", type=_setting_type("height"), default=768)
     length = plan.add_mutually_exclusive_group(required=True)
     length.add_argument("--seconds", type=float, help="audio length")
     length.add_argument("--frames", type=int, help="output frames")
-    plan.add_argument("--fps", type=float, default=25.0)
+    plan.add_argument("--fps", type=_setting_type("fps"), default=FIELDS["fps"].default)
     plan.add_argument("--vram", required=True, metavar="GB|auto", help="the GPU's memory budget")
     plan.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
-    plan.add_argument("--steps", type=int, help="denoising steps (default: the variant's)")
-    plan.add_argument("--guidance-scale", type=float, help="> 1 runs the guidance passes (default: the variant's)")
-    plan.add_argument("--teacache-threshold", type=float, help="0 = off (default: the variant's)")
+    plan.add_argument("--steps", type=_setting_type("steps"), help="denoising steps (default: the variant's)")
+    plan.add_argument(
+        "--guidance-scale",
+        type=_setting_type("guidance_scale"),
+        help="> 1 runs the guidance passes (default: the variant's)",
+    )
+    plan.add_argument(
+        "--teacache-threshold", type=_setting_type("teacache_threshold"), help="0 = off (default: the variant's)"
+    )
     plan.add_argument("--device", default="cuda", help="the device 'auto' measures")
 
     demo = sub.add_parser("demo-models", help="write the tiny demo model files into a models folder")
@@ -523,7 +536,6 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     if args.command == "demo-models":
-        from .config import VARIANTS
         from .demo import write_demo_models
 
         write_demo_models(args.out, overwrite=True)

@@ -28,6 +28,16 @@ def _parse(*flags):
     return _generate_parser().parse_args(["--out", "x.mp4", *flags])
 
 
+def test_plan_command_refuses_what_generate_refuses(capsys):
+    parser = cli.build_parser()
+    for flags, message in ((["--steps", "500"], "--steps: must be in [1, 200], got 500"), (["--fps", "nan"], "--fps")):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(["plan", "--variant", "flash", "--seconds", "5", "--vram", "24", *flags])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    args = parser.parse_args(["plan", "--variant", "flash", "--seconds", "5", "--vram", "24"])
+    assert (args.fps, args.width) == (GenerationSettings().fps, 768)
+
+
 def test_every_setting_has_one_flag_and_every_old_flag_remains():
     actions = [a for a in _generate_parser()._actions if a.dest in FIELDS]
     assert sorted(a.dest for a in actions) == sorted(FIELDS)
