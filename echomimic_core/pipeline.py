@@ -199,14 +199,14 @@ def encode_audio(
     """The audio features of ``num_frames`` frames: upstream's single whole-clip pass when
     ``settings.audio_context_seconds`` is 0, else a :class:`WindowedAudioFeatures` that encodes each
     chunk's window when the chunk asks (memory independent of the clip's length; sliding mode,
-    which needs every frame at every step, gets them all, encoded window by window)."""
+    which needs every frame at every step, has them all encoded once, window by window)."""
     if not settings.audio_context_seconds:
         with on_device(encoder, device, offload_device) as ae:
             features = ae.features_for_video(
                 wav16k, num_frames, settings.fps, loudness_norm=settings.loudness_normalize
             )
         return features.float().cpu()
-    source = WindowedAudioFeatures(
+    return WindowedAudioFeatures(
         encoder,
         wav16k,
         num_frames,
@@ -215,7 +215,6 @@ def encode_audio(
         loudness_norm=settings.loudness_normalize,
         device_scope=lambda: on_device(encoder, device, offload_device),
     )
-    return source.materialize() if settings.long_video_mode == "sliding" else source
 
 
 def model_face_gate(models: Models, reference: np.ndarray, sample_size: tuple[int, int], box=None, mask=None):
@@ -427,6 +426,8 @@ def render_chunks(
     task, total = plan.task, plan.total_frames
     source = task.source_video if task.kind == "lipsync" else None
     if plan.chunks is None:
+        if isinstance(encoded.audio, WindowedAudioFeatures):  # every window at every step: encode once
+            denoiser.encoded = dataclasses.replace(encoded, audio=encoded.audio.materialize())
         whole = Chunk(0, round_up_4k1(total), 0)
         inputs = chunk_task_inputs(task, plan.reference, whole, None, total, plan.sample_size, source)
         frames = denoiser.sliding(inputs)[plan.lead : total]

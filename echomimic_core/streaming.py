@@ -186,13 +186,19 @@ def run_inputs_for(models, encoded, plan) -> dict[str, Any]:
     """Digests of everything besides the settings that shapes a run's frames: the conditioning
     (prompt and CLIP embeddings, audio, face gate), the reference and task, and the weights."""
     audio = encoded.audio
-    if not isinstance(audio, torch.Tensor):  # a WindowedAudioFeatures: its model input + window
-        audio = getattr(audio, "values", None)
+    if isinstance(audio, torch.Tensor):
+        audio_digest = resuming.tensor_digest(audio)
+    else:  # a WindowedAudioFeatures: its model input and its window
+        audio_digest = {
+            "values": resuming.tensor_digest(getattr(audio, "values", None)),
+            "context_seconds": getattr(audio, "context_seconds", None),
+            "kind": audio.kind,
+        }
     return {
         "context": resuming.tensor_digest(encoded.context),
         "negative_context": resuming.tensor_digest(encoded.negative_context),
         "clip": resuming.tensor_digest(encoded.clip_fea),
-        "audio": resuming.tensor_digest(audio),
+        "audio": audio_digest,
         "face_gate": resuming.tensor_digest(encoded.face_gate),
         "reference": resuming.tensor_digest(plan.reference),
         "task": task_digest(plan.task),
