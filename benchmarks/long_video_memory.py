@@ -2,6 +2,7 @@
 
     python benchmarks/long_video_memory.py                       # 10 s, 1 min, 5 min of audio
     python benchmarks/long_video_memory.py --seconds 10 60 --compare
+    python benchmarks/long_video_memory.py --size 16 --fps 5      # a loaded 2-core CPU: ~35 min
 
 Each duration runs in a fresh process on the tiny random demo models (``python -m echomimic_core
 demo-models``: 2-layer transformer of width 64, 2-layer wav2vec2 of width 64, a small Wan VAE) at a
@@ -12,6 +13,10 @@ during generation, the resident memory just before it (models loaded), and the g
 two. ``--compare`` adds upstream's way for contrast: the whole clip through the audio encoder at
 once and every frame kept in memory (``pipeline.generate`` with ``audio_context_seconds=0``, then
 ``media.write_video``).
+
+``--fps`` lowers the frame rate to make long durations affordable on a CPU: the audio is as long
+(waveform, audio windows and seam energy as for 25 fps), there are fewer frames and chunks (5 min at
+5 fps: 1500 frames in over 50 chunks), and anything that piled up per chunk would still show.
 
 What grows with duration on the streaming path, by design: the waveform itself (16 kHz mono float32,
 3.8 MB a minute, kept once for the encoder and once for the muxer) and the per-frame speech energy
@@ -67,7 +72,7 @@ class PeakSampler:
         self.peak = max(self.peak, rss_mb())
 
 
-def child(seconds: float, mode: str, size: int, out_dir: Path) -> dict:
+def child(seconds: float, mode: str, size: int, fps: float, out_dir: Path) -> dict:
     import torch
 
     from echomimic_core import media, pipeline, streaming
@@ -80,7 +85,7 @@ def child(seconds: float, mode: str, size: int, out_dir: Path) -> dict:
     models = load_models(write_demo_models(cache / f"v{DEMO_VERSION}"), dtype="float32", device="cpu")
     image, audio, sr = demo_inputs(seconds=seconds, size=size)
     settings = GenerationSettings.for_variant(
-        "preview", steps=1, partial_video_length=33, overlap_video_length=4, face_box=demo_face_box(size)
+        "preview", steps=1, fps=fps, partial_video_length=33, overlap_video_length=4, face_box=demo_face_box(size)
     )
     out = out_dir / f"{mode}_{seconds:g}s.mp4"
     before = rss_mb()
@@ -109,12 +114,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, nargs="+", default=[10, 60, 300])
     parser.add_argument("--size", type=int, default=32, help="square frame side in pixels (multiple of 16)")
+    parser.add_argument("--fps", type=float, default=25.0, help="frame rate (lower: fewer frames, same audio)")
     parser.add_argument("--compare", action="store_true", help="also run the in-memory whole-clip path")
     parser.add_argument("--child", nargs=2, metavar=("SECONDS", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(float(args.child[0]), args.child[1], args.size, args.out)))
+        print(json.dumps(child(float(args.child[0]), args.child[1], args.size, args.fps, args.out)))
         return 0
 
     rows = []
@@ -122,14 +128,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in modes:
             for seconds in args.seconds:
-                cmd = [sys.executable, __file__, "--child", str(seconds), mode, "--size", str(args.size), "--out", tmp]
+                cmd = [sys.executable, __file__, "--child", str(seconds), mode, "--size", str(args.size)]
+                cmd += ["--fps", str(args.fps), "--out", tmp]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
                     print(done.stderr[-3000:], file=sys.stderr)
                     return 1
                 rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
 
-    print(f"\ntiny demo models, {args.size}x{args.size}, 1 step, chunks of 33 frames (overlap 4), CPU\n")
+    print(
+        f"\ntiny demo models, {args.size}x{args.size}, {args.fps:g} fps, 1 step, chunks of 33 frames (overlap 4), CPU\n"
+    )
     print("| path | audio | frames | chunks | RSS before (MiB) | peak RSS (MiB) | growth (MiB) | wall (s) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
