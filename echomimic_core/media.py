@@ -126,8 +126,8 @@ def to_mono(waveform: torch.Tensor) -> torch.Tensor:
     """``[T]``, ``[C, T]`` or ``[B, C, T]`` (first item, ComfyUI AUDIO) -> mono ``[T]`` (channel mean)."""
     if waveform.dim() == 3:
         waveform = waveform[0]
-    if waveform.dim() == 2:
-        waveform = waveform.mean(dim=0)
+    if waveform.dim() == 2:  # one channel: a view (minutes of audio are not copied)
+        waveform = waveform[0] if waveform.shape[0] == 1 else waveform.mean(dim=0)
     if waveform.dim() != 1:
         raise MediaError(f"expected a waveform [T], [C, T] or [B, C, T], got shape {tuple(waveform.shape)}.")
     return waveform
@@ -420,8 +420,9 @@ def _prepare_audio_track(audio, sample_rate: int | None, num_frames: int, rate, 
     if wav.shape[0] > 2:  # AAC here is written mono or stereo; mix surround down
         wav = wav.mean(0, keepdim=True)
     total = samples_for_frames(num_frames, rate, int(sample_rate))
-    wav = torch.nn.functional.pad(wav, (0, max(0, total - wav.shape[-1])))[:, :total]
-    wav = wav.clamp(-1, 1).numpy()
+    if wav.shape[-1] < total:
+        wav = torch.nn.functional.pad(wav, (0, total - wav.shape[-1]))
+    wav = wav[:, :total].clamp(-1, 1).numpy()  # one copy of the track, however long
     return None if wav.shape[-1] == 0 else wav
 
 

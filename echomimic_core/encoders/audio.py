@@ -554,7 +554,7 @@ class AudioEncoder:
         return norm if isinstance(norm, torch.nn.GroupNorm) else None
 
     @torch.inference_mode()
-    def cnn_norm_stats(self, values: torch.Tensor, block: int = 16000 * 30) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def cnn_norm_stats(self, values: torch.Tensor, block: int = 16000 * 10) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Per-channel mean and (biased) variance of the first convolution's output over the whole
         clip, computed ``block`` samples at a time: what its GroupNorm would compute in one pass.
         None when the CNN has no GroupNorm."""
@@ -570,9 +570,10 @@ class AudioEncoder:
         for u0 in range(0, outputs, step):
             u1 = min(outputs, u0 + step)
             piece = values[u0 * stride : (u1 - 1) * stride + kernel].to(self.device, self.dtype)
-            out = conv(piece.reshape(1, 1, -1))[0].double().cpu()  # [C, u1 - u0]
-            total += out.sum(-1)
-            squares += out.square().sum(-1)
+            # [C, u1 - u0]: 512 x 32,000 per 10 s for wav2vec2-base; sums in float64 without a float64 copy
+            out = conv(piece.reshape(1, 1, -1))[0]
+            total += out.sum(-1, dtype=torch.float64).cpu()
+            squares += out.square().sum(-1, dtype=torch.float64).cpu()
         mean = total / outputs
         return mean, (squares / outputs - mean.square()).clamp_min(0)
 
