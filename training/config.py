@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from echomimic_core.settings import PAPER_TASKS
+from echomimic_core.settings import PAPER_TASKS, GenerationSettings
 
 PHASES = ("early", "middle", "late")
 # Names configs used before training took the core's names.
@@ -128,7 +128,7 @@ class ValidationConfig:
     vae: str | None = None  # VAE file to decode the videos (without it the latents are saved)
     max_items: int = 2
     steps: int = 20  # sampling steps
-    fps: float = 25.0
+    fps: float = GenerationSettings.fps  # the rate the clips were preprocessed at
 
 
 @dataclass

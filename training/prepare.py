@@ -35,9 +35,10 @@ import numpy as np
 from echomimic_core import face_detection
 from echomimic_core.boxes import Box
 from echomimic_core.media import MediaError
+from echomimic_core.vae_frames import round_down_4k1
 from training.boxes import as_manifest
 from training.footage import VIDEO_SUFFIXES, iter_frames, probe
-from training.preprocess import DEFAULT_FRAMES
+from training.preprocess import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ THUMB = (48, 27)  # grey thumbnail for cut detection
 class PrepareConfig:
     frames: int = DEFAULT_FRAMES
     stride: int | None = None  # None = frames (windows do not overlap)
-    fps: float = 25.0
-    size: tuple[int, int] = (512, 512)  # training (H, W): the crop's aspect
+    fps: float = DEFAULT_FPS
+    size: tuple[int, int] = DEFAULT_SIZE  # training (H, W): the crop's aspect
     detector: str = "auto"
     detect_every: int = 5  # source frames between detections
     face_scale: float = 2.6  # crop height / face height
@@ -67,7 +68,7 @@ class PrepareConfig:
     caption: str = ""
 
     def __post_init__(self):
-        if (self.frames - 1) % 4:
+        if round_down_4k1(self.frames) != self.frames:
             raise ValueError(f"--frames must be 4k + 1 (e.g. {DEFAULT_FRAMES}), got {self.frames}.")
         if self.stride is not None and self.stride < 1:
             raise ValueError(f"--stride must be at least 1 frame, got {self.stride}.")

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # Clip length the paper trains on: preview's window at inference (partial_video_length, 113 frames).
 DEFAULT_FRAMES = GenerationSettings().partial_video_length
+# Clips are sampled at the frame rate the model generates at, so an audio token spans the same time.
+DEFAULT_FPS = GenerationSettings.fps
+DEFAULT_SIZE = (512, 512)  # (H, W) of the cached clips
 
 
 @dataclass
@@ -101,7 +104,7 @@ def load_clip(
     frames: int,
     size: tuple[int, int],
     audio_path: str | None = None,
-    fps: float | None = 25.0,
+    fps: float | None = DEFAULT_FPS,
     window: Window = Window(),
 ) -> Clip:
     """``frames`` frames at ``fps`` (nearest source frame; None keeps the source rate) from
@@ -275,7 +278,7 @@ def preprocess(
     *,
     kind: str = "sft",
     frames: int = DEFAULT_FRAMES,
-    size: tuple[int, int] = (512, 512),
+    size: tuple[int, int] = DEFAULT_SIZE,
     root: str | Path = ".",
     shard_size: int = 64,
     min_sync_score: float | None = None,
@@ -408,13 +411,13 @@ def main(argv=None) -> int:
     p.add_argument(
         "--frames", type=int, default=DEFAULT_FRAMES, help=f"clip length, 4k+1 (default {DEFAULT_FRAMES}, as the paper)"
     )
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=DEFAULT_SIZE[0])
+    p.add_argument("--width", type=int, default=DEFAULT_SIZE[1])
     p.add_argument(
         "--fps",
         type=float,
-        default=25.0,
-        help="frame rate to sample the clips at (EchoMimicV3 runs at 25); 0 keeps the source rate",
+        default=DEFAULT_FPS,
+        help=f"frame rate to sample the clips at (EchoMimicV3 generates at {DEFAULT_FPS:g}); 0 keeps the source rate",
     )
     p.add_argument("--shard-size", type=int, default=64)
     p.add_argument(
