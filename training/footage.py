@@ -16,8 +16,6 @@ import numpy as np
 
 from echomimic_core.media import MediaError, frame_rate, open_video, upright_frame
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-
 
 class WindowPastEnd(MediaError):
     """The video ends before the window asked of :func:`read_window` does."""

@@ -34,10 +34,10 @@ import numpy as np
 
 from echomimic_core import face_detection
 from echomimic_core.boxes import Box
-from echomimic_core.media import MediaError
+from echomimic_core.media import VIDEO_EXTENSIONS, MediaError
 from echomimic_core.vae_frames import round_down_4k1
 from training.boxes import as_manifest
-from training.footage import VIDEO_SUFFIXES, iter_frames, probe
+from training.footage import iter_frames, probe
 from training.preprocess import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_SIZE
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ def prepare_video(
 def find_videos(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
 
 
 def prepare(
@@ -265,7 +265,7 @@ def prepare(
         raise FileNotFoundError(f"{raw}: no such folder of videos.")
     videos = find_videos(raw)
     if not videos:
-        raise FileNotFoundError(f"{raw}: holds no videos ({', '.join(VIDEO_SUFFIXES)}).")
+        raise FileNotFoundError(f"{raw}: holds no videos ({', '.join(VIDEO_EXTENSIONS)}).")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     base = raw if raw.is_dir() else raw.parent
