@@ -19,7 +19,6 @@ from .audio_alignment import SAMPLE_RATE, as_fraction, samples_for_frames
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".webm")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
 
 
