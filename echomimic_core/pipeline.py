@@ -44,7 +44,7 @@ from .sampling.guidance import GuidanceConfig
 from .sampling.sampler import NonFiniteError, StepHooks, denoise, guided_velocity, run_branches
 from .sampling.schedulers import make_scheduler
 from .sampling.teacache import TeaCache
-from .settings import GenerationSettings
+from .settings import GenerationSettings, offset_seed
 from .streaming import ColourMatcher
 from .tasks import Task, chunk_task_inputs, task_at_sample_size, to_uint8_image
 from .vae_frames import VAE_TEMPORAL_STRIDE, latent_frames, pixel_frames, round_down_4k1, round_up_4k1
@@ -384,9 +384,8 @@ def plan_generation(
 
 
 def redo_seed(seed: int, index: int) -> int:
-    """The seed of chunk ``index``'s redo: its own noise, apart from the main sequence. Wrapped to
-    torch's 64-bit seeds, so any accepted seed (up to 2**64 - 1) works."""
-    return (seed + 1_000_003 * (index + 1)) % 2**64
+    """The seed of chunk ``index``'s redo: its own noise, apart from the main sequence."""
+    return offset_seed(seed, 1_000_003 * (index + 1))
 
 
 @dataclass

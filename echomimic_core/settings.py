@@ -72,6 +72,12 @@ _PREVIEW = VARIANT_DEFAULTS["preview"]
 UINT64_MAX = 2**64 - 1
 
 
+def offset_seed(seed: int, offset: int) -> int:
+    """``seed + offset`` wrapped to torch's 64-bit seeds: derived seeds (a chunk's redo, the k-th DPO
+    candidate) work for every accepted seed, up to ``UINT64_MAX``, and equal ``seed + offset`` below it."""
+    return (seed + offset) % (UINT64_MAX + 1)
+
+
 def setting(
     default=dataclasses.MISSING,
     *,

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from echomimic_core.settings import GenerationSettings
+from echomimic_core.settings import GenerationSettings, offset_seed
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ def generate_candidates(
         image = media.load_image(root / ref["image"])
         audio, sr = media.load_audio(root / ref["audio"])
         for k in range(candidates):
-            key = (ref["id"], seed + k)
+            candidate_seed = offset_seed(seed, k)
+            key = (ref["id"], candidate_seed)
             if key in done and (out / done[key]["video"]).is_file():
                 rows.append(done[key])
                 continue
@@ -112,7 +113,7 @@ def generate_candidates(
                 audio,
                 sr,
                 ref.get("caption", ""),
-                dataclasses.replace(settings, seed=seed + k),
+                dataclasses.replace(settings, seed=candidate_seed),
                 device=device,
             )
             video = Path(ref["id"]) / f"{k}.mp4"
@@ -124,7 +125,7 @@ def generate_candidates(
             )[0].permute(1, 2, 0)
             row = {
                 "ref": ref["id"],
-                "seed": seed + k,
+                "seed": candidate_seed,
                 "video": video.as_posix(),
                 "audio": os.path.relpath(root / ref["audio"], out),
                 "caption": ref.get("caption", ""),
@@ -232,6 +233,9 @@ def main(argv=None) -> int:
         return 0 if count else 1
     if args.candidates < 2:
         p.error("--candidates must be at least 2 (a pair needs two)")
+    problem = GenerationSettings.bounds("seed").problem(args.seed)
+    if problem:  # before any model loads; larger seeds would overflow torch's generator
+        p.error(f"--seed {problem}")
     refs_path = Path(args.refs)
     try:
         refs = read_rows(refs_path)

@@ -21,6 +21,21 @@ def test_redo_seeds_stay_in_torchs_seed_range():
             torch.Generator("cpu").manual_seed(value)  # "Overflow when unpacking long long" before
 
 
+def test_dpo_candidate_seeds_wrap_and_pairs_refuses_a_seed_out_of_range_before_loading(tmp_path, capsys):
+    from echomimic_core.settings import offset_seed
+    from training import pairs
+
+    assert [offset_seed(UINT64_MAX - 1, k) for k in range(3)] == [UINT64_MAX - 1, UINT64_MAX, 0]
+    assert offset_seed(43, 3) == 46  # ordinary seeds: candidate k keeps seed + k, earlier runs repeat
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text('{"id": "a", "image": "a.png", "audio": "a.wav"}\n')
+    for seed in ("-1", str(UINT64_MAX + 1)):
+        with pytest.raises(SystemExit) as e:
+            pairs.main(["generate", str(refs), "--out", str(tmp_path / "out"), "--demo", "--seed", seed])
+        assert e.value.code == 2 and f"--seed must be in [0, {UINT64_MAX}], got {seed}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before the demo models were written
+
+
 class Widgets:
     @classmethod
     def INPUT_TYPES(cls):
