@@ -326,6 +326,16 @@ class Plan:
     def total_frames(self) -> int:
         return self.num_frames + self.lead
 
+    def info(self, variant: str) -> dict:
+        """The run's summary that both the in-memory and the streamed result carry."""
+        return {
+            "frames": self.num_frames,
+            "size": self.sample_size,
+            "variant": variant,
+            "task": self.task.kind,
+            "chunks": len(self.chunks) if self.chunks else 1,
+        }
+
 
 def plan_generation(
     image,
@@ -554,7 +564,36 @@ def generate(
     (``transformer_for_render``).
     """
     settings = settings or GenerationSettings.for_variant(models.variant)
-    wav16k, plan = plan_inputs(image, audio, sample_rate, settings, task or Task())
+    plan, encoded = plan_and_encode(
+        models, image, audio, sample_rate, prompt, settings, task, face_mask, encoder_device or device, offload_device
+    )
+    with transformer_for_render(models.transformer, device, offload_device):
+        frames = render(models, encoded, plan, settings, hooks, device, offload_device, parallel)
+    return Result(
+        frames,
+        trim_audio(audio, sample_rate, plan.num_frames, settings.fps),
+        sample_rate,
+        settings.fps,
+        plan.info(models.variant),
+    )
+
+
+def plan_and_encode(
+    models: Models,
+    image,
+    audio: torch.Tensor,
+    sample_rate: int,
+    prompt: str,
+    settings: GenerationSettings,
+    task: Task | None,
+    face_mask,
+    encoder_device,
+    offload_device,
+    in_memory: bool = True,
+) -> tuple[Plan, Encoded]:
+    """The model-free checks and plan (:func:`plan_inputs`), then the encoders' conditioning: what
+    :func:`generate` and the streamed ``generate_to_file`` do before rendering."""
+    wav16k, plan = plan_inputs(image, audio, sample_rate, settings, task or Task(), in_memory=in_memory)
     encoded = encode_inputs(
         models,
         plan.reference,
@@ -564,21 +603,10 @@ def generate(
         plan.sample_size,
         plan.num_frames,
         face_mask,
-        encoder_device or device,
+        encoder_device,
         offload_device,
     )
-    with transformer_for_render(models.transformer, device, offload_device):
-        frames = render(models, encoded, plan, settings, hooks, device, offload_device, parallel)
-    info = {
-        "frames": plan.num_frames,
-        "size": plan.sample_size,
-        "variant": models.variant,
-        "task": plan.task.kind,
-        "chunks": len(plan.chunks) if plan.chunks else 1,
-    }
-    return Result(
-        frames, trim_audio(audio, sample_rate, plan.num_frames, settings.fps), sample_rate, settings.fps, info
-    )
+    return plan, encoded
 
 
 def generate_to_file(*args, **kwargs):

@@ -147,14 +147,7 @@ def stream_to_file(
             log.info("chunk %d of %d done (%d frames so far)", piece.index + 1, piece.count, written)
     if write:
         media.join_video_parts(out, store.parts(), settings.fps, audio, sample_rate)
-    info = {
-        "frames": plan.num_frames,
-        "size": plan.sample_size,
-        "variant": models.variant,
-        "task": plan.task.kind,
-        "chunks": len(plan.chunks) if plan.chunks else 1,
-    }
-    result = StreamResult(out, written, settings.fps, info)
+    result = StreamResult(out, written, settings.fps, plan.info(models.variant))
     if meter is not None:
         result.report = report_meta(meter, plan, settings) | {"chunks": entries}
         if report is not None and write:
@@ -260,22 +253,20 @@ def generate_to_file(
     ``report`` when given. Same arguments as ``generate``; ``write``: see :func:`stream_to_file`."""
     from . import pipeline
     from .settings import GenerationSettings
-    from .tasks import Task
 
     settings = settings or GenerationSettings.for_variant(models.variant)
-    task = task or Task()
-    wav16k, plan = pipeline.plan_inputs(image, audio, sample_rate, settings, task, in_memory=False)
-    encoded = pipeline.encode_inputs(
+    plan, encoded = pipeline.plan_and_encode(
         models,
-        plan.reference,
-        wav16k,
+        image,
+        audio,
+        sample_rate,
         prompt,
         settings,
-        plan.sample_size,
-        plan.num_frames,
+        task,
         face_mask,
         encoder_device or device,
         offload_device,
+        in_memory=False,
     )
     run_inputs = {
         "prompt": prompt,
