@@ -26,6 +26,7 @@ from . import color_match, media
 from . import resume as resuming
 from .boxes import Box
 from .drift import DriftMeter, clip_embedder, write_report
+from .task_masks import resize_to_sample
 
 log = logging.getLogger(__name__)
 
@@ -278,11 +279,7 @@ def generate_to_file(
         embed = None
         if models.image_encoder is not None:
             embed = on_device_embedder(models.image_encoder, device, offload_device)
-        meter = DriftMeter(
-            np.array(pipeline.task_masks.resize_to_sample(plan.reference, plan.sample_size)),
-            face_box_at(settings.face_box, plan.reference.shape[:2], plan.sample_size),
-            embed,
-        )
+        meter = drift_meter_for(plan, settings.face_box, embed)
     trimmed = pipeline.trim_audio(audio, sample_rate, plan.num_frames, settings.fps)
     with pipeline.transformer_for_render(models.transformer, device, offload_device):
         return stream_to_file(
@@ -317,6 +314,13 @@ def on_device_embedder(image_encoder, device, offload_device):
             return embed(images)
 
     return run
+
+
+def drift_meter_for(plan, face_box, embed) -> DriftMeter:
+    """The per-chunk drift measure of one run: against the reference at the output size, in
+    ``face_box`` (reference pixels; else the detected face); the identity proxy only with ``embed``."""
+    reference = np.array(resize_to_sample(plan.reference, plan.sample_size))
+    return DriftMeter(reference, face_box_at(face_box, plan.reference.shape[:2], plan.sample_size), embed)
 
 
 def face_box_at(box, image_hw, sample_size) -> Box | None:

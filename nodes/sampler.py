@@ -368,7 +368,7 @@ class EchoMimicSampler:
 def drift_meter(plan, face_box, clip_vision):
     """The per-chunk drift measure of one run: against the reference at the output size, in the
     Task's face box (else the detected one); the identity proxy only with a CLIP vision model."""
-    from echomimic_core import drift, pipeline, streaming
+    from echomimic_core import drift, streaming
 
     from .adapters import image_encoder
     from .common import on_compute_device
@@ -382,10 +382,7 @@ def drift_meter(plan, face_box, clip_vision):
             with on_compute_device(encoder):
                 return clip(images)
 
-    reference = np.array(pipeline.task_masks.resize_to_sample(plan.reference, plan.sample_size))
-    return drift.DriftMeter(
-        reference, streaming.face_box_at(face_box, plan.reference.shape[:2], plan.sample_size), embed
-    )
+    return streaming.drift_meter_for(plan, face_box, embed)
 
 
 class RunProgress:
