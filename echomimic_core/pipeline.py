@@ -673,7 +673,6 @@ class Denoiser:
         self.offload_device, self.hooks = offload_device, hooks
         self.generator = torch.Generator("cpu").manual_seed(settings.seed)
         self.cache = step_cache(settings)
-        self.context_cache = ContextCache() if settings.context_cache else None
         self.tiling = None
         if settings.vae_tile_size:
             from .vae import Tiling
@@ -727,8 +726,21 @@ class Denoiser:
         """Audio features of frames ``start_frame ..`` counted with the lead (whose frames are silent)."""
         return slice_features(self.encoded.audio, start_frame - self.lead, frames, self.models.audio_kind)
 
+    def _context_cache(self) -> ContextCache | None:
+        """A text/CLIP key cache for one chunk's (or the sliding windows') denoising. Made per chunk
+        and dropped before the VAE decodes: its keys (every block's, of every prompt and the image)
+        would otherwise sit beside the decode's activations; recomputing them once per chunk costs
+        one projection per block and prompt against steps x branches forwards."""
+        return ContextCache() if self.settings.context_cache else None
+
     def chunk(self, inputs, start_frame: int, index: int, total_steps: int, generator=None) -> torch.Tensor:
         """Frames [length, H, W, 3] 0..1 of one chunk (noise from ``generator``, default the run's)."""
+        latents = self._denoise_chunk(inputs, start_frame, index, total_steps, generator)
+        # the denoising's conditioning, key cache and closures died with its frame: the decode
+        # holds the latents and the VAE only
+        return self._decode(latents, index)
+
+    def _denoise_chunk(self, inputs, start_frame: int, index: int, total_steps: int, generator) -> torch.Tensor:
         frames = inputs.num_frames
         y = self._y(inputs, index)
         audio = self._audio(start_frame, frames)
@@ -746,9 +758,9 @@ class Denoiser:
             cache=self.cache,
             hooks=self.hooks,
             run=self.run_branches,
-            context_cache=self.context_cache,
+            context_cache=self._context_cache(),
         )
-        latents = denoise(
+        return denoise(
             velocity,
             self._noise(frames, y, generator),
             self._scheduler(),
@@ -757,13 +769,15 @@ class Denoiser:
             step_offset=index * self.settings.steps,
             total_steps=total_steps,
         )
-        return self._decode(latents, index)
 
     def sliding(self, inputs) -> torch.Tensor:
         """Upstream's long-video CFG mode: the whole sequence at once, windows blended every step.
         Each window sees the audio of its own frames and the conditioning ``window_conditioning``
         gives it (the reference at its start, as upstream, or the task's frames inside it). With
         TeaCache each window keeps its own residuals (``TeaCache.scoped``)."""
+        return self._decode(self._denoise_sliding(inputs), 0)
+
+    def _denoise_sliding(self, inputs) -> torch.Tensor:
         s = self.settings
         y = self._y(inputs, 0)
         total_latents = y.shape[2]
@@ -776,6 +790,7 @@ class Denoiser:
         riflex = self._riflex(min(window, total_latents))
         if self.cache is not None:
             self._warn_residual_memory(plan_windows(total_latents, window, overlap), y, guidance)
+        context_cache = self._context_cache()  # one for all windows: they share prompts and image
 
         def window_velocity(w, lat, t, step):
             audio = self._audio(VAE_TEMPORAL_STRIDE * w.start, pixel_frames(w.length))
@@ -792,15 +807,14 @@ class Denoiser:
                 cache=self.cache.scoped(f"window{w.start}") if self.cache is not None else None,
                 hooks=self.hooks,
                 run=self.run_branches,
-                context_cache=self.context_cache,
+                context_cache=context_cache,
             )
             return velocity(lat, t, step)
 
         velocity = sliding_velocity(window_velocity, total_latents, window, overlap)
-        latents = denoise(
+        return denoise(
             velocity, self._noise(inputs.num_frames, y), self._scheduler(), hooks=self.hooks, cache=self.cache
         )
-        return self._decode(latents, 0)
 
     def _warn_residual_memory(self, windows, y: torch.Tensor, guidance: GuidanceConfig) -> None:
         """TeaCache keeps a residual [branches, tokens, dim] per sliding window: at 768x768 with

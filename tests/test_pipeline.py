@@ -4,6 +4,7 @@ Tests about the denoising and conditioning run with a stand-in VAE (``fast_model
 tiny VAE, which dominates run time, takes part where its output or its progress matters."""
 
 import dataclasses
+import gc
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from echomimic_core import pipeline, task_masks, tasks
 from echomimic_core.demo import demo_inputs
 from echomimic_core.long_video import Chunk
+from echomimic_core.model.context_cache import ContextCache
 from echomimic_core.sampling.sampler import Cancelled, StepHooks
 from echomimic_core.settings import GenerationSettings
 
@@ -133,25 +135,36 @@ def test_sliding_mode_blends_overlapping_windows(fast_models, spy):
 
 @pytest.mark.parametrize("mode", ["chunks", "sliding"])
 def test_text_and_clip_keys_computed_once_give_the_same_video(demo_models, inputs, mode, monkeypatch):
-    """The generation's context cache: exactly the frames of recomputing the keys every forward,
-    with each block's text/CLIP projection run once per distinct prompt instead of per forward."""
+    """The context cache: exactly the frames of recomputing the keys every forward, with each
+    block's text/CLIP projection run once per distinct prompt and chunk instead of per forward,
+    and no cached key alive while the VAE decodes (one cache per chunk's denoising)."""
     image, audio, sr = inputs
-    calls = []
+    calls, decodes = [], []
+    decode = pipeline.Denoiser._decode
+
+    def checked_decode(self, latents, chunk):
+        gc.collect()
+        held = [o for o in gc.get_objects() if isinstance(o, ContextCache) and o.entries()]
+        decodes.append(len(held))
+        return decode(self, latents, chunk)
+
+    monkeypatch.setattr(pipeline.Denoiser, "_decode", checked_decode)
     handle = demo_models.transformer.blocks[0].cross_attn.k.register_forward_hook(lambda *a: calls.append(1))
     try:
         # 4 steps: the negative prompt boosted on steps 0-2, plain on step 3
         settings = quick(long_video_mode=mode, steps=4)
         cached = pipeline.generate(demo_models, image, audio, sr, "x", settings).frames
-        once = len(calls)
+        once, chunks = len(calls), len(decodes)
         plain = pipeline.generate(
             demo_models, image, audio, sr, "x", dataclasses.replace(settings, context_cache=False)
         )
     finally:
         handle.remove()
     assert torch.equal(cached, plain.frames)
-    # preview: prompt, negative, boosted negative -> 3 projections for the whole video, against
-    # 2-3 per forward (distinct prompts of the batch) x steps x chunks/windows without the cache
-    assert once == 3 and len(calls) - once > 3 * once
+    assert chunks == (2 if mode == "chunks" else 1) and decodes == [0] * len(decodes)
+    # preview: prompt, negative, boosted negative -> 3 projections per chunk, against 2-3 per
+    # forward (distinct prompts of the batch) x steps x chunks/windows without the cache
+    assert once == 3 * chunks and len(calls) - once > 2 * once
 
 
 def test_sliding_mode_uses_teacache_in_every_window(fast_models, demo_models):
