@@ -157,11 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the transformer blocks (each new chunk shape compiles once: slower start, faster steps)",
     )
     gen.add_argument(
+        "--encoders-on-cpu",
+        action=argparse.BooleanOptionalAction,
+        help="run the text, image and audio encoders on the CPU: the GPU never holds umT5's 11 GB, encoding "
+        "takes longer (default: on --device; under --vram-budget the plan decides)",
+    )
+    gen.add_argument(
         "--vram-budget",
         metavar="GB|auto",
         help="fit the run into this much GPU memory ('auto': what the device has free): chunk length, block "
-        "swap, fp8 weights, sequential guidance, VAE tiles and encoders on the CPU are chosen (see the `plan` "
-        "command) unless given explicitly",
+        "swap, fp8 weights, sequential guidance, VAE tiles, encoders on the CPU, the key cache and step-cache "
+        "offload are chosen (see the `plan` command) unless given explicitly",
     )
     _settings_arguments(gen)
 
@@ -382,8 +388,7 @@ def _generate(args, device: str | None, rank: int) -> int:
         plan_inputs(image, audio, sr, settings, task, in_memory=False)  # written chunk by chunk
         if args.parallel:
             parallel = _start_parallel(args.parallel, config, settings)
-    load = {"storage_dtype": args.storage_dtype, "block_swap": args.block_swap or 0}
-    encoder_device = None
+    load, encoder_device = _hand_set_placement(args)
     if args.vram_budget is not None:
         if files.transformer is None:
             raise ValueError("--vram-budget needs the transformer file to plan with (--models or --transformer).")
@@ -471,9 +476,43 @@ def _plan_flags(options) -> list[str]:
         flags.append("--no-batch-guidance")
     if options.vae_tile:
         flags.append(f"--vae-tile-size {options.vae_tile}")
+    if options.encoders_on_cpu:
+        flags.append("--encoders-on-cpu")
     if not options.context_cache:
         flags.append("--no-context-cache")
+    if options.teacache_offload:
+        flags.append("--teacache-offload")
     return flags
+
+
+def _hand_set_placement(args) -> tuple[dict, str | None]:
+    """(load_models options, encoder device) from the flags as given, for a run without a plan."""
+    load = {"storage_dtype": args.storage_dtype, "block_swap": args.block_swap or 0}
+    if args.encoders_on_cpu:
+        load["encoders_on_cpu"] = True
+    return load, "cpu" if args.encoders_on_cpu else None
+
+
+def _hand_set_plan_options(args, settings) -> dict:
+    """The memory plan's ``Options`` fields the user fixed with a flag (``--vram-budget`` keeps them)."""
+    fixed = {}
+    if args.partial_video_length is not None:
+        fixed["chunk"] = settings.partial_video_length
+    if args.storage_dtype is not None:
+        fixed["fp8"] = args.storage_dtype == "float8_e4m3fn"
+    if args.block_swap is not None:
+        fixed["block_swap"] = args.block_swap
+    if args.batch_guidance is not None:
+        fixed["batch_guidance"] = args.batch_guidance
+    if args.vae_tile_size is not None:
+        fixed["vae_tile"] = args.vae_tile_size
+    if args.encoders_on_cpu is not None:
+        fixed["encoders_on_cpu"] = args.encoders_on_cpu
+    if args.context_cache is not None:
+        fixed["context_cache"] = args.context_cache
+    if args.teacache_offload is not None:
+        fixed["teacache_offload"] = args.teacache_offload
+    return fixed
 
 
 def _fit_to_budget(args, settings, variant: str, config, image, audio, sr, task, device: str, dtype: str):
@@ -489,23 +528,10 @@ def _fit_to_budget(args, settings, variant: str, config, image, audio, sr, task,
         log.warning(
             "--vram-budget auto: %s has no device memory to plan for; running with the settings as given", device
         )
-        return settings, {"storage_dtype": args.storage_dtype, "block_swap": args.block_swap or 0}, None
+        return (settings, *_hand_set_placement(args))
     generation = plan_generation(image, output_frame_count(prepare_audio(audio, sr).numel(), settings), settings, task)
     workload = workload_for(variant, settings, generation.sample_size, generation.total_frames, dtype, config)
-    fixed = {}
-    if args.partial_video_length is not None:
-        fixed["chunk"] = settings.partial_video_length
-    if args.storage_dtype is not None:
-        fixed["fp8"] = args.storage_dtype == "float8_e4m3fn"
-    if args.block_swap is not None:
-        fixed["block_swap"] = args.block_swap
-    if args.batch_guidance is not None:
-        fixed["batch_guidance"] = args.batch_guidance
-    if args.vae_tile_size is not None:
-        fixed["vae_tile"] = args.vae_tile_size
-    if args.context_cache is not None:
-        fixed["context_cache"] = args.context_cache
-    result = plan(workload, budget, fixed)
+    result = plan(workload, budget, _hand_set_plan_options(args, settings))
     log.info("memory plan:\n%s", format_plan(result))
     if not result.fits:
         raise ValueError(

@@ -210,3 +210,89 @@ def test_vram_budget_plans_the_run_keeping_what_the_user_set(demo_cache, tmp_pat
     err = capsys.readouterr().err
     assert rc == 2 and "nothing fits --vram-budget 0.2 GiB: the smallest plan needs" in err
     assert not (tmp_path / "no.mp4").exists()
+
+
+def test_plan_flags_parse_with_generate_and_fix_the_plans_choice():
+    """Every memory saver the plan can choose has a `generate` flag: the `flags:` line `plan` prints
+    parses with generate's parser and, under --vram-budget, fixes exactly the plan's options."""
+    import dataclasses
+    import shlex
+
+    from echomimic_core import memory_plan as mp
+
+    every_saver = mp.Options(
+        chunk=49,
+        fp8=True,
+        block_swap=4,
+        batch_guidance=False,
+        vae_tile=256,
+        encoders_on_cpu=True,
+        context_cache=False,
+        teacache_offload=True,
+    )
+    assert {f.name for f in dataclasses.fields(mp.Options)} == set(dataclasses.asdict(every_saver))
+    flags = shlex.split(" ".join(cli._plan_flags(every_saver)))
+    args = cli.build_parser().parse_args(["generate", "--out", "x.mp4", *flags])
+    assert cli._hand_set_plan_options(args, cli._settings_from(args, "flash")) == dataclasses.asdict(every_saver)
+    load, encoder_device = cli._hand_set_placement(args)
+    assert load == {"storage_dtype": "float8_e4m3fn", "block_swap": 4, "encoders_on_cpu": True}
+    assert encoder_device == "cpu"
+
+    # the defaults print nothing but the chunk length; generate's defaults are the plan's then
+    defaults = mp.Options(chunk=81)
+    assert cli._plan_flags(defaults) == ["--partial-video-length 81"]
+    args = cli.build_parser().parse_args(["generate", "--out", "x.mp4", "--partial-video-length", "81"])
+    settings = cli._settings_from(args, "flash")
+    assert cli._hand_set_plan_options(args, settings) == {"chunk": 81}
+    assert cli._hand_set_placement(args) == ({"storage_dtype": None, "block_swap": 0}, None)
+    assert (settings.batch_guidance, settings.context_cache, settings.teacache_offload, settings.vae_tile_size) == (
+        defaults.batch_guidance,
+        defaults.context_cache,
+        defaults.teacache_offload,
+        defaults.vae_tile,
+    )
+
+
+def test_encoders_on_cpu_by_hand_and_under_a_budget(demo_cache, tmp_path, capsys, caplog, monkeypatch):
+    """--encoders-on-cpu: the encoders load for the CPU (float32) and run there; under --vram-budget
+    the plan keeps it (and --no-encoders-on-cpu keeps them on the device)."""
+    import logging
+
+    from echomimic_core import model_files, streaming
+
+    seen = {}
+    load_models = model_files.load_models
+
+    def recording_load(files, **kwargs):
+        seen["load"] = kwargs
+        return load_models(files, **kwargs)
+
+    def stop(*args, **kwargs):
+        seen["encoder_device"] = kwargs["encoder_device"]
+        raise ValueError("stopped before rendering")
+
+    monkeypatch.setattr(model_files, "load_models", recording_load)
+    monkeypatch.setattr(streaming, "generate_to_file", stop)
+    wav = tmp_path / "voice.wav"
+    write_wav(wav, 0.3)
+    base = ["generate", "--demo", "--audio", str(wav), "--out", str(tmp_path / "x.mp4"), "--steps", "1"]
+    base += ["--partial-video-length", "5", "--overlap-video-length", "2"]
+
+    assert cli.main([*base, "--encoders-on-cpu"]) == 2
+    assert seen["load"]["encoders_on_cpu"] is True and seen["encoder_device"] == "cpu"
+    assert cli.main(base) == 2
+    assert "encoders_on_cpu" not in seen["load"] and seen["encoder_device"] is None
+
+    with caplog.at_level(logging.INFO, logger="echomimic_core"):
+        assert cli.main([*base, "--vram-budget", "64", "--encoders-on-cpu"]) == 2
+    assert "memory plan chose: chunks of 5 frames, encoders on the CPU" in caplog.text
+    assert seen["load"]["encoders_on_cpu"] is True and seen["encoder_device"] == "cpu"
+    # 8 GB fits only with the encoders on the CPU (umT5 alone is 11 GB): kept on the device by hand,
+    # nothing fits, and the smallest plan named keeps them there
+    seen.clear()
+    assert cli.main([*base, "--vram-budget", "8"]) == 2
+    assert seen["encoder_device"] == "cpu"
+    capsys.readouterr()
+    assert cli.main([*base, "--vram-budget", "8", "--no-encoders-on-cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing fits --vram-budget 8.0 GiB" in err and "encoders on the CPU" not in err

@@ -126,7 +126,11 @@ def test_plan_command_exit_codes(capsys):
         main(["plan", "--variant", "flash", "--width", "768", "--height", "768", "--seconds", "5", "--vram", "12"]) == 0
     )
     out = capsys.readouterr().out
-    assert "<- chosen" in out and "chosen: chunks of 81 frames" in out and "flags: --partial-video-length 81" in out
+    assert (
+        "<- chosen" in out
+        and "chosen: chunks of 81 frames" in out
+        and "flags: --partial-video-length 81 --encoders-on-cpu\n" in out
+    )
     # 81 + 8 overlap frames streamed, all 125 held: 10 bytes per pixel channel at 768x768
     assert "host memory for the decoded video: 1.47 GiB streamed" in out and "2.06 GiB with every frame" in out
     assert main(["plan", "--variant", "flash", "--seconds", "5", "--vram", "1"]) == 1
