@@ -1,12 +1,15 @@
 """Colour-match post-process: every frame's LAB mean/std matched to the first frame's.
 
 Upstream (``save_videos_grid(..., color_transfer_post_process=True)``) converts each output frame to
-uint8 with ``(x * 255).astype(uint8)`` (truncation), then for frames 1.. : OpenCV RGB -> LAB (8-bit
-LAB: L scaled to 0..255, a/b offset by 128), per-channel mean and std from ``cv2.meanStdDev`` rounded to
-2 decimals, ``(src - src_mean) * (ref_std / src_std) + ref_mean`` in float64, clipped to [0, 255],
-rounded by ``cv2.convertScaleAbs`` and converted back LAB -> RGB. The same OpenCV calls are used here,
-so results are identical to upstream's bytes. One deliberate difference: a channel with zero spread
-(a flat frame) keeps scale 1 instead of dividing by zero.
+uint8, then for frames 1.. : OpenCV RGB -> LAB (8-bit LAB: L scaled to 0..255, a/b offset by 128),
+per-channel mean and std from ``cv2.meanStdDev`` rounded to 2 decimals,
+``(src - src_mean) * (ref_std / src_std) + ref_mean`` in float64, clipped to [0, 255], rounded by
+``cv2.convertScaleAbs`` and converted back LAB -> RGB. The same OpenCV calls are used here, so from
+the same uint8 frames the results are upstream's bytes. Two deliberate differences: a channel with
+zero spread (a flat frame) keeps scale 1 instead of dividing by zero; and float frames become uint8
+by ``media.to_uint8_frames`` (rounding, as every video we write) where upstream truncates
+``(x * 255).astype(uint8)``: truncating darkens by half a level on average, and the colour-matched
+video would otherwise differ from the unmatched one by that bias.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import logging
 
 import cv2
 import numpy as np
-import torch
+
+from .media import to_uint8_frames
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +41,6 @@ def color_transfer(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
     scale = np.divide(ref_std, src_std, out=np.ones_like(ref_std), where=src_std != 0)
     out = np.clip((src - src_mean) * scale + ref_mean, 0, 255)
     return cv2.cvtColor(cv2.convertScaleAbs(out), cv2.COLOR_LAB2RGB)
-
-
-def to_uint8_frames(frames) -> np.ndarray:
-    """[F, H, W, 3] uint8 numpy from uint8 or float-in-[0, 1] frames (numpy or torch), as upstream
-    converts: ``(x * 255).astype(uint8)`` (truncating)."""
-    if isinstance(frames, torch.Tensor):
-        frames = frames.detach().cpu()
-        frames = frames.numpy() if frames.dtype == torch.uint8 else frames.float().numpy()
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be [F, H, W, 3]; got {frames.shape}.")
-    if frames.dtype == np.uint8:
-        return frames
-    return (frames * 255).astype(np.uint8)
 
 
 def match_to_first_frame(frames, reference: np.ndarray | None = None) -> np.ndarray:

@@ -40,8 +40,9 @@ import numpy as np
 import torch
 
 from .boxes import Box
-from .color_match import color_transfer, to_uint8_frames
+from .color_match import color_transfer
 from .face_region import detect_face_box
+from .media import to_uint8_frames
 
 log = logging.getLogger(__name__)
 

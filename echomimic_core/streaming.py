@@ -35,7 +35,7 @@ class ColourMatcher:
     """Upstream's colour post-process applied block by block: every frame's LAB mean/std matched to
     the video's first frame (``color_match.match_to_first_frame``, which it equals frame for frame).
 
-    Disabled, it only converts to uint8 as ``media.write_video`` does (rounding).
+    Frames become uint8 by ``media.to_uint8_frames`` (rounding) either way, as ``media.write_video`` does.
     """
 
     def __init__(self, enabled: bool, reference: np.ndarray | None = None):
@@ -45,9 +45,9 @@ class ColourMatcher:
         """frames [n, H, W, 3] 0..1 -> uint8 [n, H, W, 3]."""
         if not len(frames):
             return np.zeros((0, *frames.shape[1:]), np.uint8)
+        images = media.to_uint8_frames(frames)
         if not self.enabled:
-            return media.to_uint8_frames(frames)
-        images = color_match.to_uint8_frames(frames)
+            return images
         out = images.copy()
         start = 0
         if self.reference is None:  # the video's first frame: kept as it is, the others follow it

@@ -20,6 +20,7 @@ import torch
 from . import task_masks
 from .boxes import Box, box_region, check_box_inside
 from .long_video import Chunk
+from .media import to_uint8_frames
 from .settings import TASKS
 
 # preview colours: the region lip-sync regenerates, and where the preview model's audio acts
@@ -89,16 +90,12 @@ class Task:
 
 
 def to_uint8_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """[H, W, 3] float 0..1 (or uint8) -> uint8 [H, W, 3]."""
-    if isinstance(image, torch.Tensor):  # numpy has no bfloat16: widen half floats first
-        image = image.detach().cpu()
-        array = (image if image.dtype == torch.uint8 else image.float()).numpy()
-    else:
-        array = np.asarray(image)
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ValueError(f"expected an image [H, W, 3], got shape {array.shape}")
-    array = array[..., :3]
-    return array if array.dtype == np.uint8 else (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
+    """[H, W, 3] float 0..1 (or uint8) -> uint8 [H, W, 3], rounded as ``media.to_uint8_frames``."""
+    if not isinstance(image, torch.Tensor):
+        image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"expected an image [H, W, 3], got shape {tuple(image.shape)}")
+    return to_uint8_frames(image[None])[0]
 
 
 def chunk_task_inputs(

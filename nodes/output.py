@@ -24,7 +24,8 @@ class EchoMimicColorMatch:
     CATEGORY = CATEGORY
 
     def match(self, images, reference=None):
-        from echomimic_core.color_match import match_to_first_frame, to_uint8_frames
+        from echomimic_core.color_match import match_to_first_frame
+        from echomimic_core.media import to_uint8_frames
 
         frames = image_batch(images, "images")
         ref = None

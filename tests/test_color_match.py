@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from echomimic_core.color_match import color_transfer, match_to_first_frame, to_uint8_frames
+from echomimic_core import media
+from echomimic_core.color_match import color_transfer, match_to_first_frame
+from echomimic_core.streaming import ColourMatcher
 
 
 def lab_stats(frame):
@@ -48,9 +50,18 @@ def test_exact_upstream_formula_on_one_frame():
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 
-def test_float_frames_truncate_like_upstream_and_flat_frame_is_safe():
-    frames = torch.tensor(video(), dtype=torch.float32) / 255 + 0.001
-    assert np.array_equal(to_uint8_frames(frames), (frames.numpy() * 255).astype(np.uint8))
+def test_float_frames_round_as_the_unmatched_video_does():
+    # 0.7 of a level above each value: truncation (upstream) would give the level below
+    frames = (torch.tensor(video(), dtype=torch.float32) + 0.7) / 255
+    matched = match_to_first_frame(frames)
+    unmatched = media.to_uint8_frames(frames)
+    assert np.array_equal(matched[0], unmatched[0])
+    assert np.array_equal(unmatched, video().astype(np.uint8) + 1)
+    assert np.array_equal(ColourMatcher(True)(frames), matched)
+    assert np.array_equal(ColourMatcher(False)(frames), unmatched)
+
+
+def test_flat_frame_is_safe_and_bad_shapes_are_refused():
     flat = np.full((2, 8, 8, 3), 90, np.uint8)
     flat[0] = video()[0, :8, :8]
     out = match_to_first_frame(flat)

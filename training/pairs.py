@@ -45,8 +45,8 @@ SCORES = ("sharpness", "identity", "sync", "label")
 def sharpness(frames: torch.Tensor) -> float:
     """Mean over frames [F, H, W, 3] (0..1) of the focus measure the long-video drift report uses
     (``drift.laplacian_variance``: variance of the grey image's Laplacian)."""
-    from echomimic_core.color_match import to_uint8_frames
     from echomimic_core.drift import laplacian_variance
+    from echomimic_core.media import to_uint8_frames
 
     return float(np.mean([laplacian_variance(frame) for frame in to_uint8_frames(frames)]))
 
@@ -55,8 +55,8 @@ def sharpness(frames: torch.Tensor) -> float:
 def identity(frames: torch.Tensor, reference: torch.Tensor, image_encoder, every: int = 4) -> float:
     """Mean cosine similarity of the CLIP class token (``drift.clip_embedder``, the drift report's
     identity proxy) of every ``every``-th frame [F, H, W, 3] (0..1) to the reference's [H, W, 3]."""
-    from echomimic_core.color_match import to_uint8_frames
     from echomimic_core.drift import clip_embedder
+    from echomimic_core.media import to_uint8_frames
 
     images = to_uint8_frames(torch.cat([reference[None], frames[::every]]))
     tokens = torch.nn.functional.normalize(clip_embedder(image_encoder)(list(images)), dim=-1)  # [1 + n, C]
