@@ -41,12 +41,13 @@ from .model.context_cache import ContextCache
 from .model.rope import Riflex
 from .sampling.easycache import EasyCache
 from .sampling.guidance import GuidanceConfig
-from .sampling.sampler import NonFiniteError, StepHooks, denoise, guided_velocity, run_branches
+from .sampling.sampler import StepHooks, denoise, guided_velocity, run_branches
 from .sampling.schedulers import make_scheduler
 from .sampling.teacache import TeaCache
 from .settings import GenerationSettings, offset_seed
 from .streaming import ColourMatcher
 from .tasks import Task, chunk_task_inputs, task_at_sample_size, to_uint8_image
+from .vae.pixels import decode_frames
 from .vae_frames import VAE_TEMPORAL_STRIDE, latent_frames, pixel_frames, round_down_4k1, round_up_4k1
 
 log = logging.getLogger(__name__)
@@ -705,13 +706,7 @@ class Denoiser:
 
     def _decode(self, latents: torch.Tensor, chunk: int) -> torch.Tensor:
         with on_device(self.models.vae, self.device, self.offload_device) as vae:
-            video = vae.decode(latents, self.tiling, self._vae_progress("decode", chunk))
-        if not bool(torch.isfinite(video).all()):  # clamp would turn NaN into a black video
-            raise NonFiniteError(
-                "the VAE decoded NaN or infinite pixels from finite latents; stopped, nothing written. "
-                "The VAE file is likely damaged (download it again), or it overflowed in float16 (use bfloat16)."
-            )
-        return (video[0].float().cpu().permute(1, 2, 3, 0) * 0.5 + 0.5).clamp(0, 1)
+            return decode_frames(vae, latents, self.tiling, self._vae_progress("decode", chunk))
 
     def _scheduler(self):
         s = self.settings

@@ -19,6 +19,7 @@ from echomimic_core.pipeline import Encoded, branches_for, guidance_for_variant
 from echomimic_core.sampling.sampler import denoise, guided_velocity
 from echomimic_core.sampling.schedulers import make_scheduler
 from echomimic_core.settings import GenerationSettings
+from echomimic_core.vae.pixels import decode_frames
 from training.dataset import CachedDataset, collate
 from training.tasks import build_y, face_gates
 
@@ -83,8 +84,7 @@ class Validator:
                     torch.save(latents.cpu(), path)
                     written[item["id"]] = str(path)
                     continue
-                video = vae.decode(latents.float().cpu())[0]  # [3, N, H, W] in [-1, 1]
-                frames = (video.permute(1, 2, 3, 0) * 0.5 + 0.5).clamp(0, 1)
+                frames = decode_frames(vae, latents.float().cpu())  # [N, H, W, 3] in [0, 1]
                 path = media.write_video(folder / f"{item['id']}.mp4", frames, fps=self.fps)
                 written[item["id"]] = str(path)
                 for tracker in trackers:
