@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .audio_alignment import SAMPLE_RATE
 from .checkpoints.files import save_state_dict
 from .checkpoints.transformer import save_transformer
 from .config import VARIANTS, TransformerConfig
@@ -233,7 +234,7 @@ def demo_face_box(size: int = 96) -> tuple[int, int, int, int]:
     return int(14 * s), int(66 * s), int(28 * s), int(68 * s)
 
 
-def demo_inputs(seconds: float = 2.4, size: int = 96, sample_rate: int = 16000):
+def demo_inputs(seconds: float = 2.4, size: int = 96, sample_rate: int = SAMPLE_RATE):
     """(image [H, W, 3] uint8 with a cartoon face, audio [1, T] float32, its sample rate).
 
     The audio is speech-like: voiced syllables (a 140 Hz buzz shaped by two formants) separated by
@@ -253,7 +254,7 @@ def demo_inputs(seconds: float = 2.4, size: int = 96, sample_rate: int = 16000):
     return np.asarray(img), torch.from_numpy(speech_like(seconds, sample_rate))[None], sample_rate
 
 
-def speech_like(seconds: float, sample_rate: int = 16000, phase: float = 0.0) -> np.ndarray:
+def speech_like(seconds: float, sample_rate: int = SAMPLE_RATE, phase: float = 0.0) -> np.ndarray:
     """float32 [T]: voiced syllables (a 140 Hz buzz shaped by two formants) at 4 Hz separated by
     short pauses, so silent and voiced frames alternate; ``phase`` (radians) shifts the syllables."""
     t = np.arange(int(seconds * sample_rate)) / sample_rate

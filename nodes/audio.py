@@ -12,7 +12,7 @@ def _frames(waveform, rate: int, fps: float, max_frames: int) -> tuple[object, i
     No 4k+1 rounding, as the pipeline: the last chunk is rounded up and trimmed, so the video
     covers the whole audio (``pipeline.output_frame_count``).
     """
-    from echomimic_core.audio_alignment import frames_for_samples
+    from echomimic_core.audio_alignment import SAMPLE_RATE, frames_for_samples
     from echomimic_core.media import prepare_audio
     from echomimic_core.settings import GenerationSettings
 
@@ -24,7 +24,7 @@ def _frames(waveform, rate: int, fps: float, max_frames: int) -> tuple[object, i
     frames = frames_for_samples(wav16.shape[-1], fps, max_frames=max_frames or None, round_to_4k1=False)
     if frames < 1:
         raise ValueError(
-            f"the audio lasts {wav16.shape[-1] / 16000:.3f} s, less than one frame at {fps} fps; use a longer clip."
+            f"the audio lasts {wav16.shape[-1] / SAMPLE_RATE:.3f} s, less than one frame at {fps} fps; use a longer clip."
         )
     return wav16, frames
 

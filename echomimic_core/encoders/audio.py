@@ -554,7 +554,9 @@ class AudioEncoder:
         return norm if isinstance(norm, torch.nn.GroupNorm) else None
 
     @torch.inference_mode()
-    def cnn_norm_stats(self, values: torch.Tensor, block: int = 16000 * 10) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def cnn_norm_stats(
+        self, values: torch.Tensor, block: int = align.SAMPLE_RATE * 10
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Per-channel mean and (biased) variance of the first convolution's output over the whole
         clip, computed ``block`` samples at a time: what its GroupNorm would compute in one pass.
         None when the CNN has no GroupNorm."""
