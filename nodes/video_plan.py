@@ -43,11 +43,6 @@ class VideoPlan:
     seconds: float  # frames / fps
     most_chunks: int  # chunks the sampler's seam search may render (len(chunks) without it)
 
-    @property
-    def generated_frames(self) -> int:
-        """Frames the model renders, overlaps and the trimmed tail included (the cost)."""
-        return sum(length for _, length, _ in self.chunks)
-
 
 def plan_video(
     duration_s: float,
