@@ -5,7 +5,9 @@ and settings, in one process; prints time and peak-memory ratios ours / upstream
         [--frames 17] [--steps 4] [--repeats 3] [--device cpu]
 
 ``--upstream PATH`` is a local checkout of antgroup/echomimic_v3 (its ``src/`` package, never
-committed here; upstream needs ``einops`` and ``diffusers``). What is compared, per repeat:
+committed here). Upstream's pipeline and VAE call ``einops.rearrange``, so this script needs
+``einops`` (requirements-dev.txt; ``transformer_speed.py`` can stub it for preview, this cannot)
+besides ``diffusers``. What is compared, per repeat:
 
 * upstream: ``WanFunInpaintAudioPipeline.__call__`` (src/pipeline_wan_fun_inpaint_audio.py) for one
   chunk, after the input video and mask ``infer_preview.py`` builds for it (the reference tiled over
@@ -188,7 +190,10 @@ def main(argv=None) -> int:
     if device.type == "cpu":
         return_freed_memory_to_os()
     sys.path.insert(0, str(args.upstream))
-    pipeline_module = importlib.import_module("src.pipeline_wan_fun_inpaint_audio")
+    try:
+        pipeline_module = importlib.import_module("src.pipeline_wan_fun_inpaint_audio")
+    except ModuleNotFoundError as e:  # einops above all: upstream's code needs it, ours does not
+        p.exit(2, f"{p.prog}: upstream's pipeline imports {e.name!r}, not installed here; pip install {e.name}\n")
 
     # --- weights, shared
     config = TransformerConfig.from_dict({**TransformerConfig.preset("preview").to_dict(), "num_layers": args.layers})

@@ -33,3 +33,23 @@ def test_usage_errors_before_any_model(extra, message, tmp_path, monkeypatch, ca
         bench.main(["--upstream", str(tmp_path), *extra])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_upstream_without_einops_installed_is_one_line_saying_so(tmp_path, monkeypatch, capsys):
+    # upstream's pipeline imports einops, which nothing of ours needs
+    bench = load_script()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "__init__.py").write_text("")
+    (tmp_path / "src" / "pipeline_wan_fun_inpaint_audio.py").write_text("from einops import rearrange\n")
+    monkeypatch.setitem(sys.modules, "einops", None)  # as if not installed
+    for name in [m for m in sys.modules if m == "src" or m.startswith("src.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(bench, "random_weights", lambda *a: pytest.fail("built a model without upstream's code"))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--upstream", str(tmp_path), "--size", "16", "--frames", "5"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip().endswith(
+        "upstream's pipeline imports 'einops', not installed here; pip install einops"
+    )
+    assert len(err.strip().splitlines()) == 1
