@@ -3,7 +3,8 @@
 A chunked generation writing ``OUT.mp4`` keeps, in ``OUT.mp4.parts/``:
 
 * ``run.json``: the run's fingerprint (a hash of everything that shapes the frames: settings,
-  prompt, reference, audio, task, model weights, chunk plan), the settings in readable form and
+  prompt, reference, audio, task, model weights, chunk plan, and the drift meter when redo uses
+  it: ``streaming.run_inputs_for``), the settings in readable form and
   the number of chunks;
 * ``chunk_00000.mp4`` ...: each finished chunk's final frames (video only, see
   ``media.write_video_part``);

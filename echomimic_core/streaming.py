@@ -25,7 +25,7 @@ import torch
 from . import color_match, media
 from . import resume as resuming
 from .boxes import Box
-from .drift import DriftMeter, clip_embedder, write_report
+from .drift import DriftMeter, RedoPolicy, clip_embedder, write_report
 from .task_masks import resize_to_sample
 
 log = logging.getLogger(__name__)
@@ -176,9 +176,15 @@ def run_key(plan, settings, run_inputs: dict[str, Any]) -> str:
     return resuming.fingerprint(run_description(plan, settings, run_inputs))
 
 
-def run_inputs_for(models, encoded, plan) -> dict[str, Any]:
+def run_inputs_for(models, encoded, plan, settings, meter: DriftMeter | None) -> dict[str, Any]:
     """Digests of everything besides the settings that shapes a run's frames: the conditioning
-    (prompt and CLIP embeddings, audio, face gate), the reference and task, and the weights."""
+    (prompt and CLIP embeddings, audio, face gate), the reference and task, the weights, and the
+    drift meter when a redo threshold lets it choose chunks to render again.
+
+    The command line's streamed run and the sampler node both key their resumable parts on this,
+    so what one of them counts the other does too. The prompt text and the face mask are not
+    listed: the prompt's embedding and the face gate are (what the model sees of them; the node
+    only ever gets the embeddings), and the meter's face box is, where it matters."""
     audio = encoded.audio
     if isinstance(audio, torch.Tensor):
         audio_digest = resuming.tensor_digest(audio)
@@ -196,10 +202,26 @@ def run_inputs_for(models, encoded, plan) -> dict[str, Any]:
         "face_gate": resuming.tensor_digest(encoded.face_gate),
         "reference": resuming.tensor_digest(plan.reference),
         "task": task_digest(plan.task),
+        "drift": meter_digest(meter, settings),
         "models": {
             slot: resuming.module_digest(getattr(models, slot, None))
             for slot in ("transformer", "vae", "text_encoder", "image_encoder", "audio_encoder")
         },
+    }
+
+
+def meter_digest(meter: DriftMeter | None, settings) -> dict[str, Any] | None:
+    """What of the drift meter shapes the frames: with a redo threshold set, its face box (the
+    node's comes from the Task, not the settings, and a box moved within one token does not change
+    the face gate) and its identity embedding of the reference (another CLIP model measures other
+    identities) decide which chunks are rendered again. Without one it only writes the report,
+    so a resumed run may add or drop the report without discarding its chunks."""
+    if meter is None or not RedoPolicy(settings.redo_identity_below, settings.redo_sharpness_ratio).active:
+        return None
+    return {
+        "face_box": [round(float(v), 3) for v in meter.face_box],
+        "identity": resuming.tensor_digest(meter.reference_embedding),
+        "samples": meter.samples,
     }
 
 
@@ -269,17 +291,13 @@ def generate_to_file(
         offload_device,
         in_memory=False,
     )
-    run_inputs = {
-        "prompt": prompt,
-        "face_mask": resuming.tensor_digest(face_mask),
-        **run_inputs_for(models, encoded, plan),
-    }
     meter = None
     if report is not None or settings.redo_identity_below or settings.redo_sharpness_ratio:
         embed = None
         if models.image_encoder is not None:
             embed = on_device_embedder(models.image_encoder, device, offload_device)
         meter = drift_meter_for(plan, settings.face_box, embed)
+    run_inputs = run_inputs_for(models, encoded, plan, settings, meter)
     trimmed = pipeline.trim_audio(audio, sample_rate, plan.num_frames, settings.fps)
     with pipeline.transformer_for_render(models.transformer, device, offload_device):
         return stream_to_file(

@@ -323,7 +323,7 @@ class EchoMimicSampler:
         # ordinary tensors that any downstream node may modify in place
         with torch.no_grad(), services.transformer_loaded(model, device, offload, block_swap, working):
             if output == "video_file":
-                inputs = streaming.run_inputs_for(models, encoded, plan)
+                inputs = streaming.run_inputs_for(models, encoded, plan, settings, meter)
                 key = streaming.run_key(plan, settings, inputs)[:12]
                 path, subfolder, filename = services.run_output_file(filename_prefix, key, "mp4")
                 result = streaming.stream_to_file(

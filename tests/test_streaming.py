@@ -234,3 +234,33 @@ def test_long_video_settings_are_checked():
     ):
         with pytest.raises(ValueError, match=message):
             dataclasses.replace(settings, **{name: value}).validate()
+
+
+def test_the_run_key_counts_the_drift_meter_only_when_it_picks_chunks_to_redo(demo_models, inputs, monkeypatch):
+    # the key both the command line's streamed run and the sampler node resume by
+    image, audio, sr = inputs
+    plan, encoded = pipeline.plan_and_encode(demo_models, image, audio, sr, "x", quick(), None, None, "cpu", "cpu")
+    top, bottom, left, right = demo_face_box(SIZE)
+
+    def key(settings, box, embed=None):
+        meter = streaming.drift_meter_for(plan, box, embed)
+        return streaming.run_key(plan, settings, streaming.run_inputs_for(demo_models, encoded, plan, settings, meter))
+
+    box, moved = (top, bottom, left, right), (top + 1, bottom, left, right)
+    redo = quick(redo_sharpness_ratio=0.5)
+    assert key(redo, box) != key(redo, moved)  # another box measures other chunks as drifting
+    assert key(redo, box, lambda images: torch.ones(len(images), 4)) != key(redo, box)
+    assert key(quick(), box) == key(quick(), moved)  # without redo the meter only writes the report
+
+    # the command line's streamed run keys its parts on the same digests, its meter included
+    seen = {}
+
+    def stop(*args):
+        seen["inputs"] = args[7]
+        raise Cancelled("enough")
+
+    monkeypatch.setattr(streaming, "stream_to_file", stop)
+    with pytest.raises(Cancelled):
+        streaming.generate_to_file(demo_models, image, audio, sr, "x", "unused.mp4", redo)
+    assert seen["inputs"]["drift"]["face_box"] == [float(v) for v in box]  # reference size == output size
+    assert seen["inputs"]["drift"]["identity"] != "none"  # the demo's CLIP model measures identity

@@ -473,3 +473,31 @@ def test_reference_node_makes_the_chain_match_upstreams_clip_input(demo_models, 
     expected = pipeline.generate(demo_models, image, chain["audio"], chain["sr"], "a person talks", settings)
     assert frames.shape == expected.frames.shape == (13, 64, 48, 3)
     assert relative_error(frames, expected.frames) < 1e-3
+
+
+def test_video_file_runs_with_redo_are_keyed_on_the_tasks_face_box(demo_models, chain, folders, monkeypatch):
+    # the file name carries the run key: the same name means a killed run's parts are resumed
+    from echomimic_core.face_region import face_gate_from_box
+
+    keys = []
+
+    def output_file(prefix, run_key, extension):
+        keys.append(run_key)
+        raise InterruptedError("the key is all this test needs")
+
+    monkeypatch.setattr(cs, "run_output_file", output_file)
+    args = (demo_models.transformer, demo_models.vae, chain["positive"], chain["clip"], chain["embeds"])
+
+    def key(box, **overrides):
+        spec, _ = EchoMimicTask().build("first_frame", face_box=box)
+        widgets = _widgets(**{**QUICK, "output": "video_file", **overrides})
+        with pytest.raises(InterruptedError):
+            EchoMimicSampler().sample(*args, negative=chain["negative"], image=chain["image_t"], task=spec, **widgets)
+        return keys[-1]
+
+    # one pixel moves the box the drift meter measures, not the face gate the model sees
+    assert torch.equal(
+        face_gate_from_box((8, 40, 16, 48), (64, 64), (64, 64)), face_gate_from_box((9, 40, 16, 48), (64, 64), (64, 64))
+    )
+    assert key("8, 40, 16, 48", redo_sharpness_ratio=0.5) != key("9, 40, 16, 48", redo_sharpness_ratio=0.5)
+    assert key("8, 40, 16, 48") == key("9, 40, 16, 48")  # without redo the box only changes the report
