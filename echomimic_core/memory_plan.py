@@ -37,8 +37,10 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from .config import TransformerConfig
+from .config import VARIANTS, TransformerConfig
 from .long_video import plan_chunks
+from .sampling.guidance import MODE_BRANCHES, VARIANT_MODES, GuidanceConfig
+from .settings import VARIANT_DEFAULTS
 from .vae_frames import VAE_SPATIAL_STRIDE, latent_frames, round_down_4k1, round_up_4k1
 
 GIB = 1 << 30
@@ -85,8 +87,6 @@ NO_CONTEXT_CACHE_COST = 1.03
 VAE_TILE_COST = 1.15  # the overlap bands are computed twice
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-DEFAULT_CHUNK = {"preview": 113, "flash": 81}
-GUIDANCE_PASSES = {"preview": 3, "flash": 2}
 TILE_SIZES = (None, 512, 384, 256)
 
 
@@ -107,7 +107,8 @@ class EncoderSizes:
 @dataclass(frozen=True)
 class Workload:
     """What is generated. ``config``: the transformer (default: the variant's release, 30 layers);
-    ``passes``: guidance branches per step (default: preview 3, flash 2; 1 without CFG)."""
+    ``passes``: guidance branches per step (default: the variant's guidance mode's, preview 3, flash 2;
+    1 without CFG); ``steps``: default the variant's."""
 
     variant: str
     height: int
@@ -124,8 +125,8 @@ class Workload:
     encoders: EncoderSizes | None = field(default_factory=EncoderSizes)
 
     def __post_init__(self):
-        if self.variant not in DEFAULT_CHUNK:
-            raise ValueError(f"variant must be one of {sorted(DEFAULT_CHUNK)}, got {self.variant!r}.")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}.")
         if self.height % 16 or self.width % 16 or min(self.height, self.width) < 32:
             raise ValueError(f"width and height must be multiples of 16, at least 32; got {self.width}x{self.height}.")
         if self.frames < 1:
@@ -139,13 +140,13 @@ class Workload:
 
     @property
     def guidance_passes(self) -> int:
-        return self.passes or GUIDANCE_PASSES[self.variant]
+        return self.passes or len(MODE_BRANCHES[VARIANT_MODES[self.variant]])
 
     @property
     def cache_kind(self) -> str | None:
         """The step cache the run uses: "teacache", "easycache" or None."""
         if self.step_cache == "auto":
-            return "teacache" if self.variant == "flash" else None
+            return "teacache" if VARIANT_DEFAULTS[self.variant]["teacache_threshold"] > 0 else None
         return None if self.step_cache == "off" else self.step_cache
 
     @property
@@ -159,7 +160,7 @@ class Workload:
 
     @property
     def default_chunk(self) -> int:
-        return DEFAULT_CHUNK[self.variant]
+        return VARIANT_DEFAULTS[self.variant]["partial_video_length"]
 
 
 @dataclass(frozen=True)
@@ -443,7 +444,7 @@ def check_video_fits_in_ram(frames: int, sample_size: tuple[int, int], available
 def estimated_seconds(w: Workload, o: Options) -> float:
     """A rough generation time on a reference GPU, to prefer cheap savers over costly ones."""
     c = w.model
-    steps = w.steps or (8 if w.variant == "flash" else 25)
+    steps = w.steps or VARIANT_DEFAULTS[w.variant]["steps"]
     chunks = plan_chunks(max(w.frames, 1), max(o.chunk, 5), min(w.overlap, max(o.chunk, 5) - 2))
     flops = 0.0
     per_token = 2 * sum(block_params(c)) * c.num_layers
@@ -602,7 +603,8 @@ def workload_for(
     """The workload of a generation: ``settings`` (a ``GenerationSettings``) decide the guidance
     passes (CFG on when guidance_scale > 1), TeaCache and the chunk overlap; ``encoders=False`` when
     someone else runs the encoders (ComfyUI)."""
-    cfg = settings.guidance_scale > 1.0
+    # the branches of the first step, which all run (cfg_skip_ratio drops them only later)
+    guidance = GuidanceConfig(mode=VARIANT_MODES[variant], guidance_scale=settings.guidance_scale)
     text = EncoderSizes(text_compute_bytes=2 if variant == "flash" else 4)  # as model_files.load_models
     return Workload(
         variant=variant,
@@ -611,7 +613,7 @@ def workload_for(
         frames=frames,
         fps=settings.fps,
         dtype=dtype,
-        passes=GUIDANCE_PASSES[variant] if cfg else 1,
+        passes=len(guidance.passes_for_step(0, settings.steps)),
         overlap=settings.overlap_video_length,
         steps=settings.steps,
         step_cache="easycache"

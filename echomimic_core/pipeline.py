@@ -40,7 +40,7 @@ from .model.conditioning import Conditioning
 from .model.context_cache import ContextCache
 from .model.rope import Riflex
 from .sampling.easycache import EasyCache
-from .sampling.guidance import GuidanceConfig
+from .sampling.guidance import VARIANT_MODES, GuidanceConfig
 from .sampling.sampler import StepHooks, denoise, guided_velocity, run_branches
 from .sampling.schedulers import make_scheduler
 from .sampling.teacache import TeaCache
@@ -299,9 +299,8 @@ def branches_for(
 
 def guidance_for_variant(variant: str, settings: GenerationSettings) -> GuidanceConfig:
     """The guidance of a ``variant`` model under ``settings``."""
-    mode = "audio_only" if variant == "flash" else "three_way"
     return GuidanceConfig(
-        mode=mode,
+        mode=VARIANT_MODES[variant],
         guidance_scale=settings.guidance_scale,
         audio_guidance_scale=settings.audio_guidance_scale,
         use_dynamic_cfg=settings.use_dynamic_cfg,

@@ -149,3 +149,20 @@ def test_a_video_larger_than_the_ram_is_refused_with_the_figure():
     with pytest.raises(ValueError, match=r"17 frames at 65536x65536 need about 2,040.0 GiB") as e:
         mp.check_video_fits_in_ram(17, (65536, 65536), available=64 * mp.GIB)
     assert "this machine has 64.0 GiB" in str(e.value) and "--max-frames" in str(e.value)
+
+
+@pytest.mark.parametrize("variant", ["preview", "flash"])
+@pytest.mark.parametrize("guidance_scale", [1.0, 4.0])
+def test_the_plan_counts_the_passes_and_chunk_the_pipeline_runs(variant, guidance_scale):
+    from echomimic_core.pipeline import guidance_for_variant
+    from echomimic_core.settings import GenerationSettings
+
+    settings = GenerationSettings.for_variant(variant, guidance_scale=guidance_scale)
+    w = mp.workload_for(variant, settings, (256, 256), 200)
+    runs = guidance_for_variant(variant, settings).passes_for_step(0, settings.steps)
+    assert w.guidance_passes == len(runs) == (1 if guidance_scale == 1.0 else {"preview": 3, "flash": 2}[variant])
+    assert w.default_chunk == settings.partial_video_length == {"preview": 113, "flash": 81}[variant]
+    assert mp.Workload(variant, 256, 256, 200).guidance_passes == len(
+        guidance_for_variant(variant, GenerationSettings.for_variant(variant)).passes_for_step(0, settings.steps)
+    )
+    assert mp.Workload(variant, 256, 256, 200).uses_step_cache == (settings.teacache_threshold > 0)

@@ -30,7 +30,11 @@ import torch
 from ..settings import VARIANT_DEFAULTS
 
 UNCOND, DROP_AUDIO, COND = "uncond", "drop_audio", "cond"
-MODES = ("three_way", "audio_only")
+# the branches a guided step evaluates, in upstream's batch order, per mode
+MODE_BRANCHES = {"three_way": (UNCOND, DROP_AUDIO, COND), "audio_only": (COND, DROP_AUDIO)}
+MODES = tuple(MODE_BRANCHES)
+# each released variant's guidance, as upstream runs it
+VARIANT_MODES = {"preview": "three_way", "flash": "audio_only"}
 
 
 def dynamic_scale(scale: float, step: int, num_steps: int) -> float:
@@ -77,7 +81,7 @@ class GuidanceConfig:
         """Branch names to evaluate at this step, in upstream's batch order."""
         if not self.cfg_active(step, num_steps):
             return (COND,)
-        return (UNCOND, DROP_AUDIO, COND) if self.mode == "three_way" else (COND, DROP_AUDIO)
+        return MODE_BRANCHES[self.mode]
 
     def scales_for_step(self, step: int, num_steps: int) -> tuple[float, float]:
         """(text scale, audio scale) used at this step."""
