@@ -171,7 +171,7 @@ def build_encoders(variant: str, dtype: torch.dtype, toy: bool = False):
     )
     t5 = UMT5EncoderModel(t5_config)
     _randomise(t5, g)
-    compute = torch.bfloat16 if variant == "flash" else torch.float32  # as model_files.load_models
+    compute = getattr(torch, text.VARIANT_COMPUTE_DTYPES[variant])  # as model_files.load_models
     state = {k: v for k, v in t5.state_dict().items()}
     text_encoder = text.TextEncoder(text.build_model(state, torch.bfloat16, "cpu", compute))
     del t5, state

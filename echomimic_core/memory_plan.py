@@ -38,6 +38,7 @@ import os
 from dataclasses import dataclass, field
 
 from .config import VARIANTS, TransformerConfig
+from .encoders.text import VARIANT_COMPUTE_DTYPES
 from .long_video import plan_chunks
 from .sampling.guidance import MODE_BRANCHES, VARIANT_MODES, GuidanceConfig
 from .settings import VARIANT_DEFAULTS
@@ -605,7 +606,7 @@ def workload_for(
     someone else runs the encoders (ComfyUI)."""
     # the branches of the first step, which all run (cfg_skip_ratio drops them only later)
     guidance = GuidanceConfig(mode=VARIANT_MODES[variant], guidance_scale=settings.guidance_scale)
-    text = EncoderSizes(text_compute_bytes=2 if variant == "flash" else 4)  # as model_files.load_models
+    text = EncoderSizes(text_compute_bytes=DTYPE_BYTES[VARIANT_COMPUTE_DTYPES[variant]])  # as model_files loads it
     return Workload(
         variant=variant,
         height=sample_size[0],

@@ -161,7 +161,7 @@ def load_models(
     from .checkpoints.transformer import load_transformer
     from .encoders.audio import AudioEncoder
     from .encoders.image import ImageEncoder
-    from .encoders.text import TextEncoder
+    from .encoders.text import VARIANT_COMPUTE_DTYPES, TextEncoder
     from .pipeline import Models
     from .vae import load_vae
 
@@ -199,12 +199,11 @@ def load_models(
         vae=load_vae(
             files.vae, dtype=torch.float32 if torch.device(device).type == "cpu" else dtype, device=encoder_device
         ),
-        # upstream's preview scripts run umT5 in float32, its flash script in bfloat16
         text_encoder=TextEncoder.load(
             files.text_encoder,
             tokenizer_path=files.tokenizer,
             device=encoder_device,
-            compute_dtype=torch.bfloat16 if kind == "flash" else torch.float32,
+            compute_dtype=getattr(torch, VARIANT_COMPUTE_DTYPES[transformer.config.variant]),
         ),
         image_encoder=ImageEncoder.load(files.image_encoder, dtype=enc_dtype, device=encoder_device),
         audio_encoder=AudioEncoder.load(files.audio_encoder, kind=kind, dtype=enc_dtype, device=encoder_device),

@@ -166,3 +166,17 @@ def test_the_plan_counts_the_passes_and_chunk_the_pipeline_runs(variant, guidanc
         guidance_for_variant(variant, GenerationSettings.for_variant(variant)).passes_for_step(0, settings.steps)
     )
     assert mp.Workload(variant, 256, 256, 200).uses_step_cache == (settings.teacache_threshold > 0)
+
+
+@pytest.mark.parametrize("variant", ["preview", "flash"])
+def test_the_plan_counts_umt5_in_the_dtype_the_loader_computes_in(demo_model_files, variant):
+    from echomimic_core.demo import write_demo_models
+    from echomimic_core.model_files import load_models
+    from echomimic_core.settings import GenerationSettings
+
+    files = write_demo_models(demo_model_files.transformer.parents[1], variant=variant)  # both are there
+    models = load_models(files, dtype="float32")
+    norm = models.text_encoder.model.encoder.final_layer_norm.weight  # vectors are kept in the compute dtype
+    w = mp.workload_for(variant, GenerationSettings.for_variant(variant), (64, 64), 9)
+    # upstream: preview's scripts run umT5 in float32, flash's in bfloat16
+    assert norm.dtype.itemsize == w.encoders.text_compute_bytes == {"preview": 4, "flash": 2}[variant]

@@ -35,6 +35,8 @@ from .keymap import assign_weights, guess_family
 log = logging.getLogger(__name__)
 
 TEXT_LEN = 512  # Wan pads every prompt to 512 tokens and keeps the real length afterwards
+# the dtype each variant's umT5 computes in, as upstream runs it (see the module docstring)
+VARIANT_COMPUTE_DTYPES = {"preview": "float32", "flash": "bfloat16"}
 ATTENTION_NAME = "echomimic_wan_t5"
 SPIECE_KEY = "spiece_model"
 _PREFIXES = ("text_encoders.umt5xxl.transformer.", "umt5xxl.transformer.", "text_encoder.", "model.")
