@@ -2,7 +2,8 @@
 
 Numerics are diffusers' ``AutoencoderKLWan``: it reproduces upstream EchoMimicV3's ``wan_vae.py``
 (causal chunks of 1, 4, 4, ... frames in the encoder; one latent frame at a time with a feature
-cache in the decoder). Latents crossing this interface are *normalised* the way upstream feeds the
+cache in the decoder). Untiled encodes and decodes run its weights one video frame at a time
+(``framewise``: the same numbers in about half the memory); tiled ones run diffusers' own forward. Latents crossing this interface are *normalised* the way upstream feeds the
 transformer: ``(mu - latents_mean) * (1 / latents_std)`` per channel.
 
 Shapes: video ``[B, 3, T, H, W]`` in [-1, 1] with ``T = 4k + 1`` and ``H, W`` multiples of 8
@@ -23,6 +24,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from echomimic_core.checkpoints.files import CheckpointError, load_state_dict, strip_prefix
+from echomimic_core.vae import framewise
 from echomimic_core.vae.keys import (
     DIFFUSERS_MARKER,
     ORIGINAL_MARKER,
@@ -238,9 +240,14 @@ class WanVAE:
         """Normalised posterior mean and raw ``log_var``, both ``[B, z_dim, F, H/8, W/8]`` float32."""
         self.latent_shape(video.shape)
         b, _, t, h, w = video.shape
-        steps = b * _tile_count(h, w, tiling, 1) * (1 + (t - 1) // VAE_TEMPORAL_STRIDE)
-        with _tiling_scope(self.model, tiling), progress_scope(self.model.encoder, steps, progress):
-            params = self.model.encode(video.to(self.device, self.dtype)).latent_dist.parameters
+        tiles = _tile_count(h, w, tiling, 1)
+        video = video.to(self.device, self.dtype)
+        if tiles == 1 and framewise.supports(self.model):
+            params = framewise.encode(self.model, video, progress)
+        else:
+            steps = b * tiles * (1 + (t - 1) // VAE_TEMPORAL_STRIDE)
+            with _tiling_scope(self.model, tiling), progress_scope(self.model.encoder, steps, progress):
+                params = self.model.encode(video).latent_dist.parameters
         mu, log_var = params.chunk(2, dim=1)
         return normalize_latents(mu, self.latents_mean, self.latents_std), log_var.float()
 
@@ -257,10 +264,12 @@ class WanVAE:
         """Normalised latents ``[B, z_dim, F, h, w]`` -> video ``[B, 3, 4(F-1)+1, 8h, 8w]`` in [-1, 1], float32."""
         self.video_shape(latents.shape)
         b, _, f, h, w = latents.shape
-        steps = b * _tile_count(h, w, tiling, VAE_SPATIAL_STRIDE) * f
-        raw = denormalize_latents(latents, self.latents_mean, self.latents_std)
-        with _tiling_scope(self.model, tiling), progress_scope(self.model.decoder, steps, progress):
-            video = self.model.decode(raw.to(self.device, self.dtype)).sample
+        tiles = _tile_count(h, w, tiling, VAE_SPATIAL_STRIDE)
+        raw = denormalize_latents(latents, self.latents_mean, self.latents_std).to(self.device, self.dtype)
+        if tiles == 1 and framewise.supports(self.model):
+            return framewise.decode(self.model, raw, progress)
+        with _tiling_scope(self.model, tiling), progress_scope(self.model.decoder, b * tiles * f, progress):
+            video = self.model.decode(raw).sample
         # diffusers 0.34/0.35 return tiled decodes unclamped; upstream always clamps.
         return video.float().clamp_(-1.0, 1.0)
 

@@ -52,7 +52,7 @@ def test_tiled_equals_untiled_for_a_local_vae(local_vae, video, tiling):
     [
         (Tiling(32, 8), 2 * 3),  # latent tile 4, stride 3 over a 4 x 8 latent
         (Tiling(32, 0), 1 * 2),
-        (Tiling(64, 32), 1 * 1),  # the frame fits one tile: no tiling at all
+        (Tiling(64, 32), 0),  # the frame fits one tile: no tiling, and the frame-by-frame forward
     ],
 )
 def test_decoder_runs_once_per_tile_and_latent_frame(local_vae, video, tiling, tiles):

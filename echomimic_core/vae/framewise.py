@@ -1,0 +1,234 @@
+"""The Wan2.1 VAE run one frame at a time: diffusers' numbers in half to two thirds of the memory.
+
+Every layer of the Wan2.1 VAE is causal in time. A ``WanCausalConv3d`` with a 3-frame kernel sees
+its last two input frames (zeros before the first); the temporal resamples see the frame before;
+everything else (RMS norms, SiLU, the 2D resamples, the middle attention) works within one frame.
+diffusers runs the encoder on chunks of 1, 4, 4, ... frames and the decoder on one latent frame
+(4 video frames) at a time, so every full-resolution activation is 4 frames deep, and each conv
+copies its input twice (``cat`` with the cached frames, then ``pad``). Here each frame goes through
+all layers before the next one enters, and each causal conv keeps only its last two input frames.
+A conv is a sum over its time taps of 2D convolutions, accumulated into the residual stream where
+one follows; the spatial zero padding is the convolution's own; norms and SiLU work in place where
+their input is dead. What remains is the frame history itself, which the causal model needs
+whatever the order of work (~2 frames per conv, most of the peak).
+
+Frames are ``[B, C, H, W]``. ``_FrameStream`` pushes a frame through the layers, each of which maps
+one frame to a list: one frame, none (the temporal downsample waits for a second one) or two (the
+temporal upsample). A layer may overwrite its input frame, so a layer that keeps a frame in its
+history never passes that same tensor on. Weights are the diffusers ``AutoencoderKLWan``'s modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from echomimic_core.vae_frames import latent_frames
+
+Progress = Callable[[int, int], None]
+
+
+def supports(model) -> bool:
+    """Whether ``model`` (an ``AutoencoderKLWan``) has the Wan2.1 layout this forward implements."""
+    config = model.config
+    if getattr(config, "is_residual", False) or getattr(config, "patch_size", None) is not None:
+        return False
+    return all(hasattr(block, "upsamplers") for block in model.decoder.up_blocks)
+
+
+@torch.no_grad()
+def decode(model, latents: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+    """Raw latents ``[B, z_dim, F, h, w]`` -> video ``[B, C, 1 + 4(F-1), 8h, 8w]`` float32 in [-1, 1].
+
+    ``progress(done, B * F)`` is called after each latent frame; an exception from it cancels.
+    """
+    decoder = model.decoder
+    layers = [("conv", model.post_quant_conv), ("conv", decoder.conv_in), *_mid(decoder.mid_block)]
+    for block in decoder.up_blocks:
+        layers += [("resnet", r) for r in block.resnets]
+        if block.upsamplers:
+            layers += _resample(block.upsamplers[0])
+    layers.append(("head", (decoder.norm_out, decoder.conv_out)))
+    resamples = [b.upsamplers[0] for b in decoder.up_blocks if b.upsamplers]
+    time_scale = 2 ** sum(r.mode == "upsample3d" for r in resamples)
+    space_scale = 2 ** len(resamples)
+
+    b, _, f, h, w = latents.shape
+    shape = (b, decoder.conv_out.out_channels, 1 + (f - 1) * time_scale, h * space_scale, w * space_scale)
+    # float32, what callers get, written frame by frame (no concatenated copy at the end)
+    video = torch.empty(shape, dtype=torch.float32, device=latents.device)
+    for i in range(b):  # one sample at a time, as diffusers' use_slicing: the history is per sample
+        slots = iter(video[i].unbind(1))  # [C, H, W] views, one per output frame
+        stream = _FrameStream(layers, lambda frame, slots=slots: next(slots).copy_(frame[0]))
+        for t in range(f):
+            stream.push(latents[i : i + 1, :, t])
+            if progress is not None:
+                progress(i * f + t + 1, b * f)
+    return video.clamp_(-1.0, 1.0)
+
+
+@torch.no_grad()
+def encode(model, video: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+    """Video ``[B, C, 1 + 4k, H, W]`` -> raw posterior parameters ``[B, 2 z_dim, 1 + k, H/8, W/8]``
+    (mean, then log-variance, along dim 1), in the model's dtype.
+
+    ``progress(done, B * (1 + k))`` is called after each latent frame (one per diffusers chunk of
+    1, 4, 4, ... frames); an exception from it cancels.
+    """
+    encoder = model.encoder
+    layers = [("conv", encoder.conv_in)]
+    for layer in encoder.down_blocks:
+        if hasattr(layer, "mode"):
+            layers += _resample(layer)
+        else:
+            layers.append(("attention" if hasattr(layer, "to_qkv") else "resnet", layer))
+    layers += [*_mid(encoder.mid_block), ("head", (encoder.norm_out, encoder.conv_out)), ("conv", model.quant_conv)]
+
+    b, t = video.shape[0], video.shape[2]
+    per_sample = latent_frames(t)
+    samples = []
+    for i in range(b):
+        latents = []
+
+        def sink(frame, latents=latents):
+            latents.append(frame)
+            if progress is not None:
+                progress(len(samples) * per_sample + len(latents), b * per_sample)
+
+        stream = _FrameStream(layers, sink)
+        for j in range(t):
+            stream.push(video[i : i + 1, :, j])
+        samples.append(torch.stack(latents, 2))
+    return torch.cat(samples)
+
+
+def _mid(mid_block) -> list:
+    layers = [("resnet", mid_block.resnets[0])]
+    for attention, resnet in zip(mid_block.attentions, mid_block.resnets[1:]):
+        layers += [("attention", attention), ("resnet", resnet)]
+    return layers
+
+
+def _resample(resample) -> list:
+    """A ``WanResample`` as its temporal and spatial halves, in diffusers' order."""
+    if resample.mode == "upsample3d":
+        return [("upsample_time", resample), ("space", resample)]
+    if resample.mode == "downsample3d":
+        return [("space", resample), ("downsample_time", resample)]
+    return [("space", resample)]
+
+
+def _norm_silu(norm, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """SiLU of ``WanRMS_norm`` over the channels of a frame ``[B, C, H, W]``, written to ``out``
+    (``x`` itself when it is dead). diffusers' operations in its order: ``F.normalize``'s
+    ``x / max(||x||, 1e-12)`` (in float32 for half dtypes), then ``* sqrt(C) * gamma + bias``."""
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    norm2 = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True, dtype=torch.float32 if half else None)
+    out = torch.div(x, norm2.clamp_min_(1e-12), out=out).mul_(norm.scale).mul_(norm.gamma.view(-1, 1, 1))
+    if isinstance(norm.bias, torch.Tensor):
+        out = out.add_(norm.bias.view(-1, 1, 1))
+    return F.silu(out, inplace=True)
+
+
+def _conv_frames(conv, frames: list[torch.Tensor], into: torch.Tensor | None = None) -> torch.Tensor:
+    """A Conv3d's output frame from its last input frames (oldest first; frames before the first
+    are zeros and add nothing) -> ``[B, C', H', W']``, added into ``into`` when given.
+
+    Computed as 2D convolutions, each over the frames of one time tap, summed into one buffer: no
+    stacked copy of the input and no padded one (the spatial zero padding is the convolution's).
+    Where a tap's weights outweigh a frame (latent-resolution stages) the frames are stacked instead
+    and convolved at once through a view of the weights, so nothing weight-sized is copied.
+    """
+    depth, height, width = conv.kernel_size
+    stride, padding = conv.stride[1:], (conv._padding[2], conv._padding[0])
+    if depth > 1 and conv.out_channels * height * width >= frames[0].shape[-2] * frames[0].shape[-1]:
+        frames = [torch.zeros_like(frames[0])] * (depth - len(frames)) + frames
+        stacked = torch.stack(frames, dim=2).flatten(1, 2)  # [B, C * depth, H, W], channel-major like the weight
+        y = F.conv2d(stacked, conv.weight.flatten(1, 2), conv.bias, stride, padding)
+        return y if into is None else into.add_(y)
+    first = depth - len(frames)
+    for tap in range(first, depth):
+        frame = frames.pop(0)  # the oldest frame, out of the history already, goes after its tap
+        bias = conv.bias if tap == first else None
+        if into is None:
+            into = F.conv2d(frame, conv.weight[:, :, tap], bias, stride, padding)
+        else:  # each tap's output is dead once added
+            into = into.add_(F.conv2d(frame, conv.weight[:, :, tap], bias, stride, padding))
+    return into
+
+
+class _FrameStream:
+    """One sample's pass through ``layers``: frames go in one by one, each to the end before the next.
+
+    ``history`` holds each causal conv's last input frames (at most 2) and what each temporal
+    resample needs of the frames before; ``sink`` receives the output frames in order.
+    """
+
+    def __init__(self, layers: list, sink: Callable[[torch.Tensor], None]):
+        self.layers, self.sink = layers, sink
+        self.history: dict = {}
+
+    def push(self, x: torch.Tensor, start: int = 0) -> None:
+        for i in range(start, len(self.layers)):
+            kind, module = self.layers[i]
+            out = getattr(self, "_" + kind)(module, x)
+            if len(out) != 1:
+                # none or two frames: each goes on alone, after this frame's last reference is dropped
+                x = None
+                while out:
+                    self.push(out.pop(0), i + 1)
+                return
+            x = out.pop()
+        self.sink(x)
+
+    def _causal(self, conv, x: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+        """A ``WanCausalConv3d`` on frame ``x`` after its last input frames (zeros before the first)."""
+        context = conv._padding[4]  # 2 for a 3-frame kernel, 0 for 1x1x1
+        frames = [*self.history.get(conv, []), x]
+        if context:
+            self.history[conv] = frames[-context:]
+        return _conv_frames(conv, frames, into)
+
+    def _conv(self, conv, x):
+        return [self._causal(conv, x)]
+
+    def _resnet(self, block, x):
+        shortcut = x if isinstance(block.conv_shortcut, torch.nn.Identity) else self._causal(block.conv_shortcut, x)
+        y = self._causal(block.conv1, _norm_silu(block.norm1, x, torch.empty_like(x)))
+        # conv1's output is dead once normalised; conv2 adds into the shortcut (diffusers: x + h)
+        return [self._causal(block.conv2, _norm_silu(block.norm2, y, y), into=shortcut)]
+
+    def _attention(self, block, x):  # within a frame: the module's own forward on [B, C, 1, H, W]
+        return [block(x.unsqueeze(2)).squeeze(2)]
+
+    def _head(self, norm_conv, x):
+        norm, conv = norm_conv
+        return [self._causal(conv, _norm_silu(norm, x, x))]
+
+    def _space(self, resample, x):  # the 2D up/down sample of each frame (nn.Sequential over [B, C, H, W])
+        return [resample.resample(x)]
+
+    def _upsample_time(self, resample, x):
+        """One frame -> two (time_conv's channel halves, in that order). The very first frame
+        passes unchanged and is not in time_conv's history, which starts from zeros at the second
+        (diffusers' 'Rep' rule for the first chunk)."""
+        if resample not in self.history:
+            self.history[resample] = True
+            return [x]
+        pair = self._causal(resample.time_conv, x).unflatten(1, (2, -1))
+        return [pair[:, 0], pair[:, 1]]
+
+    def _downsample_time(self, resample, x):
+        """The first frame passes unchanged; after it, each two frames with the one before them go
+        through time_conv (3-frame kernel, stride 2) -> one frame."""
+        pending = self.history.get(resample)
+        if pending is None:
+            self.history[resample] = [x]
+            return [x.clone()]  # the next layer may overwrite its input; the history keeps x
+        pending.append(x)
+        if len(pending) < 3:
+            return []
+        self.history[resample] = [x]
+        return [_conv_frames(resample.time_conv, pending)]
