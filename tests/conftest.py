@@ -86,18 +86,18 @@ class ComfyVAEStandIn:
         self.wan, self.latent_channels, self.calls = wan, 16, []
         self.first_stage_model = wan.model
 
+    # diffusers' own forward, which runs the encoder once per chunk and the decoder once per latent
+    # frame as ComfyUI's does (WanVAE runs the weights frame by frame instead)
+    @torch.no_grad()
     def encode(self, pixels):
-        from echomimic_core.vae import denormalize_latents
-
         self.calls.append("encode")
         video = pixels.movedim(-1, 0)[None] * 2 - 1  # [T, H, W, 3] -> [1, 3, T, H, W]
-        return denormalize_latents(self.wan.encode(video), self.wan.latents_mean, self.wan.latents_std)
+        return self.wan.model.encode(video.to(self.wan.dtype)).latent_dist.mode().float()
 
+    @torch.no_grad()
     def decode(self, raw):
-        from echomimic_core.vae import normalize_latents
-
         self.calls.append("decode")
-        video = self.wan.decode(normalize_latents(raw, self.wan.latents_mean, self.wan.latents_std))
+        video = self.wan.model.decode(raw.to(self.wan.dtype)).sample.float()
         return ((video + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
 
 

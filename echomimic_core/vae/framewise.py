@@ -207,8 +207,14 @@ class _FrameStream:
         norm, conv = norm_conv
         return [self._causal(conv, _norm_silu(norm, x, x))]
 
-    def _space(self, resample, x):  # the 2D up/down sample of each frame (nn.Sequential over [B, C, H, W])
-        return [resample.resample(x)]
+    def _space(self, resample, x):
+        """The 2D up/down sample of a frame (``resample.resample``: upsample + conv or pad + conv)."""
+        first, conv = resample.resample
+        if isinstance(first, torch.nn.Upsample):
+            # nearest-neighbour copies values: in the frame's own dtype, without diffusers' round
+            # trip through float32 (two more copies at 4x the frame's area), the result is the same
+            return [conv(torch.nn.Upsample.forward(first, x))]
+        return [conv(first(x))]
 
     def _upsample_time(self, resample, x):
         """One frame -> two (time_conv's channel halves, in that order). The very first frame
