@@ -1,7 +1,14 @@
 """The one attention entry point of the model, with kernels chosen by name.
 
 ``attention(q, k, v, backend)`` takes and returns ``[B, L, heads, head_dim]`` (Wan's layout).
-No key masks are needed: upstream EchoMimicV3 attends over every key (padded text included).
+
+An additive logit ``bias`` (``[B or 1, 1, 1, Lk]``) is taken by the text cross-attention only:
+upstream attends over the prompt zero-padded to 512 rows, and the model keeps one row for the
+identical pad rows with log(count) added to its logit (``model.context_cache``), plus -inf on the
+filler rows of a batch of prompts of different lengths. Such a call goes to SDPA (a float
+``attn_mask``) whatever the backend: flash-attn and SageAttention take no bias, and that key set
+is short (a prompt's ~50 tokens instead of 512), so the kernel choice costs nothing there while
+the compact keys save ~10x of its work. Self-attention and the other cross-attentions are unchanged.
 
 SageAttention is used only where it is exact. Its Triton kernels (sageattention 1.0.6, and 2.x on
 RTX 30xx) read keys in blocks of 64 and load the missing keys of the last block as zeros without
@@ -32,8 +39,8 @@ SAGE_MIN_KEYS = 1024  # shorter key sets (cross-attention) gain nothing from it
 SAGE_MAX_PHANTOM_SHARE = 2**-10  # at most its own int8 rounding error
 
 
-def _sdpa(q, k, v):
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+def _sdpa(q, k, v, bias=None):
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias)
     return out.transpose(1, 2)
 
 
@@ -113,8 +120,11 @@ def check_backend(backend: str, head_dim: int | None = None) -> None:
         )
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
-    """q: [B, Lq, H, D], k/v: [B, Lk, H, D] -> [B, Lq, H, D] (softmax scale 1/sqrt(D))."""
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa", bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """q: [B, Lq, H, D], k/v: [B, Lk, H, D] -> [B, Lq, H, D] (softmax scale 1/sqrt(D)).
+    ``bias``: [B or 1, 1, 1, Lk] added to the logits, in q's dtype (always through SDPA, see above)."""
     entry = _BACKENDS.get(backend)
     if entry is None:
         check_backend(backend)
@@ -123,6 +133,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
         # shape-only execution (memory planning): a fused kernel allocates just its output,
         # while SDPA's meta path would materialise the [Lq, Lk] scores
         return q.new_empty(*q.shape[:-1], v.shape[-1])
+    if bias is not None:
+        return _sdpa(q, k, v, bias)
     if needs_cuda and not q.is_cuda:
         # CPU tensors (tests, CPU offload) fall back to the exact torch kernel
         return _sdpa(q, k, v)

@@ -27,8 +27,9 @@ FFN_HIDDEN_WIDTHS = 1  # max hidden chunk width, in multiples of [L, dim]
 class BlockContext:
     """Everything a block needs besides the hidden states; the same for every block.
 
-    context: the batch's embedded text [text_len, C] and CLIP tokens [clip_tokens, C] per sample,
-    with every block's keys/values of them (computed on first use, see ``context_cache``);
+    context: the batch's embedded text (compact: real tokens + one pad row) and CLIP tokens
+    [clip_tokens, C] per sample, with every block's keys/values of them (computed on first use,
+    see ``context_cache``);
     audio: projected audio tokens and windows; face_gate: [B, tokens_per_latent_frame] or None
     (face-region gate on the audio output); audio_scale: float or [B] tensor;
     rope: (cos, sin) [L, 1, head_dim/2]; backend: attention backend name;
@@ -103,7 +104,7 @@ class DecoupledCrossAttention(SelfAttention):
         self.norm_k_audio = ops.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
 
     def text_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embedded text [B, text_len, C] -> k, v [B, text_len, n, d]."""
+        """Embedded text [B, tokens, C] -> k, v [B, tokens, n, d]."""
         return self.heads(self.norm_k(self.k(text))), self.heads(self.v(text))
 
     def image_kv(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,9 +120,10 @@ class DecoupledCrossAttention(SelfAttention):
         q = self.heads(self.norm_q(self.q(pre(x) if pre is not None else x)))  # [B, L, n, d]
         inplace = not torch.is_grad_enabled()
 
-        k, v, k_img, v_img = ctx.context.lookup(self)
-        out = attention(q, k, v, ctx.backend).flatten(2)
-        image_out = attention(q, k_img, v_img, ctx.backend).flatten(2)
+        k, v, bias = ctx.context.text(self)  # compact text keys + their logit bias (context_cache)
+        out = attention(q, k, v, ctx.backend, bias=bias).flatten(2)
+        del k, v
+        image_out = attention(q, *ctx.context.image(self), ctx.backend).flatten(2)
         out = out.add_(image_out) if inplace else out + image_out
         del image_out
 

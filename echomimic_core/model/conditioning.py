@@ -15,7 +15,8 @@ class Conditioning:
     """Inputs of one forward besides the noisy latents and the timestep.
 
     context: per-sample text embeddings, a list of [L_i, text_dim], or a padded [B, text_len, text_dim]
-        (the model zero-pads to text_len and attends over all positions, as upstream).
+        (the model attends over the zero padding to text_len as upstream, though computed as one
+        row, see ``model.context_cache``; rows given as zeros are attended one by one, same result).
     clip_fea: [B, clip_tokens, clip_dim] CLIP image tokens.
     y: [B, 20, F, H, W] = 4 mask channels + 16 masked-video latent channels.
     audio: preview [B, tokens_per_frame * video_frames, audio_in_dim];

@@ -279,8 +279,9 @@ class EchoMimicTransformer(nn.Module):
         device: torch.device,
         context_cache: ContextCache | None = None,
     ) -> BlockContext:
-        """Embed the conditioning once per forward for every block: text zero-padded to
-        [B, text_len, text_dim] then embedded to [B, text_len, C]; CLIP [B, clip_tokens, clip_dim]
+        """Embed the conditioning once per forward for every block: each sample's text, its real
+        tokens plus one zero row standing for the zero padding to text_len that upstream attends
+        over (see ``model.context_cache``), embedded to [1, L_i + 1, C]; CLIP [B, clip_tokens, clip_dim]
         -> [B, clip_tokens, C]; audio projected to tokens + per-latent-frame windows; the face gate
         [B, tokens per latent frame]; RoPE tables for the (F, H', W') token ``grid`` (with the
         call's RIFLEx, if any). With a ``context_cache`` (inference only) text and CLIP embeddings
@@ -300,8 +301,8 @@ class EchoMimicTransformer(nn.Module):
                 f"got {tuple(clip.shape)}."
             )
 
-        def padded(u):  # [L_i, text_dim] -> [text_len, text_dim]
-            return torch.cat([u, u.new_zeros(c.text_len - u.shape[0], u.shape[1])])
+        def compact(u):  # [L_i, text_dim] -> [L_i + 1, text_dim]: one zero row for the text_len - L_i pads
+            return torch.cat([u, u.new_zeros(1, u.shape[1])]) if u.shape[0] < c.text_len else u
 
         # a cache kept across forwards only without autograd; within one forward samples that share
         # a prompt (cond / drop_audio) share its keys either way, and each sample is projected alone
@@ -309,7 +310,10 @@ class EchoMimicTransformer(nn.Module):
         if context_cache is None or torch.is_grad_enabled():
             context_cache = ContextCache(max_entries=max(1, len(texts)), persistent=False)
         context_kv = ContextKV(
-            [context_cache.entry("text", u, lambda u: self.text_embedding(padded(u)[None])) for u in texts],
+            [
+                context_cache.entry("text", u, lambda u: self.text_embedding(compact(u)[None]), c.text_len - u.shape[0])
+                for u in texts
+            ],
             [context_cache.entry("image", v, lambda v: self.img_emb(v[None])) for v in clip],
             remember=context_cache.persistent,
         )
