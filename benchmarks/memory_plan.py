@@ -54,6 +54,7 @@ from echomimic_core.settings import GenerationSettings  # noqa: E402
 from echomimic_core.tasks import Task, chunk_task_inputs  # noqa: E402
 
 LAYERS = 2
+PROMPT_TOKENS = 20  # the stand-in prompt's length (the plan is told it: the key cache scales with it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +272,13 @@ def run_case(case: Case) -> dict:
     encoders = build_encoders(case.variant, dtype, case.toy) if "encode" in case.phases else None
     vae = build_vae(dtype, case.toy) if "decode" in case.phases else None
     workload = mp.workload_for(
-        case.variant, settings, (case.height, case.width), case.frames, case.dtype, transformer.config
+        case.variant,
+        settings,
+        (case.height, case.width),
+        case.frames,
+        case.dtype,
+        transformer.config,
+        prompt_tokens=PROMPT_TOKENS,
     )
     if encoders is not None:
         workload = dataclasses.replace(workload, encoders=encoders[3])
@@ -317,7 +324,7 @@ def run_case(case: Case) -> dict:
         if "denoise" in case.phases or "decode" in case.phases:
             models = pipeline.Models(transformer=transformer, vae=vae)
             plan = pipeline.plan_generation(reference, case.frames, settings, Task())
-            text = torch.randn(20, config.text_dim, generator=g)
+            text = torch.randn(PROMPT_TOKENS, config.text_dim, generator=g)
             audio_frames = case.frames + 8
             audio = (
                 torch.randn(1, audio_frames, 5, config.audio_blocks, config.audio_channels, generator=g)

@@ -124,6 +124,9 @@ class Workload:
     config: TransformerConfig | None = None
     # None: the encoders are not ours to place (ComfyUI's own text / CLIP nodes run them)
     encoders: EncoderSizes | None = field(default_factory=EncoderSizes)
+    # the longest prompt's umT5 tokens; None: text_len (512), the most a plan made before the
+    # prompt is encoded can assume
+    prompt_tokens: int | None = None
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -134,10 +137,20 @@ class Workload:
             raise ValueError(f"frames must be >= 1, got {self.frames}.")
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}, got {self.dtype!r}.")
+        if self.prompt_tokens is not None and self.prompt_tokens < 0:
+            raise ValueError(f"prompt_tokens must be >= 0 (or None: text_len), got {self.prompt_tokens}.")
 
     @property
     def model(self) -> TransformerConfig:
         return self.config or TransformerConfig.preset(self.variant)
+
+    @property
+    def text_rows(self) -> int:
+        """Rows of a prompt's embedding and keys: its tokens plus the one row that stands for its
+        zero padding to text_len (``model.context_cache``), text_len for a prompt that fills it."""
+        text_len = self.model.text_len
+        tokens = text_len if self.prompt_tokens is None else min(self.prompt_tokens, text_len)
+        return tokens + (tokens < text_len)
 
     @property
     def guidance_passes(self) -> int:
@@ -313,8 +326,10 @@ def forward_activations(c: TransformerConfig, batch: int, tokens: int, compute_b
     blocks = ACT_BUFFERS * unit * compute_bytes
     rope = tokens * c.head_dim * 4  # cos and sin, [L, 1, head_dim / 2] float32 each
     scratch = min(unit, CHUNK_ELEMENTS) * FP32_SCRATCH_BYTES_PER_ELEMENT[2 if compute_bytes <= 2 else 4]
-    # per sample: the padded prompt, its embedding, the CLIP tokens' embedding, and one block's
-    # keys/values of both (the time projection's float32 weight copy lives before the blocks)
+    # per sample: an allowance for the conditioning, sized as the padded prompt, its embedding, the
+    # CLIP tokens' embedding and one block's keys/values of both were (the time projection's float32
+    # weight copy lives before the blocks). The compact prompt (model.context_cache) lowered the
+    # traced peak by its embedding's rows only (~1 %), within the fit: the allowance stays as fitted
     context = batch * (c.text_len * (c.text_dim + 3 * c.dim) + 3 * c.clip_tokens * c.dim) * compute_bytes
     return int(blocks + rope + scratch + context)
 
@@ -355,7 +370,7 @@ def estimate(w: Workload, o: Options) -> Estimate:
     weights = {"transformer weights": resident}
 
     unit = tokens * c.dim * s
-    kv_per_prompt = c.num_layers * 2 * c.text_len * c.dim * s
+    kv_per_prompt = c.num_layers * 2 * w.text_rows * c.dim * s
     kv_per_image = c.num_layers * 2 * c.clip_tokens * c.dim * s
     prompts = 3 if w.variant == "preview" else 1  # preview: prompt, negative, boosted negative
     cache = (prompts * kv_per_prompt + kv_per_image) if o.context_cache else 0
@@ -378,9 +393,8 @@ def estimate(w: Workload, o: Options) -> Estimate:
         vae_bytes(chunk, w.height, w.width, s, o.vae_tile, decode=True),
         vae_bytes(chunk, w.height, w.width, s, o.vae_tile, decode=False),
     )
-    decode = {
+    decode = {  # the key cache is made per chunk and dropped before the VAE runs
         **weights,
-        "text/CLIP key cache": cache,
         "VAE weights": vae_weights,
         "VAE activations": vae_work,
         "latents": latent_pixels * c.out_dim * 4 * 2,
@@ -600,10 +614,12 @@ def workload_for(
     dtype: str = "bfloat16",
     config: TransformerConfig | None = None,
     encoders: bool = True,
+    prompt_tokens: int | None = None,
 ) -> Workload:
     """The workload of a generation: ``settings`` (a ``GenerationSettings``) decide the guidance
     passes (CFG on when guidance_scale > 1), TeaCache and the chunk overlap; ``encoders=False`` when
-    someone else runs the encoders (ComfyUI)."""
+    someone else runs the encoders (ComfyUI); ``prompt_tokens``: the longest prompt's tokens when
+    known (None: text_len)."""
     # the branches of the first step, which all run (cfg_skip_ratio drops them only later)
     guidance = GuidanceConfig(mode=VARIANT_MODES[variant], guidance_scale=settings.guidance_scale)
     text = EncoderSizes(text_compute_bytes=DTYPE_BYTES[VARIANT_COMPUTE_DTYPES[variant]])  # as model_files loads it
@@ -622,6 +638,7 @@ def workload_for(
         else ("teacache" if settings.teacache_threshold > 0 else "off"),
         config=config,
         encoders=text if encoders else None,
+        prompt_tokens=prompt_tokens,
     )
 
 

@@ -1,6 +1,7 @@
 """memory_plan: parameter counts, the activation model against shape-only traces of the real code,
 the choice under a budget, and the `plan` command."""
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -117,6 +118,26 @@ def test_each_saver_lowers_its_phase():
     assert mp.estimate(w, mp.Options(chunk=113, vae_tile=256)).decode < base.decode
     assert mp.estimate(w, mp.Options(chunk=113, encoders_on_cpu=True)).encode == 0 < base.encode
     assert mp.estimate(w, mp.Options(chunk=113, context_cache=False)).denoise < base.denoise
+
+
+def test_key_cache_holds_the_compact_prompts_while_a_chunk_denoises():
+    """Per prompt (preview: prompt, negative, boosted negative) every block keeps keys and values of
+    its tokens plus the one row standing for its padding (text_len while the prompt is unknown),
+    per image of its CLIP tokens; the cache is dropped before the VAE runs."""
+    w = mp.Workload("preview", 768, 768, 125)
+    c, s = w.model, mp.DTYPE_BYTES[w.dtype]
+
+    def phases(workload):
+        return mp.estimate(workload, mp.Options(chunk=81)).phases
+
+    image = c.num_layers * 2 * c.clip_tokens * c.dim * s
+    assert phases(w)["denoise"]["text/CLIP key cache"] == 3 * c.num_layers * 2 * c.text_len * c.dim * s + image
+    short = dataclasses.replace(w, prompt_tokens=40)
+    assert phases(short)["denoise"]["text/CLIP key cache"] == 3 * c.num_layers * 2 * 41 * c.dim * s + image
+    assert dataclasses.replace(w, prompt_tokens=10_000).text_rows == c.text_len  # truncated to text_len
+    assert "text/CLIP key cache" not in phases(w)["decode"]
+    with pytest.raises(ValueError, match="prompt_tokens must be >= 0"):
+        mp.Workload("preview", 768, 768, 125, prompt_tokens=-1)
 
 
 def test_plan_command_exit_codes(capsys):
