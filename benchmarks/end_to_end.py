@@ -2,7 +2,7 @@
 and settings, in one process; prints time and peak-memory ratios ours / upstream.
 
     python benchmarks/end_to_end.py --upstream /tmp/echomimic_v3 [--layers 4] [--size 160] \
-        [--frames 17] [--steps 4] [--repeats 3] [--device cpu]
+        [--frames 17] [--steps 4] [--repeats 3] [--device cpu] [--phases]
 
 ``--upstream PATH`` is a local checkout of antgroup/echomimic_v3 (its ``src/`` package, never
 committed here). Upstream's pipeline and VAE call ``einops.rearrange``, so this script needs
@@ -29,7 +29,10 @@ CFG 4.0 / audio 2.9 dynamic) with ``--steps``, except the negative-prompt boost 
 Runs are interleaved (ours, upstream, ours, ...) so that other load on a shared machine hits both
 alike; times are medians. Peak memory is measured in separate runs (see ``peak_memory.py``: live
 tensor bytes on the CPU, the requested device's allocator peak on CUDA), above the level at entry
-(weights excluded, they exist before).
+(weights excluded, they exist before). ``--phases`` adds one more run of each pipeline that
+measures every phase's own peak (VAE encode, one transformer forward, VAE decode) above what is
+held when the call starts; a whole-run peak above the largest of them is memory held across phases
+(the decode's level plus what the denoising left behind).
 """
 
 from __future__ import annotations
@@ -136,17 +139,25 @@ class _ClipEncoder(_StandIn):
 
 
 class Phases:
-    """Wall seconds spent inside named calls of one pipeline (methods wrapped on the instance)."""
+    """Wall seconds spent inside named calls of one pipeline (methods wrapped on the instance), and
+    with ``memory`` set (a ``PeakMemory`` mode) each phase's peak bytes: the largest of its calls,
+    above the level at the call's entry (what the phase adds to what is held when it starts)."""
 
     NAMES = ("VAE encode", "transformer", "VAE decode")
 
     def __init__(self, device: torch.device):
-        self.device, self.seconds = device, defaultdict(float)
+        self.device, self.seconds, self.peaks = device, defaultdict(float), defaultdict(int)
+        self.memory: str | None = None
 
     def wrap(self, obj, method: str, phase: str) -> None:
         inner = getattr(obj, method)
 
         def timed(*args, **kwargs):
+            if self.memory is not None:
+                with PeakMemory(self.device, self.memory) as mem:
+                    out = inner(*args, **kwargs)
+                self.peaks[phase] = max(self.peaks[phase], mem.peak)
+                return out
             start = time.perf_counter()
             try:
                 return inner(*args, **kwargs)
@@ -177,6 +188,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory", choices=MODES, default="tensors", help="CPU peak: live tensor bytes or sampled RSS")
+    p.add_argument(
+        "--phases", action="store_true", help="also each phase's peak memory (one more run of each pipeline)"
+    )
     args = p.parse_args(argv)
     if args.size % 16 or (args.frames - 1) % 4:
         p.error(f"--size must be a multiple of 16 and --frames 4k+1; got {args.size} and {args.frames}")
@@ -304,6 +318,11 @@ def main(argv=None) -> int:
             with PeakMemory(device, args.memory) as mem:
                 run()
             peaks[name] = mem.peak
+        if args.phases:  # separate runs: a phase's PeakMemory would reset a CUDA run's peak
+            for name, run in runs.items():
+                phases[name].memory = args.memory
+                run()
+                phases[name].memory = None
 
     median = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
     latent = ((args.frames - 1) // 4 + 1, args.size // 8, args.size // 8)
@@ -325,6 +344,12 @@ def main(argv=None) -> int:
     ratios = "".join(f"{median['ours'][c] / max(median['upstream'][c], 1e-9):>16.3f}" for c in columns)
     print(f"{'ratio':<10}{ratios}{peaks['ours'] / max(peaks['upstream'], 1):>25.3f}")
     print("ratios are ours / upstream; targets: <= 0.8 time, <= 0.5 peak memory")
+    if args.phases:
+        print(f"peak MiB ({memory}) of each phase, above what is held when it starts; whole run as above")
+        print(f"{'pipeline':<10}" + "".join(f"{n:>16}" for n in (*Phases.NAMES, "whole run")))
+        for name in runs:
+            cells = "".join(f"{phases[name].peaks[n] / 2**20:>16.1f}" for n in Phases.NAMES)
+            print(f"{name:<10}{cells}{peaks[name] / 2**20:>16.1f}")
     ours, theirs = outputs["ours"].float().cpu(), outputs["upstream"].float().cpu()
     print(f"frames {tuple(ours.shape)}: max |ours - upstream| = {float((ours - theirs).abs().max()):.2e} (0..1 scale)")
     return 0
