@@ -206,7 +206,7 @@ class GenerationSettings:
         True, help="run the guidance passes in one batched forward (faster) or one at a time (less memory)"
     )
     context_cache: bool = setting(
-        True, help="compute the prompt's and image's cross-attention keys and values once per video (exact)"
+        True, help="compute the prompt's and image's cross-attention keys and values once per chunk (exact)"
     )
     vae_tile_size: int | None = setting(
         None,
