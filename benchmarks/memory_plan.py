@@ -435,7 +435,7 @@ def calibrate() -> int:
     from diffusers import AutoencoderKLWan
 
     from echomimic_core.model.conditioning import Conditioning
-    from echomimic_core.vae import Tiling, WanVAE
+    from echomimic_core.vae import WanVAE
 
     def trace(fn) -> int:
         tracker = _LiveTensors("meta")
@@ -461,22 +461,31 @@ def calibrate() -> int:
         unit = 29 * 48 * 48 * config.dim * dtype.itemsize
         print(f"ACT_BUFFERS ({dtype}): {(peaks[2] - peaks[1]) / unit:.3f}")
         with torch.device("meta"):
-            vae = WanVAE(AutoencoderKLWan().to(dtype))
+            vae = WanVAE(torch.nn.Module.to(AutoencoderKLWan(), dtype))
         key = dtype.itemsize
-        per_px = {}
-        for f in (3, 9):
-            lat = torch.empty(1, 16, f, 16, 16, device="meta")
-            per_px[f] = trace(lambda: vae.decode(lat)) / (128 * 128)
-        slope = (per_px[9] - per_px[3]) / 24
-        print(f"VAE_DECODE_PER_PIXEL[{key}] {per_px[3] - 9 * slope:.0f}, per frame pixel {slope:.2f}")
-        per_px = {}
-        for f in (3, 9):
-            video = torch.empty(1, 3, 4 * (f - 1) + 1, 128, 128, device="meta")
-            per_px[f] = trace(lambda: vae.encode(video)) / (128 * 128)
-        slope = (per_px[9] - per_px[3]) / 24
-        print(f"VAE_ENCODE_PER_PIXEL[{key}] {per_px[3] - 9 * slope - 12 * 0:.0f}, per frame pixel {slope:.2f}")
-        del Tiling
-        break
+
+        def coefficients(run, shape) -> tuple[float, float]:
+            """Bytes per pixel of a 128x128 frame and per pixel of every frame, from 3 and 9 latent
+            frames (9 and 33 video frames); the input is made inside the trace, as it is on the device."""
+            per_px = {f: trace(lambda: run(torch.empty(shape(f), device="meta"))) / (128 * 128) for f in (3, 9)}
+            slope = (per_px[9] - per_px[3]) / 24
+            return per_px[3] - 9 * slope, slope
+
+        latents = lambda f: (1, 16, f, 16, 16)  # noqa: E731
+        video = lambda f: (1, 3, 4 * (f - 1) + 1, 128, 128)  # noqa: E731
+        per_pixel, per_frame = coefficients(vae.decode, latents)
+        print(
+            f"VAE_DECODE_WORK {per_pixel / key - mp.VAE_DECODE_HISTORY:.0f}, VAE_DECODE_PER_FRAME_PIXEL[{key}] {per_frame:.2f}"
+        )
+        per_pixel, per_frame = coefficients(vae.encode, video)
+        print(
+            f"VAE_ENCODE_WORK {per_pixel / key - mp.VAE_ENCODE_HISTORY:.0f}, VAE_ENCODE_PER_FRAME_PIXEL[{key}] {per_frame:.2f}"
+        )
+        # a tile runs diffusers' own forward (and WanVAE's float32 copy of its output)
+        per_pixel, per_frame = coefficients(lambda z: vae.model.decode(z.to(dtype)).sample.float(), latents)
+        print(f"VAE_TILED_DECODE_PER_PIXEL[{key}] {per_pixel:.0f}, per frame pixel {per_frame:.2f}")
+        per_pixel, per_frame = coefficients(lambda v: vae.model.encode(v.to(dtype)).latent_dist.parameters, video)
+        print(f"VAE_TILED_ENCODE_PER_PIXEL[{key}] {per_pixel:.0f}, per frame pixel {per_frame:.2f}")
     return 0
 
 

@@ -11,8 +11,8 @@ A generation has three phases, and its peak is the largest of them:
 
 The formulas count tensor bytes, which is what the CUDA caching allocator's
 ``max_memory_allocated`` counts. Their shape follows the code (a forward keeps ~5 buffers of
-``[B, L, C]`` alive at its peak, see ``model.blocks``; the VAE's decoder holds one latent frame's
-activations per output pixel plus the frames decoded so far) and their coefficients were read off
+``[B, L, C]`` alive at its peak, see ``model.blocks``; the VAE, run one frame at a time, holds each
+causal conv's last two input frames plus one frame's work, and the chunk's video) and their coefficients were read off
 shape-only traces of that code on the meta device (``benchmarks/memory_plan.py --calibrate``
 prints them again). ``benchmarks/memory_plan.py`` checks the predictions against runs on a CPU at
 the real width. What a GPU adds on top (CUDA context, cuBLAS workspace, allocator slack) is
@@ -55,12 +55,26 @@ ACT_BUFFERS = 5.03
 # float32 copy + result + cast back (2-byte dtypes); float32 activations need no copy or cast
 FP32_SCRATCH_BYTES_PER_ELEMENT = {2: 10, 4: 6}
 CHUNK_ELEMENTS = 1 << 22  # model.ops.CHUNK_ELEMENTS (a test holds them equal)
-# VAE (diffusers AutoencoderKLWan): per pixel of the frame (or tile) being processed, and per
+# VAE, untiled: run one frame at a time (vae/framewise.py). Elements per pixel of the frame, in any
+# dtype: each causal conv's last two input frames (2 x its input channels, weighted by its
+# resolution's share of the pixels; decoder 1/64 latent size, 1/16, 1/4, full), which stay for the
+# whole chunk, plus the work at the peak: in the decoder the last 2D upsample's input, its 4x-area
+# copy and output (48 + 192 + 96) and the time upsample's frame pair above it; in the encoder a
+# full-resolution conv's input, output and one tap's output (3 x 96)
+VAE_DECODE_HISTORY = 2 * ((16 + 11 * 384) / 64 + (192 + 6 * 384) / 16 + 6 * 192 / 4 + 7 * 96)  # 2364.5
+VAE_ENCODE_HISTORY = 2 * (3 + 4 * 96 + (96 + 3 * 192) / 4 + (2 * 192 + 3 * 384) / 16 + 10 * 384 / 64)  # 1422
+VAE_DECODE_WORK = 397.0
+VAE_ENCODE_WORK = 282.0
+# and bytes per pixel of every frame of the chunk: the decoded video (float32, 3 channels); the
+# conditioning video (float32) and its copy in the compute dtype
+VAE_DECODE_PER_FRAME_PIXEL = {2: 12.4, 4: 12.5}
+VAE_ENCODE_PER_FRAME_PIXEL = {2: 18.3, 4: 12.5}
+# VAE, tiled: diffusers' AutoencoderKLWan forward on each tile; bytes per pixel of the tile, and per
 # pixel of every frame of the chunk (input copies / output so far); 2-byte dtypes vs float32
-VAE_DECODE_PER_PIXEL = {2: 10123.0, 4: 19516.0}
-VAE_DECODE_PER_FRAME_PIXEL = {2: 7.5, 4: 14.0}
-VAE_ENCODE_PER_PIXEL = {2: 7433.0, 4: 14138.0}
-VAE_ENCODE_PER_FRAME_PIXEL = {2: 6.3, 4: 0.5}
+VAE_TILED_DECODE_PER_PIXEL = {2: 10123.0, 4: 19516.0}
+VAE_TILED_DECODE_PER_FRAME_PIXEL = {2: 7.5, 4: 14.0}
+VAE_TILED_ENCODE_PER_PIXEL = {2: 7433.0, 4: 14138.0}
+VAE_TILED_ENCODE_PER_FRAME_PIXEL = {2: 18.3, 4: 12.5}
 VAE_PARAMS = 126_892_531
 # umT5-XXL: activations per prompt of 512 tokens besides the per-layer hidden states, and a
 # constant; a block is upcast to the compute dtype while it runs when stored lower
@@ -345,13 +359,17 @@ def _latent_state(c: TransformerConfig, batch: int, latent_pixels: int, compute_
 def vae_bytes(frames: int, height: int, width: int, compute_bytes: int, tile: int | None, decode: bool) -> int:
     """Peak bytes the VAE allocates to encode (``decode=False``) or decode one ``frames``-frame chunk."""
     key = 2 if compute_bytes <= 2 else 4
-    area = height * width
-    if tile is not None and (height > tile or width > tile):
+    video = frames * height * width
+    if tile is not None and (height > tile or width > tile):  # diffusers' forward, one tile at a time
         area = tile * tile
+        if decode:
+            return int(VAE_TILED_DECODE_PER_PIXEL[key] * area + VAE_TILED_DECODE_PER_FRAME_PIXEL[key] * video)
+        return int(VAE_TILED_ENCODE_PER_PIXEL[key] * area + VAE_TILED_ENCODE_PER_FRAME_PIXEL[key] * video)
     if decode:
-        return int(VAE_DECODE_PER_PIXEL[key] * area + VAE_DECODE_PER_FRAME_PIXEL[key] * frames * height * width)
-    # the conditioning video itself, float32, is on the device too
-    return int(VAE_ENCODE_PER_PIXEL[key] * area + (VAE_ENCODE_PER_FRAME_PIXEL[key] + 12) * frames * height * width)
+        per_pixel = (VAE_DECODE_HISTORY + VAE_DECODE_WORK) * compute_bytes
+        return int(per_pixel * height * width + VAE_DECODE_PER_FRAME_PIXEL[key] * video)
+    per_pixel = (VAE_ENCODE_HISTORY + VAE_ENCODE_WORK) * compute_bytes
+    return int(per_pixel * height * width + VAE_ENCODE_PER_FRAME_PIXEL[key] * video)
 
 
 def estimate(w: Workload, o: Options) -> Estimate:

@@ -78,6 +78,27 @@ def test_forward_activations_follow_the_code(variant, batch, lat, dtype):
     assert abs(predicted - tracker.peak) / tracker.peak < 0.05
 
 
+@pytest.mark.parametrize(("size", "frames", "dtype"), [((96, 160), 9, torch.bfloat16), ((128, 128), 17, torch.float32)])
+def test_vae_terms_follow_the_code(size, frames, dtype):
+    """The VAE's untiled terms against shape-only traces of WanVAE at the released width: the
+    frame-by-frame forward's history and work per pixel, and the chunk's video per frame."""
+    from diffusers import AutoencoderKLWan
+
+    from echomimic_core.vae import WanVAE
+
+    with torch.device("meta"):
+        vae = WanVAE(torch.nn.Module.to(AutoencoderKLWan(), dtype))
+    height, width = size
+    shapes = {True: (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8), False: (1, 3, frames, height, width)}
+    for decode, shape in shapes.items():
+        tracker = _live_tensors("meta")
+        with torch.no_grad(), tracker:
+            inputs = torch.empty(shape, device="meta")  # on the device, as the pipeline's are
+            vae.decode(inputs) if decode else vae.encode(inputs)
+        predicted = mp.vae_bytes(frames, height, width, dtype.itemsize, None, decode)
+        assert abs(predicted - tracker.peak) < 0.02 * tracker.peak, (decode, predicted, tracker.peak)
+
+
 def test_large_budget_keeps_every_default_and_small_ones_trade_in_order():
     w = mp.Workload("preview", 768, 768, 125)
     roomy = mp.plan(w, 80 * mp.GIB)

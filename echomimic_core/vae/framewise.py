@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from echomimic_core.vae_frames import latent_frames
 
 Progress = Callable[[int, int], None]
+# elements of attention scores computed at once (32 MiB in bf16): the queries of a frame go in slices
+ATTENTION_SCORES = 1 << 24
 
 
 def supports(model) -> bool:
@@ -120,16 +122,20 @@ def _resample(resample) -> list:
     return [("space", resample)]
 
 
-def _norm_silu(norm, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """SiLU of ``WanRMS_norm`` over the channels of a frame ``[B, C, H, W]``, written to ``out``
-    (``x`` itself when it is dead). diffusers' operations in its order: ``F.normalize``'s
+def _norm(norm, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``WanRMS_norm`` over the channels of a frame ``[B, C, H, W]``, written to ``out`` (``x``
+    itself when it is dead). diffusers' operations in its order: ``F.normalize``'s
     ``x / max(||x||, 1e-12)`` (in float32 for half dtypes), then ``* sqrt(C) * gamma + bias``."""
     half = x.dtype in (torch.float16, torch.bfloat16)
     norm2 = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True, dtype=torch.float32 if half else None)
     out = torch.div(x, norm2.clamp_min_(1e-12), out=out).mul_(norm.scale).mul_(norm.gamma.view(-1, 1, 1))
     if isinstance(norm.bias, torch.Tensor):
         out = out.add_(norm.bias.view(-1, 1, 1))
-    return F.silu(out, inplace=True)
+    return out
+
+
+def _norm_silu(norm, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return F.silu(_norm(norm, x, out), inplace=True)
 
 
 def _conv_frames(conv, frames: list[torch.Tensor], into: torch.Tensor | None = None) -> torch.Tensor:
@@ -200,8 +206,20 @@ class _FrameStream:
         # conv1's output is dead once normalised; conv2 adds into the shortcut (diffusers: x + h)
         return [self._causal(block.conv2, _norm_silu(block.norm2, y, y), into=shortcut)]
 
-    def _attention(self, block, x):  # within a frame: the module's own forward on [B, C, 1, H, W]
-        return [block(x.unsqueeze(2)).squeeze(2)]
+    def _attention(self, block, x):
+        """``WanAttentionBlock``: one-head self-attention within a frame, plus its input. Queries go
+        in slices: no fused kernel takes the head of 384 channels, and the whole score matrix of a
+        96x96 latent frame (768x768 video) would be 2 x 162 MiB in bf16, the largest tensor of the run."""
+        b, c, h, w = x.shape
+        qkv = block.to_qkv(_norm(block.norm, x, torch.empty_like(x)))
+        q, k, v = qkv.flatten(2).transpose(1, 2).contiguous().unsqueeze(1).chunk(3, dim=-1)  # [B, 1, HW, C]
+        del qkv
+        out = torch.empty_like(q)
+        step = max(1, ATTENTION_SCORES // (h * w))
+        for i in range(0, h * w, step):
+            out[:, :, i : i + step] = F.scaled_dot_product_attention(q[:, :, i : i + step], k, v)
+        del q, k, v
+        return [block.proj(out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)).add_(x)]
 
     def _head(self, norm_conv, x):
         norm, conv = norm_conv

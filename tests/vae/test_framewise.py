@@ -47,6 +47,12 @@ def test_equals_diffusers_forward(tiny, batch, frames, height, width):
     _assert_matches_diffusers(tiny.model, _video(batch, frames, height, width), atol=1e-5)
 
 
+def test_attention_in_query_slices_is_the_same(tiny, monkeypatch):
+    # 20 latent pixels per frame, 7 queries per slice: three slices, the last one short
+    monkeypatch.setattr(framewise, "ATTENTION_SCORES", 7 * 20)
+    _assert_matches_diffusers(tiny.model, _video(1, 5, 32, 40), atol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("frames", [1, 9])
 def test_equals_diffusers_forward_at_full_width(frames):
