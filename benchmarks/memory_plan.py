@@ -345,10 +345,10 @@ def run_case(case: Case) -> dict:
             if vae is None:  # transformer cases: a random conditioning y in place of the VAE's
                 lat = (1, config.in_dim - config.out_dim, (case.frames - 1) // 4 + 1, case.height // 8, case.width // 8)
                 denoiser._y = lambda inputs, chunk: torch.randn(lat, generator=g)
-                denoiser._decode = lambda latents, chunk: torch.zeros(case.frames, case.height, case.width, 3)
+                denoiser.decode = lambda latents, chunk: torch.zeros(case.frames, case.height, case.width, 3)
             else:
                 denoiser._y = _in_phase(tracker, "vae", denoiser._y)
-                denoiser._decode = _in_phase(tracker, "vae", denoiser._decode)
+                denoiser.decode = _in_phase(tracker, "vae", denoiser.decode)
             inputs = chunk_task_inputs(
                 plan.task, plan.reference, Chunk(0, case.frames, 0), None, case.frames, plan.sample_size, None
             )

@@ -439,7 +439,9 @@ def render_chunks(
             denoiser.encoded = dataclasses.replace(encoded, audio=encoded.audio.materialize())
         whole = Chunk(0, round_up_4k1(total), 0)
         inputs = chunk_task_inputs(task, plan.reference, whole, None, total, plan.sample_size, source)
-        frames = denoiser.sliding(inputs)[plan.lead : total]
+        latents = denoiser.denoise_sliding(inputs)
+        del inputs  # the task's video and masks (host memory) are not needed for the decode
+        frames = denoiser.decode(latents, 0)[plan.lead : total]
         metrics = meter.measure(0, 0, frames) if meter is not None else None
         yield RenderedChunk(0, 1, 0, frames, frames, {"next_chunk": 1}, metrics)
         return
@@ -470,7 +472,10 @@ def render_chunks(
         def own_part(frames, lo=lo, hi=hi, chunk=chunk):
             return frames[lo - chunk.start : max(lo, hi) - chunk.start]
 
-        frames = denoiser.chunk(inputs, chunk.start, index, total_steps)
+        latents = denoiser.denoise_chunk(inputs, chunk.start, index, total_steps)
+        if not redo.active:  # only a redo reads the chunk's task video and masks again
+            del inputs
+        frames = denoiser.decode(latents, index)
         metrics = meter.measure(index, lo - plan.lead, own_part(frames)) if meter is not None else None
         reason = redo.reason(metrics, baseline) if metrics is not None and redo.active else None
         if reason is not None:
@@ -703,7 +708,8 @@ class Denoiser:
         shape = (1, 16, latent_frames(frames), *y.shape[3:])
         return torch.randn(shape, generator=generator or self.generator, dtype=torch.float32).to(self.device)
 
-    def _decode(self, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Frames [length, H, W, 3] 0..1 of denoised ``latents`` [1, 16, F, h, w]."""
         with on_device(self.models.vae, self.device, self.offload_device) as vae:
             return decode_frames(vae, latents, self.tiling, self._vae_progress("decode", chunk))
 
@@ -729,12 +735,11 @@ class Denoiser:
 
     def chunk(self, inputs, start_frame: int, index: int, total_steps: int, generator=None) -> torch.Tensor:
         """Frames [length, H, W, 3] 0..1 of one chunk (noise from ``generator``, default the run's)."""
-        latents = self._denoise_chunk(inputs, start_frame, index, total_steps, generator)
-        # the denoising's conditioning, key cache and closures died with its frame: the decode
-        # holds the latents and the VAE only
-        return self._decode(latents, index)
+        return self.decode(self.denoise_chunk(inputs, start_frame, index, total_steps, generator), index)
 
-    def _denoise_chunk(self, inputs, start_frame: int, index: int, total_steps: int, generator) -> torch.Tensor:
+    def denoise_chunk(self, inputs, start_frame: int, index: int, total_steps: int, generator=None) -> torch.Tensor:
+        """Denoised latents [1, 16, F, h, w] of one chunk. Its conditioning, key cache and closures
+        die with this call, before the caller decodes: the decode holds the latents and the VAE."""
         frames = inputs.num_frames
         y = self._y(inputs, index)
         audio = self._audio(start_frame, frames)
@@ -764,14 +769,12 @@ class Denoiser:
             total_steps=total_steps,
         )
 
-    def sliding(self, inputs) -> torch.Tensor:
-        """Upstream's long-video CFG mode: the whole sequence at once, windows blended every step.
-        Each window sees the audio of its own frames and the conditioning ``window_conditioning``
-        gives it (the reference at its start, as upstream, or the task's frames inside it). With
-        TeaCache each window keeps its own residuals (``TeaCache.scoped``)."""
-        return self._decode(self._denoise_sliding(inputs), 0)
-
-    def _denoise_sliding(self, inputs) -> torch.Tensor:
+    def denoise_sliding(self, inputs) -> torch.Tensor:
+        """Upstream's long-video CFG mode: the whole sequence at once, windows blended every step;
+        returns the denoised latents (``decode`` makes the frames). Each window sees the audio of its
+        own frames and the conditioning ``window_conditioning`` gives it (the reference at its start,
+        as upstream, or the task's frames inside it). With TeaCache each window keeps its own
+        residuals (``TeaCache.scoped``)."""
         s = self.settings
         y = self._y(inputs, 0)
         total_latents = y.shape[2]

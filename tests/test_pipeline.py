@@ -137,18 +137,23 @@ def test_sliding_mode_blends_overlapping_windows(fast_models, spy):
 def test_text_and_clip_keys_computed_once_give_the_same_video(demo_models, inputs, mode, monkeypatch):
     """The context cache: exactly the frames of recomputing the keys every forward, with each
     block's text/CLIP projection run once per distinct prompt and chunk instead of per forward,
-    and no cached key alive while the VAE decodes (one cache per chunk's denoising)."""
+    and no cached key alive while the VAE decodes (one cache per chunk's denoising), nor the
+    chunk's task video and masks."""
     image, audio, sr = inputs
     calls, decodes = [], []
-    decode = pipeline.Denoiser._decode
+    decode = pipeline.Denoiser.decode
 
     def checked_decode(self, latents, chunk):
         gc.collect()
-        held = [o for o in gc.get_objects() if isinstance(o, ContextCache) and o.entries()]
+        held = [
+            o
+            for o in gc.get_objects()
+            if (isinstance(o, ContextCache) and o.entries()) or isinstance(o, task_masks.TaskInputs)
+        ]
         decodes.append(len(held))
         return decode(self, latents, chunk)
 
-    monkeypatch.setattr(pipeline.Denoiser, "_decode", checked_decode)
+    monkeypatch.setattr(pipeline.Denoiser, "decode", checked_decode)
     handle = demo_models.transformer.blocks[0].cross_attn.k.register_forward_hook(lambda *a: calls.append(1))
     try:
         # 4 steps: the negative prompt boosted on steps 0-2, plain on step 3
