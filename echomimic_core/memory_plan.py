@@ -58,12 +58,12 @@ CHUNK_ELEMENTS = 1 << 22  # model.ops.CHUNK_ELEMENTS (a test holds them equal)
 # VAE, untiled: run one frame at a time (vae/framewise.py). Elements per pixel of the frame, in any
 # dtype: each causal conv's last two input frames (2 x its input channels, weighted by its
 # resolution's share of the pixels; decoder 1/64 latent size, 1/16, 1/4, full), which stay for the
-# whole chunk, plus the work at the peak: in the decoder the last 2D upsample's input, its 4x-area
-# copy and output (48 + 192 + 96) and the time upsample's frame pair above it; in the encoder a
-# full-resolution conv's input, output and one tap's output (3 x 96)
+# whole chunk, plus the work at the peak: a full-resolution conv's output, the input frame that just
+# left its history and the block's residual input (3 x 96), in the decoder also the time upsample's
+# second frame waiting (384 / 16)
 VAE_DECODE_HISTORY = 2 * ((16 + 11 * 384) / 64 + (192 + 6 * 384) / 16 + 6 * 192 / 4 + 7 * 96)  # 2364.5
 VAE_ENCODE_HISTORY = 2 * (3 + 4 * 96 + (96 + 3 * 192) / 4 + (2 * 192 + 3 * 384) / 16 + 10 * 384 / 64)  # 1422
-VAE_DECODE_WORK = 397.0
+VAE_DECODE_WORK = 319.0
 VAE_ENCODE_WORK = 282.0
 # and bytes per pixel of every frame of the chunk: the decoded video (float32, 3 channels); the
 # conditioning video (float32) and its copy in the compute dtype

@@ -21,6 +21,7 @@ history never passes that same tensor on. Weights are the diffusers ``Autoencode
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,9 @@ from echomimic_core.vae_frames import latent_frames
 Progress = Callable[[int, int], None]
 # elements of attention scores computed at once (32 MiB in bf16): the queries of a frame go in slices
 ATTENTION_SCORES = 1 << 24
+# full-resolution work that is added into a frame (a conv tap, an upsampled frame's conv) goes in
+# this many bands of rows: a quarter of a frame is alive instead of a whole one
+BANDS = 4
 
 
 def supports(model) -> bool:
@@ -144,12 +148,15 @@ def _conv_frames(conv, frames: list[torch.Tensor], into: torch.Tensor | None = N
 
     Computed as 2D convolutions, each over the frames of one time tap, summed into one buffer: no
     stacked copy of the input and no padded one (the spatial zero padding is the convolution's).
-    Where a tap's weights outweigh a frame (latent-resolution stages) the frames are stacked instead
-    and convolved at once through a view of the weights, so nothing weight-sized is copied.
+    Where that costs more than stacking the frames (the low-resolution stages: a tap's weights, which
+    a kernel may copy to make them contiguous, outweigh the frames) the frames are stacked instead
+    and convolved at once through a view of the weights.
     """
     depth, height, width = conv.kernel_size
     stride, padding = conv.stride[1:], (conv._padding[2], conv._padding[0])
-    if depth > 1 and conv.out_channels * height * width >= frames[0].shape[-2] * frames[0].shape[-1]:
+    area = frames[0].shape[-2] * frames[0].shape[-1]
+    by_taps = conv.weight[:, :, 0].numel() + conv.out_channels * area // BANDS
+    if depth > 1 and by_taps >= depth * frames[0].shape[1] * area:
         frames = [torch.zeros_like(frames[0])] * (depth - len(frames)) + frames
         stacked = torch.stack(frames, dim=2).flatten(1, 2)  # [B, C * depth, H, W], channel-major like the weight
         y = F.conv2d(stacked, conv.weight.flatten(1, 2), conv.bias, stride, padding)
@@ -157,12 +164,29 @@ def _conv_frames(conv, frames: list[torch.Tensor], into: torch.Tensor | None = N
     first = depth - len(frames)
     for tap in range(first, depth):
         frame = frames.pop(0)  # the oldest frame, out of the history already, goes after its tap
-        bias = conv.bias if tap == first else None
+        weight, bias = conv.weight[:, :, tap], conv.bias if tap == first else None
         if into is None:
-            into = F.conv2d(frame, conv.weight[:, :, tap], bias, stride, padding)
-        else:  # each tap's output is dead once added
-            into = into.add_(F.conv2d(frame, conv.weight[:, :, tap], bias, stride, padding))
+            into = F.conv2d(frame, weight, bias, stride, padding)
+            continue
+        # added in bands of rows, so a tap's output never exists whole (causal convs never stride in space)
+        for r0, r1 in _bands(into.shape[-2]):
+            into[..., r0:r1, :] += _rows(partial(F.conv2d, weight=weight, bias=bias, padding=padding), frame, 1, r0, r1)
     return into
+
+
+def _bands(height: int) -> list[tuple[int, int]]:
+    """Rows ``[r0, r1)`` of a frame in ``BANDS`` bands of an even number of rows."""
+    step = max(2, -(-height // BANDS) + (-(-height // BANDS)) % 2)
+    return [(r0, min(r0 + step, height)) for r0 in range(0, height, step)]
+
+
+def _rows(fn, x: torch.Tensor, margin: int, r0: int, r1: int, scale: int = 1) -> torch.Tensor:
+    """Rows ``[r0, r1)`` of ``fn(x)``, a row-local map (a same-padded convolution, after a nearest
+    ``scale``x upsample) from the input rows they need plus ``margin`` more on each side: the map's
+    own zero padding is then wrong only on rows cut off here, except at the frame's edges, where it
+    is the frame's."""
+    lo, hi = max(r0 // scale - margin, 0), min(-(-r1 // scale) + margin, x.shape[-2])
+    return fn(x[..., lo:hi, :])[..., r0 - lo * scale : r1 - lo * scale, :]
 
 
 class _FrameStream:
@@ -228,11 +252,18 @@ class _FrameStream:
     def _space(self, resample, x):
         """The 2D up/down sample of a frame (``resample.resample``: upsample + conv or pad + conv)."""
         first, conv = resample.resample
-        if isinstance(first, torch.nn.Upsample):
-            # nearest-neighbour copies values: in the frame's own dtype, without diffusers' round
-            # trip through float32 (two more copies at 4x the frame's area), the result is the same
-            return [conv(torch.nn.Upsample.forward(first, x))]
-        return [conv(first(x))]
+        if not isinstance(first, torch.nn.Upsample):
+            return [conv(first(x))]
+        # nearest-neighbour copies values: in the frame's own dtype, without diffusers' round trip
+        # through float32, the result is the same; and in bands of rows, so the 4x-area upsampled
+        # frame never exists whole
+        scale = int(first.scale_factor[0])
+        out = torch.empty(
+            x.shape[0], conv.out_channels, x.shape[-2] * scale, x.shape[-1] * scale, dtype=x.dtype, device=x.device
+        )
+        for r0, r1 in _bands(out.shape[-2]):
+            out[..., r0:r1, :] = _rows(lambda rows: conv(torch.nn.Upsample.forward(first, rows)), x, 1, r0, r1, scale)
+        return [out]
 
     def _upsample_time(self, resample, x):
         """One frame -> two (time_conv's channel halves, in that order). The very first frame
@@ -242,7 +273,8 @@ class _FrameStream:
             self.history[resample] = True
             return [x]
         pair = self._causal(resample.time_conv, x).unflatten(1, (2, -1))
-        return [pair[:, 0], pair[:, 1]]
+        # the second frame apart, so the pair's storage goes with the first frame while it runs on
+        return [pair[:, 0], pair[:, 1].clone()]
 
     def _downsample_time(self, resample, x):
         """The first frame passes unchanged; after it, each two frames with the one before them go
