@@ -160,9 +160,12 @@ class Workload:
 
     @property
     def text_rows(self) -> int:
-        """Rows of a prompt's embedding and keys: its tokens plus the one row that stands for its
-        zero padding to text_len (``model.context_cache``), text_len for a prompt that fills it."""
+        """Rows of a prompt's embedding and keys: in float32 its tokens plus the one row that stands
+        for its zero padding to text_len (``model.context_cache``), text_len for a prompt that fills
+        it; in half dtypes text_len (upstream's layout, see ``context_cache.compacts``)."""
         text_len = self.model.text_len
+        if self.dtype != "float32":  # half dtypes keep upstream's padded layout (context_cache.compacts)
+            return text_len
         tokens = text_len if self.prompt_tokens is None else min(self.prompt_tokens, text_len)
         return tokens + (tokens < text_len)
 

@@ -33,6 +33,19 @@ from collections.abc import Callable
 
 import torch
 
+# float dtypes in which prompts are compacted (see ``compacts``)
+_COMPACT_DTYPES = (torch.float32, torch.float64)
+
+
+def compacts(dtype: torch.dtype) -> bool:
+    """Whether prompts computed in ``dtype`` are compacted to their tokens + one pad row. The pad
+    row's log(N) bias is stored in the keys' dtype (CUDA's fused kernels take no other): float32
+    rounds it by 2^-24, but bfloat16 by up to 2^-6, i.e. the pad rows' weight off by up to 1.6 %,
+    where upstream's N equal rows are summed exactly in the kernels' float32 accumulators. So half
+    dtypes keep upstream's layout (every prompt zero-padded to text_len), the same numbers."""
+    return dtype in _COMPACT_DTYPES
+
+
 # the bias's key axis is allocated in multiples of this: CUDA's memory-efficient SDPA kernel wants
 # a bias whose strides are multiples of 8 elements and pads (copies) any other one first
 _BIAS_ALIGN = 8
@@ -171,9 +184,8 @@ class ContextKV:
                 host[i, :n] = 0.0
                 if e.pad_rows:
                     host[i, n - 1] = math.log(e.pad_rows)
-            # a bias in the keys' dtype: CUDA's fused kernels refuse (or misread) any other; in
-            # bf16 log(N) rounds by up to 2^-6, the pad rows' weight by up to 1.6 %, the size of
-            # the bf16 rounding of the keys themselves
+            # a bias in the keys' dtype: CUDA's fused kernels refuse (or misread) any other (which
+            # is why only float32/64 prompts are compacted, see ``compacts``)
             bias = host.to(device=keys.device, dtype=keys.dtype)[:, None, None, :longest]
         self._bias[cache_key] = bias
         return bias

@@ -23,7 +23,7 @@ from .attention import check_backend
 from .audio_projector import build_audio_projector
 from .blocks import BlockContext, Head, MLPProj, WanAttentionBlock
 from .conditioning import Conditioning
-from .context_cache import ContextCache, ContextKV
+from .context_cache import ContextCache, ContextKV, compacts
 from .ops import Operations
 from .rope import RotaryEmbedding3D
 from .sequence_parallel import SequenceShard
@@ -301,8 +301,16 @@ class EchoMimicTransformer(nn.Module):
                 f"got {tuple(clip.shape)}."
             )
 
-        def compact(u):  # [L_i, text_dim] -> [L_i + 1, text_dim]: one zero row for the text_len - L_i pads
-            return torch.cat([u, u.new_zeros(1, u.shape[1])]) if u.shape[0] < c.text_len else u
+        # the dtype the keys will have: under autocast (training) the projections' output dtype
+        autocast = device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type)
+        compact = compacts(torch.get_autocast_dtype(device.type) if autocast else dtype)
+
+        def pads(u):  # zero rows the prompt is padded to text_len with (upstream's layout)
+            return c.text_len - u.shape[0]
+
+        def rows(u):  # compact: [L_i + 1, text_dim], one zero row for all the pads; else [text_len, text_dim]
+            extra = min(pads(u), 1) if compact else pads(u)
+            return torch.cat([u, u.new_zeros(extra, u.shape[1])]) if extra else u
 
         # a cache kept across forwards only without autograd; within one forward samples that share
         # a prompt (cond / drop_audio) share its keys either way, and each sample is projected alone
@@ -311,7 +319,7 @@ class EchoMimicTransformer(nn.Module):
             context_cache = ContextCache(max_entries=max(1, len(texts)), persistent=False)
         context_kv = ContextKV(
             [
-                context_cache.entry("text", u, lambda u: self.text_embedding(compact(u)[None]), c.text_len - u.shape[0])
+                context_cache.entry("text", u, lambda u: self.text_embedding(rows(u)[None]), pads(u) if compact else 0)
                 for u in texts
             ],
             [context_cache.entry("image", v, lambda v: self.img_emb(v[None])) for v in clip],

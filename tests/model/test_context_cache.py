@@ -9,7 +9,7 @@ import torch
 
 from echomimic_core.model.attention import attention
 from echomimic_core.model.conditioning import Conditioning
-from echomimic_core.model.context_cache import ContextCache, ContextKV
+from echomimic_core.model.context_cache import ContextCache, ContextKV, compacts
 
 
 def naive_attention(q, k, v):
@@ -101,3 +101,25 @@ def test_one_image_for_every_branch_is_a_view_not_copies(tiny_config_fn, random_
         k, v = ContextKV([], entries).image(model.blocks[0].cross_attn)
     assert k.shape[0] == v.shape[0] == 3 and k.stride(0) == v.stride(0) == 0
     assert cache.misses == 1 and cache.hits == 2
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_half_dtypes_keep_upstreams_padded_prompt_bit_for_bit(
+    autocast, tiny_config_fn, random_model_fn, random_inputs_fn
+):
+    """In bfloat16 the pad row's log(N) bias would round by up to 2^-6 (the pad rows' weight off by
+    up to 1.6 %), so bf16 prompts (also under bf16 autocast, as in training) are not compacted: the
+    forward is upstream's, bit for bit the same as handing over the zero-padded prompts."""
+    model = random_model_fn(tiny_config_fn("preview"))
+    if not autocast:
+        model = model.to(torch.bfloat16)
+    x, t, cond = random_inputs_fn(model.config, batch=3, text_lens=(5, 0, 7))
+    if not autocast:
+        x, cond = x.to(torch.bfloat16), cond.to(dtype=torch.bfloat16)
+    c = model.config
+    rows = [torch.cat([u, u.new_zeros(c.text_len - len(u), c.text_dim)]) for u in cond.context]
+    padded = Conditioning(**{**cond.__dict__, "context": torch.stack(rows)})
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out, expected = model(x, t, cond), model(x, t, padded)
+    assert compacts(torch.float32) and not compacts(torch.bfloat16)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
