@@ -1,6 +1,7 @@
 """Sampler node: variant defaults, native-type adapters, and the node chain == pipeline.generate."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -502,3 +503,47 @@ def test_video_file_runs_with_redo_are_keyed_on_the_tasks_face_box(demo_models, 
     )
     assert key("8, 40, 16, 48", redo_sharpness_ratio=0.5) != key("9, 40, 16, 48", redo_sharpness_ratio=0.5)
     assert key("8, 40, 16, 48") == key("9, 40, 16, 48")  # without redo the box only changes the report
+
+
+class _Model:
+    class config:  # noqa: N801  (what the sampler reads of a loaded model before any work)
+        variant = "preview"
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("guidance_scale", math.nan),
+        ("guidance_scale", math.inf),
+        ("audio_guidance_scale", math.nan),
+        ("audio_guidance_scale", math.inf),
+        ("audio_scale", math.nan),
+        ("shift", math.nan),
+        ("cfg_skip_ratio", math.nan),
+        ("steps", 201),
+        ("seed", 2**64),
+    ],
+)
+def test_sampler_node_refuses_nan_and_out_of_bounds_widgets_before_any_work(monkeypatch, name, value):
+    # an API prompt carries any JSON number (Python's json reads NaN and Infinity), and ComfyUI's
+    # own min/max check lets NaN through: the node must refuse it before encoding or denoising
+    from echomimic_core import streaming
+
+    def heavy(*args, **kwargs):
+        raise AssertionError("the sampler started working before refusing the settings")
+
+    for module, function in (
+        (pipeline, "encoded_from_embeddings"),
+        (pipeline, "render"),
+        (streaming, "stream_to_file"),
+    ):
+        monkeypatch.setattr(module, function, heavy)
+    embeds = {
+        "features": torch.zeros(1, 12, 5, 768),
+        "kind": "wav2vec2",
+        "num_frames": 12,
+        "fps": 25.0,
+        "audio": {"waveform": torch.zeros(1, 1, 8000), "sample_rate": 16000},
+    }
+    with pytest.raises(ValueError, match=rf"{name}.*got {value}"):
+        EchoMimicSampler().sample(_Model(), None, None, None, embeds, **_widgets(**{name: value}))
