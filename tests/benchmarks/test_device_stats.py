@@ -1,9 +1,7 @@
 """Benchmarks measure the device they were asked for: with --device cuda:1 the statistics and the
 synchronisation are cuda:1's, not those of the current device (cuda:0 unless set)."""
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,14 +13,6 @@ CURRENT_DEVICE_CALL = re.compile(
     r"torch\.cuda\.(synchronize|reset_peak_memory_stats|max_memory_allocated|memory_allocated|"
     r"max_memory_reserved|memory_reserved|memory_stats|mem_get_info)\(\s*\)"
 )
-
-
-def load_peak_memory():
-    spec = importlib.util.spec_from_file_location("peak_memory_bench", BENCHMARKS / "peak_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_no_benchmark_reads_the_current_cuda_device():
@@ -44,8 +34,8 @@ def fake_cuda(monkeypatch):
     return calls
 
 
-def test_peak_memory_reads_the_requested_device(fake_cuda):
-    peak_memory = load_peak_memory()
+def test_peak_memory_reads_the_requested_device(load_benchmark_fn, fake_cuda):
+    peak_memory = load_benchmark_fn("peak_memory")
     with peak_memory.PeakMemory("cuda:1"):
         pass
     peak_memory.synchronize(torch.device("cuda:1"))
@@ -58,6 +48,6 @@ def test_peak_memory_reads_the_requested_device(fake_cuda):
     assert all(torch.device(device) == torch.device("cuda:1") for _, device in fake_cuda)
 
 
-def test_synchronize_is_a_no_op_off_cuda(fake_cuda):
-    load_peak_memory().synchronize(torch.device("cpu"))
+def test_synchronize_is_a_no_op_off_cuda(load_benchmark_fn, fake_cuda):
+    load_benchmark_fn("peak_memory").synchronize(torch.device("cpu"))
     assert fake_cuda == []

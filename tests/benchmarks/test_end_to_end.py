@@ -1,21 +1,9 @@
 """benchmarks/end_to_end.py needs a checkout of upstream's code (never in this repository): without
 one, or with sizes the models cannot take, it stops with a usage error before any model is built."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "end_to_end.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("end_to_end_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(
@@ -26,8 +14,8 @@ def load_script():
         (["--frames", "8"], "--frames 4k+1"),
     ],
 )
-def test_usage_errors_before_any_model(extra, message, tmp_path, monkeypatch, capsys):
-    bench = load_script()
+def test_usage_errors_before_any_model(load_benchmark_fn, extra, message, tmp_path, monkeypatch, capsys):
+    bench = load_benchmark_fn("end_to_end")
     monkeypatch.setattr(bench, "random_weights", lambda *a: pytest.fail("built a model for bad arguments"))
     with pytest.raises(SystemExit) as e:
         bench.main(["--upstream", str(tmp_path), *extra])
@@ -35,9 +23,9 @@ def test_usage_errors_before_any_model(extra, message, tmp_path, monkeypatch, ca
     assert message in capsys.readouterr().err
 
 
-def test_upstream_without_einops_installed_is_one_line_saying_so(tmp_path, monkeypatch, capsys):
+def test_upstream_without_einops_installed_is_one_line_saying_so(load_benchmark_fn, tmp_path, monkeypatch, capsys):
     # upstream's pipeline imports einops, which nothing of ours needs
-    bench = load_script()
+    bench = load_benchmark_fn("end_to_end")
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "__init__.py").write_text("")
     (tmp_path / "src" / "pipeline_wan_fun_inpaint_audio.py").write_text("from einops import rearrange\n")

@@ -1,27 +1,13 @@
 """benchmarks/gpu_suite.py at toy size on the CPU: every variant x mode row runs the real path (file,
 loader, render) with what its mode says, and bad arguments stop it before any model is built."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_suite.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_suite_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow  # ~25 s of CPU: 6 toy generations
-def test_toy_suite_runs_every_row_as_its_mode_says(monkeypatch, capsys):
-    bench = load_script()
+def test_toy_suite_runs_every_row_as_its_mode_says(load_benchmark_fn, monkeypatch, capsys):
+    bench = load_benchmark_fn("gpu_suite")
     loads, swaps = [], []
     real_load = bench.load_transformer
 
@@ -59,8 +45,8 @@ def test_toy_suite_runs_every_row_as_its_mode_says(monkeypatch, capsys):
         (["--seconds", "0.01"], "less than one frame"),
     ],
 )
-def test_bad_arguments_stop_before_models_are_built(argv, message, monkeypatch, capsys):
-    bench = load_script()
+def test_bad_arguments_stop_before_models_are_built(load_benchmark_fn, argv, message, monkeypatch, capsys):
+    bench = load_benchmark_fn("gpu_suite")
     monkeypatch.setattr(bench, "write_random_file", lambda *a: pytest.fail("built a model for bad arguments"))
     with pytest.raises(SystemExit) as e:
         bench.main(["--toy", "--device", "cpu", *argv])
@@ -68,8 +54,8 @@ def test_bad_arguments_stop_before_models_are_built(argv, message, monkeypatch, 
     assert message in capsys.readouterr().err
 
 
-def test_cuda_device_missing_is_a_usage_error(monkeypatch, capsys):
-    bench = load_script()
+def test_cuda_device_missing_is_a_usage_error(load_benchmark_fn, monkeypatch, capsys):
+    bench = load_benchmark_fn("gpu_suite")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit):
         bench.main(["--device", "cuda:1"])

@@ -2,27 +2,14 @@
 transformer's guided step through pipeline.Denoiser, the encoders alone, the VAE's encode and decode),
 the plan predicts the same configuration, and the table reports both with a finite error."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_plan.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("memory_plan_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_toy_run_predicts_and_measures_every_phase(capsys):
-    bench = load_script()
+def test_toy_run_predicts_and_measures_every_phase(load_benchmark_fn, capsys):
+    bench = load_benchmark_fn("memory_plan")
     assert bench.main(["--toy"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "toy models" in lines[0] and lines[1].split()[:2] == ["configuration", "phase"]
