@@ -465,23 +465,32 @@ def plan_command(args) -> int:
     return 0 if result.fits else 1
 
 
+# the plan's Options fields that a generate flag sets as given: field -> the flag's argparse dest
+# (chunk and fp8 are set through --partial-video-length and --storage-dtype, which say more)
+_PLAN_OPTION_FLAGS = {
+    "block_swap": "block_swap",
+    "batch_guidance": "batch_guidance",
+    "vae_tile": "vae_tile_size",
+    "encoders_on_cpu": "encoders_on_cpu",
+    "context_cache": "context_cache",
+    "teacache_offload": "teacache_offload",
+}
+
+
 def _plan_flags(options) -> list[str]:
-    """The ``generate`` flags that set a plan's choices by hand."""
+    """The ``generate`` flags that set a plan's choices by hand (those that differ from the defaults)."""
     flags = [f"--partial-video-length {options.chunk}"]
     if options.fp8:
         flags.append("--storage-dtype float8_e4m3fn")
-    if options.block_swap:
-        flags.append(f"--block-swap {options.block_swap}")
-    if not options.batch_guidance:
-        flags.append("--no-batch-guidance")
-    if options.vae_tile:
-        flags.append(f"--vae-tile-size {options.vae_tile}")
-    if options.encoders_on_cpu:
-        flags.append("--encoders-on-cpu")
-    if not options.context_cache:
-        flags.append("--no-context-cache")
-    if options.teacache_offload:
-        flags.append("--teacache-offload")
+    for field, dest in _PLAN_OPTION_FLAGS.items():
+        value = getattr(options, field)
+        if value == getattr(type(options), field):
+            continue
+        name = dest.replace("_", "-")
+        if isinstance(value, bool):  # BooleanOptionalAction: --x / --no-x
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            flags.append(f"--{name} {value}")
     return flags
 
 
@@ -495,23 +504,13 @@ def _hand_set_placement(args) -> tuple[dict, str | None]:
 
 def _hand_set_plan_options(args, settings) -> dict:
     """The memory plan's ``Options`` fields the user fixed with a flag (``--vram-budget`` keeps them)."""
-    fixed = {}
+    fixed = {
+        field: getattr(args, dest) for field, dest in _PLAN_OPTION_FLAGS.items() if getattr(args, dest) is not None
+    }
     if args.partial_video_length is not None:
         fixed["chunk"] = settings.partial_video_length
     if args.storage_dtype is not None:
         fixed["fp8"] = args.storage_dtype == "float8_e4m3fn"
-    if args.block_swap is not None:
-        fixed["block_swap"] = args.block_swap
-    if args.batch_guidance is not None:
-        fixed["batch_guidance"] = args.batch_guidance
-    if args.vae_tile_size is not None:
-        fixed["vae_tile"] = args.vae_tile_size
-    if args.encoders_on_cpu is not None:
-        fixed["encoders_on_cpu"] = args.encoders_on_cpu
-    if args.context_cache is not None:
-        fixed["context_cache"] = args.context_cache
-    if args.teacache_offload is not None:
-        fixed["teacache_offload"] = args.teacache_offload
     return fixed
 
 
