@@ -160,6 +160,11 @@ class RedoPolicy:
     identity_below: float = 0.0
     sharpness_ratio: float = 0.0
 
+    @classmethod
+    def of(cls, settings) -> RedoPolicy:
+        """The policy a run's ``GenerationSettings`` ask for."""
+        return cls(settings.redo_identity_below, settings.redo_sharpness_ratio)
+
     @property
     def active(self) -> bool:
         return self.identity_below > 0 or self.sharpness_ratio > 0

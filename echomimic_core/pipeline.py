@@ -452,7 +452,7 @@ def render_chunks(
         stitcher.restore(resume_from)
         denoiser.generator.set_state(resume_from["generator"])
         baseline = resume_from.get("baseline_sharpness")
-    redo = RedoPolicy(settings.redo_identity_below, settings.redo_sharpness_ratio)
+    redo = RedoPolicy.of(settings)
     anchor = settings.reference_anchor if task.kind != "lipsync" else "off"  # lipsync keeps the source video
     reference = np.array(task_masks.resize_to_sample(plan.reference, plan.sample_size))
     total_steps = len(chunks) * settings.steps

@@ -216,7 +216,7 @@ def meter_digest(meter: DriftMeter | None, settings) -> dict[str, Any] | None:
     the face gate) and its identity embedding of the reference (another CLIP model measures other
     identities) decide which chunks are rendered again. Without one it only writes the report,
     so a resumed run may add or drop the report without discarding its chunks."""
-    if meter is None or not RedoPolicy(settings.redo_identity_below, settings.redo_sharpness_ratio).active:
+    if meter is None or not RedoPolicy.of(settings).active:
         return None
     return {
         "face_box": [round(float(v), 3) for v in meter.face_box],
@@ -292,7 +292,7 @@ def generate_to_file(
         in_memory=False,
     )
     meter = None
-    if report is not None or settings.redo_identity_below or settings.redo_sharpness_ratio:
+    if report is not None or RedoPolicy.of(settings).active:
         embed = None
         if models.image_encoder is not None:
             embed = on_device_embedder(models.image_encoder, device, offload_device)
