@@ -37,9 +37,12 @@ import math
 import os
 from dataclasses import dataclass, field
 
+import torch
+
 from .config import VARIANTS, TransformerConfig
 from .encoders.text import VARIANT_COMPUTE_DTYPES
 from .long_video import plan_chunks
+from .model.context_cache import compacts
 from .sampling.guidance import MODE_BRANCHES, VARIANT_MODES, GuidanceConfig
 from .settings import VARIANT_DEFAULTS
 from .vae_frames import VAE_SPATIAL_STRIDE, latent_frames, round_down_4k1, round_up_4k1
@@ -164,7 +167,7 @@ class Workload:
         for its zero padding to text_len (``model.context_cache``), text_len for a prompt that fills
         it; in half dtypes text_len (upstream's layout, see ``context_cache.compacts``)."""
         text_len = self.model.text_len
-        if self.dtype != "float32":  # half dtypes keep upstream's padded layout (context_cache.compacts)
+        if not compacts(getattr(torch, self.dtype)):
             return text_len
         tokens = text_len if self.prompt_tokens is None else min(self.prompt_tokens, text_len)
         return tokens + (tokens < text_len)

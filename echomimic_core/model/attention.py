@@ -3,8 +3,8 @@
 ``attention(q, k, v, backend)`` takes and returns ``[B, L, heads, head_dim]`` (Wan's layout).
 
 An additive logit ``bias`` (``[B or 1, 1, 1, Lk]``) is taken by the text cross-attention only:
-upstream attends over the prompt zero-padded to 512 rows, and the model keeps one row for the
-identical pad rows with log(count) added to its logit (``model.context_cache``), plus -inf on the
+upstream attends over the prompt zero-padded to 512 rows, and the model (in float32) keeps one
+row for the identical pad rows with log(count) added to its logit (``model.context_cache``), plus -inf on the
 filler rows of a batch of prompts of different lengths. Such a call goes to SDPA (a float
 ``attn_mask``) whatever the backend: flash-attn and SageAttention take no bias, and that key set
 is short (a prompt's ~50 tokens instead of 512), so the kernel choice costs nothing there while

@@ -27,7 +27,7 @@ FFN_HIDDEN_WIDTHS = 1  # max hidden chunk width, in multiples of [L, dim]
 class BlockContext:
     """Everything a block needs besides the hidden states; the same for every block.
 
-    context: the batch's embedded text (compact: real tokens + one pad row) and CLIP tokens
+    context: the batch's embedded text (in float32 compact: real tokens + one pad row) and CLIP tokens
     [clip_tokens, C] per sample, with every block's keys/values of them (computed on first use,
     see ``context_cache``);
     audio: projected audio tokens and windows; face_gate: [B, tokens_per_latent_frame] or None

@@ -18,11 +18,12 @@ one key and one value, and attention over [real rows, N equal pad rows] is atten
 rows, one pad row] with log(N) added to that row's logit (N exp(l) = exp(l + log N)). An entry
 holds the real rows plus that one pad row (none when the prompt fills ``text_len``), and
 :meth:`ContextKV.text` returns the additive logit bias with the keys: a typical prompt's ~50 keys
-instead of 512, in the projections, the attention and this cache alike.
+instead of 512, in the projections, the attention and this cache alike. Only in float32/64: see
+``compacts`` for why half dtypes keep upstream's padded prompt.
 
-Memory: per remembered prompt ``layers x 2 x (tokens + 1) x dim`` values, per image ``layers x 2
-x clip_tokens x dim`` (preview in bf16 with a 50-token prompt: ~9 MiB per prompt, ~16 MiB per
-image). The cache is for inference with fixed weights: make a new one per chunk (and after
+Memory: per remembered prompt ``layers x 2 x rows x dim`` values (rows: tokens + 1 in float32,
+text_len in half dtypes), per image ``layers x 2 x clip_tokens x dim`` (preview in bf16: ~95 MiB
+per prompt, ~16 MiB per image; in float32 with a 50-token prompt ~18 MiB per prompt). The cache is for inference with fixed weights: make a new one per chunk (and after
 merging a LoRA); the pipeline drops it before the VAE decodes.
 """
 
