@@ -3,8 +3,9 @@
 Numerics are diffusers' ``AutoencoderKLWan``: it reproduces upstream EchoMimicV3's ``wan_vae.py``
 (causal chunks of 1, 4, 4, ... frames in the encoder; one latent frame at a time with a feature
 cache in the decoder). Untiled encodes and decodes run its weights one video frame at a time
-(``framewise``: the same numbers in about half the memory); tiled ones run diffusers' own forward. Latents crossing this interface are *normalised* the way upstream feeds the
-transformer: ``(mu - latents_mean) * (1 / latents_std)`` per channel.
+(``framewise``: the same numbers in about half the memory); tiled ones run diffusers' own forward.
+Latents crossing this interface are *normalised* the way upstream feeds the transformer:
+``(mu - latents_mean) * (1 / latents_std)`` per channel.
 
 Shapes: video ``[B, 3, T, H, W]`` in [-1, 1] with ``T = 4k + 1`` and ``H, W`` multiples of 8
 <-> latents ``[B, 16, 1 + (T - 1) / 4, H / 8, W / 8]``.
