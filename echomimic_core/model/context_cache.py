@@ -22,9 +22,10 @@ instead of 512, in the projections, the attention and this cache alike. Only in 
 ``compacts`` for why half dtypes keep upstream's padded prompt.
 
 Memory: per remembered prompt ``layers x 2 x rows x dim`` values (rows: tokens + 1 in float32,
-text_len in half dtypes), per image ``layers x 2 x clip_tokens x dim`` (preview in bf16: ~95 MiB
-per prompt, ~16 MiB per image; in float32 with a 50-token prompt ~18 MiB per prompt). The cache is for inference with fixed weights: make a new one per chunk (and after
-merging a LoRA); the pipeline drops it before the VAE decodes.
+text_len in half dtypes), per image ``layers x 2 x clip_tokens x dim`` (preview in bf16: ~90 MiB
+per prompt, ~16 MiB per image; in float32 with a 50-token prompt ~18 MiB per prompt). The cache is
+for inference with fixed weights: make a new one per chunk (and after merging a LoRA); the
+pipeline drops it before the VAE decodes.
 """
 
 from __future__ import annotations
